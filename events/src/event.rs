@@ -1,0 +1,363 @@
+//! The domain events that the log stores, their streams, dedupe keys and canonical forms.
+
+use rkyv::{Archive, Deserialize, Serialize};
+use serde::Deserialize as SerdeDeserialize;
+
+use crate::Rejection;
+use crate::canonical::Jcs;
+use crate::ids::{EnterpriseId, TerminalId};
+use crate::reading::Reading;
+
+/// The schema version of every event type defined here. Bump it for a type whose fields change, and keep
+/// reading the old version.
+pub const SCHEMA_VERSION: u16 = 1;
+
+/// The longest enterprise name accepted, in characters.
+pub const NAME_CHARS_MAX: usize = 200;
+
+/// The largest capacity a terminal or enterprise may register, in kg (a million tonnes).
+pub const CAPACITY_KG_MAX: f64 = 1.0e9;
+
+/// The longest report interval a terminal may register: one day.
+pub const REPORT_INTERVAL_S_MAX: u32 = 86_400;
+
+/// Every fact the platform records.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    EnterpriseRegistered(EnterpriseRegistered),
+    TerminalRegistered(TerminalRegistered),
+    ReadingRecorded(Reading),
+    /// A reading whose `(terminal, seq)` was already recorded with other content: kept as evidence of a
+    /// terminal rewriting its history, never counted as a reading.
+    ReadingConflicted(ReadingConflicted),
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct EnterpriseRegistered {
+    pub id: EnterpriseId,
+    pub name: String,
+    /// 6-digit administrative division code of the province, ending in 0000 (e.g. 440000).
+    pub province_code: String,
+    /// 6-digit code of the city within that province (e.g. 440100).
+    pub city_code: String,
+    pub storage_capacity_mg: i64,
+}
+
+/// What a terminal is.
+#[derive(
+    Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash,
+)]
+pub enum TerminalKind {
+    Scale,
+    LoadCell,
+    StorageSensor,
+}
+
+impl TerminalKind {
+    pub const ALL: [TerminalKind; 3] = [
+        TerminalKind::Scale,
+        TerminalKind::LoadCell,
+        TerminalKind::StorageSensor,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            TerminalKind::Scale => "scale",
+            TerminalKind::LoadCell => "load_cell",
+            TerminalKind::StorageSensor => "storage_sensor",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.name() == s)
+    }
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct TerminalRegistered {
+    pub id: TerminalId,
+    pub enterprise_id: EnterpriseId,
+    pub kind: TerminalKind,
+    pub capacity_mg: i64,
+    pub report_interval_s: u32,
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct ReadingConflicted {
+    /// The reading as this resend carried it.
+    pub reading: Reading,
+    /// The event that first recorded this `(terminal, seq)`.
+    pub original_event_seq: u64,
+}
+
+impl Event {
+    /// The event type's name as shown over the API.
+    pub fn event_type(&self) -> &'static str {
+        match self {
+            Event::EnterpriseRegistered(_) => "EnterpriseRegistered",
+            Event::TerminalRegistered(_) => "TerminalRegistered",
+            Event::ReadingRecorded(_) => "ReadingRecorded",
+            Event::ReadingConflicted(_) => "ReadingConflicted",
+        }
+    }
+
+    /// The stream the event belongs to: the aggregate it is about.
+    pub fn stream(&self) -> String {
+        match self {
+            Event::EnterpriseRegistered(e) => format!("enterprise:{}", e.id),
+            Event::TerminalRegistered(t) => format!("terminal:{}", t.id),
+            Event::ReadingRecorded(r) => format!("terminal:{}", r.terminal_id),
+            Event::ReadingConflicted(c) => format!("terminal:{}", c.reading.terminal_id),
+        }
+    }
+
+    /// The identity under which the log deduplicates this event, if it has one. Two events with the same key
+    /// and the same fingerprint are one fact; with different fingerprints they conflict.
+    pub fn dedupe_key(&self) -> Option<Vec<u8>> {
+        match self {
+            Event::EnterpriseRegistered(e) => Some(dedupe_key_enterprise(&e.id)),
+            Event::TerminalRegistered(t) => Some(dedupe_key_terminal(&t.id)),
+            Event::ReadingRecorded(r) => Some(dedupe_key_reading(&r.terminal_id, r.seq)),
+            // Evidence is deduplicated by the log under the conflicting reading's key and fingerprint.
+            Event::ReadingConflicted(_) => None,
+        }
+    }
+
+    /// What the log records when this event conflicts with the one first stored under its dedupe key:
+    /// evidence for readings, nothing for registrations (a conflicting registration is just refused).
+    pub fn conflict_evidence(&self, original_event_seq: u64) -> Option<Event> {
+        match self {
+            Event::ReadingRecorded(r) => Some(Event::ReadingConflicted(ReadingConflicted {
+                reading: r.clone(),
+                original_event_seq,
+            })),
+            _ => None,
+        }
+    }
+
+    /// The canonical JSON (RFC 8785) of the payload; its SHA-256 is the event's fingerprint.
+    pub fn canonical(&self) -> Jcs {
+        match self {
+            Event::EnterpriseRegistered(e) => Jcs::obj(vec![
+                ("id", Jcs::str(e.id.as_str())),
+                ("name", Jcs::str(e.name.as_str())),
+                ("province_code", Jcs::str(e.province_code.as_str())),
+                ("city_code", Jcs::str(e.city_code.as_str())),
+                ("storage_capacity_mg", Jcs::Int(e.storage_capacity_mg)),
+            ]),
+            Event::TerminalRegistered(t) => Jcs::obj(vec![
+                ("id", Jcs::str(t.id.as_str())),
+                ("enterprise_id", Jcs::str(t.enterprise_id.as_str())),
+                ("kind", Jcs::str(t.kind.name())),
+                ("capacity_mg", Jcs::Int(t.capacity_mg)),
+                (
+                    "report_interval_s",
+                    Jcs::Int(i64::from(t.report_interval_s)),
+                ),
+            ]),
+            Event::ReadingRecorded(r) => r.canonical(),
+            Event::ReadingConflicted(c) => Jcs::obj(vec![
+                ("reading", c.reading.canonical()),
+                ("original_event_seq", Jcs::Int(c.original_event_seq as i64)),
+            ]),
+        }
+    }
+}
+
+pub fn dedupe_key_enterprise(id: &EnterpriseId) -> Vec<u8> {
+    [b"enterprise/".as_slice(), id.as_str().as_bytes()].concat()
+}
+
+pub fn dedupe_key_terminal(id: &TerminalId) -> Vec<u8> {
+    [b"terminal/".as_slice(), id.as_str().as_bytes()].concat()
+}
+
+/// `reading/<terminal>/<seq as 8 big-endian bytes>`: ids never contain `/`, so keys cannot collide.
+pub fn dedupe_key_reading(terminal: &TerminalId, seq: u64) -> Vec<u8> {
+    [
+        b"reading/".as_slice(),
+        terminal.as_str().as_bytes(),
+        b"/",
+        &seq.to_be_bytes(),
+    ]
+    .concat()
+}
+
+/// `POST /v1/enterprises` as sent.
+#[derive(SerdeDeserialize, Debug, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct RawEnterprise {
+    pub id: String,
+    pub name: String,
+    pub province_code: String,
+    pub city_code: String,
+    pub storage_capacity_kg: f64,
+}
+
+/// `POST /v1/terminals` as sent.
+#[derive(SerdeDeserialize, Debug, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct RawTerminal {
+    pub id: String,
+    pub enterprise_id: String,
+    pub kind: String,
+    pub capacity_kg: f64,
+    pub report_interval_s: u32,
+}
+
+fn is_division_code(s: &str) -> bool {
+    s.len() == 6 && s.bytes().all(|b| b.is_ascii_digit()) && !s.starts_with('0')
+}
+
+fn capacity_mg(field: &str, kg: f64) -> Result<i64, Rejection> {
+    if !kg.is_finite() || kg <= 0.0 || kg > CAPACITY_KG_MAX {
+        return Err(Rejection::new(
+            "value_out_of_range",
+            format!("{field} {kg} is outside (0, {CAPACITY_KG_MAX}] kg"),
+        ));
+    }
+    Ok((kg * 1_000_000.0).round() as i64)
+}
+
+impl EnterpriseRegistered {
+    pub fn from_raw(raw: &RawEnterprise) -> Result<Self, Rejection> {
+        let id = EnterpriseId::parse(&raw.id)
+            .map_err(|e| Rejection::new("invalid_id", format!("id {:?}: {e}", raw.id)))?;
+        let name = raw.name.trim();
+        if name.is_empty() || name.chars().count() > NAME_CHARS_MAX {
+            return Err(Rejection::new(
+                "invalid_name",
+                format!("name must have 1 ..= {NAME_CHARS_MAX} characters"),
+            ));
+        }
+        if !is_division_code(&raw.province_code) || !raw.province_code.ends_with("0000") {
+            return Err(Rejection::new(
+                "invalid_province_code",
+                format!(
+                    "province_code {:?} is not a 6-digit province code ending in 0000 (e.g. 440000)",
+                    raw.province_code
+                ),
+            ));
+        }
+        if !is_division_code(&raw.city_code)
+            || raw.city_code[..2] != raw.province_code[..2]
+            || raw.city_code == raw.province_code
+        {
+            return Err(Rejection::new(
+                "invalid_city_code",
+                format!(
+                    "city_code {:?} is not a 6-digit code within province {} (e.g. {}0100)",
+                    raw.city_code,
+                    raw.province_code,
+                    &raw.province_code[..2]
+                ),
+            ));
+        }
+        Ok(EnterpriseRegistered {
+            id,
+            name: name.to_owned(),
+            province_code: raw.province_code.clone(),
+            city_code: raw.city_code.clone(),
+            storage_capacity_mg: capacity_mg("storage_capacity_kg", raw.storage_capacity_kg)?,
+        })
+    }
+}
+
+impl TerminalRegistered {
+    pub fn from_raw(raw: &RawTerminal) -> Result<Self, Rejection> {
+        let id = TerminalId::parse(&raw.id)
+            .map_err(|e| Rejection::new("invalid_id", format!("id {:?}: {e}", raw.id)))?;
+        let enterprise_id = EnterpriseId::parse(&raw.enterprise_id).map_err(|e| {
+            Rejection::new(
+                "invalid_id",
+                format!("enterprise_id {:?}: {e}", raw.enterprise_id),
+            )
+        })?;
+        let kind = TerminalKind::parse(&raw.kind).ok_or_else(|| {
+            Rejection::new(
+                "unknown_terminal_kind",
+                format!(
+                    "kind {:?} is not one of scale, load_cell, storage_sensor",
+                    raw.kind
+                ),
+            )
+        })?;
+        if raw.report_interval_s == 0 || raw.report_interval_s > REPORT_INTERVAL_S_MAX {
+            return Err(Rejection::new(
+                "value_out_of_range",
+                format!(
+                    "report_interval_s {} is outside 1 ..= {REPORT_INTERVAL_S_MAX}",
+                    raw.report_interval_s
+                ),
+            ));
+        }
+        Ok(TerminalRegistered {
+            id,
+            enterprise_id,
+            kind,
+            capacity_mg: capacity_mg("capacity_kg", raw.capacity_kg)?,
+            report_interval_s: raw.report_interval_s,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn enterprise() -> RawEnterprise {
+        RawEnterprise {
+            id: "E-1".into(),
+            name: "广州某化工有限公司".into(),
+            province_code: "440000".into(),
+            city_code: "440100".into(),
+            storage_capacity_kg: 50_000.0,
+        }
+    }
+
+    #[test]
+    fn enterprise_registration_is_validated() {
+        assert!(EnterpriseRegistered::from_raw(&enterprise()).is_ok());
+        let bad = |f: fn(&mut RawEnterprise), code: &str| {
+            let mut r = enterprise();
+            f(&mut r);
+            assert_eq!(EnterpriseRegistered::from_raw(&r).unwrap_err().code, code);
+        };
+        bad(|r| r.id = "E 1".into(), "invalid_id");
+        bad(|r| r.name = "  ".into(), "invalid_name");
+        bad(
+            |r| r.province_code = "440100".into(),
+            "invalid_province_code",
+        );
+        bad(
+            |r| r.province_code = "44000".into(),
+            "invalid_province_code",
+        );
+        bad(|r| r.city_code = "450100".into(), "invalid_city_code");
+        bad(|r| r.city_code = "440000".into(), "invalid_city_code");
+        bad(|r| r.storage_capacity_kg = -1.0, "value_out_of_range");
+        bad(|r| r.storage_capacity_kg = f64::NAN, "value_out_of_range");
+    }
+
+    #[test]
+    fn equal_registrations_have_equal_canonical_forms() {
+        let a = EnterpriseRegistered::from_raw(&enterprise()).unwrap();
+        let mut raw = enterprise();
+        raw.name = format!(" {} ", raw.name);
+        let b = EnterpriseRegistered::from_raw(&raw).unwrap();
+        assert_eq!(
+            Event::EnterpriseRegistered(a).canonical().to_bytes(),
+            Event::EnterpriseRegistered(b).canonical().to_bytes()
+        );
+    }
+
+    #[test]
+    fn reading_dedupe_keys_do_not_collide_across_terminals() {
+        let a = dedupe_key_reading(&TerminalId::parse("T-1").unwrap(), 0x2f);
+        let b = dedupe_key_reading(&TerminalId::parse("T-1").unwrap(), 0x2f00);
+        let c = dedupe_key_reading(&TerminalId::parse("T-10").unwrap(), 0x2f);
+        assert_ne!(a, b);
+        assert_ne!(a, c);
+        assert_ne!(b, c);
+    }
+}

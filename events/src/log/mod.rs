@@ -1,0 +1,134 @@
+//! The append-only event log: the [`EventLog`] trait and its embedded implementation, [`SledLog`].
+//!
+//! The trait is the seam the simulator's log (and later a JetStream-backed log in cluster mode) plugs into.
+//! Its contract:
+//! - `append` stores a batch atomically, assigns global gapless sequences in order, and resolves only after
+//!   the batch is durable. Each proposed event with a dedupe key is checked against everything stored and
+//!   everything earlier in the same group: same key and fingerprint is a `Duplicate` naming the original
+//!   sequence; same key with another fingerprint is a `Conflict`, and the conflicting event's evidence (if
+//!   its type has any) is stored once per distinct fingerprint.
+//! - `read` returns only durable events, each checked (see [`crate::envelope`]); a corrupt record is an
+//!   error naming its sequence, never an event.
+//! - `subscribe` tells tailers the last durable sequence as it moves.
+
+mod sled_log;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+pub use sled_log::{SledLog, SledLogConfig};
+
+use crate::envelope::{CorruptRecord, Envelope, Fingerprint, fingerprint};
+use crate::event::Event;
+
+/// A boxed future, so that the trait stays object safe.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// An event proposed for appending, with what the log needs to deduplicate it. The fingerprint is computed
+/// by the caller so that hashing runs on the callers' threads, not on the single writer.
+#[derive(Debug, Clone)]
+pub struct Proposed {
+    pub event: Event,
+    pub fingerprint: Fingerprint,
+    pub dedupe_key: Option<Vec<u8>>,
+}
+
+impl Proposed {
+    pub fn new(event: Event) -> Self {
+        Proposed {
+            fingerprint: fingerprint(&event.canonical().to_bytes()),
+            dedupe_key: event.dedupe_key(),
+            event,
+        }
+    }
+}
+
+/// What became of one proposed event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AppendOutcome {
+    /// Stored now, at this sequence.
+    Appended { seq: u64 },
+    /// The same fact was stored before, at this sequence.
+    Duplicate { seq: u64 },
+    /// Another fact is stored under the same dedupe key at `original_seq`; the evidence of this attempt is
+    /// at `evidence_seq` when the event type keeps evidence.
+    Conflict {
+        original_seq: u64,
+        evidence_seq: Option<u64>,
+    },
+}
+
+/// What the dedupe index holds for a key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DedupeEntry {
+    pub seq: u64,
+    pub fingerprint: Fingerprint,
+}
+
+/// The result of checking every record of a log.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VerifyReport {
+    pub records: u64,
+    pub last_seq: u64,
+    pub corrupt: Vec<CorruptRecord>,
+    /// Missing sequence ranges, inclusive.
+    pub gaps: Vec<(u64, u64)>,
+}
+
+impl VerifyReport {
+    pub fn is_ok(&self) -> bool {
+        self.corrupt.is_empty() && self.gaps.is_empty()
+    }
+}
+
+/// An infrastructure failure of the log (as opposed to a domain rejection).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum EventLogError {
+    /// The append queue is full: the caller should back off and retry. Nothing was written.
+    #[error("the event log's append queue is full ({queue_max} requests); retry shortly")]
+    Overloaded { queue_max: usize },
+    /// The storage failed; the batch may or may not be stored, and a retry is answered consistently
+    /// (as duplicates if it was).
+    #[error("event log storage failed: {0}")]
+    Storage(#[source] Arc<sled::Error>),
+    #[error(transparent)]
+    Corrupt(#[from] CorruptRecord),
+    #[error("a batch holds {len} events; at most {max} fit in one append")]
+    BatchTooLarge { len: usize, max: usize },
+    #[error("the event log is shut down")]
+    Closed,
+}
+
+impl From<sled::Error> for EventLogError {
+    fn from(e: sled::Error) -> Self {
+        EventLogError::Storage(Arc::new(e))
+    }
+}
+
+/// The append-only, durable, deduplicating event log.
+pub trait EventLog: Send + Sync + 'static {
+    /// Appends `batch` atomically; resolves once it is durable. Outcomes are in the batch's order.
+    fn append(
+        &self,
+        batch: Vec<Proposed>,
+    ) -> BoxFuture<'_, Result<Vec<AppendOutcome>, EventLogError>>;
+
+    /// Up to `max` durable events from `from_seq` on, in order, each checked.
+    fn read(&self, from_seq: u64, max: usize) -> Result<Vec<Envelope>, EventLogError>;
+
+    /// The last durable sequence (0 when the log is empty).
+    fn last_seq(&self) -> u64;
+
+    /// Follows the last durable sequence; tailers read from their checkpoint when it moves.
+    fn subscribe(&self) -> tokio::sync::watch::Receiver<u64>;
+
+    /// What the dedupe index holds for `key`.
+    fn lookup(&self, dedupe_key: &[u8]) -> Result<Option<DedupeEntry>, EventLogError>;
+
+    /// Bytes the log occupies on disk.
+    fn size_on_disk(&self) -> Result<u64, EventLogError>;
+
+    /// Checks every record; `progress(done, total)` is called now and then.
+    fn verify(&self, progress: &mut dyn FnMut(u64, u64)) -> Result<VerifyReport, EventLogError>;
+}

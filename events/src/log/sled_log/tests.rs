@@ -1,0 +1,302 @@
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::event::Event;
+use crate::ids::TerminalId;
+use crate::reading::{Reading, ReadingKind};
+
+struct FixedClock(i64);
+
+impl Clock for FixedClock {
+    fn now_ns(&self) -> i64 {
+        self.0
+    }
+}
+
+fn open(dir: &std::path::Path) -> SledLog {
+    SledLog::open(
+        SledLogConfig::new(dir.join("log")),
+        Arc::new(FixedClock(1_795_000_000_000_000_000)),
+    )
+    .unwrap()
+}
+
+fn reading(terminal: &str, seq: u64, value: i64) -> Proposed {
+    Proposed::new(Event::ReadingRecorded(Reading {
+        terminal_id: TerminalId::parse(terminal).unwrap(),
+        seq,
+        measured_at_ns: 1_794_000_000_000_000_000 + seq as i64,
+        kind: ReadingKind::Weight,
+        value,
+        container_id: None,
+        stage: None,
+        waste_code: None,
+    }))
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn appends_get_gapless_sequences_and_read_back_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path());
+    let rt = rt();
+    let out = rt
+        .block_on(log.append(vec![reading("T-1", 1, 10), reading("T-1", 2, 20)]))
+        .unwrap();
+    assert_eq!(
+        out,
+        vec![
+            AppendOutcome::Appended { seq: 1 },
+            AppendOutcome::Appended { seq: 2 }
+        ]
+    );
+    let out = rt
+        .block_on(log.append(vec![reading("T-2", 1, 10)]))
+        .unwrap();
+    assert_eq!(out, vec![AppendOutcome::Appended { seq: 3 }]);
+    assert_eq!(log.last_seq(), 3);
+    let events = log.read(1, 100).unwrap();
+    assert_eq!(
+        events.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        vec![1, 2, 3]
+    );
+    assert_eq!(events[2].stream, "terminal:T-2");
+    assert_eq!(log.read(3, 100).unwrap().len(), 1);
+    assert!(log.read(4, 100).unwrap().is_empty());
+}
+
+#[test]
+fn duplicates_and_conflicts_within_and_across_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path());
+    let rt = rt();
+    let out = rt
+        .block_on(log.append(vec![
+            reading("T-1", 1, 10),
+            reading("T-1", 1, 10),
+            reading("T-1", 1, 11),
+            reading("T-1", 1, 11),
+        ]))
+        .unwrap();
+    assert_eq!(
+        out,
+        vec![
+            AppendOutcome::Appended { seq: 1 },
+            AppendOutcome::Duplicate { seq: 1 },
+            AppendOutcome::Conflict {
+                original_seq: 1,
+                evidence_seq: Some(2)
+            },
+            AppendOutcome::Conflict {
+                original_seq: 1,
+                evidence_seq: Some(2)
+            },
+        ]
+    );
+    let out = rt
+        .block_on(log.append(vec![
+            reading("T-1", 1, 11),
+            reading("T-1", 1, 12),
+            reading("T-1", 1, 10),
+        ]))
+        .unwrap();
+    assert_eq!(
+        out,
+        vec![
+            AppendOutcome::Conflict {
+                original_seq: 1,
+                evidence_seq: Some(2)
+            },
+            AppendOutcome::Conflict {
+                original_seq: 1,
+                evidence_seq: Some(3)
+            },
+            AppendOutcome::Duplicate { seq: 1 },
+        ]
+    );
+    let events = log.read(1, 10).unwrap();
+    assert_eq!(events.len(), 3);
+    assert_eq!(events[1].event_type, "ReadingConflicted");
+    match &events[2].event {
+        Event::ReadingConflicted(c) => {
+            assert_eq!(c.original_event_seq, 1);
+            assert_eq!(c.reading.value, 12);
+        }
+        other => panic!("expected evidence, got {other:?}"),
+    }
+}
+
+#[test]
+fn dedupe_and_sequence_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = rt();
+    {
+        let log = open(dir.path());
+        rt.block_on(log.append(vec![reading("T-1", 1, 10), reading("T-1", 2, 20)]))
+            .unwrap();
+    }
+    let log = open(dir.path());
+    assert_eq!(log.last_seq(), 2);
+    let out = rt
+        .block_on(log.append(vec![reading("T-1", 2, 20), reading("T-1", 3, 30)]))
+        .unwrap();
+    assert_eq!(
+        out,
+        vec![
+            AppendOutcome::Duplicate { seq: 2 },
+            AppendOutcome::Appended { seq: 3 }
+        ]
+    );
+    assert_eq!(
+        log.lookup(&crate::event::dedupe_key_reading(
+            &TerminalId::parse("T-1").unwrap(),
+            3
+        ))
+        .unwrap()
+        .map(|e| e.seq),
+        Some(3)
+    );
+}
+
+#[test]
+fn concurrent_resends_of_one_reading_append_it_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = Arc::new(open(dir.path()));
+    let rt = rt();
+    let outcomes = rt.block_on(async {
+        let mut tasks = Vec::new();
+        for _ in 0..64 {
+            let log = log.clone();
+            tasks.push(tokio::spawn(async move {
+                log.append(vec![reading("T-1", 7, 70)]).await.unwrap()[0]
+            }));
+        }
+        let mut all = Vec::new();
+        for t in tasks {
+            all.push(t.await.unwrap());
+        }
+        all
+    });
+    let appended = outcomes
+        .iter()
+        .filter(|o| matches!(o, AppendOutcome::Appended { .. }))
+        .count();
+    assert_eq!(appended, 1, "{outcomes:?}");
+    assert!(outcomes.iter().all(|o| matches!(
+        o,
+        AppendOutcome::Appended { seq: 1 } | AppendOutcome::Duplicate { seq: 1 }
+    )));
+    assert_eq!(log.last_seq(), 1);
+}
+
+#[test]
+fn a_flipped_bit_on_disk_is_reported_not_used() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = rt();
+    {
+        let log = open(dir.path());
+        rt.block_on(log.append(vec![reading("T-1", 1, 10), reading("T-1", 2, 20)]))
+            .unwrap();
+    }
+    {
+        let db = sled::open(dir.path().join("log")).unwrap();
+        let mut v = db.get(event_key(2)).unwrap().unwrap().to_vec();
+        let mid = v.len() / 2;
+        v[mid] ^= 0x04;
+        db.insert(event_key(2), v).unwrap();
+        db.flush().unwrap();
+    }
+    let log = open(dir.path());
+    assert_eq!(log.read(1, 1).unwrap().len(), 1);
+    match log.read(1, 10) {
+        Err(EventLogError::Corrupt(c)) => assert_eq!(c.seq, 2),
+        other => panic!("expected a corrupt record, got {other:?}"),
+    }
+    let report = log.verify(&mut |_, _| {}).unwrap();
+    assert_eq!(report.records, 2);
+    assert_eq!(report.corrupt.len(), 1);
+    assert_eq!(report.corrupt[0].seq, 2);
+    assert!(!report.is_ok());
+}
+
+#[test]
+fn an_oversized_batch_is_refused_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = SledLogConfig::new(dir.path().join("log"));
+    config.batch_events_max = 2;
+    let log = SledLog::open(config, Arc::new(FixedClock(0))).unwrap();
+    let err = rt()
+        .block_on(log.append(vec![
+            reading("T-1", 1, 1),
+            reading("T-1", 2, 1),
+            reading("T-1", 3, 1),
+        ]))
+        .unwrap_err();
+    assert!(matches!(
+        err,
+        EventLogError::BatchTooLarge { len: 3, max: 2 }
+    ));
+    assert_eq!(log.last_seq(), 0);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    /// Whatever mix of new readings, resends and conflicting resends arrives, in whatever batches, the log
+    /// matches a simple model: the first fingerprint per (terminal, seq) wins, resends are duplicates of it,
+    /// each distinct conflicting content is stored once as evidence, and sequences stay gapless.
+    #[test]
+    fn the_log_matches_the_dedupe_model(
+        batches in proptest::collection::vec(
+            proptest::collection::vec((0u8..3, 1u64..6, 0i64..3), 1..8), 1..8)
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let log = open(dir.path());
+        let rt = rt();
+        let mut first: BTreeMap<(u8, u64), (u64, i64)> = BTreeMap::new();
+        let mut evidence: BTreeMap<(u8, u64, i64), u64> = BTreeMap::new();
+        let mut next = 1u64;
+        for batch in batches {
+            let proposed: Vec<Proposed> = batch
+                .iter()
+                .map(|(t, s, v)| reading(&format!("T-{t}"), *s, *v))
+                .collect();
+            let got = rt.block_on(log.append(proposed)).unwrap();
+            for ((t, s, v), outcome) in batch.iter().zip(got) {
+                let expected = match first.get(&(*t, *s)) {
+                    None => {
+                        first.insert((*t, *s), (next, *v));
+                        next += 1;
+                        AppendOutcome::Appended { seq: next - 1 }
+                    }
+                    Some((seq, value)) if value == v => AppendOutcome::Duplicate { seq: *seq },
+                    Some((seq, _)) => {
+                        let ev = *evidence.entry((*t, *s, *v)).or_insert_with(|| {
+                            next += 1;
+                            next - 1
+                        });
+                        AppendOutcome::Conflict { original_seq: *seq, evidence_seq: Some(ev) }
+                    }
+                };
+                prop_assert_eq!(outcome, expected);
+            }
+        }
+        let events = log.read(1, 10_000).unwrap();
+        prop_assert_eq!(events.len() as u64, next - 1);
+        for (i, e) in events.iter().enumerate() {
+            prop_assert_eq!(e.seq, i as u64 + 1);
+        }
+        let report = log.verify(&mut |_, _| {}).unwrap();
+        prop_assert!(report.is_ok());
+    }
+}

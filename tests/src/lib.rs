@@ -1,1 +1,172 @@
+//! # custodian-tests
+//!
+//! Integration tests against real nodes: in-process nodes over real HTTP on `127.0.0.1:0`, and `custodian`
+//! processes that the crash test kills with SIGKILL. No mocks of any service.
+//!
+//! This library holds the harness the tests share.
 
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use custodian_node::client::NodeClient;
+use custodian_node::config::Config;
+use custodian_node::server::Node;
+use serde_json::Value;
+
+/// The admin token every test node is started with.
+pub const ADMIN_TOKEN: &str = "integration-test-admin-token";
+
+/// The `custodian` binary built alongside the tests (`cargo build --workspace --bins` builds it; so does
+/// `cargo test --workspace`).
+pub fn custodian_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test's own path");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("tests run from target/<profile>/deps");
+    let bin = dir.join("custodian");
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build --workspace --bins` first (scripts/test does)",
+        bin.display()
+    );
+    bin
+}
+
+/// A port that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("binding an ephemeral port")
+        .port()
+}
+
+/// Starts an in-process node on an ephemeral port in `dir`, with `tweak` applied to its config.
+pub async fn start_node(dir: &Path, tweak: impl FnOnce(&mut Config)) -> (Node, NodeClient) {
+    let mut config = Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: dir.to_owned(),
+        admin_token: Some(ADMIN_TOKEN.into()),
+        ..Config::default()
+    };
+    tweak(&mut config);
+    let node = Node::start(config).await.expect("starting a node");
+    let client = NodeClient::new(node.url(), Some(ADMIN_TOKEN.into()));
+    (node, client)
+}
+
+/// Registers enterprise `E-0` and terminals `ids` under it.
+pub async fn register_terminals(client: &NodeClient, ids: &[&str]) {
+    client
+        .register(
+            "/v1/enterprises",
+            &custodian_node::terminal_sim::enterprise_body(0),
+        )
+        .await
+        .expect("registering E-0");
+    for id in ids {
+        client
+            .register(
+                "/v1/terminals",
+                &custodian_node::terminal_sim::terminal_body(id, 0),
+            )
+            .await
+            .expect("registering a terminal");
+    }
+}
+
+/// A `custodian serve` process.
+pub struct NodeProcess {
+    pub child: Child,
+    pub url: String,
+}
+
+impl NodeProcess {
+    /// Starts `custodian serve` on `port` with `data_dir`, its log going to `log_file`.
+    pub fn spawn(data_dir: &Path, port: u16, log_file: &Path) -> NodeProcess {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log_file)
+            .expect("opening the node's log file");
+        let child = Command::new(custodian_bin())
+            .args([
+                "serve",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--data-dir",
+            ])
+            .arg(data_dir)
+            .env("CUSTODIAN_ADMIN_TOKEN", ADMIN_TOKEN)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawning custodian serve");
+        NodeProcess {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+        }
+    }
+
+    pub fn client(&self) -> NodeClient {
+        NodeClient::new(self.url.clone(), Some(ADMIN_TOKEN.into()))
+    }
+
+    /// SIGKILL, then reap.
+    pub fn kill9(mut self) {
+        self.child.kill().expect("sending SIGKILL");
+        self.child.wait().expect("reaping the node");
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits for a node at `client` to answer, or panics with what it said last.
+pub async fn wait_ready(client: &NodeClient) {
+    client
+        .wait_ready(Duration::from_secs(30))
+        .await
+        .expect("node ready");
+}
+
+/// RFC 8785 canonical JSON computed independently of the node's own writer, for the subset events use
+/// (objects, strings, integers): serde_json's map is sorted by key (no `preserve_order` here) and writes no
+/// whitespace, and its string escaping matches ECMAScript's for every character.
+pub fn jcs_independent(v: &Value) -> String {
+    match v {
+        Value::Object(m) => {
+            let mut keys: Vec<&String> = m.keys().collect();
+            keys.sort();
+            let fields: Vec<String> = keys
+                .iter()
+                .map(|k| {
+                    format!(
+                        "{}:{}",
+                        Value::String((*k).clone()),
+                        jcs_independent(&m[*k])
+                    )
+                })
+                .collect();
+            format!("{{{}}}", fields.join(","))
+        }
+        Value::Number(n) => {
+            assert!(n.is_i64() || n.is_u64(), "events carry integers only: {n}");
+            n.to_string()
+        }
+        other => other.to_string(),
+    }
+}
+
+/// Lowercase hex SHA-256.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
+}

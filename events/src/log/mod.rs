@@ -129,6 +129,11 @@ pub trait EventLog: Send + Sync + 'static {
     /// Bytes the log occupies on disk.
     fn size_on_disk(&self) -> Result<u64, EventLogError>;
 
+    /// Group commits (fsyncs) made since the log was opened.
+    fn commits_total(&self) -> u64 {
+        0
+    }
+
     /// Checks every record; `progress(done, total)` is called now and then.
     fn verify(&self, progress: &mut dyn FnMut(u64, u64)) -> Result<VerifyReport, EventLogError>;
 }

@@ -72,6 +72,7 @@ pub struct SledLog {
     queue: Option<mpsc::Sender<Request>>,
     durable_seq: Arc<AtomicU64>,
     durable_rx: watch::Receiver<u64>,
+    commits: Arc<AtomicU64>,
     writer: Option<JoinHandle<()>>,
     config: SledLogConfig,
 }
@@ -90,7 +91,9 @@ impl SledLog {
         let durable_seq = Arc::new(AtomicU64::new(last_seq));
         let (durable_tx, durable_rx) = watch::channel(last_seq);
         let (tx, rx) = mpsc::channel(config.queue_requests_max);
+        let commits = Arc::new(AtomicU64::new(0));
         let writer = Writer {
+            commits: commits.clone(),
             db: db.clone(),
             next_seq: last_seq + 1,
             durable_seq: durable_seq.clone(),
@@ -107,6 +110,7 @@ impl SledLog {
             queue: Some(tx),
             durable_seq,
             durable_rx,
+            commits,
             writer: Some(writer),
             config,
         })
@@ -194,6 +198,10 @@ impl EventLog for SledLog {
         Ok(self.db.size_on_disk()?)
     }
 
+    fn commits_total(&self) -> u64 {
+        self.commits.load(Ordering::Relaxed)
+    }
+
     fn verify(&self, progress: &mut dyn FnMut(u64, u64)) -> Result<VerifyReport, EventLogError> {
         let durable = self.durable_seq.load(Ordering::Acquire);
         let mut report = VerifyReport::default();
@@ -226,6 +234,7 @@ struct Writer {
     next_seq: u64,
     durable_seq: Arc<AtomicU64>,
     durable_tx: watch::Sender<u64>,
+    commits: Arc<AtomicU64>,
     clock: Arc<dyn Clock>,
     group_events_max: usize,
 }
@@ -346,6 +355,7 @@ impl Writer {
             self.next_seq = seq;
         }
         self.db.flush()?;
+        self.commits.fetch_add(1, Ordering::Relaxed);
         let last = self.next_seq - 1;
         self.durable_seq.store(last, Ordering::Release);
         self.durable_tx.send_replace(last);

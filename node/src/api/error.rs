@@ -1,0 +1,74 @@
+//! The one error shape every endpoint answers with: a status and `{"code", "message"}`.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use custodian_events::Rejection;
+use custodian_events::log::EventLogError;
+
+/// How long a client should wait before retrying after a 503, in seconds.
+pub const RETRY_AFTER_S: u32 = 1;
+
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// A domain rejection of the whole request.
+    pub fn unprocessable(r: Rejection) -> Self {
+        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, r.code, r.message)
+    }
+}
+
+impl From<EventLogError> for ApiError {
+    fn from(e: EventLogError) -> Self {
+        match e {
+            EventLogError::Overloaded { .. } => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "overloaded",
+                format!("{e}; nothing of this request was stored"),
+            ),
+            EventLogError::Corrupt(c) => ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "corrupt_record",
+                format!(
+                    "{c}; the node refuses to serve it. Run `custodian log verify --data-dir DIR` on the stopped node and restore from a backup"
+                ),
+            ),
+            EventLogError::BatchTooLarge { .. } => ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "batch_too_large",
+                e.to_string(),
+            ),
+            EventLogError::Storage(_) | EventLogError::Closed => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "log_unavailable",
+                format!(
+                    "{e}; retry later: anything acknowledged before is safe, and a retry of this request is answered consistently"
+                ),
+            ),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({ "code": self.code, "message": self.message });
+        let mut resp = (self.status, axum::Json(body)).into_response();
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_S));
+        }
+        resp
+    }
+}

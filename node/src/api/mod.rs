@@ -1,0 +1,153 @@
+//! The HTTP API: ingest, registration, the event feed, health and metrics.
+
+mod error;
+mod events;
+mod ingest;
+mod registry;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use custodian_events::Clock;
+use custodian_events::log::EventLog;
+use serde::de::DeserializeOwned;
+
+pub use error::{ApiError, RETRY_AFTER_S};
+pub use ingest::{ReadingResult, UploadResponse};
+pub use registry::Registry;
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+
+/// What every handler shares.
+pub struct AppState {
+    pub log: Arc<dyn EventLog>,
+    pub config: Config,
+    pub clock: Arc<dyn Clock>,
+    pub metrics: Metrics,
+    pub registry: Registry,
+    pub admin_token: String,
+}
+
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .route("/v1/enterprises", post(registry::register_enterprise))
+        .route("/v1/terminals", post(registry::register_terminal))
+        .route("/v1/uploads", post(ingest::upload))
+        .route("/v1/events", get(events::list))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
+}
+
+async fn healthz(State(st): State<Arc<AppState>>) -> impl IntoResponse {
+    axum::Json(serde_json::json!({ "status": "ok", "last_seq": st.log.last_seq() }))
+}
+
+async fn metrics(State(st): State<Arc<AppState>>) -> impl IntoResponse {
+    let size = st.log.size_on_disk().ok();
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        st.metrics.render(st.log.last_seq(), size),
+    )
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this endpoint does not take that method",
+    )
+}
+
+/// Checks `Authorization: Bearer <admin token>`, in constant time.
+pub fn require_admin(st: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "missing_token",
+            "this endpoint needs `Authorization: Bearer <admin token>`",
+        ));
+    };
+    let given = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if !constant_time_eq(given.as_bytes(), st.admin_token.as_bytes()) {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_token",
+            "the bearer token is not valid here",
+        ));
+    }
+    Ok(())
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Reads a JSON body of at most `limit` bytes and parses it: 413 `body_too_large`, 415
+/// `unsupported_media_type`, 400 `malformed_json` (not JSON at all) or 422 `invalid_body` (JSON of the
+/// wrong shape: a missing or unknown field, a wrong type).
+pub async fn read_json<T: DeserializeOwned>(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+) -> Result<T, ApiError> {
+    if let Some(ct) = headers.get(header::CONTENT_TYPE) {
+        let ct = ct.to_str().unwrap_or("");
+        if !ct
+            .trim_start()
+            .to_ascii_lowercase()
+            .starts_with("application/json")
+        {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                format!("Content-Type {ct:?} is not application/json"),
+            ));
+        }
+    }
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("the body is larger than {limit} bytes; send fewer readings per request"),
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(too_large());
+    }
+    let bytes = axum::body::to_bytes(body, limit)
+        .await
+        .map_err(|_| too_large())?;
+    serde_json::from_slice(&bytes).map_err(|e| match e.classify() {
+        serde_json::error::Category::Data => ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_body",
+            e.to_string(),
+        ),
+        _ => ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "malformed_json",
+            format!("the body is not valid JSON: {e}"),
+        ),
+    })
+}

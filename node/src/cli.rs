@@ -1,0 +1,236 @@
+//! The command line. Commands that act on a running node reach it over its API (`--node`); commands that
+//! open a data dir directly refuse one that a running node holds.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use custodian_events::log::{EventLog, SledLog, SledLogConfig};
+
+use crate::client::NodeClient;
+use crate::config::Config;
+use crate::datadir::DataDir;
+use crate::server::{Node, SystemClock};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "custodian",
+    version,
+    about = "Hazardous-waste and environmental IoT supervision"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run a node: the event log and the HTTP API.
+    Serve(ServeArgs),
+    /// Start a node, let simulated terminals upload (with resends and some bad readings), then summarise.
+    Demo(DemoArgs),
+    /// Benchmarks.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+    /// Print events of a running node's log, as JSON lines.
+    Events(EventsArgs),
+    /// Show a running node's health and counters.
+    Status(NodeArgs),
+    /// Work on a stopped node's log directly.
+    #[command(subcommand)]
+    Log(LogCommand),
+}
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// Address for the HTTP API [default: 127.0.0.1:8080].
+    #[arg(long)]
+    pub listen: Option<std::net::SocketAddr>,
+    /// The node's data dir [default: ./.custodian].
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// A TOML file with settings; environment variables `CUSTODIAN_*` override it, flags override both.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct NodeArgs {
+    /// The running node's API.
+    #[arg(long, env = "CUSTODIAN_NODE", default_value = "http://127.0.0.1:8080")]
+    pub node: String,
+    /// The node's admin token.
+    #[arg(long, env = "CUSTODIAN_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct DemoArgs {
+    #[arg(long, default_value_t = 12)]
+    pub terminals: usize,
+    #[arg(long, default_value_t = 15)]
+    pub duration_s: u64,
+    /// Share of batches that terminals send again, in percent.
+    #[arg(long, default_value_t = 30)]
+    pub resend_percent: u32,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Use this running node instead of starting one (needs CUSTODIAN_ADMIN_TOKEN).
+    #[arg(long)]
+    pub node: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum BenchCommand {
+    /// HTTP ingest throughput and latency against a local node, beside the log's own ceiling.
+    Ingest(BenchIngestArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct BenchIngestArgs {
+    #[arg(long, default_value_t = 32)]
+    pub terminals: usize,
+    #[arg(long, default_value_t = 100)]
+    pub batch: usize,
+    #[arg(long, default_value_t = 15)]
+    pub duration_s: u64,
+    #[arg(long, default_value_t = 3)]
+    pub warmup_s: u64,
+    /// Where to keep the Markdown report.
+    #[arg(long, default_value = "bench/results")]
+    pub report_dir: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct EventsArgs {
+    #[command(flatten)]
+    pub node: NodeArgs,
+    #[arg(long, default_value_t = 1)]
+    pub from_seq: u64,
+    #[arg(long, default_value_t = 100)]
+    pub limit: usize,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum LogCommand {
+    /// Check every record of a stopped node's log: format, CRC, encoding, fingerprint, no gaps.
+    Verify {
+        #[arg(long)]
+        data_dir: PathBuf,
+    },
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve(args) => serve(args).await,
+        Command::Demo(args) => {
+            let summary = crate::demo::run(crate::demo::DemoOptions {
+                terminals: args.terminals,
+                duration_s: args.duration_s,
+                resend_percent: args.resend_percent,
+                seed: args.seed,
+                admin_token: std::env::var("CUSTODIAN_ADMIN_TOKEN").ok(),
+                node: args.node,
+            })
+            .await?;
+            anyhow::ensure!(
+                summary.stored_once,
+                "the demo found acknowledged readings missing or stored twice"
+            );
+            Ok(())
+        }
+        Command::Bench(BenchCommand::Ingest(args)) => {
+            crate::bench::ingest(crate::bench::IngestBenchOptions {
+                terminals: args.terminals,
+                batch: args.batch,
+                duration_s: args.duration_s,
+                warmup_s: args.warmup_s,
+                report_dir: Some(args.report_dir),
+            })
+            .await?;
+            Ok(())
+        }
+        Command::Events(args) => {
+            let client = NodeClient::new(args.node.node, args.node.admin_token);
+            let page = client.events(args.from_seq, args.limit).await?;
+            for item in page["items"].as_array().into_iter().flatten() {
+                println!("{item}");
+            }
+            if let Some(next) = page["next_from_seq"].as_u64() {
+                eprintln!("more: --from-seq {next}");
+            }
+            Ok(())
+        }
+        Command::Status(args) => {
+            let client = NodeClient::new(args.node, args.admin_token);
+            let health = client
+                .healthz()
+                .await
+                .with_context(|| format!("no node answers at {}", client.base()))?;
+            let metrics = client.metrics().await?;
+            println!("node {}: {}", client.base(), health);
+            for name in [
+                "custodian_readings_accepted_total",
+                "custodian_readings_duplicate_total",
+                "custodian_readings_rejected_total",
+                "custodian_log_size_bytes",
+            ] {
+                println!(
+                    "  {name} {}",
+                    crate::metrics::sample(&metrics, name).unwrap_or(0.0)
+                );
+            }
+            Ok(())
+        }
+        Command::Log(LogCommand::Verify { data_dir }) => verify(data_dir),
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let mut config = Config::load(args.config.as_deref())?;
+    if let Some(listen) = args.listen {
+        config.listen = listen;
+    }
+    if let Some(dir) = args.data_dir {
+        config.data_dir = dir;
+    }
+    let mut node = Node::start(config).await?;
+    println!("custodian node listening on {}", node.url());
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        r = node.wait() => r,
+        _ = tokio::signal::ctrl_c() => { node.stop().await }
+        _ = term.recv() => { node.stop().await }
+    }
+}
+
+fn verify(data_dir: PathBuf) -> anyhow::Result<()> {
+    let dir = DataDir::acquire(&data_dir)?;
+    let log = SledLog::open(SledLogConfig::new(dir.log_path()), Arc::new(SystemClock))
+        .with_context(|| format!("cannot open the log in {}", dir.log_path().display()))?;
+    let total = log.last_seq();
+    let report = log.verify(&mut |done, _| {
+        eprint!("\rverifying {done}/{total} records");
+    })?;
+    eprintln!();
+    println!(
+        "{} records, last seq {}, {} corrupt, {} gaps",
+        report.records,
+        report.last_seq,
+        report.corrupt.len(),
+        report.gaps.len()
+    );
+    for c in &report.corrupt {
+        println!("  {c}");
+    }
+    for (a, b) in &report.gaps {
+        println!("  gap: {a} ..= {b} missing");
+    }
+    anyhow::ensure!(
+        report.is_ok(),
+        "the log in {} failed verification",
+        data_dir.display()
+    );
+    Ok(())
+}

@@ -1,0 +1,176 @@
+//! A small HTTP client for a running node, used by the CLI, the demo, the benchmark and the tests.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use serde_json::Value;
+
+use crate::api::UploadResponse;
+
+/// How long one request may take before the client gives up on it.
+pub const REQUEST_TIMEOUT_S: u64 = 30;
+
+#[derive(Clone)]
+pub struct NodeClient {
+    http: reqwest::Client,
+    base: String,
+    admin_token: Option<String>,
+}
+
+/// A response that was not the expected success.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("node answered {status}: {body}")]
+    Status { status: u16, body: Value },
+    #[error("request to the node failed: {0}")]
+    Transport(#[from] reqwest::Error),
+}
+
+impl ClientError {
+    /// The `code` of a `{code, message}` answer.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            ClientError::Status { body, .. } => body.get("code").and_then(Value::as_str),
+            ClientError::Transport(_) => None,
+        }
+    }
+}
+
+impl NodeClient {
+    pub fn new(base: impl Into<String>, admin_token: Option<String>) -> Self {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(REQUEST_TIMEOUT_S))
+            .pool_max_idle_per_host(256)
+            .build()
+            .expect("building an HTTP client without TLS cannot fail");
+        NodeClient {
+            http,
+            base: base.into().trim_end_matches('/').to_owned(),
+            admin_token,
+        }
+    }
+
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    fn admin(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.admin_token {
+            Some(t) => req.bearer_auth(t),
+            None => req,
+        }
+    }
+
+    /// POSTs JSON with the admin token and returns the status and the JSON body, whatever the status.
+    pub async fn post_admin(&self, path: &str, body: &Value) -> Result<(u16, Value), ClientError> {
+        let resp = self
+            .admin(self.http.post(format!("{}{path}", self.base)))
+            .json(body)
+            .send()
+            .await?;
+        let status = resp.status().as_u16();
+        Ok((status, resp.json().await.unwrap_or(Value::Null)))
+    }
+
+    /// Registers, accepting 200 (already registered alike) and 201 (new).
+    pub async fn register(&self, path: &str, body: &Value) -> Result<Value, ClientError> {
+        match self.post_admin(path, body).await? {
+            (200 | 201, v) => Ok(v),
+            (status, body) => Err(ClientError::Status { status, body }),
+        }
+    }
+
+    /// Sends an upload body as is; any status other than 200 is an error carrying the JSON answer.
+    pub async fn upload(&self, body: Vec<u8>) -> Result<UploadResponse, ClientError> {
+        let resp = self
+            .http
+            .post(format!("{}/v1/uploads", self.base))
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body)
+            .send()
+            .await?;
+        let status = resp.status().as_u16();
+        if status == 200 {
+            Ok(resp.json().await?)
+        } else {
+            Err(ClientError::Status {
+                status,
+                body: resp.json().await.unwrap_or(Value::Null),
+            })
+        }
+    }
+
+    /// One page of `GET /v1/events`.
+    pub async fn events(&self, from_seq: u64, limit: usize) -> Result<Value, ClientError> {
+        let resp = self
+            .admin(self.http.get(format!(
+                "{}/v1/events?from_seq={from_seq}&limit={limit}",
+                self.base
+            )))
+            .send()
+            .await?;
+        let status = resp.status().as_u16();
+        let body = resp.json().await.unwrap_or(Value::Null);
+        if status == 200 {
+            Ok(body)
+        } else {
+            Err(ClientError::Status { status, body })
+        }
+    }
+
+    /// Every event from `from_seq` on, page by page.
+    pub async fn all_events(&self, from_seq: u64) -> Result<Vec<Value>, ClientError> {
+        let mut out = Vec::new();
+        let mut from = from_seq;
+        loop {
+            let page = self.events(from, 1000).await?;
+            if let Some(items) = page["items"].as_array() {
+                out.extend(items.iter().cloned());
+            }
+            match page["next_from_seq"].as_u64() {
+                Some(n) => from = n,
+                None => return Ok(out),
+            }
+        }
+    }
+
+    pub async fn metrics(&self) -> Result<String, ClientError> {
+        Ok(self
+            .http
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .await?
+            .error_for_status()?
+            .text()
+            .await?)
+    }
+
+    pub async fn healthz(&self) -> Result<Value, ClientError> {
+        Ok(self
+            .http
+            .get(format!("{}/healthz", self.base))
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?)
+    }
+
+    /// Waits until the node answers `/healthz`, for at most `timeout`.
+    pub async fn wait_ready(&self, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if self.healthz().await.is_ok() {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() > deadline {
+                return self
+                    .healthz()
+                    .await
+                    .map(|_| ())
+                    .with_context(|| format!("node at {} did not become ready", self.base));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}

@@ -1,0 +1,175 @@
+//! Node configuration: defaults, then a TOML file, then `CUSTODIAN_*` environment variables (`__` separates
+//! sections: `CUSTODIAN_INGEST__BATCH_READINGS_MAX=500`), then command-line flags.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+/// Everything a node can be told.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Where the HTTP API listens.
+    pub listen: SocketAddr,
+    /// Where the event log and the node's own files live. One running node holds it at a time.
+    pub data_dir: PathBuf,
+    /// The bootstrap admin secret. When unset, the node makes one on first start and keeps it in
+    /// `DATA_DIR/admin_token` (readable by its owner only).
+    pub admin_token: Option<String>,
+    pub ingest: IngestConfig,
+    pub log: LogConfig,
+}
+
+/// Limits of the ingest path.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IngestConfig {
+    /// Largest request body, in bytes. Bigger bodies get 413 `body_too_large` before they are read whole.
+    pub body_bytes_max: usize,
+    /// Most readings in one upload. More get 413 `batch_too_large`; nothing of the batch is stored.
+    pub batch_readings_max: usize,
+    /// How far a reading's `measured_at` may lie ahead of the node's clock, in seconds.
+    pub future_skew_s_max: u64,
+    /// Terminal registrations kept in memory for the upload path; beyond this the least used are evicted
+    /// and read again from the log when needed.
+    pub terminal_cache_entries_max: u64,
+}
+
+/// Limits of the embedded event log (see `SledLogConfig` for what each costs).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// Append requests waiting for the writer; when full, uploads get 503 `overloaded` with Retry-After.
+    pub queue_requests_max: usize,
+    /// Events per group commit (one fsync).
+    pub group_events_max: usize,
+    /// sled's page cache, in bytes.
+    pub cache_capacity_bytes: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "127.0.0.1:8080".parse().expect("a valid address"),
+            data_dir: PathBuf::from(".custodian"),
+            admin_token: None,
+            ingest: IngestConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        IngestConfig {
+            body_bytes_max: 1024 * 1024,
+            batch_readings_max: 1000,
+            future_skew_s_max: 300,
+            terminal_cache_entries_max: 100_000,
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            queue_requests_max: 1024,
+            group_events_max: 16_384,
+            cache_capacity_bytes: 256 * 1024 * 1024,
+        }
+    }
+}
+
+/// Environment variables that belong to the CLI, not to the node's configuration.
+const CLI_ONLY_ENV: [&str; 1] = ["NODE"];
+
+impl Config {
+    /// Loads defaults, then `file` (if given), then the environment.
+    pub fn load(file: Option<&Path>) -> anyhow::Result<Config> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(file) = file {
+            anyhow::ensure!(
+                file.exists(),
+                "config file {} does not exist; pass an existing TOML file to --config",
+                file.display()
+            );
+            fig = fig.merge(Toml::file(file));
+        }
+        fig = fig.merge(Env::prefixed("CUSTODIAN_").split("__").filter(|k| {
+            !CLI_ONLY_ENV
+                .iter()
+                .any(|c| k.as_str().eq_ignore_ascii_case(c))
+        }));
+        let config: Config = fig
+            .extract()
+            .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+        config.check()?;
+        Ok(config)
+    }
+
+    /// Refuses limits that would make the node useless.
+    pub fn check(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.ingest.body_bytes_max >= 1024,
+            "ingest.body_bytes_max must be at least 1024"
+        );
+        anyhow::ensure!(
+            (1..=10_000).contains(&self.ingest.batch_readings_max),
+            "ingest.batch_readings_max must lie in 1 ..= 10000"
+        );
+        anyhow::ensure!(
+            self.log.queue_requests_max >= 1,
+            "log.queue_requests_max must be at least 1"
+        );
+        anyhow::ensure!(
+            self.log.group_events_max >= 1,
+            "log.group_events_max must be at least 1"
+        );
+        if let Some(t) = &self.admin_token {
+            anyhow::ensure!(
+                t.len() >= 16,
+                "admin_token must be at least 16 characters long"
+            );
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::result_large_err)] // figment's Jail closures return figment's own large error
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_then_environment_override_defaults() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "node.toml",
+                "listen = \"127.0.0.1:9000\"\n[ingest]\nbatch_readings_max = 200\nbody_bytes_max = 4096\n",
+            )?;
+            jail.set_env("CUSTODIAN_INGEST__BATCH_READINGS_MAX", "500");
+            jail.set_env("CUSTODIAN_NODE", "http://127.0.0.1:1");
+            let c = Config::load(Some(Path::new("node.toml"))).map_err(|e| e.to_string())?;
+            assert_eq!(c.listen.port(), 9000);
+            assert_eq!(c.ingest.batch_readings_max, 500);
+            assert_eq!(c.ingest.body_bytes_max, 4096);
+            assert_eq!(c.ingest.future_skew_s_max, 300);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_limits_are_refused() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("a.toml", "[ingest]\nbatch_readings = 5\n")?;
+            assert!(Config::load(Some(Path::new("a.toml"))).is_err());
+            jail.create_file("b.toml", "[ingest]\nbatch_readings_max = 0\n")?;
+            assert!(Config::load(Some(Path::new("b.toml"))).is_err());
+            assert!(Config::load(Some(Path::new("missing.toml"))).is_err());
+            Ok(())
+        });
+    }
+}

@@ -1,0 +1,194 @@
+//! Prometheus metrics, in base units. Labels only ever take values from small fixed sets (rejection codes,
+//! outcomes), never ids.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Upper bounds of the append-latency histogram, in seconds.
+const APPEND_BUCKETS_S: [f64; 14] = [
+    0.000_5, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+#[derive(Default)]
+pub struct Metrics {
+    pub readings_accepted: AtomicU64,
+    pub readings_duplicate: AtomicU64,
+    /// By rejection code (a fixed set of `&'static str`).
+    readings_rejected: Mutex<BTreeMap<&'static str, u64>>,
+    /// By HTTP status code.
+    uploads: Mutex<BTreeMap<u16, u64>>,
+    append_buckets: [AtomicU64; APPEND_BUCKETS_S.len()],
+    append_count: AtomicU64,
+    append_sum_ns: AtomicU64,
+}
+
+impl Metrics {
+    pub fn rejected(&self, code: &'static str) {
+        *self
+            .readings_rejected
+            .lock()
+            .expect("metrics lock")
+            .entry(code)
+            .or_default() += 1;
+    }
+
+    pub fn upload(&self, status: u16) {
+        *self
+            .uploads
+            .lock()
+            .expect("metrics lock")
+            .entry(status)
+            .or_default() += 1;
+    }
+
+    pub fn rejected_total(&self) -> u64 {
+        self.readings_rejected
+            .lock()
+            .expect("metrics lock")
+            .values()
+            .sum()
+    }
+
+    pub fn observe_append(&self, took: Duration) {
+        let s = took.as_secs_f64();
+        if let Some(i) = APPEND_BUCKETS_S.iter().position(|b| s <= *b) {
+            self.append_buckets[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.append_count.fetch_add(1, Ordering::Relaxed);
+        self.append_sum_ns
+            .fetch_add(took.as_nanos() as u64, Ordering::Relaxed);
+    }
+
+    /// The Prometheus text exposition of every metric, with the log's gauges passed in.
+    pub fn render(&self, log_last_seq: u64, log_size_bytes: Option<u64>) -> String {
+        let mut out = String::with_capacity(4096);
+        let counter = |out: &mut String, name: &str, help: &str, v: u64| {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
+            );
+        };
+        counter(
+            &mut out,
+            "custodian_readings_accepted_total",
+            "Readings stored for the first time.",
+            self.readings_accepted.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "custodian_readings_duplicate_total",
+            "Resent readings recognised as already stored.",
+            self.readings_duplicate.load(Ordering::Relaxed),
+        );
+        let _ = writeln!(
+            out,
+            "# HELP custodian_readings_rejected_total Readings refused, by code.\n# TYPE custodian_readings_rejected_total counter"
+        );
+        let rejected = self.readings_rejected.lock().expect("metrics lock").clone();
+        if rejected.is_empty() {
+            let _ = writeln!(out, "custodian_readings_rejected_total{{code=\"none\"}} 0");
+        }
+        for (code, n) in rejected {
+            let _ = writeln!(
+                out,
+                "custodian_readings_rejected_total{{code=\"{code}\"}} {n}"
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP custodian_uploads_total Upload requests answered, by HTTP status.\n# TYPE custodian_uploads_total counter"
+        );
+        for (status, n) in self.uploads.lock().expect("metrics lock").clone() {
+            let _ = writeln!(out, "custodian_uploads_total{{status=\"{status}\"}} {n}");
+        }
+        let _ = writeln!(
+            out,
+            "# HELP custodian_log_append_seconds Time from handing a batch to the log until it is durable.\n# TYPE custodian_log_append_seconds histogram"
+        );
+        let mut cumulative = 0;
+        for (bound, n) in APPEND_BUCKETS_S.iter().zip(&self.append_buckets) {
+            cumulative += n.load(Ordering::Relaxed);
+            let _ = writeln!(
+                out,
+                "custodian_log_append_seconds_bucket{{le=\"{bound}\"}} {cumulative}"
+            );
+        }
+        let count = self.append_count.load(Ordering::Relaxed);
+        let _ = writeln!(
+            out,
+            "custodian_log_append_seconds_bucket{{le=\"+Inf\"}} {count}\ncustodian_log_append_seconds_sum {}\ncustodian_log_append_seconds_count {count}",
+            self.append_sum_ns.load(Ordering::Relaxed) as f64 / 1e9
+        );
+        let _ = writeln!(
+            out,
+            "# HELP custodian_log_last_seq The last durable event sequence.\n# TYPE custodian_log_last_seq gauge\ncustodian_log_last_seq {log_last_seq}"
+        );
+        if let Some(size) = log_size_bytes {
+            let _ = writeln!(
+                out,
+                "# HELP custodian_log_size_bytes Bytes the event log occupies on disk.\n# TYPE custodian_log_size_bytes gauge\ncustodian_log_size_bytes {size}"
+            );
+        }
+        out
+    }
+}
+
+/// Reads one sample (`name` or `name{labels}`) from a Prometheus text exposition, summing over labels
+/// when `name` has none. For the CLI's summaries and for tests.
+pub fn sample(text: &str, name: &str) -> Option<f64> {
+    let mut found = None;
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some((key, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let matches = key == name || (!name.contains('{') && key.starts_with(&format!("{name}{{")));
+        if matches && let Ok(v) = value.parse::<f64>() {
+            *found.get_or_insert(0.0) += v;
+        }
+    }
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_exposition_carries_counts_and_a_cumulative_histogram() {
+        let m = Metrics::default();
+        m.readings_accepted.fetch_add(3, Ordering::Relaxed);
+        m.rejected("unknown_unit");
+        m.rejected("unknown_unit");
+        m.rejected("invalid_seq");
+        m.observe_append(Duration::from_micros(700));
+        m.observe_append(Duration::from_millis(30));
+        let text = m.render(42, Some(1000));
+        assert_eq!(
+            sample(&text, "custodian_readings_accepted_total"),
+            Some(3.0)
+        );
+        assert_eq!(
+            sample(&text, "custodian_readings_rejected_total"),
+            Some(3.0)
+        );
+        assert_eq!(
+            sample(
+                &text,
+                "custodian_readings_rejected_total{code=\"unknown_unit\"}"
+            ),
+            Some(2.0)
+        );
+        assert_eq!(
+            sample(&text, "custodian_log_append_seconds_bucket{le=\"0.001\"}"),
+            Some(1.0)
+        );
+        assert_eq!(
+            sample(&text, "custodian_log_append_seconds_bucket{le=\"0.05\"}"),
+            Some(2.0)
+        );
+        assert_eq!(sample(&text, "custodian_log_last_seq"), Some(42.0));
+    }
+}

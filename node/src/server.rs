@@ -1,0 +1,137 @@
+//! Starting and stopping a node: data dir, event log, HTTP API.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::Context as _;
+use custodian_events::Clock;
+use custodian_events::log::{EventLog, SledLog, SledLogConfig};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::api::{self, AppState, Registry};
+use crate::config::Config;
+use crate::datadir::DataDir;
+use crate::metrics::Metrics;
+
+/// The wall clock, read only here at the edge of the system.
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_ns(&self) -> i64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .expect("the system clock is after 1970")
+            .as_nanos() as i64
+    }
+}
+
+/// A running node.
+pub struct Node {
+    /// Where the API actually listens (useful with port 0).
+    pub addr: SocketAddr,
+    pub admin_token: String,
+    pub state: Arc<AppState>,
+    shutdown: Option<oneshot::Sender<()>>,
+    server: JoinHandle<std::io::Result<()>>,
+    _data_dir: DataDir,
+}
+
+impl Node {
+    /// Opens the data dir and the log, binds the listener and starts serving.
+    pub async fn start(config: Config) -> anyhow::Result<Node> {
+        let data_dir = DataDir::acquire(&config.data_dir)?;
+        let admin_token = match &config.admin_token {
+            Some(t) => t.clone(),
+            None => {
+                let t = data_dir.admin_token().with_context(|| {
+                    format!(
+                        "cannot read or create the admin token in {}",
+                        data_dir.path().display()
+                    )
+                })?;
+                tracing::info!(
+                    file = %data_dir.path().join("admin_token").display(),
+                    "no admin_token configured; using the one kept in the data dir"
+                );
+                t
+            }
+        };
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        let log_config = SledLogConfig {
+            queue_requests_max: config.log.queue_requests_max,
+            group_events_max: config.log.group_events_max,
+            batch_events_max: config.ingest.batch_readings_max,
+            cache_capacity_bytes: config.log.cache_capacity_bytes,
+            ..SledLogConfig::new(data_dir.log_path())
+        };
+        let log = tokio::task::spawn_blocking({
+            let clock = clock.clone();
+            move || SledLog::open(log_config, clock)
+        })
+        .await?
+        .with_context(|| {
+            format!(
+                "cannot open the event log in {}",
+                data_dir.log_path().display()
+            )
+        })?;
+        let log: Arc<dyn EventLog> = Arc::new(log);
+        tracing::info!(last_seq = log.last_seq(), "event log open");
+        let state = Arc::new(AppState {
+            log,
+            registry: Registry::new(config.ingest.terminal_cache_entries_max),
+            clock,
+            metrics: Metrics::default(),
+            admin_token: admin_token.clone(),
+            config,
+        });
+        let listener = tokio::net::TcpListener::bind(state.config.listen)
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot listen on {}; is another node or program using it? pick another with --listen",
+                    state.config.listen
+                )
+            })?;
+        let addr = listener.local_addr()?;
+        let (tx, rx) = oneshot::channel::<()>();
+        let app = api::router(state.clone());
+        let server = tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async {
+                    let _ = rx.await;
+                })
+                .await
+        });
+        tracing::info!(%addr, "custodian node listening");
+        Ok(Node {
+            addr,
+            admin_token,
+            state,
+            shutdown: Some(tx),
+            server,
+            _data_dir: data_dir,
+        })
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stops accepting requests, lets the ones in flight finish, and closes the log.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        (&mut self.server).await??;
+        Ok(())
+    }
+
+    /// Runs until the server stops on its own (it does not, short of an error).
+    pub async fn wait(&mut self) -> anyhow::Result<()> {
+        (&mut self.server).await??;
+        Ok(())
+    }
+}

@@ -1,0 +1,119 @@
+//! Simulated terminals: enterprises, terminals and believable readings, for the demo, the benchmark and
+//! the tests. Seeded, so a run can be repeated.
+
+use std::fmt::Write as _;
+
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use serde_json::{Value, json};
+
+/// A few real provinces and cities (administrative division codes).
+pub const SITES: [(&str, &str, &str); 3] = [
+    ("440000", "440100", "广州"),
+    ("320000", "320500", "苏州"),
+    ("330000", "330100", "杭州"),
+];
+
+pub fn enterprise_body(i: usize) -> Value {
+    let (province, city, name) = SITES[i % SITES.len()];
+    json!({
+        "id": format!("E-{i}"),
+        "name": format!("{name}危废处置中心 {i}"),
+        "province_code": province,
+        "city_code": city,
+        "storage_capacity_kg": 200_000.0,
+    })
+}
+
+pub fn terminal_body(id: &str, enterprise: usize) -> Value {
+    json!({
+        "id": id,
+        "enterprise_id": format!("E-{enterprise}"),
+        "kind": "scale",
+        "capacity_kg": 3_000.0,
+        "report_interval_s": 10,
+    })
+}
+
+/// One simulated scale: numbers its readings 1, 2, 3, … and weighs a handful of drums.
+pub struct SimTerminal {
+    pub id: String,
+    pub next_seq: u64,
+    rng: SmallRng,
+}
+
+impl SimTerminal {
+    pub fn new(id: impl Into<String>, seed: u64) -> Self {
+        SimTerminal {
+            id: id.into(),
+            next_seq: 1,
+            rng: SmallRng::seed_from_u64(seed),
+        }
+    }
+
+    /// The JSON text of one reading with sequence `seq`, measured at `measured_at` (RFC 3339).
+    pub fn reading_json(&mut self, seq: u64, measured_at: &str) -> String {
+        let drum = self.rng.random_range(1..=20);
+        let kg: f64 = self.rng.random_range(50.0..400.0);
+        let stages = ["generation", "storage_in", "storage_out", "transfer_out"];
+        let stage = stages[self.rng.random_range(0..stages.len())];
+        format!(
+            r#"{{"seq":{seq},"measured_at":"{measured_at}","kind":"weight","value":{kg:.1},"unit":"kg","container_id":"{}-C{drum}","stage":"{stage}","waste_code":"HW08"}}"#,
+            self.id
+        )
+    }
+
+    /// The next `n` readings as an upload body, and the sequences they carry.
+    pub fn next_body(&mut self, n: usize, measured_at: &str) -> (Vec<u8>, Vec<u64>) {
+        let mut readings = Vec::with_capacity(n);
+        let mut seqs = Vec::with_capacity(n);
+        for _ in 0..n {
+            let seq = self.next_seq;
+            self.next_seq += 1;
+            readings.push(self.reading_json(seq, measured_at));
+            seqs.push(seq);
+        }
+        (upload_body(&self.id, &readings), seqs)
+    }
+
+    pub fn rng(&mut self) -> &mut SmallRng {
+        &mut self.rng
+    }
+}
+
+/// An upload body around readings given as JSON texts.
+pub fn upload_body(terminal_id: &str, readings: &[String]) -> Vec<u8> {
+    let mut s = String::with_capacity(64 + readings.iter().map(|r| r.len() + 1).sum::<usize>());
+    let _ = write!(s, r#"{{"terminal_id":"{terminal_id}","readings":["#);
+    for (i, r) in readings.iter().enumerate() {
+        if i > 0 {
+            s.push(',');
+        }
+        s.push_str(r);
+    }
+    s.push_str("]}");
+    s.into_bytes()
+}
+
+/// Now, as RFC 3339 UTC (terminals stamp readings with their own clocks).
+pub fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .expect("formatting the current time")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bodies_are_valid_uploads() {
+        let mut t = SimTerminal::new("T-1", 7);
+        let (body, seqs) = t.next_body(3, "2026-11-26T04:00:00+08:00");
+        assert_eq!(seqs, vec![1, 2, 3]);
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["terminal_id"], "T-1");
+        assert_eq!(v["readings"].as_array().unwrap().len(), 3);
+        assert_eq!(v["readings"][2]["seq"], 3);
+    }
+}

@@ -1,0 +1,481 @@
+//! The ingest and registration API over real HTTP against an in-process node: what good input gets, what
+//! bad input gets, and that bad input changes nothing.
+
+use custodian_node::client::{ClientError, NodeClient};
+use custodian_tests::*;
+use serde_json::{Value, json};
+
+fn reading(seq: u64, value: f64, unit: &str) -> Value {
+    json!({
+        "seq": seq, "measured_at": "2026-11-26T04:00:00+08:00", "kind": "weight",
+        "value": value, "unit": unit, "container_id": "C-9", "stage": "generation", "waste_code": "HW08"
+    })
+}
+
+fn body(terminal: &str, readings: Vec<Value>) -> Vec<u8> {
+    serde_json::to_vec(&json!({ "terminal_id": terminal, "readings": readings })).unwrap()
+}
+
+async fn raw_post(
+    url: &str,
+    path: &str,
+    body: Vec<u8>,
+    headers: &[(&str, &str)],
+) -> (u16, Value, reqwest::header::HeaderMap) {
+    let mut req = reqwest::Client::new()
+        .post(format!("{url}{path}"))
+        .body(body);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    (status, resp.json().await.unwrap_or(Value::Null), headers)
+}
+
+async fn last_seq(client: &NodeClient) -> u64 {
+    client.healthz().await.unwrap()["last_seq"]
+        .as_u64()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn registration_is_an_event_and_answers_201_200_409() {
+    // Proves: first registration 201, the same again 200 with the same event, a different body 409, and
+    // registration needs the admin token and a registered enterprise.
+    let dir = tempfile::tempdir().unwrap();
+    let (node, client) = start_node(dir.path(), |_| {}).await;
+    let e = custodian_node::terminal_sim::enterprise_body(0);
+    let (s, first) = client.post_admin("/v1/enterprises", &e).await.unwrap();
+    assert_eq!(s, 201, "{first}");
+    let (s, again) = client.post_admin("/v1/enterprises", &e).await.unwrap();
+    assert_eq!(s, 200);
+    assert_eq!(again["event_seq"], first["event_seq"]);
+    let mut other = e.clone();
+    other["name"] = json!("另一家公司");
+    let (s, conflict) = client.post_admin("/v1/enterprises", &other).await.unwrap();
+    assert_eq!(
+        (s, conflict["code"].as_str()),
+        (409, Some("already_registered"))
+    );
+
+    let anonymous = NodeClient::new(node.url(), None);
+    let (s, v) = anonymous.post_admin("/v1/enterprises", &e).await.unwrap();
+    assert_eq!((s, v["code"].as_str()), (401, Some("missing_token")));
+    let wrong = NodeClient::new(node.url(), Some("not-the-token".into()));
+    let (s, v) = wrong.post_admin("/v1/terminals", &e).await.unwrap();
+    assert_eq!((s, v["code"].as_str()), (401, Some("invalid_token")));
+
+    let orphan = json!({"id": "T-9", "enterprise_id": "E-404", "kind": "scale", "capacity_kg": 100.0, "report_interval_s": 10});
+    let (s, v) = client.post_admin("/v1/terminals", &orphan).await.unwrap();
+    assert_eq!((s, v["code"].as_str()), (422, Some("unknown_enterprise")));
+    let bad_code = json!({"id": "E-2", "name": "x", "province_code": "440100", "city_code": "440100", "storage_capacity_kg": 1.0});
+    let (s, v) = client
+        .post_admin("/v1/enterprises", &bad_code)
+        .await
+        .unwrap();
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (422, Some("invalid_province_code"))
+    );
+    let (s, v) = client
+        .post_admin("/v1/enterprises", &json!({"id": "E-3"}))
+        .await
+        .unwrap();
+    assert_eq!((s, v["code"].as_str()), (422, Some("invalid_body")));
+
+    // Only the one enterprise registration reached the log.
+    assert_eq!(last_seq(&client).await, 1);
+    node.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn uploads_accept_dedupe_and_reject_per_reading() {
+    // Proves: accepted, then duplicate with the original event_seq (also when the unit differs but the
+    // quantity is the same), seq_conflict kept as evidence, and bad readings rejected beside good ones.
+    let dir = tempfile::tempdir().unwrap();
+    let (node, client) = start_node(dir.path(), |_| {}).await;
+    register_terminals(&client, &["T-1"]).await;
+    let base = last_seq(&client).await;
+
+    let r = client
+        .upload(body("T-1", vec![reading(1, 152.3, "kg")]))
+        .await
+        .unwrap();
+    assert_eq!(
+        serde_json::to_value(&r.results).unwrap(),
+        json!([{"status": "accepted", "seq": 1, "event_seq": base + 1}])
+    );
+
+    let r = client
+        .upload(body("T-1", vec![
+            reading(1, 152_300.0, "g"),
+            reading(2, 10.0, "kg"),
+            reading(3, -1.0, "kg"),
+            json!({"seq": 4, "measured_at": "2026-11-26T04:00:00+08:00", "kind": "weight", "value": 1.0, "unit": "stone"}),
+            json!({"seq": 5, "measured_at": "2026-11-26T04:00:00+08:00", "kind": "weight", "value": 1.0, "unit": "kg", "colour": "red"}),
+            json!({"seq": 6, "measured_at": "2099-01-01T00:00:00Z", "kind": "weight", "value": 1.0, "unit": "kg"}),
+            json!({"seq": 7, "measured_at": "2026-11-26T04:00:00+08:00", "kind": "weight", "value": 1.0, "unit": "kg", "stage": "lost"}),
+            json!({"measured_at": "2026-11-26T04:00:00+08:00"}),
+            reading(1, 152.4, "kg"),
+            reading(8, 0.5, "t"),
+        ]))
+        .await
+        .unwrap();
+    let got: Vec<(Option<u64>, String, Option<String>)> = r
+        .results
+        .iter()
+        .map(|x| {
+            let v = serde_json::to_value(x).unwrap();
+            (
+                v["seq"].as_u64(),
+                v["status"].as_str().unwrap().to_owned(),
+                v["code"].as_str().map(str::to_owned),
+            )
+        })
+        .collect();
+    let expect = |seq: Option<u64>, status: &str, code: Option<&str>| {
+        (seq, status.to_owned(), code.map(str::to_owned))
+    };
+    assert_eq!(
+        got,
+        vec![
+            expect(Some(1), "duplicate", None),
+            expect(Some(2), "accepted", None),
+            expect(Some(3), "rejected", Some("value_out_of_range")),
+            expect(Some(4), "rejected", Some("unknown_unit")),
+            expect(Some(5), "rejected", Some("invalid_reading")),
+            expect(Some(6), "rejected", Some("measured_at_in_future")),
+            expect(Some(7), "rejected", Some("unknown_stage")),
+            expect(None, "rejected", Some("invalid_reading")),
+            expect(Some(1), "rejected", Some("seq_conflict")),
+            expect(Some(8), "accepted", None),
+        ]
+    );
+    let dup = serde_json::to_value(&r.results[0]).unwrap();
+    assert_eq!(dup["event_seq"], base + 1);
+    let conflict = serde_json::to_value(&r.results[8]).unwrap();
+    assert_eq!(conflict["event_seq"], base + 1);
+    let evidence = conflict["evidence_event_seq"].as_u64().unwrap();
+
+    // The log holds: reading 1, reading 2, the conflict evidence, reading 8 — nothing of the rejects.
+    let events = client.all_events(base + 1).await.unwrap();
+    let types: Vec<&str> = events
+        .iter()
+        .map(|e| e["event_type"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        types,
+        vec![
+            "ReadingRecorded",
+            "ReadingRecorded",
+            "ReadingConflicted",
+            "ReadingRecorded"
+        ]
+    );
+    assert_eq!(events[2]["seq"], evidence);
+    assert_eq!(events[2]["payload"]["original_event_seq"], base + 1);
+    assert_eq!(events[2]["payload"]["reading"]["value"], 152_400_000);
+
+    // The same conflicting resend again is rejected again but stored once.
+    let r = client
+        .upload(body("T-1", vec![reading(1, 152.4, "kg")]))
+        .await
+        .unwrap();
+    assert_eq!(
+        serde_json::to_value(&r.results[0]).unwrap()["evidence_event_seq"],
+        evidence
+    );
+    assert_eq!(last_seq(&client).await, base + 4);
+
+    let metrics = client.metrics().await.unwrap();
+    use custodian_node::metrics::sample;
+    assert_eq!(
+        sample(&metrics, "custodian_readings_accepted_total"),
+        Some(3.0)
+    );
+    assert_eq!(
+        sample(&metrics, "custodian_readings_duplicate_total"),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            "custodian_readings_rejected_total{code=\"seq_conflict\"}"
+        ),
+        Some(2.0)
+    );
+    assert_eq!(
+        sample(&metrics, "custodian_readings_rejected_total"),
+        Some(8.0)
+    );
+    assert!(sample(&metrics, "custodian_log_size_bytes").unwrap() > 0.0);
+    assert_eq!(
+        sample(&metrics, "custodian_log_append_seconds_count"),
+        Some(3.0)
+    );
+    node.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn bad_requests_get_4xx_json_and_change_nothing() {
+    // Proves: every request-level bad input is refused with its status and code, and the log is untouched.
+    let dir = tempfile::tempdir().unwrap();
+    let (node, client) = start_node(dir.path(), |c| {
+        c.ingest.body_bytes_max = 4096;
+        c.ingest.batch_readings_max = 5;
+    })
+    .await;
+    register_terminals(&client, &["T-1"]).await;
+    let before = last_seq(&client).await;
+    let url = node.url();
+    let json_ct = [("content-type", "application/json")];
+
+    type Case<'a> = (Vec<u8>, &'a [(&'a str, &'a str)], u16, &'a str);
+    let cases: Vec<Case> = vec![
+        (b"{not json".to_vec(), &json_ct, 400, "malformed_json"),
+        (b"".to_vec(), &json_ct, 400, "malformed_json"),
+        (
+            br#"{"terminal_id":"T-1"}"#.to_vec(),
+            &json_ct,
+            422,
+            "invalid_body",
+        ),
+        (
+            br#"{"terminal_id":"T-1","readings":[],"extra":1}"#.to_vec(),
+            &json_ct,
+            422,
+            "invalid_body",
+        ),
+        (
+            br#"{"terminal_id":"T-1","readings":[]}"#.to_vec(),
+            &json_ct,
+            422,
+            "empty_batch",
+        ),
+        (
+            body("T-404", vec![reading(1, 1.0, "kg")]),
+            &json_ct,
+            422,
+            "unknown_terminal",
+        ),
+        (
+            body("T 1", vec![reading(1, 1.0, "kg")]),
+            &json_ct,
+            422,
+            "invalid_id",
+        ),
+        (
+            body("T-1", (1..=6).map(|s| reading(s, 1.0, "kg")).collect()),
+            &json_ct,
+            413,
+            "batch_too_large",
+        ),
+        (
+            body("T-1", vec![json!({"pad": "x".repeat(5000)})]),
+            &json_ct,
+            413,
+            "body_too_large",
+        ),
+        (
+            body("T-1", vec![reading(1, 1.0, "kg")]),
+            &[("content-type", "text/plain")],
+            415,
+            "unsupported_media_type",
+        ),
+    ];
+    for (b, headers, status, code) in cases {
+        let (s, v, _) = raw_post(&url, "/v1/uploads", b.clone(), headers).await;
+        assert_eq!(
+            (s, v["code"].as_str()),
+            (status, Some(code)),
+            "body {}",
+            String::from_utf8_lossy(&b[..b.len().min(80)])
+        );
+        assert!(v["message"].as_str().is_some_and(|m| !m.is_empty()));
+    }
+    // An oversized body sent without Content-Length (chunked) is cut off at the limit all the same.
+    assert_eq!(chunked_upload_status(node.addr, 8000).await, 413);
+
+    let resp = reqwest::get(format!("{url}/v1/nothing")).await.unwrap();
+    assert_eq!(resp.status().as_u16(), 404);
+    assert_eq!(resp.json::<Value>().await.unwrap()["code"], "not_found");
+    let resp = reqwest::get(format!("{url}/v1/uploads")).await.unwrap();
+    assert_eq!(resp.status().as_u16(), 405);
+    assert_eq!(
+        resp.json::<Value>().await.unwrap()["code"],
+        "method_not_allowed"
+    );
+    let resp = reqwest::get(format!("{url}/v1/events")).await.unwrap();
+    assert_eq!(resp.status().as_u16(), 401);
+
+    assert_eq!(last_seq(&client).await, before, "bad input changed the log");
+    node.stop().await.unwrap();
+}
+
+/// Sends an upload of about `pad` bytes with `Transfer-Encoding: chunked` over a raw socket and returns the
+/// status code.
+async fn chunked_upload_status(addr: std::net::SocketAddr, pad: usize) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut sock = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut req = b"POST /v1/uploads HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n".to_vec();
+    for chunk in [
+        b"{\"terminal_id\":\"T-1\",\"readings\":[".to_vec(),
+        vec![b' '; pad],
+        b"]}".to_vec(),
+    ] {
+        req.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+        req.extend_from_slice(&chunk);
+        req.extend_from_slice(b"\r\n");
+    }
+    req.extend_from_slice(b"0\r\n\r\n");
+    // The node may answer and close before it has read everything; a failed write is fine then.
+    let _ = sock.write_all(&req).await;
+    let mut resp = Vec::new();
+    let _ = sock.read_to_end(&mut resp).await;
+    let text = String::from_utf8_lossy(&resp);
+    text.split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn events_show_canonical_payloads_whose_sha256_is_the_fingerprint() {
+    // Proves: an auditor can recompute every fingerprint from what /v1/events shows.
+    let dir = tempfile::tempdir().unwrap();
+    let (node, client) = start_node(dir.path(), |_| {}).await;
+    register_terminals(&client, &["T-1"]).await;
+    client
+        .upload(body(
+            "T-1",
+            vec![reading(1, 152.3, "kg"), reading(2, 3.0, "lb")],
+        ))
+        .await
+        .unwrap();
+    let events = client.all_events(1).await.unwrap();
+    assert_eq!(events.len(), 4);
+    for (i, e) in events.iter().enumerate() {
+        assert_eq!(e["seq"], i as u64 + 1, "gapless");
+        let canonical = jcs_independent(&e["payload"]);
+        assert_eq!(
+            sha256_hex(canonical.as_bytes()),
+            e["fingerprint"],
+            "event {e}"
+        );
+    }
+    assert_eq!(events[2]["stream"], "terminal:T-1");
+    assert_eq!(
+        jcs_independent(&events[2]["payload"]),
+        r#"{"container_id":"C-9","kind":"weight","measured_at":"2026-11-25T20:00:00.000000000Z","seq":1,"stage":"generation","terminal_id":"T-1","unit":"mg","value":152300000,"waste_code":"HW08"}"#
+    );
+    let page = client.events(2, 1).await.unwrap();
+    assert_eq!(page["items"].as_array().unwrap().len(), 1);
+    assert_eq!(page["next_from_seq"], 3);
+    node.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn dedupe_holds_across_a_restart() {
+    // Proves: after a clean restart, a resend is a duplicate of the original event and sequences continue.
+    let dir = tempfile::tempdir().unwrap();
+    let (node, client) = start_node(dir.path(), |_| {}).await;
+    register_terminals(&client, &["T-1"]).await;
+    let first = client
+        .upload(body("T-1", vec![reading(1, 5.0, "kg")]))
+        .await
+        .unwrap();
+    node.stop().await.unwrap();
+
+    let (node, client) = start_node(dir.path(), |_| {}).await;
+    let again = client
+        .upload(body(
+            "T-1",
+            vec![reading(1, 5000.0, "g"), reading(2, 5.0, "kg")],
+        ))
+        .await
+        .unwrap();
+    let first_seq = serde_json::to_value(&first.results[0]).unwrap()["event_seq"].clone();
+    let v = serde_json::to_value(&again.results).unwrap();
+    assert_eq!(v[0]["status"], "duplicate");
+    assert_eq!(v[0]["event_seq"], first_seq);
+    assert_eq!(v[1]["status"], "accepted");
+    assert_eq!(v[1]["event_seq"], first_seq.as_u64().unwrap() + 1);
+    node.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_full_append_queue_answers_503_with_retry_after_and_stores_nothing_of_that_batch() {
+    // Proves: backpressure is a clear 503 with Retry-After, and a refused batch is not half-written: once
+    // resent, every one of its readings is accepted (not duplicate), so none had been stored.
+    let dir = tempfile::tempdir().unwrap();
+    let (node, client) = start_node(dir.path(), |c| c.log.queue_requests_max = 1).await;
+    let ids: Vec<String> = (0..48).map(|i| format!("Q-{i}")).collect();
+    register_terminals(&client, &ids.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    let url = node.url();
+    let mut refused: Vec<Vec<u8>> = Vec::new();
+    for round in 0..20u64 {
+        let mut tasks = Vec::new();
+        for id in &ids {
+            let b = body(
+                id,
+                (1..=50)
+                    .map(|s| reading(round * 100 + s, 1.0, "kg"))
+                    .collect(),
+            );
+            let url = url.clone();
+            tasks.push(tokio::spawn(async move {
+                let (s, v, h) = raw_post(
+                    &url,
+                    "/v1/uploads",
+                    b.clone(),
+                    &[("content-type", "application/json")],
+                )
+                .await;
+                (s, v, h, b)
+            }));
+        }
+        for t in tasks {
+            let (s, v, h, b) = t.await.unwrap();
+            match s {
+                200 => {}
+                503 => {
+                    assert_eq!(v["code"], "overloaded");
+                    assert_eq!(h.get("retry-after").unwrap(), "1");
+                    refused.push(b);
+                }
+                other => panic!("unexpected {other}: {v}"),
+            }
+        }
+        if !refused.is_empty() {
+            break;
+        }
+    }
+    assert!(
+        !refused.is_empty(),
+        "48 concurrent uploads never filled a queue of one in 20 rounds"
+    );
+    for b in refused {
+        loop {
+            match client.upload(b.clone()).await {
+                Ok(r) => {
+                    let v = serde_json::to_value(&r.results).unwrap();
+                    assert!(
+                        v.as_array()
+                            .unwrap()
+                            .iter()
+                            .all(|x| x["status"] == "accepted"),
+                        "{v}"
+                    );
+                    break;
+                }
+                Err(ClientError::Status { status: 503, .. }) => {
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+    }
+    node.stop().await.unwrap();
+}

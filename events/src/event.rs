@@ -113,7 +113,7 @@ impl Event {
 
     /// The identity under which the log deduplicates this event, if it has one. Two events with the same key
     /// and the same fingerprint are one fact; with different fingerprints they conflict.
-    pub fn dedupe_key(&self) -> Option<Vec<u8>> {
+    pub fn dedupe_key(&self) -> Option<DedupeKey> {
         match self {
             Event::EnterpriseRegistered(e) => Some(dedupe_key_enterprise(&e.id)),
             Event::TerminalRegistered(t) => Some(dedupe_key_terminal(&t.id)),
@@ -164,23 +164,35 @@ impl Event {
     }
 }
 
-pub fn dedupe_key_enterprise(id: &EnterpriseId) -> Vec<u8> {
-    [b"enterprise/".as_slice(), id.as_str().as_bytes()].concat()
+/// The identity under which the log deduplicates an event: a key space and a slot within it. Readings of
+/// one terminal share a space (`reading/<terminal>/`) and use their `seq` as the slot, so that the log can
+/// keep the index of neighbouring sequences together; a registration is alone in its space, at slot 0.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct DedupeKey {
+    pub space: Vec<u8>,
+    pub slot: u64,
 }
 
-pub fn dedupe_key_terminal(id: &TerminalId) -> Vec<u8> {
-    [b"terminal/".as_slice(), id.as_str().as_bytes()].concat()
+pub fn dedupe_key_enterprise(id: &EnterpriseId) -> DedupeKey {
+    DedupeKey {
+        space: [b"enterprise/".as_slice(), id.as_str().as_bytes()].concat(),
+        slot: 0,
+    }
 }
 
-/// `reading/<terminal>/<seq as 8 big-endian bytes>`: ids never contain `/`, so keys cannot collide.
-pub fn dedupe_key_reading(terminal: &TerminalId, seq: u64) -> Vec<u8> {
-    [
-        b"reading/".as_slice(),
-        terminal.as_str().as_bytes(),
-        b"/",
-        &seq.to_be_bytes(),
-    ]
-    .concat()
+pub fn dedupe_key_terminal(id: &TerminalId) -> DedupeKey {
+    DedupeKey {
+        space: [b"terminal/".as_slice(), id.as_str().as_bytes()].concat(),
+        slot: 0,
+    }
+}
+
+/// `reading/<terminal>/` at slot `seq`: ids never contain `/`, so spaces of different terminals differ.
+pub fn dedupe_key_reading(terminal: &TerminalId, seq: u64) -> DedupeKey {
+    DedupeKey {
+        space: [b"reading/".as_slice(), terminal.as_str().as_bytes(), b"/"].concat(),
+        slot: seq,
+    }
 }
 
 /// `POST /v1/enterprises` as sent.

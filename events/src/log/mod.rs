@@ -20,7 +20,7 @@ use std::sync::Arc;
 pub use sled_log::{SledLog, SledLogConfig};
 
 use crate::envelope::{CorruptRecord, Envelope, Fingerprint, fingerprint};
-use crate::event::Event;
+use crate::event::{DedupeKey, Event};
 
 /// A boxed future, so that the trait stays object safe.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -31,7 +31,7 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 pub struct Proposed {
     pub event: Event,
     pub fingerprint: Fingerprint,
-    pub dedupe_key: Option<Vec<u8>>,
+    pub dedupe_key: Option<DedupeKey>,
 }
 
 impl Proposed {
@@ -94,6 +94,9 @@ pub enum EventLogError {
     Storage(#[source] Arc<sled::Error>),
     #[error(transparent)]
     Corrupt(#[from] CorruptRecord),
+    /// The dedupe index failed its check; the log refuses to decide dedupe on it.
+    #[error("event log index is corrupt: {0}")]
+    IndexCorrupt(String),
     #[error("a batch holds {len} events; at most {max} fit in one append")]
     BatchTooLarge { len: usize, max: usize },
     #[error("the event log is shut down")]
@@ -124,7 +127,7 @@ pub trait EventLog: Send + Sync + 'static {
     fn subscribe(&self) -> tokio::sync::watch::Receiver<u64>;
 
     /// What the dedupe index holds for `key`.
-    fn lookup(&self, dedupe_key: &[u8]) -> Result<Option<DedupeEntry>, EventLogError>;
+    fn lookup(&self, dedupe_key: &DedupeKey) -> Result<Option<DedupeEntry>, EventLogError>;
 
     /// Bytes the log occupies on disk.
     fn size_on_disk(&self) -> Result<u64, EventLogError>;

@@ -45,6 +45,11 @@ impl From<EventLogError> for ApiError {
                     "{c}; the node refuses to serve it. Run `custodian log verify --data-dir DIR` on the stopped node and restore from a backup"
                 ),
             ),
+            EventLogError::IndexCorrupt(_) => ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "corrupt_index",
+                format!("{e}; stop the node and run `custodian log verify --data-dir DIR`"),
+            ),
             EventLogError::BatchTooLarge { .. } => ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "batch_too_large",

@@ -166,6 +166,29 @@ fn dedupe_and_sequence_survive_a_restart() {
         .map(|e| e.seq),
         Some(3)
     );
+    // Sequences 63 and 64 of one terminal sit in different dedupe blocks; both dedupe.
+    let out = rt
+        .block_on(log.append(vec![reading("T-1", 63, 1), reading("T-1", 64, 1)]))
+        .unwrap();
+    assert_eq!(
+        out,
+        vec![
+            AppendOutcome::Appended { seq: 4 },
+            AppendOutcome::Appended { seq: 5 }
+        ]
+    );
+    drop(log);
+    let log = open(dir.path());
+    let out = rt
+        .block_on(log.append(vec![reading("T-1", 64, 1), reading("T-1", 63, 1)]))
+        .unwrap();
+    assert_eq!(
+        out,
+        vec![
+            AppendOutcome::Duplicate { seq: 5 },
+            AppendOutcome::Duplicate { seq: 4 }
+        ]
+    );
 }
 
 #[test]
@@ -209,11 +232,13 @@ fn a_flipped_bit_on_disk_is_reported_not_used() {
             .unwrap();
     }
     {
+        // Both events share the segment at key 1; flip a bit in the middle of the second record.
         let db = sled::open(dir.path().join("log")).unwrap();
-        let mut v = db.get(event_key(2)).unwrap().unwrap().to_vec();
-        let mid = v.len() / 2;
+        let mut v = db.get(event_key(1)).unwrap().unwrap().to_vec();
+        let second_len = segment_records(1, &v).unwrap()[1].len();
+        let mid = v.len() - second_len / 2;
         v[mid] ^= 0x04;
-        db.insert(event_key(2), v).unwrap();
+        db.insert(event_key(1), v).unwrap();
         db.flush().unwrap();
     }
     let log = open(dir.path());
@@ -227,6 +252,72 @@ fn a_flipped_bit_on_disk_is_reported_not_used() {
     assert_eq!(report.corrupt.len(), 1);
     assert_eq!(report.corrupt[0].seq, 2);
     assert!(!report.is_ok());
+}
+
+#[test]
+fn broken_segment_framing_is_reported_and_a_corrupt_index_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = rt();
+    {
+        let log = open(dir.path());
+        rt.block_on(log.append(vec![reading("T-1", 1, 10), reading("T-1", 2, 20)]))
+            .unwrap();
+        rt.block_on(log.append(vec![reading("T-1", 3, 30)]))
+            .unwrap();
+    }
+    {
+        let db = sled::open(dir.path().join("log")).unwrap();
+        let mut v = db.get(event_key(1)).unwrap().unwrap().to_vec();
+        v[1] = 9; // the segment now claims nine records
+        db.insert(event_key(1), v).unwrap();
+        let key = crate::event::dedupe_key_reading(&TerminalId::parse("T-1").unwrap(), 3);
+        let mut b = db.get(block_key(&key)).unwrap().unwrap().to_vec();
+        b[6] ^= 1;
+        db.insert(block_key(&key), b).unwrap();
+        db.flush().unwrap();
+    }
+    let log = open(dir.path());
+    assert!(matches!(log.read(1, 10), Err(EventLogError::Corrupt(c)) if c.seq == 1));
+    assert_eq!(log.read(3, 10).unwrap().len(), 1);
+    let report = log.verify(&mut |_, _| {}).unwrap();
+    assert_eq!(report.corrupt.len(), 1);
+    assert!(report.gaps.is_empty(), "{report:?}");
+    let err = rt
+        .block_on(log.append(vec![reading("T-1", 4, 40)]))
+        .unwrap_err();
+    assert!(matches!(err, EventLogError::IndexCorrupt(_)), "{err:?}");
+}
+
+#[test]
+fn segments_hold_at_most_their_limit_and_reads_cross_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path());
+    let rt = rt();
+    let n = SEGMENT_EVENTS_MAX as u64 * 3 + 5;
+    let batch: Vec<Proposed> = (1..=n).map(|s| reading("T-1", s, s as i64)).collect();
+    rt.block_on(log.append(batch)).unwrap();
+    let db = &log.db;
+    let segments: Vec<u64> = db
+        .scan_prefix([PREFIX_EVENT])
+        .map(|kv| seq_from_event_key(&kv.unwrap().0))
+        .collect();
+    assert_eq!(segments, vec![1, 65, 129, 193]);
+    for from in [1, 2, 64, 65, 66, 190, n] {
+        let got = log.read(from, 70).unwrap();
+        let want: Vec<u64> = (from..=n).take(70).collect();
+        assert_eq!(
+            got.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            want,
+            "from {from}"
+        );
+    }
+    let report = log.verify(&mut |_, _| {}).unwrap();
+    assert_eq!(
+        (report.records, report.last_seq, report.is_ok()),
+        (n, n, true)
+    );
+    drop(log);
+    assert_eq!(open(dir.path()).last_seq(), n);
 }
 
 #[test]
@@ -258,7 +349,7 @@ proptest! {
     #[test]
     fn the_log_matches_the_dedupe_model(
         batches in proptest::collection::vec(
-            proptest::collection::vec((0u8..3, 1u64..6, 0i64..3), 1..8), 1..8)
+            proptest::collection::vec((0u8..3, prop_oneof![1u64..6, 62u64..67], 0i64..3), 1..8), 1..8)
     ) {
         let dir = tempfile::tempdir().unwrap();
         let log = open(dir.path());

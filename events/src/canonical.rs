@@ -27,6 +27,14 @@ impl Jcs {
         Jcs::Obj(fields)
     }
 
+    /// Adds `key` to an object when `value` is present (absent optional fields are omitted, not null).
+    pub fn with_optional(mut self, key: &'static str, value: Option<Jcs>) -> Self {
+        if let (Jcs::Obj(fields), Some(v)) = (&mut self, value) {
+            fields.push((key, v));
+        }
+        self
+    }
+
     pub fn str(s: impl Into<String>) -> Self {
         Jcs::Str(s.into())
     }

@@ -11,6 +11,7 @@ use rkyv::{Archive, Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::event::{Event, SCHEMA_VERSION};
+use crate::keyring::{Keyring, SealedPayload};
 
 /// The record format written today.
 pub const RECORD_FORMAT: u8 = 1;
@@ -25,8 +26,8 @@ pub fn fingerprint(bytes: &[u8]) -> Fingerprint {
     Sha256::digest(bytes).into()
 }
 
-/// An event as the log holds it.
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+/// An event as the log holds it, opened and checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Envelope {
     /// Global, gapless, starting at 1.
     pub seq: u64,
@@ -36,32 +37,78 @@ pub struct Envelope {
     pub schema_version: u16,
     /// When the log recorded the event, UTC nanoseconds since the Unix epoch.
     pub recorded_at_ns: i64,
-    /// SHA-256 of `event.canonical()`.
+    /// SHA-256 of `event.canonical()` (the plaintext, so dedupe works on sealed events too).
     pub fingerprint: Fingerprint,
+    /// The data key the payload is sealed with at rest, if it is.
+    pub key_id: Option<String>,
     pub event: Event,
 }
 
+/// What is stored: the header in the clear, the payload plain or sealed.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+struct StoredEnvelope {
+    seq: u64,
+    stream: String,
+    event_type: String,
+    schema_version: u16,
+    recorded_at_ns: i64,
+    fingerprint: Fingerprint,
+    payload: StoredPayload,
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+enum StoredPayload {
+    Plain(Event),
+    /// SM4-GCM of the rkyv bytes of the `Event` (see [`crate::keyring`]).
+    Sealed(SealedPayload),
+}
+
+/// The associated data a sealed payload is bound to: its envelope's stream, type, fingerprint and key.
+pub fn seal_aad(stream: &str, event_type: &str, fp: &Fingerprint, key_id: &str) -> Vec<u8> {
+    let mut aad = Vec::with_capacity(stream.len() + event_type.len() + 34 + key_id.len());
+    aad.extend_from_slice(stream.as_bytes());
+    aad.push(0);
+    aad.extend_from_slice(event_type.as_bytes());
+    aad.push(0);
+    aad.extend_from_slice(fp);
+    aad.extend_from_slice(key_id.as_bytes());
+    aad
+}
+
+/// The rkyv bytes of an event, the plaintext of a sealed payload.
+pub fn event_bytes(event: &Event) -> Vec<u8> {
+    rkyv::to_bytes::<rkyv::rancor::Error>(event)
+        .expect("serialising an in-memory event cannot fail")
+        .to_vec()
+}
+
 impl Envelope {
-    /// Wraps `event` for storage at `seq`; `fingerprint` must be that of `event.canonical()`.
-    pub fn new(seq: u64, recorded_at_ns: i64, fingerprint: Fingerprint, event: Event) -> Self {
-        Envelope {
+    pub fn fingerprint_hex(&self) -> String {
+        hex::encode(self.fingerprint)
+    }
+
+    /// Encodes a record for `seq`: the event in the clear, or `sealed` (made by [`Keyring::seal`] over
+    /// [`event_bytes`] with [`seal_aad`]) in its place.
+    pub fn encode(
+        seq: u64,
+        recorded_at_ns: i64,
+        fingerprint: Fingerprint,
+        event: Event,
+        sealed: Option<SealedPayload>,
+    ) -> Vec<u8> {
+        let stored = StoredEnvelope {
             seq,
             stream: event.stream(),
             event_type: event.event_type().to_owned(),
             schema_version: SCHEMA_VERSION,
             recorded_at_ns,
             fingerprint,
-            event,
-        }
-    }
-
-    pub fn fingerprint_hex(&self) -> String {
-        hex::encode(self.fingerprint)
-    }
-
-    /// Encodes the envelope as a record.
-    pub fn encode(&self) -> Vec<u8> {
-        let body = rkyv::to_bytes::<rkyv::rancor::Error>(self)
+            payload: match sealed {
+                Some(s) => StoredPayload::Sealed(s),
+                None => StoredPayload::Plain(event),
+            },
+        };
+        let body = rkyv::to_bytes::<rkyv::rancor::Error>(&stored)
             .expect("serialising an in-memory envelope cannot fail");
         let mut out = Vec::with_capacity(HEADER_LEN + body.len());
         out.push(RECORD_FORMAT);
@@ -70,8 +117,12 @@ impl Envelope {
         out
     }
 
-    /// Decodes and checks a record stored under `seq`.
-    pub fn decode(seq: u64, record: &[u8]) -> Result<Envelope, CorruptRecord> {
+    /// Decodes, opens and checks a record stored under `seq`. A sealed payload needs `keyring`.
+    pub fn decode(
+        seq: u64,
+        record: &[u8],
+        keyring: Option<&Keyring>,
+    ) -> Result<Envelope, CorruptRecord> {
         let corrupt = |reason: String| CorruptRecord { seq, reason };
         if record.len() < HEADER_LEN {
             return Err(corrupt(format!("record is {} bytes long", record.len())));
@@ -84,28 +135,66 @@ impl Envelope {
         if crc32fast::hash(body) != crc {
             return Err(corrupt("CRC mismatch: the record's bytes changed".into()));
         }
-        // sled does not promise alignment; rkyv needs it.
-        let mut aligned = AlignedVec::<16>::with_capacity(body.len());
-        aligned.extend_from_slice(body);
-        let env = rkyv::from_bytes::<Envelope, rkyv::rancor::Error>(&aligned)
+        let stored = rkyv::from_bytes::<StoredEnvelope, rkyv::rancor::Error>(&aligned(body))
             .map_err(|e| corrupt(format!("invalid encoding: {e}")))?;
-        if env.seq != seq {
-            return Err(corrupt(format!("envelope says seq {}", env.seq)));
+        if stored.seq != seq {
+            return Err(corrupt(format!("envelope says seq {}", stored.seq)));
         }
-        if env.event_type != env.event.event_type() {
+        let (event, key_id) = match stored.payload {
+            StoredPayload::Plain(event) => (event, None),
+            StoredPayload::Sealed(sealed) => {
+                let keyring = keyring.ok_or_else(|| {
+                    corrupt(format!(
+                        "sealed with data key {} but this reader has no keyring",
+                        sealed.key_id
+                    ))
+                })?;
+                let aad = seal_aad(
+                    &stored.stream,
+                    &stored.event_type,
+                    &stored.fingerprint,
+                    &sealed.key_id,
+                );
+                let plain = keyring
+                    .open(&sealed, &aad)
+                    .map_err(|e| corrupt(e.to_string()))?;
+                let event = rkyv::from_bytes::<Event, rkyv::rancor::Error>(&aligned(&plain))
+                    .map_err(|e| corrupt(format!("invalid sealed payload: {e}")))?;
+                (event, Some(sealed.key_id))
+            }
+        };
+        if stored.event_type != event.event_type() || stored.stream != event.stream() {
             return Err(corrupt(format!(
-                "event_type {} does not match the payload {}",
-                env.event_type,
-                env.event.event_type()
+                "header ({} on {}) does not match the payload ({} on {})",
+                stored.event_type,
+                stored.stream,
+                event.event_type(),
+                event.stream()
             )));
         }
-        if fingerprint(&env.event.canonical().to_bytes()) != env.fingerprint {
+        if fingerprint(&event.canonical().to_bytes()) != stored.fingerprint {
             return Err(corrupt(
                 "fingerprint mismatch: the payload is not what was recorded".into(),
             ));
         }
-        Ok(env)
+        Ok(Envelope {
+            seq,
+            stream: stored.stream,
+            event_type: stored.event_type,
+            schema_version: stored.schema_version,
+            recorded_at_ns: stored.recorded_at_ns,
+            fingerprint: stored.fingerprint,
+            key_id,
+            event,
+        })
     }
+}
+
+/// sled does not promise alignment; rkyv needs it.
+fn aligned(bytes: &[u8]) -> AlignedVec<16> {
+    let mut v = AlignedVec::<16>::with_capacity(bytes.len());
+    v.extend_from_slice(bytes);
+    v
 }
 
 /// A record that failed its checks on read.
@@ -136,48 +225,91 @@ mod tests {
         })
     }
 
-    fn envelope(seq: u64, event: Event) -> Envelope {
+    const RECORDED_AT_NS: i64 = 1_795_000_001_000_000_000;
+
+    fn record(seq: u64, event: &Event) -> Vec<u8> {
         let fp = fingerprint(&event.canonical().to_bytes());
-        Envelope::new(seq, 1_795_000_001_000_000_000, fp, event)
+        Envelope::encode(seq, RECORDED_AT_NS, fp, event.clone(), None)
+    }
+
+    fn sealed_record(seq: u64, event: &Event, ring: &Keyring) -> Vec<u8> {
+        let fp = fingerprint(&event.canonical().to_bytes());
+        let key = ring.current("E-1").unwrap();
+        let aad = seal_aad(&event.stream(), event.event_type(), &fp, &key.id);
+        let sealed = ring.seal(&key, &aad, &event_bytes(event));
+        Envelope::encode(seq, RECORDED_AT_NS, fp, event.clone(), Some(sealed))
+    }
+
+    fn ring() -> Keyring {
+        let ring = Keyring::new([3; 16], std::sync::Arc::new(crate::crypto::OsEntropy));
+        ring.install(&ring.issue("E-1", 1)).unwrap();
+        ring
     }
 
     #[test]
-    fn every_single_bit_flip_is_detected() {
-        let env = envelope(7, reading(3, 152_300_000, Some("C-9")));
-        let record = env.encode();
-        assert_eq!(Envelope::decode(7, &record).unwrap(), env);
-        for byte in 0..record.len() {
-            for bit in 0..8 {
-                let mut flipped = record.clone();
-                flipped[byte] ^= 1 << bit;
-                assert!(
-                    Envelope::decode(7, &flipped).is_err(),
-                    "flip of bit {bit} in byte {byte} went unnoticed"
-                );
+    fn every_single_bit_flip_is_detected_plain_or_sealed() {
+        let event = reading(3, 152_300_000, Some("C-9"));
+        let ring = ring();
+        for (record, sealed) in [
+            (record(7, &event), false),
+            (sealed_record(7, &event, &ring), true),
+        ] {
+            let env = Envelope::decode(7, &record, Some(&ring)).unwrap();
+            assert_eq!(env.event, event);
+            assert_eq!(env.key_id.is_some(), sealed);
+            assert_eq!(env.recorded_at_ns, RECORDED_AT_NS);
+            for byte in 0..record.len() {
+                for bit in 0..8 {
+                    let mut flipped = record.clone();
+                    flipped[byte] ^= 1 << bit;
+                    assert!(
+                        Envelope::decode(7, &flipped, Some(&ring)).is_err(),
+                        "flip of bit {bit} in byte {byte} went unnoticed (sealed: {sealed})"
+                    );
+                }
             }
         }
     }
 
     #[test]
+    fn a_sealed_record_does_not_hold_its_plaintext_and_needs_the_keyring() {
+        let event = reading(3, 152_300_000, Some("CONTAINER-PLAINTEXT-MARKER"));
+        let ring = ring();
+        let sealed = sealed_record(1, &event, &ring);
+        let needle = b"CONTAINER-PLAINTEXT-MARKER";
+        assert!(!sealed.windows(needle.len()).any(|w| w == needle));
+        assert!(record(1, &event).windows(needle.len()).any(|w| w == needle));
+        let err = Envelope::decode(1, &sealed, None).unwrap_err();
+        assert!(err.reason.contains("no keyring"), "{err}");
+        let stranger = Keyring::new([4; 16], std::sync::Arc::new(crate::crypto::OsEntropy));
+        let err = Envelope::decode(1, &sealed, Some(&stranger)).unwrap_err();
+        assert!(err.reason.contains("not known"), "{err}");
+    }
+
+    #[test]
     fn a_record_under_the_wrong_sequence_is_corrupt() {
-        let record = envelope(7, reading(3, 1, None)).encode();
-        let err = Envelope::decode(8, &record).unwrap_err();
+        let record = record(7, &reading(3, 1, None));
+        let err = Envelope::decode(8, &record, None).unwrap_err();
         assert!(err.reason.contains("seq 7"), "{err}");
     }
 
     #[test]
     fn a_wrong_fingerprint_is_caught_even_with_a_valid_crc() {
-        let mut env = envelope(1, reading(3, 1, None));
-        env.fingerprint[0] ^= 1;
-        let err = Envelope::decode(1, &env.encode()).unwrap_err();
+        let event = reading(3, 1, None);
+        let mut fp = fingerprint(&event.canonical().to_bytes());
+        fp[0] ^= 1;
+        let err = Envelope::decode(1, &Envelope::encode(1, 0, fp, event, None), None).unwrap_err();
         assert!(err.reason.contains("fingerprint"), "{err}");
     }
 
     #[test]
     fn truncated_records_are_corrupt() {
-        let record = envelope(1, reading(3, 1, None)).encode();
+        let record = record(1, &reading(3, 1, None));
         for len in 0..record.len() {
-            assert!(Envelope::decode(1, &record[..len]).is_err(), "len {len}");
+            assert!(
+                Envelope::decode(1, &record[..len], None).is_err(),
+                "len {len}"
+            );
         }
     }
 
@@ -185,8 +317,10 @@ mod tests {
         /// Encoding then decoding gives back the same envelope for any reading.
         #[test]
         fn records_round_trip(seq in 1u64..u64::MAX, rseq in 1u64..(1 << 53), value in 0i64..1_000_000_000_000, c in proptest::option::of("[A-Za-z0-9._-]{1,64}")) {
-            let env = envelope(seq, reading(rseq, value, c.as_deref()));
-            prop_assert_eq!(Envelope::decode(seq, &env.encode()).unwrap(), env);
+            let event = reading(rseq, value, c.as_deref());
+            let env = Envelope::decode(seq, &record(seq, &event), None).unwrap();
+            prop_assert_eq!(env.seq, seq);
+            prop_assert_eq!(env.event, event);
         }
     }
 }

@@ -6,7 +6,7 @@ use serde::Deserialize as SerdeDeserialize;
 use crate::Rejection;
 use crate::canonical::Jcs;
 use crate::ids::{EnterpriseId, TerminalId};
-use crate::reading::Reading;
+use crate::reading::{Reading, format_utc_ns};
 
 /// The schema version of every event type defined here. Bump it for a type whose fields change, and keep
 /// reading the old version.
@@ -30,6 +30,16 @@ pub enum Event {
     /// A reading whose `(terminal, seq)` was already recorded with other content: kept as evidence of a
     /// terminal rewriting its history, never counted as a reading.
     ReadingConflicted(ReadingConflicted),
+    /// A terminal's signing key replaced by a new one; the old key keeps verifying readings measured
+    /// before `effective_from_ns`.
+    TerminalKeyRotated(TerminalKeyRotated),
+    /// A terminal key that verifies nothing any more.
+    TerminalKeyRevoked(TerminalKeyRevoked),
+    /// A signed upload body and its signature, kept as evidence a third party can re-verify. Stored in the
+    /// same atomic append as the readings it carried.
+    UploadSigned(UploadSigned),
+    /// A data key for sealing events at rest, wrapped by the node's master key.
+    DataKeyIssued(DataKeyIssued),
 }
 
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
@@ -80,6 +90,50 @@ pub struct TerminalRegistered {
     pub kind: TerminalKind,
     pub capacity_mg: i64,
     pub report_interval_s: u32,
+    /// The terminal's SM2 public key (SubjectPublicKeyInfo DER), if it signs its uploads.
+    pub public_key: Option<Vec<u8>>,
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct TerminalKeyRotated {
+    pub terminal_id: TerminalId,
+    /// 1 for the first change of this terminal's keys, 2 for the next, … (rotations and revocations count
+    /// alike); the dedupe slot, so two concurrent changes cannot both take the same place.
+    pub change: u64,
+    /// SubjectPublicKeyInfo DER of the new SM2 key.
+    pub public_key: Vec<u8>,
+    /// From this instant (UTC ns) on, readings must be signed with the new key.
+    pub effective_from_ns: i64,
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct TerminalKeyRevoked {
+    pub terminal_id: TerminalId,
+    pub change: u64,
+    /// SHA-256 of the revoked key's SubjectPublicKeyInfo DER.
+    pub key_fingerprint: [u8; 32],
+    pub revoked_at_ns: i64,
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct UploadSigned {
+    pub terminal_id: TerminalId,
+    /// SHA-256 of the SubjectPublicKeyInfo DER of the key that verified the signature.
+    pub key_fingerprint: [u8; 32],
+    /// The request body exactly as received.
+    pub body: Vec<u8>,
+    /// The DER SM2 signature (SM3, user id 1234567812345678) over `body`.
+    pub signature: Vec<u8>,
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct DataKeyIssued {
+    /// Whose data the key seals: an enterprise id, or `platform` for events of no enterprise.
+    pub scope: String,
+    /// 1, 2, … per scope; the newest generation seals, every generation opens.
+    pub generation: u32,
+    /// The 16-byte SM4 data key sealed with SM4-GCM under the master key (nonce ‖ ciphertext ‖ tag).
+    pub wrapped_key: Vec<u8>,
 }
 
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
@@ -98,6 +152,10 @@ impl Event {
             Event::TerminalRegistered(_) => "TerminalRegistered",
             Event::ReadingRecorded(_) => "ReadingRecorded",
             Event::ReadingConflicted(_) => "ReadingConflicted",
+            Event::TerminalKeyRotated(_) => "TerminalKeyRotated",
+            Event::TerminalKeyRevoked(_) => "TerminalKeyRevoked",
+            Event::UploadSigned(_) => "UploadSigned",
+            Event::DataKeyIssued(_) => "DataKeyIssued",
         }
     }
 
@@ -108,6 +166,10 @@ impl Event {
             Event::TerminalRegistered(t) => format!("terminal:{}", t.id),
             Event::ReadingRecorded(r) => format!("terminal:{}", r.terminal_id),
             Event::ReadingConflicted(c) => format!("terminal:{}", c.reading.terminal_id),
+            Event::TerminalKeyRotated(k) => format!("terminal:{}", k.terminal_id),
+            Event::TerminalKeyRevoked(k) => format!("terminal:{}", k.terminal_id),
+            Event::UploadSigned(u) => format!("terminal:{}", u.terminal_id),
+            Event::DataKeyIssued(d) => format!("keys:{}", d.scope),
         }
     }
 
@@ -120,6 +182,22 @@ impl Event {
             Event::ReadingRecorded(r) => Some(dedupe_key_reading(&r.terminal_id, r.seq)),
             // Evidence is deduplicated by the log under the conflicting reading's key and fingerprint.
             Event::ReadingConflicted(_) => None,
+            Event::TerminalKeyRotated(k) => {
+                Some(dedupe_key_terminal_keys(&k.terminal_id, k.change))
+            }
+            Event::TerminalKeyRevoked(k) => {
+                Some(dedupe_key_terminal_keys(&k.terminal_id, k.change))
+            }
+            Event::UploadSigned(u) => Some(DedupeKey {
+                space: format!(
+                    "upload/{}/{}",
+                    u.terminal_id,
+                    hex::encode(crate::envelope::fingerprint(&u.body))
+                )
+                .into_bytes(),
+                slot: 0,
+            }),
+            Event::DataKeyIssued(d) => Some(dedupe_key_data_key(&d.scope, d.generation)),
         }
     }
 
@@ -160,6 +238,32 @@ impl Event {
                 ("reading", c.reading.canonical()),
                 ("original_event_seq", Jcs::Int(c.original_event_seq as i64)),
             ]),
+            Event::TerminalKeyRotated(k) => Jcs::obj(vec![
+                ("terminal_id", Jcs::str(k.terminal_id.as_str())),
+                ("change", Jcs::Int(k.change as i64)),
+                ("public_key", b64(&k.public_key)),
+                (
+                    "effective_from",
+                    Jcs::Str(format_utc_ns(k.effective_from_ns)),
+                ),
+            ]),
+            Event::TerminalKeyRevoked(k) => Jcs::obj(vec![
+                ("terminal_id", Jcs::str(k.terminal_id.as_str())),
+                ("change", Jcs::Int(k.change as i64)),
+                ("key_fingerprint", Jcs::Str(hex::encode(k.key_fingerprint))),
+                ("revoked_at", Jcs::Str(format_utc_ns(k.revoked_at_ns))),
+            ]),
+            Event::UploadSigned(u) => Jcs::obj(vec![
+                ("terminal_id", Jcs::str(u.terminal_id.as_str())),
+                ("key_fingerprint", Jcs::Str(hex::encode(u.key_fingerprint))),
+                ("body", b64(&u.body)),
+                ("signature", b64(&u.signature)),
+            ]),
+            Event::DataKeyIssued(d) => Jcs::obj(vec![
+                ("scope", Jcs::str(d.scope.as_str())),
+                ("generation", Jcs::Int(i64::from(d.generation))),
+                ("wrapped_key", b64(&d.wrapped_key)),
+            ]),
         }
     }
 }
@@ -185,6 +289,32 @@ pub fn dedupe_key_terminal(id: &TerminalId) -> DedupeKey {
         space: [b"terminal/".as_slice(), id.as_str().as_bytes()].concat(),
         slot: 0,
     }
+}
+
+/// `terminal-keys/<terminal>/` at slot `change`: the n-th change of a terminal's keys.
+pub fn dedupe_key_terminal_keys(terminal: &TerminalId, change: u64) -> DedupeKey {
+    DedupeKey {
+        space: [
+            b"terminal-keys/".as_slice(),
+            terminal.as_str().as_bytes(),
+            b"/",
+        ]
+        .concat(),
+        slot: change,
+    }
+}
+
+/// `data-key/<scope>/` at slot `generation`.
+pub fn dedupe_key_data_key(scope: &str, generation: u32) -> DedupeKey {
+    DedupeKey {
+        space: [b"data-key/".as_slice(), scope.as_bytes(), b"/"].concat(),
+        slot: u64::from(generation),
+    }
+}
+
+fn b64(bytes: &[u8]) -> Jcs {
+    use base64::Engine as _;
+    Jcs::Str(base64::engine::general_purpose::STANDARD.encode(bytes))
 }
 
 /// `reading/<terminal>/` at slot `seq`: ids never contain `/`, so spaces of different terminals differ.
@@ -215,6 +345,9 @@ pub struct RawTerminal {
     pub kind: String,
     pub capacity_kg: f64,
     pub report_interval_s: u32,
+    /// An SM2 public key as SubjectPublicKeyInfo PEM (`openssl pkey -pubout`).
+    #[serde(default)]
+    pub public_key_pem: Option<String>,
 }
 
 fn is_division_code(s: &str) -> bool {
@@ -309,6 +442,10 @@ impl TerminalRegistered {
             kind,
             capacity_mg: capacity_mg("capacity_kg", raw.capacity_kg)?,
             report_interval_s: raw.report_interval_s,
+            public_key: match &raw.public_key_pem {
+                None => None,
+                Some(pem) => Some(crate::crypto::sm2_public_key_der_from_pem(pem)?),
+            },
         })
     }
 }

@@ -18,11 +18,15 @@
 //! in through [`Clock`]; the log's group commit runs on a plain thread of its own.
 
 pub mod canonical;
+pub mod crypto;
+pub mod digital_envelope;
 pub mod envelope;
 pub mod event;
 pub mod ids;
+pub mod keyring;
 pub mod log;
 pub mod reading;
+pub mod terminal_keys;
 
 pub use envelope::{CorruptRecord, Envelope, Fingerprint, fingerprint};
 pub use event::Event;

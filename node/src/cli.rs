@@ -6,6 +6,8 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
+use custodian_events::crypto::OsEntropy;
+use custodian_events::keyring::Keyring;
 use custodian_events::log::{EventLog, SledLog, SledLogConfig};
 
 use crate::client::NodeClient;
@@ -40,6 +42,75 @@ pub enum Command {
     /// Work on a stopped node's log directly.
     #[command(subcommand)]
     Log(LogCommand),
+    /// SM2 keys: make, fingerprint; terminal key rotation and revocation; data-key rotation.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// The SM2/SM4 digital envelope, on stdin and stdout.
+    #[command(subcommand)]
+    Envelope(EnvelopeCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KeysCommand {
+    /// Make an SM2 key pair: PKCS#8 and SubjectPublicKeyInfo PEM, as OpenSSL writes them.
+    Generate {
+        /// Write PREFIX.key.pem (owner-only) and PREFIX.pub.pem instead of printing both.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// The fingerprint of a key (SHA-256 of its SubjectPublicKeyInfo DER), from a public or private PEM.
+    Fingerprint { file: PathBuf },
+    /// Print a fresh master key (32 hex digits) for CUSTODIAN_MASTER_KEY or a master key file.
+    Master,
+    /// Rotate a terminal's signing key (the old key keeps verifying readings measured before now).
+    RotateTerminal {
+        #[command(flatten)]
+        node: NodeArgs,
+        #[arg(long)]
+        terminal: String,
+        /// The new SM2 public key, SubjectPublicKeyInfo PEM.
+        #[arg(long)]
+        public_key: PathBuf,
+    },
+    /// Revoke a terminal key: it verifies nothing from now on.
+    RevokeTerminal {
+        #[command(flatten)]
+        node: NodeArgs,
+        #[arg(long)]
+        terminal: String,
+        /// The key's fingerprint (`custodian keys fingerprint`).
+        #[arg(long)]
+        fingerprint: String,
+    },
+    /// Seal new events of a scope (an enterprise id, or `platform`) with a new data key.
+    RotateDataKey {
+        #[command(flatten)]
+        node: NodeArgs,
+        #[arg(long)]
+        scope: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum EnvelopeCommand {
+    /// Seal stdin for a recipient, signed by the sender; the envelope goes to stdout.
+    Seal {
+        /// The recipient's SM2 public key (SubjectPublicKeyInfo PEM).
+        #[arg(long)]
+        to: PathBuf,
+        /// The sender's SM2 private key (PKCS#8 PEM).
+        #[arg(long)]
+        sign_with: PathBuf,
+    },
+    /// Check the sender's signature and open an envelope from stdin; the payload goes to stdout.
+    Open {
+        /// The recipient's SM2 private key (PKCS#8 PEM).
+        #[arg(long)]
+        key: PathBuf,
+        /// The sender's SM2 public key (SubjectPublicKeyInfo PEM).
+        #[arg(long)]
+        from: PathBuf,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -85,6 +156,12 @@ pub struct DemoArgs {
 pub enum BenchCommand {
     /// HTTP ingest throughput and latency against a local node, beside the log's own ceiling.
     Ingest(BenchIngestArgs),
+    /// SM2 signatures and SM4-GCM on one core.
+    Crypto {
+        /// Where to keep the Markdown report.
+        #[arg(long, default_value = "bench/results")]
+        report_dir: PathBuf,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -118,6 +195,9 @@ pub enum LogCommand {
     Verify {
         #[arg(long)]
         data_dir: PathBuf,
+        /// The node's TOML config, for its master key settings (CUSTODIAN_MASTER_KEY works too).
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
 }
 
@@ -183,7 +263,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Log(LogCommand::Verify { data_dir }) => verify(data_dir),
+        Command::Log(LogCommand::Verify { data_dir, config }) => verify(data_dir, config),
+        Command::Bench(BenchCommand::Crypto { report_dir }) => {
+            crate::bench::crypto(Some(report_dir))?;
+            Ok(())
+        }
+        Command::Keys(cmd) => crate::keys_cli::run(cmd).await,
+        Command::Envelope(cmd) => crate::keys_cli::envelope(cmd),
     }
 }
 
@@ -205,10 +291,18 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
 }
 
-fn verify(data_dir: PathBuf) -> anyhow::Result<()> {
+fn verify(data_dir: PathBuf, config: Option<PathBuf>) -> anyhow::Result<()> {
     let dir = DataDir::acquire(&data_dir)?;
-    let log = SledLog::open(SledLogConfig::new(dir.log_path()), Arc::new(SystemClock))
-        .with_context(|| format!("cannot open the log in {}", dir.log_path().display()))?;
+    let mut config = Config::load(config.as_deref())?;
+    config.data_dir = data_dir.clone();
+    let master = crate::server::resolve_master_key(&config, &dir)?;
+    let keyring = Arc::new(Keyring::new(master, Arc::new(OsEntropy)));
+    let log = SledLog::open(
+        SledLogConfig::new(dir.log_path()),
+        Arc::new(SystemClock),
+        Some(keyring),
+    )
+    .with_context(|| format!("cannot open the log in {}", dir.log_path().display()))?;
     let total = log.last_seq();
     let report = log.verify(&mut |done, _| {
         eprint!("\rverifying {done}/{total} records");

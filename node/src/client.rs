@@ -80,15 +80,21 @@ impl NodeClient {
         }
     }
 
-    /// Sends an upload body as is; any status other than 200 is an error carrying the JSON answer.
-    pub async fn upload(&self, body: Vec<u8>) -> Result<UploadResponse, ClientError> {
-        let resp = self
+    /// Sends an upload body as is, with `signature` (base64 DER SM2) in `X-Custodian-Signature` if given;
+    /// any status other than 200 is an error carrying the JSON answer.
+    pub async fn upload(
+        &self,
+        body: Vec<u8>,
+        signature: Option<&str>,
+    ) -> Result<UploadResponse, ClientError> {
+        let mut req = self
             .http
             .post(format!("{}/v1/uploads", self.base))
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(body)
-            .send()
-            .await?;
+            .header(reqwest::header::CONTENT_TYPE, "application/json");
+        if let Some(sig) = signature {
+            req = req.header(crate::api::SIGNATURE_HEADER, sig);
+        }
+        let resp = req.body(body).send().await?;
         let status = resp.status().as_u16();
         if status == 200 {
             Ok(resp.json().await?)

@@ -19,6 +19,13 @@ pub struct Config {
     /// The bootstrap admin secret. When unset, the node makes one on first start and keeps it in
     /// `DATA_DIR/admin_token` (readable by its owner only).
     pub admin_token: Option<String>,
+    /// The master key that wraps the data keys sealing events at rest: 32 hex digits. Usually given as
+    /// `CUSTODIAN_MASTER_KEY`; takes precedence over `master_key_file`.
+    pub master_key: Option<String>,
+    /// A file holding the master key (32 hex digits). When neither this nor `master_key` is set, the node
+    /// uses `DATA_DIR/master.key`, making it on first start of an empty log. Keep a copy elsewhere: a log
+    /// is unreadable without it.
+    pub master_key_file: Option<PathBuf>,
     pub ingest: IngestConfig,
     pub log: LogConfig,
 }
@@ -36,6 +43,9 @@ pub struct IngestConfig {
     /// Terminal registrations kept in memory for the upload path; beyond this the least used are evicted
     /// and read again from the log when needed.
     pub terminal_cache_entries_max: u64,
+    /// Whether every upload must carry `X-Custodian-Signature` (SM2 over the body). Turn off only for
+    /// terminals that cannot sign; a signature that is present is always checked.
+    pub require_signature: bool,
 }
 
 /// Limits of the embedded event log (see `SledLogConfig` for what each costs).
@@ -56,6 +66,8 @@ impl Default for Config {
             listen: "127.0.0.1:8080".parse().expect("a valid address"),
             data_dir: PathBuf::from(".custodian"),
             admin_token: None,
+            master_key: None,
+            master_key_file: None,
             ingest: IngestConfig::default(),
             log: LogConfig::default(),
         }
@@ -69,6 +81,7 @@ impl Default for IngestConfig {
             batch_readings_max: 1000,
             future_skew_s_max: 300,
             terminal_cache_entries_max: 100_000,
+            require_signature: true,
         }
     }
 }

@@ -86,14 +86,19 @@ impl DataDir {
             Err(e) => return Err(e),
         }
         let token = hex::encode(rand::random::<[u8; 32]>());
+        self.write_secret("admin_token", &token)?;
+        Ok(token)
+    }
+
+    /// Writes a file readable by its owner only, and syncs it.
+    pub fn write_secret(&self, name: &str, content: &str) -> std::io::Result<()> {
         let mut opts = OpenOptions::new();
         opts.write(true).create(true).truncate(true);
         #[cfg(unix)]
         std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-        let mut f = opts.open(&file)?;
-        f.write_all(token.as_bytes())?;
-        f.sync_all()?;
-        Ok(token)
+        let mut f = opts.open(self.path.join(name))?;
+        f.write_all(content.as_bytes())?;
+        f.sync_all()
     }
 }
 

@@ -87,13 +87,13 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoSummary> {
             .register("/v1/enterprises", &terminal_sim::enterprise_body(e))
             .await?;
     }
+    let mut terminals = Vec::with_capacity(opts.terminals);
     for t in 0..opts.terminals {
+        let term = SimTerminal::new(format!("T-{t}"), opts.seed.wrapping_add(t as u64));
         client
-            .register(
-                "/v1/terminals",
-                &terminal_sim::terminal_body(&format!("T-{t}"), t % enterprises),
-            )
+            .register("/v1/terminals", &term.registration(t % enterprises))
             .await?;
+        terminals.push(term);
     }
     println!(
         "registered {enterprises} enterprises and {} terminals; uploading for {} s with {}% of batches resent",
@@ -106,14 +106,12 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoSummary> {
     let acked: Arc<Mutex<BTreeMap<(String, u64), u64>>> = Arc::default();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(opts.duration_s);
     let mut tasks = Vec::new();
-    for t in 0..opts.terminals {
+    for mut term in terminals {
         let client = client.clone();
         let (tally, codes, acked) = (tally.clone(), codes.clone(), acked.clone());
         let resend_percent = opts.resend_percent;
-        let seed = opts.seed.wrapping_add(t as u64);
         tasks.push(tokio::spawn(async move {
-            let mut term = SimTerminal::new(format!("T-{t}"), seed);
-            let mut resend_later: Vec<Vec<u8>> = Vec::new();
+            let mut resend_later: Vec<(Vec<u8>, String)> = Vec::new();
             while tokio::time::Instant::now() < deadline {
                 let now = terminal_sim::now_rfc3339();
                 let (mut body, _) = term.next_body(10, &now);
@@ -135,21 +133,22 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoSummary> {
                     let forged = term.reading_json(seq, "2026-01-01T00:00:00Z");
                     body = splice_reading(&body, &forged);
                 }
+                let sig = term.sign(&body);
                 let concurrent = term.rng().random_range(0..100u32) < resend_percent / 2;
                 let later = term.rng().random_range(0..100u32) < resend_percent;
                 if later {
-                    resend_later.push(body.clone());
+                    resend_later.push((body.clone(), sig.clone()));
                 }
                 let sends = if concurrent { 2 } else { 1 };
-                let results = send_times(&client, &body, sends, &tally).await;
+                let results = send_times(&client, &body, &sig, sends, &tally).await;
                 for r in results.into_iter().flatten() {
                     record(&tally, &codes, &acked, &term.id, r).await;
                 }
                 if resend_later.len() >= 3 || (!resend_later.is_empty() && tokio::time::Instant::now() >= deadline) {
                     // Resend out of order, as a terminal draining its retry queue might.
                     resend_later.reverse();
-                    for b in resend_later.drain(..) {
-                        if let Some(r) = send(&client, &b, &tally).await {
+                    for (b, sig) in resend_later.drain(..) {
+                        if let Some(r) = send(&client, &b, &sig, &tally).await {
                             record(&tally, &codes, &acked, &term.id, r).await;
                         }
                     }
@@ -278,14 +277,18 @@ fn splice_reading(body: &[u8], reading: &str) -> Vec<u8> {
 async fn send_times(
     client: &NodeClient,
     body: &[u8],
+    signature: &str,
     sends: usize,
     tally: &Tally,
 ) -> Vec<Option<crate::api::UploadResponse>> {
     if sends == 2 {
-        let (a, b) = tokio::join!(send(client, body, tally), send(client, body, tally));
+        let (a, b) = tokio::join!(
+            send(client, body, signature, tally),
+            send(client, body, signature, tally)
+        );
         vec![a, b]
     } else {
-        vec![send(client, body, tally).await]
+        vec![send(client, body, signature, tally).await]
     }
 }
 
@@ -293,10 +296,11 @@ async fn send_times(
 async fn send(
     client: &NodeClient,
     body: &[u8],
+    signature: &str,
     tally: &Tally,
 ) -> Option<crate::api::UploadResponse> {
     for _ in 0..20 {
-        match client.upload(body.to_vec()).await {
+        match client.upload(body.to_vec(), Some(signature)).await {
             Ok(r) => return Some(r),
             Err(crate::client::ClientError::Status { status: 503, .. }) => {
                 tally.retried_503.fetch_add(1, Ordering::Relaxed);

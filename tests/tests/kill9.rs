@@ -24,6 +24,7 @@ type Acked = BTreeMap<(String, u64), u64>;
 
 struct Shared {
     url: RwLock<String>,
+    keys: TerminalKeys,
     in_flight: AtomicU64,
     stop: AtomicBool,
     acked: Mutex<Acked>,
@@ -47,7 +48,7 @@ async fn sigkill_at_random_moments_loses_no_acknowledged_reading() {
     let node = NodeProcess::spawn(&data_dir, port, &log_file);
     wait_ready(&node.client()).await;
     let ids: Vec<String> = (0..CLIENTS).map(|i| format!("K-{i}")).collect();
-    register_terminals(
+    let keys = register_terminals(
         &node.client(),
         &ids.iter().map(String::as_str).collect::<Vec<_>>(),
     )
@@ -55,6 +56,7 @@ async fn sigkill_at_random_moments_loses_no_acknowledged_reading() {
 
     let shared = Arc::new(Shared {
         url: RwLock::new(node.url.clone()),
+        keys: keys.clone(),
         in_flight: AtomicU64::new(0),
         stop: AtomicBool::new(false),
         acked: Mutex::new(BTreeMap::new()),
@@ -144,7 +146,7 @@ async fn sigkill_at_random_moments_loses_no_acknowledged_reading() {
     // Resending everything ever sent: every acknowledged reading answers duplicate with its sequence.
     let bodies = shared.bodies.lock().await.clone();
     for (id, body) in bodies {
-        let resp = client.upload(body).await.expect("resend");
+        let resp = keys.upload(&client, &id, body).await.expect("resend");
         for r in resp.results {
             match r {
                 ReadingResult::Duplicate { seq, event_seq } => {
@@ -200,7 +202,7 @@ async fn client_loop(shared: Arc<Shared>, id: String, seed: u64) {
         loop {
             let client = NodeClient::new(shared.url.read().await.clone(), None);
             shared.in_flight.fetch_add(1, Ordering::SeqCst);
-            let answer = client.upload(body.clone()).await;
+            let answer = shared.keys.upload(&client, &id, body.clone()).await;
             shared.in_flight.fetch_sub(1, Ordering::SeqCst);
             match answer {
                 Ok(resp) => {

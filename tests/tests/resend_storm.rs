@@ -24,7 +24,8 @@ async fn every_batch_three_times_concurrently_out_of_order_is_stored_once() {
     let dir = tempfile::tempdir().unwrap();
     let (node, client) = start_node(dir.path(), |_| {}).await;
     let ids: Vec<String> = (0..TERMINALS).map(|i| format!("S-{i}")).collect();
-    register_terminals(&client, &ids.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    let keys =
+        register_terminals(&client, &ids.iter().map(String::as_str).collect::<Vec<_>>()).await;
 
     // Every batch three times, all sends shuffled together.
     let mut sends = Vec::new();
@@ -41,9 +42,10 @@ async fn every_batch_three_times_concurrently_out_of_order_is_stored_once() {
     let mut tasks = Vec::new();
     for (id, body) in sends {
         let client = client.clone();
+        let keys = keys.clone();
         tasks.push(tokio::spawn(async move {
             loop {
-                match client.upload(body.clone()).await {
+                match keys.upload(&client, &id, body.clone()).await {
                     Ok(r) => return (id, r),
                     Err(custodian_node::client::ClientError::Status { status: 503, .. }) => {
                         tokio::time::sleep(std::time::Duration::from_millis(20)).await

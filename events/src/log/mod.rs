@@ -19,8 +19,9 @@ use std::sync::Arc;
 
 pub use sled_log::{SledLog, SledLogConfig};
 
-use crate::envelope::{CorruptRecord, Envelope, Fingerprint, fingerprint};
+use crate::envelope::{CorruptRecord, Envelope, Fingerprint, event_bytes, fingerprint, seal_aad};
 use crate::event::{DedupeKey, Event};
+use crate::keyring::{DataKey, Keyring, KeyringError, SealedPayload};
 
 /// A boxed future, so that the trait stays object safe.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -32,6 +33,8 @@ pub struct Proposed {
     pub event: Event,
     pub fingerprint: Fingerprint,
     pub dedupe_key: Option<DedupeKey>,
+    /// The payload as it will rest on disk, when it is sealed.
+    pub sealed: Option<SealedPayload>,
 }
 
 impl Proposed {
@@ -40,7 +43,20 @@ impl Proposed {
             fingerprint: fingerprint(&event.canonical().to_bytes()),
             dedupe_key: event.dedupe_key(),
             event,
+            sealed: None,
         }
+    }
+
+    /// Seals the payload at rest with `key` (on the caller's thread: sealing is the costly part).
+    pub fn sealed_with(mut self, keyring: &Keyring, key: &DataKey) -> Self {
+        let aad = seal_aad(
+            &self.event.stream(),
+            self.event.event_type(),
+            &self.fingerprint,
+            &key.id,
+        );
+        self.sealed = Some(keyring.seal(key, &aad, &event_bytes(&self.event)));
+        self
     }
 }
 
@@ -101,6 +117,8 @@ pub enum EventLogError {
     BatchTooLarge { len: usize, max: usize },
     #[error("the event log is shut down")]
     Closed,
+    #[error(transparent)]
+    Keyring(#[from] KeyringError),
 }
 
 impl From<sled::Error> for EventLogError {

@@ -10,6 +10,8 @@
 //!   terminal's readings `seq` 0–63 share block 0, 64–127 block 1, and so on.
 //! - `c` + dedupe space + slot (u64 BE) + fingerprint → seq of the conflict evidence, so that a resent
 //!   conflict is stored once.
+//! - `k` + data key id → seq of its `DataKeyIssued` event, written with it, so that opening the log
+//!   finds every data key without scanning the events.
 //!
 //! Why segments and blocks rather than one key per event: sled 0.34 pays several microseconds per
 //! inserted key (it copies the leaf it changes), which capped a key-per-event layout at ~42,000
@@ -35,12 +37,14 @@ use super::{
     AppendOutcome, BoxFuture, DedupeEntry, EventLog, EventLogError, Proposed, VerifyReport,
 };
 use crate::Clock;
-use crate::envelope::{CorruptRecord, Envelope, Fingerprint, fingerprint};
-use crate::event::DedupeKey;
+use crate::envelope::{CorruptRecord, Envelope, Fingerprint, event_bytes, fingerprint, seal_aad};
+use crate::event::{DedupeKey, Event};
+use crate::keyring::{Keyring, KeyringError};
 
 const PREFIX_EVENT: u8 = b'e';
 const PREFIX_DEDUPE: u8 = b'd';
 const PREFIX_CONFLICT: u8 = b'c';
+const PREFIX_DATA_KEY: u8 = b'k';
 
 /// Events per segment (one sled value). 64 records of ~330 bytes are ~21 KiB.
 pub const SEGMENT_EVENTS_MAX: usize = 64;
@@ -95,17 +99,37 @@ pub struct SledLog {
     durable_seq: Arc<AtomicU64>,
     durable_rx: watch::Receiver<u64>,
     commits: Arc<AtomicU64>,
-    writer: Option<JoinHandle<()>>,
+    writer: std::sync::Mutex<Option<JoinHandle<()>>>,
+    keyring: Option<Arc<Keyring>>,
     config: SledLogConfig,
 }
 
 impl SledLog {
-    /// Opens (or creates) the log at `config.path` and starts its writer thread.
-    pub fn open(config: SledLogConfig, clock: Arc<dyn Clock>) -> Result<SledLog, EventLogError> {
-        let db = sled::Config::new()
-            .path(&config.path)
-            .cache_capacity(config.cache_capacity_bytes)
-            .open()?;
+    /// Opens (or creates) the log at `config.path` and starts its writer thread. With a `keyring`,
+    /// payloads can be sealed at rest and every data key the log holds is unwrapped now: a wrong master
+    /// key fails here, with `master_key_mismatch`, not later on some read.
+    pub fn open(
+        config: SledLogConfig,
+        clock: Arc<dyn Clock>,
+        keyring: Option<Arc<Keyring>>,
+    ) -> Result<SledLog, EventLogError> {
+        let (log, writer, rx) = Self::open_paused(config, clock, keyring)?;
+        log.start_writer(writer, rx);
+        Ok(log)
+    }
+
+    /// Opens the log without starting its writer, so that a test can fill the append queue.
+    fn open_paused(
+        config: SledLogConfig,
+        clock: Arc<dyn Clock>,
+        keyring: Option<Arc<Keyring>>,
+    ) -> Result<(SledLog, Writer, mpsc::Receiver<Request>), EventLogError> {
+        let db = open_sled(
+            sled::Config::new()
+                .path(&config.path)
+                .cache_capacity(config.cache_capacity_bytes),
+        )?;
+        install_data_keys(&db, keyring.as_deref())?;
         let last_seq = match db.scan_prefix([PREFIX_EVENT]).next_back() {
             None => 0,
             Some(kv) => {
@@ -125,21 +149,34 @@ impl SledLog {
             durable_tx,
             commits: commits.clone(),
             clock,
+            keyring: keyring.clone(),
             group_events_max: config.group_events_max,
         };
-        let writer = std::thread::Builder::new()
-            .name("event-log-writer".into())
-            .spawn(move || writer.run(rx))
-            .expect("spawning the log writer thread");
-        Ok(SledLog {
+        let log = SledLog {
             db,
             queue: Some(tx),
             durable_seq,
             durable_rx,
             commits,
-            writer: Some(writer),
+            writer: std::sync::Mutex::new(None),
+            keyring,
             config,
-        })
+        };
+        Ok((log, writer, rx))
+    }
+
+    fn start_writer(&self, writer: Writer, rx: mpsc::Receiver<Request>) {
+        let handle = std::thread::Builder::new()
+            .name("event-log-writer".into())
+            .spawn(move || writer.run(rx))
+            .expect("spawning the log writer thread");
+        *self.writer.lock().expect("writer handle lock") = Some(handle);
+    }
+
+    /// Whether the log holds any data key (so a master key is needed to read it).
+    pub fn holds_data_keys(path: &std::path::Path) -> Result<bool, EventLogError> {
+        let db = open_sled(sled::Config::new().path(path))?;
+        Ok(db.scan_prefix([PREFIX_DATA_KEY]).next().is_some())
     }
 
     pub fn config(&self) -> &SledLogConfig {
@@ -174,7 +211,7 @@ impl Drop for SledLog {
     fn drop(&mut self) {
         // Closing the queue lets the writer finish what is queued and stop.
         self.queue.take();
-        if let Some(w) = self.writer.take() {
+        if let Some(w) = self.writer.lock().expect("writer handle lock").take() {
             let _ = w.join();
         }
         let _ = self.db.flush();
@@ -227,7 +264,7 @@ impl EventLog for SledLog {
                 if seq > durable || out.len() == max {
                     return Ok(out);
                 }
-                out.push(Envelope::decode(seq, record)?);
+                out.push(Envelope::decode(seq, record, self.keyring.as_deref())?);
             }
         }
         Ok(out)
@@ -277,7 +314,9 @@ impl EventLog for SledLog {
                 }
                 Ok(records) => {
                     for (i, record) in records.iter().enumerate() {
-                        if let Err(e) = Envelope::decode(first + i as u64, record) {
+                        if let Err(e) =
+                            Envelope::decode(first + i as u64, record, self.keyring.as_deref())
+                        {
                             report.corrupt.push(e);
                         }
                     }
@@ -305,6 +344,7 @@ struct Writer {
     durable_tx: watch::Sender<u64>,
     commits: Arc<AtomicU64>,
     clock: Arc<dyn Clock>,
+    keyring: Option<Arc<Keyring>>,
     group_events_max: usize,
 }
 
@@ -350,6 +390,8 @@ impl Writer {
         let mut blocks: BTreeMap<Vec<u8>, (Block, bool)> = BTreeMap::new();
         let mut evidence: BTreeMap<Vec<u8>, (u64, bool)> = BTreeMap::new();
         let mut outcomes = Vec::with_capacity(group.len());
+        // Data keys stored by this group: indexed with it, installed once durable.
+        let mut data_keys = Vec::new();
         for req in group.iter_mut() {
             let mut out = Vec::with_capacity(req.batch.len());
             for p in std::mem::take(&mut req.batch) {
@@ -377,6 +419,9 @@ impl Writer {
                             },
                         );
                         *dirty = true;
+                        if let Event::DataKeyIssued(k) = &p.event {
+                            data_keys.push((seq, k.clone()));
+                        }
                         records.push(encode(seq, recorded_at_ns, p));
                         out.push(AppendOutcome::Appended { seq });
                     }
@@ -395,10 +440,15 @@ impl Writer {
                                 Some(match known {
                                     Some(s) => s,
                                     None => {
+                                        let sealed = self.seal_like(&p, &ev)?;
                                         let fp = fingerprint(&ev.canonical().to_bytes());
-                                        records.push(
-                                            Envelope::new(seq, recorded_at_ns, fp, ev).encode(),
-                                        );
+                                        records.push(Envelope::encode(
+                                            seq,
+                                            recorded_at_ns,
+                                            fp,
+                                            ev,
+                                            sealed,
+                                        ));
                                         evidence.insert(ckey, (seq, true));
                                         seq
                                     }
@@ -431,6 +481,12 @@ impl Writer {
                     batch.insert(k, s.to_be_bytes().to_vec());
                 }
             }
+            for (s, k) in &data_keys {
+                batch.insert(
+                    data_key_index(&Keyring::key_id(&k.scope, k.generation)),
+                    &s.to_be_bytes(),
+                );
+            }
             self.db.apply_batch(batch)?;
             // From here on the sequences are taken, even if the flush fails: the events are in sled's
             // memory and the next successful flush makes them durable, so a retry is answered as a
@@ -438,6 +494,11 @@ impl Writer {
             self.next_seq = seq;
         }
         self.db.flush()?;
+        if let Some(keyring) = &self.keyring {
+            for (_, k) in &data_keys {
+                keyring.install(k)?;
+            }
+        }
         self.commits.fetch_add(1, Ordering::Relaxed);
         let last = self.next_seq - 1;
         self.durable_seq.store(last, Ordering::Release);
@@ -446,8 +507,98 @@ impl Writer {
     }
 }
 
+impl Writer {
+    /// Seals `evidence` with the key that sealed `original`, if it was sealed.
+    fn seal_like(
+        &self,
+        original: &Proposed,
+        evidence: &Event,
+    ) -> Result<Option<crate::keyring::SealedPayload>, EventLogError> {
+        let (Some(sealed), Some(keyring)) = (&original.sealed, &self.keyring) else {
+            return Ok(None);
+        };
+        let key = keyring
+            .get(&sealed.key_id)
+            .ok_or_else(|| KeyringError::UnknownKey {
+                key_id: sealed.key_id.clone(),
+            })?;
+        let fp = fingerprint(&evidence.canonical().to_bytes());
+        let aad = seal_aad(&evidence.stream(), evidence.event_type(), &fp, &key.id);
+        Ok(Some(keyring.seal(&key, &aad, &event_bytes(evidence))))
+    }
+}
+
+/// How long opening waits for a previous holder of the same sled files in this process to let go.
+const SLED_LOCK_WAIT_MS_MAX: u64 = 5_000;
+
+/// Opens sled, waiting a little for its file lock: sled releases the lock of a dropped `Db` only when its
+/// epoch-based garbage collection gets round to it, so reopening right after a drop (a restart within one
+/// process) can find the lock still held for a moment.
+pub(crate) fn open_sled(config: sled::Config) -> Result<sled::Db, EventLogError> {
+    let mut waited_ms = 0;
+    loop {
+        match config.open() {
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock")
+                    && waited_ms < SLED_LOCK_WAIT_MS_MAX =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+                waited_ms += 20;
+            }
+            other => return Ok(other?),
+        }
+    }
+}
+
 fn encode(seq: u64, recorded_at_ns: i64, p: Proposed) -> Vec<u8> {
-    Envelope::new(seq, recorded_at_ns, p.fingerprint, p.event).encode()
+    Envelope::encode(seq, recorded_at_ns, p.fingerprint, p.event, p.sealed)
+}
+
+fn data_key_index(key_id: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + key_id.len());
+    k.push(PREFIX_DATA_KEY);
+    k.extend_from_slice(key_id.as_bytes());
+    k
+}
+
+/// Unwraps every data key the log holds into `keyring`; without a keyring, a log holding keys is refused.
+fn install_data_keys(db: &sled::Db, keyring: Option<&Keyring>) -> Result<(), EventLogError> {
+    for kv in db.scan_prefix([PREFIX_DATA_KEY]) {
+        let (k, v) = kv?;
+        let key_id = String::from_utf8_lossy(&k[1..]).into_owned();
+        let Some(keyring) = keyring else {
+            return Err(EventLogError::Keyring(KeyringError::UnknownKey { key_id }));
+        };
+        let seq = be_u64(&v);
+        let (first, segment) = db
+            .range(event_key(0)..=event_key(seq))
+            .next_back()
+            .ok_or_else(|| CorruptRecord {
+                seq,
+                reason: format!("data key {key_id} points at a missing event"),
+            })??;
+        let first = seq_from_event_key(&first);
+        let records = segment_records(first, &segment)?;
+        let record = records
+            .get((seq - first) as usize)
+            .ok_or_else(|| CorruptRecord {
+                seq,
+                reason: format!("data key {key_id} points outside its segment"),
+            })?;
+        match Envelope::decode(seq, record, None)?.event {
+            Event::DataKeyIssued(issued) => {
+                keyring.install(&issued)?;
+            }
+            other => {
+                return Err(CorruptRecord {
+                    seq,
+                    reason: format!("data key {key_id} points at a {}", other.event_type()),
+                }
+                .into());
+            }
+        }
+    }
+    Ok(())
 }
 
 fn encode_segment(records: &[Vec<u8>]) -> Vec<u8> {

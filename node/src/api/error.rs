@@ -50,6 +50,11 @@ impl From<EventLogError> for ApiError {
                 "corrupt_index",
                 format!("{e}; stop the node and run `custodian log verify --data-dir DIR`"),
             ),
+            EventLogError::Keyring(_) => ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "key_unavailable",
+                format!("{e}; check the node's master key"),
+            ),
             EventLogError::BatchTooLarge { .. } => ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "batch_too_large",
@@ -75,5 +80,27 @@ impl IntoResponse for ApiError {
                 .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_S));
         }
         resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_full_log_queue_is_a_503_with_retry_after_and_a_json_code() {
+        // The log's side (the queue refuses at once, nothing stored) is proven in the events crate.
+        let resp = ApiError::from(EventLogError::Overloaded { queue_max: 1024 }).into_response();
+        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(resp.headers()[header::RETRY_AFTER], "1");
+        let body = axum::body::to_bytes(resp.into_body(), 4096).await.unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["code"], "overloaded");
+        assert!(
+            v["message"]
+                .as_str()
+                .unwrap()
+                .contains("nothing of this request was stored")
+        );
     }
 }

@@ -8,12 +8,134 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use custodian_events::event::UploadSigned;
 use custodian_events::log::{AppendOutcome, Proposed};
 use custodian_events::{Event, RawReading, Reading, ReadingCheck, TerminalId};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use super::{ApiError, AppState, read_json};
+use super::{ApiError, AppState, parse_json, read_body};
+use crate::api::registry::TerminalEntry;
+use crate::sealing;
+
+/// The header carrying the terminal's signature: base64 of the DER SM2 signature (SM3, user id
+/// 1234567812345678) over the exact request body.
+pub const SIGNATURE_HEADER: &str = "x-custodian-signature";
+
+/// A verified signature: which key made it, and the signature itself (kept as evidence).
+struct Signed {
+    key_fingerprint: [u8; 32],
+    signature: Vec<u8>,
+}
+
+fn unauthorized(code: &'static str, message: String) -> ApiError {
+    ApiError::new(StatusCode::UNAUTHORIZED, code, message)
+}
+
+/// Checks `X-Custodian-Signature` against the terminal's usable keys (newest first). `None` means an
+/// unsigned upload that the configuration allows.
+fn verify_signature(
+    st: &AppState,
+    headers: &HeaderMap,
+    terminal: &TerminalEntry,
+    body: &[u8],
+) -> Result<Option<Signed>, ApiError> {
+    use base64::Engine as _;
+    let id = &terminal.registration.id;
+    let header = headers.get(SIGNATURE_HEADER);
+    if terminal.keys.is_empty() {
+        if st.config.ingest.require_signature || header.is_some() {
+            return Err(unauthorized(
+                "terminal_key_missing",
+                format!(
+                    "terminal {id} was registered without a public key, so its uploads cannot be verified; rotate a key in with POST /v1/terminals/{id}/keys"
+                ),
+            ));
+        }
+        return Ok(None);
+    }
+    let Some(header) = header else {
+        if st.config.ingest.require_signature {
+            return Err(unauthorized(
+                "signature_missing",
+                format!(
+                    "uploads must carry {SIGNATURE_HEADER}: base64 of the DER SM2 signature over the body"
+                ),
+            ));
+        }
+        return Ok(None);
+    };
+    let signature = header
+        .to_str()
+        .ok()
+        .and_then(|h| {
+            base64::engine::general_purpose::STANDARD
+                .decode(h.trim())
+                .ok()
+        })
+        .ok_or_else(|| {
+            unauthorized(
+                "signature_malformed",
+                format!("{SIGNATURE_HEADER} is not base64"),
+            )
+        })?;
+    if terminal.verifiers.is_empty() {
+        return Err(unauthorized(
+            "terminal_key_revoked",
+            format!("every key of terminal {id} is revoked; rotate a new key in"),
+        ));
+    }
+    let mut malformed = false;
+    for (fp, key) in &terminal.verifiers {
+        match key.verify(body, &signature) {
+            Ok(()) => {
+                return Ok(Some(Signed {
+                    key_fingerprint: *fp,
+                    signature,
+                }));
+            }
+            Err(custodian_events::crypto::CryptoError::MalformedSignature) => malformed = true,
+            Err(_) => {}
+        }
+    }
+    Err(if malformed {
+        unauthorized(
+            "signature_malformed",
+            format!("{SIGNATURE_HEADER} is not a DER SM2 signature (SEQUENCE {{ r, s }})"),
+        )
+    } else {
+        unauthorized(
+            "signature_invalid",
+            format!(
+                "the signature does not verify with any current key of terminal {id} (SM3, user id 1234567812345678, over the exact body)"
+            ),
+        )
+    })
+}
+
+/// A key replaced by a rotation still vouches for readings measured before the rotation, not after.
+fn key_covers(
+    signed: &Option<Signed>,
+    terminal: &TerminalEntry,
+    reading: &Reading,
+) -> Result<(), custodian_events::Rejection> {
+    let Some(signed) = signed else { return Ok(()) };
+    let key = terminal
+        .keys
+        .usable()
+        .find(|k| k.fingerprint == signed.key_fingerprint)
+        .expect("the signing key is one of the usable keys");
+    if key.covers(reading.measured_at_ns) {
+        return Ok(());
+    }
+    Err(custodian_events::Rejection::new(
+        "key_superseded",
+        format!(
+            "signed with key {} which was replaced before this reading was measured; sign with the current key",
+            hex::encode(signed.key_fingerprint)
+        ),
+    ))
+}
 
 /// An upload as sent. Readings are parsed one by one, so that one malformed reading is rejected alone and
 /// the good ones beside it are still accepted.
@@ -84,7 +206,8 @@ async fn handle(
     body: Body,
 ) -> Result<UploadResponse, ApiError> {
     let limits = &st.config.ingest;
-    let upload: RawUpload = read_json(headers, body, limits.body_bytes_max).await?;
+    let body_bytes = read_body(headers, body, limits.body_bytes_max).await?;
+    let upload: RawUpload = parse_json(&body_bytes)?;
     if upload.readings.len() > limits.batch_readings_max {
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -110,11 +233,7 @@ async fn handle(
             format!("terminal_id {:?}: {e}", upload.terminal_id),
         )
     })?;
-    if st
-        .registry
-        .terminal(st.log.as_ref(), &terminal_id)?
-        .is_none()
-    {
+    let Some(terminal) = st.registry.terminal(st.log.as_ref(), &terminal_id)? else {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "unknown_terminal",
@@ -122,7 +241,8 @@ async fn handle(
                 "terminal {terminal_id} is not registered; an administrator registers it with POST /v1/terminals"
             ),
         ));
-    }
+    };
+    let signed = verify_signature(st, headers, &terminal, &body_bytes)?;
 
     let check = ReadingCheck {
         now_ns: st.clock.now_ns(),
@@ -141,7 +261,10 @@ async fn handle(
                     format!("reading {i}: {e}"),
                 )));
             }
-            Ok(raw) => match Reading::normalize(&terminal_id, &raw, check) {
+            Ok(raw) => match Reading::normalize(&terminal_id, &raw, check).and_then(|r| {
+                key_covers(&signed, &terminal, &r)?;
+                Ok(r)
+            }) {
                 Err(r) => {
                     st.metrics.rejected(r.code);
                     results.push(Some(ReadingResult::rejected(
@@ -160,6 +283,15 @@ async fn handle(
     }
 
     if !proposed.is_empty() {
+        // The signed body goes first, in the same atomic append: evidence for every reading it carried.
+        let evidence = signed.as_ref().map(|s| {
+            Proposed::new(Event::UploadSigned(UploadSigned {
+                terminal_id: terminal_id.clone(),
+                key_fingerprint: s.key_fingerprint,
+                body: body_bytes.to_vec(),
+                signature: s.signature.clone(),
+            }))
+        });
         let seqs: Vec<u64> = proposed
             .iter()
             .map(|p| match &p.event {
@@ -167,9 +299,16 @@ async fn handle(
                 _ => unreachable!("only readings are proposed here"),
             })
             .collect();
+        let with_evidence = evidence.is_some();
+        let batch: Vec<Proposed> = evidence.into_iter().chain(proposed).collect();
+        let scope = terminal.registration.enterprise_id.to_string();
+        let batch = sealing::seal_all(st, &scope, batch).await?;
         let started = Instant::now();
-        let outcomes = st.log.append(proposed).await?;
+        let mut outcomes = st.log.append(batch).await?;
         st.metrics.observe_append(started.elapsed());
+        if with_evidence {
+            outcomes.remove(0);
+        }
         for ((i, seq), outcome) in proposed_at.into_iter().zip(seqs).zip(outcomes) {
             results[i] = Some(match outcome {
                 AppendOutcome::Appended { seq: event_seq } => {

@@ -3,7 +3,7 @@
 mod error;
 mod events;
 mod ingest;
-mod registry;
+pub mod registry;
 
 use std::sync::Arc;
 
@@ -14,11 +14,13 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use custodian_events::Clock;
+use custodian_events::crypto::Entropy;
+use custodian_events::keyring::Keyring;
 use custodian_events::log::EventLog;
 use serde::de::DeserializeOwned;
 
 pub use error::{ApiError, RETRY_AFTER_S};
-pub use ingest::{ReadingResult, UploadResponse};
+pub use ingest::{ReadingResult, SIGNATURE_HEADER, UploadResponse};
 pub use registry::Registry;
 
 use crate::config::Config;
@@ -29,6 +31,9 @@ pub struct AppState {
     pub log: Arc<dyn EventLog>,
     pub config: Config,
     pub clock: Arc<dyn Clock>,
+    /// Data keys sealing events at rest (the log holds the same keyring to open them).
+    pub keyring: Arc<Keyring>,
+    pub entropy: Arc<dyn Entropy>,
     pub metrics: Metrics,
     pub registry: Registry,
     pub admin_token: String,
@@ -40,6 +45,15 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/metrics", get(metrics))
         .route("/v1/enterprises", post(registry::register_enterprise))
         .route("/v1/terminals", post(registry::register_terminal))
+        .route(
+            "/v1/terminals/{id}/keys",
+            post(registry::rotate_terminal_key),
+        )
+        .route(
+            "/v1/terminals/{id}/keys/{fingerprint}/revoke",
+            post(registry::revoke_terminal_key),
+        )
+        .route("/v1/admin/data-keys/{scope}/rotate", post(rotate_data_key))
         .route("/v1/uploads", post(ingest::upload))
         .route("/v1/events", get(events::list))
         .fallback(not_found)
@@ -57,6 +71,29 @@ async fn metrics(State(st): State<Arc<AppState>>) -> impl IntoResponse {
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         st.metrics.render(st.log.last_seq(), size),
     )
+}
+
+/// `POST /v1/admin/data-keys/{scope}/rotate`: new events of `scope` are sealed with a new data key.
+async fn rotate_data_key(
+    State(st): State<Arc<AppState>>,
+    axum::extract::Path(scope): axum::extract::Path<String>,
+    headers: HeaderMap,
+) -> Result<impl IntoResponse, ApiError> {
+    require_admin(&st, &headers)?;
+    custodian_events::ids::check_id(&scope).map_err(|e| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_id",
+            format!("scope {scope:?}: {e}"),
+        )
+    })?;
+    let key = crate::sealing::rotate(&st, &scope).await?;
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(
+            serde_json::json!({ "scope": scope, "key_id": key.id, "generation": key.generation }),
+        ),
+    ))
 }
 
 async fn not_found() -> ApiError {
@@ -107,6 +144,16 @@ pub async fn read_json<T: DeserializeOwned>(
     body: Body,
     limit: usize,
 ) -> Result<T, ApiError> {
+    let bytes = read_body(headers, body, limit).await?;
+    parse_json(&bytes)
+}
+
+/// Reads a body of at most `limit` bytes (413 `body_too_large`), after checking its Content-Type (415).
+pub async fn read_body(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+) -> Result<bytes::Bytes, ApiError> {
     if let Some(ct) = headers.get(header::CONTENT_TYPE) {
         let ct = ct.to_str().unwrap_or("");
         if !ct
@@ -135,10 +182,14 @@ pub async fn read_json<T: DeserializeOwned>(
     if declared.is_some_and(|n| n > limit) {
         return Err(too_large());
     }
-    let bytes = axum::body::to_bytes(body, limit)
+    axum::body::to_bytes(body, limit)
         .await
-        .map_err(|_| too_large())?;
-    serde_json::from_slice(&bytes).map_err(|e| match e.classify() {
+        .map_err(|_| too_large())
+}
+
+/// Parses JSON: 400 `malformed_json` (not JSON at all) or 422 `invalid_body` (the wrong shape).
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(bytes).map_err(|e| match e.classify() {
         serde_json::error::Category::Data => ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid_body",

@@ -1,28 +1,45 @@
-//! Registration of enterprises and terminals (events in the log) and the terminal lookup of the upload
-//! path.
+//! Registration of enterprises and terminals, terminal key rotation and revocation (all events in the
+//! log), and the terminal lookup of the upload path.
 
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use custodian_events::crypto::Sm2PublicKey;
+use custodian_events::envelope::Fingerprint;
 use custodian_events::event::{
     EnterpriseRegistered, RawEnterprise, RawTerminal, TerminalRegistered, dedupe_key_enterprise,
-    dedupe_key_terminal,
+    dedupe_key_terminal, dedupe_key_terminal_keys,
 };
 use custodian_events::log::{AppendOutcome, EventLog, EventLogError, Proposed};
+use custodian_events::terminal_keys::TerminalKeys;
 use custodian_events::{Event, TerminalId};
+use serde::Deserialize;
 
 use super::{ApiError, AppState, read_json, require_admin};
+use crate::sealing;
 
 /// Registration bodies are small; this bound is independent of the upload limit.
 const REGISTRATION_BODY_BYTES_MAX: usize = 16 * 1024;
 
-/// Terminal registrations for the upload path, read from the log on first use and kept in a bounded cache
-/// (a registration never changes once recorded, so entries never go stale).
+/// Key changes one terminal may have (rotations and revocations). Far beyond any real rotation schedule;
+/// it bounds the probe of the log when a terminal is loaded.
+pub const TERMINAL_KEY_CHANGES_MAX: u64 = 1024;
+
+/// What the upload path needs to know about a terminal.
+pub struct TerminalEntry {
+    pub registration: TerminalRegistered,
+    pub keys: TerminalKeys,
+    /// Parsed verifying keys, by fingerprint, for the usable keys (newest first).
+    pub verifiers: Vec<(Fingerprint, Sm2PublicKey)>,
+}
+
+/// Terminals for the upload path, read from the log on first use and kept in a bounded cache. A key
+/// change on this node invalidates the terminal's entry.
 pub struct Registry {
-    terminals: moka::sync::Cache<TerminalId, Arc<TerminalRegistered>>,
+    terminals: moka::sync::Cache<TerminalId, Arc<TerminalEntry>>,
 }
 
 impl Registry {
@@ -32,31 +49,62 @@ impl Registry {
         }
     }
 
-    /// The registration of `id`, if the log holds one.
+    pub fn invalidate(&self, id: &TerminalId) {
+        self.terminals.invalidate(id);
+    }
+
+    /// The terminal `id` with its keys, if the log holds its registration.
     pub fn terminal(
         &self,
         log: &dyn EventLog,
         id: &TerminalId,
-    ) -> Result<Option<Arc<TerminalRegistered>>, EventLogError> {
+    ) -> Result<Option<Arc<TerminalEntry>>, EventLogError> {
         if let Some(t) = self.terminals.get(id) {
             return Ok(Some(t));
         }
-        let Some(entry) = log.lookup(&dedupe_key_terminal(id))? else {
+        let Some(registration) = read_event(log, &dedupe_key_terminal(id))? else {
             return Ok(None);
         };
-        // The index may run ahead of durability by one group commit; until then the terminal is unknown.
-        let Some(env) = log.read(entry.seq, 1)?.into_iter().next() else {
+        let Event::TerminalRegistered(registration) = registration else {
             return Ok(None);
         };
-        match env.event {
-            Event::TerminalRegistered(t) if env.seq == entry.seq => {
-                let t = Arc::new(t);
-                self.terminals.insert(id.clone(), t.clone());
-                Ok(Some(t))
+        let mut changes = Vec::new();
+        for change in 1..=TERMINAL_KEY_CHANGES_MAX {
+            match read_event(log, &dedupe_key_terminal_keys(id, change))? {
+                Some(e) => changes.push(e),
+                None => break,
             }
-            _ => Ok(None),
         }
+        let keys = TerminalKeys::from_history(&registration, &changes);
+        let verifiers = keys
+            .usable()
+            .filter_map(|k| Some((k.fingerprint, Sm2PublicKey::from_der(&k.public_key).ok()?)))
+            .collect();
+        let entry = Arc::new(TerminalEntry {
+            registration,
+            keys,
+            verifiers,
+        });
+        self.terminals.insert(id.clone(), entry.clone());
+        Ok(Some(entry))
     }
+}
+
+/// The durable event stored under `key`, if any.
+fn read_event(
+    log: &dyn EventLog,
+    key: &custodian_events::event::DedupeKey,
+) -> Result<Option<Event>, EventLogError> {
+    let Some(entry) = log.lookup(key)? else {
+        return Ok(None);
+    };
+    // The index may run ahead of durability by one group commit; until then the event is not there.
+    Ok(log
+        .read(entry.seq, 1)?
+        .into_iter()
+        .next()
+        .filter(|e| e.seq == entry.seq)
+        .map(|e| e.event))
 }
 
 pub async fn register_enterprise(
@@ -68,7 +116,8 @@ pub async fn register_enterprise(
     let raw: RawEnterprise = read_json(&headers, body, REGISTRATION_BODY_BYTES_MAX).await?;
     let e = EnterpriseRegistered::from_raw(&raw).map_err(ApiError::unprocessable)?;
     let id = e.id.to_string();
-    register(&st, Event::EnterpriseRegistered(e), "enterprise", &id).await
+    let proposed = sealing::sealed(&st, &id, Event::EnterpriseRegistered(e)).await?;
+    register(&st, proposed, "enterprise", &id).await
 }
 
 pub async fn register_terminal(
@@ -94,13 +143,20 @@ pub async fn register_terminal(
         ));
     }
     let id = t.id.to_string();
-    register(&st, Event::TerminalRegistered(t), "terminal", &id).await
+    let scope = t.enterprise_id.to_string();
+    let proposed = sealing::sealed(&st, &scope, Event::TerminalRegistered(t)).await?;
+    register(&st, proposed, "terminal", &id).await
 }
 
 /// Appends a registration: 201 when new, 200 when the same registration is already recorded, 409
 /// `already_registered` when the id is taken by a different one.
-async fn register(st: &AppState, event: Event, what: &str, id: &str) -> Result<Response, ApiError> {
-    let outcome = st.log.append(vec![Proposed::new(event)]).await?;
+async fn register(
+    st: &AppState,
+    proposed: Proposed,
+    what: &str,
+    id: &str,
+) -> Result<Response, ApiError> {
+    let outcome = st.log.append(vec![proposed]).await?;
     let (status, event_seq, state) = match outcome.first() {
         Some(AppendOutcome::Appended { seq }) => (StatusCode::CREATED, *seq, "registered"),
         Some(AppendOutcome::Duplicate { seq }) => (StatusCode::OK, *seq, "unchanged"),
@@ -120,4 +176,107 @@ async fn register(st: &AppState, event: Event, what: &str, id: &str) -> Result<R
         axum::Json(serde_json::json!({ "id": id, "status": state, "event_seq": event_seq })),
     )
         .into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawKeyRotation {
+    public_key_pem: String,
+}
+
+/// `POST /v1/terminals/{id}/keys`: rotate to a new key. 201 when rotated, 200 when it already is the
+/// current key.
+pub async fn rotate_terminal_key(
+    State(st): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    require_admin(&st, &headers)?;
+    let raw: RawKeyRotation = read_json(&headers, body, REGISTRATION_BODY_BYTES_MAX).await?;
+    let public_key = custodian_events::crypto::sm2_public_key_der_from_pem(&raw.public_key_pem)
+        .map_err(ApiError::unprocessable)?;
+    let (id, entry) = terminal_or_404(&st, &id)?;
+    let decision = entry
+        .keys
+        .decide_rotation(&entry.registration, public_key, st.clock.now_ns())
+        .map_err(|r| ApiError::new(StatusCode::CONFLICT, r.code, r.message))?;
+    key_change(&st, &id, &entry, decision, StatusCode::CREATED, "rotated").await
+}
+
+/// `POST /v1/terminals/{id}/keys/{fingerprint}/revoke`: the key verifies nothing from now on.
+pub async fn revoke_terminal_key(
+    State(st): State<Arc<AppState>>,
+    Path((id, fingerprint)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    require_admin(&st, &headers)?;
+    let fp: Fingerprint = hex::decode(&fingerprint)
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_fingerprint",
+                "a key fingerprint is 64 hex digits (SHA-256 of the SubjectPublicKeyInfo DER; `custodian keys fingerprint`)",
+            )
+        })?;
+    let (id, entry) = terminal_or_404(&st, &id)?;
+    let decision = entry
+        .keys
+        .decide_revocation(&entry.registration, fp, st.clock.now_ns())
+        .map_err(|r| ApiError::new(StatusCode::NOT_FOUND, r.code, r.message))?;
+    key_change(&st, &id, &entry, decision, StatusCode::OK, "revoked").await
+}
+
+fn terminal_or_404(st: &AppState, id: &str) -> Result<(TerminalId, Arc<TerminalEntry>), ApiError> {
+    let not_found = || {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_terminal",
+            format!("terminal {id} is not registered"),
+        )
+    };
+    let id = TerminalId::parse(id).map_err(|_| not_found())?;
+    let entry = st
+        .registry
+        .terminal(st.log.as_ref(), &id)?
+        .ok_or_else(not_found)?;
+    Ok((id, entry))
+}
+
+async fn key_change(
+    st: &AppState,
+    id: &TerminalId,
+    entry: &TerminalEntry,
+    decision: Option<Event>,
+    done_status: StatusCode,
+    done: &str,
+) -> Result<Response, ApiError> {
+    let Some(event) = decision else {
+        return Ok((
+            StatusCode::OK,
+            axum::Json(serde_json::json!({ "terminal_id": id.as_str(), "status": "unchanged" })),
+        )
+            .into_response());
+    };
+    let scope = entry.registration.enterprise_id.to_string();
+    let proposed = sealing::sealed(st, &scope, event).await?;
+    let outcome = st.log.append(vec![proposed]).await?;
+    st.registry.invalidate(id);
+    match outcome[0] {
+        AppendOutcome::Appended { seq } => Ok((
+            done_status,
+            axum::Json(
+                serde_json::json!({ "terminal_id": id.as_str(), "status": done, "event_seq": seq }),
+            ),
+        )
+            .into_response()),
+        // Another change took this change number first; the caller should look again and retry.
+        _ => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "concurrent_key_change",
+            format!("another change to terminal {id}'s keys was recorded at the same time; retry"),
+        )),
+    }
 }

@@ -20,6 +20,7 @@ fn open(dir: &std::path::Path) -> SledLog {
     SledLog::open(
         SledLogConfig::new(dir.join("log")),
         Arc::new(FixedClock(1_795_000_000_000_000_000)),
+        None,
     )
     .unwrap()
 }
@@ -233,7 +234,7 @@ fn a_flipped_bit_on_disk_is_reported_not_used() {
     }
     {
         // Both events share the segment at key 1; flip a bit in the middle of the second record.
-        let db = sled::open(dir.path().join("log")).unwrap();
+        let db = open_sled(sled::Config::new().path(dir.path().join("log"))).unwrap();
         let mut v = db.get(event_key(1)).unwrap().unwrap().to_vec();
         let second_len = segment_records(1, &v).unwrap()[1].len();
         let mid = v.len() - second_len / 2;
@@ -266,7 +267,7 @@ fn broken_segment_framing_is_reported_and_a_corrupt_index_refused() {
             .unwrap();
     }
     {
-        let db = sled::open(dir.path().join("log")).unwrap();
+        let db = open_sled(sled::Config::new().path(dir.path().join("log"))).unwrap();
         let mut v = db.get(event_key(1)).unwrap().unwrap().to_vec();
         v[1] = 9; // the segment now claims nine records
         db.insert(event_key(1), v).unwrap();
@@ -321,11 +322,54 @@ fn segments_hold_at_most_their_limit_and_reads_cross_them() {
 }
 
 #[test]
+fn a_full_queue_refuses_at_once_and_stores_nothing_of_the_refused_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = SledLogConfig::new(dir.path().join("log"));
+    config.queue_requests_max = 2;
+    let (log, writer, rx) = SledLog::open_paused(config, Arc::new(FixedClock(1)), None).unwrap();
+    let log_ref = &log;
+    let rt = rt();
+    let (first, second, refused) = rt.block_on(async {
+        // Two appends wait in the queue (the writer is not running yet); the third finds it full.
+        let first = log_ref.append(vec![reading("T-1", 1, 1)]);
+        let second = log_ref.append(vec![reading("T-1", 2, 1)]);
+        let mut first = Box::pin(first);
+        let mut second = Box::pin(second);
+        assert!(futures_poll_once(&mut first).await.is_none());
+        assert!(futures_poll_once(&mut second).await.is_none());
+        let refused = log_ref.append(vec![reading("T-1", 3, 1)]).await;
+        (first, second, refused)
+    });
+    assert!(
+        matches!(refused, Err(EventLogError::Overloaded { queue_max: 2 })),
+        "{refused:?}"
+    );
+    log.start_writer(writer, rx);
+    let (a, b) = rt.block_on(async { (first.await.unwrap(), second.await.unwrap()) });
+    assert_eq!(a, vec![AppendOutcome::Appended { seq: 1 }]);
+    assert_eq!(b, vec![AppendOutcome::Appended { seq: 2 }]);
+    // The refused reading was never stored: sent again, it is new.
+    assert_eq!(
+        rt.block_on(log.append(vec![reading("T-1", 3, 1)])).unwrap(),
+        vec![AppendOutcome::Appended { seq: 3 }]
+    );
+}
+
+/// Polls a future once; `Some` if it finished.
+async fn futures_poll_once<F: std::future::Future + Unpin>(f: &mut F) -> Option<F::Output> {
+    std::future::poll_fn(|cx| match std::pin::Pin::new(&mut *f).poll(cx) {
+        std::task::Poll::Ready(v) => std::task::Poll::Ready(Some(v)),
+        std::task::Poll::Pending => std::task::Poll::Ready(None),
+    })
+    .await
+}
+
+#[test]
 fn an_oversized_batch_is_refused_whole() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = SledLogConfig::new(dir.path().join("log"));
     config.batch_events_max = 2;
-    let log = SledLog::open(config, Arc::new(FixedClock(0))).unwrap();
+    let log = SledLog::open(config, Arc::new(FixedClock(0)), None).unwrap();
     let err = rt()
         .block_on(log.append(vec![
             reading("T-1", 1, 1),
@@ -338,6 +382,83 @@ fn an_oversized_batch_is_refused_whole() {
         EventLogError::BatchTooLarge { len: 3, max: 2 }
     ));
     assert_eq!(log.last_seq(), 0);
+}
+
+fn open_sealed(dir: &std::path::Path, master: u8) -> Result<SledLog, EventLogError> {
+    SledLog::open(
+        SledLogConfig::new(dir.join("log")),
+        Arc::new(FixedClock(1)),
+        Some(Arc::new(Keyring::new(
+            [master; 16],
+            Arc::new(crate::crypto::OsEntropy),
+        ))),
+    )
+}
+
+#[test]
+fn sealed_events_read_back_after_a_restart_and_only_with_the_master_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = rt();
+    {
+        let log = open_sealed(dir.path(), 1).unwrap();
+        let ring = log.keyring.clone().unwrap();
+        let issued = Proposed::new(Event::DataKeyIssued(ring.issue("E-1", 1)));
+        assert_eq!(
+            rt.block_on(log.append(vec![issued.clone()])).unwrap(),
+            vec![AppendOutcome::Appended { seq: 1 }]
+        );
+        let key = ring.current("E-1").expect("installed once durable");
+        // A second issue of the same generation is a conflict and is not installed.
+        let again = Proposed::new(Event::DataKeyIssued(ring.issue("E-1", 1)));
+        assert!(matches!(
+            rt.block_on(log.append(vec![again])).unwrap()[0],
+            AppendOutcome::Conflict { .. }
+        ));
+        let sealed = |s, v| reading("T-1", s, v).sealed_with(&ring, &key);
+        let out = rt
+            .block_on(log.append(vec![sealed(1, 10), sealed(1, 11)]))
+            .unwrap();
+        assert_eq!(
+            out,
+            vec![
+                AppendOutcome::Appended { seq: 2 },
+                AppendOutcome::Conflict {
+                    original_seq: 2,
+                    evidence_seq: Some(3)
+                }
+            ]
+        );
+        let events = log.read(1, 10).unwrap();
+        assert_eq!(events[1].key_id.as_deref(), Some("E-1/1"));
+        assert_eq!(
+            events[2].key_id.as_deref(),
+            Some("E-1/1"),
+            "evidence is sealed too"
+        );
+        assert_eq!(events[0].key_id, None, "data keys rest wrapped, not sealed");
+    }
+    let log = open_sealed(dir.path(), 1).unwrap();
+    let events = log.read(1, 10).unwrap();
+    assert_eq!(events.len(), 3);
+    assert!(matches!(&events[1].event, Event::ReadingRecorded(r) if r.value == 10));
+    assert!(log.verify(&mut |_, _| {}).unwrap().is_ok());
+    drop(log);
+    match open_sealed(dir.path(), 2) {
+        Err(EventLogError::Keyring(KeyringError::MasterKeyMismatch { key_id })) => {
+            assert_eq!(key_id, "E-1/1")
+        }
+        Err(other) => panic!("expected master_key_mismatch, got {other}"),
+        Ok(_) => panic!("expected master_key_mismatch, the log opened"),
+    }
+    assert!(SledLog::holds_data_keys(&dir.path().join("log")).unwrap());
+    assert!(
+        SledLog::open(
+            SledLogConfig::new(dir.path().join("log")),
+            Arc::new(FixedClock(1)),
+            None
+        )
+        .is_err()
+    );
 }
 
 proptest! {

@@ -1,0 +1,79 @@
+//! Sealing events at rest with their enterprise's data key (SM4-GCM), issuing a scope's first key on
+//! demand. Sealing runs here, on the request's thread, so the log's single writer only stores bytes.
+
+use std::sync::Arc;
+
+use axum::http::StatusCode;
+use custodian_events::event::Event;
+use custodian_events::keyring::DataKey;
+use custodian_events::log::{AppendOutcome, Proposed};
+
+use crate::api::{ApiError, AppState};
+
+/// Issuing a key can lose a race to another request issuing the same generation; then the winner's key is
+/// used. More losses than this in a row mean something else is wrong.
+const ISSUE_ATTEMPTS_MAX: usize = 3;
+
+/// The current data key of `scope`, issuing the first one if the scope has none.
+pub async fn data_key(st: &AppState, scope: &str) -> Result<Arc<DataKey>, ApiError> {
+    for _ in 0..ISSUE_ATTEMPTS_MAX {
+        if let Some(key) = st.keyring.current(scope) {
+            return Ok(key);
+        }
+        issue(st, scope).await?;
+    }
+    Err(issue_failed(scope))
+}
+
+/// Issues the next generation of `scope`'s data key; new events are sealed with it, old ones keep opening
+/// with theirs.
+pub async fn rotate(st: &AppState, scope: &str) -> Result<Arc<DataKey>, ApiError> {
+    let before = st.keyring.current(scope).map(|k| k.generation);
+    for _ in 0..ISSUE_ATTEMPTS_MAX {
+        // Appended or lost to a concurrent rotation: either way a newer key is installed now.
+        issue(st, scope).await?;
+        if let Some(key) = st.keyring.current(scope)
+            && Some(key.generation) != before
+        {
+            return Ok(key);
+        }
+    }
+    Err(issue_failed(scope))
+}
+
+async fn issue(st: &AppState, scope: &str) -> Result<AppendOutcome, ApiError> {
+    let issued = st.keyring.issue(scope, st.keyring.next_generation(scope));
+    let out = st
+        .log
+        .append(vec![Proposed::new(Event::DataKeyIssued(issued))])
+        .await?;
+    Ok(out[0])
+}
+
+fn issue_failed(scope: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "data_key_unavailable",
+        format!("could not issue a data key for {scope}; retry"),
+    )
+}
+
+/// Seals every proposal with `scope`'s data key.
+pub async fn seal_all(
+    st: &AppState,
+    scope: &str,
+    proposals: Vec<Proposed>,
+) -> Result<Vec<Proposed>, ApiError> {
+    let key = data_key(st, scope).await?;
+    Ok(proposals
+        .into_iter()
+        .map(|p| p.sealed_with(&st.keyring, &key))
+        .collect())
+}
+
+/// Seals one event with `scope`'s data key.
+pub async fn sealed(st: &AppState, scope: &str, event: Event) -> Result<Proposed, ApiError> {
+    Ok(seal_all(st, scope, vec![Proposed::new(event)])
+        .await?
+        .remove(0))
+}

@@ -202,3 +202,54 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(bytes))
 }
+
+/// The workspace root.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ sits in the workspace")
+        .to_owned()
+}
+
+/// The Python with `cryptography` >= 42 that the interop tests drive: `CUSTODIAN_PYTHON`, or the virtual
+/// environment `scripts/test` makes. Missing is a failure, never a skip.
+pub fn interop_python() -> PathBuf {
+    let python = std::env::var_os("CUSTODIAN_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join(".venv-interop/bin/python"));
+    assert!(
+        python.exists(),
+        "{} is missing: run scripts/test, which makes the interop virtual environment (python3 -m venv .venv-interop && .venv-interop/bin/pip install 'cryptography>=42')",
+        python.display()
+    );
+    python
+}
+
+/// Runs a command with `stdin`, asserts it succeeded, returns stdout.
+pub fn run_ok(cmd: &mut Command, stdin: &[u8]) -> Vec<u8> {
+    let out = run(cmd, stdin);
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+/// Runs a command with `stdin` and returns what happened.
+pub fn run(cmd: &mut Command, stdin: &[u8]) -> std::process::Output {
+    use std::io::Write;
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    child
+        .stdin
+        .take()
+        .expect("piped stdin")
+        .write_all(stdin)
+        .expect("writing stdin");
+    child.wait_with_output().expect("waiting for the command")
+}

@@ -100,6 +100,12 @@ impl Jcs {
 /// Writes a JSON string as ECMAScript's `JSON.stringify` does (RFC 8785 section 3.2.2.2).
 fn write_str(out: &mut String, s: &str) {
     out.push('"');
+    // Most strings (ids, base64, timestamps) need no escaping at all: copy them whole.
+    if !s.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
+        out.push_str(s);
+        out.push('"');
+        return;
+    }
     for c in s.chars() {
         match c {
             '"' => out.push_str("\\\""),

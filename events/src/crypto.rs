@@ -244,6 +244,42 @@ impl Sm2PublicKey {
     }
 }
 
+/// An SM4-GCM key with its key schedule computed once (for keys that seal many payloads).
+#[derive(Clone)]
+pub struct Sm4GcmKey(Sm4Gcm);
+
+impl Sm4GcmKey {
+    pub fn new(key: &[u8; SM4_KEY_LEN]) -> Self {
+        Sm4GcmKey(Sm4Gcm::new_from_slice(key).expect("a 16-byte key"))
+    }
+
+    /// `ciphertext ‖ tag`.
+    pub fn seal(&self, nonce: &[u8; GCM_NONCE_LEN], aad: &[u8], plaintext: &[u8]) -> Vec<u8> {
+        let nonce = aes_gcm::Nonce::<U12>::try_from(&nonce[..]).expect("a 12-byte nonce");
+        self.0
+            .encrypt(
+                &nonce,
+                Payload {
+                    msg: plaintext,
+                    aad,
+                },
+            )
+            .expect("SM4-GCM encryption of an in-memory buffer")
+    }
+
+    pub fn open(
+        &self,
+        nonce: &[u8; GCM_NONCE_LEN],
+        aad: &[u8],
+        sealed: &[u8],
+    ) -> Result<Vec<u8>, CryptoError> {
+        let nonce = aes_gcm::Nonce::<U12>::try_from(&nonce[..]).expect("a 12-byte nonce");
+        self.0
+            .decrypt(&nonce, Payload { msg: sealed, aad })
+            .map_err(|_| CryptoError::DecryptFailed)
+    }
+}
+
 /// SM4-GCM encryption: `ciphertext ‖ tag`.
 pub fn sm4_gcm_seal(
     key: &[u8; SM4_KEY_LEN],

@@ -15,7 +15,9 @@ use std::sync::{Arc, RwLock};
 
 use rkyv::{Archive, Deserialize, Serialize};
 
-use crate::crypto::{CryptoError, Entropy, GCM_NONCE_LEN, SM4_KEY_LEN, sm4_gcm_open, sm4_gcm_seal};
+use crate::crypto::{
+    CryptoError, Entropy, GCM_NONCE_LEN, SM4_KEY_LEN, Sm4GcmKey, sm4_gcm_open, sm4_gcm_seal,
+};
 use crate::event::DataKeyIssued;
 
 /// The master key's length in bytes (an SM4 key).
@@ -29,7 +31,7 @@ pub struct DataKey {
     pub id: String,
     pub scope: String,
     pub generation: u32,
-    key: [u8; SM4_KEY_LEN],
+    cipher: Sm4GcmKey,
 }
 
 /// An event payload sealed with a data key.
@@ -137,7 +139,7 @@ impl Keyring {
             id: id.clone(),
             scope: issued.scope.clone(),
             generation: issued.generation,
-            key: key.try_into().expect("16 bytes"),
+            cipher: Sm4GcmKey::new(&key.try_into().expect("16 bytes")),
         });
         self.keys
             .write()
@@ -160,7 +162,7 @@ impl Keyring {
         SealedPayload {
             key_id: key.id.clone(),
             nonce,
-            ciphertext: sm4_gcm_seal(&key.key, &nonce, aad, plaintext),
+            ciphertext: key.cipher.seal(&nonce, aad, plaintext),
         }
     }
 
@@ -171,12 +173,12 @@ impl Keyring {
             .ok_or_else(|| KeyringError::UnknownKey {
                 key_id: sealed.key_id.clone(),
             })?;
-        sm4_gcm_open(&key.key, &sealed.nonce, aad, &sealed.ciphertext).map_err(|source| {
-            KeyringError::OpenFailed {
+        key.cipher
+            .open(&sealed.nonce, aad, &sealed.ciphertext)
+            .map_err(|source| KeyringError::OpenFailed {
                 key_id: sealed.key_id.clone(),
                 source,
-            }
-        })
+            })
     }
 }
 

@@ -32,6 +32,8 @@ pub struct IngestBenchOptions {
     pub warmup_s: u64,
     /// Where the Markdown report goes; none when `None`.
     pub report_dir: Option<PathBuf>,
+    /// Stop after the signed HTTP phase (for profiling it).
+    pub signed_only: bool,
 }
 
 /// The figures of one phase.
@@ -79,6 +81,14 @@ pub async fn ingest(opts: IngestBenchOptions) -> anyhow::Result<IngestBenchRepor
         http.p50_us,
         http.p99_us
     );
+    if opts.signed_only {
+        return Ok(IngestBenchReport {
+            unsigned: http.clone(),
+            ceiling: http.clone(),
+            markdown: String::new(),
+            http,
+        });
+    }
     let unsigned = http_phase(&opts, &config, false).await?;
     println!(
         "  unsigned {:>10.0} readings/s  p50 {} µs  p99 {} µs",

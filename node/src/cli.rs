@@ -177,6 +177,9 @@ pub struct BenchIngestArgs {
     /// Where to keep the Markdown report.
     #[arg(long, default_value = "bench/results")]
     pub report_dir: PathBuf,
+    /// Run only the signed HTTP phase and print its figures (for profiling it); writes no report.
+    #[arg(long)]
+    pub signed_only: bool,
 }
 
 #[derive(Args, Debug)]
@@ -227,6 +230,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 duration_s: args.duration_s,
                 warmup_s: args.warmup_s,
                 report_dir: Some(args.report_dir),
+                signed_only: args.signed_only,
             })
             .await?;
             Ok(())

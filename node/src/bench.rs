@@ -135,6 +135,7 @@ async fn http_phase(
     let mut config = Config {
         listen: "127.0.0.1:0".parse()?,
         data_dir: tmp.path().join("node"),
+        master_key: Some(crate::server::fresh_master_key_hex()),
         ..base.clone()
     };
     config.ingest.require_signature = signed;

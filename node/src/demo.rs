@@ -64,6 +64,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoSummary> {
             let config = Config {
                 listen: "127.0.0.1:0".parse()?,
                 data_dir: tmp.path().join("node"),
+                master_key: Some(crate::server::fresh_master_key_hex()),
                 ..Config::default()
             };
             let node = Node::start(config).await?;
@@ -96,7 +97,8 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoSummary> {
         terminals.push(term);
     }
     println!(
-        "registered {enterprises} enterprises and {} terminals; uploading for {} s with {}% of batches resent",
+        "registered {enterprises} enterprises and {} terminals; uploading for {} s with {}% of batches resent\n\
+         (each upload signed with its terminal's SM2 key; events sealed at rest with SM4-GCM)",
         opts.terminals, opts.duration_s, opts.resend_percent
     );
 

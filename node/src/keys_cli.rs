@@ -4,7 +4,7 @@ use std::io::{Read, Write};
 use std::path::Path;
 
 use anyhow::Context as _;
-use custodian_events::crypto::{Entropy, OsEntropy, Sm2KeyPair, Sm2PublicKey, key_fingerprint};
+use custodian_events::crypto::{OsEntropy, Sm2KeyPair, Sm2PublicKey, key_fingerprint};
 use custodian_events::digital_envelope::{self, PAYLOAD_BYTES_MAX};
 
 use crate::cli::{EnvelopeCommand, KeysCommand, NodeArgs};
@@ -49,9 +49,7 @@ pub async fn run(cmd: KeysCommand) -> anyhow::Result<()> {
             Ok(())
         }
         KeysCommand::Master => {
-            let mut key = [0u8; 16];
-            OsEntropy.fill(&mut key);
-            println!("{}", hex::encode(key));
+            println!("{}", crate::server::fresh_master_key_hex());
             Ok(())
         }
         KeysCommand::RotateTerminal {

@@ -196,3 +196,10 @@ pub fn resolve_master_key(
         )),
     }
 }
+
+/// A fresh master key as 32 hex digits (for throwaway nodes: the demo, the benchmark).
+pub fn fresh_master_key_hex() -> String {
+    let mut key = [0u8; MASTER_KEY_LEN];
+    OsEntropy.fill(&mut key);
+    hex::encode(key)
+}

@@ -270,6 +270,11 @@ async fn events_rest_sealed_and_the_master_key_is_checked_at_start() {
     node.stop().await.unwrap();
 }
 
+/// The key `register_terminals` gave T-1.
+fn terminal_key_for_test() -> Sm2KeyPair {
+    custodian_node::terminal_sim::terminal_key("T-1", 42)
+}
+
 async fn start_err(data_dir: &std::path::Path, master_key: Option<String>) -> String {
     let config = Config {
         listen: "127.0.0.1:0".parse().unwrap(),

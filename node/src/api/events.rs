@@ -61,6 +61,7 @@ pub fn event_json(e: &Envelope) -> Value {
         "schema_version": e.schema_version,
         "recorded_at": format_utc_ns(e.recorded_at_ns),
         "fingerprint": e.fingerprint_hex(),
+        "key_id": e.key_id,
         "payload": e.event.canonical().to_value(),
     })
 }

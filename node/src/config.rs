@@ -96,8 +96,18 @@ impl Default for LogConfig {
     }
 }
 
-/// Environment variables that belong to the CLI, not to the node's configuration.
-const CLI_ONLY_ENV: [&str; 1] = ["NODE"];
+/// The top-level keys a `CUSTODIAN_*` environment variable may set. Other `CUSTODIAN_*` variables belong
+/// to other tools (`CUSTODIAN_NODE` to the CLI, `CUSTODIAN_PYTHON` to the tests, ...) and are ignored; a
+/// typo inside a section (`CUSTODIAN_INGEST__BATCH_READINGS`) is still refused.
+const CONFIG_KEYS: [&str; 7] = [
+    "listen",
+    "data_dir",
+    "admin_token",
+    "master_key",
+    "master_key_file",
+    "ingest",
+    "log",
+];
 
 impl Config {
     /// Loads defaults, then `file` (if given), then the environment.
@@ -112,9 +122,8 @@ impl Config {
             fig = fig.merge(Toml::file(file));
         }
         fig = fig.merge(Env::prefixed("CUSTODIAN_").split("__").filter(|k| {
-            !CLI_ONLY_ENV
-                .iter()
-                .any(|c| k.as_str().eq_ignore_ascii_case(c))
+            let top = k.as_str().split('.').next().unwrap_or("");
+            CONFIG_KEYS.iter().any(|c| top.eq_ignore_ascii_case(c))
         }));
         let config: Config = fig
             .extract()
@@ -165,11 +174,17 @@ mod tests {
             )?;
             jail.set_env("CUSTODIAN_INGEST__BATCH_READINGS_MAX", "500");
             jail.set_env("CUSTODIAN_NODE", "http://127.0.0.1:1");
+            jail.set_env("CUSTODIAN_PYTHON", "/usr/bin/python3");
+            jail.set_env("CUSTODIAN_MASTER_KEY", "00112233445566778899aabbccddeeff");
             let c = Config::load(Some(Path::new("node.toml"))).map_err(|e| e.to_string())?;
             assert_eq!(c.listen.port(), 9000);
             assert_eq!(c.ingest.batch_readings_max, 500);
             assert_eq!(c.ingest.body_bytes_max, 4096);
             assert_eq!(c.ingest.future_skew_s_max, 300);
+            assert_eq!(
+                c.master_key.as_deref(),
+                Some("00112233445566778899aabbccddeeff")
+            );
             Ok(())
         });
     }
@@ -181,6 +196,11 @@ mod tests {
             assert!(Config::load(Some(Path::new("a.toml"))).is_err());
             jail.create_file("b.toml", "[ingest]\nbatch_readings_max = 0\n")?;
             assert!(Config::load(Some(Path::new("b.toml"))).is_err());
+            jail.set_env("CUSTODIAN_INGEST__BATCH_READINGS", "5");
+            assert!(
+                Config::load(None).is_err(),
+                "a typo inside a section is refused"
+            );
             assert!(Config::load(Some(Path::new("missing.toml"))).is_err());
             Ok(())
         });

@@ -307,11 +307,7 @@ pub fn sm4_gcm_open(
     aad: &[u8],
     sealed: &[u8],
 ) -> Result<Vec<u8>, CryptoError> {
-    let cipher = Sm4Gcm::new_from_slice(key).expect("a 16-byte key");
-    let nonce = aes_gcm::Nonce::<U12>::try_from(&nonce[..]).expect("a 12-byte nonce");
-    cipher
-        .decrypt(&nonce, Payload { msg: sealed, aad })
-        .map_err(|_| CryptoError::DecryptFailed)
+    Sm4GcmKey::new(key).open(nonce, aad, sealed)
 }
 
 #[cfg(test)]

@@ -253,3 +253,32 @@ pub fn run(cmd: &mut Command, stdin: &[u8]) -> std::process::Output {
         .expect("writing stdin");
     child.wait_with_output().expect("waiting for the command")
 }
+
+/// Checks a whole log as `GET /v1/events` shows it — sequences gapless from 1, every fingerprint
+/// recomputes from the canonical payload, no (terminal, seq) recorded twice — and returns where each
+/// reading is stored.
+pub fn check_log(events: &[Value]) -> BTreeMap<(String, u64), u64> {
+    let mut stored = BTreeMap::new();
+    for (i, e) in events.iter().enumerate() {
+        assert_eq!(e["seq"], i as u64 + 1, "sequence gap before {e}");
+        let canonical = jcs_independent(&e["payload"]);
+        assert_eq!(
+            sha256_hex(canonical.as_bytes()),
+            e["fingerprint"],
+            "event {}",
+            e["seq"]
+        );
+        if e["event_type"] == "ReadingRecorded" {
+            let key = (
+                e["payload"]["terminal_id"].as_str().unwrap().to_owned(),
+                e["payload"]["seq"].as_u64().unwrap(),
+            );
+            let seq = e["seq"].as_u64().unwrap();
+            assert!(
+                stored.insert(key.clone(), seq).is_none(),
+                "{key:?} stored twice"
+            );
+        }
+    }
+    stored
+}

@@ -117,24 +117,7 @@ async fn sigkill_at_random_moments_loses_no_acknowledged_reading() {
     // Every record passes its check (the node verifies each on read), sequences are gapless, and every
     // acknowledged reading is stored once, at the acknowledged sequence.
     let events = client.all_events(1).await.expect("reading the whole log");
-    let mut stored: BTreeMap<(String, u64), u64> = BTreeMap::new();
-    for (i, e) in events.iter().enumerate() {
-        assert_eq!(e["seq"], i as u64 + 1, "sequence gap before {e}");
-        let canonical = jcs_independent(&e["payload"]);
-        assert_eq!(sha256_hex(canonical.as_bytes()), e["fingerprint"]);
-        if e["event_type"] == "ReadingRecorded" {
-            let key = (
-                e["payload"]["terminal_id"].as_str().unwrap().to_owned(),
-                e["payload"]["seq"].as_u64().unwrap(),
-            );
-            assert!(
-                stored
-                    .insert(key.clone(), e["seq"].as_u64().unwrap())
-                    .is_none(),
-                "{key:?} stored twice"
-            );
-        }
-    }
+    let stored = check_log(&events);
     for (key, event_seq) in &acked {
         assert_eq!(
             stored.get(key),

@@ -262,10 +262,46 @@ async fn events_rest_sealed_and_the_master_key_is_checked_at_start() {
     let (node, client) =
         start_node(&data_dir, |c| c.master_key = Some(master.trim().to_owned())).await;
     let events = client.all_events(1).await.unwrap();
-    assert!(
+    let sealed_with = |events: &[Value], container: &str| {
         events
             .iter()
-            .any(|e| e["payload"]["container_id"] == marker)
+            .find(|e| e["payload"]["container_id"] == container)
+            .map(|e| e["key_id"].clone())
+    };
+    assert_eq!(sealed_with(&events, marker), Some(json!("E-0/1")));
+
+    // Rotating the enterprise's data key: new events use generation 2, old ones keep opening with 1.
+    let (s, v) = client
+        .post_admin("/v1/admin/data-keys/E-0/rotate", &Value::Null)
+        .await
+        .unwrap();
+    assert_eq!((s, v["key_id"].as_str()), (201, Some("E-0/2")));
+    let key = terminal_key_for_test();
+    let r = upload(
+        &client,
+        &key,
+        body(2, "2026-11-20T00:00:00Z", "C-AFTER-ROTATION"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r["status"], "accepted");
+    node.stop().await.unwrap();
+    let (node, client) =
+        start_node(&data_dir, |c| c.master_key = Some(master.trim().to_owned())).await;
+    let events = client.all_events(1).await.unwrap();
+    assert_eq!(sealed_with(&events, marker), Some(json!("E-0/1")));
+    assert_eq!(
+        sealed_with(&events, "C-AFTER-ROTATION"),
+        Some(json!("E-0/2"))
+    );
+    let data_keys: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["event_type"] == "DataKeyIssued")
+        .collect();
+    assert_eq!(data_keys.len(), 2);
+    assert!(
+        data_keys.iter().all(|e| e["key_id"].is_null()),
+        "data keys rest wrapped, not sealed"
     );
     node.stop().await.unwrap();
 }

@@ -89,22 +89,7 @@ async fn every_batch_three_times_concurrently_out_of_order_is_stored_once() {
         );
     }
     let events = client.all_events(1).await.unwrap();
-    let mut stored: BTreeMap<(String, u64), u64> = BTreeMap::new();
-    for (i, e) in events.iter().enumerate() {
-        assert_eq!(e["seq"], i as u64 + 1, "gapless");
-        if e["event_type"] == "ReadingRecorded" {
-            let key = (
-                e["payload"]["terminal_id"].as_str().unwrap().to_owned(),
-                e["payload"]["seq"].as_u64().unwrap(),
-            );
-            assert!(
-                stored
-                    .insert(key.clone(), e["seq"].as_u64().unwrap())
-                    .is_none(),
-                "{key:?} stored twice"
-            );
-        }
-    }
+    let stored = check_log(&events);
     assert_eq!(stored.len(), answered.len());
     for (key, answers) in &answered {
         assert_eq!(stored.get(key), Some(&answers[0].1), "{key:?}");

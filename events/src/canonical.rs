@@ -19,6 +19,8 @@ pub enum Jcs {
     /// Must lie within ±[`JSON_INT_ABS_MAX`]; the writer asserts it.
     Int(i64),
     Obj(Vec<(&'static str, Jcs)>),
+    /// Elements keep their order.
+    Arr(Vec<Jcs>),
 }
 
 impl Jcs {
@@ -79,6 +81,16 @@ impl Jcs {
                 }
                 out.push('}');
             }
+            Jcs::Arr(items) => {
+                out.push('[');
+                for (i, v) in items.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    v.write(out);
+                }
+                out.push(']');
+            }
         }
     }
 
@@ -93,6 +105,7 @@ impl Jcs {
                     .map(|(k, v)| ((*k).to_owned(), v.to_value()))
                     .collect(),
             ),
+            Jcs::Arr(items) => serde_json::Value::Array(items.iter().map(Jcs::to_value).collect()),
         }
     }
 }
@@ -143,6 +156,15 @@ mod tests {
             v.to_text(),
             r#"{"a":{"b":"","z":-1},"kind":"weight","value":152300000}"#
         );
+    }
+
+    #[test]
+    fn arrays_keep_their_order() {
+        let v = Jcs::obj(vec![(
+            "a",
+            Jcs::Arr(vec![Jcs::Int(2), Jcs::str("x"), Jcs::Arr(vec![])]),
+        )]);
+        assert_eq!(v.to_text(), r#"{"a":[2,"x",[]]}"#);
     }
 
     #[test]

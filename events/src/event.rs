@@ -5,6 +5,7 @@ use serde::Deserialize as SerdeDeserialize;
 
 use crate::Rejection;
 use crate::canonical::Jcs;
+use crate::domain::AnomalyDetected;
 use crate::ids::{EnterpriseId, TerminalId};
 use crate::reading::{Reading, format_utc_ns};
 
@@ -40,6 +41,8 @@ pub enum Event {
     UploadSigned(UploadSigned),
     /// A data key for sealing events at rest, wrapped by the node's master key.
     DataKeyIssued(DataKeyIssued),
+    /// A rule of the domain core found an irregularity (derived, never sent by a terminal).
+    AnomalyDetected(AnomalyDetected),
 }
 
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
@@ -156,6 +159,7 @@ impl Event {
             Event::TerminalKeyRevoked(_) => "TerminalKeyRevoked",
             Event::UploadSigned(_) => "UploadSigned",
             Event::DataKeyIssued(_) => "DataKeyIssued",
+            Event::AnomalyDetected(_) => "AnomalyDetected",
         }
     }
 
@@ -170,6 +174,7 @@ impl Event {
             Event::TerminalKeyRevoked(k) => format!("terminal:{}", k.terminal_id),
             Event::UploadSigned(u) => format!("terminal:{}", u.terminal_id),
             Event::DataKeyIssued(d) => format!("keys:{}", d.scope),
+            Event::AnomalyDetected(a) => a.subject.clone(),
         }
     }
 
@@ -198,6 +203,7 @@ impl Event {
                 slot: 0,
             }),
             Event::DataKeyIssued(d) => Some(dedupe_key_data_key(&d.scope, d.generation)),
+            Event::AnomalyDetected(a) => Some(a.dedupe_key()),
         }
     }
 
@@ -264,6 +270,7 @@ impl Event {
                 ("generation", Jcs::Int(i64::from(d.generation))),
                 ("wrapped_key", b64(&d.wrapped_key)),
             ]),
+            Event::AnomalyDetected(a) => a.canonical(),
         }
     }
 }

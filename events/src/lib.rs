@@ -20,6 +20,7 @@
 pub mod canonical;
 pub mod crypto;
 pub mod digital_envelope;
+pub mod domain;
 pub mod envelope;
 pub mod event;
 pub mod ids;

@@ -193,6 +193,14 @@ pub fn jcs_independent(v: &Value) -> String {
             assert!(n.is_i64() || n.is_u64(), "events carry integers only: {n}");
             n.to_string()
         }
+        Value::Array(items) => format!(
+            "[{}]",
+            items
+                .iter()
+                .map(jcs_independent)
+                .collect::<Vec<_>>()
+                .join(",")
+        ),
         other => other.to_string(),
     }
 }

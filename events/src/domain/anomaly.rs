@@ -1,0 +1,150 @@
+//! `AnomalyDetected`: what a rule found, with its evidence and a deterministic identity.
+//!
+//! The identity is the SHA-256 of `{"causes":[...],"kind":...,"subject":...}` in canonical JSON, where the
+//! causes are the identities `terminal/seq` of the readings that made the rule fire, sorted. So an edge
+//! node and the cloud name the same anomaly alike, and the log's dedupe on that identity makes "a restart
+//! or a replay never emits it twice" a property of storage, not of care.
+
+use rkyv::{Archive, Deserialize, Serialize};
+
+use crate::canonical::Jcs;
+use crate::envelope::{Fingerprint, fingerprint};
+use crate::event::DedupeKey;
+use crate::ids::{ContainerId, TerminalId};
+
+/// What kind of irregularity a rule found.
+#[derive(
+    Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash,
+)]
+pub enum AnomalyKind {
+    WeightFluctuation,
+    ManifestWeightMismatch,
+    StorageOverdue,
+    OverCapacity,
+    TerminalSilent,
+    TamperSuspected,
+}
+
+impl AnomalyKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            AnomalyKind::WeightFluctuation => "weight_fluctuation",
+            AnomalyKind::ManifestWeightMismatch => "manifest_weight_mismatch",
+            AnomalyKind::StorageOverdue => "storage_overdue",
+            AnomalyKind::OverCapacity => "over_capacity",
+            AnomalyKind::TerminalSilent => "terminal_silent",
+            AnomalyKind::TamperSuspected => "tamper_suspected",
+        }
+    }
+}
+
+#[derive(
+    Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash,
+)]
+pub enum Severity {
+    Low,
+    Medium,
+    High,
+}
+
+impl Severity {
+    pub fn name(self) -> &'static str {
+        match self {
+            Severity::Low => "low",
+            Severity::Medium => "medium",
+            Severity::High => "high",
+        }
+    }
+}
+
+/// A reading's identity: the terminal and its own sequence number.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ReadingRef {
+    pub terminal_id: TerminalId,
+    pub seq: u64,
+}
+
+impl ReadingRef {
+    pub fn text(&self) -> String {
+        format!("{}/{}", self.terminal_id, self.seq)
+    }
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct AnomalyDetected {
+    /// SHA-256 of the kind, the subject and the sorted causes (see the module doc).
+    pub anomaly_id: Fingerprint,
+    pub kind: AnomalyKind,
+    pub severity: Severity,
+    /// What the anomaly is about, e.g. `container:C-9`.
+    pub subject: String,
+    pub terminal_id: Option<TerminalId>,
+    pub container_id: Option<ContainerId>,
+    /// The earlier value compared, in the resolution unit (mg for weights).
+    pub previous_value: Option<i64>,
+    /// The later value compared.
+    pub current_value: Option<i64>,
+    /// |current − previous| / previous in parts per million (integers only in canonical JSON); absent when
+    /// the previous value was zero.
+    pub change_ratio_ppm: Option<i64>,
+    /// The event whose arrival made the rule fire.
+    pub cause_seq: u64,
+    /// The log sequences of the events compared, in time order.
+    pub evidence_seqs: Vec<u64>,
+    /// The readings that made the rule fire, sorted.
+    pub causes: Vec<ReadingRef>,
+}
+
+impl AnomalyDetected {
+    /// The deterministic identity of an anomaly of `kind` about `subject` caused by `causes`.
+    pub fn identity(kind: AnomalyKind, subject: &str, causes: &[ReadingRef]) -> Fingerprint {
+        let mut sorted: Vec<String> = causes.iter().map(ReadingRef::text).collect();
+        sorted.sort();
+        let doc = Jcs::obj(vec![
+            ("kind", Jcs::str(kind.name())),
+            ("subject", Jcs::str(subject)),
+            (
+                "causes",
+                Jcs::Arr(sorted.into_iter().map(Jcs::Str).collect()),
+            ),
+        ]);
+        fingerprint(&doc.to_bytes())
+    }
+
+    /// The dedupe key: one anomaly per identity, ever.
+    pub fn dedupe_key(&self) -> DedupeKey {
+        DedupeKey {
+            space: format!("anomaly/{}", hex::encode(self.anomaly_id)).into_bytes(),
+            slot: 0,
+        }
+    }
+
+    pub fn canonical(&self) -> Jcs {
+        let causes = self.causes.iter().map(|c| Jcs::Str(c.text())).collect();
+        let evidence = self
+            .evidence_seqs
+            .iter()
+            .map(|s| Jcs::Int(*s as i64))
+            .collect();
+        Jcs::obj(vec![
+            ("anomaly_id", Jcs::Str(hex::encode(self.anomaly_id))),
+            ("kind", Jcs::str(self.kind.name())),
+            ("severity", Jcs::str(self.severity.name())),
+            ("subject", Jcs::str(self.subject.as_str())),
+            ("cause_seq", Jcs::Int(self.cause_seq as i64)),
+            ("evidence_seqs", Jcs::Arr(evidence)),
+            ("causes", Jcs::Arr(causes)),
+        ])
+        .with_optional(
+            "terminal_id",
+            self.terminal_id.as_ref().map(|t| Jcs::str(t.as_str())),
+        )
+        .with_optional(
+            "container_id",
+            self.container_id.as_ref().map(|c| Jcs::str(c.as_str())),
+        )
+        .with_optional("previous_value", self.previous_value.map(Jcs::Int))
+        .with_optional("current_value", self.current_value.map(Jcs::Int))
+        .with_optional("change_ratio_ppm", self.change_ratio_ppm.map(Jcs::Int))
+    }
+}

@@ -28,6 +28,27 @@ pub struct Config {
     pub master_key_file: Option<PathBuf>,
     pub ingest: IngestConfig,
     pub log: LogConfig,
+    pub derive: DeriveConfig,
+}
+
+/// The domain core running over the log.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DeriveConfig {
+    /// How far (in events) the actors may fall behind the log before ingest answers 503 `backpressure`
+    /// with Retry-After: the log absorbs peaks, but alarms must not drift minutes behind.
+    pub lag_events_max: u64,
+    /// The weight-fluctuation threshold in percent of the previous weighing.
+    pub weight_fluctuation_pct: u32,
+}
+
+impl Default for DeriveConfig {
+    fn default() -> Self {
+        DeriveConfig {
+            lag_events_max: 200_000,
+            weight_fluctuation_pct: 20,
+        }
+    }
 }
 
 /// Limits of the ingest path.
@@ -70,6 +91,7 @@ impl Default for Config {
             master_key_file: None,
             ingest: IngestConfig::default(),
             log: LogConfig::default(),
+            derive: DeriveConfig::default(),
         }
     }
 }
@@ -99,7 +121,7 @@ impl Default for LogConfig {
 /// The top-level keys a `CUSTODIAN_*` environment variable may set. Other `CUSTODIAN_*` variables belong
 /// to other tools (`CUSTODIAN_NODE` to the CLI, `CUSTODIAN_PYTHON` to the tests, ...) and are ignored; a
 /// typo inside a section (`CUSTODIAN_INGEST__BATCH_READINGS`) is still refused.
-const CONFIG_KEYS: [&str; 7] = [
+const CONFIG_KEYS: [&str; 8] = [
     "listen",
     "data_dir",
     "admin_token",
@@ -107,6 +129,7 @@ const CONFIG_KEYS: [&str; 7] = [
     "master_key_file",
     "ingest",
     "log",
+    "derive",
 ];
 
 impl Config {

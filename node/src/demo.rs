@@ -183,6 +183,15 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoSummary> {
     }
     progress.abort();
 
+    // Let the domain core catch up with the log, so the summary shows what it flagged.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let h = client.healthz().await?;
+        if h["derived_seq"] == h["last_seq"] || tokio::time::Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     // Check the log: one ReadingRecorded per acknowledged (terminal, seq), at the acknowledged sequence.
     let events = client.all_events(1).await?;
     let mut stored: BTreeMap<(String, u64), u64> = BTreeMap::new();
@@ -243,6 +252,13 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoSummary> {
     println!(
         "  events in the log       {} (every one passed its fingerprint check)",
         events.len()
+    );
+    println!(
+        "  anomalies flagged       {} weight fluctuations over 20 % (drums that lost weight)",
+        events
+            .iter()
+            .filter(|e| e["event_type"] == "AnomalyDetected")
+            .count()
     );
     println!(
         "  stored exactly once     {} ({} acknowledged readings checked{})",

@@ -77,3 +77,39 @@ pub async fn sealed(st: &AppState, scope: &str, event: Event) -> Result<Proposed
         .await?
         .remove(0))
 }
+
+/// Appends what the domain core derives, sealed with the enterprise key of the terminal it concerns.
+pub struct NodeSink(pub std::sync::Weak<AppState>);
+
+impl custodian_actors::DerivedSink for NodeSink {
+    fn append(
+        &self,
+        events: Vec<Event>,
+    ) -> custodian_events::log::BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            let st = self.0.upgrade().ok_or("the node is shutting down")?;
+            let mut batch = Vec::with_capacity(events.len());
+            for event in events {
+                let scope = scope_of(&st, &event).map_err(|e| e.message)?;
+                batch.push(sealed(&st, &scope, event).await.map_err(|e| e.message)?);
+            }
+            st.log.append(batch).await.map_err(|e| e.to_string())?;
+            Ok(())
+        })
+    }
+}
+
+/// The enterprise whose key seals a derived event: the one of the terminal it names.
+fn scope_of(st: &AppState, event: &Event) -> Result<String, ApiError> {
+    let terminal = match event {
+        Event::AnomalyDetected(a) => a.terminal_id.clone(),
+        _ => None,
+    };
+    Ok(match terminal {
+        Some(t) => match st.registry.terminal(st.log.as_ref(), &t)? {
+            Some(entry) => entry.registration.enterprise_id.to_string(),
+            None => custodian_events::keyring::PLATFORM_SCOPE.to_owned(),
+        },
+        None => custodian_events::keyring::PLATFORM_SCOPE.to_owned(),
+    })
+}

@@ -35,6 +35,7 @@ pub struct Node {
     pub addr: SocketAddr,
     pub admin_token: String,
     pub state: Arc<AppState>,
+    deriver: Option<custodian_actors::Deriver>,
     shutdown: Option<oneshot::Sender<()>>,
     server: JoinHandle<std::io::Result<()>>,
     _data_dir: DataDir,
@@ -86,7 +87,9 @@ impl Node {
         })?;
         let log: Arc<dyn EventLog> = Arc::new(log);
         tracing::info!(last_seq = log.last_seq(), "event log open");
+        let derived_seq = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let state = Arc::new(AppState {
+            derived_seq: derived_seq.clone(),
             log,
             registry: Registry::new(config.ingest.terminal_cache_entries_max),
             clock,
@@ -96,6 +99,19 @@ impl Node {
             admin_token: admin_token.clone(),
             config,
         });
+        let rules = custodian_events::domain::WeighingRules {
+            threshold_pct_default: state.config.derive.weight_fluctuation_pct,
+            ..Default::default()
+        };
+        let deriver = custodian_actors::Deriver::start_with_checkpoint(
+            state.log.clone(),
+            Arc::new(crate::sealing::NodeSink(Arc::downgrade(&state))),
+            custodian_actors::DeriverConfig {
+                weighing: rules,
+                ..Default::default()
+            },
+            derived_seq,
+        );
         let listener = tokio::net::TcpListener::bind(state.config.listen)
             .await
             .with_context(|| {
@@ -119,6 +135,7 @@ impl Node {
             addr,
             admin_token,
             state,
+            deriver: Some(deriver),
             shutdown: Some(tx),
             server,
             _data_dir: data_dir,
@@ -135,6 +152,9 @@ impl Node {
             let _ = tx.send(());
         }
         (&mut self.server).await??;
+        if let Some(d) = self.deriver.take() {
+            d.stop().await;
+        }
         Ok(())
     }
 

@@ -78,7 +78,13 @@ pub struct SimTerminal {
     pub next_seq: u64,
     pub key: Arc<Sm2KeyPair>,
     rng: SmallRng,
+    drum_kg: Vec<f64>,
 }
+
+/// Drums each simulated scale weighs.
+const DRUMS: usize = 20;
+/// Weighings (per thousand) at which a drum loses 40 % of its weight.
+const LOSS_PER_MILLE: u32 = 2;
 
 impl SimTerminal {
     pub fn new(id: impl Into<String>, seed: u64) -> Self {
@@ -88,6 +94,7 @@ impl SimTerminal {
             id,
             next_seq: 1,
             rng: SmallRng::seed_from_u64(seed),
+            drum_kg: Vec::new(),
         }
     }
 
@@ -103,8 +110,22 @@ impl SimTerminal {
 
     /// The JSON text of one reading with sequence `seq`, measured at `measured_at` (RFC 3339).
     pub fn reading_json(&mut self, seq: u64, measured_at: &str) -> String {
-        let drum = self.rng.random_range(1..=20);
-        let kg: f64 = self.rng.random_range(50.0..400.0);
+        let drum = self.rng.random_range(1..=DRUMS);
+        if self.drum_kg.is_empty() {
+            self.drum_kg = (0..DRUMS)
+                .map(|_| self.rng.random_range(50.0..400.0))
+                .collect();
+        }
+        // Scales wobble by a few percent between weighings; now and then a drum really loses weight
+        // (a leak, or waste taken out unrecorded): that is what the weight-fluctuation rule must catch.
+        let w = &mut self.drum_kg[drum - 1];
+        if self.rng.random_range(0..1000u32) < LOSS_PER_MILLE {
+            *w *= 0.6;
+        } else {
+            *w *= 1.0 + self.rng.random_range(-0.03..0.03);
+        }
+        *w = w.clamp(10.0, 2_000.0);
+        let kg = *w;
         let stages = ["generation", "storage_in", "storage_out", "transfer_out"];
         let stage = stages[self.rng.random_range(0..stages.len())];
         format!(

@@ -167,7 +167,14 @@ async fn uploads_accept_dedupe_and_reject_per_reading() {
 
     // The log holds each signed body and: reading 1, reading 2, the conflict evidence, reading 8 —
     // nothing of the rejects.
-    let events = client.all_events(base + 1).await.unwrap();
+    // (Anomalies the domain core derives from these weighings arrive asynchronously; leave them out.)
+    let recorded = |events: Vec<serde_json::Value>| -> Vec<serde_json::Value> {
+        events
+            .into_iter()
+            .filter(|e| e["event_type"] != "AnomalyDetected")
+            .collect()
+    };
+    let events = recorded(client.all_events(base + 1).await.unwrap());
     let types: Vec<&str> = events
         .iter()
         .map(|e| e["event_type"].as_str().unwrap())
@@ -197,7 +204,10 @@ async fn uploads_accept_dedupe_and_reject_per_reading() {
         serde_json::to_value(&r.results[0]).unwrap()["evidence_event_seq"],
         evidence
     );
-    assert_eq!(last_seq(&client).await, base + 7);
+    assert_eq!(
+        recorded(client.all_events(base + 1).await.unwrap()).len(),
+        7
+    );
 
     let metrics = client.metrics().await.unwrap();
     use custodian_node::metrics::sample;
@@ -403,7 +413,21 @@ async fn events_show_canonical_payloads_whose_sha256_is_the_fingerprint() {
     )
     .await
     .unwrap();
-    let events = client.all_events(1).await.unwrap();
+    let all = client.all_events(1).await.unwrap();
+    for (i, e) in all.iter().enumerate() {
+        assert_eq!(e["seq"], i as u64 + 1, "gapless");
+        let canonical = jcs_independent(&e["payload"]);
+        assert_eq!(
+            sha256_hex(canonical.as_bytes()),
+            e["fingerprint"],
+            "event {e}"
+        );
+    }
+    // 152.3 kg then 3 lb of one drum is also an anomaly, derived asynchronously; leave it out here.
+    let events: Vec<serde_json::Value> = all
+        .into_iter()
+        .filter(|e| e["event_type"] != "AnomalyDetected")
+        .collect();
     let types: Vec<&str> = events
         .iter()
         .map(|e| e["event_type"].as_str().unwrap())
@@ -419,15 +443,6 @@ async fn events_show_canonical_payloads_whose_sha256_is_the_fingerprint() {
             "ReadingRecorded"
         ]
     );
-    for (i, e) in events.iter().enumerate() {
-        assert_eq!(e["seq"], i as u64 + 1, "gapless");
-        let canonical = jcs_independent(&e["payload"]);
-        assert_eq!(
-            sha256_hex(canonical.as_bytes()),
-            e["fingerprint"],
-            "event {e}"
-        );
-    }
     assert_eq!(events[4]["stream"], "terminal:T-1");
     assert_eq!(
         jcs_independent(&events[4]["payload"]),

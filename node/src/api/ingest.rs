@@ -113,6 +113,23 @@ fn verify_signature(
     })
 }
 
+/// 503 `backpressure` while the domain core lags too far behind the log.
+fn backpressure(st: &AppState) -> Result<(), ApiError> {
+    let derived = st.derived_seq.load(std::sync::atomic::Ordering::Acquire);
+    let lag = st.log.last_seq().saturating_sub(derived);
+    if lag > st.config.derive.lag_events_max {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "backpressure",
+            format!(
+                "anomaly detection is {lag} events behind the log (at most {} allowed); nothing of this request was stored, retry shortly",
+                st.config.derive.lag_events_max
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// A key replaced by a rotation still vouches for readings measured before the rotation, not after.
 fn key_covers(
     signed: &Option<Signed>,
@@ -244,6 +261,7 @@ async fn handle(
     };
     let signed = verify_signature(st, headers, &terminal, &body_bytes)?;
 
+    backpressure(st)?;
     let check = ReadingCheck {
         now_ns: st.clock.now_ns(),
         future_skew_ns_max: (limits.future_skew_s_max as i64).saturating_mul(1_000_000_000),

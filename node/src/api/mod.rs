@@ -37,6 +37,8 @@ pub struct AppState {
     pub metrics: Metrics,
     pub registry: Registry,
     pub admin_token: String,
+    /// The last log sequence the domain core has processed (the deriver's checkpoint).
+    pub derived_seq: Arc<std::sync::atomic::AtomicU64>,
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
@@ -62,7 +64,11 @@ pub fn router(state: Arc<AppState>) -> Router {
 }
 
 async fn healthz(State(st): State<Arc<AppState>>) -> impl IntoResponse {
-    axum::Json(serde_json::json!({ "status": "ok", "last_seq": st.log.last_seq() }))
+    axum::Json(serde_json::json!({
+        "status": "ok",
+        "last_seq": st.log.last_seq(),
+        "derived_seq": st.derived_seq.load(std::sync::atomic::Ordering::Acquire),
+    }))
 }
 
 async fn metrics(State(st): State<Arc<AppState>>) -> impl IntoResponse {

@@ -1,0 +1,202 @@
+//! The deriver: tails the durable log, routes events to their aggregates' actors, and appends what they
+//! derive.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use custodian_events::domain::WeighingRules;
+use custodian_events::log::{BoxFuture, EventLog};
+use custodian_events::{ContainerId, Event, ReadingKind};
+use ractor::{Actor, ActorRef};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::container::{ContainerActor, ContainerMsg};
+
+/// Where derived events go: the node seals them like any other event and appends them to the log, which
+/// answers duplicates for anything derived before.
+pub trait DerivedSink: Send + Sync + 'static {
+    fn append(&self, events: Vec<Event>) -> BoxFuture<'_, Result<(), String>>;
+}
+
+#[derive(Debug, Clone)]
+pub struct DeriverConfig {
+    pub weighing: WeighingRules,
+    /// Events read from the log per step.
+    pub read_batch_max: usize,
+    /// How long an actor may take to answer one event before the deriver treats it as failed.
+    pub actor_call_timeout_ms: u64,
+    /// Waiting between attempts when the sink (the log) refuses derived events.
+    pub retry_backoff_ms_max: u64,
+}
+
+impl Default for DeriverConfig {
+    fn default() -> Self {
+        DeriverConfig {
+            weighing: WeighingRules::default(),
+            read_batch_max: 1_000,
+            actor_call_timeout_ms: 5_000,
+            retry_backoff_ms_max: 2_000,
+        }
+    }
+}
+
+/// A running deriver.
+pub struct Deriver {
+    /// The last log sequence fully processed (its derived events appended).
+    pub checkpoint: Arc<AtomicU64>,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl Deriver {
+    /// Starts tailing `log` from the beginning (state lives only in memory until snapshots exist).
+    pub fn start(
+        log: Arc<dyn EventLog>,
+        sink: Arc<dyn DerivedSink>,
+        config: DeriverConfig,
+    ) -> Self {
+        Self::start_with_checkpoint(log, sink, config, Arc::new(AtomicU64::new(0)))
+    }
+
+    /// Like [`Deriver::start`], publishing progress in `checkpoint` (which it resets to 0).
+    pub fn start_with_checkpoint(
+        log: Arc<dyn EventLog>,
+        sink: Arc<dyn DerivedSink>,
+        config: DeriverConfig,
+        checkpoint: Arc<AtomicU64>,
+    ) -> Self {
+        checkpoint.store(0, Ordering::Release);
+        let (stop, stopped) = watch::channel(false);
+        let task = tokio::spawn(run(log, sink, config, checkpoint.clone(), stopped));
+        Deriver {
+            checkpoint,
+            stop,
+            task,
+        }
+    }
+
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+}
+
+async fn run(
+    log: Arc<dyn EventLog>,
+    sink: Arc<dyn DerivedSink>,
+    config: DeriverConfig,
+    checkpoint: Arc<AtomicU64>,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let mut containers: BTreeMap<ContainerId, ActorRef<ContainerMsg>> = BTreeMap::new();
+    let mut durable = log.subscribe();
+    loop {
+        if *stopped.borrow() {
+            break;
+        }
+        let from = checkpoint.load(Ordering::Acquire) + 1;
+        if from > log.last_seq() {
+            tokio::select! {
+                _ = durable.changed() => continue,
+                _ = stopped.changed() => break,
+            }
+        }
+        let batch = {
+            let log = log.clone();
+            let max = config.read_batch_max;
+            tokio::task::spawn_blocking(move || log.read(from, max)).await
+        };
+        let events = match batch {
+            Ok(Ok(events)) => events,
+            Ok(Err(e)) => {
+                // A corrupt record stops derivation here rather than deciding on a gap.
+                tracing::error!(error = %e, seq = from, "deriver cannot read the log; retrying");
+                tokio::time::sleep(Duration::from_millis(config.retry_backoff_ms_max)).await;
+                continue;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "deriver read task failed");
+                continue;
+            }
+        };
+        let Some(last) = events.last().map(|e| e.seq) else {
+            continue;
+        };
+        let mut derived = Vec::new();
+        let mut failed = false;
+        for env in events {
+            let Some(container) = container_of(&env.event) else {
+                continue;
+            };
+            let actor = match containers.get(&container) {
+                Some(a) => a.clone(),
+                None => {
+                    let (a, _) = Actor::spawn(
+                        None,
+                        ContainerActor,
+                        (container.clone(), config.weighing.clone()),
+                    )
+                    .await
+                    .expect("spawning a container actor");
+                    containers.insert(container.clone(), a.clone());
+                    a
+                }
+            };
+            let seq = env.seq;
+            let event = Box::new(env.event);
+            match ractor::call_t!(
+                actor,
+                |reply| ContainerMsg::Record {
+                    event,
+                    event_seq: seq,
+                    reply
+                },
+                config.actor_call_timeout_ms
+            ) {
+                Ok(out) => derived.extend(out),
+                Err(e) => {
+                    tracing::error!(error = %e, %container, "container actor failed; replaying the log");
+                    failed = true;
+                    break;
+                }
+            }
+        }
+        if failed {
+            // An actor's memory is lost with it. Until snapshots exist, rebuild every actor by replaying
+            // the log from the start: decisions are deterministic and derived events deduplicate, so
+            // nothing is lost or doubled.
+            for (_, a) in std::mem::take(&mut containers) {
+                a.stop(None);
+            }
+            checkpoint.store(0, Ordering::Release);
+            continue;
+        }
+        if !derived.is_empty() {
+            let mut backoff_ms = 50;
+            while let Err(e) = sink.append(derived.clone()).await {
+                tracing::warn!(error = %e, "deriver cannot append derived events; retrying");
+                tokio::time::sleep(Duration::from_millis(backoff_ms)).await;
+                backoff_ms = (backoff_ms * 2).min(config.retry_backoff_ms_max);
+                if *stopped.borrow() {
+                    return;
+                }
+            }
+        }
+        checkpoint.store(last, Ordering::Release);
+    }
+    for (_, a) in containers {
+        a.stop(None);
+    }
+}
+
+/// The container an event belongs to, if a container actor cares about it.
+fn container_of(event: &Event) -> Option<ContainerId> {
+    match event {
+        Event::ReadingRecorded(r) if r.kind == ReadingKind::Weight => r.container_id.clone(),
+        Event::AnomalyDetected(a) => a.container_id.clone(),
+        _ => None,
+    }
+}

@@ -125,8 +125,10 @@ async fn run(
         let Some(last) = events.last().map(|e| e.seq) else {
             continue;
         };
-        let mut derived = Vec::new();
-        let mut failed = false;
+        // Hand every event to its actor first, then collect the answers in log order: actors of
+        // different containers work in parallel, each container's mailbox keeps its own order, and the
+        // derived events come out in the order of their causes.
+        let mut pending = Vec::new();
         for env in events {
             let Some(container) = container_of(&env.event) else {
                 continue;
@@ -145,20 +147,22 @@ async fn run(
                     a
                 }
             };
-            let seq = env.seq;
-            let event = Box::new(env.event);
-            match ractor::call_t!(
-                actor,
-                |reply| ContainerMsg::Record {
-                    event,
-                    event_seq: seq,
-                    reply
-                },
-                config.actor_call_timeout_ms
-            ) {
-                Ok(out) => derived.extend(out),
-                Err(e) => {
-                    tracing::error!(error = %e, %container, "container actor failed; replaying the log");
+            let (tx, rx) = ractor::concurrency::oneshot();
+            let sent = actor.cast(ContainerMsg::Record {
+                event: Box::new(env.event),
+                event_seq: env.seq,
+                reply: tx.into(),
+            });
+            pending.push((container, sent.is_ok(), rx));
+        }
+        let mut derived = Vec::new();
+        let mut failed = false;
+        let timeout = Duration::from_millis(config.actor_call_timeout_ms);
+        for (container, sent, rx) in pending {
+            match (sent, tokio::time::timeout(timeout, rx).await) {
+                (true, Ok(Ok(out))) => derived.extend(out),
+                _ => {
+                    tracing::error!(%container, "container actor failed; replaying the log");
                     failed = true;
                     break;
                 }

@@ -107,10 +107,10 @@ async fn run(
         let batch = {
             let log = log.clone();
             let max = config.read_batch_max;
-            tokio::task::spawn_blocking(move || log.read(from, max)).await
+            tokio::task::spawn_blocking(move || log.read_where(from, max, &routed)).await
         };
-        let events = match batch {
-            Ok(Ok(events)) => events,
+        let (events, last) = match batch {
+            Ok(Ok((events, last))) => (events, last),
             Ok(Err(e)) => {
                 // A corrupt record stops derivation here rather than deciding on a gap.
                 tracing::error!(error = %e, seq = from, "deriver cannot read the log; retrying");
@@ -122,9 +122,9 @@ async fn run(
                 continue;
             }
         };
-        let Some(last) = events.last().map(|e| e.seq) else {
+        if last == 0 {
             continue;
-        };
+        }
         // Hand every event to its actor first, then collect the answers in log order: actors of
         // different containers work in parallel, each container's mailbox keeps its own order, and the
         // derived events come out in the order of their causes.
@@ -194,6 +194,11 @@ async fn run(
     for (_, a) in containers {
         a.stop(None);
     }
+}
+
+/// The event types any actor cares about; the rest are skipped without being opened.
+fn routed(event_type: &str) -> bool {
+    matches!(event_type, "ReadingRecorded" | "AnomalyDetected")
 }
 
 /// The container an event belongs to, if a container actor cares about it.

@@ -123,6 +123,19 @@ impl Envelope {
         record: &[u8],
         keyring: Option<&Keyring>,
     ) -> Result<Envelope, CorruptRecord> {
+        Ok(Self::decode_if(seq, record, keyring, &|_| true)?
+            .expect("every event type is wanted"))
+    }
+
+    /// Like [`Envelope::decode`], but opens and checks the payload only when `want(event_type)`; other
+    /// records pass the structural checks (format, CRC, encoding, sequence) and come back as `None`. For
+    /// readers that need a few types, so that they do not pay for decrypting and hashing the rest.
+    pub fn decode_if(
+        seq: u64,
+        record: &[u8],
+        keyring: Option<&Keyring>,
+        want: &dyn Fn(&str) -> bool,
+    ) -> Result<Option<Envelope>, CorruptRecord> {
         let corrupt = |reason: String| CorruptRecord { seq, reason };
         if record.len() < HEADER_LEN {
             return Err(corrupt(format!("record is {} bytes long", record.len())));
@@ -139,6 +152,9 @@ impl Envelope {
             .map_err(|e| corrupt(format!("invalid encoding: {e}")))?;
         if stored.seq != seq {
             return Err(corrupt(format!("envelope says seq {}", stored.seq)));
+        }
+        if !want(&stored.event_type) {
+            return Ok(None);
         }
         let (event, key_id) = match stored.payload {
             StoredPayload::Plain(event) => (event, None),
@@ -177,7 +193,7 @@ impl Envelope {
                 "fingerprint mismatch: the payload is not what was recorded".into(),
             ));
         }
-        Ok(Envelope {
+        Ok(Some(Envelope {
             seq,
             stream: stored.stream,
             event_type: stored.event_type,
@@ -186,7 +202,7 @@ impl Envelope {
             fingerprint: stored.fingerprint,
             key_id,
             event,
-        })
+        }))
     }
 }
 

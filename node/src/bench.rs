@@ -46,6 +46,10 @@ pub struct PhaseResult {
     pub p999_us: u64,
     pub max_us: u64,
     pub commits: u64,
+    /// 503 answers (backpressure from anomaly detection, or a full log queue) the terminals backed off on.
+    pub refusals: u64,
+    /// How far anomaly detection was behind the log when the phase ended, in events.
+    pub detection_lag_events: u64,
 }
 
 impl PhaseResult {
@@ -156,6 +160,7 @@ async fn http_phase(
         terminals.push(term);
     }
     let commits_before = Arc::new(AtomicU64::new(0));
+    let refusals = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
     let measure_from = start + Duration::from_secs(opts.warmup_s);
     let stop_at = measure_from + Duration::from_secs(opts.duration_s);
@@ -163,6 +168,7 @@ async fn http_phase(
     for mut term in terminals {
         let client = client.clone();
         let batch = opts.batch;
+        let refusals = refusals.clone();
         tasks.push(tokio::spawn(async move {
             let mut hist = Histogram::<u64>::new(3).expect("a valid histogram");
             let mut readings = 0u64;
@@ -175,7 +181,17 @@ async fn http_phase(
                 // Terminals sign before they send; that is their cost, not the node's.
                 let signature = signed.then(|| term.sign(&body));
                 let sent = Instant::now();
-                let resp = client.upload(body, signature.as_deref()).await?;
+                // Back off on 503 (backpressure, a full queue) and send again, as a terminal does; the
+                // latency counts from the first attempt.
+                let resp = loop {
+                    match client.upload(body.clone(), signature.as_deref()).await {
+                        Err(crate::client::ClientError::Status { status: 503, .. }) => {
+                            refusals.fetch_add(1, Ordering::Relaxed);
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                        other => break other?,
+                    }
+                };
                 let took = sent.elapsed();
                 anyhow::ensure!(
                     resp.results
@@ -200,8 +216,16 @@ async fn http_phase(
     tokio::time::sleep_until(stop_at.into()).await;
     let commits = node.state.log.commits_total() - commits_before.load(Ordering::Relaxed);
     let (hist, readings) = merge(tasks).await?;
+    let lag = node.state.log.last_seq().saturating_sub(
+        node.state
+            .derived_seq
+            .load(std::sync::atomic::Ordering::Acquire),
+    );
     node.stop().await?;
-    Ok(phase(hist, readings, opts.duration_s as f64, commits))
+    let mut result = phase(hist, readings, opts.duration_s as f64, commits);
+    result.refusals = refusals.load(Ordering::Relaxed);
+    result.detection_lag_events = lag;
+    Ok(result)
 }
 
 async fn ceiling_phase(
@@ -317,6 +341,8 @@ fn phase(hist: Histogram<u64>, readings: u64, seconds: f64, commits: u64) -> Pha
         p999_us: hist.value_at_quantile(0.999),
         max_us: hist.max(),
         commits,
+        refusals: 0,
+        detection_lag_events: 0,
     }
 }
 
@@ -332,7 +358,7 @@ fn render(
     let signed_ratio = http.rate() / unsigned.rate();
     let row = |name: &str, p: &PhaseResult| {
         format!(
-            "| {name} | {:.0} | {:.1} | {} | {} | {} | {} | {} | {:.0} |",
+            "| {name} | {:.0} | {:.1} | {} | {} | {} | {} | {} | {:.0} | {} | {} |",
             p.rate(),
             p.seconds,
             p.p50_us,
@@ -345,6 +371,8 @@ fn render(
             } else {
                 0.0
             },
+            p.refusals,
+            p.detection_lag_events,
         )
     };
     format!(
@@ -354,8 +382,8 @@ fn render(
          - machine: {cores} cores; load generator in the same process\n\
          - terminals (concurrent requests): {}; readings per upload: {}; warm-up {} s; measured {} s per phase\n\
          - flush policy: fsync (sled `flush`) before every acknowledgement, group commit of up to {} events\n\n\
-         | phase | readings/s | seconds | p50 µs | p99 µs | p99.9 µs | max µs | fsyncs | readings per fsync |\n\
-         |---|---|---|---|---|---|---|---|---|\n\
+         | phase | readings/s | seconds | p50 µs | p99 µs | p99.9 µs | max µs | fsyncs | readings per fsync | 503s backed off | detection lag at end (events) |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|\n\
          {}\n\
          {}\n\
          {}\n\n\
@@ -364,7 +392,9 @@ fn render(
          The HTTP phases are the whole ingest path: JSON parse, SM2 signature check (signed phase; the\n\
          terminals sign in the load generator), validation and normalisation, SHA-256 fingerprint of the\n\
          canonical form, SM4-GCM sealing at rest, the signed body kept as evidence (signed phase), dedupe,\n\
-         rkyv encoding, group commit with fsync, JSON answer. The ceiling appends the same kind of batches,\n\
+         rkyv encoding, group commit with fsync, JSON answer — while the domain core tails the log and\n\
+         decides weight fluctuations (ingest pushes back with 503 when it lags more than\n\
+         `derive.lag_events_max` events). The ceiling appends the same kind of batches,\n\
          already parsed, fingerprinted and sealed, straight to the log with the same concurrency and flush\n\
          policy; the latency there is per append call.\n",
         crate::terminal_sim::now_rfc3339(),

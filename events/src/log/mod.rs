@@ -138,6 +138,23 @@ pub trait EventLog: Send + Sync + 'static {
     /// Up to `max` durable events from `from_seq` on, in order, each checked.
     fn read(&self, from_seq: u64, max: usize) -> Result<Vec<Envelope>, EventLogError>;
 
+    /// Like `read`, but returns only events whose type `want`s, opening and checking only those; scans at
+    /// most `max` records and says which was the last one scanned (0 when none), so a tailer can move its
+    /// checkpoint past what it skipped.
+    fn read_where(
+        &self,
+        from_seq: u64,
+        max: usize,
+        want: &(dyn Fn(&str) -> bool + Sync),
+    ) -> Result<(Vec<Envelope>, u64), EventLogError> {
+        let all = self.read(from_seq, max)?;
+        let last = all.last().map_or(0, |e| e.seq);
+        Ok((
+            all.into_iter().filter(|e| want(&e.event_type)).collect(),
+            last,
+        ))
+    }
+
     /// The last durable sequence (0 when the log is empty).
     fn last_seq(&self) -> u64;
 

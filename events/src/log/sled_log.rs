@@ -270,6 +270,38 @@ impl EventLog for SledLog {
         Ok(out)
     }
 
+    fn read_where(
+        &self,
+        from_seq: u64,
+        max: usize,
+        want: &(dyn Fn(&str) -> bool + Sync),
+    ) -> Result<(Vec<Envelope>, u64), EventLogError> {
+        let durable = self.durable_seq.load(Ordering::Acquire);
+        let from_seq = from_seq.max(1);
+        let (mut out, mut last, mut scanned) = (Vec::new(), 0, 0);
+        if from_seq > durable || max == 0 {
+            return Ok((out, last));
+        }
+        for segment in self.segments_from(from_seq, durable) {
+            let (first, bytes) = segment?;
+            for (i, record) in segment_records(first, &bytes)?.into_iter().enumerate() {
+                let seq = first + i as u64;
+                if seq < from_seq {
+                    continue;
+                }
+                if seq > durable || scanned == max {
+                    return Ok((out, last));
+                }
+                if let Some(env) = Envelope::decode_if(seq, record, self.keyring.as_deref(), want)? {
+                    out.push(env);
+                }
+                last = seq;
+                scanned += 1;
+            }
+        }
+        Ok((out, last))
+    }
+
     fn last_seq(&self) -> u64 {
         self.durable_seq.load(Ordering::Acquire)
     }

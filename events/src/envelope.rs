@@ -123,8 +123,7 @@ impl Envelope {
         record: &[u8],
         keyring: Option<&Keyring>,
     ) -> Result<Envelope, CorruptRecord> {
-        Ok(Self::decode_if(seq, record, keyring, &|_| true)?
-            .expect("every event type is wanted"))
+        Ok(Self::decode_if(seq, record, keyring, &|_| true)?.expect("every event type is wanted"))
     }
 
     /// Like [`Envelope::decode`], but opens and checks the payload only when `want(event_type)`; other

@@ -49,7 +49,7 @@ pub struct PhaseResult {
     /// 503 answers (backpressure from anomaly detection, or a full log queue) the terminals backed off on.
     pub refusals: u64,
     /// How far anomaly detection was behind the log when the phase ended, in events.
-    pub detection_lag_events: u64,
+    pub detection_lag_events: Option<u64>,
 }
 
 impl PhaseResult {
@@ -62,7 +62,9 @@ impl PhaseResult {
 pub struct IngestBenchReport {
     /// Every upload signed (SM2) and verified, as in production.
     pub http: PhaseResult,
-    /// The same without signatures (`ingest.require_signature = false`).
+    /// Signed, with anomaly detection off (`derive.enabled = false`): the ingest path alone.
+    pub ingest_only: PhaseResult,
+    /// Unsigned (`ingest.require_signature = false`), detection off.
     pub unsigned: PhaseResult,
     pub ceiling: PhaseResult,
     pub markdown: String,
@@ -78,7 +80,7 @@ pub async fn ingest(opts: IngestBenchOptions) -> anyhow::Result<IngestBenchRepor
         opts.terminals, opts.batch, opts.warmup_s, opts.duration_s
     );
     let config = Config::default();
-    let http = http_phase(&opts, &config, true).await?;
+    let http = http_phase(&opts, &config, true, true).await?;
     println!(
         "  signed   {:>10.0} readings/s  p50 {} µs  p99 {} µs",
         http.rate(),
@@ -87,15 +89,23 @@ pub async fn ingest(opts: IngestBenchOptions) -> anyhow::Result<IngestBenchRepor
     );
     if opts.signed_only {
         return Ok(IngestBenchReport {
+            ingest_only: http.clone(),
             unsigned: http.clone(),
             ceiling: http.clone(),
             markdown: String::new(),
             http,
         });
     }
-    let unsigned = http_phase(&opts, &config, false).await?;
+    let ingest_only = http_phase(&opts, &config, true, false).await?;
     println!(
-        "  unsigned {:>10.0} readings/s  p50 {} µs  p99 {} µs",
+        "  signed, detection off {:>10.0} readings/s  p50 {} µs  p99 {} µs",
+        ingest_only.rate(),
+        ingest_only.p50_us,
+        ingest_only.p99_us
+    );
+    let unsigned = http_phase(&opts, &config, false, false).await?;
+    println!(
+        "  unsigned, detection off {:>10.0} readings/s  p50 {} µs  p99 {} µs",
         unsigned.rate(),
         unsigned.p50_us,
         unsigned.p99_us
@@ -107,7 +117,7 @@ pub async fn ingest(opts: IngestBenchOptions) -> anyhow::Result<IngestBenchRepor
         ceiling.p50_us,
         ceiling.p99_us
     );
-    let markdown = render(&opts, &config, &http, &unsigned, &ceiling);
+    let markdown = render(&opts, &config, &http, &ingest_only, &unsigned, &ceiling);
     println!("\n{markdown}");
     if let Some(dir) = &opts.report_dir {
         std::fs::create_dir_all(dir)
@@ -124,6 +134,7 @@ pub async fn ingest(opts: IngestBenchOptions) -> anyhow::Result<IngestBenchRepor
     }
     Ok(IngestBenchReport {
         http,
+        ingest_only,
         unsigned,
         ceiling,
         markdown,
@@ -134,6 +145,7 @@ async fn http_phase(
     opts: &IngestBenchOptions,
     base: &Config,
     signed: bool,
+    detect: bool,
 ) -> anyhow::Result<PhaseResult> {
     let tmp = tempfile::tempdir()?;
     let mut config = Config {
@@ -143,6 +155,7 @@ async fn http_phase(
         ..base.clone()
     };
     config.ingest.require_signature = signed;
+    config.derive.enabled = detect;
     let node = Node::start(config).await?;
     let client = NodeClient::new(node.url(), Some(node.admin_token.clone()));
     client
@@ -224,7 +237,7 @@ async fn http_phase(
     node.stop().await?;
     let mut result = phase(hist, readings, opts.duration_s as f64, commits);
     result.refusals = refusals.load(Ordering::Relaxed);
-    result.detection_lag_events = lag;
+    result.detection_lag_events = detect.then_some(lag);
     Ok(result)
 }
 
@@ -342,7 +355,7 @@ fn phase(hist: Histogram<u64>, readings: u64, seconds: f64, commits: u64) -> Pha
         max_us: hist.max(),
         commits,
         refusals: 0,
-        detection_lag_events: 0,
+        detection_lag_events: None,
     }
 }
 
@@ -350,12 +363,14 @@ fn render(
     opts: &IngestBenchOptions,
     config: &Config,
     http: &PhaseResult,
+    ingest_only: &PhaseResult,
     unsigned: &PhaseResult,
     ceiling: &PhaseResult,
 ) -> String {
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let ratio = http.rate() / ceiling.rate();
-    let signed_ratio = http.rate() / unsigned.rate();
+    let ratio = ingest_only.rate() / ceiling.rate();
+    let signed_ratio = ingest_only.rate() / unsigned.rate();
+    let detection_ratio = http.rate() / ingest_only.rate();
     let row = |name: &str, p: &PhaseResult| {
         format!(
             "| {name} | {:.0} | {:.1} | {} | {} | {} | {} | {} | {:.0} | {} | {} |",
@@ -372,7 +387,8 @@ fn render(
                 0.0
             },
             p.refusals,
-            p.detection_lag_events,
+            p.detection_lag_events
+                .map_or_else(|| "off".to_owned(), |l| l.to_string()),
         )
     };
     format!(
@@ -386,9 +402,10 @@ fn render(
          |---|---|---|---|---|---|---|---|---|---|---|\n\
          {}\n\
          {}\n\
+         {}\n\
          {}\n\n\
-         **ratio signed HTTP / ceiling: {ratio:.2}**; signed / unsigned: {signed_ratio:.2} (target: at least\n\
-         50,000 readings/s over HTTP, signed).\n\n\
+         **ratio signed ingest / ceiling: {ratio:.2}**; signed / unsigned: {signed_ratio:.2}; with anomaly\n\
+         detection running / without: {detection_ratio:.2} (ingest target: at least 50,000 readings/s, signed).\n\n\
          The HTTP phases are the whole ingest path: JSON parse, SM2 signature check (signed phase; the\n\
          terminals sign in the load generator), validation and normalisation, SHA-256 fingerprint of the\n\
          canonical form, SM4-GCM sealing at rest, the signed body kept as evidence (signed phase), dedupe,\n\
@@ -408,8 +425,12 @@ fn render(
         opts.warmup_s,
         opts.duration_s,
         config.log.group_events_max,
-        row("HTTP ingest, SM2-signed uploads", http),
-        row("HTTP ingest, unsigned", unsigned),
+        row(
+            "signed uploads, anomaly detection running (the whole node)",
+            http
+        ),
+        row("signed uploads, detection off (ingest alone)", ingest_only),
+        row("unsigned uploads, detection off", unsigned),
         row("ceiling: sled log direct", ceiling),
     )
 }

@@ -35,6 +35,9 @@ pub struct Config {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DeriveConfig {
+    /// Whether this node runs the domain core (anomaly detection) over its log. Off only for measuring
+    /// ingest alone, or on a node whose log another node derives from.
+    pub enabled: bool,
     /// How far (in events) the actors may fall behind the log before ingest answers 503 `backpressure`
     /// with Retry-After: the log absorbs peaks, but alarms must not drift minutes behind.
     pub lag_events_max: u64,
@@ -45,6 +48,7 @@ pub struct DeriveConfig {
 impl Default for DeriveConfig {
     fn default() -> Self {
         DeriveConfig {
+            enabled: true,
             lag_events_max: 200_000,
             weight_fluctuation_pct: 20,
         }

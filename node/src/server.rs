@@ -103,15 +103,17 @@ impl Node {
             threshold_pct_default: state.config.derive.weight_fluctuation_pct,
             ..Default::default()
         };
-        let deriver = custodian_actors::Deriver::start_with_checkpoint(
-            state.log.clone(),
-            Arc::new(crate::sealing::NodeSink(Arc::downgrade(&state))),
-            custodian_actors::DeriverConfig {
-                weighing: rules,
-                ..Default::default()
-            },
-            derived_seq,
-        );
+        let deriver = state.config.derive.enabled.then(|| {
+            custodian_actors::Deriver::start_with_checkpoint(
+                state.log.clone(),
+                Arc::new(crate::sealing::NodeSink(Arc::downgrade(&state))),
+                custodian_actors::DeriverConfig {
+                    weighing: rules,
+                    ..Default::default()
+                },
+                derived_seq,
+            )
+        });
         let listener = tokio::net::TcpListener::bind(state.config.listen)
             .await
             .with_context(|| {
@@ -135,7 +137,7 @@ impl Node {
             addr,
             admin_token,
             state,
-            deriver: Some(deriver),
+            deriver,
             shutdown: Some(tx),
             server,
             _data_dir: data_dir,

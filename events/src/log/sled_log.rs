@@ -292,7 +292,8 @@ impl EventLog for SledLog {
                 if seq > durable || scanned == max {
                     return Ok((out, last));
                 }
-                if let Some(env) = Envelope::decode_if(seq, record, self.keyring.as_deref(), want)? {
+                if let Some(env) = Envelope::decode_if(seq, record, self.keyring.as_deref(), want)?
+                {
                     out.push(env);
                 }
                 last = seq;

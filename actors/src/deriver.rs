@@ -6,14 +6,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use custodian_events::domain::AnomalyKind;
 use custodian_events::domain::WeighingRules;
 use custodian_events::log::{BoxFuture, EventLog};
-use custodian_events::{ContainerId, Event, ReadingKind};
+use custodian_events::{ContainerId, Event, ReadingKind, TerminalId};
 use ractor::{Actor, ActorRef};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::container::{ContainerActor, ContainerMsg};
+use crate::terminal::{TerminalActor, TerminalMsg};
 
 /// Where derived events go: the node seals them like any other event and appends them to the log, which
 /// answers duplicates for anything derived before.
@@ -92,6 +94,7 @@ async fn run(
     mut stopped: watch::Receiver<bool>,
 ) {
     let mut containers: BTreeMap<ContainerId, ActorRef<ContainerMsg>> = BTreeMap::new();
+    let mut terminals: BTreeMap<TerminalId, ActorRef<TerminalMsg>> = BTreeMap::new();
     let mut durable = log.subscribe();
     loop {
         if *stopped.borrow() {
@@ -130,39 +133,60 @@ async fn run(
         // derived events come out in the order of their causes.
         let mut pending = Vec::new();
         for env in events {
-            let Some(container) = container_of(&env.event) else {
-                continue;
-            };
-            let actor = match containers.get(&container) {
-                Some(a) => a.clone(),
-                None => {
-                    let (a, _) = Actor::spawn(
-                        None,
-                        ContainerActor,
-                        (container.clone(), config.weighing.clone()),
-                    )
-                    .await
-                    .expect("spawning a container actor");
-                    containers.insert(container.clone(), a.clone());
-                    a
+            let (tx, rx) = ractor::concurrency::oneshot();
+            let (label, sent) = match route_of(&env.event) {
+                None => continue,
+                Some(Route::Container(id)) => {
+                    let actor = match containers.get(&id) {
+                        Some(a) => a.clone(),
+                        None => {
+                            let (a, _) = Actor::spawn(
+                                None,
+                                ContainerActor,
+                                (id.clone(), config.weighing.clone()),
+                            )
+                            .await
+                            .expect("spawning a container actor");
+                            containers.insert(id.clone(), a.clone());
+                            a
+                        }
+                    };
+                    let sent = actor.cast(ContainerMsg::Record {
+                        event: Box::new(env.event),
+                        event_seq: env.seq,
+                        reply: tx.into(),
+                    });
+                    (format!("container:{id}"), sent.is_ok())
+                }
+                Some(Route::Terminal(id)) => {
+                    let actor = match terminals.get(&id) {
+                        Some(a) => a.clone(),
+                        None => {
+                            let (a, _) = Actor::spawn(None, TerminalActor, id.clone())
+                                .await
+                                .expect("spawning a terminal actor");
+                            terminals.insert(id.clone(), a.clone());
+                            a
+                        }
+                    };
+                    let sent = actor.cast(TerminalMsg::Record {
+                        event: Box::new(env.event),
+                        event_seq: env.seq,
+                        reply: tx.into(),
+                    });
+                    (format!("terminal:{id}"), sent.is_ok())
                 }
             };
-            let (tx, rx) = ractor::concurrency::oneshot();
-            let sent = actor.cast(ContainerMsg::Record {
-                event: Box::new(env.event),
-                event_seq: env.seq,
-                reply: tx.into(),
-            });
-            pending.push((container, sent.is_ok(), rx));
+            pending.push((label, sent, rx));
         }
         let mut derived = Vec::new();
         let mut failed = false;
         let timeout = Duration::from_millis(config.actor_call_timeout_ms);
-        for (container, sent, rx) in pending {
+        for (actor, sent, rx) in pending {
             match (sent, tokio::time::timeout(timeout, rx).await) {
                 (true, Ok(Ok(out))) => derived.extend(out),
                 _ => {
-                    tracing::error!(%container, "container actor failed; replaying the log");
+                    tracing::error!(%actor, "actor failed; replaying the log");
                     failed = true;
                     break;
                 }
@@ -173,6 +197,9 @@ async fn run(
             // the log from the start: decisions are deterministic and derived events deduplicate, so
             // nothing is lost or doubled.
             for (_, a) in std::mem::take(&mut containers) {
+                a.stop(None);
+            }
+            for (_, a) in std::mem::take(&mut terminals) {
                 a.stop(None);
             }
             checkpoint.store(0, Ordering::Release);
@@ -194,18 +221,35 @@ async fn run(
     for (_, a) in containers {
         a.stop(None);
     }
+    for (_, a) in terminals {
+        a.stop(None);
+    }
 }
 
 /// The event types any actor cares about; the rest are skipped without being opened.
 fn routed(event_type: &str) -> bool {
-    matches!(event_type, "ReadingRecorded" | "AnomalyDetected")
+    matches!(
+        event_type,
+        "ReadingRecorded" | "ReadingConflicted" | "AnomalyDetected"
+    )
 }
 
-/// The container an event belongs to, if a container actor cares about it.
-fn container_of(event: &Event) -> Option<ContainerId> {
+/// Which actor an event goes to.
+enum Route {
+    Container(ContainerId),
+    Terminal(TerminalId),
+}
+
+fn route_of(event: &Event) -> Option<Route> {
     match event {
-        Event::ReadingRecorded(r) if r.kind == ReadingKind::Weight => r.container_id.clone(),
-        Event::AnomalyDetected(a) => a.container_id.clone(),
+        Event::ReadingRecorded(r) if r.kind == ReadingKind::Weight => {
+            r.container_id.clone().map(Route::Container)
+        }
+        Event::ReadingConflicted(c) => Some(Route::Terminal(c.reading.terminal_id.clone())),
+        Event::AnomalyDetected(a) => match a.kind {
+            AnomalyKind::TamperSuspected => a.terminal_id.clone().map(Route::Terminal),
+            _ => a.container_id.clone().map(Route::Container),
+        },
         _ => None,
     }
 }

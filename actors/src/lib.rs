@@ -9,13 +9,15 @@
 //! Derived events carry deterministic identities that the log deduplicates, so a restart (which replays
 //! the log from the start until snapshots exist) never stores an anomaly twice.
 //!
-//! Built so far (issue 3, first slice): [`ContainerActor`] with the `weight_fluctuation` rule. Still to
-//! come: terminal and enterprise actors, supervision with restart, passivation, snapshots, clock ticks.
+//! Built so far (issue 3, first slice): [`ContainerActor`] (`weight_fluctuation`) and [`TerminalActor`]
+//! (`tamper_suspected`). Still to come: enterprise and manifest actors, the other rules, supervision with restart, passivation, snapshots, clock ticks.
 //!
 //! Must not contain NATS, SQL or InfluxDB clients.
 
 mod container;
 mod deriver;
+mod terminal;
 
 pub use container::{ContainerActor, ContainerMsg};
 pub use deriver::{DerivedSink, Deriver, DeriverConfig};
+pub use terminal::{TerminalActor, TerminalMsg};

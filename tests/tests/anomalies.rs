@@ -1,6 +1,7 @@
 //! The domain core running over a real node's log: a weight change of more than 20 % is flagged within
-//! seconds as an `AnomalyDetected` event, exactly 20 % is not, and a restart (which replays the log through
-//! fresh actors) never stores the anomaly twice.
+//! seconds as an `AnomalyDetected` event, exactly 20 % is not, a terminal rewriting a reading is
+//! `tamper_suspected` once, and a restart (which replays the log through fresh actors) never stores an
+//! anomaly twice.
 
 use std::time::{Duration, Instant};
 
@@ -110,12 +111,31 @@ async fn a_weight_change_over_20_percent_is_flagged_within_seconds_and_only_once
         .await
         .unwrap();
     assert_eq!(anomalies_once_caught_up(&client).await.len(), 1);
+
+    // The terminal rewrites its history (seq 4 with another weight), twice: one tamper_suspected.
+    for kg in [99.0, 98.0] {
+        let r = keys
+            .upload(&client, "T-1", body(vec![weighing(4, 0, "C-9", kg)]))
+            .await
+            .unwrap();
+        assert_eq!(
+            serde_json::to_value(&r.results).unwrap()[0]["code"],
+            "seq_conflict"
+        );
+    }
+    let all = anomalies_once_caught_up(&client).await;
+    assert_eq!(all.len(), 2);
+    let tamper = &all[1]["payload"];
+    assert_eq!(tamper["kind"], "tamper_suspected");
+    assert_eq!(tamper["subject"], "terminal:T-1");
+    assert_eq!(tamper["causes"], json!(["T-1/4"]));
+    assert_eq!(tamper["severity"], "high");
     node.stop().await.unwrap();
 
     // A restart replays the log through fresh actors: the anomaly is decided again, stored once.
     let (node, client) = start_node(dir.path(), |_| {}).await;
     let again = anomalies_once_caught_up(&client).await;
-    assert_eq!(again.len(), 1);
+    assert_eq!(again.len(), 2);
     assert_eq!(again[0]["seq"], found["seq"]);
     node.stop().await.unwrap();
 }

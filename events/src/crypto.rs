@@ -287,17 +287,7 @@ pub fn sm4_gcm_seal(
     aad: &[u8],
     plaintext: &[u8],
 ) -> Vec<u8> {
-    let cipher = Sm4Gcm::new_from_slice(key).expect("a 16-byte key");
-    let nonce = aes_gcm::Nonce::<U12>::try_from(&nonce[..]).expect("a 12-byte nonce");
-    cipher
-        .encrypt(
-            &nonce,
-            Payload {
-                msg: plaintext,
-                aad,
-            },
-        )
-        .expect("SM4-GCM encryption of an in-memory buffer")
+    Sm4GcmKey::new(key).seal(nonce, aad, plaintext)
 }
 
 /// SM4-GCM decryption of `ciphertext ‖ tag`; fails if anything was changed.

@@ -39,6 +39,7 @@ fn weighing(seq: u64, container: &str, kg: i64) -> Proposed {
         container_id: Some(ContainerId::parse(container).unwrap()),
         stage: None,
         waste_code: None,
+        manifest_id: None,
     }))
 }
 

@@ -237,6 +237,7 @@ mod tests {
             container_id: container.map(|c| crate::ids::ContainerId::parse(c).unwrap()),
             stage: Some(Stage::StorageIn),
             waste_code: Some("HW08".into()),
+            manifest_id: None,
         })
     }
 

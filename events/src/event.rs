@@ -6,8 +6,9 @@ use serde::Deserialize as SerdeDeserialize;
 use crate::Rejection;
 use crate::canonical::Jcs;
 use crate::domain::AnomalyDetected;
-use crate::ids::{EnterpriseId, TerminalId};
-use crate::reading::{Reading, format_utc_ns};
+use crate::domain::anomaly::ReadingRef;
+use crate::ids::{ContainerId, EnterpriseId, ManifestId, TerminalId};
+use crate::reading::{Reading, ReadingKind, format_utc_ns};
 
 /// The schema version of every event type defined here. Bump it for a type whose fields change, and keep
 /// reading the old version.
@@ -43,6 +44,91 @@ pub enum Event {
     DataKeyIssued(DataKeyIssued),
     /// A rule of the domain core found an irregularity (derived, never sent by a terminal).
     AnomalyDetected(AnomalyDetected),
+    /// A transfer order opened by an administrator: containers from a generator to a receiver.
+    ManifestOpened(ManifestOpened),
+    /// A manifest's containers were all weighed out (`dispatched`) or all weighed in at the receiver
+    /// (`received`, which closes it). Derived.
+    ManifestProgressed(ManifestProgressed),
+    /// The node's (or the simulator's) clock, appended at an interval: time-driven rules decide only on
+    /// these, so a replay decides exactly as the live run did.
+    ClockTicked(ClockTicked),
+    /// A reading that a statistical filter (Hampel, over the terminal's recent readings) found out of line:
+    /// flagged, never dropped. Derived.
+    ReadingSuspect(ReadingSuspect),
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct ManifestOpened {
+    pub id: ManifestId,
+    pub generator_id: EnterpriseId,
+    pub receiver_id: EnterpriseId,
+    pub waste_code: String,
+    /// Sorted, without repeats.
+    pub container_ids: Vec<ContainerId>,
+    pub declared_mg: i64,
+}
+
+#[derive(
+    Archive,
+    Serialize,
+    Deserialize,
+    serde::Serialize,
+    serde::Deserialize,
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+)]
+pub enum ManifestStatus {
+    Dispatched,
+    Received,
+}
+
+impl ManifestStatus {
+    pub fn name(self) -> &'static str {
+        match self {
+            ManifestStatus::Dispatched => "dispatched",
+            ManifestStatus::Received => "received",
+        }
+    }
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct ManifestProgressed {
+    pub manifest_id: ManifestId,
+    pub status: ManifestStatus,
+    /// The sum of the `transfer_out` weighings of the manifest's containers.
+    pub dispatched_mg: i64,
+    /// The sum of the `transfer_in` weighings, once received.
+    pub received_mg: Option<i64>,
+    /// The event whose arrival completed the step.
+    pub cause_seq: u64,
+    /// The weighings summed, sorted.
+    pub causes: Vec<ReadingRef>,
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct ClockTicked {
+    /// UTC nanoseconds since the Unix epoch.
+    pub at_ns: i64,
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct ReadingSuspect {
+    pub terminal_id: TerminalId,
+    pub seq: u64,
+    pub kind: ReadingKind,
+    pub value: i64,
+    /// The median of the terminal's recent readings of this kind, before this one.
+    pub window_median: i64,
+    /// Their median absolute deviation (floored, see `domain::cleaning`).
+    pub window_mad: i64,
+    /// The event that recorded the reading.
+    pub cause_seq: u64,
 }
 
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
@@ -58,7 +144,19 @@ pub struct EnterpriseRegistered {
 
 /// What a terminal is.
 #[derive(
-    Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash,
+    Archive,
+    Serialize,
+    Deserialize,
+    serde::Serialize,
+    serde::Deserialize,
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
 )]
 pub enum TerminalKind {
     Scale,
@@ -160,6 +258,10 @@ impl Event {
             Event::UploadSigned(_) => "UploadSigned",
             Event::DataKeyIssued(_) => "DataKeyIssued",
             Event::AnomalyDetected(_) => "AnomalyDetected",
+            Event::ManifestOpened(_) => "ManifestOpened",
+            Event::ManifestProgressed(_) => "ManifestProgressed",
+            Event::ClockTicked(_) => "ClockTicked",
+            Event::ReadingSuspect(_) => "ReadingSuspect",
         }
     }
 
@@ -175,6 +277,10 @@ impl Event {
             Event::UploadSigned(u) => format!("terminal:{}", u.terminal_id),
             Event::DataKeyIssued(d) => format!("keys:{}", d.scope),
             Event::AnomalyDetected(a) => a.subject.clone(),
+            Event::ManifestOpened(m) => format!("manifest:{}", m.id),
+            Event::ManifestProgressed(m) => format!("manifest:{}", m.manifest_id),
+            Event::ClockTicked(_) => "clock".to_owned(),
+            Event::ReadingSuspect(r) => format!("terminal:{}", r.terminal_id),
         }
     }
 
@@ -204,6 +310,28 @@ impl Event {
             }),
             Event::DataKeyIssued(d) => Some(dedupe_key_data_key(&d.scope, d.generation)),
             Event::AnomalyDetected(a) => Some(a.dedupe_key()),
+            Event::ManifestOpened(m) => Some(DedupeKey {
+                space: [b"manifest/".as_slice(), m.id.as_str().as_bytes()].concat(),
+                slot: 0,
+            }),
+            Event::ManifestProgressed(m) => Some(DedupeKey {
+                space: [
+                    b"manifest-progress/".as_slice(),
+                    m.manifest_id.as_str().as_bytes(),
+                    b"/",
+                ]
+                .concat(),
+                slot: m.status as u64,
+            }),
+            // One tick per instant; ticks before 1970 do not exist.
+            Event::ClockTicked(t) => Some(DedupeKey {
+                space: b"clock/".to_vec(),
+                slot: t.at_ns.max(0) as u64,
+            }),
+            Event::ReadingSuspect(r) => Some(DedupeKey {
+                space: [b"suspect/".as_slice(), r.terminal_id.as_str().as_bytes(), b"/"].concat(),
+                slot: r.seq,
+            }),
         }
     }
 
@@ -271,6 +399,39 @@ impl Event {
                 ("wrapped_key", b64(&d.wrapped_key)),
             ]),
             Event::AnomalyDetected(a) => a.canonical(),
+            Event::ManifestOpened(m) => Jcs::obj(vec![
+                ("id", Jcs::str(m.id.as_str())),
+                ("generator_id", Jcs::str(m.generator_id.as_str())),
+                ("receiver_id", Jcs::str(m.receiver_id.as_str())),
+                ("waste_code", Jcs::str(m.waste_code.as_str())),
+                (
+                    "container_ids",
+                    Jcs::Arr(m.container_ids.iter().map(|c| Jcs::str(c.as_str())).collect()),
+                ),
+                ("declared_mg", Jcs::Int(m.declared_mg)),
+            ]),
+            Event::ManifestProgressed(m) => Jcs::obj(vec![
+                ("manifest_id", Jcs::str(m.manifest_id.as_str())),
+                ("status", Jcs::str(m.status.name())),
+                ("dispatched_mg", Jcs::Int(m.dispatched_mg)),
+                ("cause_seq", Jcs::Int(m.cause_seq as i64)),
+                (
+                    "causes",
+                    Jcs::Arr(m.causes.iter().map(|c| Jcs::Str(c.text())).collect()),
+                ),
+            ])
+            .with_optional("received_mg", m.received_mg.map(Jcs::Int)),
+            Event::ClockTicked(t) => Jcs::obj(vec![("at", Jcs::Str(format_utc_ns(t.at_ns)))]),
+            Event::ReadingSuspect(r) => Jcs::obj(vec![
+                ("terminal_id", Jcs::str(r.terminal_id.as_str())),
+                ("seq", Jcs::Int(r.seq as i64)),
+                ("kind", Jcs::str(r.kind.name())),
+                ("value", Jcs::Int(r.value)),
+                ("unit", Jcs::str(r.kind.resolution_unit())),
+                ("window_median", Jcs::Int(r.window_median)),
+                ("window_mad", Jcs::Int(r.window_mad)),
+                ("cause_seq", Jcs::Int(r.cause_seq as i64)),
+            ]),
         }
     }
 }

@@ -38,7 +38,11 @@ pub fn check_id(s: &str) -> Result<(), IdError> {
 macro_rules! id_type {
     ($(#[$doc:meta])* $name:ident) => {
         $(#[$doc])*
-        #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        #[derive(
+            Archive, Serialize, Deserialize, serde::Serialize, serde::Deserialize,
+            Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash,
+        )]
+        #[serde(transparent)]
         pub struct $name(String);
 
         impl $name {
@@ -72,6 +76,10 @@ id_type!(
 id_type!(
     /// A waste container (drum, tote, bag) that terminals weigh.
     ContainerId
+);
+id_type!(
+    /// A manifest (联单): a transfer order for containers from a generator enterprise to a receiver.
+    ManifestId
 );
 
 #[cfg(test)]

@@ -31,7 +31,7 @@ pub mod terminal_keys;
 
 pub use envelope::{CorruptRecord, Envelope, Fingerprint, fingerprint};
 pub use event::Event;
-pub use ids::{ContainerId, EnterpriseId, IdError, TerminalId};
+pub use ids::{ContainerId, EnterpriseId, IdError, ManifestId, TerminalId};
 pub use reading::{RawReading, Reading, ReadingCheck, ReadingKind, Stage};
 
 /// A domain rejection: the input is not acceptable. Not an infrastructure failure.

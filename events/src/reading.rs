@@ -23,7 +23,7 @@ use time::format_description::well_known::Rfc3339;
 
 use crate::Rejection;
 use crate::canonical::{JSON_INT_ABS_MAX, Jcs};
-use crate::ids::{ContainerId, TerminalId};
+use crate::ids::{ContainerId, ManifestId, TerminalId};
 
 /// The largest `seq` a terminal may use: sequence numbers must stay exact in every JSON reader.
 pub const READING_SEQ_MAX: u64 = JSON_INT_ABS_MAX as u64;
@@ -33,7 +33,19 @@ pub const MEASURED_AT_MIN_NS: i64 = 946_684_800_000_000_000;
 
 /// What a reading measures.
 #[derive(
-    Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash,
+    Archive,
+    Serialize,
+    Deserialize,
+    serde::Serialize,
+    serde::Deserialize,
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
 )]
 pub enum ReadingKind {
     Weight,
@@ -138,7 +150,19 @@ impl ReadingKind {
 
 /// Where in the custody chain a weighing was taken.
 #[derive(
-    Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash,
+    Archive,
+    Serialize,
+    Deserialize,
+    serde::Serialize,
+    serde::Deserialize,
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
 )]
 pub enum Stage {
     Generation,
@@ -190,6 +214,9 @@ pub struct RawReading {
     pub stage: Option<String>,
     #[serde(default)]
     pub waste_code: Option<String>,
+    /// The manifest (transfer order) a `transfer_out` / `transfer_in` weighing belongs to.
+    #[serde(default)]
+    pub manifest_id: Option<String>,
 }
 
 /// The limits a reading is checked against; the clock reading comes in from outside the domain core.
@@ -214,6 +241,7 @@ pub struct Reading {
     pub container_id: Option<ContainerId>,
     pub stage: Option<Stage>,
     pub waste_code: Option<String>,
+    pub manifest_id: Option<ManifestId>,
 }
 
 impl Reading {
@@ -335,6 +363,12 @@ impl Reading {
                 ));
             }
         };
+        let manifest_id = match &raw.manifest_id {
+            None => None,
+            Some(m) => Some(ManifestId::parse(m).map_err(|e| {
+                Rejection::new("invalid_manifest_id", format!("manifest_id {m:?}: {e}"))
+            })?),
+        };
         Ok(Reading {
             terminal_id: terminal_id.clone(),
             seq: raw.seq,
@@ -344,6 +378,7 @@ impl Reading {
             container_id,
             stage,
             waste_code,
+            manifest_id,
         })
     }
 
@@ -365,6 +400,9 @@ impl Reading {
         }
         if let Some(w) = &self.waste_code {
             fields.push(("waste_code", Jcs::str(w.as_str())));
+        }
+        if let Some(m) = &self.manifest_id {
+            fields.push(("manifest_id", Jcs::str(m.as_str())));
         }
         Jcs::obj(fields)
     }
@@ -429,6 +467,7 @@ mod tests {
             container_id: Some("C-9".into()),
             stage: Some("generation".into()),
             waste_code: Some("HW08".into()),
+            manifest_id: None,
         }
     }
 
@@ -508,6 +547,7 @@ mod tests {
             (
                 RawReading {
                     waste_code: Some("HW51".into()),
+                    manifest_id: None,
                     ..raw(1.0, "kg")
                 },
                 "invalid_waste_code",
@@ -573,6 +613,7 @@ mod tests {
             container_id: None,
             stage: None,
             waste_code: None,
+            manifest_id: None,
             ..raw(3.5, "t")
         };
         let got = Reading::normalize(&t1(), &r, check()).unwrap();

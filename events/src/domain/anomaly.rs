@@ -10,7 +10,7 @@ use rkyv::{Archive, Deserialize, Serialize};
 use crate::canonical::Jcs;
 use crate::envelope::{Fingerprint, fingerprint};
 use crate::event::DedupeKey;
-use crate::ids::{ContainerId, TerminalId};
+use crate::ids::{ContainerId, EnterpriseId, ManifestId, TerminalId};
 
 /// What kind of irregularity a rule found.
 #[derive(
@@ -58,7 +58,20 @@ impl Severity {
 }
 
 /// A reading's identity: the terminal and its own sequence number.
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Archive,
+    Serialize,
+    Deserialize,
+    serde::Serialize,
+    serde::Deserialize,
+    Debug,
+    Clone,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+)]
 pub struct ReadingRef {
     pub terminal_id: TerminalId,
     pub seq: u64,
@@ -80,6 +93,8 @@ pub struct AnomalyDetected {
     pub subject: String,
     pub terminal_id: Option<TerminalId>,
     pub container_id: Option<ContainerId>,
+    pub enterprise_id: Option<EnterpriseId>,
+    pub manifest_id: Option<ManifestId>,
     /// The earlier value compared, in the resolution unit (mg for weights).
     pub previous_value: Option<i64>,
     /// The later value compared.
@@ -87,6 +102,9 @@ pub struct AnomalyDetected {
     /// |current − previous| / previous in parts per million (integers only in canonical JSON); absent when
     /// the previous value was zero.
     pub change_ratio_ppm: Option<i64>,
+    /// The limit the value was held against, where the rule has one: the capacity in mg for
+    /// `over_capacity`, the allowed duration in seconds for `storage_overdue` and `terminal_silent`.
+    pub limit_value: Option<i64>,
     /// The event whose arrival made the rule fire.
     pub cause_seq: u64,
     /// The log sequences of the events compared, in time order.
@@ -96,6 +114,36 @@ pub struct AnomalyDetected {
 }
 
 impl AnomalyDetected {
+    /// An anomaly with its identity computed and its causes sorted; the optional fields start empty.
+    pub fn new(
+        kind: AnomalyKind,
+        severity: Severity,
+        subject: String,
+        mut causes: Vec<ReadingRef>,
+        cause_seq: u64,
+        evidence_seqs: Vec<u64>,
+    ) -> Self {
+        causes.sort();
+        causes.dedup();
+        AnomalyDetected {
+            anomaly_id: Self::identity(kind, &subject, &causes),
+            kind,
+            severity,
+            subject,
+            terminal_id: None,
+            container_id: None,
+            enterprise_id: None,
+            manifest_id: None,
+            previous_value: None,
+            current_value: None,
+            change_ratio_ppm: None,
+            limit_value: None,
+            cause_seq,
+            evidence_seqs,
+            causes,
+        }
+    }
+
     /// The deterministic identity of an anomaly of `kind` about `subject` caused by `causes`.
     pub fn identity(kind: AnomalyKind, subject: &str, causes: &[ReadingRef]) -> Fingerprint {
         let mut sorted: Vec<String> = causes.iter().map(ReadingRef::text).collect();
@@ -143,8 +191,17 @@ impl AnomalyDetected {
             "container_id",
             self.container_id.as_ref().map(|c| Jcs::str(c.as_str())),
         )
+        .with_optional(
+            "enterprise_id",
+            self.enterprise_id.as_ref().map(|e| Jcs::str(e.as_str())),
+        )
+        .with_optional(
+            "manifest_id",
+            self.manifest_id.as_ref().map(|m| Jcs::str(m.as_str())),
+        )
         .with_optional("previous_value", self.previous_value.map(Jcs::Int))
         .with_optional("current_value", self.current_value.map(Jcs::Int))
         .with_optional("change_ratio_ppm", self.change_ratio_ppm.map(Jcs::Int))
+        .with_optional("limit_value", self.limit_value.map(Jcs::Int))
     }
 }

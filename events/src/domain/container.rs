@@ -15,7 +15,7 @@ use crate::domain::anomaly::{AnomalyDetected, AnomalyKind, ReadingRef, Severity}
 use crate::envelope::Fingerprint;
 use crate::event::Event;
 use crate::ids::ContainerId;
-use crate::reading::{Reading, ReadingKind};
+use crate::reading::{Reading, ReadingKind, Stage};
 
 /// The default weight-fluctuation threshold, in percent of the previous weighing.
 pub const WEIGHT_FLUCTUATION_PCT_DEFAULT: u32 = 20;
@@ -25,7 +25,7 @@ pub const WEIGHT_FLUCTUATION_PCT_DEFAULT: u32 = 20;
 pub const WEIGHT_FLUCTUATION_HIGH_PCT: u32 = 50;
 
 /// Thresholds of the weighing rules.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct WeighingRules {
     pub threshold_pct_default: u32,
     /// Per waste code (`HW08`, `900-041-49`), overriding the default.
@@ -50,15 +50,17 @@ impl WeighingRules {
 }
 
 /// One weighing in a container's chain.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 struct Weighing {
     reading: ReadingRef,
     value_mg: i64,
     event_seq: u64,
+    #[serde(default)]
+    stage: Option<Stage>,
 }
 
 /// A container's custody chain as far as the rules need it.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ContainerState {
     /// Weighings by `(measured_at_ns, terminal, seq)`: time order, ties broken by identity, never by
     /// arrival, so a replay orders them alike.
@@ -90,6 +92,7 @@ impl ContainerState {
             },
             value_mg: reading.value,
             event_seq,
+            stage: reading.stage,
         };
         let key = (reading.measured_at_ns, me.reading.clone());
         if self.weighings.contains_key(&key) {
@@ -119,6 +122,69 @@ impl ContainerState {
         out
     }
 
+    /// The weighing that put the container into storage, if its latest staged weighing (by
+    /// `measured_at`) is `storage_in`.
+    fn stored_since(&self) -> Option<(i64, &Weighing)> {
+        self.weighings
+            .iter()
+            .rev()
+            .find(|(_, w)| w.stage.is_some())
+            .filter(|(_, w)| w.stage == Some(Stage::StorageIn))
+            .map(|((at, _), w)| (*at, w))
+    }
+
+    fn overdue_identity(container: &ContainerId, stored: &Weighing) -> Fingerprint {
+        AnomalyDetected::identity(
+            AnomalyKind::StorageOverdue,
+            &format!("container:{container}"),
+            std::slice::from_ref(&stored.reading),
+        )
+    }
+
+    /// When the container becomes overdue in storage, unless that was already flagged.
+    pub fn deadline_ns(&self, container: &ContainerId, storage_limit_s: i64) -> Option<i64> {
+        let (since, w) = self.stored_since()?;
+        if self.emitted.contains(&Self::overdue_identity(container, w)) {
+            return None;
+        }
+        // Overdue after *more than* the limit.
+        Some(
+            since
+                .saturating_add(storage_limit_s.saturating_mul(1_000_000_000))
+                .saturating_add(1),
+        )
+    }
+
+    /// `storage_overdue`: a clock tick (`tick_seq`, at `at_ns`) past the limit of the container's stay
+    /// in storage.
+    pub fn decide_tick(
+        &self,
+        container: &ContainerId,
+        at_ns: i64,
+        tick_seq: u64,
+        storage_limit_s: i64,
+    ) -> Vec<Event> {
+        match self.deadline_ns(container, storage_limit_s) {
+            Some(deadline) if at_ns >= deadline => {}
+            _ => return Vec::new(),
+        }
+        let (since, w) = self.stored_since().expect("a deadline implies storage");
+        let mut a = AnomalyDetected::new(
+            AnomalyKind::StorageOverdue,
+            Severity::Medium,
+            format!("container:{container}"),
+            vec![w.reading.clone()],
+            tick_seq,
+            vec![w.event_seq, tick_seq],
+        );
+        a.container_id = Some(container.clone());
+        a.terminal_id = Some(w.reading.terminal_id.clone());
+        a.previous_value = Some(w.value_mg);
+        a.current_value = Some((at_ns - since) / 1_000_000_000);
+        a.limit_value = Some(storage_limit_s);
+        vec![Event::AnomalyDetected(a)]
+    }
+
     /// Applies a recorded reading or a derived event.
     pub fn apply(&mut self, event: &Event, event_seq: u64) {
         match event {
@@ -133,6 +199,7 @@ impl ContainerState {
                         reading,
                         value_mg: r.value,
                         event_seq,
+                        stage: r.stage,
                     },
                 );
             }
@@ -144,6 +211,32 @@ impl ContainerState {
     }
 }
 
+/// Whether a change from `prev` to `new` is over `threshold_pct` percent of `prev`, decided in integers
+/// (`100 × |new − prev| > threshold_pct × prev`; from zero, any rise): the ratio in ppm (none from zero)
+/// and the severity, or `None` when it is not.
+pub fn change_over_threshold(
+    prev: i64,
+    new: i64,
+    threshold_pct: u32,
+) -> Option<(Option<i64>, Severity)> {
+    let (prev, new) = (i128::from(prev), i128::from(new));
+    let diff = (new - prev).abs();
+    let fires = if prev == 0 {
+        new > 0
+    } else {
+        100 * diff > i128::from(threshold_pct) * prev.abs()
+    };
+    if !fires {
+        return None;
+    }
+    let change_ratio_ppm = (prev != 0).then(|| (diff * 1_000_000 / prev.abs()) as i64);
+    let severity = match change_ratio_ppm {
+        Some(ppm) if ppm <= i64::from(WEIGHT_FLUCTUATION_HIGH_PCT) * 10_000 => Severity::Medium,
+        _ => Severity::High,
+    };
+    Some((change_ratio_ppm, severity))
+}
+
 /// The anomaly between two consecutive weighings, if the change is over the threshold.
 fn fluctuation(
     container: &ContainerId,
@@ -153,21 +246,8 @@ fn fluctuation(
     cause_seq: u64,
     threshold_pct: u32,
 ) -> Option<AnomalyDetected> {
-    let (prev, new) = (i128::from(earlier.value_mg), i128::from(later.value_mg));
-    let diff = (new - prev).abs();
-    let fires = if prev == 0 {
-        new > 0
-    } else {
-        100 * diff > i128::from(threshold_pct) * prev
-    };
-    if !fires {
-        return None;
-    }
-    let change_ratio_ppm = (prev != 0).then(|| (diff * 1_000_000 / prev) as i64);
-    let severity = match change_ratio_ppm {
-        Some(ppm) if ppm <= i64::from(WEIGHT_FLUCTUATION_HIGH_PCT) * 10_000 => Severity::Medium,
-        _ => Severity::High,
-    };
+    let (change_ratio_ppm, severity) =
+        change_over_threshold(earlier.value_mg, later.value_mg, threshold_pct)?;
     let causes = vec![earlier.reading.clone(), later.reading.clone()];
     Some(AnomalyDetected {
         anomaly_id: AnomalyDetected::identity(AnomalyKind::WeightFluctuation, subject, &causes),
@@ -176,9 +256,12 @@ fn fluctuation(
         subject: subject.to_owned(),
         terminal_id: Some(later.reading.terminal_id.clone()),
         container_id: Some(container.clone()),
+        enterprise_id: None,
+        manifest_id: None,
         previous_value: Some(earlier.value_mg),
         current_value: Some(later.value_mg),
         change_ratio_ppm,
+        limit_value: None,
         cause_seq,
         evidence_seqs: vec![earlier.event_seq, later.event_seq],
         causes,
@@ -189,7 +272,6 @@ fn fluctuation(
 mod tests {
     use super::*;
     use crate::ids::TerminalId;
-    use crate::reading::Stage;
 
     const KG: i64 = 1_000_000;
 
@@ -207,6 +289,7 @@ mod tests {
             container_id: Some(c9()),
             stage: Some(Stage::StorageIn),
             waste_code: Some("HW08".into()),
+            manifest_id: None,
         }
     }
 
@@ -227,6 +310,39 @@ mod tests {
             }
         }
         out
+    }
+
+    #[test]
+    fn storage_overdue_fires_once_past_the_limit_and_not_after_leaving() {
+        let limit_s = 100;
+        let staged = |seq, at_s, stage| Reading {
+            stage: Some(stage),
+            ..weighing("T-1", seq, at_s, 100 * KG)
+        };
+        let mut state = ContainerState::default();
+        let r = staged(1, 0, Stage::StorageIn);
+        state.apply(&Event::ReadingRecorded(r.clone()), 1);
+        let t0 = r.measured_at_ns;
+        let at = |s: i64| t0 + s * 1_000_000_000;
+        assert_eq!(state.deadline_ns(&c9(), limit_s), Some(at(100) + 1));
+        assert!(state.decide_tick(&c9(), at(100), 2, limit_s).is_empty(), "exactly the limit");
+        let out = state.decide_tick(&c9(), at(101), 3, limit_s);
+        assert_eq!(out.len(), 1);
+        let Event::AnomalyDetected(a) = &out[0] else {
+            panic!()
+        };
+        assert_eq!(a.kind, AnomalyKind::StorageOverdue);
+        assert_eq!((a.current_value, a.limit_value), (Some(101), Some(100)));
+        state.apply(&out[0], 4);
+        assert_eq!(state.deadline_ns(&c9(), limit_s), None, "flagged once");
+        // Stored again later (a new storage_in), then taken out before the limit: nothing.
+        let mut s2 = ContainerState::default();
+        s2.apply(&Event::ReadingRecorded(staged(1, 0, Stage::StorageIn)), 1);
+        s2.apply(&Event::ReadingRecorded(staged(2, 50, Stage::StorageOut)), 2);
+        assert_eq!(s2.deadline_ns(&c9(), limit_s), None);
+        // A late storage_in measured before the storage_out does not put it back.
+        s2.apply(&Event::ReadingRecorded(staged(3, 10, Stage::StorageIn)), 3);
+        assert_eq!(s2.deadline_ns(&c9(), limit_s), None);
     }
 
     #[test]

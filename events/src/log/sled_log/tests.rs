@@ -35,6 +35,7 @@ fn reading(terminal: &str, seq: u64, value: i64) -> Proposed {
         container_id: None,
         stage: None,
         waste_code: None,
+        manifest_id: None,
     }))
 }
 

@@ -4,20 +4,21 @@
 //! [`Deriver`] that feeds them.
 //!
 //! Data flows one way: the deriver tails the durable log from its checkpoint, routes each event to the
-//! actor of its aggregate, and appends what the actors derive back to the log through a [`DerivedSink`].
-//! Ingest never waits on a mailbox; when the deriver falls too far behind, the node pushes back instead.
-//! Derived events carry deterministic identities that the log deduplicates, so a restart (which replays
-//! the log from the start until snapshots exist) never stores an anomaly twice.
-//!
-//! Built so far (issue 3, first slice): [`ContainerActor`] (`weight_fluctuation`) and [`TerminalActor`]
-//! (`tamper_suspected`). Still to come: enterprise and manifest actors, the other rules, supervision with restart, passivation, snapshots, clock ticks.
+//! actor of its aggregate (one [`AggregateActor`] per terminal, enterprise, container and manifest, all
+//! linked to one [`Supervisor`]), and appends what the actors derive back to the log through a
+//! [`DerivedSink`]. Ingest never waits on a mailbox; when the deriver falls too far behind, the node
+//! pushes back instead. Derived events carry deterministic identities that the log deduplicates, so a
+//! restart or a recovery never stores one twice. Snapshots ([`SnapshotStore`]) keep restarts short and
+//! let idle aggregates be passivated.
 //!
 //! Must not contain NATS, SQL or InfluxDB clients.
 
-mod container;
+mod aggregate;
 mod deriver;
-mod terminal;
+mod snapshots;
+mod supervisor;
 
-pub use container::{ContainerActor, ContainerMsg};
-pub use deriver::{DerivedSink, Deriver, DeriverConfig};
-pub use terminal::{TerminalActor, TerminalMsg};
+pub use aggregate::{AggregateActor, AggregateMsg, Answer, Fault};
+pub use deriver::{DerivedSink, Deriver, DeriverConfig, DeriverStats};
+pub use snapshots::{MemorySnapshots, SnapshotStore};
+pub use supervisor::{Supervisor, SupervisorStats};

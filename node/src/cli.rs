@@ -190,6 +190,9 @@ pub struct EventsArgs {
     pub from_seq: u64,
     #[arg(long, default_value_t = 100)]
     pub limit: usize,
+    /// Only these event types (comma-separated), e.g. `AnomalyDetected,ManifestProgressed`.
+    #[arg(long, value_delimiter = ',')]
+    pub types: Vec<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -237,12 +240,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Events(args) => {
             let client = NodeClient::new(args.node.node, args.node.admin_token);
-            let page = client.events(args.from_seq, args.limit).await?;
-            for item in page["items"].as_array().into_iter().flatten() {
+            let types: Vec<&str> = args.types.iter().map(String::as_str).collect();
+            let items = client
+                .events(args.from_seq, Some(args.limit as u64), &types)
+                .await?;
+            let shown = items.len();
+            for item in &items {
                 println!("{item}");
             }
-            if let Some(next) = page["next_from_seq"].as_u64() {
-                eprintln!("more: --from-seq {next}");
+            if shown == args.limit
+                && let Some(last) = items.last().and_then(|i| i["event_seq"].as_u64())
+            {
+                eprintln!("more: --from-seq {}", last + 1);
             }
             Ok(())
         }

@@ -106,38 +106,41 @@ impl NodeClient {
         }
     }
 
-    /// One page of `GET /v1/events`.
-    pub async fn events(&self, from_seq: u64, limit: usize) -> Result<Value, ClientError> {
-        let resp = self
-            .admin(self.http.get(format!(
-                "{}/v1/events?from_seq={from_seq}&limit={limit}",
-                self.base
-            )))
-            .send()
-            .await?;
-        let status = resp.status().as_u16();
-        let body = resp.json().await.unwrap_or(Value::Null);
-        if status == 200 {
-            Ok(body)
-        } else {
-            Err(ClientError::Status { status, body })
+    /// `GET /v1/events` (NDJSON): up to `limit` events from `from_seq` on, of `types` (all if empty),
+    /// ending at the head of the log.
+    pub async fn events(
+        &self,
+        from_seq: u64,
+        limit: Option<u64>,
+        types: &[&str],
+    ) -> Result<Vec<Value>, ClientError> {
+        let mut url = format!("{}/v1/events?from_seq={from_seq}", self.base);
+        if let Some(l) = limit {
+            url.push_str(&format!("&limit={l}"));
         }
+        if !types.is_empty() {
+            url.push_str(&format!("&types={}", types.join(",")));
+        }
+        let resp = self.admin(self.http.get(url)).send().await?;
+        let status = resp.status().as_u16();
+        if status != 200 {
+            let body = resp.json().await.unwrap_or(Value::Null);
+            return Err(ClientError::Status { status, body });
+        }
+        let text = resp.text().await?;
+        text.lines()
+            .map(|l| {
+                serde_json::from_str(l).map_err(|e| ClientError::Status {
+                    status,
+                    body: Value::String(format!("not an NDJSON line ({e}): {l}")),
+                })
+            })
+            .collect()
     }
 
-    /// Every event from `from_seq` on, page by page.
+    /// Every event from `from_seq` on.
     pub async fn all_events(&self, from_seq: u64) -> Result<Vec<Value>, ClientError> {
-        let mut out = Vec::new();
-        let mut from = from_seq;
-        loop {
-            let page = self.events(from, 1000).await?;
-            if let Some(items) = page["items"].as_array() {
-                out.extend(items.iter().cloned());
-            }
-            match page["next_from_seq"].as_u64() {
-                Some(n) => from = n,
-                None => return Ok(out),
-            }
-        }
+        self.events(from_seq, None, &[]).await
     }
 
     pub async fn metrics(&self) -> Result<String, ClientError> {

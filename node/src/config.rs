@@ -43,6 +43,22 @@ pub struct DeriveConfig {
     pub lag_events_max: u64,
     /// The weight-fluctuation threshold in percent of the previous weighing.
     pub weight_fluctuation_pct: u32,
+    /// Thresholds per waste code (`HW08 = 10`), overriding `weight_fluctuation_pct`.
+    pub weight_fluctuation_pct_by_waste_code: std::collections::BTreeMap<String, u32>,
+    /// `weight_fluctuation` of a continuous load cell, in percent.
+    pub load_cell_pct: u32,
+    /// `manifest_weight_mismatch`: received versus dispatched, in percent (US RCRA uses 10).
+    pub manifest_mismatch_pct: u32,
+    /// `storage_overdue`: the longest stay in storage, in days.
+    pub storage_limit_days: u32,
+    /// `terminal_silent`: after this many registered report intervals without a reading.
+    pub silence_intervals: u32,
+    /// How often the node appends `ClockTicked` (the time-driven rules decide only on ticks); 0: never.
+    pub tick_interval_s: u64,
+    /// Commit the actors' snapshots after this many log events.
+    pub snapshot_every_events: u64,
+    /// Passivate an aggregate no event has reached for this many log events.
+    pub passivate_after_events: u64,
 }
 
 impl Default for DeriveConfig {
@@ -51,6 +67,31 @@ impl Default for DeriveConfig {
             enabled: true,
             lag_events_max: 200_000,
             weight_fluctuation_pct: 20,
+            weight_fluctuation_pct_by_waste_code: Default::default(),
+            load_cell_pct: 20,
+            manifest_mismatch_pct: 20,
+            storage_limit_days: 365,
+            silence_intervals: 3,
+            tick_interval_s: 10,
+            snapshot_every_events: 50_000,
+            passivate_after_events: 200_000,
+        }
+    }
+}
+
+impl DeriveConfig {
+    /// The domain core's rules as configured.
+    pub fn rules(&self) -> custodian_events::domain::Rules {
+        custodian_events::domain::Rules {
+            weighing: custodian_events::domain::WeighingRules {
+                threshold_pct_default: self.weight_fluctuation_pct,
+                threshold_pct_by_waste_code: self.weight_fluctuation_pct_by_waste_code.clone(),
+            },
+            load_cell_pct: self.load_cell_pct,
+            manifest_mismatch_pct: self.manifest_mismatch_pct,
+            storage_limit_s: i64::from(self.storage_limit_days) * 86_400,
+            silence_intervals: self.silence_intervals,
+            ..Default::default()
         }
     }
 }

@@ -198,7 +198,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoSummary> {
     let mut twice = BTreeSet::new();
     for e in events
         .iter()
-        .filter(|e| e["event_type"] == "ReadingRecorded")
+        .filter(|e| e["type"] == "ReadingRecorded")
     {
         let key = (
             e["payload"]["terminal_id"]
@@ -208,7 +208,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoSummary> {
             e["payload"]["seq"].as_u64().unwrap_or(0),
         );
         if stored
-            .insert(key.clone(), e["seq"].as_u64().unwrap_or(0))
+            .insert(key.clone(), e["event_seq"].as_u64().unwrap_or(0))
             .is_some()
         {
             twice.insert(key);
@@ -257,7 +257,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoSummary> {
         "  anomalies flagged       {} weight fluctuations over 20 % (drums that lost weight)",
         events
             .iter()
-            .filter(|e| e["event_type"] == "AnomalyDetected")
+            .filter(|e| e["type"] == "AnomalyDetected")
             .count()
     );
     println!(

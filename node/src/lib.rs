@@ -25,4 +25,5 @@ pub mod keys_cli;
 pub mod metrics;
 pub mod sealing;
 pub mod server;
+pub mod snapshots;
 pub mod terminal_sim;

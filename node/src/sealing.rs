@@ -99,12 +99,17 @@ impl custodian_actors::DerivedSink for NodeSink {
     }
 }
 
-/// The enterprise whose key seals a derived event: the one of the terminal it names.
+/// The enterprise whose key seals a derived event: the one it names, else the one of the terminal it
+/// names, else the platform's.
 fn scope_of(st: &AppState, event: &Event) -> Result<String, ApiError> {
-    let terminal = match event {
-        Event::AnomalyDetected(a) => a.terminal_id.clone(),
-        _ => None,
+    let (enterprise, terminal) = match event {
+        Event::AnomalyDetected(a) => (a.enterprise_id.clone(), a.terminal_id.clone()),
+        Event::ReadingSuspect(r) => (None, Some(r.terminal_id.clone())),
+        _ => (None, None),
     };
+    if let Some(e) = enterprise {
+        return Ok(e.to_string());
+    }
     Ok(match terminal {
         Some(t) => match st.registry.terminal(st.log.as_ref(), &t)? {
             Some(entry) => entry.registration.enterprise_id.to_string(),

@@ -36,6 +36,7 @@ pub struct Node {
     pub admin_token: String,
     pub state: Arc<AppState>,
     deriver: Option<custodian_actors::Deriver>,
+    ticker: Option<JoinHandle<()>>,
     shutdown: Option<oneshot::Sender<()>>,
     server: JoinHandle<std::io::Result<()>>,
     _data_dir: DataDir,
@@ -65,6 +66,7 @@ impl Node {
         let entropy: Arc<dyn Entropy> = Arc::new(OsEntropy);
         let master = resolve_master_key(&config, &data_dir)?;
         let keyring = Arc::new(Keyring::new(master, entropy.clone()));
+        let derive_dir = data_dir.path().join("derive");
         let log_config = SledLogConfig {
             queue_requests_max: config.log.queue_requests_max,
             group_events_max: config.log.group_events_max,
@@ -90,6 +92,7 @@ impl Node {
         let derived_seq = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let state = Arc::new(AppState {
             derived_seq: derived_seq.clone(),
+            deriver_stats: std::sync::OnceLock::new(),
             log,
             registry: Registry::new(config.ingest.terminal_cache_entries_max),
             clock,
@@ -99,21 +102,34 @@ impl Node {
             admin_token: admin_token.clone(),
             config,
         });
-        let rules = custodian_events::domain::WeighingRules {
-            threshold_pct_default: state.config.derive.weight_fluctuation_pct,
-            ..Default::default()
-        };
-        let deriver = state.config.derive.enabled.then(|| {
-            custodian_actors::Deriver::start_with_checkpoint(
+        let deriver = if state.config.derive.enabled {
+            let store = tokio::task::spawn_blocking({
+                let entropy = state.entropy.clone();
+                let last = state.log.last_seq();
+                move || crate::snapshots::SledSnapshots::open(&derive_dir, &master, entropy, last)
+            })
+            .await??;
+            let d = &state.config.derive;
+            Some(custodian_actors::Deriver::start_with(
                 state.log.clone(),
                 Arc::new(crate::sealing::NodeSink(Arc::downgrade(&state))),
                 custodian_actors::DeriverConfig {
-                    weighing: rules,
+                    rules: d.rules(),
+                    snapshot_every_events: d.snapshot_every_events.max(1),
+                    passivate_after_events: d.passivate_after_events,
                     ..Default::default()
                 },
+                Arc::new(store),
                 derived_seq,
-            )
-        });
+            ))
+        } else {
+            None
+        };
+        if let Some(d) = &deriver {
+            let _ = state.deriver_stats.set(d.stats.clone());
+        }
+        let ticker = (state.config.derive.enabled && state.config.derive.tick_interval_s > 0)
+            .then(|| tokio::spawn(tick(Arc::downgrade(&state))));
         let listener = tokio::net::TcpListener::bind(state.config.listen)
             .await
             .with_context(|| {
@@ -138,6 +154,7 @@ impl Node {
             admin_token,
             state,
             deriver,
+            ticker,
             shutdown: Some(tx),
             server,
             _data_dir: data_dir,
@@ -154,6 +171,9 @@ impl Node {
             let _ = tx.send(());
         }
         (&mut self.server).await??;
+        if let Some(t) = self.ticker.take() {
+            t.abort();
+        }
         if let Some(d) = self.deriver.take() {
             d.stop().await;
         }
@@ -164,6 +184,36 @@ impl Node {
     pub async fn wait(&mut self) -> anyhow::Result<()> {
         (&mut self.server).await??;
         Ok(())
+    }
+}
+
+/// Appends `ClockTicked` every `derive.tick_interval_s`, at multiples of the interval (so ticks of two
+/// nodes coincide and deduplicate). The time-driven rules decide only on these.
+async fn tick(state: std::sync::Weak<AppState>) {
+    loop {
+        let Some(st) = state.upgrade() else { return };
+        let interval_ns = (st.config.derive.tick_interval_s as i64).saturating_mul(1_000_000_000);
+        let now = st.clock.now_ns();
+        let next = now - now.rem_euclid(interval_ns) + interval_ns;
+        drop(st);
+        tokio::time::sleep(std::time::Duration::from_nanos((next - now) as u64)).await;
+        let Some(st) = state.upgrade() else { return };
+        let event = custodian_events::Event::ClockTicked(custodian_events::event::ClockTicked {
+            at_ns: next,
+        });
+        let appended = match crate::sealing::sealed(
+            &st,
+            custodian_events::keyring::PLATFORM_SCOPE,
+            event,
+        )
+        .await
+        {
+            Ok(p) => st.log.append(vec![p]).await.map(|_| ()).map_err(|e| e.to_string()),
+            Err(e) => Err(e.message),
+        };
+        if let Err(e) = appended {
+            tracing::warn!(error = %e, "cannot append a clock tick; the time-driven rules wait for the next one");
+        }
     }
 }
 

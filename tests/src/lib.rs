@@ -57,6 +57,8 @@ pub async fn start_node(dir: &Path, tweak: impl FnOnce(&mut Config)) -> (Node, N
         admin_token: Some(ADMIN_TOKEN.into()),
         ..Config::default()
     };
+    // No clock ticks unless a test asks for them: they would interleave with the exact logs tests check.
+    config.derive.tick_interval_s = 0;
     tweak(&mut config);
     let node = Node::start(config).await.expect("starting a node");
     let client = NodeClient::new(node.url(), Some(ADMIN_TOKEN.into()));
@@ -268,20 +270,20 @@ pub fn run(cmd: &mut Command, stdin: &[u8]) -> std::process::Output {
 pub fn check_log(events: &[Value]) -> BTreeMap<(String, u64), u64> {
     let mut stored = BTreeMap::new();
     for (i, e) in events.iter().enumerate() {
-        assert_eq!(e["seq"], i as u64 + 1, "sequence gap before {e}");
+        assert_eq!(e["event_seq"], i as u64 + 1, "sequence gap before {e}");
         let canonical = jcs_independent(&e["payload"]);
         assert_eq!(
             sha256_hex(canonical.as_bytes()),
             e["fingerprint"],
             "event {}",
-            e["seq"]
+            e["event_seq"]
         );
-        if e["event_type"] == "ReadingRecorded" {
+        if e["type"] == "ReadingRecorded" {
             let key = (
                 e["payload"]["terminal_id"].as_str().unwrap().to_owned(),
                 e["payload"]["seq"].as_u64().unwrap(),
             );
-            let seq = e["seq"].as_u64().unwrap();
+            let seq = e["event_seq"].as_u64().unwrap();
             assert!(
                 stored.insert(key.clone(), seq).is_none(),
                 "{key:?} stored twice"

@@ -37,7 +37,7 @@ async fn anomalies_once_caught_up(client: &NodeClient) -> Vec<Value> {
         .await
         .unwrap()
         .into_iter()
-        .filter(|e| e["event_type"] == "AnomalyDetected")
+        .filter(|e| e["type"] == "AnomalyDetected")
         .collect()
 }
 
@@ -75,7 +75,7 @@ async fn a_weight_change_over_20_percent_is_flagged_within_seconds_and_only_once
         let events = client.all_events(1).await.unwrap();
         if let Some(a) = events
             .into_iter()
-            .find(|e| e["event_type"] == "AnomalyDetected")
+            .find(|e| e["type"] == "AnomalyDetected")
         {
             break a;
         }
@@ -136,6 +136,6 @@ async fn a_weight_change_over_20_percent_is_flagged_within_seconds_and_only_once
     let (node, client) = start_node(dir.path(), |_| {}).await;
     let again = anomalies_once_caught_up(&client).await;
     assert_eq!(again.len(), 2);
-    assert_eq!(again[0]["seq"], found["seq"]);
+    assert_eq!(again[0]["event_seq"], found["event_seq"]);
     node.stop().await.unwrap();
 }

@@ -166,7 +166,7 @@ async fn rotation_keeps_the_old_key_for_earlier_readings_and_revocation_ends_a_k
 
     // The rotation and revocations are events in the log.
     let events = client.all_events(1).await.unwrap();
-    let count = |t: &str| events.iter().filter(|e| e["event_type"] == t).count();
+    let count = |t: &str| events.iter().filter(|e| e["type"] == t).count();
     assert_eq!(
         (count("TerminalKeyRotated"), count("TerminalKeyRevoked")),
         (1, 2)
@@ -208,7 +208,7 @@ async fn a_terminal_without_a_key_cannot_upload_while_signatures_are_required() 
         "accepted"
     );
     let events = client.all_events(1).await.unwrap();
-    assert!(events.iter().all(|e| e["event_type"] != "UploadSigned"));
+    assert!(events.iter().all(|e| e["type"] != "UploadSigned"));
     node.stop().await.unwrap();
 }
 
@@ -296,7 +296,7 @@ async fn events_rest_sealed_and_the_master_key_is_checked_at_start() {
     );
     let data_keys: Vec<&Value> = events
         .iter()
-        .filter(|e| e["event_type"] == "DataKeyIssued")
+        .filter(|e| e["type"] == "DataKeyIssued")
         .collect();
     assert_eq!(data_keys.len(), 2);
     assert!(

@@ -262,11 +262,27 @@ pub fn routed_type(event_type: &str) -> bool {
 impl Router {
     /// Learns from `event` (registrations) and answers the aggregates it goes to, in a fixed order.
     pub fn route(&mut self, event: &Event) -> Vec<AggregateKey> {
+        if let Event::TerminalRegistered(t) = event {
+            self.enterprise_of
+                .insert(t.id.clone(), t.enterprise_id.clone());
+        }
+        self.keys_of(event)
+    }
+
+    /// Whether `event` goes to `key`, whose state wants waking at `deadline_ns` — for replaying one
+    /// aggregate's events from the log (what the deadline index said at the time follows from the
+    /// aggregate's own state).
+    pub fn routes_to(&self, event: &Event, key: &AggregateKey, deadline_ns: Option<i64>) -> bool {
+        match event {
+            Event::ClockTicked(t) => deadline_ns.is_some_and(|d| d <= t.at_ns),
+            _ => self.keys_of(event).contains(key),
+        }
+    }
+
+    fn keys_of(&self, event: &Event) -> Vec<AggregateKey> {
         match event {
             Event::EnterpriseRegistered(e) => vec![AggregateKey::Enterprise(e.id.clone())],
             Event::TerminalRegistered(t) => {
-                self.enterprise_of
-                    .insert(t.id.clone(), t.enterprise_id.clone());
                 vec![
                     AggregateKey::Terminal(t.id.clone()),
                     AggregateKey::Enterprise(t.enterprise_id.clone()),

@@ -17,7 +17,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-pub use sled_log::{SledLog, SledLogConfig};
+pub use sled_log::{SledLog, SledLogConfig, open_sled};
 
 use crate::envelope::{CorruptRecord, Envelope, Fingerprint, event_bytes, fingerprint, seal_aad};
 use crate::event::{DedupeKey, Event};

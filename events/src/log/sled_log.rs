@@ -567,7 +567,7 @@ const SLED_LOCK_WAIT_MS_MAX: u64 = 5_000;
 /// Opens sled, waiting a little for its file lock: sled releases the lock of a dropped `Db` only when its
 /// epoch-based garbage collection gets round to it, so reopening right after a drop (a restart within one
 /// process) can find the lock still held for a moment.
-pub(crate) fn open_sled(config: sled::Config) -> Result<sled::Db, EventLogError> {
+pub fn open_sled(config: sled::Config) -> Result<sled::Db, EventLogError> {
     let mut waited_ms = 0;
     loop {
         match config.open() {

@@ -1,10 +1,20 @@
-//! `GET /v1/events`: the log as an auditor sees it. Each item carries the canonical payload, so its
-//! SHA-256 can be recomputed and compared with `fingerprint` by anyone with an RFC 8785 implementation.
+//! `GET /v1/events?from_seq=N&types=A,B&follow=true&limit=L` (admin): the log as an auditor sees it,
+//! streamed as NDJSON — one JSON object per line, in log order:
+//!
+//! `{"event_seq", "type", "stream", "schema_version", "recorded_at", "fingerprint", "key_id", "payload"}`
+//!
+//! `payload` is the canonical payload, so its SHA-256 can be recomputed and compared with `fingerprint`
+//! by anyone with an RFC 8785 implementation. Without `follow` the response ends at the head of the log
+//! as it was when the request arrived; with `follow=true` it stays open and carries new events as they
+//! become durable. `limit` caps the number of lines.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
+use axum::body::Body;
 use axum::extract::{Query, State};
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use custodian_events::Envelope;
 use custodian_events::reading::format_utc_ns;
 use serde::Deserialize;
@@ -12,8 +22,25 @@ use serde_json::{Value, json};
 
 use super::{ApiError, AppState, require_admin};
 
-/// The most events one page returns.
-pub const EVENTS_PAGE_MAX: usize = 1000;
+/// Every event type the log can hold (the names `types=` accepts).
+pub const EVENT_TYPES: [&str; 13] = [
+    "EnterpriseRegistered",
+    "TerminalRegistered",
+    "ReadingRecorded",
+    "ReadingConflicted",
+    "TerminalKeyRotated",
+    "TerminalKeyRevoked",
+    "UploadSigned",
+    "DataKeyIssued",
+    "AnomalyDetected",
+    "ManifestOpened",
+    "ManifestProgressed",
+    "ClockTicked",
+    "ReadingSuspect",
+];
+
+/// Events read from the log per step of the stream.
+const STEP_EVENTS: usize = 500;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -21,43 +48,122 @@ pub struct EventsQuery {
     #[serde(default)]
     from_seq: Option<u64>,
     #[serde(default)]
-    limit: Option<usize>,
+    types: Option<String>,
+    #[serde(default)]
+    follow: Option<bool>,
+    #[serde(default)]
+    limit: Option<u64>,
 }
 
-pub async fn list(
+struct Cursor {
+    st: Arc<AppState>,
+    from: u64,
+    /// Where a non-following stream ends.
+    end: Option<u64>,
+    left: u64,
+    types: Option<Arc<BTreeSet<String>>>,
+    durable: tokio::sync::watch::Receiver<u64>,
+}
+
+pub async fn stream(
     State(st): State<Arc<AppState>>,
     headers: HeaderMap,
     query: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<axum::Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     require_admin(&st, &headers)?;
-    let Query(q) = query.map_err(|e| {
-        ApiError::new(
-            axum::http::StatusCode::BAD_REQUEST,
-            "invalid_query",
-            e.body_text(),
-        )
-    })?;
-    let from = q.from_seq.unwrap_or(1).max(1);
-    let limit = q.limit.unwrap_or(100).clamp(1, EVENTS_PAGE_MAX);
-    let log = st.log.clone();
-    let events = tokio::task::spawn_blocking(move || log.read(from, limit))
-        .await
-        .expect("reading the log does not panic")?;
-    let next = match events.last() {
-        Some(e) if e.seq < st.log.last_seq() => Some(e.seq + 1),
-        _ => None,
+    let Query(q) = query
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))?;
+    let types = match &q.types {
+        None => None,
+        Some(list) => {
+            let mut set = BTreeSet::new();
+            for t in list.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+                if !EVENT_TYPES.contains(&t) {
+                    return Err(ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        "unknown_event_type",
+                        format!("types names {t:?}; known types: {}", EVENT_TYPES.join(", ")),
+                    ));
+                }
+                set.insert(t.to_owned());
+            }
+            Some(Arc::new(set))
+        }
     };
-    Ok(axum::Json(json!({
-        "items": events.iter().map(event_json).collect::<Vec<_>>(),
-        "next_from_seq": next,
-    })))
+    let cursor = Cursor {
+        from: q.from_seq.unwrap_or(1).max(1),
+        end: (!q.follow.unwrap_or(false)).then(|| st.log.last_seq()),
+        left: q.limit.unwrap_or(u64::MAX),
+        types,
+        durable: st.log.subscribe(),
+        st,
+    };
+    let body = futures_util::stream::unfold(cursor, next_chunk);
+    Ok((
+        [(header::CONTENT_TYPE, "application/x-ndjson")],
+        Body::from_stream(body),
+    )
+        .into_response())
+}
+
+/// The next lines of the stream, or its end.
+async fn next_chunk(mut c: Cursor) -> Option<(Result<Vec<u8>, std::io::Error>, Cursor)> {
+    loop {
+        if c.left == 0 || c.end.is_some_and(|end| c.from > end) {
+            return None;
+        }
+        if c.from > c.st.log.last_seq() {
+            // Only a following stream gets here: wait for the log to move.
+            c.durable.changed().await.ok()?;
+            continue;
+        }
+        let log = c.st.log.clone();
+        let (from, types) = (c.from, c.types.clone());
+        let step = STEP_EVENTS.min(c.left.min(STEP_EVENTS as u64) as usize);
+        let read = tokio::task::spawn_blocking(move || {
+            let want = |t: &str| types.as_ref().is_none_or(|set| set.contains(t));
+            // With a type filter, scan further per step (skipped records are not opened).
+            let scan = if c_has_filter(&want) { step * 20 } else { step };
+            log.read_where(from, scan, &want)
+        })
+        .await;
+        let (events, last) = match read {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, seq = from, "event stream stopped: the log cannot be read");
+                return Some((Err(std::io::Error::other(e.to_string())), c));
+            }
+            Err(e) => return Some((Err(std::io::Error::other(e.to_string())), c)),
+        };
+        if last == 0 {
+            return None;
+        }
+        c.from = last + 1;
+        let mut out = Vec::new();
+        for e in events {
+            if c.left == 0 || c.end.is_some_and(|end| e.seq > end) {
+                c.left = 0;
+                break;
+            }
+            serde_json::to_writer(&mut out, &event_json(&e)).expect("JSON to memory");
+            out.push(b'\n');
+            c.left -= 1;
+        }
+        if !out.is_empty() {
+            return Some((Ok(out), c));
+        }
+    }
+}
+
+fn c_has_filter(want: &dyn Fn(&str) -> bool) -> bool {
+    !EVENT_TYPES.iter().all(|t| want(t))
 }
 
 pub fn event_json(e: &Envelope) -> Value {
     json!({
-        "seq": e.seq,
+        "event_seq": e.seq,
+        "type": e.event_type,
         "stream": e.stream,
-        "event_type": e.event_type,
         "schema_version": e.schema_version,
         "recorded_at": format_utc_ns(e.recorded_at_ns),
         "fingerprint": e.fingerprint_hex(),

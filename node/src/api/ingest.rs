@@ -284,6 +284,7 @@ async fn handle(
             }
             Ok(raw) => match Reading::normalize(&terminal_id, &raw, check).and_then(|r| {
                 key_covers(&signed, &terminal, &r)?;
+                within_capacity(&terminal.registration, &r)?;
                 Ok(r)
             }) {
                 Err(r) => {
@@ -371,6 +372,26 @@ async fn handle(
 
 /// The `seq` of a reading that failed to parse, if it has a usable one, so the terminal can tell which
 /// reading was refused.
+/// A weight above what the terminal is registered to weigh is physically impossible for it.
+fn within_capacity(
+    t: &custodian_events::event::TerminalRegistered,
+    r: &Reading,
+) -> Result<(), custodian_events::Rejection> {
+    if r.kind == custodian_events::ReadingKind::Weight && r.value > t.capacity_mg {
+        return Err(custodian_events::Rejection::new(
+            "value_over_capacity",
+            format!(
+                "seq {}: {} kg is above the {} kg terminal {} is registered to weigh",
+                r.seq,
+                r.value as f64 / 1e6,
+                t.capacity_mg as f64 / 1e6,
+                t.id
+            ),
+        ));
+    }
+    Ok(())
+}
+
 fn seq_hint(raw: &RawValue) -> Option<u64> {
     #[derive(Deserialize)]
     struct SeqOnly {

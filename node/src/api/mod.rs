@@ -39,6 +39,8 @@ pub struct AppState {
     pub admin_token: String,
     /// The last log sequence the domain core has processed (the deriver's checkpoint).
     pub derived_seq: Arc<std::sync::atomic::AtomicU64>,
+    /// The deriver's counters, once it runs.
+    pub deriver_stats: std::sync::OnceLock<Arc<custodian_actors::DeriverStats>>,
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
@@ -47,6 +49,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/metrics", get(metrics))
         .route("/v1/enterprises", post(registry::register_enterprise))
         .route("/v1/terminals", post(registry::register_terminal))
+        .route("/v1/manifests", post(registry::open_manifest))
         .route(
             "/v1/terminals/{id}/keys",
             post(registry::rotate_terminal_key),
@@ -57,7 +60,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/v1/admin/data-keys/{scope}/rotate", post(rotate_data_key))
         .route("/v1/uploads", post(ingest::upload))
-        .route("/v1/events", get(events::list))
+        .route("/v1/events", get(events::stream))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
@@ -68,6 +71,18 @@ async fn healthz(State(st): State<Arc<AppState>>) -> impl IntoResponse {
         "status": "ok",
         "last_seq": st.log.last_seq(),
         "derived_seq": st.derived_seq.load(std::sync::atomic::Ordering::Acquire),
+        "deriver": st.deriver_stats.get().map(|d| {
+            let n = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+            serde_json::json!({
+                "live_actors": n(&d.live_actors),
+                "passivations": n(&d.passivations),
+                "actor_failures": n(&d.supervisor.failures),
+                "recoveries": n(&d.recoveries),
+                "quarantined": n(&d.quarantined),
+                "snapshots": n(&d.snapshots),
+                "snapshot_seq": n(&d.snapshot_seq),
+            })
+        }),
     }))
 }
 

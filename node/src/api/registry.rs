@@ -23,6 +23,8 @@ use crate::sealing;
 
 /// Registration bodies are small; this bound is independent of the upload limit.
 const REGISTRATION_BODY_BYTES_MAX: usize = 16 * 1024;
+/// A manifest lists up to 1,000 containers.
+const MANIFEST_BODY_BYTES_MAX: usize = 256 * 1024;
 
 /// Key changes one terminal may have (rotations and revocations). Far beyond any real rotation schedule;
 /// it bounds the probe of the log when a terminal is loaded.
@@ -146,6 +148,36 @@ pub async fn register_terminal(
     let scope = t.enterprise_id.to_string();
     let proposed = sealing::sealed(&st, &scope, Event::TerminalRegistered(t)).await?;
     register(&st, proposed, "terminal", &id).await
+}
+
+/// `POST /v1/manifests` (admin): opens a transfer order. 201 when opened, 200 for the same request
+/// again, 409 `already_registered` when the id is taken by a different manifest, 422 when a party is
+/// not a registered enterprise.
+pub async fn open_manifest(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    require_admin(&st, &headers)?;
+    let raw: custodian_events::domain::RawManifest =
+        read_json(&headers, body, MANIFEST_BODY_BYTES_MAX).await?;
+    let m = custodian_events::event::ManifestOpened::from_raw(&raw)
+        .map_err(ApiError::unprocessable)?;
+    for (field, e) in [("generator_id", &m.generator_id), ("receiver_id", &m.receiver_id)] {
+        if st.log.lookup(&dedupe_key_enterprise(e))?.is_none() {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "unknown_enterprise",
+                format!(
+                    "{field} {e} is not a registered enterprise; register it with POST /v1/enterprises first"
+                ),
+            ));
+        }
+    }
+    let id = m.id.to_string();
+    let scope = m.generator_id.to_string();
+    let proposed = sealing::sealed(&st, &scope, Event::ManifestOpened(m)).await?;
+    register(&st, proposed, "manifest", &id).await
 }
 
 /// Appends a registration: 201 when new, 200 when the same registration is already recorded, 409

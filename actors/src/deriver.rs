@@ -340,13 +340,10 @@ impl Inner {
         live.actor
             .cast(AggregateMsg::Snapshot { reply: tx.into() })
             .ok()?;
-        tokio::time::timeout(
-            Duration::from_millis(self.config.actor_call_timeout_ms),
-            rx,
-        )
-        .await
-        .ok()?
-        .ok()
+        tokio::time::timeout(Duration::from_millis(self.config.actor_call_timeout_ms), rx)
+            .await
+            .ok()?
+            .ok()
     }
 
     /// Routes a batch to the actors and collects what they derive, in log order.
@@ -403,7 +400,10 @@ impl Inner {
                 continue;
             }
             let answer = match p.rx.take() {
-                Some(rx) => tokio::time::timeout(timeout, rx).await.ok().and_then(Result::ok),
+                Some(rx) => tokio::time::timeout(timeout, rx)
+                    .await
+                    .ok()
+                    .and_then(Result::ok),
                 None => None,
             };
             if answer.is_none() {
@@ -512,11 +512,10 @@ impl Inner {
                 if env.seq > upto {
                     break;
                 }
-                if self.router.routes_to(
-                    &env.event,
-                    key,
-                    state.deadline_ns(&self.rules),
-                ) {
+                if self
+                    .router
+                    .routes_to(&env.event, key, state.deadline_ns(&self.rules))
+                {
                     let at = At {
                         seq: env.seq,
                         recorded_at_ns: env.recorded_at_ns,

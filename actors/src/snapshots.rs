@@ -54,7 +54,11 @@ impl SnapshotStore for MemorySnapshots {
 
     fn all(&self) -> Result<Vec<(AggregateKey, Vec<u8>)>, String> {
         let inner = self.inner.lock().unwrap();
-        Ok(inner.1.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+        Ok(inner
+            .1
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect())
     }
 
     fn commit(

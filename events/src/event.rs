@@ -329,7 +329,12 @@ impl Event {
                 slot: t.at_ns.max(0) as u64,
             }),
             Event::ReadingSuspect(r) => Some(DedupeKey {
-                space: [b"suspect/".as_slice(), r.terminal_id.as_str().as_bytes(), b"/"].concat(),
+                space: [
+                    b"suspect/".as_slice(),
+                    r.terminal_id.as_str().as_bytes(),
+                    b"/",
+                ]
+                .concat(),
                 slot: r.seq,
             }),
         }
@@ -406,7 +411,12 @@ impl Event {
                 ("waste_code", Jcs::str(m.waste_code.as_str())),
                 (
                     "container_ids",
-                    Jcs::Arr(m.container_ids.iter().map(|c| Jcs::str(c.as_str())).collect()),
+                    Jcs::Arr(
+                        m.container_ids
+                            .iter()
+                            .map(|c| Jcs::str(c.as_str()))
+                            .collect(),
+                    ),
                 ),
                 ("declared_mg", Jcs::Int(m.declared_mg)),
             ]),

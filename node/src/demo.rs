@@ -196,10 +196,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoSummary> {
     let events = client.all_events(1).await?;
     let mut stored: BTreeMap<(String, u64), u64> = BTreeMap::new();
     let mut twice = BTreeSet::new();
-    for e in events
-        .iter()
-        .filter(|e| e["type"] == "ReadingRecorded")
-    {
+    for e in events.iter().filter(|e| e["type"] == "ReadingRecorded") {
         let key = (
             e["payload"]["terminal_id"]
                 .as_str()

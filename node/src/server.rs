@@ -201,16 +201,18 @@ async fn tick(state: std::sync::Weak<AppState>) {
         let event = custodian_events::Event::ClockTicked(custodian_events::event::ClockTicked {
             at_ns: next,
         });
-        let appended = match crate::sealing::sealed(
-            &st,
-            custodian_events::keyring::PLATFORM_SCOPE,
-            event,
-        )
-        .await
-        {
-            Ok(p) => st.log.append(vec![p]).await.map(|_| ()).map_err(|e| e.to_string()),
-            Err(e) => Err(e.message),
-        };
+        let appended =
+            match crate::sealing::sealed(&st, custodian_events::keyring::PLATFORM_SCOPE, event)
+                .await
+            {
+                Ok(p) => st
+                    .log
+                    .append(vec![p])
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string()),
+                Err(e) => Err(e.message),
+            };
         if let Err(e) = appended {
             tracing::warn!(error = %e, "cannot append a clock tick; the time-driven rules wait for the next one");
         }

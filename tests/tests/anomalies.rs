@@ -73,10 +73,7 @@ async fn a_weight_change_over_20_percent_is_flagged_within_seconds_and_only_once
         .unwrap();
     let found = loop {
         let events = client.all_events(1).await.unwrap();
-        if let Some(a) = events
-            .into_iter()
-            .find(|e| e["type"] == "AnomalyDetected")
-        {
+        if let Some(a) = events.into_iter().find(|e| e["type"] == "AnomalyDetected") {
             break a;
         }
         assert!(

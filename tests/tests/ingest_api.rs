@@ -87,10 +87,7 @@ async fn registration_is_an_event_and_answers_201_200_409() {
 
     // Only the enterprise's data key and its one registration reached the log.
     let events = client.all_events(1).await.unwrap();
-    let types: Vec<&str> = events
-        .iter()
-        .map(|e| e["type"].as_str().unwrap())
-        .collect();
+    let types: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
     assert_eq!(types, vec!["DataKeyIssued", "EnterpriseRegistered"]);
     node.stop().await.unwrap();
 }
@@ -175,10 +172,7 @@ async fn uploads_accept_dedupe_and_reject_per_reading() {
             .collect()
     };
     let events = recorded(client.all_events(base + 1).await.unwrap());
-    let types: Vec<&str> = events
-        .iter()
-        .map(|e| e["type"].as_str().unwrap())
-        .collect();
+    let types: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
     assert_eq!(
         types,
         vec![
@@ -428,10 +422,7 @@ async fn events_show_canonical_payloads_whose_sha256_is_the_fingerprint() {
         .into_iter()
         .filter(|e| e["type"] != "AnomalyDetected")
         .collect();
-    let types: Vec<&str> = events
-        .iter()
-        .map(|e| e["type"].as_str().unwrap())
-        .collect();
+    let types: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
     assert_eq!(
         types,
         vec![

@@ -325,7 +325,10 @@ mod tests {
         let t0 = r.measured_at_ns;
         let at = |s: i64| t0 + s * 1_000_000_000;
         assert_eq!(state.deadline_ns(&c9(), limit_s), Some(at(100) + 1));
-        assert!(state.decide_tick(&c9(), at(100), 2, limit_s).is_empty(), "exactly the limit");
+        assert!(
+            state.decide_tick(&c9(), at(100), 2, limit_s).is_empty(),
+            "exactly the limit"
+        );
         let out = state.decide_tick(&c9(), at(101), 3, limit_s);
         assert_eq!(out.len(), 1);
         let Event::AnomalyDetected(a) = &out[0] else {

@@ -155,7 +155,8 @@ impl EnterpriseState {
                 else {
                     continue;
                 };
-                let explained = self.movements.range(ek.0 + 1..=lk.0).next().is_some();
+                let explained =
+                    ek.0 < lk.0 && self.movements.range(ek.0 + 1..=lk.0).next().is_some();
                 if explained {
                     continue;
                 }
@@ -321,7 +322,10 @@ mod tests {
         assert!(
             run(
                 &mut s,
-                &[weigh(1, 0, Some("C-1"), si, 600), weigh(2, 1, Some("C-2"), si, 400)]
+                &[
+                    weigh(1, 0, Some("C-1"), si, 600),
+                    weigh(2, 1, Some("C-2"), si, 400)
+                ]
             )
             .is_empty(),
             "exactly at capacity is not over"
@@ -349,7 +353,10 @@ mod tests {
         run(&mut t, &setup(1000));
         run(
             &mut t,
-            &[weigh(1, 0, Some("C-1"), si, 600), weigh(2, 1, Some("C-1"), si, 610)],
+            &[
+                weigh(1, 0, Some("C-1"), si, 600),
+                weigh(2, 1, Some("C-1"), si, 610),
+            ],
         );
         assert_eq!(t.inventory_mg(), 610 * KG);
         // A late, older weighing of a container does not override a newer one.
@@ -364,7 +371,10 @@ mod tests {
         assert!(
             run(
                 &mut s,
-                &[weigh(1, 0, None, None, 1000), weigh(2, 10, None, None, 1200)]
+                &[
+                    weigh(1, 0, None, None, 1000),
+                    weigh(2, 10, None, None, 1200)
+                ]
             )
             .is_empty(),
             "20% exactly"

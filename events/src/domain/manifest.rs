@@ -185,7 +185,13 @@ impl ManifestState {
         }
     }
 
-    pub fn decide(&self, manifest: &ManifestId, rules: &Rules, event: &Event, at: At) -> Vec<Event> {
+    pub fn decide(
+        &self,
+        manifest: &ManifestId,
+        rules: &Rules,
+        event: &Event,
+        at: At,
+    ) -> Vec<Event> {
         if !matches!(event, Event::ManifestOpened(_) | Event::ReadingRecorded(_))
             || self.status == Some(ManifestStatus::Received)
         {
@@ -345,9 +351,15 @@ mod tests {
             f(&mut r);
             assert_eq!(ManifestOpened::from_raw(&r).unwrap_err().code, code);
         };
-        bad(|r| r.receiver_id = "E-1".into(), "same_generator_and_receiver");
+        bad(
+            |r| r.receiver_id = "E-1".into(),
+            "same_generator_and_receiver",
+        );
         bad(|r| r.container_ids.clear(), "value_out_of_range");
-        bad(|r| r.container_ids.push("C-1".into()), "duplicate_container");
+        bad(
+            |r| r.container_ids.push("C-1".into()),
+            "duplicate_container",
+        );
         bad(|r| r.declared_kg = 0.0, "value_out_of_range");
         bad(|r| r.waste_code = "HW99".into(), "invalid_waste_code");
         bad(|r| r.id = "M 1".into(), "invalid_id");

@@ -69,7 +69,10 @@ impl TerminalState {
     pub fn deadline_ns(&self, terminal: &TerminalId, rules: &Rules) -> Option<i64> {
         let reg = self.registration.as_ref()?;
         let last = self.last.as_ref()?;
-        if self.emitted.contains(&Self::silence_identity(terminal, last)) {
+        if self
+            .emitted
+            .contains(&Self::silence_identity(terminal, last))
+        {
             return None;
         }
         let allowed_s = i64::from(reg.report_interval_s) * i64::from(rules.silence_intervals);
@@ -82,7 +85,13 @@ impl TerminalState {
     }
 
     /// Decides what an event of `terminal` derives.
-    pub fn decide(&self, terminal: &TerminalId, rules: &Rules, event: &Event, at: At) -> Vec<Event> {
+    pub fn decide(
+        &self,
+        terminal: &TerminalId,
+        rules: &Rules,
+        event: &Event,
+        at: At,
+    ) -> Vec<Event> {
         match event {
             Event::ReadingConflicted(c) if &c.reading.terminal_id == terminal => {
                 let causes = vec![ReadingRef {
@@ -264,7 +273,9 @@ mod tests {
     }
 
     fn tick(at_s: i64) -> Event {
-        Event::ClockTicked(ClockTicked { at_ns: T0 + at_s * S })
+        Event::ClockTicked(ClockTicked {
+            at_ns: T0 + at_s * S,
+        })
     }
 
     #[test]
@@ -369,7 +380,10 @@ mod tests {
         let Event::ReadingSuspect(s) = &out[0] else {
             panic!("{out:?}")
         };
-        assert_eq!((s.seq, s.value, s.window_median), (11, 1_500_000, 1_001_000));
+        assert_eq!(
+            (s.seq, s.value, s.window_median),
+            (11, 1_500_000, 1_001_000)
+        );
         // The spike entered the window; the signal returning is not a spike.
         assert!(
             run(

@@ -161,9 +161,12 @@ pub async fn open_manifest(
     require_admin(&st, &headers)?;
     let raw: custodian_events::domain::RawManifest =
         read_json(&headers, body, MANIFEST_BODY_BYTES_MAX).await?;
-    let m = custodian_events::event::ManifestOpened::from_raw(&raw)
-        .map_err(ApiError::unprocessable)?;
-    for (field, e) in [("generator_id", &m.generator_id), ("receiver_id", &m.receiver_id)] {
+    let m =
+        custodian_events::event::ManifestOpened::from_raw(&raw).map_err(ApiError::unprocessable)?;
+    for (field, e) in [
+        ("generator_id", &m.generator_id),
+        ("receiver_id", &m.receiver_id),
+    ] {
         if st.log.lookup(&dedupe_key_enterprise(e))?.is_none() {
             return Err(ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,

@@ -12,7 +12,10 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 /// A fault to inject (tests, simulation): the actor of `key` panics while handling the event at a log
 /// sequence for which the function answers true.
 #[derive(Clone)]
-pub struct Fault(pub Arc<dyn Fn(&AggregateKey, u64) -> bool + Send + Sync>);
+pub struct Fault(pub Arc<FaultFn>);
+
+/// Whether the actor of a key panics at a log sequence.
+pub type FaultFn = dyn Fn(&AggregateKey, u64) -> bool + Send + Sync;
 
 impl fmt::Debug for Fault {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -26,10 +26,14 @@ pub trait SnapshotStore: Send + Sync + 'static {
     ) -> Result<(), String>;
 }
 
+/// A checkpoint and the encoded router at it.
+type Meta = (u64, Vec<u8>);
+type States = BTreeMap<AggregateKey, Vec<u8>>;
+
 /// Snapshots in memory: for tests, and for a deriver that replays from the start after each restart.
 #[derive(Default)]
 pub struct MemorySnapshots {
-    inner: Mutex<(Option<(u64, Vec<u8>)>, BTreeMap<AggregateKey, Vec<u8>>)>,
+    inner: Mutex<(Option<Meta>, States)>,
 }
 
 impl MemorySnapshots {

@@ -156,6 +156,25 @@ pub struct DemoArgs {
 pub enum BenchCommand {
     /// HTTP ingest throughput and latency against a local node, beside the log's own ceiling.
     Ingest(BenchIngestArgs),
+    /// Time from a reading's acknowledgement to its anomaly in the log at a steady load, and the
+    /// actors' memory per live terminal.
+    Detect {
+        #[arg(long, default_value_t = 10_000)]
+        rate: u64,
+        #[arg(long, default_value_t = 100)]
+        terminals: usize,
+        #[arg(long, default_value_t = 10)]
+        batch: usize,
+        #[arg(long, default_value_t = 20)]
+        duration_s: u64,
+        #[arg(long, default_value_t = 3)]
+        warmup_s: u64,
+        /// Live terminals for the memory measurement.
+        #[arg(long, default_value_t = 10_000)]
+        memory_terminals: usize,
+        #[arg(long, default_value = "bench/results")]
+        report_dir: PathBuf,
+    },
     /// SM2 signatures and SM4-GCM on one core.
     Crypto {
         /// Where to keep the Markdown report.
@@ -277,6 +296,27 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Log(LogCommand::Verify { data_dir, config }) => verify(data_dir, config),
+        Command::Bench(BenchCommand::Detect {
+            rate,
+            terminals,
+            batch,
+            duration_s,
+            warmup_s,
+            memory_terminals,
+            report_dir,
+        }) => {
+            crate::bench_detect::detect(crate::bench_detect::DetectBenchOptions {
+                rate,
+                terminals,
+                batch,
+                duration_s,
+                warmup_s,
+                memory_terminals,
+                report_dir: Some(report_dir),
+            })
+            .await?;
+            Ok(())
+        }
         Command::Bench(BenchCommand::Crypto { report_dir }) => {
             crate::bench::crypto(Some(report_dir))?;
             Ok(())

@@ -16,6 +16,7 @@
 
 pub mod api;
 pub mod bench;
+pub mod bench_detect;
 pub mod cli;
 pub mod client;
 pub mod config;

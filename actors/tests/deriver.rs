@@ -94,3 +94,86 @@ async fn anomalies_are_derived_once_and_a_replay_adds_nothing() {
     assert_eq!(anomalies(&log), first, "a replay stores nothing twice");
     replay.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_terminal_falls_silent_while_its_actor_is_passivated() {
+    use custodian_events::event::{ClockTicked, TerminalKind, TerminalRegistered};
+    let dir = tempfile::tempdir().unwrap();
+    let log: Arc<dyn EventLog> = Arc::new(
+        SledLog::open(SledLogConfig::new(dir.path()), Arc::new(FixedClock), None).unwrap(),
+    );
+    let reg = |id: &str| {
+        Proposed::new(Event::TerminalRegistered(TerminalRegistered {
+            id: TerminalId::parse(id).unwrap(),
+            enterprise_id: custodian_events::EnterpriseId::parse("E-1").unwrap(),
+            kind: TerminalKind::LoadCell,
+            capacity_mg: 1_000_000_000,
+            report_interval_s: 10,
+            public_key: None,
+        }))
+    };
+    let reading = |id: &str, seq: u64, at_s: i64| {
+        Proposed::new(Event::ReadingRecorded(Reading {
+            terminal_id: TerminalId::parse(id).unwrap(),
+            seq,
+            measured_at_ns: 1_790_000_000_000_000_000 + at_s * 1_000_000_000,
+            kind: ReadingKind::Level,
+            value: 1_000,
+            container_id: None,
+            stage: None,
+            waste_code: None,
+            manifest_id: None,
+        }))
+    };
+    log.append(vec![reg("QUIET"), reg("BUSY"), reading("QUIET", 1, 0)])
+        .await
+        .unwrap();
+    let sink = Arc::new(LogSink(log.clone()));
+    let deriver = Deriver::start(
+        log.clone(),
+        sink,
+        DeriverConfig {
+            snapshot_every_events: 10,
+            passivate_after_events: 20,
+            read_batch_max: 10,
+            ..DeriverConfig::default()
+        },
+    );
+    // BUSY reports for a while; QUIET's actor idles past the passivation bound and is stopped.
+    for i in 0..60u64 {
+        log.append(vec![reading("BUSY", i + 1, i as i64)])
+            .await
+            .unwrap();
+    }
+    caught_up(&log, &deriver).await;
+    // Both QUIET and the enterprise E-1 (reached only by the registrations) were idle.
+    assert!(
+        deriver
+            .stats
+            .passivations
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 2
+    );
+    // A tick past QUIET's deadline (last reading at 0 s, 3 × 10 s allowed) wakes it from its snapshot.
+    log.append(vec![Proposed::new(Event::ClockTicked(ClockTicked {
+        at_ns: 1_790_000_000_000_000_000 + 59 * 1_000_000_000,
+    }))])
+    .await
+    .unwrap();
+    caught_up(&log, &deriver).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    caught_up(&log, &deriver).await;
+    let silent: Vec<_> = log
+        .read(1, 10_000)
+        .unwrap()
+        .into_iter()
+        .filter_map(|e| match e.event {
+            Event::AnomalyDetected(a) => Some(a),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(silent.len(), 1, "{silent:?}");
+    assert_eq!(silent[0].subject, "terminal:QUIET");
+    assert_eq!(silent[0].kind.name(), "terminal_silent");
+    deriver.stop().await;
+}

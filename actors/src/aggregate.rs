@@ -85,9 +85,7 @@ impl Actor for AggregateActor {
                 {
                     panic!("injected fault in {} at seq {}", run.state.key, at.seq);
                 }
-                let derived = run.state.decide(&run.rules, &event, at);
-                run.state.apply(&run.rules, &event, at);
-                run.state.absorb(&run.rules, &derived, at);
+                let derived = run.state.step(&run.rules, &event, at);
                 let deadline_ns = run.state.deadline_ns(&run.rules);
                 // The caller may have given up; the events are derived again on recovery.
                 let _ = reply.send(Answer {

@@ -42,6 +42,26 @@ pub trait DerivedSink: Send + Sync + 'static {
     fn append(&self, events: Vec<Event>) -> BoxFuture<'_, Result<(), String>>;
 }
 
+/// A sink that appends derived events straight to a log, unsealed: for tests, benchmarks and tools
+/// over a log of their own (the node's sink seals them first).
+pub struct LogSink(pub Arc<dyn EventLog>);
+
+impl DerivedSink for LogSink {
+    fn append(&self, events: Vec<Event>) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            let batch = events
+                .into_iter()
+                .map(custodian_events::log::Proposed::new)
+                .collect();
+            self.0
+                .append(batch)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        })
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct DeriverConfig {
     pub rules: Rules,
@@ -520,9 +540,8 @@ impl Inner {
                         seq: env.seq,
                         recorded_at_ns: env.recorded_at_ns,
                     };
-                    let derived = state.decide(&self.rules, &env.event, at);
-                    state.apply(&self.rules, &env.event, at);
-                    state.absorb(&self.rules, &derived, at);
+                    // What it derives was appended when these events were first processed.
+                    state.step(&self.rules, &env.event, at);
                 }
             }
             from = last + 1;

@@ -19,6 +19,6 @@ mod snapshots;
 mod supervisor;
 
 pub use aggregate::{AggregateActor, AggregateMsg, Answer, Fault};
-pub use deriver::{DerivedSink, Deriver, DeriverConfig, DeriverStats};
+pub use deriver::{DerivedSink, Deriver, DeriverConfig, DeriverStats, LogSink};
 pub use snapshots::{MemorySnapshots, SnapshotStore};
 pub use supervisor::{Supervisor, SupervisorStats};

@@ -4,28 +4,14 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use custodian_actors::{DerivedSink, Deriver, DeriverConfig};
-use custodian_events::log::{BoxFuture, EventLog, Proposed, SledLog, SledLogConfig};
+use custodian_actors::{Deriver, DeriverConfig, LogSink};
+use custodian_events::log::{EventLog, Proposed, SledLog, SledLogConfig};
 use custodian_events::{Clock, ContainerId, Event, Reading, ReadingKind, TerminalId};
 
 struct FixedClock;
 impl Clock for FixedClock {
     fn now_ns(&self) -> i64 {
         1_795_000_000_000_000_000
-    }
-}
-
-struct LogSink(Arc<dyn EventLog>);
-impl DerivedSink for LogSink {
-    fn append(&self, events: Vec<Event>) -> BoxFuture<'_, Result<(), String>> {
-        Box::pin(async move {
-            let batch = events.into_iter().map(Proposed::new).collect();
-            self.0
-                .append(batch)
-                .await
-                .map(|_| ())
-                .map_err(|e| e.to_string())
-        })
     }
 }
 

@@ -14,12 +14,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use custodian_actors::{DerivedSink, Deriver, DeriverConfig, Fault, MemorySnapshots};
+use custodian_actors::{Deriver, DeriverConfig, Fault, LogSink, MemorySnapshots};
 use custodian_events::domain::{AggregateKey, At, Core, Rules};
 use custodian_events::event::{
     ClockTicked, EnterpriseRegistered, ManifestOpened, TerminalKind, TerminalRegistered,
 };
-use custodian_events::log::{BoxFuture, EventLog, Proposed, SledLog, SledLogConfig};
+use custodian_events::log::{EventLog, Proposed, SledLog, SledLogConfig};
 use custodian_events::{
     Clock, ContainerId, EnterpriseId, Event, ManifestId, Reading, ReadingKind, Stage, TerminalId,
 };
@@ -35,20 +35,6 @@ struct StepClock(AtomicU64);
 impl Clock for StepClock {
     fn now_ns(&self) -> i64 {
         T0 + self.0.fetch_add(1, Ordering::Relaxed) as i64 * S
-    }
-}
-
-struct LogSink(Arc<dyn EventLog>);
-impl DerivedSink for LogSink {
-    fn append(&self, events: Vec<Event>) -> BoxFuture<'_, Result<(), String>> {
-        Box::pin(async move {
-            let batch = events.into_iter().map(Proposed::new).collect();
-            self.0
-                .append(batch)
-                .await
-                .map(|_| ())
-                .map_err(|e| e.to_string())
-        })
     }
 }
 

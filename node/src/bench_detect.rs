@@ -16,9 +16,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use custodian_actors::{DerivedSink, Deriver, DeriverConfig};
+use custodian_actors::{Deriver, DeriverConfig, LogSink};
 use custodian_events::event::{EnterpriseRegistered, TerminalKind, TerminalRegistered};
-use custodian_events::log::{BoxFuture, EventLog, Proposed, SledLog, SledLogConfig};
+use custodian_events::log::{EventLog, Proposed, SledLog, SledLogConfig};
 use custodian_events::{ContainerId, EnterpriseId, Event, Reading, ReadingKind, Stage, TerminalId};
 use hdrhistogram::Histogram;
 use serde_json::{Value, json};
@@ -279,19 +279,6 @@ pub async fn detect(opts: DetectBenchOptions) -> anyhow::Result<String> {
         println!("report written to {}", file.display());
     }
     Ok(markdown)
-}
-
-struct LogSink(Arc<dyn EventLog>);
-impl DerivedSink for LogSink {
-    fn append(&self, events: Vec<Event>) -> BoxFuture<'_, Result<(), String>> {
-        Box::pin(async move {
-            self.0
-                .append(events.into_iter().map(Proposed::new).collect())
-                .await
-                .map(|_| ())
-                .map_err(|e| e.to_string())
-        })
-    }
 }
 
 /// RSS growth and encoded state per live terminal, and the live actors, for `n` terminals.

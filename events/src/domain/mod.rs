@@ -175,6 +175,15 @@ impl AggregateState {
         }
     }
 
+    /// Decides on `event`, applies it, and absorbs what it derived: one step of the fold, as the actors,
+    /// the recovery replay and [`Core`] all take it. Answers the derived events.
+    pub fn step(&mut self, rules: &Rules, event: &Event, at: At) -> Vec<Event> {
+        let derived = self.decide(rules, event, at);
+        self.apply(rules, event, at);
+        self.absorb(rules, &derived, at);
+        derived
+    }
+
     /// Applies a recorded event (once: an event at or below `last_seq` is skipped).
     pub fn apply(&mut self, rules: &Rules, event: &Event, at: At) {
         if at.seq <= self.last_seq {
@@ -371,9 +380,7 @@ impl Core {
                 .aggregates
                 .entry(key.clone())
                 .or_insert_with(|| AggregateState::new(key.clone()));
-            let derived = agg.decide(&self.rules, event, at);
-            agg.apply(&self.rules, event, at);
-            agg.absorb(&self.rules, &derived, at);
+            let derived = agg.step(&self.rules, event, at);
             self.router.set_deadline(&key, agg.deadline_ns(&self.rules));
             out.extend(derived);
         }

@@ -246,6 +246,23 @@ pub struct ReadingConflicted {
 }
 
 impl Event {
+    /// Every name [`Event::event_type`] answers.
+    pub const TYPES: [&'static str; 13] = [
+        "EnterpriseRegistered",
+        "TerminalRegistered",
+        "ReadingRecorded",
+        "ReadingConflicted",
+        "TerminalKeyRotated",
+        "TerminalKeyRevoked",
+        "UploadSigned",
+        "DataKeyIssued",
+        "AnomalyDetected",
+        "ManifestOpened",
+        "ManifestProgressed",
+        "ClockTicked",
+        "ReadingSuspect",
+    ];
+
     /// The event type's name as shown over the API.
     pub fn event_type(&self) -> &'static str {
         match self {

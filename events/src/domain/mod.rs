@@ -393,6 +393,12 @@ mod tests {
     use super::*;
 
     #[test]
+    fn every_routed_type_is_an_event_type() {
+        let routed = Event::TYPES.iter().filter(|t| routed_type(t)).count();
+        assert_eq!(routed, 8, "a name in routed_type is misspelt or missing");
+    }
+
+    #[test]
     fn subjects_name_their_aggregates() {
         assert_eq!(
             AggregateKey::of_subject("container:C-9"),

@@ -15,29 +15,12 @@ use axum::body::Body;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use custodian_events::Envelope;
 use custodian_events::reading::format_utc_ns;
+use custodian_events::{Envelope, Event};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{ApiError, AppState, require_admin};
-
-/// Every event type the log can hold (the names `types=` accepts).
-pub const EVENT_TYPES: [&str; 13] = [
-    "EnterpriseRegistered",
-    "TerminalRegistered",
-    "ReadingRecorded",
-    "ReadingConflicted",
-    "TerminalKeyRotated",
-    "TerminalKeyRevoked",
-    "UploadSigned",
-    "DataKeyIssued",
-    "AnomalyDetected",
-    "ManifestOpened",
-    "ManifestProgressed",
-    "ClockTicked",
-    "ReadingSuspect",
-];
 
 /// Events read from the log per step of the stream.
 const STEP_EVENTS: usize = 500;
@@ -78,11 +61,14 @@ pub async fn stream(
         Some(list) => {
             let mut set = BTreeSet::new();
             for t in list.split(',').map(str::trim).filter(|t| !t.is_empty()) {
-                if !EVENT_TYPES.contains(&t) {
+                if !Event::TYPES.contains(&t) {
                     return Err(ApiError::new(
                         StatusCode::BAD_REQUEST,
                         "unknown_event_type",
-                        format!("types names {t:?}; known types: {}", EVENT_TYPES.join(", ")),
+                        format!(
+                            "types names {t:?}; known types: {}",
+                            Event::TYPES.join(", ")
+                        ),
                     ));
                 }
                 set.insert(t.to_owned());
@@ -119,11 +105,11 @@ async fn next_chunk(mut c: Cursor) -> Option<(Result<Vec<u8>, std::io::Error>, C
         }
         let log = c.st.log.clone();
         let (from, types) = (c.from, c.types.clone());
-        let step = STEP_EVENTS.min(c.left.min(STEP_EVENTS as u64) as usize);
+        let step = c.left.min(STEP_EVENTS as u64) as usize;
+        // With a type filter, scan further per step (skipped records are not opened).
+        let scan = if types.is_some() { step * 20 } else { step };
         let read = tokio::task::spawn_blocking(move || {
             let want = |t: &str| types.as_ref().is_none_or(|set| set.contains(t));
-            // With a type filter, scan further per step (skipped records are not opened).
-            let scan = if c_has_filter(&want) { step * 20 } else { step };
             log.read_where(from, scan, &want)
         })
         .await;
@@ -153,10 +139,6 @@ async fn next_chunk(mut c: Cursor) -> Option<(Result<Vec<u8>, std::io::Error>, C
             return Some((Ok(out), c));
         }
     }
-}
-
-fn c_has_filter(want: &dyn Fn(&str) -> bool) -> bool {
-    !EVENT_TYPES.iter().all(|t| want(t))
 }
 
 pub fn event_json(e: &Envelope) -> Value {

@@ -122,12 +122,7 @@ pub async fn ingest(opts: IngestBenchOptions) -> anyhow::Result<IngestBenchRepor
     if let Some(dir) = &opts.report_dir {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("cannot create report dir {}", dir.display()))?;
-        let stamp = time::OffsetDateTime::now_utc()
-            .format(time::macros::format_description!(
-                "[year][month][day]-[hour][minute][second]"
-            ))
-            .expect("formatting a timestamp");
-        let file = dir.join(format!("ingest-{stamp}.md"));
+        let file = dir.join(format!("ingest-{}.md", stamp()));
         std::fs::write(&file, &markdown)
             .with_context(|| format!("cannot write {}", file.display()))?;
         println!("report written to {}", file.display());
@@ -501,7 +496,8 @@ pub fn crypto(report_dir: Option<PathBuf>) -> anyhow::Result<String> {
     Ok(markdown)
 }
 
-fn stamp() -> String {
+/// The UTC time as `YYYYMMDD-HHMMSS`, naming report files.
+pub(crate) fn stamp() -> String {
     time::OffsetDateTime::now_utc()
         .format(time::macros::format_description!(
             "[year][month][day]-[hour][minute][second]"

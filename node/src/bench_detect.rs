@@ -23,6 +23,7 @@ use custodian_events::{ContainerId, EnterpriseId, Event, Reading, ReadingKind, S
 use hdrhistogram::Histogram;
 use serde_json::{Value, json};
 
+use crate::bench::stamp;
 use crate::client::NodeClient;
 use crate::config::Config;
 use crate::server::{Node, SystemClock};
@@ -363,12 +364,4 @@ async fn memory(n: usize) -> anyhow::Result<(f64, f64, u64)> {
         state_bytes as f64 / n as f64,
         live,
     ))
-}
-
-fn stamp() -> String {
-    time::OffsetDateTime::now_utc()
-        .format(time::macros::format_description!(
-            "[year][month][day]-[hour][minute][second]"
-        ))
-        .expect("formatting a timestamp")
 }

@@ -75,6 +75,7 @@ fn setup() -> Vec<Event> {
         terminal("L-1", "E-1", TerminalKind::LoadCell),
         terminal("R-1", "E-2", TerminalKind::Scale),
         Event::ManifestOpened(ManifestOpened {
+            notes: None,
             id: ManifestId::parse("M-1").unwrap(),
             generator_id: eid("E-1"),
             receiver_id: eid("E-2"),

@@ -55,6 +55,8 @@ pub enum Event {
     /// A reading that a statistical filter (Hampel, over the terminal's recent readings) found out of line:
     /// flagged, never dropped. Derived.
     ReadingSuspect(ReadingSuspect),
+    /// An inspection note (free text) filed about an enterprise or one of its containers.
+    NoteFiled(NoteFiled),
 }
 
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
@@ -66,6 +68,27 @@ pub struct ManifestOpened {
     /// Sorted, without repeats.
     pub container_ids: Vec<ContainerId>,
     pub declared_mg: i64,
+    /// Free text the administrator filed with the order (searchable), at most `NOTE_CHARS_MAX` characters.
+    pub notes: Option<String>,
+}
+
+/// The longest note or manifest remark accepted, in characters.
+pub const NOTE_CHARS_MAX: usize = 4_000;
+
+/// The longest author name of a note, in characters.
+pub const AUTHOR_CHARS_MAX: usize = 200;
+
+/// An inspection note filed by a person about an enterprise, optionally about one of its containers
+/// (`POST /v1/notes`). Notes are facts like any other: kept in the log, sealed under the enterprise's data
+/// key, indexed for search. They have no dedupe key: filing the same words twice is two notes.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct NoteFiled {
+    pub enterprise_id: EnterpriseId,
+    pub container_id: Option<ContainerId>,
+    pub author: String,
+    pub text: String,
+    /// When the node accepted it, UTC ns.
+    pub filed_at_ns: i64,
 }
 
 #[derive(
@@ -247,7 +270,7 @@ pub struct ReadingConflicted {
 
 impl Event {
     /// Every name [`Event::event_type`] answers.
-    pub const TYPES: [&'static str; 13] = [
+    pub const TYPES: [&'static str; 14] = [
         "EnterpriseRegistered",
         "TerminalRegistered",
         "ReadingRecorded",
@@ -261,6 +284,7 @@ impl Event {
         "ManifestProgressed",
         "ClockTicked",
         "ReadingSuspect",
+        "NoteFiled",
     ];
 
     /// The event type's name as shown over the API.
@@ -279,6 +303,7 @@ impl Event {
             Event::ManifestProgressed(_) => "ManifestProgressed",
             Event::ClockTicked(_) => "ClockTicked",
             Event::ReadingSuspect(_) => "ReadingSuspect",
+            Event::NoteFiled(_) => "NoteFiled",
         }
     }
 
@@ -298,6 +323,7 @@ impl Event {
             Event::ManifestProgressed(m) => format!("manifest:{}", m.manifest_id),
             Event::ClockTicked(_) => "clock".to_owned(),
             Event::ReadingSuspect(r) => format!("terminal:{}", r.terminal_id),
+            Event::NoteFiled(n) => format!("enterprise:{}", n.enterprise_id),
         }
     }
 
@@ -354,6 +380,7 @@ impl Event {
                 .concat(),
                 slot: r.seq,
             }),
+            Event::NoteFiled(_) => None,
         }
     }
 
@@ -436,7 +463,8 @@ impl Event {
                     ),
                 ),
                 ("declared_mg", Jcs::Int(m.declared_mg)),
-            ]),
+            ])
+            .with_optional("notes", m.notes.as_deref().map(Jcs::str)),
             Event::ManifestProgressed(m) => Jcs::obj(vec![
                 ("manifest_id", Jcs::str(m.manifest_id.as_str())),
                 ("status", Jcs::str(m.status.name())),
@@ -459,6 +487,16 @@ impl Event {
                 ("window_mad", Jcs::Int(r.window_mad)),
                 ("cause_seq", Jcs::Int(r.cause_seq as i64)),
             ]),
+            Event::NoteFiled(n) => Jcs::obj(vec![
+                ("enterprise_id", Jcs::str(n.enterprise_id.as_str())),
+                ("author", Jcs::str(n.author.as_str())),
+                ("text", Jcs::str(n.text.as_str())),
+                ("filed_at", Jcs::Str(format_utc_ns(n.filed_at_ns))),
+            ])
+            .with_optional(
+                "container_id",
+                n.container_id.as_ref().map(|c| Jcs::str(c.as_str())),
+            ),
         }
     }
 }

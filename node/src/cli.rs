@@ -48,6 +48,31 @@ pub enum Command {
     /// The SM2/SM4 digital envelope, on stdin and stdout.
     #[command(subcommand)]
     Envelope(EnvelopeCommand),
+    /// The read models of a running node: status, rebuild.
+    #[command(subcommand)]
+    Projections(ProjectionsCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ProjectionsCommand {
+    /// Checkpoint, lag and state of each read model.
+    Status {
+        #[command(flatten)]
+        node: NodeArgs,
+        /// Print the node's JSON answer instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Rebuild a read model (postgres, influx or search) from sequence 0 into a shadow copy, which replaces
+    /// the live one once it has caught up; shows progress until then.
+    Rebuild {
+        name: String,
+        #[command(flatten)]
+        node: NodeArgs,
+        /// Start the rebuild and return at once.
+        #[arg(long)]
+        no_wait: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -124,6 +149,13 @@ pub struct ServeArgs {
     /// A TOML file with settings; environment variables `CUSTODIAN_*` override it, flags override both.
     #[arg(long)]
     pub config: Option<PathBuf>,
+    /// The PostgreSQL database of the business read model
+    /// [default: postgres://postgres@127.0.0.1:5432/custodian].
+    #[arg(long)]
+    pub postgres_url: Option<String>,
+    /// The InfluxDB server of the readings [default: http://127.0.0.1:8086].
+    #[arg(long)]
+    pub influx_url: Option<String>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -323,6 +355,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Keys(cmd) => crate::keys_cli::run(cmd).await,
         Command::Envelope(cmd) => crate::keys_cli::envelope(cmd),
+        Command::Projections(cmd) => projections(cmd).await,
     }
 }
 
@@ -333,6 +366,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     if let Some(dir) = args.data_dir {
         config.data_dir = dir;
+    }
+    if let Some(url) = args.postgres_url {
+        config.projections.postgres_url = url;
+    }
+    if let Some(url) = args.influx_url {
+        config.projections.influx_url = url;
     }
     let mut node = Node::start(config).await?;
     println!("custodian node listening on {}", node.url());
@@ -380,4 +419,103 @@ fn verify(data_dir: PathBuf, config: Option<PathBuf>) -> anyhow::Result<()> {
         data_dir.display()
     );
     Ok(())
+}
+
+async fn projections(cmd: ProjectionsCommand) -> anyhow::Result<()> {
+    match cmd {
+        ProjectionsCommand::Status { node, json } => {
+            let client = NodeClient::new(node.node, node.admin_token);
+            let all = client
+                .projections()
+                .await
+                .with_context(|| format!("cannot read the projections of {}", client.base()))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&all)?);
+                return Ok(());
+            }
+            println!("log last_seq {}", all["last_seq"]);
+            println!(
+                "{:<9} {:<8} {:>4} {:>10} {:>9} {:>12}  target",
+                "name", "state", "gen", "checkpoint", "lag", "applied"
+            );
+            for p in all["projections"].as_array().into_iter().flatten() {
+                println!(
+                    "{:<9} {:<8} {:>4} {:>10} {:>9} {:>12}  {}",
+                    p["name"].as_str().unwrap_or("?"),
+                    p["state"].as_str().unwrap_or("?"),
+                    p["generation"].to_string(),
+                    p["checkpoint"].to_string(),
+                    p["lag_events"].to_string(),
+                    p["applied_events_total"].to_string(),
+                    p["target"].as_str().unwrap_or("")
+                );
+                if let Some(e) = p["last_error"].as_str().filter(|_| p["state"] == "failing") {
+                    println!("          error: {e}");
+                }
+                if let Some(r) = p["rebuild"].as_object() {
+                    println!(
+                        "          rebuilding into generation {}: {}/{}",
+                        r["generation"], r["checkpoint"], r["head"]
+                    );
+                }
+            }
+            Ok(())
+        }
+        ProjectionsCommand::Rebuild {
+            name,
+            node,
+            no_wait,
+        } => {
+            let client = NodeClient::new(node.node, node.admin_token);
+            let generation = client
+                .rebuild_projection(&name)
+                .await
+                .with_context(|| format!("{} refused to rebuild {name}", client.base()))?;
+            eprintln!("rebuilding {name} into generation {generation}");
+            if no_wait {
+                return Ok(());
+            }
+            let started = std::time::Instant::now();
+            loop {
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                let Some(p) = client.projection(&name).await? else {
+                    anyhow::bail!("the node no longer runs {name}");
+                };
+                if p["last_rebuild"]["generation"].as_u64() == Some(generation)
+                    && p["rebuild"].is_null()
+                {
+                    eprintln!(
+                        "\r{}\n{name}: generation {generation} is live ({} events in {:.1} s)",
+                        progress_bar(1, 1),
+                        p["last_rebuild"]["events"],
+                        started.elapsed().as_secs_f64()
+                    );
+                    return Ok(());
+                }
+                let done = p["rebuild"]["checkpoint"].as_u64().unwrap_or(0);
+                let head = p["rebuild"]["head"].as_u64().unwrap_or(0).max(1);
+                eprint!(
+                    "\r{} {done}/{head} events, {:.0} s",
+                    progress_bar(done, head),
+                    started.elapsed().as_secs_f64()
+                );
+                if p["state"] == "failing" {
+                    eprint!(" (waiting: {})", p["last_error"].as_str().unwrap_or("?"));
+                }
+            }
+        }
+    }
+}
+
+/// `[#########...........]  45%`
+fn progress_bar(done: u64, total: u64) -> String {
+    const WIDTH: u64 = 30;
+    let total = total.max(1);
+    let filled = (done.min(total) * WIDTH / total) as usize;
+    format!(
+        "[{}{}] {:>3}%",
+        "#".repeat(filled),
+        ".".repeat(WIDTH as usize - filled),
+        done.min(total) * 100 / total
+    )
 }

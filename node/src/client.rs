@@ -72,6 +72,49 @@ impl NodeClient {
         Ok((status, resp.json().await.unwrap_or(Value::Null)))
     }
 
+    /// GETs a path with the admin token; a non-2xx answer is an error.
+    pub async fn get_admin(&self, path: &str) -> Result<Value, ClientError> {
+        let resp = self
+            .admin(self.http.get(format!("{}{path}", self.base)))
+            .send()
+            .await?;
+        let status = resp.status().as_u16();
+        let body = resp.json().await.unwrap_or(Value::Null);
+        if (200..300).contains(&status) {
+            Ok(body)
+        } else {
+            Err(ClientError::Status { status, body })
+        }
+    }
+
+    /// `GET /v1/admin/projections`.
+    pub async fn projections(&self) -> Result<Value, ClientError> {
+        self.get_admin("/v1/admin/projections").await
+    }
+
+    /// The status of one projection, if the node runs it.
+    pub async fn projection(&self, name: &str) -> Result<Option<Value>, ClientError> {
+        let all = self.projections().await?;
+        Ok(all["projections"]
+            .as_array()
+            .and_then(|a| a.iter().find(|p| p["name"] == name))
+            .cloned())
+    }
+
+    /// `POST /v1/admin/projections/{name}/rebuild`: the new generation.
+    pub async fn rebuild_projection(&self, name: &str) -> Result<u64, ClientError> {
+        match self
+            .post_admin(
+                &format!("/v1/admin/projections/{name}/rebuild"),
+                &Value::Null,
+            )
+            .await?
+        {
+            (202, v) => Ok(v["generation"].as_u64().unwrap_or(0)),
+            (status, body) => Err(ClientError::Status { status, body }),
+        }
+    }
+
     /// Registers, accepting 200 (already registered alike) and 201 (new).
     pub async fn register(&self, path: &str, body: &Value) -> Result<Value, ClientError> {
         match self.post_admin(path, body).await? {

@@ -29,6 +29,52 @@ pub struct Config {
     pub ingest: IngestConfig,
     pub log: LogConfig,
     pub derive: DeriveConfig,
+    pub projections: ProjectionsConfig,
+}
+
+/// The read models built from the log.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProjectionsConfig {
+    /// The business model in PostgreSQL.
+    pub postgres_enabled: bool,
+    /// The database (made when missing) holding the model's schemas.
+    pub postgres_url: String,
+    /// The schemas' common name: generation N lives in `<it>_gN`.
+    pub postgres_schema: String,
+    /// The readings in InfluxDB.
+    pub influx_enabled: bool,
+    pub influx_url: String,
+    /// `{ dialect = "v1", database = "custodian" }` (InfluxDB 1.x, or 2.x/3.x's v1 API), or
+    /// `{ dialect = "v2", org = "…", bucket = "…", token = "…" }` (unverified against a real 2.x server).
+    pub influx: custodian_projections::influx::Dialect,
+    /// The full-text index of anomalies, manifest notes and inspection notes (in `DATA_DIR/search`).
+    pub search_enabled: bool,
+    /// Most log records a projection takes per batch.
+    pub batch_events_max: usize,
+    /// The longest wait between retries of a failing backend, in ms (the wait doubles from 200 ms).
+    pub backoff_max_ms: u64,
+}
+
+impl Default for ProjectionsConfig {
+    fn default() -> Self {
+        ProjectionsConfig {
+            postgres_enabled: true,
+            postgres_url: "postgres://postgres@127.0.0.1:5432/custodian".into(),
+            postgres_schema: "custodian".into(),
+            influx_enabled: true,
+            influx_url: "http://127.0.0.1:8086".into(),
+            influx: custodian_projections::influx::Dialect::V1 {
+                database: "custodian".into(),
+                retention_policy: None,
+                username: None,
+                password: None,
+            },
+            search_enabled: true,
+            batch_events_max: 5_000,
+            backoff_max_ms: 10_000,
+        }
+    }
 }
 
 /// The domain core running over the log.
@@ -137,6 +183,7 @@ impl Default for Config {
             ingest: IngestConfig::default(),
             log: LogConfig::default(),
             derive: DeriveConfig::default(),
+            projections: ProjectionsConfig::default(),
         }
     }
 }
@@ -166,7 +213,7 @@ impl Default for LogConfig {
 /// The top-level keys a `CUSTODIAN_*` environment variable may set. Other `CUSTODIAN_*` variables belong
 /// to other tools (`CUSTODIAN_NODE` to the CLI, `CUSTODIAN_PYTHON` to the tests, ...) and are ignored; a
 /// typo inside a section (`CUSTODIAN_INGEST__BATCH_READINGS`) is still refused.
-const CONFIG_KEYS: [&str; 8] = [
+const CONFIG_KEYS: [&str; 9] = [
     "listen",
     "data_dir",
     "admin_token",
@@ -175,6 +222,7 @@ const CONFIG_KEYS: [&str; 8] = [
     "ingest",
     "log",
     "derive",
+    "projections",
 ];
 
 impl Config {
@@ -217,6 +265,10 @@ impl Config {
         anyhow::ensure!(
             self.log.group_events_max >= 1,
             "log.group_events_max must be at least 1"
+        );
+        anyhow::ensure!(
+            (1..=100_000).contains(&self.projections.batch_events_max),
+            "projections.batch_events_max must lie in 1 ..= 100000"
         );
         if let Some(t) = &self.admin_token {
             anyhow::ensure!(

@@ -152,6 +152,78 @@ pub fn sample(text: &str, name: &str) -> Option<f64> {
     found
 }
 
+/// The read models' figures: checkpoint, lag (events and the last batch's age), throughput counters, and
+/// whether each is failing or rebuilding.
+pub fn render_projections(
+    out: &mut String,
+    list: &[custodian_projections::runner::ProjectionStatus],
+) {
+    type Get = fn(&custodian_projections::runner::ProjectionStatus) -> f64;
+    let families: [(&str, &str, &str, Get); 7] = [
+        (
+            "custodian_projection_checkpoint",
+            "gauge",
+            "The last log sequence the read model holds.",
+            |p| p.checkpoint as f64,
+        ),
+        (
+            "custodian_projection_lag_events",
+            "gauge",
+            "Log events the read model has yet to apply.",
+            |p| p.lag_events as f64,
+        ),
+        (
+            "custodian_projection_lag_seconds",
+            "gauge",
+            "Age of the oldest event of the last batch when it was committed.",
+            |p| p.last_batch_lag_ms.unwrap_or(0) as f64 / 1000.0,
+        ),
+        (
+            "custodian_projection_applied_events_total",
+            "counter",
+            "Events applied to the live read model (rate = throughput).",
+            |p| p.applied_events_total as f64,
+        ),
+        (
+            "custodian_projection_batches_total",
+            "counter",
+            "Batches committed to the live read model.",
+            |p| p.batches_total as f64,
+        ),
+        (
+            "custodian_projection_failures_total",
+            "counter",
+            "Failed attempts (each retried with backoff).",
+            |p| p.failures_total as f64,
+        ),
+        (
+            "custodian_projection_failing",
+            "gauge",
+            "1 while the read model's backend fails.",
+            |p| f64::from(u8::from(p.state == "failing")),
+        ),
+    ];
+    for (name, kind, help, get) in families {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for p in list {
+            let _ = writeln!(out, "{name}{{projection=\"{}\"}} {}", p.name, get(p));
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP custodian_projection_rebuild_checkpoint Where a running rebuild has got to.\n# TYPE custodian_projection_rebuild_checkpoint gauge"
+    );
+    for p in list {
+        if let Some(r) = &p.rebuild {
+            let _ = writeln!(
+                out,
+                "custodian_projection_rebuild_checkpoint{{projection=\"{}\",generation=\"{}\"}} {}",
+                p.name, r.generation, r.checkpoint
+            );
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

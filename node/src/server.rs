@@ -93,6 +93,7 @@ impl Node {
         let state = Arc::new(AppState {
             derived_seq: derived_seq.clone(),
             deriver_stats: std::sync::OnceLock::new(),
+            projections: std::sync::OnceLock::new(),
             log,
             registry: Registry::new(config.ingest.terminal_cache_entries_max),
             clock,
@@ -128,6 +129,9 @@ impl Node {
         if let Some(d) = &deriver {
             let _ = state.deriver_stats.set(d.stats.clone());
         }
+        let _ = state
+            .projections
+            .set(start_projections(&state, data_dir.path()).await?);
         let ticker = (state.config.derive.enabled && state.config.derive.tick_interval_s > 0)
             .then(|| tokio::spawn(tick(Arc::downgrade(&state))));
         let listener = tokio::net::TcpListener::bind(state.config.listen)
@@ -177,6 +181,9 @@ impl Node {
         if let Some(d) = self.deriver.take() {
             d.stop().await;
         }
+        for p in self.state.projections.get().into_iter().flatten() {
+            p.stop().await;
+        }
         Ok(())
     }
 
@@ -185,6 +192,73 @@ impl Node {
         (&mut self.server).await??;
         Ok(())
     }
+}
+
+/// Starts the read models that are enabled, each tailing the log from its own checkpoint. A backend that
+/// is down does not stop the node: its projection waits and retries, and the log keeps everything.
+async fn start_projections(
+    state: &Arc<AppState>,
+    data_dir: &std::path::Path,
+) -> anyhow::Result<Vec<custodian_projections::runner::RunnerHandle>> {
+    use custodian_projections::runner::{Family, RunnerConfig};
+    let c = &state.config.projections;
+    if !(c.postgres_enabled || c.influx_enabled || c.search_enabled) {
+        return Ok(Vec::new());
+    }
+    let log = state.log.clone();
+    let directory = tokio::task::spawn_blocking(move || {
+        custodian_projections::directory::Directory::load(log.as_ref())
+    })
+    .await?
+    .context("cannot read the registrations from the event log")?;
+    let directory = Arc::new(std::sync::RwLock::new(directory));
+    let state_dir = data_dir.join("projections");
+    let mut families: Vec<Arc<dyn Family>> = Vec::new();
+    if c.postgres_enabled {
+        families.push(Arc::new(
+            custodian_projections::postgres::PgFamily::new(
+                &c.postgres_url,
+                &c.postgres_schema,
+                directory.clone(),
+            )
+            .map_err(anyhow::Error::msg)?,
+        ));
+    }
+    if c.influx_enabled {
+        let client =
+            custodian_projections::influx::InfluxClient::new(&c.influx_url, c.influx.clone());
+        families.push(Arc::new(
+            custodian_projections::readings::InfluxFamily::new(
+                client,
+                &state_dir,
+                state.log.clone(),
+                directory.clone(),
+            ),
+        ));
+    }
+    if c.search_enabled {
+        families.push(Arc::new(custodian_projections::text::SearchFamily::new(
+            data_dir.join("search"),
+            &state_dir,
+            directory.clone(),
+        )));
+    }
+    let config = RunnerConfig {
+        batch_events_max: c.batch_events_max,
+        backoff_max: std::time::Duration::from_millis(c.backoff_max_ms.max(200)),
+        ..Default::default()
+    };
+    Ok(families
+        .into_iter()
+        .map(|f| {
+            custodian_projections::runner::spawn(
+                state.log.clone(),
+                f,
+                directory.clone(),
+                config.clone(),
+            )
+        })
+        .collect())
 }
 
 /// Appends `ClockTicked` every `derive.tick_interval_s`, at multiples of the interval (so ticks of two

@@ -1,7 +1,17 @@
 //! # custodian-projections
 //!
-//! Will own the projection runner with checkpoints and the read models it feeds: PostgreSQL (sqlx,
-//! migrations), InfluxDB, the tantivy search index, the query functions over them and the moka cache
-//! (issue "Projections"). Empty today: the log is the only store.
+//! The read models built from the event log, each tailing it from its own checkpoint: PostgreSQL (business
+//! data, sqlx with migrations), InfluxDB (readings as time series) and a tantivy index of the platform's
+//! text. Each can be dropped and rebuilt from the log.
 //!
 //! Must not contain HTTP routing.
+
+pub mod describe;
+pub mod directory;
+pub mod influx;
+pub mod pointer;
+pub mod postgres;
+pub mod readings;
+pub mod runner;
+pub mod search;
+pub mod text;

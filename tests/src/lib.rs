@@ -5,6 +5,8 @@
 //!
 //! This library holds the harness the tests share.
 
+pub mod private_services;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -59,6 +61,10 @@ pub async fn start_node(dir: &Path, tweak: impl FnOnce(&mut Config)) -> (Node, N
     };
     // No clock ticks unless a test asks for them: they would interleave with the exact logs tests check.
     config.derive.tick_interval_s = 0;
+    // No read models unless a test asks for them (see `ReadModels`): each test gets its own databases.
+    config.projections.postgres_enabled = false;
+    config.projections.influx_enabled = false;
+    config.projections.search_enabled = false;
     tweak(&mut config);
     let node = Node::start(config).await.expect("starting a node");
     let client = NodeClient::new(node.url(), Some(ADMIN_TOKEN.into()));
@@ -291,4 +297,127 @@ pub fn check_log(events: &[Value]) -> BTreeMap<(String, u64), u64> {
         }
     }
     stored
+}
+
+/// A test's own PostgreSQL database and InfluxDB database (on the shared servers unless told otherwise),
+/// named after the test and a random suffix, dropped by [`ReadModels::drop_all`].
+pub struct ReadModels {
+    pub name: String,
+    pub postgres_server: String,
+    pub influx_url: String,
+}
+
+impl ReadModels {
+    /// Databases `custodian_t_<tag>_<random>` on the shared servers (127.0.0.1:5432 and :8086).
+    pub fn new(tag: &str) -> ReadModels {
+        ReadModels::on(
+            tag,
+            "postgres://postgres@127.0.0.1:5432",
+            "http://127.0.0.1:8086",
+        )
+    }
+
+    /// The same on other servers (`postgres_server` without a database name).
+    pub fn on(tag: &str, postgres_server: &str, influx_url: &str) -> ReadModels {
+        ReadModels {
+            name: format!("custodian_t_{tag}_{:08x}", rand::random::<u32>()),
+            postgres_server: postgres_server.trim_end_matches('/').to_owned(),
+            influx_url: influx_url.to_owned(),
+        }
+    }
+
+    pub fn postgres_url(&self) -> String {
+        format!("{}/{}", self.postgres_server, self.name)
+    }
+
+    /// Turns on all three read models in `config`, writing to this test's databases.
+    pub fn enable(&self, config: &mut Config) {
+        let p = &mut config.projections;
+        p.postgres_enabled = true;
+        p.influx_enabled = true;
+        p.search_enabled = true;
+        p.postgres_url = self.postgres_url();
+        p.influx_url = self.influx_url.clone();
+        p.influx = custodian_projections::influx::Dialect::V1 {
+            database: self.name.clone(),
+            retention_policy: None,
+            username: None,
+            password: None,
+        };
+        p.backoff_max_ms = 1_000;
+    }
+
+    /// A connection pool to the test's database.
+    pub async fn pool(&self) -> sqlx::PgPool {
+        sqlx::postgres::PgPoolOptions::new()
+            .max_connections(2)
+            .connect(&self.postgres_url())
+            .await
+            .expect("connecting to the test's PostgreSQL database")
+    }
+
+    /// An InfluxDB client for generation 1's database (`database` for another).
+    pub fn influx(&self, database: Option<&str>) -> custodian_projections::influx::InfluxClient {
+        custodian_projections::influx::InfluxClient::new(
+            &self.influx_url,
+            custodian_projections::influx::Dialect::V1 {
+                database: database.unwrap_or(&self.name).to_owned(),
+                retention_policy: None,
+                username: None,
+                password: None,
+            },
+        )
+    }
+
+    /// Drops the test's databases (after its node has stopped).
+    pub async fn drop_all(&self) {
+        if let Ok(mut c) = <sqlx::PgConnection as sqlx::Connection>::connect(&format!(
+            "{}/postgres",
+            self.postgres_server
+        ))
+        .await
+        {
+            let _ = sqlx::Executor::execute(
+                &mut c,
+                sqlx::AssertSqlSafe(format!(
+                    "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+                    self.name
+                )),
+            )
+            .await;
+        }
+        for db in [
+            self.name.clone(),
+            format!("{}_g2", self.name),
+            format!("{}_g3", self.name),
+        ] {
+            let _ = self.influx(Some(&db)).drop_target().await;
+        }
+    }
+}
+
+/// Waits until every read model of the node holds the whole log and the domain core has caught up too
+/// (derived events land in the log after the readings that caused them).
+pub async fn wait_projected(client: &NodeClient, within: Duration) -> Value {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let h = client.healthz().await.expect("healthz");
+        let p = client.projections().await.expect("projections status");
+        let last = h["last_seq"].as_u64().unwrap_or(0);
+        let all_caught_up = h["derived_seq"] == h["last_seq"]
+            && p["projections"].as_array().is_some_and(|a| {
+                a.iter()
+                    .all(|x| x["checkpoint"].as_u64() == Some(last) && x["rebuild"].is_null())
+            });
+        if all_caught_up
+            && client.healthz().await.expect("healthz")["last_seq"].as_u64() == Some(last)
+        {
+            return p;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the read models did not catch up with the log (last_seq {last}) in {within:?}: {p}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

@@ -32,6 +32,8 @@ pub struct RawManifest {
     pub waste_code: String,
     pub container_ids: Vec<String>,
     pub declared_kg: f64,
+    #[serde(default)]
+    pub notes: Option<String>,
 }
 
 impl ManifestOpened {
@@ -85,7 +87,21 @@ impl ManifestOpened {
                 format!("declared_kg {kg} is outside (0, {CAPACITY_KG_MAX}]"),
             ));
         }
+        let notes = match raw.notes.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(n) if n.chars().count() > crate::event::NOTE_CHARS_MAX => {
+                return Err(Rejection::new(
+                    "value_out_of_range",
+                    format!(
+                        "notes has more than {} characters",
+                        crate::event::NOTE_CHARS_MAX
+                    ),
+                ));
+            }
+            Some(n) => Some(n.to_owned()),
+        };
         Ok(ManifestOpened {
+            notes,
             id,
             generator_id,
             receiver_id,
@@ -294,6 +310,7 @@ mod tests {
             waste_code: "HW08".into(),
             container_ids: vec!["C-2".into(), "C-1".into()],
             declared_kg: 200.0,
+            notes: None,
         }
     }
 

@@ -41,6 +41,8 @@ pub struct AppState {
     pub derived_seq: Arc<std::sync::atomic::AtomicU64>,
     /// The deriver's counters, once it runs.
     pub deriver_stats: std::sync::OnceLock<Arc<custodian_actors::DeriverStats>>,
+    /// The read models' runners, once started.
+    pub projections: std::sync::OnceLock<Vec<custodian_projections::runner::RunnerHandle>>,
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
@@ -50,6 +52,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/enterprises", post(registry::register_enterprise))
         .route("/v1/terminals", post(registry::register_terminal))
         .route("/v1/manifests", post(registry::open_manifest))
+        .route("/v1/notes", post(registry::file_note))
         .route(
             "/v1/terminals/{id}/keys",
             post(registry::rotate_terminal_key),
@@ -59,6 +62,12 @@ pub fn router(state: Arc<AppState>) -> Router {
             post(registry::revoke_terminal_key),
         )
         .route("/v1/admin/data-keys/{scope}/rotate", post(rotate_data_key))
+        .route("/v1/admin/projections", get(projections_status))
+        .route("/v1/admin/search", get(search))
+        .route(
+            "/v1/admin/projections/{name}/rebuild",
+            post(rebuild_projection),
+        )
         .route("/v1/uploads", post(ingest::upload))
         .route("/v1/events", get(events::stream))
         .fallback(not_found)
@@ -88,10 +97,16 @@ async fn healthz(State(st): State<Arc<AppState>>) -> impl IntoResponse {
 
 async fn metrics(State(st): State<Arc<AppState>>) -> impl IntoResponse {
     let size = st.log.size_on_disk().ok();
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        st.metrics.render(st.log.last_seq(), size),
-    )
+    let mut text = st.metrics.render(st.log.last_seq(), size);
+    let projections: Vec<_> = st
+        .projections
+        .get()
+        .into_iter()
+        .flatten()
+        .map(|p| p.status())
+        .collect();
+    crate::metrics::render_projections(&mut text, &projections);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
 }
 
 /// `POST /v1/admin/data-keys/{scope}/rotate`: new events of `scope` are sealed with a new data key.
@@ -114,6 +129,135 @@ async fn rotate_data_key(
         axum::Json(
             serde_json::json!({ "scope": scope, "key_id": key.id, "generation": key.generation }),
         ),
+    ))
+}
+
+/// `GET /v1/admin/projections`: checkpoint, lag, state and any rebuild of each read model.
+async fn projections_status(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+) -> Result<impl IntoResponse, ApiError> {
+    require_admin(&st, &headers)?;
+    let list: Vec<_> = st
+        .projections
+        .get()
+        .into_iter()
+        .flatten()
+        .map(|p| p.status())
+        .collect();
+    Ok(axum::Json(serde_json::json!({
+        "last_seq": st.log.last_seq(),
+        "projections": list,
+    })))
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SearchQuery {
+    q: String,
+    #[serde(default)]
+    enterprise_id: Option<String>,
+    #[serde(default)]
+    province_code: Option<String>,
+    #[serde(default)]
+    kind: Option<String>,
+    #[serde(default)]
+    limit: Option<usize>,
+}
+
+/// The most hits one search answers.
+const SEARCH_LIMIT_MAX: usize = 200;
+
+/// `GET /v1/admin/search?q=…&enterprise_id=…&province_code=…&kind=…&limit=…` (admin): full-text search of
+/// anomaly descriptions, manifest notes and inspection notes, Chinese words included. Regulators' scoped
+/// search is part of the query API.
+async fn search(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    query: Result<axum::extract::Query<SearchQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<impl IntoResponse, ApiError> {
+    require_admin(&st, &headers)?;
+    let axum::extract::Query(q) = query
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))?;
+    if q.q.trim().is_empty() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+            "q must hold at least one word",
+        ));
+    }
+    let limit = q.limit.unwrap_or(20);
+    if !(1..=SEARCH_LIMIT_MAX).contains(&limit) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+            format!("limit must lie in 1 ..= {SEARCH_LIMIT_MAX}"),
+        ));
+    }
+    let index = st
+        .projections
+        .get()
+        .into_iter()
+        .flatten()
+        .find(|p| p.name() == "search")
+        .and_then(|p| p.live())
+        .and_then(|m| {
+            m.as_any()
+                .downcast_ref::<custodian_projections::text::TextProjection>()
+                .and_then(|t| t.index())
+        })
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "search_unavailable",
+                "the search index is not open (disabled, or still starting); see GET /v1/admin/projections",
+            )
+        })?;
+    let filter = custodian_projections::search::SearchFilter {
+        enterprise_ids: q.enterprise_id.map(|e| vec![e]),
+        province_code: q.province_code,
+        kind: q.kind,
+    };
+    let text = q.q;
+    let hits = tokio::task::spawn_blocking(move || index.search(&text, &filter, limit))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", format!("{e:#}")))?;
+    Ok(axum::Json(serde_json::json!({ "hits": hits })))
+}
+
+/// `POST /v1/admin/projections/{name}/rebuild`: 202 with the new generation; it fills a shadow copy from
+/// sequence 0 and replaces the live model once caught up. 404 for an unknown or disabled model, 409 while a
+/// rebuild of it runs.
+async fn rebuild_projection(
+    State(st): State<Arc<AppState>>,
+    axum::extract::Path(name): axum::extract::Path<String>,
+    headers: HeaderMap,
+) -> Result<impl IntoResponse, ApiError> {
+    require_admin(&st, &headers)?;
+    let all = st.projections.get().map(Vec::as_slice).unwrap_or(&[]);
+    let Some(p) = all.iter().find(|p| p.name() == name) else {
+        let names: Vec<String> = all.iter().map(|p| p.name()).collect();
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_projection",
+            format!(
+                "no running projection is called {name:?}; this node runs {}",
+                if names.is_empty() {
+                    "none".to_owned()
+                } else {
+                    names.join(", ")
+                }
+            ),
+        ));
+    };
+    let generation = p
+        .rebuild()
+        .await
+        .map_err(|m| ApiError::new(StatusCode::CONFLICT, "rebuild_running", m))?;
+    Ok((
+        StatusCode::ACCEPTED,
+        axum::Json(serde_json::json!({ "projection": name, "generation": generation })),
     ))
 }
 

@@ -183,6 +183,94 @@ pub async fn open_manifest(
     register(&st, proposed, "manifest", &id).await
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawNote {
+    enterprise_id: String,
+    #[serde(default)]
+    container_id: Option<String>,
+    author: String,
+    text: String,
+}
+
+/// `POST /v1/notes` (admin): files an inspection note about an enterprise (and optionally one of its
+/// containers). 201 with the note's `event_seq`; every call files a new note.
+pub async fn file_note(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    use custodian_events::event::{AUTHOR_CHARS_MAX, NOTE_CHARS_MAX, NoteFiled};
+    use custodian_events::ids::{ContainerId, EnterpriseId};
+    require_admin(&st, &headers)?;
+    let raw: RawNote = read_json(&headers, body, NOTE_BODY_BYTES_MAX).await?;
+    let bad = |code: &'static str, message: String| {
+        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, message)
+    };
+    let enterprise_id = EnterpriseId::parse(&raw.enterprise_id).map_err(|e| {
+        bad(
+            "invalid_id",
+            format!("enterprise_id {:?}: {e}", raw.enterprise_id),
+        )
+    })?;
+    let container_id = match &raw.container_id {
+        None => None,
+        Some(c) => Some(
+            ContainerId::parse(c)
+                .map_err(|e| bad("invalid_container_id", format!("container_id {c:?}: {e}")))?,
+        ),
+    };
+    let author = raw.author.trim();
+    let text = raw.text.trim();
+    if author.is_empty() || author.chars().count() > AUTHOR_CHARS_MAX {
+        return Err(bad(
+            "value_out_of_range",
+            format!("author must have 1 ..= {AUTHOR_CHARS_MAX} characters"),
+        ));
+    }
+    if text.is_empty() || text.chars().count() > NOTE_CHARS_MAX {
+        return Err(bad(
+            "value_out_of_range",
+            format!("text must have 1 ..= {NOTE_CHARS_MAX} characters"),
+        ));
+    }
+    if st
+        .log
+        .lookup(&dedupe_key_enterprise(&enterprise_id))?
+        .is_none()
+    {
+        return Err(bad(
+            "unknown_enterprise",
+            format!(
+                "enterprise_id {enterprise_id} is not a registered enterprise; register it with POST /v1/enterprises first"
+            ),
+        ));
+    }
+    let scope = enterprise_id.to_string();
+    let event = Event::NoteFiled(NoteFiled {
+        enterprise_id,
+        container_id,
+        author: author.to_owned(),
+        text: text.to_owned(),
+        filed_at_ns: st.clock.now_ns(),
+    });
+    let proposed = sealing::sealed(&st, &scope, event).await?;
+    let outcome = st.log.append(vec![proposed]).await?;
+    let event_seq = match outcome.first() {
+        Some(AppendOutcome::Appended { seq } | AppendOutcome::Duplicate { seq }) => *seq,
+        Some(AppendOutcome::Conflict { original_seq, .. }) => *original_seq,
+        None => unreachable!("the log answers one outcome per proposed event"),
+    };
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(serde_json::json!({ "status": "filed", "event_seq": event_seq })),
+    )
+        .into_response())
+}
+
+/// The largest `POST /v1/notes` body: a note of `NOTE_CHARS_MAX` characters of up to 4 UTF-8 bytes, with room.
+const NOTE_BODY_BYTES_MAX: usize = 32 * 1024;
+
 /// Appends a registration: 201 when new, 200 when the same registration is already recorded, 409
 /// `already_registered` when the id is taken by a different one.
 async fn register(

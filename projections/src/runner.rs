@@ -1,0 +1,595 @@
+//! The projection runner: one task per read model, tailing the log from the model's own checkpoint in
+//! batches, retrying a failing backend with capped, jittered backoff, and rebuilding a model from sequence 0
+//! into a shadow copy that replaces the live one only once it has caught up.
+//!
+//! What makes the effect exactly-once lives in each model (see [`Projection::apply`]): the runner may hand a
+//! model the same events again after a failure or a restart, and the model must come out as if it saw them
+//! once.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use custodian_events::Envelope;
+use custodian_events::log::EventLog;
+use hdrhistogram::Histogram;
+use rand::Rng as _;
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use crate::directory::SharedDirectory;
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Why a step of a projection failed. Every failure is retried with backoff; the kinds differ in what the
+/// log line tells the operator.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ProjectionError {
+    /// The backend did not answer (down, unreachable, timed out, overloaded).
+    #[error("{0}")]
+    Unavailable(String),
+    /// The backend answered with an error, or reading the log failed.
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// One generation of one read model.
+pub trait Projection: Send + Sync + 'static {
+    /// `postgres`, `influx` or `search`.
+    fn name(&self) -> &'static str;
+    fn generation(&self) -> u32;
+    /// Where this generation lives: a schema, a database, a directory.
+    fn target(&self) -> String;
+    /// Whether the model needs events of this type (registrations are always handed over as well).
+    fn wants(&self, event_type: &str) -> bool;
+    /// Creates what the generation needs (idempotent) and answers its checkpoint: the last log sequence
+    /// whose effect it holds.
+    fn prepare(&self) -> BoxFuture<'_, Result<u64, ProjectionError>>;
+    /// Applies `events` (the wanted events after the checkpoint, in log order) and moves the checkpoint to
+    /// `upto`, so that applying them again, whole or in part, changes nothing.
+    fn apply<'a>(
+        &'a self,
+        events: &'a [Envelope],
+        upto: u64,
+    ) -> BoxFuture<'a, Result<(), ProjectionError>>;
+    /// For queries that need the concrete model (the search index).
+    fn as_any(&self) -> &dyn std::any::Any;
+}
+
+/// The generations of one read model and which of them is live.
+pub trait Family: Send + Sync + 'static {
+    fn name(&self) -> &'static str;
+    /// The live generation (1 for a model never rebuilt).
+    fn active_generation(&self) -> BoxFuture<'_, Result<u32, ProjectionError>>;
+    fn open(&self, generation: u32) -> Arc<dyn Projection>;
+    /// Makes `generation` the live one, in one step queries observe atomically.
+    fn promote(&self, generation: u32) -> BoxFuture<'_, Result<(), ProjectionError>>;
+    /// Removes what `generation` holds (a replaced model, or a shadow left by an interrupted rebuild).
+    fn discard(&self, generation: u32) -> BoxFuture<'_, Result<(), ProjectionError>>;
+}
+
+#[derive(Debug, Clone)]
+pub struct RunnerConfig {
+    /// Most log records scanned per batch.
+    pub batch_events_max: usize,
+    pub backoff_min: Duration,
+    pub backoff_max: Duration,
+}
+
+impl Default for RunnerConfig {
+    fn default() -> Self {
+        RunnerConfig {
+            batch_events_max: 5_000,
+            backoff_min: Duration::from_millis(200),
+            backoff_max: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What `custodian projections status` shows of one model.
+#[derive(Debug, Clone, Serialize, Default, PartialEq)]
+pub struct ProjectionStatus {
+    pub name: String,
+    /// `starting`, `running` or `failing`.
+    pub state: String,
+    pub generation: u32,
+    pub target: String,
+    pub checkpoint: u64,
+    /// The log's last durable sequence when the model last looked.
+    pub head: u64,
+    pub lag_events: u64,
+    pub applied_events_total: u64,
+    pub batches_total: u64,
+    pub failures_total: u64,
+    pub last_error: Option<String>,
+    /// Seconds since the current failure began.
+    pub failing_for_s: Option<f64>,
+    /// Age of the oldest event of the last batch when it was committed, in ms.
+    pub last_batch_lag_ms: Option<u64>,
+    pub rebuild: Option<RebuildStatus>,
+    /// The last rebuild that finished: its generation and how long it took.
+    pub last_rebuild: Option<FinishedRebuild>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct RebuildStatus {
+    pub generation: u32,
+    pub target: String,
+    pub checkpoint: u64,
+    pub head: u64,
+    pub elapsed_s: f64,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct FinishedRebuild {
+    pub generation: u32,
+    pub events: u64,
+    pub took_s: f64,
+}
+
+/// Live figures of one runner.
+pub struct ProjectionStats {
+    status: Mutex<ProjectionStatus>,
+    live: Mutex<Option<Arc<dyn Projection>>>,
+    /// Batch commit lag (ms) of the live model since the runner started.
+    lag_ms: Mutex<Histogram<u64>>,
+}
+
+impl ProjectionStats {
+    fn new(name: &str) -> ProjectionStats {
+        ProjectionStats {
+            status: Mutex::new(ProjectionStatus {
+                name: name.to_owned(),
+                state: "starting".into(),
+                ..Default::default()
+            }),
+            live: Mutex::new(None),
+            lag_ms: Mutex::new(Histogram::new_with_bounds(1, 3_600_000, 3).expect("valid bounds")),
+        }
+    }
+
+    pub fn status(&self) -> ProjectionStatus {
+        self.status.lock().expect("stats lock").clone()
+    }
+
+    /// The commit-lag histogram (ms) since the runner started or was last reset.
+    pub fn lag_histogram(&self) -> Histogram<u64> {
+        self.lag_ms.lock().expect("stats lock").clone()
+    }
+
+    pub fn reset_lag_histogram(&self) {
+        self.lag_ms.lock().expect("stats lock").reset();
+    }
+
+    fn update(&self, f: impl FnOnce(&mut ProjectionStatus)) {
+        f(&mut self.status.lock().expect("stats lock"));
+    }
+}
+
+enum Command {
+    Rebuild(oneshot::Sender<Result<u32, String>>),
+}
+
+/// A running projection.
+pub struct RunnerHandle {
+    pub stats: Arc<ProjectionStats>,
+    commands: mpsc::Sender<Command>,
+    task: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl RunnerHandle {
+    pub fn name(&self) -> String {
+        self.stats.status().name
+    }
+
+    pub fn status(&self) -> ProjectionStatus {
+        self.stats.status()
+    }
+
+    /// The generation queries should read.
+    pub fn live(&self) -> Option<Arc<dyn Projection>> {
+        self.stats.live.lock().expect("stats lock").clone()
+    }
+
+    /// Starts rebuilding the model from sequence 0 into a new generation; answers its number. Refused
+    /// while a rebuild runs.
+    pub async fn rebuild(&self) -> Result<u32, String> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Rebuild(tx))
+            .await
+            .map_err(|_| "the projection has stopped".to_owned())?;
+        rx.await
+            .map_err(|_| "the projection has stopped".to_owned())?
+    }
+
+    /// Stops the runner. A batch in flight is abandoned: its transaction rolls back, or it is written again
+    /// on the next start.
+    pub async fn stop(&self) {
+        let task = self.task.lock().expect("task lock").take();
+        if let Some(task) = task {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+}
+
+/// Starts tailing the log into `family`'s live generation.
+pub fn spawn(
+    log: Arc<dyn EventLog>,
+    family: Arc<dyn Family>,
+    directory: SharedDirectory,
+    config: RunnerConfig,
+) -> RunnerHandle {
+    let stats = Arc::new(ProjectionStats::new(family.name()));
+    let (tx, rx) = mpsc::channel(4);
+    let task = tokio::spawn(
+        Runner {
+            log,
+            family,
+            directory,
+            config,
+            stats: stats.clone(),
+            commands: rx,
+            health: Health::default(),
+        }
+        .run(),
+    );
+    RunnerHandle {
+        stats,
+        commands: tx,
+        task: Mutex::new(Some(task)),
+    }
+}
+
+/// One generation being fed.
+struct Feed {
+    model: Arc<dyn Projection>,
+    checkpoint: Option<u64>,
+}
+
+struct Shadow {
+    feed: Feed,
+    started: Instant,
+}
+
+#[derive(Default)]
+struct Health {
+    failing_since: Option<Instant>,
+    attempts: u32,
+}
+
+struct Runner {
+    log: Arc<dyn EventLog>,
+    family: Arc<dyn Family>,
+    directory: SharedDirectory,
+    config: RunnerConfig,
+    stats: Arc<ProjectionStats>,
+    commands: mpsc::Receiver<Command>,
+    health: Health,
+}
+
+fn now_ns() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i64)
+}
+
+impl Runner {
+    async fn run(mut self) {
+        let generation = loop {
+            match self.family.active_generation().await {
+                Ok(g) => break g,
+                Err(e) => self.failed("finding the live generation", e).await,
+            }
+        };
+        let mut live = Feed {
+            model: self.family.open(generation),
+            checkpoint: None,
+        };
+        let target = live.model.target();
+        *self.stats.live.lock().expect("stats lock") = Some(live.model.clone());
+        self.stats.update(|s| {
+            s.generation = generation;
+            s.target = target;
+        });
+        let mut shadow: Option<Shadow> = None;
+        let mut durable = self.log.subscribe();
+        loop {
+            while let Ok(cmd) = self.commands.try_recv() {
+                self.command(cmd, &live, &mut shadow).await;
+            }
+            let head = self.log.last_seq();
+            let mut busy = false;
+            if self.step(&mut live, head, true).await {
+                busy = true;
+            }
+            if let Some(s) = shadow.as_mut() {
+                if self.step(&mut s.feed, head, false).await {
+                    busy = true;
+                }
+                let done = |f: &Feed| f.checkpoint.is_some_and(|c| c >= head);
+                if done(&s.feed) && done(&live) {
+                    let s = shadow.take().expect("checked above");
+                    live = self.swap(live, s).await;
+                    continue;
+                }
+            }
+            if !busy {
+                tokio::select! {
+                    changed = durable.changed() => {
+                        if changed.is_err() {
+                            return;
+                        }
+                    }
+                    cmd = self.commands.recv() => match cmd {
+                        Some(cmd) => self.command(cmd, &live, &mut shadow).await,
+                        None => return,
+                    },
+                }
+            }
+        }
+    }
+
+    async fn command(&mut self, cmd: Command, live: &Feed, shadow: &mut Option<Shadow>) {
+        match cmd {
+            Command::Rebuild(reply) => {
+                if let Some(s) = shadow {
+                    let _ = reply.send(Err(format!(
+                        "a rebuild into generation {} is already running",
+                        s.feed.model.generation()
+                    )));
+                    return;
+                }
+                let generation = live.model.generation() + 1;
+                // A shadow left by an interrupted rebuild starts over.
+                if let Err(e) = self.family.discard(generation).await {
+                    let _ = reply.send(Err(format!(
+                        "cannot clear generation {generation} for the rebuild: {e}"
+                    )));
+                    return;
+                }
+                let model = self.family.open(generation);
+                tracing::info!(
+                    projection = self.family.name(),
+                    generation,
+                    target = %model.target(),
+                    "rebuilding from sequence 0 into a shadow copy; the live model keeps serving until it has caught up"
+                );
+                let status = RebuildStatus {
+                    generation,
+                    target: model.target(),
+                    checkpoint: 0,
+                    head: self.log.last_seq(),
+                    elapsed_s: 0.0,
+                };
+                self.stats.update(|s| s.rebuild = Some(status));
+                *shadow = Some(Shadow {
+                    feed: Feed {
+                        model,
+                        checkpoint: None,
+                    },
+                    started: Instant::now(),
+                });
+                let _ = reply.send(Ok(generation));
+            }
+        }
+    }
+
+    async fn swap(&mut self, old: Feed, new: Shadow) -> Feed {
+        let generation = new.feed.model.generation();
+        loop {
+            match self.family.promote(generation).await {
+                Ok(()) => break,
+                Err(e) => self.failed("switching to the rebuilt model", e).await,
+            }
+        }
+        self.recovered();
+        let old_generation = old.model.generation();
+        if let Err(e) = self.family.discard(old_generation).await {
+            tracing::warn!(
+                projection = self.family.name(),
+                generation = old_generation,
+                error = %e,
+                "the rebuilt model is live, but the replaced one could not be removed; remove it by hand"
+            );
+        }
+        let took = new.started.elapsed().as_secs_f64();
+        let checkpoint = new.feed.checkpoint.unwrap_or(0);
+        tracing::info!(
+            projection = self.family.name(),
+            generation,
+            events = checkpoint,
+            took_s = took,
+            "rebuild finished; the new model is live"
+        );
+        let target = new.feed.model.target();
+        *self.stats.live.lock().expect("stats lock") = Some(new.feed.model.clone());
+        self.stats.update(|s| {
+            s.generation = generation;
+            s.target = target;
+            s.checkpoint = checkpoint;
+            s.rebuild = None;
+            s.last_rebuild = Some(FinishedRebuild {
+                generation,
+                events: checkpoint,
+                took_s: took,
+            });
+        });
+        new.feed
+    }
+
+    /// Feeds one batch to `feed` if it is behind `head`; answers whether there was anything to do.
+    async fn step(&mut self, feed: &mut Feed, head: u64, live: bool) -> bool {
+        let checkpoint = match feed.checkpoint {
+            Some(c) => c,
+            None => match feed.model.prepare().await {
+                Ok(c) => {
+                    self.recovered();
+                    feed.checkpoint = Some(c);
+                    if live {
+                        self.stats.update(|s| {
+                            s.checkpoint = c;
+                            s.state = "running".into();
+                        });
+                    }
+                    c
+                }
+                Err(e) => {
+                    self.failed("preparing the model", e).await;
+                    return true;
+                }
+            },
+        };
+        if live {
+            self.stats.update(|s| {
+                s.head = head;
+                s.lag_events = head.saturating_sub(checkpoint);
+            });
+        }
+        if checkpoint >= head {
+            return false;
+        }
+        let model = feed.model.clone();
+        let log = self.log.clone();
+        let max = self.config.batch_events_max;
+        let read = tokio::task::spawn_blocking(move || {
+            let want = |t: &str| {
+                t == "EnterpriseRegistered" || t == "TerminalRegistered" || model.wants(t)
+            };
+            log.read_where(checkpoint + 1, max, &want)
+        })
+        .await;
+        let (events, last) = match read {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => {
+                self.failed(
+                    "reading the event log",
+                    ProjectionError::Failed(e.to_string()),
+                )
+                .await;
+                return true;
+            }
+            Err(e) => {
+                self.failed(
+                    "reading the event log",
+                    ProjectionError::Failed(e.to_string()),
+                )
+                .await;
+                return true;
+            }
+        };
+        if last == 0 {
+            return false;
+        }
+        self.directory
+            .write()
+            .expect("directory lock")
+            .learn_all(&events);
+        let events: Vec<Envelope> = events
+            .into_iter()
+            .filter(|e| feed.model.wants(&e.event_type))
+            .collect();
+        match feed.model.apply(&events, last).await {
+            Ok(()) => {
+                self.recovered();
+                feed.checkpoint = Some(last);
+                let lag_ms = events
+                    .first()
+                    .map(|e| ((now_ns() - e.recorded_at_ns).max(0) / 1_000_000) as u64);
+                if live {
+                    if let Some(l) = lag_ms {
+                        let _ = self
+                            .stats
+                            .lag_ms
+                            .lock()
+                            .expect("stats lock")
+                            .record(l.max(1));
+                    }
+                    self.stats.update(|s| {
+                        s.checkpoint = last;
+                        s.lag_events = head.saturating_sub(last);
+                        s.applied_events_total += events.len() as u64;
+                        s.batches_total += 1;
+                        if lag_ms.is_some() {
+                            s.last_batch_lag_ms = lag_ms;
+                        }
+                    });
+                } else {
+                    self.stats.update(|s| {
+                        if let Some(r) = s.rebuild.as_mut() {
+                            r.checkpoint = last;
+                            r.head = head;
+                        }
+                    });
+                }
+            }
+            Err(e) => self.failed("applying a batch", e).await,
+        }
+        if let Some(r) = self
+            .stats
+            .status
+            .lock()
+            .expect("stats lock")
+            .rebuild
+            .as_mut()
+        {
+            r.head = head;
+        }
+        true
+    }
+
+    /// Logs the first failure of a run of failures (not every retry), then waits out the backoff.
+    async fn failed(&mut self, doing: &str, e: ProjectionError) {
+        let name = self.family.name();
+        if self.health.failing_since.is_none() {
+            self.health.failing_since = Some(Instant::now());
+            match &e {
+                ProjectionError::Unavailable(m) => tracing::warn!(
+                    projection = name,
+                    "{doing} failed, the backend is unavailable: {m}; ingest goes on and the projection \
+                     retries with backoff until it answers"
+                ),
+                ProjectionError::Failed(m) => tracing::error!(
+                    projection = name,
+                    "{doing} failed: {m}; retrying with backoff"
+                ),
+            }
+        }
+        self.health.attempts += 1;
+        let since = self.health.failing_since;
+        self.stats.update(|s| {
+            s.state = "failing".into();
+            s.failures_total += 1;
+            s.last_error = Some(format!("{doing}: {e}"));
+            s.failing_for_s = since.map(|t| t.elapsed().as_secs_f64());
+        });
+        let exp = self
+            .config
+            .backoff_min
+            .saturating_mul(1u32 << self.health.attempts.min(16))
+            .min(self.config.backoff_max);
+        // Full jitter between half and all of the step, so many nodes do not retry in step.
+        let ms = exp.as_millis().max(2) as u64;
+        let wait = rand::rng().random_range(ms / 2..=ms);
+        tokio::time::sleep(Duration::from_millis(wait)).await;
+    }
+
+    fn recovered(&mut self) {
+        if let Some(since) = self.health.failing_since.take() {
+            tracing::info!(
+                projection = self.family.name(),
+                after_s = since.elapsed().as_secs_f64(),
+                attempts = self.health.attempts,
+                "the projection is running again"
+            );
+            self.health.attempts = 0;
+            self.stats.update(|s| {
+                s.state = "running".into();
+                s.failing_for_s = None;
+            });
+        }
+    }
+}

@@ -207,6 +207,28 @@ pub enum BenchCommand {
         #[arg(long, default_value = "bench/results")]
         report_dir: PathBuf,
     },
+    /// The read models' throughput beside writing the same rows and points straight to PostgreSQL and
+    /// InfluxDB, and their lag at a steady paced load.
+    Projections {
+        /// Readings in the log the throughput phase projects.
+        #[arg(long, default_value_t = 200_000)]
+        readings: u64,
+        #[arg(long, default_value_t = 10_000)]
+        rate: u64,
+        #[arg(long, default_value_t = 20)]
+        duration_s: u64,
+        #[arg(long, default_value_t = 3)]
+        warmup_s: u64,
+        #[arg(long, default_value_t = 100)]
+        terminals: usize,
+        /// The PostgreSQL server (a database named after the run is made and dropped).
+        #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432")]
+        postgres_server: String,
+        #[arg(long, default_value = "http://127.0.0.1:8086")]
+        influx_url: String,
+        #[arg(long, default_value = "bench/results")]
+        report_dir: PathBuf,
+    },
     /// SM2 signatures and SM4-GCM on one core.
     Crypto {
         /// Where to keep the Markdown report.
@@ -346,6 +368,31 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 memory_terminals,
                 report_dir: Some(report_dir),
             })
+            .await?;
+            Ok(())
+        }
+        Command::Bench(BenchCommand::Projections {
+            readings,
+            rate,
+            duration_s,
+            warmup_s,
+            terminals,
+            postgres_server,
+            influx_url,
+            report_dir,
+        }) => {
+            crate::bench_projections::projections(
+                crate::bench_projections::ProjectionsBenchOptions {
+                    readings,
+                    rate,
+                    duration_s,
+                    warmup_s,
+                    terminals,
+                    postgres_server,
+                    influx_url,
+                    report_dir: Some(report_dir),
+                },
+            )
             .await?;
             Ok(())
         }

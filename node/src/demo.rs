@@ -61,12 +61,13 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoSummary> {
         }
         None => {
             let tmp = tempfile::tempdir()?;
-            let config = Config {
+            let mut config = Config {
                 listen: "127.0.0.1:0".parse()?,
                 data_dir: tmp.path().join("node"),
                 master_key: Some(crate::server::fresh_master_key_hex()),
                 ..Config::default()
             };
+            demo_read_models(&mut config).await;
             let node = Node::start(config).await?;
             println!(
                 "started a node at {} (data dir {})",
@@ -250,12 +251,20 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoSummary> {
         "  events in the log       {} (every one passed its fingerprint check)",
         events.len()
     );
+    let mut by_kind: BTreeMap<String, usize> = BTreeMap::new();
+    for e in events.iter().filter(|e| e["type"] == "AnomalyDetected") {
+        *by_kind
+            .entry(e["payload"]["kind"].as_str().unwrap_or("?").to_owned())
+            .or_default() += 1;
+    }
     println!(
-        "  anomalies flagged       {} weight fluctuations over 20 % (drums that lost weight)",
-        events
+        "  anomalies flagged       {} ({})",
+        by_kind.values().sum::<usize>(),
+        by_kind
             .iter()
-            .filter(|e| e["type"] == "AnomalyDetected")
-            .count()
+            .map(|(k, n)| format!("{n} {k}"))
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     println!(
         "  stored exactly once     {} ({} acknowledged readings checked{})",
@@ -267,6 +276,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoSummary> {
             format!(", {missing} missing, {} stored twice", twice.len())
         }
     );
+    read_models_summary(&client, node.is_some()).await;
     if let Some(node) = node {
         node.stop().await?;
     }
@@ -359,5 +369,162 @@ async fn record(
                 *codes.lock().await.entry(code).or_default() += 1;
             }
         }
+    }
+}
+
+/// The demo's read models: PostgreSQL database and InfluxDB database `custodian_demo` on the local servers,
+/// replaced on every run (a model belongs to one log, and every demo starts a new one).
+const DEMO_DATABASE: &str = "custodian_demo";
+
+async fn demo_read_models(config: &mut Config) {
+    use sqlx::{Connection as _, Executor as _};
+    let server = "postgres://postgres@127.0.0.1:5432";
+    config.projections.postgres_url = format!("{server}/{DEMO_DATABASE}");
+    config.projections.influx = custodian_projections::influx::Dialect::V1 {
+        database: DEMO_DATABASE.into(),
+        retention_policy: None,
+        username: None,
+        password: None,
+    };
+    match sqlx::PgConnection::connect(&format!("{server}/postgres")).await {
+        Ok(mut c) => {
+            let _ = c
+                .execute(sqlx::AssertSqlSafe(format!(
+                    "DROP DATABASE IF EXISTS {DEMO_DATABASE} WITH (FORCE)"
+                )))
+                .await;
+        }
+        Err(e) => println!(
+            "PostgreSQL at {server} does not answer ({e}); the demo runs without that read model's figures \
+             (start it with scripts/services up)"
+        ),
+    }
+    let influx = custodian_projections::influx::InfluxClient::new(
+        &config.projections.influx_url,
+        config.projections.influx.clone(),
+    );
+    if let Err(e) = influx.drop_target().await {
+        println!(
+            "{e}; the demo runs without that read model's figures (start it with scripts/services up)"
+        );
+    }
+}
+
+/// Waits (with progress) for the node's read models to hold the whole log, then shows what they hold.
+async fn read_models_summary(client: &NodeClient, own_node: bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        let Ok(p) = client.projections().await else {
+            return;
+        };
+        let last = p["last_seq"].as_u64().unwrap_or(0);
+        let list = p["projections"].as_array().cloned().unwrap_or_default();
+        if list.is_empty() {
+            return;
+        }
+        let behind: Vec<String> = list
+            .iter()
+            .filter(|x| x["checkpoint"].as_u64() != Some(last))
+            .map(|x| {
+                format!(
+                    "{} {}/{last}",
+                    x["name"].as_str().unwrap_or("?"),
+                    x["checkpoint"]
+                )
+            })
+            .collect();
+        if behind.is_empty() || std::time::Instant::now() > deadline {
+            eprintln!();
+            break list;
+        }
+        eprint!("\r  read models catching up: {}   ", behind.join(", "));
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    println!("  read models");
+    for p in &status {
+        let name = p["name"].as_str().unwrap_or("?");
+        if p["state"] == "failing" {
+            println!(
+                "    {name:<9} FAILING: {} (ingest is unaffected; it catches up once the backend answers)",
+                p["last_error"].as_str().unwrap_or("?")
+            );
+            continue;
+        }
+        let what = match name {
+            "postgres" if own_node => postgres_figures(p["target"].as_str().unwrap_or("")).await,
+            "influx" if own_node => influx_figures().await,
+            "search" => search_figures(client).await,
+            _ => String::new(),
+        };
+        println!(
+            "    {name:<9} checkpoint {} ({}) {what}",
+            p["checkpoint"],
+            p["target"].as_str().unwrap_or("")
+        );
+    }
+}
+
+async fn postgres_figures(schema: &str) -> String {
+    use sqlx::Connection as _;
+    let url = format!("postgres://postgres@127.0.0.1:5432/{DEMO_DATABASE}");
+    let Ok(mut c) = sqlx::PgConnection::connect(&url).await else {
+        return String::new();
+    };
+    let q = format!(
+        "SELECT (SELECT sum(readings)::int8 FROM {schema}.terminals), \
+                (SELECT count(*) FROM {schema}.containers), \
+                (SELECT count(*) FROM {schema}.anomalies), \
+                (SELECT count(*) FROM {schema}.daily_kpis), \
+                (SELECT max(abs(last_clock_skew_ms)) FROM {schema}.terminals)"
+    );
+    match sqlx::query_as::<_, (Option<i64>, i64, i64, i64, Option<i64>)>(sqlx::AssertSqlSafe(q))
+        .fetch_one(&mut c)
+        .await
+    {
+        Ok((readings, containers, anomalies, kpis, skew)) => format!(
+            "— {} readings, {containers} containers, {anomalies} anomalies, {kpis} daily KPI rows, \
+             largest clock skew {} ms",
+            readings.unwrap_or(0),
+            skew.unwrap_or(0)
+        ),
+        Err(e) => format!("— cannot read it: {e}"),
+    }
+}
+
+async fn influx_figures() -> String {
+    let client = custodian_projections::influx::InfluxClient::new(
+        "http://127.0.0.1:8086",
+        custodian_projections::influx::Dialect::V1 {
+            database: DEMO_DATABASE.into(),
+            retention_policy: None,
+            username: None,
+            password: None,
+        },
+    );
+    match client
+        .query("SELECT count(\"value\") FROM \"readings\"")
+        .await
+    {
+        Ok(v) => format!(
+            "— {} points in measurement readings",
+            v.pointer("/results/0/series/0/values/0/1")
+                .cloned()
+                .unwrap_or_default()
+        ),
+        Err(e) => format!("— cannot read it: {e}"),
+    }
+}
+
+async fn search_figures(client: &NodeClient) -> String {
+    let q = "重量异常波动";
+    match client
+        .get_admin(&format!("/v1/admin/search?q={q}&limit=200"))
+        .await
+    {
+        Ok(v) => format!(
+            "— {} anomaly descriptions found searching {q:?}",
+            v["hits"].as_array().map_or(0, Vec::len)
+        ),
+        Err(e) => format!("— cannot search: {e}"),
     }
 }

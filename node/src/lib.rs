@@ -17,6 +17,7 @@
 pub mod api;
 pub mod bench;
 pub mod bench_detect;
+pub mod bench_projections;
 pub mod cli;
 pub mod client;
 pub mod config;

@@ -12,7 +12,9 @@
 //!
 //! The checkpoint is itself a point (`custodian_checkpoint`, tag `projection=readings`, timestamp 0), written
 //! after the batch's points: a crash between the two writes the batch again, which changes nothing. It
-//! lives in the same database as the points, so dropping the database starts the model over from 0.
+//! lives in the same database as the points, so dropping the database starts the model over from 0. Each
+//! InfluxDB write request costs a WAL fsync, so the checkpoint is stored at most once a second (or after
+//! `CHECKPOINT_GAP_MAX` events); a restart re-applies what came after it, which changes nothing either.
 //!
 //! A `ReadingSuspect` rewrites its reading's point with `suspect=true`; when the reading is not in the same
 //! batch it is read back from the log.
@@ -27,10 +29,15 @@ use custodian_events::{Envelope, Event};
 
 use crate::directory::{Directory, SharedDirectory};
 use crate::influx::{InfluxClient, InfluxError, Line};
-use crate::runner::{BoxFuture, Family, Projection, ProjectionError};
+use crate::runner::{BoxFuture, Family, Prepared, Projection, ProjectionError};
 
 pub const MEASUREMENT: &str = "readings";
 pub const CHECKPOINT_MEASUREMENT: &str = "custodian_checkpoint";
+
+/// The stored checkpoint trails by at most this long…
+const CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+/// …or this many events.
+const CHECKPOINT_GAP_MAX: u64 = 50_000;
 
 fn influx_error(doing: &str, e: InfluxError) -> ProjectionError {
     let m = format!("{doing}: {e}");
@@ -124,6 +131,8 @@ impl Family for InfluxFamily {
     fn open(&self, generation: u32) -> Arc<dyn Projection> {
         Arc::new(InfluxProjection {
             client: self.client.with_target(&self.target_of(generation)),
+            stored: std::sync::Mutex::new((0, None)),
+            genesis: std::sync::Mutex::new(None),
             generation,
             log: self.log.clone(),
             directory: self.directory.clone(),
@@ -154,6 +163,9 @@ impl Family for InfluxFamily {
 
 pub struct InfluxProjection {
     client: InfluxClient,
+    /// The checkpoint last stored, and when.
+    stored: std::sync::Mutex<(u64, Option<std::time::Instant>)>,
+    genesis: std::sync::Mutex<Option<String>>,
     generation: u32,
     log: Arc<dyn EventLog>,
     directory: SharedDirectory,
@@ -247,7 +259,11 @@ impl Projection for InfluxProjection {
         matches!(event_type, "ReadingRecorded" | "ReadingSuspect")
     }
 
-    fn prepare(&self) -> BoxFuture<'_, Result<u64, ProjectionError>> {
+    fn set_log_genesis(&self, genesis: &str) {
+        *self.genesis.lock().expect("genesis lock") = Some(genesis.to_owned());
+    }
+
+    fn prepare(&self) -> BoxFuture<'_, Result<Prepared, ProjectionError>> {
         Box::pin(async move {
             self.client
                 .ensure_target()
@@ -256,15 +272,24 @@ impl Projection for InfluxProjection {
             let answer = self
                 .client
                 .query(&format!(
-                    "SELECT last(\"seq\") FROM \"{CHECKPOINT_MEASUREMENT}\" WHERE \"projection\" = 'readings'"
+                    "SELECT * FROM \"{CHECKPOINT_MEASUREMENT}\" WHERE \"projection\" = 'readings'"
                 ))
                 .await
                 .map_err(|e| influx_error("reading the checkpoint", e))?;
-            let seq = answer
-                .pointer("/results/0/series/0/values/0/1")
-                .and_then(serde_json::Value::as_u64)
-                .unwrap_or(0);
-            Ok(seq)
+            let series = answer.pointer("/results/0/series/0");
+            let column = |name: &str| {
+                let columns = series?.get("columns")?.as_array()?;
+                let i = columns.iter().position(|c| c == name)?;
+                series?.pointer(&format!("/values/0/{i}")).cloned()
+            };
+            let seq = column("seq").and_then(|v| v.as_u64()).unwrap_or(0);
+            let log_genesis = column("log_genesis").and_then(|v| v.as_str().map(str::to_owned));
+            // The first batch after a start stores the checkpoint (and which log it is from) at once.
+            *self.stored.lock().expect("checkpoint lock") = (seq, None);
+            Ok(Prepared {
+                checkpoint: seq,
+                log_genesis,
+            })
         })
     }
 
@@ -279,15 +304,24 @@ impl Projection for InfluxProjection {
                 .write_lines(&lines)
                 .await
                 .map_err(|e| influx_error("writing points", e))?;
-            let checkpoint = Line::new(CHECKPOINT_MEASUREMENT)
+            let (stored, at) = *self.stored.lock().expect("checkpoint lock");
+            if upto.saturating_sub(stored) < CHECKPOINT_GAP_MAX
+                && at.is_some_and(|t| t.elapsed() < CHECKPOINT_INTERVAL)
+            {
+                return Ok(());
+            }
+            let mut checkpoint = Line::new(CHECKPOINT_MEASUREMENT)
                 .tag("projection", "readings")
-                .field_i64("seq", upto as i64)
-                .timestamp_ns(0)
-                .build();
+                .field_i64("seq", upto as i64);
+            if let Some(g) = self.genesis.lock().expect("genesis lock").as_deref() {
+                checkpoint = checkpoint.field_str("log_genesis", g);
+            }
+            let checkpoint = checkpoint.timestamp_ns(0).build();
             self.client
                 .write_lines(&[checkpoint])
                 .await
                 .map_err(|e| influx_error("moving the checkpoint", e))?;
+            *self.stored.lock().expect("checkpoint lock") = (upto, Some(std::time::Instant::now()));
             Ok(())
         })
     }

@@ -45,8 +45,10 @@ pub trait Projection: Send + Sync + 'static {
     /// Whether the model needs events of this type (registrations are always handed over as well).
     fn wants(&self, event_type: &str) -> bool;
     /// Creates what the generation needs (idempotent) and answers its checkpoint: the last log sequence
-    /// whose effect it holds.
-    fn prepare(&self) -> BoxFuture<'_, Result<u64, ProjectionError>>;
+    /// whose effect it holds, and which log that was (the fingerprint of its first event, once known).
+    fn prepare(&self) -> BoxFuture<'_, Result<Prepared, ProjectionError>>;
+    /// The log the model is fed from (hex fingerprint of its first event); stored with every checkpoint.
+    fn set_log_genesis(&self, genesis: &str);
     /// Applies `events` (the wanted events after the checkpoint, in log order) and moves the checkpoint to
     /// `upto`, so that applying them again, whole or in part, changes nothing.
     fn apply<'a>(
@@ -56,6 +58,13 @@ pub trait Projection: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<(), ProjectionError>>;
     /// For queries that need the concrete model (the search index).
     fn as_any(&self) -> &dyn std::any::Any;
+}
+
+/// What a model holds when it starts.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Prepared {
+    pub checkpoint: u64,
+    pub log_genesis: Option<String>,
 }
 
 /// The generations of one read model and which of them is live.
@@ -234,6 +243,7 @@ pub fn spawn(
             stats: stats.clone(),
             commands: rx,
             health: Health::default(),
+            genesis: None,
         }
         .run(),
     );
@@ -248,6 +258,37 @@ pub fn spawn(
 struct Feed {
     model: Arc<dyn Projection>,
     checkpoint: Option<u64>,
+    /// The next batch, being read while the current one is written: (its first sequence, the read).
+    prefetch: Option<(u64, JoinHandle<ReadResult>)>,
+    /// Whether the model knows which log feeds it.
+    genesis_set: bool,
+}
+
+type ReadResult = Result<(Vec<Envelope>, u64), custodian_events::log::EventLogError>;
+
+impl Feed {
+    fn new(model: Arc<dyn Projection>) -> Feed {
+        Feed {
+            model,
+            checkpoint: None,
+            prefetch: None,
+            genesis_set: false,
+        }
+    }
+}
+
+/// Reads the batch after `from - 1` for `model` (on the blocking pool: the log opens and checks events).
+fn read_batch(
+    log: Arc<dyn EventLog>,
+    model: Arc<dyn Projection>,
+    from: u64,
+    max: usize,
+) -> JoinHandle<ReadResult> {
+    tokio::task::spawn_blocking(move || {
+        let want =
+            |t: &str| t == "EnterpriseRegistered" || t == "TerminalRegistered" || model.wants(t);
+        log.read_where(from, max, &want)
+    })
 }
 
 struct Shadow {
@@ -269,6 +310,8 @@ struct Runner {
     stats: Arc<ProjectionStats>,
     commands: mpsc::Receiver<Command>,
     health: Health,
+    /// The fingerprint of the log's first event, once there is one.
+    genesis: Option<String>,
 }
 
 fn now_ns() -> i64 {
@@ -285,10 +328,7 @@ impl Runner {
                 Err(e) => self.failed("finding the live generation", e).await,
             }
         };
-        let mut live = Feed {
-            model: self.family.open(generation),
-            checkpoint: None,
-        };
+        let mut live = Feed::new(self.family.open(generation));
         let target = live.model.target();
         *self.stats.live.lock().expect("stats lock") = Some(live.model.clone());
         self.stats.update(|s| {
@@ -367,10 +407,7 @@ impl Runner {
                 };
                 self.stats.update(|s| s.rebuild = Some(status));
                 *shadow = Some(Shadow {
-                    feed: Feed {
-                        model,
-                        checkpoint: None,
-                    },
+                    feed: Feed::new(model),
                     started: Instant::now(),
                 });
                 let _ = reply.send(Ok(generation));
@@ -426,7 +463,32 @@ impl Runner {
         let checkpoint = match feed.checkpoint {
             Some(c) => c,
             None => match feed.model.prepare().await {
-                Ok(c) => {
+                Ok(Prepared {
+                    checkpoint: c,
+                    log_genesis,
+                }) => {
+                    if c > 0 || log_genesis.is_some() {
+                        let mine = match self.genesis().await {
+                            Ok(g) => g,
+                            Err(e) => {
+                                self.failed("reading the event log", e).await;
+                                return true;
+                            }
+                        };
+                        let stored = log_genesis.as_deref().unwrap_or("");
+                        if mine.as_deref() != Some(stored) {
+                            let e = ProjectionError::Failed(format!(
+                                "{} holds a read model built from another event log (first event {}, \
+                                 this log's {}, checkpoint {c}); point the node at another database or \
+                                 directory, or drop that one to have it rebuilt from this log",
+                                feed.model.target(),
+                                if stored.is_empty() { "unknown" } else { stored },
+                                mine.as_deref().unwrap_or("none: the log is empty"),
+                            ));
+                            self.failed("checking the read model", e).await;
+                            return true;
+                        }
+                    }
                     self.recovered();
                     feed.checkpoint = Some(c);
                     if live {
@@ -452,15 +514,38 @@ impl Runner {
         if checkpoint >= head {
             return false;
         }
-        let model = feed.model.clone();
-        let log = self.log.clone();
-        let max = self.config.batch_events_max;
-        let read = tokio::task::spawn_blocking(move || {
-            let want = |t: &str| {
-                t == "EnterpriseRegistered" || t == "TerminalRegistered" || model.wants(t)
-            };
-            log.read_where(checkpoint + 1, max, &want)
-        })
+        if !feed.genesis_set {
+            match self.genesis().await {
+                Ok(Some(g)) => {
+                    feed.model.set_log_genesis(&g);
+                    feed.genesis_set = true;
+                }
+                Ok(None) => return false,
+                Err(e) => {
+                    self.failed("reading the event log", e).await;
+                    return true;
+                }
+            }
+        }
+        // The batch read ahead while the last one was written, if it starts where this one must.
+        let read = match feed.prefetch.take() {
+            Some((from, handle)) if from == checkpoint + 1 => handle,
+            Some((_, handle)) => {
+                handle.abort();
+                read_batch(
+                    self.log.clone(),
+                    feed.model.clone(),
+                    checkpoint + 1,
+                    self.config.batch_events_max,
+                )
+            }
+            None => read_batch(
+                self.log.clone(),
+                feed.model.clone(),
+                checkpoint + 1,
+                self.config.batch_events_max,
+            ),
+        }
         .await;
         let (events, last) = match read {
             Ok(Ok(r)) => r,
@@ -483,6 +568,17 @@ impl Runner {
         };
         if last == 0 {
             return false;
+        }
+        if last < head {
+            feed.prefetch = Some((
+                last + 1,
+                read_batch(
+                    self.log.clone(),
+                    feed.model.clone(),
+                    last + 1,
+                    self.config.batch_events_max,
+                ),
+            ));
         }
         self.directory
             .write()
@@ -539,6 +635,19 @@ impl Runner {
             r.head = head;
         }
         true
+    }
+
+    /// The fingerprint of the log's first event (None while the log is empty).
+    async fn genesis(&mut self) -> Result<Option<String>, ProjectionError> {
+        if self.genesis.is_none() && self.log.last_seq() >= 1 {
+            let log = self.log.clone();
+            let first = tokio::task::spawn_blocking(move || log.read(1, 1))
+                .await
+                .map_err(|e| ProjectionError::Failed(e.to_string()))?
+                .map_err(|e| ProjectionError::Failed(format!("reading event 1: {e}")))?;
+            self.genesis = first.first().map(|e| hex::encode(e.fingerprint));
+        }
+        Ok(self.genesis.clone())
     }
 
     /// Logs the first failure of a run of failures (not every retry), then waits out the backoff.

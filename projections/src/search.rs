@@ -197,6 +197,9 @@ impl Fields {
 struct CommitPayload {
     /// The log sequence up to which events have been applied.
     upto_seq: u64,
+    /// The fingerprint of the first event of the log the index was built from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    log_genesis: Option<String>,
 }
 
 struct WriterState {
@@ -212,6 +215,7 @@ pub struct SearchIndex {
     writer: Mutex<WriterState>,
     reader: IndexReader,
     checkpoint: AtomicU64,
+    log_genesis: Mutex<Option<String>>,
 }
 
 impl std::fmt::Debug for SearchIndex {
@@ -250,12 +254,12 @@ impl SearchIndex {
             .tokenizers()
             .register(CJK_TOKENIZER_NAME, CjkTokenizer);
 
-        let checkpoint = match index.load_metas()?.payload {
-            None => 0,
+        let (checkpoint, log_genesis) = match index.load_metas()?.payload {
+            None => (0, None),
             Some(payload) => {
-                serde_json::from_str::<CommitPayload>(&payload)
-                    .with_context(|| format!("search index commit payload {payload:?}"))?
-                    .upto_seq
+                let p = serde_json::from_str::<CommitPayload>(&payload)
+                    .with_context(|| format!("search index commit payload {payload:?}"))?;
+                (p.upto_seq, p.log_genesis)
             }
         };
         let writer = index
@@ -271,7 +275,18 @@ impl SearchIndex {
             writer: Mutex::new(WriterState { writer, checkpoint }),
             reader,
             checkpoint: AtomicU64::new(checkpoint),
+            log_genesis: Mutex::new(log_genesis),
         })
+    }
+
+    /// The fingerprint of the first event of the log the index was built from, as last committed (or set).
+    pub fn log_genesis(&self) -> Option<String> {
+        self.log_genesis.lock().expect("genesis lock").clone()
+    }
+
+    /// Records which log the index is built from; kept with every following commit.
+    pub fn set_log_genesis(&self, genesis: &str) {
+        *self.log_genesis.lock().expect("genesis lock") = Some(genesis.to_owned());
     }
 
     /// The log sequence up to which the index has applied events: kept in the commit payload of the last
@@ -341,6 +356,7 @@ impl SearchIndex {
         }
         let payload = serde_json::to_string(&CommitPayload {
             upto_seq: checkpoint,
+            log_genesis: self.log_genesis(),
         })?;
         let mut prepared = writer
             .prepare_commit()

@@ -10,7 +10,7 @@ use custodian_events::{Envelope, Event};
 
 use crate::describe::anomaly_description;
 use crate::directory::SharedDirectory;
-use crate::runner::{BoxFuture, Family, Projection, ProjectionError};
+use crate::runner::{BoxFuture, Family, Prepared, Projection, ProjectionError};
 use crate::search::{SearchDoc, SearchIndex};
 
 /// How far the stored checkpoint may trail when batches bring no documents.
@@ -190,10 +190,20 @@ impl Projection for TextProjection {
         )
     }
 
-    fn prepare(&self) -> BoxFuture<'_, Result<u64, ProjectionError>> {
+    fn set_log_genesis(&self, genesis: &str) {
+        if let Some(i) = self.index.get() {
+            i.set_log_genesis(genesis);
+        }
+    }
+
+    fn prepare(&self) -> BoxFuture<'_, Result<Prepared, ProjectionError>> {
         Box::pin(async move {
+            let prepared = |i: &SearchIndex| Prepared {
+                checkpoint: i.checkpoint(),
+                log_genesis: i.log_genesis(),
+            };
             if let Some(i) = self.index.get() {
-                return Ok(i.checkpoint());
+                return Ok(prepared(i));
             }
             let dir = self.dir.clone();
             let index = tokio::task::spawn_blocking(move || SearchIndex::open(&dir))
@@ -206,7 +216,7 @@ impl Projection for TextProjection {
                     ))
                 })?;
             let index = self.index.get_or_init(|| Arc::new(index));
-            Ok(index.checkpoint())
+            Ok(prepared(index))
         })
     }
 

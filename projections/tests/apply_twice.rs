@@ -307,10 +307,8 @@ proptest! {
             let a = InfluxClient::new(INFLUX, Dialect::V1 { database: once.target(), retention_policy: None, username: None, password: None });
             let b = InfluxClient::new(INFLUX, Dialect::V1 { database: twice.target(), retention_policy: None, username: None, password: None });
             let r = (a.query(q).await.unwrap(), b.query(q).await.unwrap());
-            let c = (once.prepare().await.unwrap(), twice.prepare().await.unwrap());
             a.drop_target().await.unwrap();
             b.drop_target().await.unwrap();
-            assert_eq!(c.0, c.1, "checkpoints");
             r
         });
         prop_assert_eq!(once, twice);

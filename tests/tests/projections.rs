@@ -562,3 +562,39 @@ async fn an_influx_outage_keeps_ingest_going_and_loses_nothing() {
     node.stop().await.unwrap();
     drop(influx);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_built_from_another_log_is_left_alone() {
+    let models = ReadModels::new("other");
+    let first = tempfile::tempdir().unwrap();
+    let (node, client) = start_node(first.path(), |c| models.enable(c)).await;
+    let keys = register_terminals(&client, &["T-1"]).await;
+    upload_run(&client, &keys, 1, 20).await;
+    wait_projected(&client, Duration::from_secs(30)).await;
+    node.stop().await.unwrap();
+
+    // A second node with a log of its own, pointed at the same databases.
+    let second = tempfile::tempdir().unwrap();
+    let (node, client) = start_node(second.path(), |c| models.enable(c)).await;
+    let keys = register_terminals(&client, &["T-1"]).await;
+    upload_run(&client, &keys, 1, 60).await;
+    for name in ["postgres", "influx"] {
+        let p = wait_state(&client, name, "failing").await;
+        assert!(
+            p["last_error"]
+                .as_str()
+                .unwrap()
+                .contains("built from another event log"),
+            "{p}"
+        );
+    }
+    let pool = models.pool().await;
+    let n: i64 = sqlx::query_scalar("SELECT readings FROM custodian_g1.terminals WHERE id = 'T-1'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(n, 20, "the first log's model is untouched");
+    pool.close().await;
+    node.stop().await.unwrap();
+    models.drop_all().await;
+}

@@ -176,8 +176,9 @@ impl InfluxProjection {
         &self.client
     }
 
-    /// The lines a batch writes (the checkpoint's excepted).
-    async fn lines(&self, events: &[Envelope]) -> Result<Vec<String>, ProjectionError> {
+    /// The lines a batch writes (the checkpoint's excepted). Blocking: a flag on a reading of an earlier
+    /// batch reads that reading back from the log.
+    fn lines(&self, events: &[Envelope]) -> Result<Vec<String>, ProjectionError> {
         // Which readings of this batch a later event of it flags.
         let mut suspect: HashMap<(&str, u64), ()> = HashMap::new();
         let mut in_batch: HashMap<(&str, u64), ()> = HashMap::new();
@@ -198,14 +199,10 @@ impl InfluxProjection {
             if let Event::ReadingSuspect(s) = &e.event
                 && !in_batch.contains_key(&(s.terminal_id.as_str(), s.seq))
             {
-                let log = self.log.clone();
                 let at = s.cause_seq;
-                let read = tokio::task::spawn_blocking(move || log.read(at, 1))
-                    .await
-                    .map_err(|e| ProjectionError::Failed(e.to_string()))?
-                    .map_err(|e| {
-                        ProjectionError::Failed(format!("reading event {at} from the log: {e}"))
-                    })?;
+                let read = self.log.read(at, 1).map_err(|e| {
+                    ProjectionError::Failed(format!("reading event {at} from the log: {e}"))
+                })?;
                 match read.into_iter().next() {
                     Some(Envelope {
                         seq,
@@ -293,13 +290,32 @@ impl Projection for InfluxProjection {
         })
     }
 
+    fn encode(
+        &self,
+        events: &[Envelope],
+    ) -> Result<Option<crate::runner::Encoded>, ProjectionError> {
+        Ok(Some(Box::new(self.lines(events)?)))
+    }
+
     fn apply<'a>(
         &'a self,
         events: &'a [Envelope],
         upto: u64,
     ) -> BoxFuture<'a, Result<(), ProjectionError>> {
+        self.apply_encoded(events, upto, None)
+    }
+
+    fn apply_encoded<'a>(
+        &'a self,
+        events: &'a [Envelope],
+        upto: u64,
+        encoded: Option<crate::runner::Encoded>,
+    ) -> BoxFuture<'a, Result<(), ProjectionError>> {
         Box::pin(async move {
-            let lines = self.lines(events).await?;
+            let lines = match encoded.map(|e| e.downcast::<Vec<String>>()) {
+                Some(Ok(lines)) => *lines,
+                _ => self.lines(events)?,
+            };
             self.client
                 .write_lines(&lines)
                 .await

@@ -58,6 +58,30 @@ pub trait Projection: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<(), ProjectionError>>;
     /// For queries that need the concrete model (the search index).
     fn as_any(&self) -> &dyn std::any::Any;
+    /// Work on a batch that needs no backend (encoding points, say), done on the blocking pool while the
+    /// previous batch is being written; handed back to [`Projection::apply_encoded`].
+    fn encode(&self, _events: &[Envelope]) -> Result<Option<Encoded>, ProjectionError> {
+        Ok(None)
+    }
+    /// [`Projection::apply`] with what [`Projection::encode`] made of the same events.
+    fn apply_encoded<'a>(
+        &'a self,
+        events: &'a [Envelope],
+        upto: u64,
+        _encoded: Option<Encoded>,
+    ) -> BoxFuture<'a, Result<(), ProjectionError>> {
+        self.apply(events, upto)
+    }
+}
+
+/// What [`Projection::encode`] made of a batch.
+pub type Encoded = Box<dyn std::any::Any + Send>;
+
+/// A batch read from the log: the events the model wants, the last sequence scanned, the model's encoding.
+struct Batch {
+    events: Vec<Envelope>,
+    last: u64,
+    encoded: Option<Encoded>,
 }
 
 /// What a model holds when it starts.
@@ -264,7 +288,7 @@ struct Feed {
     genesis_set: bool,
 }
 
-type ReadResult = Result<(Vec<Envelope>, u64), custodian_events::log::EventLogError>;
+type ReadResult = Result<Batch, ProjectionError>;
 
 impl Feed {
     fn new(model: Arc<dyn Projection>) -> Feed {
@@ -277,17 +301,35 @@ impl Feed {
     }
 }
 
-/// Reads the batch after `from - 1` for `model` (on the blocking pool: the log opens and checks events).
+/// Reads the batch after `from - 1` for `model`, teaches the directory its registrations and lets the model
+/// encode it (on the blocking pool: the log opens and checks events).
 fn read_batch(
     log: Arc<dyn EventLog>,
     model: Arc<dyn Projection>,
+    directory: SharedDirectory,
     from: u64,
     max: usize,
 ) -> JoinHandle<ReadResult> {
     tokio::task::spawn_blocking(move || {
         let want =
             |t: &str| t == "EnterpriseRegistered" || t == "TerminalRegistered" || model.wants(t);
-        log.read_where(from, max, &want)
+        let (events, last) = log
+            .read_where(from, max, &want)
+            .map_err(|e| ProjectionError::Failed(format!("reading the event log: {e}")))?;
+        directory
+            .write()
+            .expect("directory lock")
+            .learn_all(&events);
+        let events: Vec<Envelope> = events
+            .into_iter()
+            .filter(|e| model.wants(&e.event_type))
+            .collect();
+        let encoded = model.encode(&events)?;
+        Ok(Batch {
+            events,
+            last,
+            encoded,
+        })
     })
 }
 
@@ -535,6 +577,7 @@ impl Runner {
                 read_batch(
                     self.log.clone(),
                     feed.model.clone(),
+                    self.directory.clone(),
                     checkpoint + 1,
                     self.config.batch_events_max,
                 )
@@ -542,27 +585,25 @@ impl Runner {
             None => read_batch(
                 self.log.clone(),
                 feed.model.clone(),
+                self.directory.clone(),
                 checkpoint + 1,
                 self.config.batch_events_max,
             ),
         }
         .await;
-        let (events, last) = match read {
-            Ok(Ok(r)) => r,
+        let Batch {
+            events,
+            last,
+            encoded,
+        } = match read {
+            Ok(Ok(b)) => b,
             Ok(Err(e)) => {
-                self.failed(
-                    "reading the event log",
-                    ProjectionError::Failed(e.to_string()),
-                )
-                .await;
+                self.failed("reading a batch", e).await;
                 return true;
             }
             Err(e) => {
-                self.failed(
-                    "reading the event log",
-                    ProjectionError::Failed(e.to_string()),
-                )
-                .await;
+                self.failed("reading a batch", ProjectionError::Failed(e.to_string()))
+                    .await;
                 return true;
             }
         };
@@ -575,20 +616,13 @@ impl Runner {
                 read_batch(
                     self.log.clone(),
                     feed.model.clone(),
+                    self.directory.clone(),
                     last + 1,
                     self.config.batch_events_max,
                 ),
             ));
         }
-        self.directory
-            .write()
-            .expect("directory lock")
-            .learn_all(&events);
-        let events: Vec<Envelope> = events
-            .into_iter()
-            .filter(|e| feed.model.wants(&e.event_type))
-            .collect();
-        match feed.model.apply(&events, last).await {
+        match feed.model.apply_encoded(&events, last, encoded).await {
             Ok(()) => {
                 self.recovered();
                 feed.checkpoint = Some(last);

@@ -140,6 +140,10 @@ impl NodeProcess {
             ])
             .arg(data_dir)
             .env("CUSTODIAN_ADMIN_TOKEN", ADMIN_TOKEN)
+            // Read models are tested on their own databases (`ReadModels`); keep these off the shared ones.
+            .env("CUSTODIAN_PROJECTIONS__POSTGRES_ENABLED", "false")
+            .env("CUSTODIAN_PROJECTIONS__INFLUX_ENABLED", "false")
+            .env("CUSTODIAN_PROJECTIONS__SEARCH_ENABLED", "false")
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(log)

@@ -151,6 +151,11 @@ async fn http_phase(
     };
     config.ingest.require_signature = signed;
     config.derive.enabled = detect;
+    // Ingest alone (and with detection): the read models have their own benchmark (`bench projections`)
+    // and must not write into the operator's default databases.
+    config.projections.postgres_enabled = false;
+    config.projections.influx_enabled = false;
+    config.projections.search_enabled = false;
     let node = Node::start(config).await?;
     let client = NodeClient::new(node.url(), Some(node.admin_token.clone()));
     client

@@ -78,6 +78,10 @@ pub async fn detect(opts: DetectBenchOptions) -> anyhow::Result<String> {
         ..Config::default()
     };
     config.derive.tick_interval_s = 0;
+    // Detection alone; the read models have `bench projections` and their own databases.
+    config.projections.postgres_enabled = false;
+    config.projections.influx_enabled = false;
+    config.projections.search_enabled = false;
     let node = Node::start(config).await?;
     let client = NodeClient::new(node.url(), Some(node.admin_token.clone()));
     client

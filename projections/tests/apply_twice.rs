@@ -209,18 +209,27 @@ fn setup() -> &'static Setup {
     static SETUP: std::sync::OnceLock<Setup> = std::sync::OnceLock::new();
     SETUP.get_or_init(|| {
         let rt = tokio::runtime::Runtime::new().unwrap();
-        let database = format!("custodian_prop_{:08x}", rand::random::<u32>());
+        // One database for every run, its schemas dropped after each case: nothing piles up on the server.
+        let database = "custodian_prop_tests".to_owned();
         let pool = rt.block_on(async {
             let mut admin =
                 <sqlx::PgConnection as sqlx::Connection>::connect(&format!("{PG_SERVER}/postgres"))
                     .await
                     .expect("PostgreSQL on 127.0.0.1:5432 (run scripts/services up)");
-            sqlx::Executor::execute(
-                &mut admin,
-                sqlx::AssertSqlSafe(format!("CREATE DATABASE {database}")),
-            )
-            .await
-            .unwrap();
+            let exists: bool =
+                sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+                    .bind(&database)
+                    .fetch_one(&mut admin)
+                    .await
+                    .unwrap();
+            if !exists {
+                // Another test process may make it at the same moment (42P04): fine.
+                let _ = sqlx::Executor::execute(
+                    &mut admin,
+                    sqlx::AssertSqlSafe(format!("CREATE DATABASE {database}")),
+                )
+                .await;
+            }
             sqlx::PgPool::connect(&format!("{PG_SERVER}/{database}"))
                 .await
                 .unwrap()
@@ -261,10 +270,19 @@ proptest! {
             for (from, to) in deliveries(log.len(), &cuts, back, dup) {
                 twice.apply(&log[from..to], to as u64).await.unwrap();
             }
-            (
+            let dumps = (
                 dump_schema(&s.pool, &once.target()).await,
                 dump_schema(&s.pool, &twice.target()).await,
-            )
+            );
+            for schema in [once.target(), twice.target()] {
+                sqlx::Executor::execute(
+                    &s.pool,
+                    sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")),
+                )
+                .await
+                .unwrap();
+            }
+            dumps
         });
         prop_assert_eq!(once, twice);
     }

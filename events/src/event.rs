@@ -57,6 +57,30 @@ pub enum Event {
     ReadingSuspect(ReadingSuspect),
     /// An inspection note (free text) filed about an enterprise or one of its containers.
     NoteFiled(NoteFiled),
+    /// A bearer token issued to a regulator (or an administrator); the token itself is never stored.
+    TokenIssued(TokenIssued),
+    /// A token that no longer opens anything.
+    TokenRevoked(TokenRevoked),
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct TokenIssued {
+    pub id: String,
+    /// `national`, `province`, `enterprise` or `admin`.
+    pub tier: String,
+    /// The province code (`440000`) or enterprise id the token is confined to.
+    pub scope: Option<String>,
+    pub issued_at_ns: i64,
+    pub expires_at_ns: i64,
+    /// The token that asked for this one (`bootstrap` for the node's admin token).
+    pub issued_by: String,
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct TokenRevoked {
+    pub id: String,
+    pub revoked_at_ns: i64,
+    pub revoked_by: String,
 }
 
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
@@ -270,7 +294,7 @@ pub struct ReadingConflicted {
 
 impl Event {
     /// Every name [`Event::event_type`] answers.
-    pub const TYPES: [&'static str; 14] = [
+    pub const TYPES: [&'static str; 16] = [
         "EnterpriseRegistered",
         "TerminalRegistered",
         "ReadingRecorded",
@@ -285,6 +309,8 @@ impl Event {
         "ClockTicked",
         "ReadingSuspect",
         "NoteFiled",
+        "TokenIssued",
+        "TokenRevoked",
     ];
 
     /// The event type's name as shown over the API.
@@ -304,6 +330,8 @@ impl Event {
             Event::ClockTicked(_) => "ClockTicked",
             Event::ReadingSuspect(_) => "ReadingSuspect",
             Event::NoteFiled(_) => "NoteFiled",
+            Event::TokenIssued(_) => "TokenIssued",
+            Event::TokenRevoked(_) => "TokenRevoked",
         }
     }
 
@@ -324,6 +352,8 @@ impl Event {
             Event::ClockTicked(_) => "clock".to_owned(),
             Event::ReadingSuspect(r) => format!("terminal:{}", r.terminal_id),
             Event::NoteFiled(n) => format!("enterprise:{}", n.enterprise_id),
+            Event::TokenIssued(t) => format!("token:{}", t.id),
+            Event::TokenRevoked(t) => format!("token:{}", t.id),
         }
     }
 
@@ -381,6 +411,14 @@ impl Event {
                 slot: r.seq,
             }),
             Event::NoteFiled(_) => None,
+            Event::TokenIssued(t) => Some(DedupeKey {
+                space: [b"token/".as_slice(), t.id.as_bytes(), b"/"].concat(),
+                slot: 0,
+            }),
+            Event::TokenRevoked(t) => Some(DedupeKey {
+                space: [b"token/".as_slice(), t.id.as_bytes(), b"/"].concat(),
+                slot: 1,
+            }),
         }
     }
 
@@ -497,6 +535,19 @@ impl Event {
                 "container_id",
                 n.container_id.as_ref().map(|c| Jcs::str(c.as_str())),
             ),
+            Event::TokenIssued(t) => Jcs::obj(vec![
+                ("id", Jcs::str(t.id.as_str())),
+                ("tier", Jcs::str(t.tier.as_str())),
+                ("issued_at", Jcs::Str(format_utc_ns(t.issued_at_ns))),
+                ("expires_at", Jcs::Str(format_utc_ns(t.expires_at_ns))),
+                ("issued_by", Jcs::str(t.issued_by.as_str())),
+            ])
+            .with_optional("scope", t.scope.as_deref().map(Jcs::str)),
+            Event::TokenRevoked(t) => Jcs::obj(vec![
+                ("id", Jcs::str(t.id.as_str())),
+                ("revoked_at", Jcs::Str(format_utc_ns(t.revoked_at_ns))),
+                ("revoked_by", Jcs::str(t.revoked_by.as_str())),
+            ]),
         }
     }
 }

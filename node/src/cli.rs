@@ -51,6 +51,52 @@ pub enum Command {
     /// The read models of a running node: status, rebuild.
     #[command(subcommand)]
     Projections(ProjectionsCommand),
+    /// Regulators' bearer tokens: issue, revoke (asks the running node; needs an admin token).
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TokenCommand {
+    /// Issue a token; prints it alone on stdout (its id and expiry on stderr).
+    Issue {
+        /// national, province, enterprise or admin.
+        #[arg(long)]
+        tier: String,
+        /// The province's 6-digit code ending in 0000 (province tier), or the enterprise id.
+        #[arg(long)]
+        scope: Option<String>,
+        /// Lifetime: `8h`, `30m`, `7d`, `3600s` (at most 30 days).
+        #[arg(long, default_value = "8h")]
+        ttl: String,
+        #[command(flatten)]
+        node: NodeArgs,
+    },
+    /// Revoke a token by its id.
+    Revoke {
+        id: String,
+        #[command(flatten)]
+        node: NodeArgs,
+    },
+}
+
+/// `8h`, `30m`, `7d`, `90s` or plain seconds.
+pub fn parse_ttl(s: &str) -> anyhow::Result<u64> {
+    let (n, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => (&s[..i], &s[i..]),
+        None => (s, "s"),
+    };
+    let n: u64 = n
+        .parse()
+        .map_err(|_| anyhow::anyhow!("--ttl {s:?}: write it like 8h, 30m, 7d or 3600s"))?;
+    let unit = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => anyhow::bail!("--ttl {s:?}: the unit must be s, m, h or d"),
+    };
+    Ok(n * unit)
 }
 
 #[derive(Subcommand, Debug)]
@@ -403,6 +449,50 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Keys(cmd) => crate::keys_cli::run(cmd).await,
         Command::Envelope(cmd) => crate::keys_cli::envelope(cmd),
         Command::Projections(cmd) => projections(cmd).await,
+        Command::Token(TokenCommand::Issue {
+            tier,
+            scope,
+            ttl,
+            node,
+        }) => {
+            let client = NodeClient::new(node.node, node.admin_token);
+            let body = serde_json::json!({"tier": tier, "scope": scope, "ttl_s": parse_ttl(&ttl)?});
+            match client.post_admin("/v1/admin/tokens", &body).await? {
+                (201, v) => {
+                    println!("{}", v["token"].as_str().unwrap_or(""));
+                    eprintln!(
+                        "token {} ({} {}) expires {}",
+                        v["id"].as_str().unwrap_or("?"),
+                        v["tier"].as_str().unwrap_or("?"),
+                        v["scope"].as_str().unwrap_or("(everything)"),
+                        v["expires_at"].as_str().unwrap_or("?")
+                    );
+                    Ok(())
+                }
+                (status, v) => anyhow::bail!(
+                    "{} refused to issue the token ({status}): {v}",
+                    client.base()
+                ),
+            }
+        }
+        Command::Token(TokenCommand::Revoke { id, node }) => {
+            let client = NodeClient::new(node.node, node.admin_token);
+            match client
+                .post_admin(
+                    &format!("/v1/admin/tokens/{id}/revoke"),
+                    &serde_json::Value::Null,
+                )
+                .await?
+            {
+                (200, _) => {
+                    eprintln!("token {id} revoked");
+                    Ok(())
+                }
+                (status, v) => {
+                    anyhow::bail!("{} refused to revoke {id} ({status}): {v}", client.base())
+                }
+            }
+        }
     }
 }
 

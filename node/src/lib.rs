@@ -29,3 +29,4 @@ pub mod sealing;
 pub mod server;
 pub mod snapshots;
 pub mod terminal_sim;
+pub mod tokens;

@@ -89,11 +89,20 @@ impl Node {
         })?;
         let log: Arc<dyn EventLog> = Arc::new(log);
         tracing::info!(last_seq = log.last_seq(), "event log open");
+        let tokens = crate::tokens::Tokens::open(
+            &data_dir.path().join("platform_signing.key"),
+            entropy.as_ref(),
+        )
+        .context("cannot read or make the platform's token signing key")?;
+        tokens
+            .load_revoked(log.as_ref())
+            .context("cannot read the token revocations from the event log")?;
         let derived_seq = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let state = Arc::new(AppState {
             derived_seq: derived_seq.clone(),
             deriver_stats: std::sync::OnceLock::new(),
             projections: std::sync::OnceLock::new(),
+            tokens,
             log,
             registry: Registry::new(config.ingest.terminal_cache_entries_max),
             clock,

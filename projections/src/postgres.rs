@@ -282,7 +282,10 @@ impl Projection for PgProjection {
     }
 
     fn wants(&self, event_type: &str) -> bool {
-        !matches!(event_type, "UploadSigned" | "DataKeyIssued" | "ClockTicked")
+        !matches!(
+            event_type,
+            "UploadSigned" | "DataKeyIssued" | "ClockTicked" | "TokenIssued" | "TokenRevoked"
+        )
     }
 
     fn set_log_genesis(&self, genesis: &str) {
@@ -705,7 +708,11 @@ impl Rows {
                         n.filed_at_ns,
                     ));
                 }
-                Event::UploadSigned(_) | Event::DataKeyIssued(_) | Event::ClockTicked(_) => {}
+                Event::UploadSigned(_)
+                | Event::DataKeyIssued(_)
+                | Event::ClockTicked(_)
+                | Event::TokenIssued(_)
+                | Event::TokenRevoked(_) => {}
             }
         }
         rows

@@ -3,6 +3,7 @@
 mod error;
 mod events;
 mod ingest;
+pub mod query;
 pub mod registry;
 
 use std::sync::Arc;
@@ -43,13 +44,18 @@ pub struct AppState {
     pub deriver_stats: std::sync::OnceLock<Arc<custodian_actors::DeriverStats>>,
     /// The read models' runners, once started.
     pub projections: std::sync::OnceLock<Vec<custodian_projections::runner::RunnerHandle>>,
+    /// Regulators' and administrators' bearer tokens.
+    pub tokens: crate::tokens::Tokens,
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
-        .route("/v1/enterprises", post(registry::register_enterprise))
+        .route(
+            "/v1/enterprises",
+            post(registry::register_enterprise).get(query::enterprises),
+        )
         .route("/v1/terminals", post(registry::register_terminal))
         .route("/v1/manifests", post(registry::open_manifest))
         .route("/v1/notes", post(registry::file_note))
@@ -64,6 +70,13 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/admin/data-keys/{scope}/rotate", post(rotate_data_key))
         .route("/v1/admin/projections", get(projections_status))
         .route("/v1/admin/search", get(search))
+        .route("/v1/admin/tokens", post(query::issue_token))
+        .route("/v1/admin/tokens/{id}/revoke", post(query::revoke_token))
+        .route("/v1/enterprises/{id}", get(query::enterprise))
+        .route("/v1/enterprises/{id}/kpis", get(query::enterprise_kpis))
+        .route("/v1/anomalies", get(query::anomalies))
+        .route("/v1/containers/{id}", get(query::container))
+        .route("/v1/search", get(query::search))
         .route(
             "/v1/admin/projections/{name}/rebuild",
             post(rebuild_projection),
@@ -179,14 +192,34 @@ async fn search(
     require_admin(&st, &headers)?;
     let axum::extract::Query(q) = query
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))?;
-    if q.q.trim().is_empty() {
+    run_search(
+        &st,
+        q.q,
+        custodian_projections::search::SearchFilter {
+            enterprise_ids: q.enterprise_id.map(|e| vec![e]),
+            province_code: q.province_code,
+            kind: q.kind,
+        },
+        q.limit,
+    )
+    .await
+}
+
+/// Runs a search on the live index; `filter` carries the caller's scope.
+pub(crate) async fn run_search(
+    st: &AppState,
+    text: String,
+    filter: custodian_projections::search::SearchFilter,
+    limit: Option<usize>,
+) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    if text.trim().is_empty() {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             "invalid_query",
             "q must hold at least one word",
         ));
     }
-    let limit = q.limit.unwrap_or(20);
+    let limit = limit.unwrap_or(20);
     if !(1..=SEARCH_LIMIT_MAX).contains(&limit) {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -213,12 +246,6 @@ async fn search(
                 "the search index is not open (disabled, or still starting); see GET /v1/admin/projections",
             )
         })?;
-    let filter = custodian_projections::search::SearchFilter {
-        enterprise_ids: q.enterprise_id.map(|e| vec![e]),
-        province_code: q.province_code,
-        kind: q.kind,
-    };
-    let text = q.q;
     let hits = tokio::task::spawn_blocking(move || index.search(&text, &filter, limit))
         .await
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
@@ -275,11 +302,35 @@ async fn method_not_allowed() -> ApiError {
 
 /// Checks `Authorization: Bearer <admin token>`, in constant time.
 pub fn require_admin(st: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    require_admin_caller(st, headers).map(|_| ())
+}
+
+/// The caller, who must hold the `admin` role: the node's bootstrap admin token or an admin token issued
+/// with it. A regulator's token gets 403 `admin_only`.
+pub fn require_admin_caller(
+    st: &AppState,
+    headers: &HeaderMap,
+) -> Result<crate::tokens::Caller, ApiError> {
+    let c = caller(st, headers)?;
+    if !c.is_admin() {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "admin_only",
+            "this endpoint needs the admin role; regulators' tokens only read",
+        ));
+    }
+    Ok(c)
+}
+
+/// Who is asking: the bootstrap admin token, or a token the platform issued (checked: signature, expiry,
+/// revocation).
+pub fn caller(st: &AppState, headers: &HeaderMap) -> Result<crate::tokens::Caller, ApiError> {
+    use crate::tokens::{Caller, Scope, Tier};
     let Some(value) = headers.get(header::AUTHORIZATION) else {
         return Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
             "missing_token",
-            "this endpoint needs `Authorization: Bearer <admin token>`",
+            "this endpoint needs `Authorization: Bearer <token>`",
         ));
     };
     let given = value
@@ -287,14 +338,28 @@ pub fn require_admin(st: &AppState, headers: &HeaderMap) -> Result<(), ApiError>
         .ok()
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
-    if !constant_time_eq(given.as_bytes(), st.admin_token.as_bytes()) {
-        return Err(ApiError::new(
+    if constant_time_eq(given.as_bytes(), st.admin_token.as_bytes()) {
+        return Ok(Caller {
+            token_id: "bootstrap".into(),
+            tier: Tier::Admin,
+            scope: Scope::All,
+        });
+    }
+    let now_s = st.clock.now_ns().div_euclid(1_000_000_000);
+    let claims = st.tokens.verify(given, now_s).map_err(|e| {
+        ApiError::new(
             StatusCode::UNAUTHORIZED,
             "invalid_token",
-            "the bearer token is not valid here",
-        ));
-    }
-    Ok(())
+            format!("the bearer token is not valid here: {e}"),
+        )
+    })?;
+    let scope = crate::tokens::check_scope(claims.tier, claims.scope.as_deref())
+        .map_err(|m| ApiError::new(StatusCode::UNAUTHORIZED, "invalid_token", m))?;
+    Ok(Caller {
+        token_id: claims.id.clone(),
+        tier: claims.tier,
+        scope,
+    })
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

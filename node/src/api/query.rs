@@ -1,0 +1,549 @@
+//! The regulators' side: tokens (`POST /v1/admin/tokens`, revoke) and the scoped read endpoints over the
+//! read models. Every query carries the caller's scope inside its SQL (or the search filter), so a row out
+//! of scope is never read at all; an object out of scope answers exactly like one that does not exist.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use custodian_events::Event;
+use custodian_events::event::{TokenIssued, TokenRevoked};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use sqlx::Row as _;
+
+use super::{ApiError, AppState, caller, read_json, require_admin_caller};
+use crate::tokens::{Caller, Claims, Scope, TTL_S_MAX, Tier, check_scope};
+
+/// Default and largest page of a list.
+const PAGE_DEFAULT: i64 = 50;
+const PAGE_MAX: i64 = 500;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawToken {
+    tier: String,
+    #[serde(default)]
+    scope: Option<String>,
+    /// Seconds; default 8 h, at most 30 days.
+    #[serde(default)]
+    ttl_s: Option<u64>,
+}
+
+/// `POST /v1/admin/tokens` (admin): issues a token; 201 `{"token", "id", "tier", "scope", "expires_at"}`.
+pub async fn issue_token(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<impl IntoResponse, ApiError> {
+    let by = require_admin_caller(&st, &headers)?;
+    let raw: RawToken = read_json(&headers, body, 4096).await?;
+    let bad =
+        |m: String| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_token_request", m);
+    let tier = Tier::parse(&raw.tier).ok_or_else(|| {
+        bad(format!(
+            "tier {:?} is not one of national, province, enterprise, admin",
+            raw.tier
+        ))
+    })?;
+    check_scope(tier, raw.scope.as_deref()).map_err(bad)?;
+    if tier == Tier::Enterprise {
+        let id = custodian_events::ids::EnterpriseId::parse(raw.scope.as_deref().unwrap_or(""))
+            .map_err(|e| bad(e.to_string()))?;
+        if st
+            .log
+            .lookup(&custodian_events::event::dedupe_key_enterprise(&id))?
+            .is_none()
+        {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "unknown_enterprise",
+                format!("enterprise {id} is not registered"),
+            ));
+        }
+    }
+    let ttl = raw.ttl_s.unwrap_or(8 * 3600);
+    if ttl == 0 || ttl > TTL_S_MAX {
+        return Err(bad(format!("ttl_s must lie in 1 ..= {TTL_S_MAX}")));
+    }
+    let now = st.clock.now_ns();
+    let mut id_bytes = [0u8; 8];
+    st.entropy.fill(&mut id_bytes);
+    let id = format!("tok-{}", hex::encode(id_bytes));
+    let claims = Claims {
+        v: 1,
+        id: id.clone(),
+        tier,
+        scope: raw.scope.clone(),
+        iat: now.div_euclid(1_000_000_000),
+        exp: now.div_euclid(1_000_000_000) + ttl as i64,
+    };
+    let expires_at_ns = claims.exp * 1_000_000_000;
+    let event = Event::TokenIssued(TokenIssued {
+        id: id.clone(),
+        tier: tier.name().into(),
+        scope: raw.scope.clone(),
+        issued_at_ns: now,
+        expires_at_ns,
+        issued_by: by.token_id,
+    });
+    let p = crate::sealing::sealed(&st, custodian_events::keyring::PLATFORM_SCOPE, event).await?;
+    st.log.append(vec![p]).await?;
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(json!({
+            "token": st.tokens.issue(&claims),
+            "id": id,
+            "tier": tier.name(),
+            "scope": raw.scope,
+            "expires_at": custodian_events::reading::format_utc_ns(expires_at_ns),
+        })),
+    ))
+}
+
+/// `POST /v1/admin/tokens/{id}/revoke` (admin): the token opens nothing from now on.
+pub async fn revoke_token(
+    State(st): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<impl IntoResponse, ApiError> {
+    let by = require_admin_caller(&st, &headers)?;
+    custodian_events::ids::check_id(&id).map_err(|e| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_id",
+            format!("{id:?}: {e}"),
+        )
+    })?;
+    let issued = st.log.lookup(&custodian_events::event::DedupeKey {
+        space: [b"token/".as_slice(), id.as_bytes(), b"/"].concat(),
+        slot: 0,
+    })?;
+    if issued.is_none() {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_token",
+            format!("no token {id} was issued by this platform"),
+        ));
+    }
+    let event = Event::TokenRevoked(TokenRevoked {
+        id: id.clone(),
+        revoked_at_ns: st.clock.now_ns(),
+        revoked_by: by.token_id,
+    });
+    let p = crate::sealing::sealed(&st, custodian_events::keyring::PLATFORM_SCOPE, event).await?;
+    st.log.append(vec![p]).await?;
+    st.tokens.revoke(&id);
+    Ok(axum::Json(json!({ "id": id, "status": "revoked" })))
+}
+
+/// The live PostgreSQL model's pool.
+fn pg(st: &AppState) -> Result<sqlx::PgPool, ApiError> {
+    st.projections
+        .get()
+        .into_iter()
+        .flatten()
+        .find(|p| p.name() == "postgres")
+        .and_then(|p| p.live())
+        .and_then(|m| {
+            m.as_any()
+                .downcast_ref::<custodian_projections::postgres::PgProjection>()
+                .map(|p| p.pool().clone())
+        })
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "read_model_unavailable",
+                "the PostgreSQL read model is disabled or still starting; see GET /v1/admin/projections",
+            )
+        })
+}
+
+fn db_error(e: sqlx::Error) -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "read_model_unavailable",
+        format!("the PostgreSQL read model did not answer: {e}"),
+    )
+}
+
+fn invalid(m: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", m)
+}
+
+fn page(limit: Option<i64>) -> Result<i64, ApiError> {
+    let l = limit.unwrap_or(PAGE_DEFAULT);
+    if !(1..=PAGE_MAX).contains(&l) {
+        return Err(invalid(format!("limit must lie in 1 ..= {PAGE_MAX}")));
+    }
+    Ok(l)
+}
+
+fn not_found(what: &str, id: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!("no {what} {id:?} here"),
+    )
+}
+
+fn query_of<T>(
+    q: Result<Query<T>, axum::extract::rejection::QueryRejection>,
+) -> Result<T, ApiError> {
+    q.map(|Query(q)| q).map_err(|e| invalid(e.body_text()))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnterprisesQuery {
+    province_code: Option<String>,
+    city_code: Option<String>,
+    limit: Option<i64>,
+    cursor: Option<String>,
+}
+
+const ENTERPRISE_COLUMNS: &str =
+    "id, name, province_code, city_code, storage_capacity_mg, registered_seq";
+
+fn enterprise_json(r: &sqlx::postgres::PgRow) -> Value {
+    json!({
+        "id": r.get::<String, _>("id"),
+        "name": r.get::<String, _>("name"),
+        "province_code": r.get::<String, _>("province_code"),
+        "city_code": r.get::<String, _>("city_code"),
+        "storage_capacity_kg": r.get::<i64, _>("storage_capacity_mg") as f64 / 1e6,
+        "registered_seq": r.get::<i64, _>("registered_seq"),
+    })
+}
+
+/// `GET /v1/enterprises?province_code=&city_code=&limit=&cursor=`: the enterprises in the caller's scope.
+pub async fn enterprises(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    q: Result<Query<EnterprisesQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<impl IntoResponse, ApiError> {
+    let who = caller(&st, &headers)?;
+    let q = query_of(q)?;
+    let limit = page(q.limit)?;
+    let (sp, se) = who.scope.binds();
+    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {ENTERPRISE_COLUMNS} FROM enterprises \
+         WHERE ($1::text IS NULL OR province_code = $1) AND ($2::text IS NULL OR id = $2) \
+           AND ($3::text IS NULL OR province_code = $3) AND ($4::text IS NULL OR city_code = $4) \
+           AND ($5::text IS NULL OR id > $5) \
+         ORDER BY id LIMIT $6"
+    )))
+    .bind(sp)
+    .bind(se)
+    .bind(q.province_code)
+    .bind(q.city_code)
+    .bind(q.cursor)
+    .bind(limit + 1)
+    .fetch_all(&pg(&st)?)
+    .await
+    .map_err(db_error)?;
+    Ok(axum::Json(paged(&rows, limit, enterprise_json, |r| {
+        r.get::<String, _>("id")
+    })))
+}
+
+fn paged(
+    rows: &[sqlx::postgres::PgRow],
+    limit: i64,
+    item: impl Fn(&sqlx::postgres::PgRow) -> Value,
+    key: impl Fn(&sqlx::postgres::PgRow) -> String,
+) -> Value {
+    let more = rows.len() as i64 > limit;
+    let shown = &rows[..rows.len().min(limit as usize)];
+    json!({
+        "items": shown.iter().map(item).collect::<Vec<_>>(),
+        "next_cursor": if more { shown.last().map(key) } else { None },
+    })
+}
+
+/// Whether enterprise `id` is in `scope` (and registered): the one check before per-enterprise reads.
+async fn enterprise_in_scope(
+    pool: &sqlx::PgPool,
+    scope: &Scope,
+    id: &str,
+) -> Result<Option<sqlx::postgres::PgRow>, ApiError> {
+    let (sp, se) = scope.binds();
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {ENTERPRISE_COLUMNS} FROM enterprises WHERE id = $3 \
+         AND ($1::text IS NULL OR province_code = $1) AND ($2::text IS NULL OR id = $2)"
+    )))
+    .bind(sp)
+    .bind(se)
+    .bind(id)
+    .fetch_optional(pool)
+    .await
+    .map_err(db_error)
+}
+
+/// `GET /v1/enterprises/{id}`: 404 alike for unknown and out of scope.
+pub async fn enterprise(
+    State(st): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<impl IntoResponse, ApiError> {
+    let who = caller(&st, &headers)?;
+    let pool = pg(&st)?;
+    match enterprise_in_scope(&pool, &who.scope, &id).await? {
+        Some(r) => Ok(axum::Json(enterprise_json(&r))),
+        None => Err(not_found("enterprise", &id)),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KpisQuery {
+    from: Option<String>,
+    to: Option<String>,
+}
+
+/// A `YYYY-MM-DD` day, or the China Standard Time day of an RFC 3339 instant.
+fn day(s: &str) -> Result<time::Date, ApiError> {
+    let fmt = time::macros::format_description!("[year]-[month]-[day]");
+    if let Ok(d) = time::Date::parse(s, &fmt) {
+        return Ok(d);
+    }
+    time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+        .map(|t| t.to_offset(time::macros::offset!(+8)).date())
+        .map_err(|_| {
+            invalid(format!(
+                "{s:?} is neither YYYY-MM-DD nor an RFC 3339 instant"
+            ))
+        })
+}
+
+/// `GET /v1/enterprises/{id}/kpis?from=&to=`: the enterprise's daily KPIs (CST days, both ends included).
+pub async fn enterprise_kpis(
+    State(st): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    q: Result<Query<KpisQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<impl IntoResponse, ApiError> {
+    let who = caller(&st, &headers)?;
+    let q = query_of(q)?;
+    let from = q.from.as_deref().map(day).transpose()?;
+    let to = q.to.as_deref().map(day).transpose()?;
+    let pool = pg(&st)?;
+    if enterprise_in_scope(&pool, &who.scope, &id).await?.is_none() {
+        return Err(not_found("enterprise", &id));
+    }
+    let epoch = time::macros::date!(1970 - 01 - 01);
+    let rows = sqlx::query(
+        "SELECT day::text AS day, readings, weighings, weighed_mg, storage_in_mg, storage_out_mg, \
+           transfer_out_mg, transfer_in_mg, suspect_readings, anomalies, manifests_opened, \
+           manifests_received, notes FROM daily_kpis \
+         WHERE enterprise_id = $1 AND ($2::int4 IS NULL OR day >= DATE '1970-01-01' + $2) \
+           AND ($3::int4 IS NULL OR day <= DATE '1970-01-01' + $3) ORDER BY day LIMIT 3660",
+    )
+    .bind(&id)
+    .bind(from.map(|d| (d - epoch).whole_days() as i32))
+    .bind(to.map(|d| (d - epoch).whole_days() as i32))
+    .fetch_all(&pool)
+    .await
+    .map_err(db_error)?;
+    let kg = |r: &sqlx::postgres::PgRow, c: &str| r.get::<i64, _>(c) as f64 / 1e6;
+    let items: Vec<Value> = rows
+        .iter()
+        .map(|r| {
+            json!({
+                "day": r.get::<String, _>("day"),
+                "readings": r.get::<i64, _>("readings"),
+                "weighings": r.get::<i64, _>("weighings"),
+                "weighed_kg": kg(r, "weighed_mg"),
+                "storage_in_kg": kg(r, "storage_in_mg"),
+                "storage_out_kg": kg(r, "storage_out_mg"),
+                "transfer_out_kg": kg(r, "transfer_out_mg"),
+                "transfer_in_kg": kg(r, "transfer_in_mg"),
+                "suspect_readings": r.get::<i64, _>("suspect_readings"),
+                "anomalies": r.get::<i64, _>("anomalies"),
+                "manifests_opened": r.get::<i64, _>("manifests_opened"),
+                "manifests_received": r.get::<i64, _>("manifests_received"),
+                "notes": r.get::<i64, _>("notes"),
+            })
+        })
+        .collect();
+    Ok(axum::Json(
+        json!({ "enterprise_id": id, "timezone": "+08:00", "items": items }),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AnomaliesQuery {
+    kind: Option<String>,
+    province_code: Option<String>,
+    enterprise_id: Option<String>,
+    from: Option<String>,
+    to: Option<String>,
+    limit: Option<i64>,
+    cursor: Option<String>,
+}
+
+fn instant_ns(s: &str) -> Result<i64, ApiError> {
+    time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+        .map(|t| t.unix_timestamp_nanos() as i64)
+        .map_err(|_| invalid(format!("{s:?} is not an RFC 3339 instant")))
+}
+
+/// `GET /v1/anomalies?kind=&province_code=&enterprise_id=&from=&to=&limit=&cursor=`: newest first, in scope.
+pub async fn anomalies(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    q: Result<Query<AnomaliesQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<impl IntoResponse, ApiError> {
+    let who = caller(&st, &headers)?;
+    let q = query_of(q)?;
+    let limit = page(q.limit)?;
+    let cursor = q
+        .cursor
+        .as_deref()
+        .map(|c| {
+            c.parse::<i64>()
+                .map_err(|_| invalid("cursor is not one this API gave"))
+        })
+        .transpose()?;
+    let from = q.from.as_deref().map(instant_ns).transpose()?;
+    let to = q.to.as_deref().map(instant_ns).transpose()?;
+    let (sp, se) = who.scope.binds();
+    let rows = sqlx::query(
+        "SELECT anomaly_id, event_seq, kind, severity, subject, enterprise_id, province_code, terminal_id, \
+           container_id, manifest_id, previous_value, current_value, change_ratio_ppm, limit_value, \
+           cause_seq, detected_at::text AS detected_at, description FROM anomalies \
+         WHERE ($1::text IS NULL OR province_code = $1) AND ($2::text IS NULL OR enterprise_id = $2) \
+           AND ($3::text IS NULL OR kind = $3) AND ($4::text IS NULL OR province_code = $4) \
+           AND ($5::text IS NULL OR enterprise_id = $5) \
+           AND ($6::int8 IS NULL OR detected_at >= ns_to_ts($6)) \
+           AND ($7::int8 IS NULL OR detected_at < ns_to_ts($7)) \
+           AND ($8::int8 IS NULL OR event_seq < $8) \
+         ORDER BY event_seq DESC LIMIT $9",
+    )
+    .bind(sp)
+    .bind(se)
+    .bind(q.kind)
+    .bind(q.province_code)
+    .bind(q.enterprise_id)
+    .bind(from)
+    .bind(to)
+    .bind(cursor)
+    .bind(limit + 1)
+    .fetch_all(&pg(&st)?)
+    .await
+    .map_err(db_error)?;
+    Ok(axum::Json(paged(
+        &rows,
+        limit,
+        |r| {
+            json!({
+                "anomaly_id": r.get::<String, _>("anomaly_id"),
+                "event_seq": r.get::<i64, _>("event_seq"),
+                "kind": r.get::<String, _>("kind"),
+                "severity": r.get::<String, _>("severity"),
+                "subject": r.get::<String, _>("subject"),
+                "enterprise_id": r.get::<Option<String>, _>("enterprise_id"),
+                "province_code": r.get::<Option<String>, _>("province_code"),
+                "terminal_id": r.get::<Option<String>, _>("terminal_id"),
+                "container_id": r.get::<Option<String>, _>("container_id"),
+                "manifest_id": r.get::<Option<String>, _>("manifest_id"),
+                "previous_value": r.get::<Option<i64>, _>("previous_value"),
+                "current_value": r.get::<Option<i64>, _>("current_value"),
+                "change_ratio_ppm": r.get::<Option<i64>, _>("change_ratio_ppm"),
+                "limit_value": r.get::<Option<i64>, _>("limit_value"),
+                "cause_seq": r.get::<i64, _>("cause_seq"),
+                "detected_at": r.get::<String, _>("detected_at"),
+                "description": r.get::<String, _>("description"),
+            })
+        },
+        |r| r.get::<i64, _>("event_seq").to_string(),
+    )))
+}
+
+/// `GET /v1/containers/{id}`: the container and its custody chain, if its enterprise is in scope.
+pub async fn container(
+    State(st): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<impl IntoResponse, ApiError> {
+    let who = caller(&st, &headers)?;
+    let pool = pg(&st)?;
+    let (sp, se) = who.scope.binds();
+    let Some(c) = sqlx::query(
+        "SELECT c.id, c.enterprise_id, c.waste_code, c.stage, c.last_weight_mg, \
+           c.last_measured_at::text AS last_measured_at, c.weighings FROM containers c \
+           JOIN enterprises e ON e.id = c.enterprise_id \
+         WHERE c.id = $3 AND ($1::text IS NULL OR e.province_code = $1) AND ($2::text IS NULL OR e.id = $2)",
+    )
+    .bind(sp)
+    .bind(se)
+    .bind(&id)
+    .fetch_optional(&pool)
+    .await
+    .map_err(db_error)?
+    else {
+        return Err(not_found("container", &id));
+    };
+    let enterprise: String = c.get("enterprise_id");
+    let chain = sqlx::query(
+        "SELECT event_seq, stage, enterprise_id, terminal_id, weight_mg, measured_at::text AS measured_at, \
+           manifest_id FROM custody WHERE container_id = $1 AND enterprise_id = $2 \
+         ORDER BY measured_at, event_seq LIMIT 10000",
+    )
+    .bind(&id)
+    .bind(&enterprise)
+    .fetch_all(&pool)
+    .await
+    .map_err(db_error)?;
+    Ok(axum::Json(json!({
+        "id": c.get::<String, _>("id"),
+        "enterprise_id": enterprise,
+        "waste_code": c.get::<Option<String>, _>("waste_code"),
+        "stage": c.get::<Option<String>, _>("stage"),
+        "last_weight_kg": c.get::<i64, _>("last_weight_mg") as f64 / 1e6,
+        "last_measured_at": c.get::<String, _>("last_measured_at"),
+        "weighings": c.get::<i64, _>("weighings"),
+        "custody": chain.iter().map(|r| json!({
+            "event_seq": r.get::<i64, _>("event_seq"),
+            "stage": r.get::<String, _>("stage"),
+            "terminal_id": r.get::<String, _>("terminal_id"),
+            "weight_kg": r.get::<i64, _>("weight_mg") as f64 / 1e6,
+            "measured_at": r.get::<String, _>("measured_at"),
+            "manifest_id": r.get::<Option<String>, _>("manifest_id"),
+        })).collect::<Vec<_>>(),
+    })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SearchQuery {
+    q: String,
+    kind: Option<String>,
+    limit: Option<usize>,
+}
+
+/// `GET /v1/search?q=&kind=&limit=`: full text, within the caller's scope (the filter is part of the
+/// index query, so counts and hits never include what the caller may not see).
+pub async fn search(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    q: Result<Query<SearchQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<impl IntoResponse, ApiError> {
+    let who: Caller = caller(&st, &headers)?;
+    let q = query_of(q)?;
+    let (province, enterprise) = who.scope.binds();
+    super::run_search(
+        &st,
+        q.q,
+        custodian_projections::search::SearchFilter {
+            enterprise_ids: enterprise.map(|e| vec![e]),
+            province_code: province,
+            kind: q.kind,
+        },
+        q.limit,
+    )
+    .await
+}

@@ -1,0 +1,276 @@
+//! Regulators' tokens and scopes: three enterprises in two provinces; national, provincial and enterprise
+//! tokens each see exactly their scope on every read endpoint (lists, single objects, KPIs, anomalies,
+//! custody chains, search), and an object out of scope answers exactly like one that does not exist.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use custodian_node::client::{ClientError, NodeClient};
+use custodian_node::terminal_sim::{terminal_body, terminal_key};
+use custodian_tests::*;
+use serde_json::{Value, json};
+
+fn weighings(terminal: &str, container: &str) -> Vec<u8> {
+    // 100 kg, then 60 kg: a drop of 40 % flags weight_fluctuation.
+    let readings: Vec<Value> = [(1, 100.0), (2, 60.0)]
+        .iter()
+        .map(|(seq, kg)| {
+            json!({"seq": seq, "measured_at": format!("2026-11-20T08:00:0{seq}Z"), "kind": "weight",
+                   "value": kg, "unit": "kg", "container_id": container, "stage": "storage_in",
+                   "waste_code": "HW08"})
+        })
+        .collect();
+    serde_json::to_vec(&json!({"terminal_id": terminal, "readings": readings})).unwrap()
+}
+
+async fn get(client: &NodeClient, path: &str) -> Result<Value, (u16, Value)> {
+    client.get_admin(path).await.map_err(|e| match e {
+        ClientError::Status { status, body } => (status, body),
+        other => panic!("{path}: {other}"),
+    })
+}
+
+fn ids(v: &Value, field: &str) -> BTreeSet<String> {
+    v["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i[field].as_str().unwrap_or("").to_owned())
+        .collect()
+}
+
+fn set(items: &[&str]) -> BTreeSet<String> {
+    items.iter().map(|s| (*s).to_owned()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_tier_sees_exactly_its_scope() {
+    let dir = tempfile::tempdir().unwrap();
+    let models = ReadModels::new("scopes");
+    let (node, admin) = start_node(dir.path(), |c| models.enable(c)).await;
+    for (id, province, city) in [
+        ("E-A", "440000", "440100"),
+        ("E-B", "440000", "440300"),
+        ("E-C", "320000", "320100"),
+    ] {
+        admin
+            .register(
+                "/v1/enterprises",
+                &json!({"id": id, "name": format!("{id} 危废处置"), "province_code": province,
+                        "city_code": city, "storage_capacity_kg": 100000.0}),
+            )
+            .await
+            .unwrap();
+    }
+    let mut keys = TerminalKeys::default();
+    for (t, e) in [("T-A", "E-A"), ("T-B", "E-B"), ("T-C", "E-C")] {
+        let key = terminal_key(t, 7);
+        let mut body = terminal_body(t, 0, Some(&key.public_key_pem()));
+        body["enterprise_id"] = json!(e);
+        admin.register("/v1/terminals", &body).await.unwrap();
+        keys.0.insert(t.to_owned(), std::sync::Arc::new(key));
+        let container = format!("{t}-C0");
+        keys.upload(&admin, t, weighings(t, &container))
+            .await
+            .unwrap();
+        let (status, _) = admin
+            .post_admin(
+                "/v1/notes",
+                &json!({"enterprise_id": e, "author": "检查员", "text": format!("{e} 危险废物贮存间检查")}),
+            )
+            .await
+            .unwrap();
+        assert_eq!(status, 201);
+    }
+    wait_projected(&admin, Duration::from_secs(60)).await;
+
+    // Tokens: the national one through the CLI, as an operator would.
+    let out = std::process::Command::new(custodian_bin())
+        .args([
+            "token",
+            "issue",
+            "--tier",
+            "national",
+            "--ttl",
+            "1h",
+            "--node",
+            &node.url(),
+        ])
+        .env("CUSTODIAN_ADMIN_TOKEN", ADMIN_TOKEN)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let national = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    assert!(
+        national.starts_with("cst1."),
+        "stdout holds the token alone: {national}"
+    );
+    let issue = |tier: &str, scope: &str| {
+        let admin = admin.clone();
+        let body = json!({"tier": tier, "scope": scope});
+        async move {
+            let (status, v) = admin.post_admin("/v1/admin/tokens", &body).await.unwrap();
+            assert_eq!(status, 201, "{v}");
+            (
+                v["token"].as_str().unwrap().to_owned(),
+                v["id"].as_str().unwrap().to_owned(),
+            )
+        }
+    };
+    let (province, province_id) = issue("province", "440000").await;
+    let (enterprise, _) = issue("enterprise", "E-A").await;
+    for bad in [
+        json!({"tier": "province", "scope": "440100"}),
+        json!({"tier": "enterprise", "scope": "E-Z"}),
+        json!({"tier": "mayor"}),
+        json!({"tier": "national", "ttl_s": 0}),
+    ] {
+        let (status, v) = admin.post_admin("/v1/admin/tokens", &bad).await.unwrap();
+        assert_eq!(status, 422, "{bad}: {v}");
+    }
+    let as_ = |token: &str| NodeClient::new(node.url(), Some(token.to_owned()));
+    let (n, p, e) = (as_(&national), as_(&province), as_(&enterprise));
+
+    // Lists.
+    let all = set(&["E-A", "E-B", "E-C"]);
+    let gd = set(&["E-A", "E-B"]);
+    let a = set(&["E-A"]);
+    for (who, want) in [(&n, &all), (&p, &gd), (&e, &a)] {
+        assert_eq!(
+            &ids(&get(who, "/v1/enterprises").await.unwrap(), "id"),
+            want
+        );
+        assert_eq!(
+            &ids(&get(who, "/v1/anomalies").await.unwrap(), "enterprise_id"),
+            want,
+            "anomalies"
+        );
+        let hits = get(who, "/v1/search?q=%E5%8D%B1%E9%99%A9%E5%BA%9F%E7%89%A9")
+            .await
+            .unwrap();
+        let seen: BTreeSet<String> = hits["hits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| h["doc"]["enterprise_id"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(&seen, want, "search hits");
+    }
+    // A filter cannot widen the scope.
+    assert!(
+        ids(
+            &get(&p, "/v1/enterprises?province_code=320000")
+                .await
+                .unwrap(),
+            "id"
+        )
+        .is_empty()
+    );
+    assert!(
+        ids(
+            &get(&e, "/v1/anomalies?enterprise_id=E-B").await.unwrap(),
+            "enterprise_id"
+        )
+        .is_empty()
+    );
+
+    // Single objects: out of scope is indistinguishable from absent.
+    let absent = get(&n, "/v1/enterprises/E-Z").await.unwrap_err();
+    assert_eq!(absent.0, 404);
+    for (who, path) in [
+        (&p, "/v1/enterprises/E-C"),
+        (&e, "/v1/enterprises/E-B"),
+        (&e, "/v1/enterprises/E-B/kpis"),
+        (&p, "/v1/containers/T-C-C0"),
+        (&e, "/v1/containers/T-B-C0"),
+    ] {
+        let (status, body) = get(who, path).await.unwrap_err();
+        assert_eq!(status, 404, "{path}");
+        assert_eq!(body["code"], absent.1["code"], "{path}");
+    }
+    assert_eq!(
+        get(&n, "/v1/enterprises/E-C").await.unwrap()["province_code"],
+        "320000"
+    );
+    let kpis = get(&e, "/v1/enterprises/E-A/kpis?from=2026-11-20&to=2026-11-20")
+        .await
+        .unwrap();
+    assert_eq!(kpis["items"][0]["readings"], 2, "{kpis}");
+    let c = get(&p, "/v1/containers/T-A-C0").await.unwrap();
+    assert_eq!(c["custody"].as_array().unwrap().len(), 2, "{c}");
+    assert_eq!(c["last_weight_kg"], 60.0);
+
+    // Paging: one at a time, the national view walks all three anomalies.
+    let mut seen = Vec::new();
+    let mut path = "/v1/anomalies?limit=1".to_owned();
+    loop {
+        let page = get(&n, &path).await.unwrap();
+        seen.extend(ids(&page, "anomaly_id"));
+        match page["next_cursor"].as_str() {
+            Some(c) => path = format!("/v1/anomalies?limit=1&cursor={c}"),
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), 3);
+
+    // Regulators only read.
+    let (status, v) = p
+        .post_admin(
+            "/v1/notes",
+            &json!({"enterprise_id": "E-A", "author": "x", "text": "y"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!((status, v["code"].as_str()), (403, Some("admin_only")));
+    assert_eq!(get(&p, "/v1/events").await.unwrap_err().0, 403);
+    // Bad input.
+    assert_eq!(
+        get(&n, "/v1/anomalies?limit=0").await.unwrap_err().1["code"],
+        "invalid_query"
+    );
+    assert_eq!(
+        get(&n, "/v1/anomalies?from=yesterday").await.unwrap_err().0,
+        400
+    );
+    let (status, v) = get(&as_("cst1.forged.token"), "/v1/enterprises")
+        .await
+        .unwrap_err();
+    assert_eq!((status, v["code"].as_str()), (401, Some("invalid_token")));
+    assert_eq!(
+        get(&NodeClient::new(node.url(), None), "/v1/enterprises")
+            .await
+            .unwrap_err()
+            .0,
+        401
+    );
+
+    // Revocation takes effect at once, and both token events are in the log.
+    let out = std::process::Command::new(custodian_bin())
+        .args(["token", "revoke", &province_id, "--node", &node.url()])
+        .env("CUSTODIAN_ADMIN_TOKEN", ADMIN_TOKEN)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(get(&p, "/v1/enterprises").await.unwrap_err().0, 401);
+    let events = admin
+        .events(1, None, &["TokenIssued", "TokenRevoked"])
+        .await
+        .unwrap();
+    assert_eq!(events.len(), 4, "3 issued, 1 revoked");
+    assert!(
+        events
+            .iter()
+            .all(|e| !e["payload"].to_string().contains("cst1.")),
+        "the log never holds a token"
+    );
+    node.stop().await.unwrap();
+    models.drop_all().await;
+}

@@ -204,6 +204,75 @@ async fn every_tier_sees_exactly_its_scope() {
     assert_eq!(c["custody"].as_array().unwrap().len(), 2, "{c}");
     assert_eq!(c["last_weight_kg"], 60.0);
 
+    // Time series from InfluxDB, scoped the same way.
+    let day = "from=2026-11-20T00:00:00Z&to=2026-11-21T00:00:00Z";
+    let raw = get(&e, &format!("/v1/terminals/T-A/readings?{day}"))
+        .await
+        .unwrap();
+    let values: Vec<f64> = raw["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["value"].as_f64().unwrap())
+        .collect();
+    assert_eq!(values, vec![100.0, 60.0], "{raw}");
+    let per_day = get(
+        &n,
+        &format!("/v1/terminals/T-C/readings?{day}&every=1d&agg=sum"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(per_day["items"][0]["value"], 160.0, "{per_day}");
+    assert!(
+        per_day["items"][0]["time"]
+            .as_str()
+            .unwrap()
+            .starts_with("2026-11-19T16:00:00"),
+        "day buckets start at midnight China Standard Time: {per_day}"
+    );
+    let counted = get(
+        &p,
+        &format!("/v1/terminals/T-B/readings?{day}&every=1h&agg=count"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(counted["items"][0]["value"], 2, "{counted}");
+    for (who, path) in [(&p, "T-C"), (&e, "T-B"), (&n, "T-Z")] {
+        let (status, body) = get(who, &format!("/v1/terminals/{path}/readings?{day}"))
+            .await
+            .unwrap_err();
+        assert_eq!((status, &body["code"]), (404, &absent.1["code"]), "{path}");
+    }
+    let (status, body) = get(
+        &n,
+        "/v1/terminals/T-A/readings?from=2026-01-01T00:00:00Z&to=2026-12-01T00:00:00Z&every=1m",
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (400, Some("range_too_large"))
+    );
+    assert_eq!(
+        get(&n, &format!("/v1/terminals/T-A/readings?{day}&every=5m"))
+            .await
+            .unwrap_err()
+            .0,
+        400
+    );
+
+    // The landing view.
+    for (who, enterprises) in [(&n, 3), (&p, 2), (&e, 1)] {
+        let o = get(who, "/v1/overview").await.unwrap();
+        assert_eq!(o["enterprises"], enterprises, "{o}");
+        assert_eq!(o["terminals"], enterprises, "{o}");
+        assert_eq!(
+            o["anomalies_by_kind"]["weight_fluctuation"], enterprises,
+            "{o}"
+        );
+        assert_eq!(o["kg_in_storage"], 60.0 * enterprises as f64, "{o}");
+    }
+
     // Paging: one at a time, the national view walks all three anomalies.
     let mut seen = Vec::new();
     let mut path = "/v1/anomalies?limit=1".to_owned();

@@ -77,6 +77,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/anomalies", get(query::anomalies))
         .route("/v1/containers/{id}", get(query::container))
         .route("/v1/search", get(query::search))
+        .route("/v1/overview", get(query::overview))
+        .route("/v1/terminals/{id}/readings", get(query::terminal_readings))
         .route(
             "/v1/admin/projections/{name}/rebuild",
             post(rebuild_projection),

@@ -547,3 +547,223 @@ pub async fn search(
     )
     .await
 }
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReadingsQuery {
+    from: String,
+    to: String,
+    every: Option<String>,
+    agg: Option<String>,
+    kind: Option<String>,
+}
+
+/// Most points one series answer holds; a wider range needs a coarser `every`.
+const SERIES_POINTS_MAX: i64 = 10_000;
+
+/// `GET /v1/terminals/{id}/readings?from=&to=&every=1m|1h|1d&agg=mean|min|max|sum|count&kind=` (InfluxDB):
+/// the terminal's readings, raw or aggregated per interval (days in China Standard Time). The scope is part
+/// of the InfluxQL query (`enterprise_id`, `province_code` tags) as well as of the terminal check.
+pub async fn terminal_readings(
+    State(st): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    q: Result<Query<ReadingsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<impl IntoResponse, ApiError> {
+    let who = caller(&st, &headers)?;
+    let q = query_of(q)?;
+    custodian_events::ids::check_id(&id).map_err(|e| invalid(format!("terminal id: {e}")))?;
+    let (from, to) = (instant_ns(&q.from)?, instant_ns(&q.to)?);
+    if to <= from {
+        return Err(invalid("to must be after from"));
+    }
+    let every_ns: Option<(i64, &str)> = match q.every.as_deref() {
+        None => None,
+        Some("1m") => Some((60_000_000_000, "1m")),
+        Some("1h") => Some((3_600_000_000_000, "1h")),
+        Some("1d") => Some((86_400_000_000_000, "1d")),
+        Some(other) => return Err(invalid(format!("every {other:?} is not one of 1m, 1h, 1d"))),
+    };
+    let agg = q.agg.as_deref().unwrap_or("mean");
+    if !matches!(agg, "mean" | "min" | "max" | "sum" | "count") {
+        return Err(invalid(format!(
+            "agg {agg:?} is not one of mean, min, max, sum, count"
+        )));
+    }
+    let kind = q.kind.as_deref().unwrap_or("weight");
+    if custodian_events::ReadingKind::parse(kind).is_none() {
+        return Err(invalid(format!("kind {kind:?} is not a reading kind")));
+    }
+    let step = every_ns.map_or(60_000_000_000, |(ns, _)| ns);
+    let points = (to - from + step - 1) / step;
+    if points > SERIES_POINTS_MAX {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "range_too_large",
+            format!(
+                "{from}..{to} at {} would be {points} points, more than {SERIES_POINTS_MAX}; narrow the range or use a coarser every (raw readings: at most {SERIES_POINTS_MAX} minutes)",
+                q.every.as_deref().unwrap_or("raw")
+            ),
+        ));
+    }
+    // The terminal and its enterprise, in scope.
+    let (sp, se) = who.scope.binds();
+    let pool = pg(&st)?;
+    let Some(row) = sqlx::query(
+        "SELECT t.enterprise_id, e.province_code FROM terminals t JOIN enterprises e ON e.id = t.enterprise_id \
+         WHERE t.id = $3 AND ($1::text IS NULL OR e.province_code = $1) AND ($2::text IS NULL OR e.id = $2)",
+    )
+    .bind(&sp)
+    .bind(&se)
+    .bind(&id)
+    .fetch_optional(&pool)
+    .await
+    .map_err(db_error)?
+    else {
+        return Err(not_found("terminal", &id));
+    };
+    let enterprise: String = row.get("enterprise_id");
+    let influx = st
+        .projections
+        .get()
+        .into_iter()
+        .flatten()
+        .find(|p| p.name() == "influx")
+        .and_then(|p| p.live())
+        .and_then(|m| {
+            m.as_any()
+                .downcast_ref::<custodian_projections::readings::InfluxProjection>()
+                .map(|p| p.client().clone())
+        })
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "read_model_unavailable",
+                "the InfluxDB read model is disabled or still starting; see GET /v1/admin/projections",
+            )
+        })?;
+    // Ids match [A-Za-z0-9._-] and codes are digits: safe inside single quotes.
+    let mut filter = format!(
+        "\"terminal_id\" = '{id}' AND \"enterprise_id\" = '{enterprise}' AND \"kind\" = '{kind}' \
+         AND time >= {from} AND time < {to}"
+    );
+    if let Some(p) = &sp {
+        filter.push_str(&format!(" AND \"province_code\" = '{p}'"));
+    }
+    let influxql = match every_ns {
+        Some((_, every)) => {
+            // Day buckets start at midnight China Standard Time.
+            let offset = if every == "1d" { ", -8h" } else { "" };
+            format!(
+                "SELECT {agg}(\"value\") FROM \"readings\" WHERE {filter} GROUP BY time({every}{offset}) fill(none)"
+            )
+        }
+        None => format!(
+            "SELECT \"value\", \"seq\", \"suspect\", \"container_id\" FROM \"readings\" WHERE {filter} LIMIT {SERIES_POINTS_MAX}"
+        ),
+    };
+    let answer = influx.query(&influxql).await.map_err(|e| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "read_model_unavailable",
+            format!("the InfluxDB read model did not answer: {e}"),
+        )
+    })?;
+    let series = answer.pointer("/results/0/series/0");
+    let columns: Vec<String> = series
+        .and_then(|s| s["columns"].as_array())
+        .map(|c| {
+            c.iter()
+                .filter_map(|x| x.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    let items: Vec<Value> = series
+        .and_then(|s| s["values"].as_array())
+        .into_iter()
+        .flatten()
+        .map(|row| {
+            let mut item = serde_json::Map::new();
+            for (c, v) in columns.iter().zip(row.as_array().into_iter().flatten()) {
+                let key = if c == "time" {
+                    "time"
+                } else if c == agg {
+                    "value"
+                } else {
+                    c.as_str()
+                };
+                let v = if c == "time" {
+                    v.as_i64()
+                        .map(|ns| json!(custodian_events::reading::format_utc_ns(ns)))
+                        .unwrap_or(v.clone())
+                } else {
+                    v.clone()
+                };
+                item.insert(key.to_owned(), v);
+            }
+            Value::Object(item)
+        })
+        .collect();
+    Ok(axum::Json(json!({
+        "terminal_id": id,
+        "kind": kind,
+        "unit": custodian_events::ReadingKind::parse(kind).map(|k| k.base_unit()),
+        "every": q.every,
+        "agg": every_ns.map(|_| agg),
+        "items": items,
+    })))
+}
+
+/// `GET /v1/overview`: the landing view of the caller's scope — enterprises, terminals (and how many
+/// reported within three of their intervals), anomalies by kind, kg in storage.
+pub async fn overview(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+) -> Result<impl IntoResponse, ApiError> {
+    let who = caller(&st, &headers)?;
+    let (sp, se) = who.scope.binds();
+    let pool = pg(&st)?;
+    let scoped = "($1::text IS NULL OR e.province_code = $1) AND ($2::text IS NULL OR e.id = $2)";
+    let now_ns = st.clock.now_ns();
+    let counts = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT \
+           (SELECT count(*) FROM enterprises e WHERE {scoped}) AS enterprises, \
+           (SELECT count(*) FROM terminals t JOIN enterprises e ON e.id = t.enterprise_id WHERE {scoped}) AS terminals, \
+           (SELECT count(*) FROM terminals t JOIN enterprises e ON e.id = t.enterprise_id WHERE {scoped} \
+              AND t.last_measured_at >= ns_to_ts($3) - 3 * t.report_interval_s * INTERVAL '1 second') AS online, \
+           (SELECT coalesce(sum(c.last_weight_mg), 0)::int8 FROM containers c JOIN enterprises e ON e.id = c.enterprise_id \
+              WHERE {scoped} AND c.stage = 'storage_in') AS in_storage_mg"
+    )))
+    .bind(&sp)
+    .bind(&se)
+    .bind(now_ns)
+    .fetch_one(&pool)
+    .await
+    .map_err(db_error)?;
+    let kinds = sqlx::query(
+        "SELECT kind, count(*) AS n FROM anomalies \
+         WHERE ($1::text IS NULL OR province_code = $1) AND ($2::text IS NULL OR enterprise_id = $2) \
+         GROUP BY kind ORDER BY kind",
+    )
+    .bind(&sp)
+    .bind(&se)
+    .fetch_all(&pool)
+    .await
+    .map_err(db_error)?;
+    let by_kind: serde_json::Map<String, Value> = kinds
+        .iter()
+        .map(|r| (r.get::<String, _>("kind"), json!(r.get::<i64, _>("n"))))
+        .collect();
+    Ok(axum::Json(json!({
+        "scope": match &who.scope {
+            Scope::All => json!({"tier": who.tier.name()}),
+            Scope::Province(p) => json!({"tier": "province", "province_code": p}),
+            Scope::Enterprise(e) => json!({"tier": "enterprise", "enterprise_id": e}),
+        },
+        "enterprises": counts.get::<i64, _>("enterprises"),
+        "terminals": counts.get::<i64, _>("terminals"),
+        "terminals_online": counts.get::<i64, _>("online"),
+        "anomalies_by_kind": by_kind,
+        "kg_in_storage": counts.get::<i64, _>("in_storage_mg") as f64 / 1e6,
+    })))
+}

@@ -30,6 +30,27 @@ pub struct Config {
     pub log: LogConfig,
     pub derive: DeriveConfig,
     pub projections: ProjectionsConfig,
+    pub query: QueryConfig,
+}
+
+/// The regulators' read endpoints.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QueryConfig {
+    /// How long an answer is served from the cache: the bound on how stale a cached answer may be, in ms
+    /// (0: no cache).
+    pub cache_ttl_ms: u64,
+    /// Bytes of answers the cache may hold; beyond, the least used are evicted.
+    pub cache_bytes_max: u64,
+}
+
+impl Default for QueryConfig {
+    fn default() -> Self {
+        QueryConfig {
+            cache_ttl_ms: 1_000,
+            cache_bytes_max: 64 * 1024 * 1024,
+        }
+    }
 }
 
 /// The read models built from the log.
@@ -184,6 +205,7 @@ impl Default for Config {
             log: LogConfig::default(),
             derive: DeriveConfig::default(),
             projections: ProjectionsConfig::default(),
+            query: QueryConfig::default(),
         }
     }
 }
@@ -213,7 +235,7 @@ impl Default for LogConfig {
 /// The top-level keys a `CUSTODIAN_*` environment variable may set. Other `CUSTODIAN_*` variables belong
 /// to other tools (`CUSTODIAN_NODE` to the CLI, `CUSTODIAN_PYTHON` to the tests, ...) and are ignored; a
 /// typo inside a section (`CUSTODIAN_INGEST__BATCH_READINGS`) is still refused.
-const CONFIG_KEYS: [&str; 9] = [
+const CONFIG_KEYS: [&str; 10] = [
     "listen",
     "data_dir",
     "admin_token",
@@ -223,6 +245,7 @@ const CONFIG_KEYS: [&str; 9] = [
     "log",
     "derive",
     "projections",
+    "query",
 ];
 
 impl Config {

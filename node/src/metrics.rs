@@ -23,6 +23,8 @@ pub struct Metrics {
     append_buckets: [AtomicU64; APPEND_BUCKETS_S.len()],
     append_count: AtomicU64,
     append_sum_ns: AtomicU64,
+    pub query_cache_hits: AtomicU64,
+    pub query_cache_misses: AtomicU64,
 }
 
 impl Metrics {
@@ -77,6 +79,33 @@ impl Metrics {
             "Readings stored for the first time.",
             self.readings_accepted.load(Ordering::Relaxed),
         );
+        counter(
+            &mut out,
+            "custodian_query_cache_hits_total",
+            "Regulators' reads answered from the cache.",
+            self.query_cache_hits.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "custodian_query_cache_misses_total",
+            "Regulators' reads that went to the read models.",
+            self.query_cache_misses.load(Ordering::Relaxed),
+        );
+        {
+            let (h, m) = (
+                self.query_cache_hits.load(Ordering::Relaxed),
+                self.query_cache_misses.load(Ordering::Relaxed),
+            );
+            let ratio = if h + m == 0 {
+                0.0
+            } else {
+                h as f64 / (h + m) as f64
+            };
+            let _ = writeln!(
+                out,
+                "# HELP custodian_query_cache_hit_ratio Hits over all cacheable reads since start.\n# TYPE custodian_query_cache_hit_ratio gauge\ncustodian_query_cache_hit_ratio {ratio}"
+            );
+        }
         counter(
             &mut out,
             "custodian_readings_duplicate_total",

@@ -103,6 +103,15 @@ impl Node {
             deriver_stats: std::sync::OnceLock::new(),
             projections: std::sync::OnceLock::new(),
             tokens,
+            query_cache: moka::sync::Cache::builder()
+                .max_capacity(config.query.cache_bytes_max)
+                .weigher(|k: &String, v: &bytes::Bytes| {
+                    u32::try_from(k.len() + v.len()).unwrap_or(u32::MAX)
+                })
+                .time_to_live(std::time::Duration::from_millis(
+                    config.query.cache_ttl_ms.max(1),
+                ))
+                .build(),
             log,
             registry: Registry::new(config.ingest.terminal_cache_entries_max),
             clock,

@@ -261,6 +261,41 @@ async fn every_tier_sees_exactly_its_scope() {
         400
     );
 
+    // A manifest from E-A to E-C: both provinces see it, E-B does not.
+    let (status, v) = admin
+        .post_admin(
+            "/v1/manifests",
+            &json!({"id": "M-1", "generator_id": "E-A", "receiver_id": "E-C", "waste_code": "HW08",
+                    "container_ids": ["T-A-C0"], "declared_kg": 60.0}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 201, "{v}");
+    wait_projected(&admin, Duration::from_secs(30)).await;
+    let (eb, _) = issue("enterprise", "E-B").await;
+    let c_token = issue("province", "320000").await.0;
+    for who in [&n, &p, &e, &as_(&c_token)] {
+        assert_eq!(
+            get(who, "/v1/manifests/M-1").await.unwrap()["receiver_id"],
+            "E-C"
+        );
+    }
+    let (status, body) = get(&as_(&eb), "/v1/manifests/M-1").await.unwrap_err();
+    assert_eq!((status, &body["code"]), (404, &absent.1["code"]));
+
+    // The same question from the same scope is answered from the cache.
+    let hits = |m: &str| {
+        custodian_node::metrics::sample(m, "custodian_query_cache_hits_total").unwrap_or(0.0)
+    };
+    let before = hits(&admin.metrics().await.unwrap());
+    get(&p, "/v1/enterprises").await.unwrap();
+    let again = get(&p, "/v1/enterprises").await.unwrap();
+    assert_eq!(ids(&again, "id"), gd);
+    assert!(
+        hits(&admin.metrics().await.unwrap()) > before,
+        "a cache hit is counted"
+    );
+
     // The landing view.
     for (who, enterprises) in [(&n, 3), (&p, 2), (&e, 1)] {
         let o = get(who, "/v1/overview").await.unwrap();
@@ -333,7 +368,7 @@ async fn every_tier_sees_exactly_its_scope() {
         .events(1, None, &["TokenIssued", "TokenRevoked"])
         .await
         .unwrap();
-    assert_eq!(events.len(), 4, "3 issued, 1 revoked");
+    assert_eq!(events.len(), 6, "5 issued, 1 revoked");
     assert!(
         events
             .iter()

@@ -46,6 +46,8 @@ pub struct AppState {
     pub projections: std::sync::OnceLock<Vec<custodian_projections::runner::RunnerHandle>>,
     /// Regulators' and administrators' bearer tokens.
     pub tokens: crate::tokens::Tokens,
+    /// Answers of the regulators' reads, keyed by scope and URI, kept `query.cache_ttl_ms`.
+    pub query_cache: moka::sync::Cache<String, bytes::Bytes>,
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
@@ -58,6 +60,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/v1/terminals", post(registry::register_terminal))
         .route("/v1/manifests", post(registry::open_manifest))
+        .route("/v1/manifests/{id}", get(query::manifest))
         .route("/v1/notes", post(registry::file_note))
         .route(
             "/v1/terminals/{id}/keys",
@@ -87,6 +90,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/events", get(events::stream))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            query::cache,
+        ))
         .with_state(state)
 }
 

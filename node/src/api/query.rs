@@ -767,3 +767,111 @@ pub async fn overview(
         "kg_in_storage": counts.get::<i64, _>("in_storage_mg") as f64 / 1e6,
     })))
 }
+
+/// The regulators' reads the cache keeps (GET only).
+fn cacheable(path: &str) -> bool {
+    path == "/v1/overview"
+        || path == "/v1/anomalies"
+        || path == "/v1/search"
+        || path.starts_with("/v1/enterprises")
+        || path.starts_with("/v1/containers/")
+        || path.starts_with("/v1/manifests/")
+        || (path.starts_with("/v1/terminals/") && path.ends_with("/readings"))
+}
+
+/// Largest answer the cache keeps.
+const CACHED_BODY_BYTES_MAX: usize = 4 * 1024 * 1024;
+
+/// Middleware: a successful read is kept for `query.cache_ttl_ms`, keyed by the caller's tier and scope and
+/// the whole URI, so callers with the same scope share answers and no answer crosses scopes. The token is
+/// checked before the cache is (a revoked token gets nothing, cached or not).
+pub async fn cache(
+    State(st): State<Arc<AppState>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use std::sync::atomic::Ordering;
+    if req.method() != axum::http::Method::GET
+        || !cacheable(req.uri().path())
+        || st.config.query.cache_ttl_ms == 0
+    {
+        return next.run(req).await;
+    }
+    let who = match caller(&st, req.headers()) {
+        Ok(c) => c,
+        Err(e) => return e.into_response(),
+    };
+    let key = format!("{}|{:?}|{}", who.tier.name(), who.scope, req.uri());
+    if let Some(body) = st.query_cache.get(&key) {
+        st.metrics.query_cache_hits.fetch_add(1, Ordering::Relaxed);
+        return (
+            [(axum::http::header::CONTENT_TYPE, "application/json")],
+            body,
+        )
+            .into_response();
+    }
+    st.metrics
+        .query_cache_misses
+        .fetch_add(1, Ordering::Relaxed);
+    let resp = next.run(req).await;
+    if resp.status() != StatusCode::OK {
+        return resp;
+    }
+    let (parts, body) = resp.into_parts();
+    match axum::body::to_bytes(body, usize::MAX).await {
+        Ok(bytes) => {
+            if bytes.len() <= CACHED_BODY_BYTES_MAX {
+                st.query_cache.insert(key, bytes.clone());
+            }
+            axum::response::Response::from_parts(parts, Body::from(bytes))
+        }
+        Err(e) => ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            format!("the answer could not be read back: {e}"),
+        )
+        .into_response(),
+    }
+}
+
+/// `GET /v1/manifests/{id}`: a transfer order, if its generator or its receiver is in scope.
+pub async fn manifest(
+    State(st): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<impl IntoResponse, ApiError> {
+    let who = caller(&st, &headers)?;
+    let (sp, se) = who.scope.binds();
+    let Some(m) = sqlx::query(
+        "SELECT m.id, m.generator_id, m.receiver_id, m.waste_code, m.container_ids, m.declared_mg, m.notes, \
+           m.status, m.dispatched_mg, m.received_mg, m.opened_at::text AS opened_at, \
+           m.dispatched_at::text AS dispatched_at, m.received_at::text AS received_at FROM manifests m \
+         WHERE m.id = $3 AND EXISTS (SELECT 1 FROM enterprises e WHERE e.id IN (m.generator_id, m.receiver_id) \
+           AND ($1::text IS NULL OR e.province_code = $1) AND ($2::text IS NULL OR e.id = $2))",
+    )
+    .bind(sp)
+    .bind(se)
+    .bind(&id)
+    .fetch_optional(&pg(&st)?)
+    .await
+    .map_err(db_error)?
+    else {
+        return Err(not_found("manifest", &id));
+    };
+    let kg = |c: &str| m.get::<Option<i64>, _>(c).map(|v| v as f64 / 1e6);
+    Ok(axum::Json(json!({
+        "id": m.get::<String, _>("id"),
+        "generator_id": m.get::<String, _>("generator_id"),
+        "receiver_id": m.get::<String, _>("receiver_id"),
+        "waste_code": m.get::<String, _>("waste_code"),
+        "container_ids": m.get::<Vec<String>, _>("container_ids"),
+        "declared_kg": m.get::<i64, _>("declared_mg") as f64 / 1e6,
+        "notes": m.get::<Option<String>, _>("notes"),
+        "status": m.get::<String, _>("status"),
+        "dispatched_kg": kg("dispatched_mg"),
+        "received_kg": kg("received_mg"),
+        "opened_at": m.get::<String, _>("opened_at"),
+        "dispatched_at": m.get::<Option<String>, _>("dispatched_at"),
+        "received_at": m.get::<Option<String>, _>("received_at"),
+    })))
+}

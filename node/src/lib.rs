@@ -15,6 +15,7 @@
 //! authentication.
 
 pub mod api;
+pub mod audit;
 pub mod bench;
 pub mod bench_detect;
 pub mod bench_projections;

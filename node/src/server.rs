@@ -97,16 +97,25 @@ impl Node {
         tokens
             .load_revoked(log.as_ref())
             .context("cannot read the token revocations from the event log")?;
+        let audit = if config.projections.postgres_enabled {
+            Some(
+                crate::audit::Audit::start(&config.projections.postgres_url)
+                    .context("projections.postgres_url is not a PostgreSQL URL")?,
+            )
+        } else {
+            None
+        };
         let derived_seq = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let state = Arc::new(AppState {
             derived_seq: derived_seq.clone(),
             deriver_stats: std::sync::OnceLock::new(),
             projections: std::sync::OnceLock::new(),
             tokens,
+            audit,
             query_cache: moka::sync::Cache::builder()
                 .max_capacity(config.query.cache_bytes_max)
-                .weigher(|k: &String, v: &bytes::Bytes| {
-                    u32::try_from(k.len() + v.len()).unwrap_or(u32::MAX)
+                .weigher(|k: &String, v: &(bytes::Bytes, i64)| {
+                    u32::try_from(k.len() + v.0.len()).unwrap_or(u32::MAX)
                 })
                 .time_to_live(std::time::Duration::from_millis(
                     config.query.cache_ttl_ms.max(1),
@@ -201,6 +210,9 @@ impl Node {
         }
         for p in self.state.projections.get().into_iter().flatten() {
             p.stop().await;
+        }
+        if let Some(a) = &self.state.audit {
+            a.stop();
         }
         Ok(())
     }

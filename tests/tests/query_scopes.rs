@@ -375,6 +375,37 @@ async fn every_tier_sees_exactly_its_scope() {
             .all(|e| !e["payload"].to_string().contains("cst1.")),
         "the log never holds a token"
     );
+
+    // Every read is in the audit trail, with its rows.
+    let pool = models.pool().await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let rows: Vec<(String, i32, i64, bool)> = loop {
+        let rows = sqlx::query_as(
+            "SELECT uri, status, rows, cached FROM custodian_meta.audit WHERE token_id = $1 \
+             AND uri = '/v1/enterprises' ORDER BY id",
+        )
+        .bind(&province_id)
+        .fetch_all(&pool)
+        .await
+        .unwrap_or_default();
+        if rows.len() >= 2 || std::time::Instant::now() > deadline {
+            break rows;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(rows.len() >= 2, "{rows:?}");
+    assert_eq!((rows[0].1, rows[0].2), (200, 2), "{rows:?}");
+    assert!(
+        rows.iter().any(|r| r.3),
+        "the cached answer is audited too: {rows:?}"
+    );
+    let out_of_scope: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM custodian_meta.audit WHERE status = 404")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert!(out_of_scope >= 5, "refused reads are audited as well");
+    pool.close().await;
     node.stop().await.unwrap();
     models.drop_all().await;
 }

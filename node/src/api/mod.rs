@@ -47,7 +47,9 @@ pub struct AppState {
     /// Regulators' and administrators' bearer tokens.
     pub tokens: crate::tokens::Tokens,
     /// Answers of the regulators' reads, keyed by scope and URI, kept `query.cache_ttl_ms`.
-    pub query_cache: moka::sync::Cache<String, bytes::Bytes>,
+    pub query_cache: moka::sync::Cache<String, (bytes::Bytes, i64)>,
+    /// The audit trail of regulators' reads (absent when the PostgreSQL model is off).
+    pub audit: Option<crate::audit::Audit>,
 }
 
 pub fn router(state: Arc<AppState>) -> Router {

@@ -782,56 +782,118 @@ fn cacheable(path: &str) -> bool {
 /// Largest answer the cache keeps.
 const CACHED_BODY_BYTES_MAX: usize = 4 * 1024 * 1024;
 
-/// Middleware: a successful read is kept for `query.cache_ttl_ms`, keyed by the caller's tier and scope and
-/// the whole URI, so callers with the same scope share answers and no answer crosses scopes. The token is
-/// checked before the cache is (a revoked token gets nothing, cached or not).
+/// How many rows an answer holds: the length of its `items` or `hits`, else 1.
+fn rows_of(body: &[u8]) -> i64 {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(v) => v["items"]
+            .as_array()
+            .or_else(|| v["hits"].as_array())
+            .map_or(1, |a| a.len() as i64),
+        Err(_) => 0,
+    }
+}
+
+/// Middleware for the regulators' reads:
+/// - a successful answer is kept for `query.cache_ttl_ms`, keyed by the caller's tier and scope and the whole
+///   URI, so callers of one scope share answers and no answer crosses scopes; the token is checked before
+///   the cache is (a revoked token gets nothing, cached or not);
+/// - every read, answered or refused, cached or not, is recorded in the audit trail (see `crate::audit`);
+///   with no room in its queue the read answers 503 `audit_unavailable` instead of its data.
 pub async fn cache(
     State(st): State<Arc<AppState>>,
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
     use std::sync::atomic::Ordering;
-    if req.method() != axum::http::Method::GET
-        || !cacheable(req.uri().path())
-        || st.config.query.cache_ttl_ms == 0
-    {
+    if req.method() != axum::http::Method::GET || !cacheable(req.uri().path()) {
         return next.run(req).await;
     }
+    let started = std::time::Instant::now();
     let who = match caller(&st, req.headers()) {
         Ok(c) => c,
         Err(e) => return e.into_response(),
     };
-    let key = format!("{}|{:?}|{}", who.tier.name(), who.scope, req.uri());
-    if let Some(body) = st.query_cache.get(&key) {
-        st.metrics.query_cache_hits.fetch_add(1, Ordering::Relaxed);
-        return (
-            [(axum::http::header::CONTENT_TYPE, "application/json")],
-            body,
-        )
-            .into_response();
-    }
-    st.metrics
-        .query_cache_misses
-        .fetch_add(1, Ordering::Relaxed);
-    let resp = next.run(req).await;
-    if resp.status() != StatusCode::OK {
-        return resp;
-    }
-    let (parts, body) = resp.into_parts();
-    match axum::body::to_bytes(body, usize::MAX).await {
-        Ok(bytes) => {
-            if bytes.len() <= CACHED_BODY_BYTES_MAX {
-                st.query_cache.insert(key, bytes.clone());
-            }
-            axum::response::Response::from_parts(parts, Body::from(bytes))
+    let uri = req.uri().to_string();
+    let key = format!("{}|{:?}|{uri}", who.tier.name(), who.scope);
+    let cached = if st.config.query.cache_ttl_ms > 0 {
+        st.query_cache.get(&key)
+    } else {
+        None
+    };
+    let (response, status, rows, hit) = match cached {
+        Some((body, rows)) => {
+            st.metrics.query_cache_hits.fetch_add(1, Ordering::Relaxed);
+            (
+                (
+                    [(axum::http::header::CONTENT_TYPE, "application/json")],
+                    body,
+                )
+                    .into_response(),
+                200,
+                rows,
+                true,
+            )
         }
-        Err(e) => ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            format!("the answer could not be read back: {e}"),
-        )
-        .into_response(),
+        None => {
+            st.metrics
+                .query_cache_misses
+                .fetch_add(1, Ordering::Relaxed);
+            let resp = next.run(req).await;
+            let status = resp.status().as_u16();
+            if status != 200 {
+                (resp, status, 0, false)
+            } else {
+                let (parts, body) = resp.into_parts();
+                match axum::body::to_bytes(body, usize::MAX).await {
+                    Ok(bytes) => {
+                        let rows = rows_of(&bytes);
+                        if st.config.query.cache_ttl_ms > 0 && bytes.len() <= CACHED_BODY_BYTES_MAX
+                        {
+                            st.query_cache.insert(key, (bytes.clone(), rows));
+                        }
+                        (
+                            axum::response::Response::from_parts(parts, Body::from(bytes)),
+                            200,
+                            rows,
+                            false,
+                        )
+                    }
+                    Err(e) => {
+                        return ApiError::new(
+                            StatusCode::INTERNAL_SERVER_ERROR,
+                            "internal",
+                            format!("the answer could not be read back: {e}"),
+                        )
+                        .into_response();
+                    }
+                }
+            }
+        }
+    };
+    if let Some(audit) = &st.audit {
+        let (province, enterprise) = who.scope.binds();
+        let entry = crate::audit::AuditEntry {
+            at_ns: st.clock.now_ns(),
+            token_id: who.token_id.clone(),
+            tier: who.tier.name(),
+            scope: province.or(enterprise),
+            method: "GET".into(),
+            uri,
+            status,
+            rows,
+            cached: hit,
+            duration_us: started.elapsed().as_micros() as i64,
+        };
+        if !audit.record(entry).await {
+            return ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "audit_unavailable",
+                "the audit trail cannot keep up (its database is slow or down); the read is refused rather than left unrecorded — retry shortly",
+            )
+            .into_response();
+        }
     }
+    response
 }
 
 /// `GET /v1/manifests/{id}`: a transfer order, if its generator or its receiver is in scope.

@@ -105,6 +105,13 @@ impl Node {
         } else {
             None
         };
+        let directory = tokio::task::spawn_blocking({
+            let log = log.clone();
+            move || custodian_projections::directory::Directory::load(log.as_ref())
+        })
+        .await?
+        .context("cannot read the registrations from the event log")?;
+        let directory = Arc::new(std::sync::RwLock::new(directory));
         let derived_seq = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let state = Arc::new(AppState {
             derived_seq: derived_seq.clone(),
@@ -112,6 +119,7 @@ impl Node {
             projections: std::sync::OnceLock::new(),
             tokens,
             audit,
+            directory,
             query_cache: moka::sync::Cache::builder()
                 .max_capacity(config.query.cache_bytes_max)
                 .weigher(|k: &String, v: &(bytes::Bytes, i64)| {
@@ -235,13 +243,7 @@ async fn start_projections(
     if !(c.postgres_enabled || c.influx_enabled || c.search_enabled) {
         return Ok(Vec::new());
     }
-    let log = state.log.clone();
-    let directory = tokio::task::spawn_blocking(move || {
-        custodian_projections::directory::Directory::load(log.as_ref())
-    })
-    .await?
-    .context("cannot read the registrations from the event log")?;
-    let directory = Arc::new(std::sync::RwLock::new(directory));
+    let directory = state.directory.clone();
     let state_dir = data_dir.join("projections");
     let mut families: Vec<Arc<dyn Family>> = Vec::new();
     if c.postgres_enabled {

@@ -409,3 +409,90 @@ async fn every_tier_sees_exactly_its_scope() {
     node.stop().await.unwrap();
     models.drop_all().await;
 }
+
+/// Reads server-sent events from `resp` until `done` says so (or 15 s pass); answers the `data` objects.
+async fn sse_until(mut resp: reqwest::Response, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+    let mut buf = String::new();
+    let mut seen = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while !done(&seen) {
+        let chunk = tokio::time::timeout_at(deadline, resp.chunk())
+            .await
+            .expect("the feed went quiet")
+            .unwrap()
+            .expect("the feed ended");
+        buf.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = buf.find("\n\n") {
+            let frame: String = buf.drain(..end + 2).collect();
+            for line in frame.lines() {
+                if let Some(d) = line.strip_prefix("data:") {
+                    seen.push(serde_json::from_str(d.trim()).unwrap());
+                }
+            }
+        }
+    }
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_anomaly_feed_carries_only_the_scope() {
+    let dir = tempfile::tempdir().unwrap();
+    let (node, admin) = start_node(dir.path(), |_| {}).await;
+    let mut keys = TerminalKeys::default();
+    for (e, province, t) in [("E-A", "440000", "T-A"), ("E-C", "320000", "T-C")] {
+        admin
+            .register(
+                "/v1/enterprises",
+                &json!({"id": e, "name": e, "province_code": province,
+                        "city_code": format!("{}0100", &province[..2]), "storage_capacity_kg": 100000.0}),
+            )
+            .await
+            .unwrap();
+        let key = terminal_key(t, 7);
+        let mut body = terminal_body(t, 0, Some(&key.public_key_pem()));
+        body["enterprise_id"] = json!(e);
+        admin.register("/v1/terminals", &body).await.unwrap();
+        keys.0.insert(t.to_owned(), std::sync::Arc::new(key));
+    }
+    let (status, v) = admin
+        .post_admin(
+            "/v1/admin/tokens",
+            &json!({"tier": "province", "scope": "440000"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 201);
+    let token = v["token"].as_str().unwrap().to_owned();
+    let open = |last: Option<String>| {
+        let (url, token) = (format!("{}/v1/anomalies/stream", node.url()), token.clone());
+        async move {
+            let mut req = reqwest::Client::new().get(url).bearer_auth(token);
+            if let Some(l) = last {
+                req = req.header("last-event-id", l);
+            }
+            let resp = req.send().await.unwrap();
+            assert_eq!(resp.status(), 200);
+            resp
+        }
+    };
+    let feed = open(None).await;
+    // Out of scope first, then in scope: if the first leaked, it would arrive before the second.
+    keys.upload(&admin, "T-C", weighings("T-C", "T-C-C0"))
+        .await
+        .unwrap();
+    keys.upload(&admin, "T-A", weighings("T-A", "T-A-C0"))
+        .await
+        .unwrap();
+    let seen = sse_until(feed, |s| s.iter().any(|d| d["enterprise_id"] == "E-A")).await;
+    assert!(
+        seen.iter().all(|d| d["province_code"] == "440000"),
+        "{seen:?}"
+    );
+    let a = seen.iter().find(|d| d["enterprise_id"] == "E-A").unwrap();
+    assert_eq!(a["anomaly"]["kind"], "weight_fluctuation");
+    // Resuming after an earlier event replays what came since.
+    let seq = a["event_seq"].as_u64().unwrap();
+    let again = sse_until(open(Some((seq - 1).to_string())).await, |s| !s.is_empty()).await;
+    assert_eq!(again[0]["event_seq"], seq);
+    node.stop().await.unwrap();
+}

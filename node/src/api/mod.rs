@@ -50,6 +50,8 @@ pub struct AppState {
     pub query_cache: moka::sync::Cache<String, (bytes::Bytes, i64)>,
     /// The audit trail of regulators' reads (absent when the PostgreSQL model is off).
     pub audit: Option<crate::audit::Audit>,
+    /// Terminal → enterprise → province, from the registrations in the log.
+    pub directory: custodian_projections::directory::SharedDirectory,
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
@@ -80,6 +82,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/enterprises/{id}", get(query::enterprise))
         .route("/v1/enterprises/{id}/kpis", get(query::enterprise_kpis))
         .route("/v1/anomalies", get(query::anomalies))
+        .route("/v1/anomalies/stream", get(query::anomaly_stream))
         .route("/v1/containers/{id}", get(query::container))
         .route("/v1/search", get(query::search))
         .route("/v1/overview", get(query::overview))

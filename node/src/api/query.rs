@@ -937,3 +937,159 @@ pub async fn manifest(
         "received_at": m.get::<Option<String>, _>("received_at"),
     })))
 }
+
+/// Anomalies read from the log per step of the feed.
+const STREAM_STEP: usize = 500;
+
+struct Feed {
+    st: Arc<AppState>,
+    scope: Scope,
+    from: u64,
+    durable: tokio::sync::watch::Receiver<u64>,
+    pending: std::collections::VecDeque<axum::response::sse::Event>,
+}
+
+/// `GET /v1/anomalies/stream`: a server-sent-events feed of new anomalies in the caller's scope, straight
+/// from the log as they become durable (no polling; a bureau sees an alarm within a second). Each event is
+/// `event: anomaly`, `id: <event_seq>`, `data: {"event_seq", "recorded_at", "enterprise_id",
+/// "province_code", "description", "anomaly": <canonical payload>}`. A reconnecting client sends
+/// `Last-Event-ID` and resumes after it. Comments keep the connection alive.
+pub async fn anomaly_stream(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+) -> Result<impl IntoResponse, ApiError> {
+    use axum::response::sse::{KeepAlive, Sse};
+    let who = caller(&st, &headers)?;
+    let from = match headers.get("last-event-id") {
+        Some(v) => {
+            v.to_str()
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok())
+                .ok_or_else(|| invalid("Last-Event-ID must be an event sequence this feed sent"))?
+                + 1
+        }
+        None => st.log.last_seq() + 1,
+    };
+    let feed = Feed {
+        durable: st.log.subscribe(),
+        st,
+        scope: who.scope,
+        from,
+        pending: Default::default(),
+    };
+    let stream = futures_util::stream::unfold(feed, |mut f| async move {
+        loop {
+            if let Some(e) = f.pending.pop_front() {
+                return Some((Ok::<_, std::convert::Infallible>(e), f));
+            }
+            if f.from <= f.st.log.last_seq() {
+                let (log, from) = (f.st.log.clone(), f.from);
+                let read = tokio::task::spawn_blocking(move || {
+                    log.read_where(from, STREAM_STEP, &|t| {
+                        matches!(
+                            t,
+                            "AnomalyDetected" | "EnterpriseRegistered" | "TerminalRegistered"
+                        )
+                    })
+                })
+                .await;
+                let Ok(Ok((events, last))) = read else {
+                    tracing::warn!("the anomaly feed cannot read the log; closing it");
+                    return None;
+                };
+                if last == 0 {
+                    continue;
+                }
+                f.from = last + 1;
+                f.st.directory
+                    .write()
+                    .expect("directory lock")
+                    .learn_all(&events);
+                for e in events {
+                    let Event::AnomalyDetected(a) = &e.event else {
+                        continue;
+                    };
+                    let (enterprise, province) = place(&f.st, a);
+                    let visible = match &f.scope {
+                        Scope::All => true,
+                        Scope::Province(p) => province.as_deref() == Some(p.as_str()),
+                        Scope::Enterprise(x) => enterprise.as_deref() == Some(x.as_str()),
+                    };
+                    if !visible {
+                        continue;
+                    }
+                    let data = json!({
+                        "event_seq": e.seq,
+                        "recorded_at": custodian_events::reading::format_utc_ns(e.recorded_at_ns),
+                        "enterprise_id": enterprise,
+                        "province_code": province,
+                        "description": custodian_projections::describe::anomaly_description(a),
+                        "anomaly": e.event.canonical().to_value(),
+                    });
+                    f.pending.push_back(
+                        axum::response::sse::Event::default()
+                            .event("anomaly")
+                            .id(e.seq.to_string())
+                            .data(data.to_string()),
+                    );
+                }
+                continue;
+            }
+            if f.durable.changed().await.is_err() {
+                return None;
+            }
+        }
+    });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}
+
+/// The enterprise and province an anomaly belongs to, from the directory, else from the registrations in
+/// the log (which the directory then learns).
+fn place(
+    st: &AppState,
+    a: &custodian_events::domain::AnomalyDetected,
+) -> (Option<String>, Option<String>) {
+    let known = |st: &AppState| {
+        let dir = st.directory.read().expect("directory lock");
+        let enterprise = a
+            .enterprise_id
+            .as_ref()
+            .map(ToString::to_string)
+            .or_else(|| {
+                a.terminal_id
+                    .as_ref()
+                    .and_then(|t| dir.enterprise_of(t.as_str()).map(str::to_owned))
+            });
+        let province = enterprise
+            .as_deref()
+            .and_then(|x| dir.province_of(x).map(str::to_owned));
+        (enterprise, province)
+    };
+    let (enterprise, province) = known(st);
+    if province.is_some() {
+        return (enterprise, province);
+    }
+    // Not yet learnt (the projections are off, or behind): read the registrations themselves.
+    let learn = |key: custodian_events::event::DedupeKey| {
+        if let Ok(Some(entry)) = st.log.lookup(&key)
+            && let Ok(events) = st.log.read(entry.seq, 1)
+        {
+            st.directory
+                .write()
+                .expect("directory lock")
+                .learn_all(&events);
+        }
+    };
+    if enterprise.is_none()
+        && let Some(t) = &a.terminal_id
+    {
+        learn(custodian_events::event::dedupe_key_terminal(t));
+    }
+    let (enterprise, _) = known(st);
+    if let Some(e) = &enterprise
+        && let Ok(id) = custodian_events::ids::EnterpriseId::parse(e)
+    {
+        learn(custodian_events::event::dedupe_key_enterprise(&id));
+    }
+    known(st)
+}

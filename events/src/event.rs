@@ -61,6 +61,47 @@ pub enum Event {
     TokenIssued(TokenIssued),
     /// A token that no longer opens anything.
     TokenRevoked(TokenRevoked),
+    /// A regulator or administrator acknowledged (seen, being handled) or resolved an anomaly.
+    AnomalyHandled(AnomalyHandled),
+}
+
+#[derive(
+    Archive,
+    Serialize,
+    Deserialize,
+    serde::Serialize,
+    serde::Deserialize,
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+)]
+pub enum AnomalyState {
+    Acknowledged,
+    Resolved,
+}
+
+impl AnomalyState {
+    pub fn name(self) -> &'static str {
+        match self {
+            AnomalyState::Acknowledged => "acknowledged",
+            AnomalyState::Resolved => "resolved",
+        }
+    }
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct AnomalyHandled {
+    /// Hex of the anomaly's id.
+    pub anomaly_id: String,
+    /// The enterprise the anomaly belongs to (its data key seals this event).
+    pub enterprise_id: Option<EnterpriseId>,
+    pub state: AnomalyState,
+    pub note: String,
+    /// The token that did it (`bootstrap` for the node's admin token).
+    pub by: String,
+    pub at_ns: i64,
 }
 
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
@@ -294,7 +335,7 @@ pub struct ReadingConflicted {
 
 impl Event {
     /// Every name [`Event::event_type`] answers.
-    pub const TYPES: [&'static str; 16] = [
+    pub const TYPES: [&'static str; 17] = [
         "EnterpriseRegistered",
         "TerminalRegistered",
         "ReadingRecorded",
@@ -311,6 +352,7 @@ impl Event {
         "NoteFiled",
         "TokenIssued",
         "TokenRevoked",
+        "AnomalyHandled",
     ];
 
     /// The event type's name as shown over the API.
@@ -332,6 +374,7 @@ impl Event {
             Event::NoteFiled(_) => "NoteFiled",
             Event::TokenIssued(_) => "TokenIssued",
             Event::TokenRevoked(_) => "TokenRevoked",
+            Event::AnomalyHandled(_) => "AnomalyHandled",
         }
     }
 
@@ -354,6 +397,7 @@ impl Event {
             Event::NoteFiled(n) => format!("enterprise:{}", n.enterprise_id),
             Event::TokenIssued(t) => format!("token:{}", t.id),
             Event::TokenRevoked(t) => format!("token:{}", t.id),
+            Event::AnomalyHandled(h) => format!("anomaly:{}", h.anomaly_id),
         }
     }
 
@@ -419,6 +463,8 @@ impl Event {
                 space: [b"token/".as_slice(), t.id.as_bytes(), b"/"].concat(),
                 slot: 1,
             }),
+            // Every acknowledgement or resolution is its own fact (notes differ, people differ).
+            Event::AnomalyHandled(_) => None,
         }
     }
 
@@ -548,6 +594,17 @@ impl Event {
                 ("revoked_at", Jcs::Str(format_utc_ns(t.revoked_at_ns))),
                 ("revoked_by", Jcs::str(t.revoked_by.as_str())),
             ]),
+            Event::AnomalyHandled(h) => Jcs::obj(vec![
+                ("anomaly_id", Jcs::str(h.anomaly_id.as_str())),
+                ("state", Jcs::str(h.state.name())),
+                ("note", Jcs::str(h.note.as_str())),
+                ("by", Jcs::str(h.by.as_str())),
+                ("at", Jcs::Str(format_utc_ns(h.at_ns))),
+            ])
+            .with_optional(
+                "enterprise_id",
+                h.enterprise_id.as_ref().map(|e| Jcs::str(e.as_str())),
+            ),
         }
     }
 }

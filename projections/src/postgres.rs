@@ -442,6 +442,8 @@ pub struct Rows {
     anomalies: Vec<AnomalyRow>,
     notes: Vec<(i64, String, Option<String>, String, String, i64)>,
     kpis: BTreeMap<(String, i32), KpiDelta>,
+    /// (anomaly, state, note, by, at): in log order.
+    handled: Vec<(String, &'static str, String, String, i64)>,
 }
 
 #[derive(Debug)]
@@ -713,6 +715,13 @@ impl Rows {
                 | Event::ClockTicked(_)
                 | Event::TokenIssued(_)
                 | Event::TokenRevoked(_) => {}
+                Event::AnomalyHandled(h) => rows.handled.push((
+                    h.anomaly_id.clone(),
+                    h.state.name(),
+                    h.note.clone(),
+                    h.by.clone(),
+                    h.at_ns,
+                )),
             }
         }
         rows
@@ -1068,6 +1077,20 @@ impl Rows {
             .bind(container)
             .bind(author)
             .bind(text)
+            .bind(at)
+            .execute(&mut *tx)
+            .await?;
+        }
+        // A resolution is final; an acknowledgement moves an open anomaly only.
+        for (id, state, note, by, at) in std::mem::take(&mut self.handled) {
+            sqlx::query(
+                "UPDATE anomalies SET state = $2, state_note = $3, state_by = $4, state_at = ns_to_ts($5) \
+                 WHERE anomaly_id = $1 AND (state = 'open' OR $2 = 'resolved') AND state <> 'resolved'",
+            )
+            .bind(id)
+            .bind(state)
+            .bind(note)
+            .bind(by)
             .bind(at)
             .execute(&mut *tx)
             .await?;

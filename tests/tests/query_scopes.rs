@@ -302,11 +302,83 @@ async fn every_tier_sees_exactly_its_scope() {
         assert_eq!(o["enterprises"], enterprises, "{o}");
         assert_eq!(o["terminals"], enterprises, "{o}");
         assert_eq!(
-            o["anomalies_by_kind"]["weight_fluctuation"], enterprises,
+            o["open_anomalies_by_kind"]["weight_fluctuation"], enterprises,
             "{o}"
         );
         assert_eq!(o["kg_in_storage"], 60.0 * enterprises as f64, "{o}");
     }
+
+    // Acknowledge and resolve, within scope only; both are events, and the state shows in the model.
+    let a_id = get(&e, "/v1/anomalies").await.unwrap()["items"][0]["anomaly_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let c_id = get(&n, "/v1/anomalies?enterprise_id=E-C").await.unwrap()["items"][0]["anomaly_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let note = json!({"note": "已通知企业复核称重"});
+    let (status, v) = p
+        .post_admin(&format!("/v1/anomalies/{c_id}/resolve"), &note)
+        .await
+        .unwrap();
+    assert_eq!(
+        (status, v["code"].as_str()),
+        (404, Some("not_found")),
+        "out of scope"
+    );
+    let (status, v) = e
+        .post_admin(&format!("/v1/anomalies/{a_id}/acknowledge"), &note)
+        .await
+        .unwrap();
+    assert_eq!(status, 202, "{v}");
+    let (status, _) = p
+        .post_admin(&format!("/v1/anomalies/{a_id}/resolve"), &note)
+        .await
+        .unwrap();
+    assert_eq!(status, 202);
+    let (status, v) = e
+        .post_admin(&format!("/v1/anomalies/{a_id}/wave"), &note)
+        .await
+        .unwrap();
+    assert_eq!(status, 404, "{v}");
+    let (status, _) = e
+        .post_admin(
+            &format!("/v1/anomalies/{a_id}/resolve"),
+            &json!({"note": ""}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 422);
+    wait_projected(&admin, Duration::from_secs(30)).await;
+    // (A cursor no page gave, to step past the cache.)
+    let resolved = get(&e, "/v1/anomalies?state=resolved&cursor=999999999")
+        .await
+        .unwrap();
+    assert_eq!(ids(&resolved, "anomaly_id"), set(&[&a_id]), "{resolved}");
+    assert_eq!(resolved["items"][0]["state_note"], "已通知企业复核称重");
+    let (status, v) = e
+        .post_admin(&format!("/v1/anomalies/{a_id}/acknowledge"), &note)
+        .await
+        .unwrap();
+    assert_eq!(
+        (status, v["code"].as_str()),
+        (409, Some("already_resolved"))
+    );
+    assert!(
+        ids(
+            &get(&e, "/v1/anomalies?state=open").await.unwrap(),
+            "anomaly_id"
+        )
+        .is_empty()
+    );
+    assert_eq!(
+        get(&n, "/v1/anomalies?state=closed").await.unwrap_err().0,
+        400
+    );
+    // (A query string the cache has not seen.)
+    let o = get(&n, "/v1/overview?after=resolve").await.unwrap();
+    assert_eq!(o["open_anomalies_by_kind"]["weight_fluctuation"], 2, "{o}");
 
     // Paging: one at a time, the national view walks all three anomalies.
     let mut seen = Vec::new();

@@ -83,6 +83,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/enterprises/{id}/kpis", get(query::enterprise_kpis))
         .route("/v1/anomalies", get(query::anomalies))
         .route("/v1/anomalies/stream", get(query::anomaly_stream))
+        .route("/v1/anomalies/{id}/{action}", post(query::handle_anomaly))
         .route("/v1/containers/{id}", get(query::container))
         .route("/v1/search", get(query::search))
         .route("/v1/overview", get(query::overview))

@@ -377,6 +377,7 @@ pub async fn enterprise_kpis(
 #[serde(deny_unknown_fields)]
 pub struct AnomaliesQuery {
     kind: Option<String>,
+    state: Option<String>,
     province_code: Option<String>,
     enterprise_id: Option<String>,
     from: Option<String>,
@@ -410,17 +411,26 @@ pub async fn anomalies(
         .transpose()?;
     let from = q.from.as_deref().map(instant_ns).transpose()?;
     let to = q.to.as_deref().map(instant_ns).transpose()?;
+    let state = q.state;
+    if let Some(s) = &state
+        && !matches!(s.as_str(), "open" | "acknowledged" | "resolved")
+    {
+        return Err(invalid(format!(
+            "state {s:?} is not one of open, acknowledged, resolved"
+        )));
+    }
     let (sp, se) = who.scope.binds();
     let rows = sqlx::query(
         "SELECT anomaly_id, event_seq, kind, severity, subject, enterprise_id, province_code, terminal_id, \
            container_id, manifest_id, previous_value, current_value, change_ratio_ppm, limit_value, \
-           cause_seq, detected_at::text AS detected_at, description FROM anomalies \
+           cause_seq, detected_at::text AS detected_at, description, state, state_note, state_by, \
+           state_at::text AS state_at FROM anomalies \
          WHERE ($1::text IS NULL OR province_code = $1) AND ($2::text IS NULL OR enterprise_id = $2) \
            AND ($3::text IS NULL OR kind = $3) AND ($4::text IS NULL OR province_code = $4) \
            AND ($5::text IS NULL OR enterprise_id = $5) \
            AND ($6::int8 IS NULL OR detected_at >= ns_to_ts($6)) \
            AND ($7::int8 IS NULL OR detected_at < ns_to_ts($7)) \
-           AND ($8::int8 IS NULL OR event_seq < $8) \
+           AND ($8::int8 IS NULL OR event_seq < $8) AND ($10::text IS NULL OR state = $10) \
          ORDER BY event_seq DESC LIMIT $9",
     )
     .bind(sp)
@@ -432,6 +442,7 @@ pub async fn anomalies(
     .bind(to)
     .bind(cursor)
     .bind(limit + 1)
+    .bind(state)
     .fetch_all(&pg(&st)?)
     .await
     .map_err(db_error)?;
@@ -457,6 +468,10 @@ pub async fn anomalies(
                 "cause_seq": r.get::<i64, _>("cause_seq"),
                 "detected_at": r.get::<String, _>("detected_at"),
                 "description": r.get::<String, _>("description"),
+                "state": r.get::<String, _>("state"),
+                "state_note": r.get::<Option<String>, _>("state_note"),
+                "state_by": r.get::<Option<String>, _>("state_by"),
+                "state_at": r.get::<Option<String>, _>("state_at"),
             })
         },
         |r| r.get::<i64, _>("event_seq").to_string(),
@@ -743,6 +758,7 @@ pub async fn overview(
     let kinds = sqlx::query(
         "SELECT kind, count(*) AS n FROM anomalies \
          WHERE ($1::text IS NULL OR province_code = $1) AND ($2::text IS NULL OR enterprise_id = $2) \
+           AND state <> 'resolved' \
          GROUP BY kind ORDER BY kind",
     )
     .bind(&sp)
@@ -763,7 +779,7 @@ pub async fn overview(
         "enterprises": counts.get::<i64, _>("enterprises"),
         "terminals": counts.get::<i64, _>("terminals"),
         "terminals_online": counts.get::<i64, _>("online"),
-        "anomalies_by_kind": by_kind,
+        "open_anomalies_by_kind": by_kind,
         "kg_in_storage": counts.get::<i64, _>("in_storage_mg") as f64 / 1e6,
     })))
 }
@@ -1092,4 +1108,86 @@ fn place(
         learn(custodian_events::event::dedupe_key_enterprise(&id));
     }
     known(st)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHandling {
+    note: String,
+}
+
+/// `POST /v1/anomalies/{id}/acknowledge` and `/resolve` with `{"note"}`: by anyone whose scope holds the
+/// anomaly (regulators included). 202 with the event's sequence: the read models show the new state once
+/// they have caught up. 404 out of scope or unknown, 409 `already_resolved`.
+pub async fn handle_anomaly(
+    State(st): State<Arc<AppState>>,
+    Path((id, action)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<impl IntoResponse, ApiError> {
+    use custodian_events::event::{AnomalyHandled, AnomalyState, NOTE_CHARS_MAX};
+    let who = caller(&st, &headers)?;
+    let state = match action.as_str() {
+        "acknowledge" => AnomalyState::Acknowledged,
+        "resolve" => AnomalyState::Resolved,
+        _ => {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "no such endpoint",
+            ));
+        }
+    };
+    let raw: RawHandling = read_json(&headers, body, 32 * 1024).await?;
+    let note = raw.note.trim();
+    if note.is_empty() || note.chars().count() > NOTE_CHARS_MAX {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "value_out_of_range",
+            format!("note must have 1 ..= {NOTE_CHARS_MAX} characters"),
+        ));
+    }
+    let (sp, se) = who.scope.binds();
+    let Some(row) = sqlx::query(
+        "SELECT enterprise_id, state FROM anomalies WHERE anomaly_id = $3 \
+           AND ($1::text IS NULL OR province_code = $1) AND ($2::text IS NULL OR enterprise_id = $2)",
+    )
+    .bind(sp)
+    .bind(se)
+    .bind(&id)
+    .fetch_optional(&pg(&st)?)
+    .await
+    .map_err(db_error)?
+    else {
+        return Err(not_found("anomaly", &id));
+    };
+    if row.get::<String, _>("state") == "resolved" {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "already_resolved",
+            format!("anomaly {id} is resolved; a resolution is final"),
+        ));
+    }
+    let enterprise: Option<String> = row.get("enterprise_id");
+    let event = Event::AnomalyHandled(AnomalyHandled {
+        anomaly_id: id.clone(),
+        enterprise_id: enterprise
+            .as_deref()
+            .and_then(|e| custodian_events::ids::EnterpriseId::parse(e).ok()),
+        state,
+        note: note.to_owned(),
+        by: who.token_id,
+        at_ns: st.clock.now_ns(),
+    });
+    let scope = enterprise.unwrap_or_else(|| custodian_events::keyring::PLATFORM_SCOPE.to_owned());
+    let p = crate::sealing::sealed(&st, &scope, event).await?;
+    let outcome = st.log.append(vec![p]).await?;
+    let seq = match outcome.first() {
+        Some(custodian_events::log::AppendOutcome::Appended { seq }) => *seq,
+        _ => 0,
+    };
+    Ok((
+        StatusCode::ACCEPTED,
+        axum::Json(json!({ "anomaly_id": id, "state": state.name(), "event_seq": seq })),
+    ))
 }

@@ -393,6 +393,13 @@ async fn every_tier_sees_exactly_its_scope() {
     }
     assert_eq!(seen.len(), 3);
 
+    // The API describes itself.
+    let doc = get(&NodeClient::new(node.url(), None), "/v1/openapi.json")
+        .await
+        .unwrap();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    assert!(doc["paths"]["/v1/terminals/{id}/readings"]["get"].is_object());
+
     // Regulators only read.
     let (status, v) = p
         .post_admin(

@@ -83,7 +83,12 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/enterprises/{id}/kpis", get(query::enterprise_kpis))
         .route("/v1/anomalies", get(query::anomalies))
         .route("/v1/anomalies/stream", get(query::anomaly_stream))
-        .route("/v1/anomalies/{id}/{action}", post(query::handle_anomaly))
+        .route(
+            "/v1/anomalies/{id}/acknowledge",
+            post(query::acknowledge_anomaly),
+        )
+        .route("/v1/anomalies/{id}/resolve", post(query::resolve_anomaly))
+        .route("/v1/openapi.json", get(openapi))
         .route("/v1/containers/{id}", get(query::container))
         .route("/v1/search", get(query::search))
         .route("/v1/overview", get(query::overview))
@@ -303,6 +308,14 @@ async fn rebuild_projection(
     ))
 }
 
+/// The OpenAPI 3 document of the whole API.
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+/// `GET /v1/openapi.json` (no token needed).
+async fn openapi() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI)
+}
+
 async fn not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
 }
@@ -446,4 +459,60 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
             format!("the body is not valid JSON: {e}"),
         ),
     })
+}
+
+#[cfg(test)]
+mod openapi_tests {
+    use std::collections::BTreeSet;
+
+    /// (method, path) of every operation in the OpenAPI document.
+    fn documented() -> BTreeSet<(String, String)> {
+        let doc: serde_json::Value =
+            serde_json::from_str(super::OPENAPI).expect("openapi.json is JSON");
+        let mut out = BTreeSet::new();
+        for (path, ops) in doc["paths"].as_object().expect("paths") {
+            for method in ops.as_object().expect("operations").keys() {
+                out.insert((method.clone(), path.clone()));
+            }
+        }
+        out
+    }
+
+    /// (method, path) of every route `router()` declares, read from this file's source.
+    fn routed() -> BTreeSet<(String, String)> {
+        let src = include_str!("mod.rs");
+        let start = src.find("pub fn router(").expect("router()");
+        let body = &src[start..start + src[start..].find("\n}\n").expect("end of router()")];
+        let mut out = BTreeSet::new();
+        for chunk in body.split(".route(").skip(1) {
+            let path = chunk.split('"').nth(1).expect("a path literal");
+            let until = chunk.find(".route(").unwrap_or(chunk.len());
+            let chunk = &chunk[..until];
+            for method in ["get", "post", "put", "delete", "patch"] {
+                if chunk.contains(&format!("{method}(")) {
+                    out.insert((method.to_owned(), path.to_owned()));
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn the_openapi_document_lists_exactly_the_routes() {
+        let (doc, routes) = (documented(), routed());
+        assert!(
+            routes.len() > 20,
+            "the source parse found the routes: {routes:?}"
+        );
+        let undocumented: Vec<_> = routes.difference(&doc).collect();
+        let unrouted: Vec<_> = doc.difference(&routes).collect();
+        assert!(
+            undocumented.is_empty(),
+            "routes missing from openapi.json: {undocumented:?}"
+        );
+        assert!(
+            unrouted.is_empty(),
+            "openapi.json documents routes that do not exist: {unrouted:?}"
+        );
+    }
 }

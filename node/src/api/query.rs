@@ -1119,25 +1119,47 @@ pub struct RawHandling {
 /// `POST /v1/anomalies/{id}/acknowledge` and `/resolve` with `{"note"}`: by anyone whose scope holds the
 /// anomaly (regulators included). 202 with the event's sequence: the read models show the new state once
 /// they have caught up. 404 out of scope or unknown, 409 `already_resolved`.
-pub async fn handle_anomaly(
-    State(st): State<Arc<AppState>>,
-    Path((id, action)): Path<(String, String)>,
+pub async fn acknowledge_anomaly(
+    st: State<Arc<AppState>>,
+    id: Path<String>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<impl IntoResponse, ApiError> {
-    use custodian_events::event::{AnomalyHandled, AnomalyState, NOTE_CHARS_MAX};
+    handle_anomaly(
+        st,
+        id,
+        headers,
+        body,
+        custodian_events::event::AnomalyState::Acknowledged,
+    )
+    .await
+}
+
+pub async fn resolve_anomaly(
+    st: State<Arc<AppState>>,
+    id: Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<impl IntoResponse, ApiError> {
+    handle_anomaly(
+        st,
+        id,
+        headers,
+        body,
+        custodian_events::event::AnomalyState::Resolved,
+    )
+    .await
+}
+
+async fn handle_anomaly(
+    State(st): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+    state: custodian_events::event::AnomalyState,
+) -> Result<impl IntoResponse, ApiError> {
+    use custodian_events::event::{AnomalyHandled, NOTE_CHARS_MAX};
     let who = caller(&st, &headers)?;
-    let state = match action.as_str() {
-        "acknowledge" => AnomalyState::Acknowledged,
-        "resolve" => AnomalyState::Resolved,
-        _ => {
-            return Err(ApiError::new(
-                StatusCode::NOT_FOUND,
-                "not_found",
-                "no such endpoint",
-            ));
-        }
-    };
     let raw: RawHandling = read_json(&headers, body, 32 * 1024).await?;
     let note = raw.note.trim();
     if note.is_empty() || note.chars().count() > NOTE_CHARS_MAX {

@@ -275,6 +275,30 @@ pub enum BenchCommand {
         #[arg(long, default_value = "bench/results")]
         report_dir: PathBuf,
     },
+    /// Load a seeded TSBS-iot-shaped dataset through the real ingest path into a kept data dir
+    /// (resumable), then report the disk each store takes.
+    Dataset {
+        #[arg(long, default_value = ".custodian-dataset")]
+        data_dir: PathBuf,
+        #[arg(long, default_value_t = 1_000)]
+        enterprises: usize,
+        #[arg(long, default_value_t = 2_000)]
+        terminals: usize,
+        #[arg(long, default_value_t = 7)]
+        days: u64,
+        /// Cap on all readings (default: one a minute for every terminal and day, ~20 million).
+        #[arg(long)]
+        readings: Option<u64>,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// The PostgreSQL and InfluxDB database of the dataset's read models.
+        #[arg(long, default_value = "custodian_dataset")]
+        database: String,
+        #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432")]
+        postgres_server: String,
+        #[arg(long, default_value = "http://127.0.0.1:8086")]
+        influx_url: String,
+    },
     /// SM2 signatures and SM4-GCM on one core.
     Crypto {
         /// Where to keep the Markdown report.
@@ -439,6 +463,31 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     report_dir: Some(report_dir),
                 },
             )
+            .await?;
+            Ok(())
+        }
+        Command::Bench(BenchCommand::Dataset {
+            data_dir,
+            enterprises,
+            terminals,
+            days,
+            readings,
+            seed,
+            database,
+            postgres_server,
+            influx_url,
+        }) => {
+            crate::bench_dataset::dataset(crate::bench_dataset::DatasetOptions {
+                data_dir,
+                enterprises,
+                terminals,
+                days,
+                readings,
+                seed,
+                database,
+                postgres_server,
+                influx_url,
+            })
             .await?;
             Ok(())
         }

@@ -299,6 +299,32 @@ pub enum BenchCommand {
         #[arg(long, default_value = "http://127.0.0.1:8086")]
         influx_url: String,
     },
+    /// Regulator query latency on a `bench dataset` data dir, beside a PostgreSQL-only design, in one run.
+    Query {
+        #[arg(long, default_value = ".custodian-dataset")]
+        data_dir: PathBuf,
+        #[arg(long, default_value_t = 1_000)]
+        enterprises: usize,
+        #[arg(long, default_value_t = 2_000)]
+        terminals: usize,
+        #[arg(long, default_value_t = 7)]
+        days: u64,
+        #[arg(long)]
+        readings: Option<u64>,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        #[arg(long, default_value = "custodian_dataset")]
+        database: String,
+        #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432")]
+        postgres_server: String,
+        #[arg(long, default_value = "http://127.0.0.1:8086")]
+        influx_url: String,
+        /// Samples per series query (a quarter of that per aggregate and endpoint).
+        #[arg(long, default_value_t = 200)]
+        samples: usize,
+        #[arg(long, default_value = "bench/results")]
+        report_dir: PathBuf,
+    },
     /// SM2 signatures and SM4-GCM on one core.
     Crypto {
         /// Where to keep the Markdown report.
@@ -487,6 +513,37 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 database,
                 postgres_server,
                 influx_url,
+            })
+            .await?;
+            Ok(())
+        }
+        Command::Bench(BenchCommand::Query {
+            data_dir,
+            enterprises,
+            terminals,
+            days,
+            readings,
+            seed,
+            database,
+            postgres_server,
+            influx_url,
+            samples,
+            report_dir,
+        }) => {
+            crate::bench_query::query(crate::bench_query::QueryBenchOptions {
+                dataset: crate::bench_dataset::DatasetOptions {
+                    data_dir,
+                    enterprises,
+                    terminals,
+                    days,
+                    readings,
+                    seed,
+                    database,
+                    postgres_server,
+                    influx_url,
+                },
+                samples,
+                report_dir: Some(report_dir),
             })
             .await?;
             Ok(())

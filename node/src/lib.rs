@@ -20,6 +20,7 @@ pub mod bench;
 pub mod bench_dataset;
 pub mod bench_detect;
 pub mod bench_projections;
+pub mod bench_query;
 pub mod cli;
 pub mod client;
 pub mod config;

@@ -159,12 +159,7 @@ pub async fn dataset(opts: DatasetOptions) -> anyhow::Result<String> {
     config.derive.tick_interval_s = 0;
     config.projections.postgres_url = format!("{}/{}", opts.postgres_server, opts.database);
     config.projections.influx_url = opts.influx_url.clone();
-    config.projections.influx = custodian_projections::influx::Dialect::V1 {
-        database: opts.database.clone(),
-        retention_policy: None,
-        username: None,
-        password: None,
-    };
+    config.projections.influx = custodian_projections::influx::Dialect::v1(opts.database.clone());
     if fresh {
         // A new log: read models left from an earlier dataset belong to another log.
         drop_databases(&opts).await;
@@ -280,31 +275,7 @@ pub async fn dataset(opts: DatasetOptions) -> anyhow::Result<String> {
         );
     }
     eprintln!();
-    // Let the read models catch up.
-    loop {
-        let p = client.projections().await?;
-        let last = p["last_seq"].as_u64().unwrap_or(0);
-        let behind: Vec<String> = p["projections"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|x| x["checkpoint"].as_u64() != Some(last))
-            .map(|x| {
-                format!(
-                    "{} {}/{last} {}",
-                    x["name"].as_str().unwrap_or("?"),
-                    x["checkpoint"],
-                    x["state"].as_str().unwrap_or("")
-                )
-            })
-            .collect();
-        if behind.is_empty() {
-            break;
-        }
-        eprint!("\r  read models catching up: {}   ", behind.join(", "));
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    eprintln!();
+    client.wait_read_models(None, true).await?;
     let metrics = client.metrics().await?;
     let accepted =
         crate::metrics::sample(&metrics, "custodian_readings_accepted_total").unwrap_or(0.0);
@@ -350,25 +321,11 @@ async fn pg_size(opts: &DatasetOptions) -> Option<u64> {
 }
 
 async fn drop_databases(opts: &DatasetOptions) {
-    use sqlx::{Connection as _, Executor as _};
-    if let Ok(mut c) =
-        sqlx::PgConnection::connect(&format!("{}/postgres", opts.postgres_server)).await
-    {
-        let _ = c
-            .execute(sqlx::AssertSqlSafe(format!(
-                "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
-                opts.database
-            )))
-            .await;
-    }
+    let _ =
+        custodian_projections::postgres::drop_database(&opts.postgres_server, &opts.database).await;
     let influx = custodian_projections::influx::InfluxClient::new(
         &opts.influx_url,
-        custodian_projections::influx::Dialect::V1 {
-            database: opts.database.clone(),
-            retention_policy: None,
-            username: None,
-            password: None,
-        },
+        custodian_projections::influx::Dialect::v1(opts.database.clone()),
     );
     let _ = influx.drop_target().await;
 }

@@ -223,7 +223,8 @@ pub async fn projections(opts: ProjectionsBenchOptions) -> anyhow::Result<String
         .prepare()
         .await
         .map_err(|e| anyhow::anyhow!("preparing the raw schema: {e}"))?;
-    let pg_want = |t: &str| !matches!(t, "UploadSigned" | "DataKeyIssued" | "ClockTicked");
+    // The same events the projection reads.
+    let pg_want = |t: &str| raw_model.wants(t);
     let folded: Vec<Rows> = {
         let d = dir.read().expect("directory lock");
         batches(log.as_ref(), &pg_want)?
@@ -253,17 +254,7 @@ pub async fn projections(opts: ProjectionsBenchOptions) -> anyhow::Result<String
     pool.close().await;
 
     // InfluxDB.
-    let client_for = |db: &str| {
-        InfluxClient::new(
-            &opts.influx_url,
-            Dialect::V1 {
-                database: db.to_owned(),
-                retention_policy: None,
-                username: None,
-                password: None,
-            },
-        )
-    };
+    let client_for = |db: &str| InfluxClient::new(&opts.influx_url, Dialect::v1(db));
     let proj_db = format!("custodian_bench_{run}_proj");
     let raw_db = format!("custodian_bench_{run}_raw");
     let influx_family = InfluxFamily::new(
@@ -327,12 +318,7 @@ pub async fn projections(opts: ProjectionsBenchOptions) -> anyhow::Result<String
     config.projections.postgres_url = url.clone();
     config.projections.postgres_schema = "live".into();
     config.projections.influx_url = opts.influx_url.clone();
-    config.projections.influx = Dialect::V1 {
-        database: live_db.clone(),
-        retention_policy: None,
-        username: None,
-        password: None,
-    };
+    config.projections.influx = Dialect::v1(live_db.clone());
     let node = Node::start(config).await?;
     let client = NodeClient::new(node.url(), Some(node.admin_token.clone()));
     let scales = register(&client, opts.terminals).await?;
@@ -361,7 +347,7 @@ pub async fn projections(opts: ProjectionsBenchOptions) -> anyhow::Result<String
     }
     node.stop().await?;
     let _ = client_for(&live_db).drop_target().await;
-    drop_database(&opts.postgres_server, &database).await;
+    let _ = custodian_projections::postgres::drop_database(&opts.postgres_server, &database).await;
 
     let rate = |r: f64| readings as f64 / r;
     let markdown = format!(
@@ -410,17 +396,6 @@ pub async fn projections(opts: ProjectionsBenchOptions) -> anyhow::Result<String
         println!("  report: {}", path.display());
     }
     Ok(markdown)
-}
-
-async fn drop_database(server: &str, name: &str) {
-    use sqlx::{Connection as _, Executor as _};
-    if let Ok(mut c) = sqlx::PgConnection::connect(&format!("{server}/postgres")).await {
-        let _ = c
-            .execute(sqlx::AssertSqlSafe(format!(
-                "DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"
-            )))
-            .await;
-    }
 }
 
 /// `opts.rate` readings/s from the scales in uploads of 10, for warm-up plus `duration_s`.

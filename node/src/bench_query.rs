@@ -10,7 +10,7 @@
 //!   log before the clock starts.
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use hdrhistogram::Histogram;
 use rand::{Rng as _, SeedableRng as _};
@@ -68,26 +68,10 @@ pub async fn query(opts: QueryBenchOptions) -> anyhow::Result<String> {
     config.query.cache_ttl_ms = 600_000;
     config.projections.postgres_url = format!("{}/{}", d.postgres_server, d.database);
     config.projections.influx_url = d.influx_url.clone();
-    config.projections.influx = custodian_projections::influx::Dialect::V1 {
-        database: d.database.clone(),
-        retention_policy: None,
-        username: None,
-        password: None,
-    };
+    config.projections.influx = custodian_projections::influx::Dialect::v1(d.database.clone());
     let node = Node::start(config).await?;
     let admin = NodeClient::new(node.url(), Some(node.admin_token.clone()));
-    // Wait for the read models.
-    loop {
-        let p = admin.projections().await?;
-        let last = p["last_seq"].as_u64().unwrap_or(0);
-        if p["projections"]
-            .as_array()
-            .is_some_and(|a| a.iter().all(|x| x["checkpoint"].as_u64() == Some(last)))
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    admin.wait_read_models(None, false).await?;
     let token = |tier: &'static str, scope: Option<&'static str>| {
         let admin = admin.clone();
         async move {
@@ -182,12 +166,7 @@ pub async fn query(opts: QueryBenchOptions) -> anyhow::Result<String> {
 
     let influx = custodian_projections::influx::InfluxClient::new(
         &d.influx_url,
-        custodian_projections::influx::Dialect::V1 {
-            database: d.database.clone(),
-            retention_policy: None,
-            username: None,
-            password: None,
-        },
+        custodian_projections::influx::Dialect::v1(d.database.clone()),
     );
     let mut rng = rand::rngs::SmallRng::seed_from_u64(d.seed);
     let days = d.days.min(

@@ -277,48 +277,11 @@ pub enum BenchCommand {
     },
     /// Load a seeded TSBS-iot-shaped dataset through the real ingest path into a kept data dir
     /// (resumable), then report the disk each store takes.
-    Dataset {
-        #[arg(long, default_value = ".custodian-dataset")]
-        data_dir: PathBuf,
-        #[arg(long, default_value_t = 1_000)]
-        enterprises: usize,
-        #[arg(long, default_value_t = 2_000)]
-        terminals: usize,
-        #[arg(long, default_value_t = 7)]
-        days: u64,
-        /// Cap on all readings (default: one a minute for every terminal and day, ~20 million).
-        #[arg(long)]
-        readings: Option<u64>,
-        #[arg(long, default_value_t = 1)]
-        seed: u64,
-        /// The PostgreSQL and InfluxDB database of the dataset's read models.
-        #[arg(long, default_value = "custodian_dataset")]
-        database: String,
-        #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432")]
-        postgres_server: String,
-        #[arg(long, default_value = "http://127.0.0.1:8086")]
-        influx_url: String,
-    },
+    Dataset(DatasetArgs),
     /// Regulator query latency on a `bench dataset` data dir, beside a PostgreSQL-only design, in one run.
     Query {
-        #[arg(long, default_value = ".custodian-dataset")]
-        data_dir: PathBuf,
-        #[arg(long, default_value_t = 1_000)]
-        enterprises: usize,
-        #[arg(long, default_value_t = 2_000)]
-        terminals: usize,
-        #[arg(long, default_value_t = 7)]
-        days: u64,
-        #[arg(long)]
-        readings: Option<u64>,
-        #[arg(long, default_value_t = 1)]
-        seed: u64,
-        #[arg(long, default_value = "custodian_dataset")]
-        database: String,
-        #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432")]
-        postgres_server: String,
-        #[arg(long, default_value = "http://127.0.0.1:8086")]
-        influx_url: String,
+        #[command(flatten)]
+        dataset: DatasetArgs,
         /// Samples per series query (a quarter of that per aggregate and endpoint).
         #[arg(long, default_value_t = 200)]
         samples: usize,
@@ -331,6 +294,47 @@ pub enum BenchCommand {
         #[arg(long, default_value = "bench/results")]
         report_dir: PathBuf,
     },
+}
+
+/// The dataset of `bench dataset` (and the one `bench query` runs on).
+#[derive(Args, Debug)]
+pub struct DatasetArgs {
+    #[arg(long, default_value = ".custodian-dataset")]
+    pub data_dir: PathBuf,
+    #[arg(long, default_value_t = 1_000)]
+    pub enterprises: usize,
+    #[arg(long, default_value_t = 2_000)]
+    pub terminals: usize,
+    #[arg(long, default_value_t = 7)]
+    pub days: u64,
+    /// Cap on all readings (default: one a minute for every terminal and day, ~20 million).
+    #[arg(long)]
+    pub readings: Option<u64>,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// The PostgreSQL and InfluxDB database of the dataset's read models.
+    #[arg(long, default_value = "custodian_dataset")]
+    pub database: String,
+    #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432")]
+    pub postgres_server: String,
+    #[arg(long, default_value = "http://127.0.0.1:8086")]
+    pub influx_url: String,
+}
+
+impl From<DatasetArgs> for crate::bench_dataset::DatasetOptions {
+    fn from(a: DatasetArgs) -> Self {
+        crate::bench_dataset::DatasetOptions {
+            data_dir: a.data_dir,
+            enterprises: a.enterprises,
+            terminals: a.terminals,
+            days: a.days,
+            readings: a.readings,
+            seed: a.seed,
+            database: a.database,
+            postgres_server: a.postgres_server,
+            influx_url: a.influx_url,
+        }
+    }
 }
 
 #[derive(Args, Debug)]
@@ -492,56 +496,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             .await?;
             Ok(())
         }
-        Command::Bench(BenchCommand::Dataset {
-            data_dir,
-            enterprises,
-            terminals,
-            days,
-            readings,
-            seed,
-            database,
-            postgres_server,
-            influx_url,
-        }) => {
-            crate::bench_dataset::dataset(crate::bench_dataset::DatasetOptions {
-                data_dir,
-                enterprises,
-                terminals,
-                days,
-                readings,
-                seed,
-                database,
-                postgres_server,
-                influx_url,
-            })
-            .await?;
+        Command::Bench(BenchCommand::Dataset(args)) => {
+            crate::bench_dataset::dataset(args.into()).await?;
             Ok(())
         }
         Command::Bench(BenchCommand::Query {
-            data_dir,
-            enterprises,
-            terminals,
-            days,
-            readings,
-            seed,
-            database,
-            postgres_server,
-            influx_url,
+            dataset,
             samples,
             report_dir,
         }) => {
             crate::bench_query::query(crate::bench_query::QueryBenchOptions {
-                dataset: crate::bench_dataset::DatasetOptions {
-                    data_dir,
-                    enterprises,
-                    terminals,
-                    days,
-                    readings,
-                    seed,
-                    database,
-                    postgres_server,
-                    influx_url,
-                },
+                dataset: dataset.into(),
                 samples,
                 report_dir: Some(report_dir),
             })

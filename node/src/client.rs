@@ -101,6 +101,45 @@ impl NodeClient {
             .cloned())
     }
 
+    /// Waits until every read model holds the log up to its last durable event (or `within` passes),
+    /// showing which are behind on stderr when `progress`; answers the models' statuses.
+    pub async fn wait_read_models(
+        &self,
+        within: Option<Duration>,
+        progress: bool,
+    ) -> Result<Vec<Value>, ClientError> {
+        let deadline = within.map(|w| std::time::Instant::now() + w);
+        let mut shown = false;
+        loop {
+            let p = self.projections().await?;
+            let last = p["last_seq"].as_u64().unwrap_or(0);
+            let list = p["projections"].as_array().cloned().unwrap_or_default();
+            let behind: Vec<String> = list
+                .iter()
+                .filter(|x| x["checkpoint"].as_u64() != Some(last))
+                .map(|x| {
+                    format!(
+                        "{} {}/{last} {}",
+                        x["name"].as_str().unwrap_or("?"),
+                        x["checkpoint"],
+                        x["state"].as_str().unwrap_or("")
+                    )
+                })
+                .collect();
+            if behind.is_empty() || deadline.is_some_and(|d| std::time::Instant::now() > d) {
+                if shown {
+                    eprintln!();
+                }
+                return Ok(list);
+            }
+            if progress {
+                eprint!("\r  read models catching up: {}   ", behind.join(", "));
+                shown = true;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
     /// `POST /v1/admin/projections/{name}/rebuild`: the new generation.
     pub async fn rebuild_projection(&self, name: &str) -> Result<u64, ClientError> {
         match self

@@ -85,12 +85,7 @@ impl Default for ProjectionsConfig {
             postgres_schema: "custodian".into(),
             influx_enabled: true,
             influx_url: "http://127.0.0.1:8086".into(),
-            influx: custodian_projections::influx::Dialect::V1 {
-                database: "custodian".into(),
-                retention_policy: None,
-                username: None,
-                password: None,
-            },
+            influx: custodian_projections::influx::Dialect::v1("custodian"),
             search_enabled: true,
             batch_events_max: 5_000,
             backoff_max_ms: 10_000,

@@ -377,27 +377,14 @@ async fn record(
 const DEMO_DATABASE: &str = "custodian_demo";
 
 async fn demo_read_models(config: &mut Config) {
-    use sqlx::{Connection as _, Executor as _};
     let server = "postgres://postgres@127.0.0.1:5432";
     config.projections.postgres_url = format!("{server}/{DEMO_DATABASE}");
-    config.projections.influx = custodian_projections::influx::Dialect::V1 {
-        database: DEMO_DATABASE.into(),
-        retention_policy: None,
-        username: None,
-        password: None,
-    };
-    match sqlx::PgConnection::connect(&format!("{server}/postgres")).await {
-        Ok(mut c) => {
-            let _ = c
-                .execute(sqlx::AssertSqlSafe(format!(
-                    "DROP DATABASE IF EXISTS {DEMO_DATABASE} WITH (FORCE)"
-                )))
-                .await;
-        }
-        Err(e) => println!(
-            "PostgreSQL at {server} does not answer ({e}); the demo runs without that read model's figures \
+    config.projections.influx = custodian_projections::influx::Dialect::v1(DEMO_DATABASE);
+    if let Err(e) = custodian_projections::postgres::drop_database(server, DEMO_DATABASE).await {
+        println!(
+            "cannot clear database {DEMO_DATABASE} on PostgreSQL at {server} ({e}); the demo runs without that read model's figures \
              (start it with scripts/services up)"
-        ),
+        );
     }
     let influx = custodian_projections::influx::InfluxClient::new(
         &config.projections.influx_url,
@@ -412,34 +399,15 @@ async fn demo_read_models(config: &mut Config) {
 
 /// Waits (with progress) for the node's read models to hold the whole log, then shows what they hold.
 async fn read_models_summary(client: &NodeClient, own_node: bool) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        let Ok(p) = client.projections().await else {
-            return;
-        };
-        let last = p["last_seq"].as_u64().unwrap_or(0);
-        let list = p["projections"].as_array().cloned().unwrap_or_default();
-        if list.is_empty() {
-            return;
-        }
-        let behind: Vec<String> = list
-            .iter()
-            .filter(|x| x["checkpoint"].as_u64() != Some(last))
-            .map(|x| {
-                format!(
-                    "{} {}/{last}",
-                    x["name"].as_str().unwrap_or("?"),
-                    x["checkpoint"]
-                )
-            })
-            .collect();
-        if behind.is_empty() || std::time::Instant::now() > deadline {
-            eprintln!();
-            break list;
-        }
-        eprint!("\r  read models catching up: {}   ", behind.join(", "));
-        tokio::time::sleep(Duration::from_millis(250)).await;
+    let Ok(status) = client
+        .wait_read_models(Some(Duration::from_secs(60)), true)
+        .await
+    else {
+        return;
     };
+    if status.is_empty() {
+        return;
+    }
     println!("  read models");
     for p in &status {
         let name = p["name"].as_str().unwrap_or("?");
@@ -494,12 +462,7 @@ async fn postgres_figures(schema: &str) -> String {
 async fn influx_figures() -> String {
     let client = custodian_projections::influx::InfluxClient::new(
         "http://127.0.0.1:8086",
-        custodian_projections::influx::Dialect::V1 {
-            database: DEMO_DATABASE.into(),
-            retention_policy: None,
-            username: None,
-            password: None,
-        },
+        custodian_projections::influx::Dialect::v1(DEMO_DATABASE),
     );
     match client
         .query("SELECT count(\"value\") FROM \"readings\"")

@@ -95,6 +95,18 @@ pub enum Dialect {
     },
 }
 
+impl Dialect {
+    /// InfluxDB 1.x: `database`, its default retention policy, no credentials.
+    pub fn v1(database: impl Into<String>) -> Dialect {
+        Dialect::V1 {
+            database: database.into(),
+            retention_policy: None,
+            username: None,
+            password: None,
+        }
+    }
+}
+
 impl fmt::Debug for Dialect {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

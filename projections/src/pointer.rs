@@ -44,6 +44,23 @@ pub fn write(file: &Path, generation: u32) -> std::io::Result<()> {
     Ok(())
 }
 
+/// [`read`] as a family's `active_generation` answers it.
+pub fn live(file: &Path) -> Result<u32, crate::runner::ProjectionError> {
+    read(file).map_err(|e| {
+        crate::runner::ProjectionError::Failed(format!("reading the live generation: {e}"))
+    })
+}
+
+/// [`write`] as a family's `promote` answers it.
+pub fn promote(file: &Path, generation: u32) -> Result<(), crate::runner::ProjectionError> {
+    write(file, generation).map_err(|e| {
+        crate::runner::ProjectionError::Failed(format!(
+            "writing the live generation to {}: {e}",
+            file.display()
+        ))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -54,6 +54,18 @@ fn pg_error(doing: &str, e: sqlx::Error) -> ProjectionError {
     }
 }
 
+/// Drops database `name` on the server at `server_url` (a URL naming no database), ending its sessions:
+/// for throwaway models (tests, benchmarks, the demo).
+pub async fn drop_database(server_url: &str, name: &str) -> Result<(), sqlx::Error> {
+    let mut c = sqlx::PgConnection::connect(&format!("{server_url}/postgres")).await?;
+    c.execute(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+        name.replace('"', "\"\"")
+    )))
+    .await?;
+    c.close().await
+}
+
 /// Where the PostgreSQL model lives.
 #[derive(Clone)]
 pub struct PgFamily {

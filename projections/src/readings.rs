@@ -122,10 +122,7 @@ impl Family for InfluxFamily {
     }
 
     fn active_generation(&self) -> BoxFuture<'_, Result<u32, ProjectionError>> {
-        Box::pin(async move {
-            crate::pointer::read(&self.pointer)
-                .map_err(|e| ProjectionError::Failed(format!("reading the live generation: {e}")))
-        })
+        Box::pin(async move { crate::pointer::live(&self.pointer) })
     }
 
     fn open(&self, generation: u32) -> Arc<dyn Projection> {
@@ -140,14 +137,7 @@ impl Family for InfluxFamily {
     }
 
     fn promote(&self, generation: u32) -> BoxFuture<'_, Result<(), ProjectionError>> {
-        Box::pin(async move {
-            crate::pointer::write(&self.pointer, generation).map_err(|e| {
-                ProjectionError::Failed(format!(
-                    "writing the live generation to {}: {e}",
-                    self.pointer.display()
-                ))
-            })
-        })
+        Box::pin(async move { crate::pointer::promote(&self.pointer, generation) })
     }
 
     fn discard(&self, generation: u32) -> BoxFuture<'_, Result<(), ProjectionError>> {

@@ -305,7 +305,7 @@ proptest! {
         let base = format!("custodian_prop_{:08x}", rand::random::<u32>());
         let family = |db: String| {
             InfluxFamily::new(
-                InfluxClient::new(INFLUX, Dialect::V1 { database: db, retention_policy: None, username: None, password: None }),
+                InfluxClient::new(INFLUX, Dialect::v1(db)),
                 tmp.path(),
                 sled.clone(),
                 dir.clone(),
@@ -322,8 +322,8 @@ proptest! {
                 twice.apply(&filter(&log[from..to], twice.as_ref()), to as u64).await.unwrap();
             }
             let q = "SELECT * FROM \"readings\" GROUP BY *";
-            let a = InfluxClient::new(INFLUX, Dialect::V1 { database: once.target(), retention_policy: None, username: None, password: None });
-            let b = InfluxClient::new(INFLUX, Dialect::V1 { database: twice.target(), retention_policy: None, username: None, password: None });
+            let a = InfluxClient::new(INFLUX, Dialect::v1(once.target()));
+            let b = InfluxClient::new(INFLUX, Dialect::v1(twice.target()));
             let r = (a.query(q).await.unwrap(), b.query(q).await.unwrap());
             a.drop_target().await.unwrap();
             b.drop_target().await.unwrap();

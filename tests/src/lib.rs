@@ -342,12 +342,7 @@ impl ReadModels {
         p.search_enabled = true;
         p.postgres_url = self.postgres_url();
         p.influx_url = self.influx_url.clone();
-        p.influx = custodian_projections::influx::Dialect::V1 {
-            database: self.name.clone(),
-            retention_policy: None,
-            username: None,
-            password: None,
-        };
+        p.influx = custodian_projections::influx::Dialect::v1(self.name.clone());
         p.backoff_max_ms = 1_000;
     }
 
@@ -364,32 +359,14 @@ impl ReadModels {
     pub fn influx(&self, database: Option<&str>) -> custodian_projections::influx::InfluxClient {
         custodian_projections::influx::InfluxClient::new(
             &self.influx_url,
-            custodian_projections::influx::Dialect::V1 {
-                database: database.unwrap_or(&self.name).to_owned(),
-                retention_policy: None,
-                username: None,
-                password: None,
-            },
+            custodian_projections::influx::Dialect::v1(database.unwrap_or(&self.name).to_owned()),
         )
     }
 
     /// Drops the test's databases (after its node has stopped).
     pub async fn drop_all(&self) {
-        if let Ok(mut c) = <sqlx::PgConnection as sqlx::Connection>::connect(&format!(
-            "{}/postgres",
-            self.postgres_server
-        ))
-        .await
-        {
-            let _ = sqlx::Executor::execute(
-                &mut c,
-                sqlx::AssertSqlSafe(format!(
-                    "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
-                    self.name
-                )),
-            )
-            .await;
-        }
+        let _ =
+            custodian_projections::postgres::drop_database(&self.postgres_server, &self.name).await;
         for db in [
             self.name.clone(),
             format!("{}_g2", self.name),

@@ -54,6 +54,24 @@ pub struct AppState {
     pub directory: custodian_projections::directory::SharedDirectory,
 }
 
+impl AppState {
+    /// What `get` makes of the live generation of read model `name` (`postgres`, `influx`, `search`), as
+    /// its concrete type; None when the model is disabled or still starting.
+    pub fn live_model<T: 'static, R>(
+        &self,
+        name: &str,
+        get: impl FnOnce(&T) -> Option<R>,
+    ) -> Option<R> {
+        let live = self
+            .projections
+            .get()?
+            .iter()
+            .find(|p| p.name() == name)?
+            .live()?;
+        get(live.as_any().downcast_ref::<T>()?)
+    }
+}
+
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
@@ -248,17 +266,7 @@ pub(crate) async fn run_search(
         ));
     }
     let index = st
-        .projections
-        .get()
-        .into_iter()
-        .flatten()
-        .find(|p| p.name() == "search")
-        .and_then(|p| p.live())
-        .and_then(|m| {
-            m.as_any()
-                .downcast_ref::<custodian_projections::text::TextProjection>()
-                .and_then(|t| t.index())
-        })
+        .live_model("search", custodian_projections::text::TextProjection::index)
         .ok_or_else(|| {
             ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,

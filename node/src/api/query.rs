@@ -141,18 +141,11 @@ pub async fn revoke_token(
 
 /// The live PostgreSQL model's pool.
 fn pg(st: &AppState) -> Result<sqlx::PgPool, ApiError> {
-    st.projections
-        .get()
-        .into_iter()
-        .flatten()
-        .find(|p| p.name() == "postgres")
-        .and_then(|p| p.live())
-        .and_then(|m| {
-            m.as_any()
-                .downcast_ref::<custodian_projections::postgres::PgProjection>()
-                .map(|p| p.pool().clone())
-        })
-        .ok_or_else(|| {
+    st.live_model(
+        "postgres",
+        |p: &custodian_projections::postgres::PgProjection| Some(p.pool().clone()),
+    )
+    .ok_or_else(|| {
             ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "read_model_unavailable",
@@ -639,17 +632,10 @@ pub async fn terminal_readings(
     };
     let enterprise: String = row.get("enterprise_id");
     let influx = st
-        .projections
-        .get()
-        .into_iter()
-        .flatten()
-        .find(|p| p.name() == "influx")
-        .and_then(|p| p.live())
-        .and_then(|m| {
-            m.as_any()
-                .downcast_ref::<custodian_projections::readings::InfluxProjection>()
-                .map(|p| p.client().clone())
-        })
+        .live_model(
+            "influx",
+            |p: &custodian_projections::readings::InfluxProjection| Some(p.client().clone()),
+        )
         .ok_or_else(|| {
             ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,

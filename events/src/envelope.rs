@@ -1,6 +1,7 @@
 //! The versioned envelope every event is stored in, its on-disk record format and its checks.
 //!
-//! A record is `[format: u8 = 1][crc32 of the rest: u32 little-endian][rkyv bytes of Envelope]`. Reading a
+//! A record is `[format: u8 = 2][crc32 of the rest: u32 little-endian][rkyv bytes of Envelope]`; format 1
+//! records (written before events carried the token that caused them) are still read. Reading a
 //! record checks, in order: the format byte, the CRC (catches any flipped bit, also in the header fields),
 //! rkyv's structural validation (catches what a CRC collision would let through), that the sequence in the
 //! envelope is the one it was stored under, and that the SHA-256 of the payload's canonical JSON equals the
@@ -13,8 +14,14 @@ use sha2::{Digest, Sha256};
 use crate::event::{Event, SCHEMA_VERSION};
 use crate::keyring::{Keyring, SealedPayload};
 
-/// The record format written today.
-pub const RECORD_FORMAT: u8 = 1;
+/// The record format written today: 2 added `caused_by` to the header.
+pub const RECORD_FORMAT: u8 = 2;
+
+/// The first record format, without `caused_by`; still read.
+const RECORD_FORMAT_V1: u8 = 1;
+
+/// The longest `caused_by` a record holds, in bytes (token ids are 32 hex digits, `bootstrap` is shorter).
+pub const CAUSED_BY_BYTES_MAX: usize = 64;
 
 const HEADER_LEN: usize = 5;
 
@@ -41,6 +48,11 @@ pub struct Envelope {
     pub fingerprint: Fingerprint,
     /// The data key the payload is sealed with at rest, if it is.
     pub key_id: Option<String>,
+    /// The id of the bearer token whose request caused the event (`bootstrap` for the node's own admin
+    /// token); `None` for what terminals send (their signature is the evidence) and what the platform
+    /// derives. Outside the fingerprint, so the same fact caused twice by different tokens stays one fact
+    /// (the first cause is kept); bound into a sealed payload's associated data.
+    pub caused_by: Option<String>,
     pub event: Event,
 }
 
@@ -53,7 +65,35 @@ struct StoredEnvelope {
     schema_version: u16,
     recorded_at_ns: i64,
     fingerprint: Fingerprint,
+    caused_by: Option<String>,
     payload: StoredPayload,
+}
+
+/// What format 1 stored: the same without `caused_by`.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+struct StoredEnvelopeV1 {
+    seq: u64,
+    stream: String,
+    event_type: String,
+    schema_version: u16,
+    recorded_at_ns: i64,
+    fingerprint: Fingerprint,
+    payload: StoredPayload,
+}
+
+impl From<StoredEnvelopeV1> for StoredEnvelope {
+    fn from(v1: StoredEnvelopeV1) -> Self {
+        StoredEnvelope {
+            seq: v1.seq,
+            stream: v1.stream,
+            event_type: v1.event_type,
+            schema_version: v1.schema_version,
+            recorded_at_ns: v1.recorded_at_ns,
+            fingerprint: v1.fingerprint,
+            caused_by: None,
+            payload: v1.payload,
+        }
+    }
 }
 
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
@@ -65,15 +105,28 @@ enum StoredPayload {
     Sealed(SealedPayload),
 }
 
-/// The associated data a sealed payload is bound to: its envelope's stream, type, fingerprint and key.
-pub fn seal_aad(stream: &str, event_type: &str, fp: &Fingerprint, key_id: &str) -> Vec<u8> {
-    let mut aad = Vec::with_capacity(stream.len() + event_type.len() + 34 + key_id.len());
+/// The associated data a sealed payload is bound to: its envelope's stream, type, fingerprint, key and,
+/// when there is one, the token that caused it (absent, the bytes are those of format 1).
+pub fn seal_aad(
+    stream: &str,
+    event_type: &str,
+    fp: &Fingerprint,
+    key_id: &str,
+    caused_by: Option<&str>,
+) -> Vec<u8> {
+    let mut aad = Vec::with_capacity(
+        stream.len() + event_type.len() + 35 + key_id.len() + caused_by.map_or(0, str::len),
+    );
     aad.extend_from_slice(stream.as_bytes());
     aad.push(0);
     aad.extend_from_slice(event_type.as_bytes());
     aad.push(0);
     aad.extend_from_slice(fp);
     aad.extend_from_slice(key_id.as_bytes());
+    if let Some(c) = caused_by {
+        aad.push(0);
+        aad.extend_from_slice(c.as_bytes());
+    }
     aad
 }
 
@@ -90,13 +143,14 @@ impl Envelope {
     }
 
     /// Encodes a record for `seq`: the event in the clear, or `sealed` (made by [`Keyring::seal`] over
-    /// [`event_bytes`] with [`seal_aad`]) in its place.
+    /// [`event_bytes`] with [`seal_aad`], given the same `caused_by`) in its place.
     pub fn encode(
         seq: u64,
         recorded_at_ns: i64,
         fingerprint: Fingerprint,
         event: Event,
         sealed: Option<SealedPayload>,
+        caused_by: Option<String>,
     ) -> Vec<u8> {
         let stored = StoredEnvelope {
             seq,
@@ -105,6 +159,7 @@ impl Envelope {
             schema_version: SCHEMA_VERSION,
             recorded_at_ns,
             fingerprint,
+            caused_by,
             payload: match sealed {
                 Some(s) => StoredPayload::Sealed(s),
                 None => StoredPayload::Plain(event),
@@ -141,16 +196,24 @@ impl Envelope {
         if record.len() < HEADER_LEN {
             return Err(corrupt(format!("record is {} bytes long", record.len())));
         }
-        if record[0] != RECORD_FORMAT {
-            return Err(corrupt(format!("unknown record format {}", record[0])));
+        let format = record[0];
+        if format != RECORD_FORMAT && format != RECORD_FORMAT_V1 {
+            return Err(corrupt(format!("unknown record format {format}")));
         }
         let crc = u32::from_le_bytes(record[1..HEADER_LEN].try_into().expect("4 bytes"));
         let body = &record[HEADER_LEN..];
         if crc32fast::hash(body) != crc {
             return Err(corrupt("CRC mismatch: the record's bytes changed".into()));
         }
-        let stored = rkyv::from_bytes::<StoredEnvelope, rkyv::rancor::Error>(&aligned(body))
-            .map_err(|e| corrupt(format!("invalid encoding: {e}")))?;
+        let invalid = |e: rkyv::rancor::Error| corrupt(format!("invalid encoding: {e}"));
+        let stored = if format == RECORD_FORMAT_V1 {
+            rkyv::from_bytes::<StoredEnvelopeV1, rkyv::rancor::Error>(&aligned(body))
+                .map_err(invalid)?
+                .into()
+        } else {
+            rkyv::from_bytes::<StoredEnvelope, rkyv::rancor::Error>(&aligned(body))
+                .map_err(invalid)?
+        };
         if stored.seq != seq {
             return Err(corrupt(format!("envelope says seq {}", stored.seq)));
         }
@@ -171,6 +234,7 @@ impl Envelope {
                     &stored.event_type,
                     &stored.fingerprint,
                     &sealed.key_id,
+                    stored.caused_by.as_deref(),
                 );
                 let plain = keyring
                     .open(&sealed, &aad)
@@ -202,6 +266,7 @@ impl Envelope {
             recorded_at_ns: stored.recorded_at_ns,
             fingerprint: stored.fingerprint,
             key_id,
+            caused_by: stored.caused_by,
             event,
         }))
     }
@@ -247,15 +312,93 @@ mod tests {
 
     fn record(seq: u64, event: &Event) -> Vec<u8> {
         let fp = fingerprint(&event.canonical().to_bytes());
-        Envelope::encode(seq, RECORDED_AT_NS, fp, event.clone(), None)
+        Envelope::encode(seq, RECORDED_AT_NS, fp, event.clone(), None, None)
     }
 
     fn sealed_record(seq: u64, event: &Event, ring: &Keyring) -> Vec<u8> {
+        sealed_record_by(seq, event, ring, Some("0123456789abcdef0123456789abcdef"))
+    }
+
+    fn sealed_record_by(
+        seq: u64,
+        event: &Event,
+        ring: &Keyring,
+        caused_by: Option<&str>,
+    ) -> Vec<u8> {
         let fp = fingerprint(&event.canonical().to_bytes());
         let key = ring.current("E-1").unwrap();
-        let aad = seal_aad(&event.stream(), event.event_type(), &fp, &key.id);
+        let aad = seal_aad(&event.stream(), event.event_type(), &fp, &key.id, caused_by);
         let sealed = ring.seal(&key, &aad, &event_bytes(event));
-        Envelope::encode(seq, RECORDED_AT_NS, fp, event.clone(), Some(sealed))
+        Envelope::encode(
+            seq,
+            RECORDED_AT_NS,
+            fp,
+            event.clone(),
+            Some(sealed),
+            caused_by.map(str::to_owned),
+        )
+    }
+
+    /// A record as format 1 wrote it, before `caused_by`.
+    fn v1_record(seq: u64, event: &Event) -> Vec<u8> {
+        let stored = StoredEnvelopeV1 {
+            seq,
+            stream: event.stream(),
+            event_type: event.event_type().to_owned(),
+            schema_version: SCHEMA_VERSION,
+            recorded_at_ns: RECORDED_AT_NS,
+            fingerprint: fingerprint(&event.canonical().to_bytes()),
+            payload: StoredPayload::Plain(event.clone()),
+        };
+        let body = rkyv::to_bytes::<rkyv::rancor::Error>(&stored).unwrap();
+        let mut out = vec![RECORD_FORMAT_V1];
+        out.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+        out.extend_from_slice(&body);
+        out
+    }
+
+    #[test]
+    fn format_1_records_are_still_read_without_a_cause() {
+        let event = reading(3, 152_300_000, Some("C-9"));
+        let env = Envelope::decode(4, &v1_record(4, &event), None).unwrap();
+        assert_eq!(env.event, event);
+        assert_eq!(env.caused_by, None);
+        assert_eq!(env.recorded_at_ns, RECORDED_AT_NS);
+    }
+
+    #[test]
+    fn the_cause_of_a_sealed_record_is_bound_to_its_payload() {
+        let event = reading(3, 152_300_000, Some("C-9"));
+        let ring = ring();
+        let token = "0123456789abcdef0123456789abcdef";
+        let record = sealed_record_by(2, &event, &ring, Some(token));
+        let env = Envelope::decode(2, &record, Some(&ring)).unwrap();
+        assert_eq!(env.caused_by.as_deref(), Some(token));
+        // The same payload, re-labelled with another cause (CRC made to match): refused.
+        let fp = fingerprint(&event.canonical().to_bytes());
+        let key = ring.current("E-1").unwrap();
+        let aad = seal_aad(
+            &event.stream(),
+            event.event_type(),
+            &fp,
+            &key.id,
+            Some(token),
+        );
+        let sealed = ring.seal(&key, &aad, &event_bytes(&event));
+        let relabelled = Envelope::encode(
+            2,
+            RECORDED_AT_NS,
+            fp,
+            event.clone(),
+            Some(sealed),
+            Some("bootstrap".into()),
+        );
+        assert!(Envelope::decode(2, &relabelled, Some(&ring)).is_err());
+        let none = sealed_record_by(2, &event, &ring, None);
+        assert_eq!(
+            Envelope::decode(2, &none, Some(&ring)).unwrap().caused_by,
+            None
+        );
     }
 
     fn ring() -> Keyring {
@@ -316,7 +459,8 @@ mod tests {
         let event = reading(3, 1, None);
         let mut fp = fingerprint(&event.canonical().to_bytes());
         fp[0] ^= 1;
-        let err = Envelope::decode(1, &Envelope::encode(1, 0, fp, event, None), None).unwrap_err();
+        let err =
+            Envelope::decode(1, &Envelope::encode(1, 0, fp, event, None, None), None).unwrap_err();
         assert!(err.reason.contains("fingerprint"), "{err}");
     }
 

@@ -4,7 +4,9 @@
 //! Requests hand entries to a bounded queue (`AUDIT_QUEUE_MAX`); one task writes them in batches. When the
 //! queue is full — the database slow or down — a read waits up to `AUDIT_WAIT` for room and then answers 503
 //! `audit_unavailable` instead of its data: an answer is never given without its record, and no record is
-//! dropped once queued (a failing batch is retried with backoff until it is written).
+//! dropped once queued (a failing batch is retried with backoff until it is written). Reads refused with 401
+//! are recorded too (token `-`, tier `none`), but only when there is room at once: they answered no data,
+//! and a flood of bad tokens must not push back on good reads; drops are counted in `/metrics`.
 
 use std::time::Duration;
 
@@ -53,6 +55,12 @@ impl Audit {
     /// Queues `entry`, waiting up to `AUDIT_WAIT` for room; false when there was none.
     pub async fn record(&self, entry: AuditEntry) -> bool {
         self.tx.send_timeout(entry, AUDIT_WAIT).await.is_ok()
+    }
+
+    /// Queues the record of a refused request if there is room now; false when it was dropped. A refusal
+    /// gave away no data, and waiting here would let a flood of bad tokens push back on every good read.
+    pub fn record_refusal(&self, entry: AuditEntry) -> bool {
+        self.tx.try_send(entry).is_ok()
     }
 
     pub fn stop(&self) {

@@ -25,6 +25,10 @@ pub struct Metrics {
     append_sum_ns: AtomicU64,
     pub query_cache_hits: AtomicU64,
     pub query_cache_misses: AtomicU64,
+    /// Reads refused for a missing or bad token.
+    pub query_unauthorized: AtomicU64,
+    /// Of those, the ones whose audit record was dropped because the queue was full.
+    pub audit_refusals_dropped: AtomicU64,
 }
 
 impl Metrics {
@@ -90,6 +94,18 @@ impl Metrics {
             "custodian_query_cache_misses_total",
             "Regulators' reads that went to the read models.",
             self.query_cache_misses.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "custodian_query_unauthorized_total",
+            "Reads refused with 401 for a missing, forged, expired or revoked token.",
+            self.query_unauthorized.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "custodian_audit_refusals_dropped_total",
+            "Records of 401-refused reads dropped because the audit queue was full (answered reads are never dropped).",
+            self.audit_refusals_dropped.load(Ordering::Relaxed),
         );
         {
             let (h, m) = (

@@ -20,18 +20,23 @@ pub async fn data_key(st: &AppState, scope: &str) -> Result<Arc<DataKey>, ApiErr
         if let Some(key) = st.keyring.current(scope) {
             return Ok(key);
         }
-        issue(st, scope).await?;
+        issue(st, scope, None).await?;
     }
     Err(issue_failed(scope))
 }
 
 /// Issues the next generation of `scope`'s data key; new events are sealed with it, old ones keep opening
 /// with theirs.
-pub async fn rotate(st: &AppState, scope: &str) -> Result<Arc<DataKey>, ApiError> {
+/// `caused_by` is the token of the administrator who asked.
+pub async fn rotate(
+    st: &AppState,
+    scope: &str,
+    caused_by: Option<&str>,
+) -> Result<Arc<DataKey>, ApiError> {
     let before = st.keyring.current(scope).map(|k| k.generation);
     for _ in 0..ISSUE_ATTEMPTS_MAX {
         // Appended or lost to a concurrent rotation: either way a newer key is installed now.
-        issue(st, scope).await?;
+        issue(st, scope, caused_by).await?;
         if let Some(key) = st.keyring.current(scope)
             && Some(key.generation) != before
         {
@@ -41,12 +46,17 @@ pub async fn rotate(st: &AppState, scope: &str) -> Result<Arc<DataKey>, ApiError
     Err(issue_failed(scope))
 }
 
-async fn issue(st: &AppState, scope: &str) -> Result<AppendOutcome, ApiError> {
+async fn issue(
+    st: &AppState,
+    scope: &str,
+    caused_by: Option<&str>,
+) -> Result<AppendOutcome, ApiError> {
     let issued = st.keyring.issue(scope, st.keyring.next_generation(scope));
-    let out = st
-        .log
-        .append(vec![Proposed::new(Event::DataKeyIssued(issued))])
-        .await?;
+    let mut proposed = Proposed::new(Event::DataKeyIssued(issued));
+    if let Some(token_id) = caused_by {
+        proposed = proposed.caused_by(token_id);
+    }
+    let out = st.log.append(vec![proposed]).await?;
     Ok(out[0])
 }
 
@@ -71,11 +81,18 @@ pub async fn seal_all(
         .collect())
 }
 
-/// Seals one event with `scope`'s data key.
-pub async fn sealed(st: &AppState, scope: &str, event: Event) -> Result<Proposed, ApiError> {
-    Ok(seal_all(st, scope, vec![Proposed::new(event)])
-        .await?
-        .remove(0))
+/// Seals one event with `scope`'s data key, recording the token whose request caused it, if any.
+pub async fn sealed(
+    st: &AppState,
+    scope: &str,
+    event: Event,
+    caused_by: Option<&str>,
+) -> Result<Proposed, ApiError> {
+    let proposed = match caused_by {
+        Some(token_id) => Proposed::new(event).caused_by(token_id),
+        None => Proposed::new(event),
+    };
+    Ok(seal_all(st, scope, vec![proposed]).await?.remove(0))
 }
 
 /// Appends what the domain core derives, sealed with the enterprise key of the terminal it concerns.
@@ -91,7 +108,11 @@ impl custodian_actors::DerivedSink for NodeSink {
             let mut batch = Vec::with_capacity(events.len());
             for event in events {
                 let scope = scope_of(&st, &event).map_err(|e| e.message)?;
-                batch.push(sealed(&st, &scope, event).await.map_err(|e| e.message)?);
+                batch.push(
+                    sealed(&st, &scope, event, None)
+                        .await
+                        .map_err(|e| e.message)?,
+                );
             }
             st.log.append(batch).await.map_err(|e| e.to_string())?;
             Ok(())

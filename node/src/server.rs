@@ -307,18 +307,22 @@ async fn tick(state: std::sync::Weak<AppState>) {
         let event = custodian_events::Event::ClockTicked(custodian_events::event::ClockTicked {
             at_ns: next,
         });
-        let appended =
-            match crate::sealing::sealed(&st, custodian_events::keyring::PLATFORM_SCOPE, event)
+        let appended = match crate::sealing::sealed(
+            &st,
+            custodian_events::keyring::PLATFORM_SCOPE,
+            event,
+            None,
+        )
+        .await
+        {
+            Ok(p) => st
+                .log
+                .append(vec![p])
                 .await
-            {
-                Ok(p) => st
-                    .log
-                    .append(vec![p])
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| e.to_string()),
-                Err(e) => Err(e.message),
-            };
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.message),
+        };
         if let Err(e) = appended {
             tracing::warn!(error = %e, "cannot append a clock tick; the time-driven rules wait for the next one");
         }

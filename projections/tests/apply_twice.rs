@@ -60,6 +60,7 @@ fn envelope(seq: u64, event: Event) -> Envelope {
         recorded_at_ns: T0 + seq as i64 * 1_000_000_000,
         fingerprint: custodian_events::envelope::fingerprint(&event.canonical().to_bytes()),
         key_id: None,
+        caused_by: None,
         event,
     }
 }

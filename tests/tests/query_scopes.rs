@@ -122,7 +122,7 @@ async fn every_tier_sees_exactly_its_scope() {
         }
     };
     let (province, province_id) = issue("province", "440000").await;
-    let (enterprise, _) = issue("enterprise", "E-A").await;
+    let (enterprise, enterprise_id) = issue("enterprise", "E-A").await;
     for bad in [
         json!({"tier": "province", "scope": "440100"}),
         json!({"tier": "enterprise", "scope": "E-Z"}),
@@ -376,9 +376,27 @@ async fn every_tier_sees_exactly_its_scope() {
         get(&n, "/v1/anomalies?state=closed").await.unwrap_err().0,
         400
     );
-    // (A query string the cache has not seen.)
-    let o = get(&n, "/v1/overview?after=resolve").await.unwrap();
+    // The cached overview is at most `query.cache_ttl_ms` (1 s) stale.
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let o = get(&n, "/v1/overview").await.unwrap();
     assert_eq!(o["open_anomalies_by_kind"]["weight_fluctuation"], 2, "{o}");
+    assert_eq!(
+        get(&n, "/v1/overview?province_code=440000")
+            .await
+            .unwrap_err()
+            .1["code"],
+        "invalid_query",
+        "the overview takes no parameters"
+    );
+
+    // Each handling names the token that did it, in the payload and in the envelope.
+    let handled = admin.events(1, None, &["AnomalyHandled"]).await.unwrap();
+    let causes: Vec<&str> = handled
+        .iter()
+        .map(|e| e["caused_by"].as_str().unwrap())
+        .collect();
+    assert_eq!(causes[..2], [enterprise_id.as_str(), province_id.as_str()]);
+    assert!(handled.iter().all(|e| e["caused_by"] == e["payload"]["by"]));
 
     // Paging: one at a time, the national view walks all three anomalies.
     let mut seen = Vec::new();
@@ -484,6 +502,19 @@ async fn every_tier_sees_exactly_its_scope() {
             .await
             .unwrap();
     assert!(out_of_scope >= 5, "refused reads are audited as well");
+    let unauthorized: Vec<(String, String, i32)> = sqlx::query_as(
+        "SELECT token_id, tier, status FROM custodian_meta.audit WHERE status = 401 ORDER BY id",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert!(
+        unauthorized.len() >= 3
+            && unauthorized
+                .iter()
+                .all(|r| (r.0.as_str(), r.1.as_str()) == ("-", "none")),
+        "forged, missing and revoked tokens are audited under no identity: {unauthorized:?}"
+    );
     pool.close().await;
     node.stop().await.unwrap();
     models.drop_all().await;
@@ -573,5 +604,70 @@ async fn the_anomaly_feed_carries_only_the_scope() {
     let seq = a["event_seq"].as_u64().unwrap();
     let again = sse_until(open(Some((seq - 1).to_string())).await, |s| !s.is_empty()).await;
     assert_eq!(again[0]["event_seq"], seq);
+    node.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_event_an_administrator_causes_names_the_token() {
+    // Proves: writes record the id of the token that caused them (outside the fingerprint, so the same
+    // registration by another token stays one fact); what terminals send and what the platform derives
+    // names none.
+    let dir = tempfile::tempdir().unwrap();
+    let (node, bootstrap) = start_node(dir.path(), |_| {}).await;
+    let (status, v) = bootstrap
+        .post_admin("/v1/admin/tokens", &json!({"tier": "admin"}))
+        .await
+        .unwrap();
+    assert_eq!(status, 201, "{v}");
+    let staff_id = v["id"].as_str().unwrap().to_owned();
+    let staff = NodeClient::new(node.url(), Some(v["token"].as_str().unwrap().to_owned()));
+    let enterprise = json!({"id": "E-A", "name": "甲", "province_code": "440000",
+                            "city_code": "440100", "storage_capacity_kg": 100000.0});
+    staff
+        .register("/v1/enterprises", &enterprise)
+        .await
+        .unwrap();
+    let again = bootstrap
+        .register("/v1/enterprises", &enterprise)
+        .await
+        .unwrap();
+    assert_eq!(again["status"], "unchanged", "one fact, whoever repeats it");
+    let key = terminal_key("T-A1", 7);
+    let mut body = terminal_body("T-A1", 0, Some(&key.public_key_pem()));
+    body["enterprise_id"] = json!("E-A");
+    staff.register("/v1/terminals", &body).await.unwrap();
+    let mut keys = TerminalKeys::default();
+    keys.0.insert("T-A1".to_owned(), std::sync::Arc::new(key));
+    let (status, v) = staff
+        .post_admin(
+            "/v1/notes",
+            &json!({"enterprise_id": "E-A", "author": "检查员", "text": "台账齐全"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 201, "{v}");
+    let (status, v) = bootstrap
+        .post_admin("/v1/admin/data-keys/E-A/rotate", &json!({}))
+        .await
+        .unwrap();
+    assert_eq!(status, 201, "{v}");
+    keys.upload(&bootstrap, "T-A1", weighings("T-A1", "T-A1-C0"))
+        .await
+        .unwrap();
+    let events = bootstrap.events(1, None, &[]).await.unwrap();
+    let cause = |t: &str| -> Vec<Value> {
+        events
+            .iter()
+            .filter(|e| e["type"] == t)
+            .map(|e| e["caused_by"].clone())
+            .collect()
+    };
+    assert_eq!(cause("TokenIssued"), [json!("bootstrap")]);
+    assert_eq!(cause("EnterpriseRegistered"), [json!(staff_id)]);
+    assert_eq!(cause("TerminalRegistered"), [json!(staff_id)]);
+    assert_eq!(cause("NoteFiled"), [json!(staff_id)]);
+    assert!(cause("DataKeyIssued").contains(&json!("bootstrap")));
+    assert_eq!(cause("ReadingRecorded"), [Value::Null, Value::Null]);
+    assert_eq!(cause("UploadSigned"), [Value::Null]);
     node.stop().await.unwrap();
 }

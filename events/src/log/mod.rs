@@ -35,6 +35,8 @@ pub struct Proposed {
     pub dedupe_key: Option<DedupeKey>,
     /// The payload as it will rest on disk, when it is sealed.
     pub sealed: Option<SealedPayload>,
+    /// The token whose request proposes it (see [`Envelope::caused_by`]).
+    pub caused_by: Option<String>,
 }
 
 impl Proposed {
@@ -44,7 +46,29 @@ impl Proposed {
             dedupe_key: event.dedupe_key(),
             event,
             sealed: None,
+            caused_by: None,
         }
+    }
+
+    /// Records the token whose request caused the event. Before [`Proposed::sealed_with`]: the cause is
+    /// bound into the sealed payload's associated data.
+    ///
+    /// # Panics
+    /// When the proposal is already sealed, or `token_id` is longer than
+    /// [`crate::envelope::CAUSED_BY_BYTES_MAX`] (both programming errors).
+    pub fn caused_by(mut self, token_id: impl Into<String>) -> Self {
+        let token_id = token_id.into();
+        assert!(
+            self.sealed.is_none(),
+            "caused_by must be set before the payload is sealed"
+        );
+        assert!(
+            token_id.len() <= crate::envelope::CAUSED_BY_BYTES_MAX,
+            "a token id of {} bytes",
+            token_id.len()
+        );
+        self.caused_by = Some(token_id);
+        self
     }
 
     /// Seals the payload at rest with `key` (on the caller's thread: sealing is the costly part).
@@ -54,6 +78,7 @@ impl Proposed {
             self.event.event_type(),
             &self.fingerprint,
             &key.id,
+            self.caused_by.as_deref(),
         );
         self.sealed = Some(keyring.seal(key, &aad, &event_bytes(&self.event)));
         self

@@ -481,6 +481,7 @@ impl Writer {
                                             fp,
                                             ev,
                                             sealed,
+                                            p.caused_by.clone(),
                                         ));
                                         evidence.insert(ckey, (seq, true));
                                         seq
@@ -556,7 +557,13 @@ impl Writer {
                 key_id: sealed.key_id.clone(),
             })?;
         let fp = fingerprint(&evidence.canonical().to_bytes());
-        let aad = seal_aad(&evidence.stream(), evidence.event_type(), &fp, &key.id);
+        let aad = seal_aad(
+            &evidence.stream(),
+            evidence.event_type(),
+            &fp,
+            &key.id,
+            original.caused_by.as_deref(),
+        );
         Ok(Some(keyring.seal(&key, &aad, &event_bytes(evidence))))
     }
 }
@@ -584,7 +591,14 @@ pub fn open_sled(config: sled::Config) -> Result<sled::Db, EventLogError> {
 }
 
 fn encode(seq: u64, recorded_at_ns: i64, p: Proposed) -> Vec<u8> {
-    Envelope::encode(seq, recorded_at_ns, p.fingerprint, p.event, p.sealed)
+    Envelope::encode(
+        seq,
+        recorded_at_ns,
+        p.fingerprint,
+        p.event,
+        p.sealed,
+        p.caused_by,
+    )
 }
 
 fn data_key_index(key_id: &str) -> Vec<u8> {

@@ -150,6 +150,7 @@ pub fn event_json(e: &Envelope) -> Value {
         "recorded_at": format_utc_ns(e.recorded_at_ns),
         "fingerprint": e.fingerprint_hex(),
         "key_id": e.key_id,
+        "caused_by": e.caused_by,
         "payload": e.event.canonical().to_value(),
     })
 }

@@ -166,7 +166,7 @@ async fn rotate_data_key(
     axum::extract::Path(scope): axum::extract::Path<String>,
     headers: HeaderMap,
 ) -> Result<impl IntoResponse, ApiError> {
-    require_admin(&st, &headers)?;
+    let caller = require_admin_caller(&st, &headers)?;
     custodian_events::ids::check_id(&scope).map_err(|e| {
         ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -174,7 +174,7 @@ async fn rotate_data_key(
             format!("scope {scope:?}: {e}"),
         )
     })?;
-    let key = crate::sealing::rotate(&st, &scope).await?;
+    let key = crate::sealing::rotate(&st, &scope, Some(&caller.token_id)).await?;
     Ok((
         StatusCode::CREATED,
         axum::Json(

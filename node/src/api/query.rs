@@ -87,9 +87,15 @@ pub async fn issue_token(
         scope: raw.scope.clone(),
         issued_at_ns: now,
         expires_at_ns,
-        issued_by: by.token_id,
+        issued_by: by.token_id.clone(),
     });
-    let p = crate::sealing::sealed(&st, custodian_events::keyring::PLATFORM_SCOPE, event).await?;
+    let p = crate::sealing::sealed(
+        &st,
+        custodian_events::keyring::PLATFORM_SCOPE,
+        event,
+        Some(&by.token_id),
+    )
+    .await?;
     st.log.append(vec![p]).await?;
     Ok((
         StatusCode::CREATED,
@@ -131,9 +137,15 @@ pub async fn revoke_token(
     let event = Event::TokenRevoked(TokenRevoked {
         id: id.clone(),
         revoked_at_ns: st.clock.now_ns(),
-        revoked_by: by.token_id,
+        revoked_by: by.token_id.clone(),
     });
-    let p = crate::sealing::sealed(&st, custodian_events::keyring::PLATFORM_SCOPE, event).await?;
+    let p = crate::sealing::sealed(
+        &st,
+        custodian_events::keyring::PLATFORM_SCOPE,
+        event,
+        Some(&by.token_id),
+    )
+    .await?;
     st.log.append(vec![p]).await?;
     st.tokens.revoke(&id);
     Ok(axum::Json(json!({ "id": id, "status": "revoked" })))
@@ -717,11 +729,18 @@ pub async fn terminal_readings(
 
 /// `GET /v1/overview`: the landing view of the caller's scope — enterprises, terminals (and how many
 /// reported within three of their intervals), anomalies by kind, kg in storage.
+/// `GET /v1/overview` takes no parameters; any given is refused like the lists' unknown ones.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OverviewQuery {}
+
 pub async fn overview(
     State(st): State<Arc<AppState>>,
     headers: HeaderMap,
+    q: Result<Query<OverviewQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
     let who = caller(&st, &headers)?;
+    query_of(q)?;
     let (sp, se) = who.scope.binds();
     let pool = pg(&st)?;
     let scoped = "($1::text IS NULL OR e.province_code = $1) AND ($2::text IS NULL OR e.id = $2)";
@@ -811,11 +830,35 @@ pub async fn cache(
         return next.run(req).await;
     }
     let started = std::time::Instant::now();
+    let uri = req.uri().to_string();
     let who = match caller(&st, req.headers()) {
         Ok(c) => c,
-        Err(e) => return e.into_response(),
+        Err(e) => {
+            st.metrics
+                .query_unauthorized
+                .fetch_add(1, Ordering::Relaxed);
+            if let Some(audit) = &st.audit {
+                let entry = crate::audit::AuditEntry {
+                    at_ns: st.clock.now_ns(),
+                    token_id: "-".into(),
+                    tier: "none",
+                    scope: None,
+                    method: "GET".into(),
+                    uri,
+                    status: e.status.as_u16(),
+                    rows: 0,
+                    cached: false,
+                    duration_us: started.elapsed().as_micros() as i64,
+                };
+                if !audit.record_refusal(entry) {
+                    st.metrics
+                        .audit_refusals_dropped
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            return e.into_response();
+        }
     };
-    let uri = req.uri().to_string();
     let key = format!("{}|{:?}|{uri}", who.tier.name(), who.scope);
     let cached = if st.config.query.cache_ttl_ms > 0 {
         st.query_cache.get(&key)
@@ -1184,11 +1227,11 @@ async fn handle_anomaly(
             .and_then(|e| custodian_events::ids::EnterpriseId::parse(e).ok()),
         state,
         note: note.to_owned(),
-        by: who.token_id,
+        by: who.token_id.clone(),
         at_ns: st.clock.now_ns(),
     });
     let scope = enterprise.unwrap_or_else(|| custodian_events::keyring::PLATFORM_SCOPE.to_owned());
-    let p = crate::sealing::sealed(&st, &scope, event).await?;
+    let p = crate::sealing::sealed(&st, &scope, event, Some(&who.token_id)).await?;
     let outcome = st.log.append(vec![p]).await?;
     let seq = match outcome.first() {
         Some(custodian_events::log::AppendOutcome::Appended { seq }) => *seq,

@@ -18,7 +18,7 @@ use custodian_events::terminal_keys::TerminalKeys;
 use custodian_events::{Event, TerminalId};
 use serde::Deserialize;
 
-use super::{ApiError, AppState, read_json, require_admin};
+use super::{ApiError, AppState, read_json, require_admin_caller};
 use crate::sealing;
 
 /// Registration bodies are small; this bound is independent of the upload limit.
@@ -114,11 +114,17 @@ pub async fn register_enterprise(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    require_admin(&st, &headers)?;
+    let caller = require_admin_caller(&st, &headers)?;
     let raw: RawEnterprise = read_json(&headers, body, REGISTRATION_BODY_BYTES_MAX).await?;
     let e = EnterpriseRegistered::from_raw(&raw).map_err(ApiError::unprocessable)?;
     let id = e.id.to_string();
-    let proposed = sealing::sealed(&st, &id, Event::EnterpriseRegistered(e)).await?;
+    let proposed = sealing::sealed(
+        &st,
+        &id,
+        Event::EnterpriseRegistered(e),
+        Some(&caller.token_id),
+    )
+    .await?;
     register(&st, proposed, "enterprise", &id).await
 }
 
@@ -127,7 +133,7 @@ pub async fn register_terminal(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    require_admin(&st, &headers)?;
+    let caller = require_admin_caller(&st, &headers)?;
     let raw: RawTerminal = read_json(&headers, body, REGISTRATION_BODY_BYTES_MAX).await?;
     let t = TerminalRegistered::from_raw(&raw).map_err(ApiError::unprocessable)?;
     if st
@@ -146,7 +152,13 @@ pub async fn register_terminal(
     }
     let id = t.id.to_string();
     let scope = t.enterprise_id.to_string();
-    let proposed = sealing::sealed(&st, &scope, Event::TerminalRegistered(t)).await?;
+    let proposed = sealing::sealed(
+        &st,
+        &scope,
+        Event::TerminalRegistered(t),
+        Some(&caller.token_id),
+    )
+    .await?;
     register(&st, proposed, "terminal", &id).await
 }
 
@@ -158,7 +170,7 @@ pub async fn open_manifest(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    require_admin(&st, &headers)?;
+    let caller = require_admin_caller(&st, &headers)?;
     let raw: custodian_events::domain::RawManifest =
         read_json(&headers, body, MANIFEST_BODY_BYTES_MAX).await?;
     let m =
@@ -179,7 +191,13 @@ pub async fn open_manifest(
     }
     let id = m.id.to_string();
     let scope = m.generator_id.to_string();
-    let proposed = sealing::sealed(&st, &scope, Event::ManifestOpened(m)).await?;
+    let proposed = sealing::sealed(
+        &st,
+        &scope,
+        Event::ManifestOpened(m),
+        Some(&caller.token_id),
+    )
+    .await?;
     register(&st, proposed, "manifest", &id).await
 }
 
@@ -202,7 +220,7 @@ pub async fn file_note(
 ) -> Result<Response, ApiError> {
     use custodian_events::event::{AUTHOR_CHARS_MAX, NOTE_CHARS_MAX, NoteFiled};
     use custodian_events::ids::{ContainerId, EnterpriseId};
-    require_admin(&st, &headers)?;
+    let caller = require_admin_caller(&st, &headers)?;
     let raw: RawNote = read_json(&headers, body, NOTE_BODY_BYTES_MAX).await?;
     let bad = |code: &'static str, message: String| {
         ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, message)
@@ -254,7 +272,7 @@ pub async fn file_note(
         text: text.to_owned(),
         filed_at_ns: st.clock.now_ns(),
     });
-    let proposed = sealing::sealed(&st, &scope, event).await?;
+    let proposed = sealing::sealed(&st, &scope, event, Some(&caller.token_id)).await?;
     let outcome = st.log.append(vec![proposed]).await?;
     let event_seq = match outcome.first() {
         Some(AppendOutcome::Appended { seq } | AppendOutcome::Duplicate { seq }) => *seq,
@@ -315,7 +333,7 @@ pub async fn rotate_terminal_key(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    require_admin(&st, &headers)?;
+    let caller = require_admin_caller(&st, &headers)?;
     let raw: RawKeyRotation = read_json(&headers, body, REGISTRATION_BODY_BYTES_MAX).await?;
     let public_key = custodian_events::crypto::sm2_public_key_der_from_pem(&raw.public_key_pem)
         .map_err(ApiError::unprocessable)?;
@@ -324,7 +342,15 @@ pub async fn rotate_terminal_key(
         .keys
         .decide_rotation(&entry.registration, public_key, st.clock.now_ns())
         .map_err(|r| ApiError::new(StatusCode::CONFLICT, r.code, r.message))?;
-    key_change(&st, &id, &entry, decision, StatusCode::CREATED, "rotated").await
+    key_change(
+        &st,
+        &id,
+        &entry,
+        decision,
+        &caller.token_id,
+        (StatusCode::CREATED, "rotated"),
+    )
+    .await
 }
 
 /// `POST /v1/terminals/{id}/keys/{fingerprint}/revoke`: the key verifies nothing from now on.
@@ -333,7 +359,7 @@ pub async fn revoke_terminal_key(
     Path((id, fingerprint)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    require_admin(&st, &headers)?;
+    let caller = require_admin_caller(&st, &headers)?;
     let fp: Fingerprint = hex::decode(&fingerprint)
         .ok()
         .and_then(|b| b.try_into().ok())
@@ -349,7 +375,15 @@ pub async fn revoke_terminal_key(
         .keys
         .decide_revocation(&entry.registration, fp, st.clock.now_ns())
         .map_err(|r| ApiError::new(StatusCode::NOT_FOUND, r.code, r.message))?;
-    key_change(&st, &id, &entry, decision, StatusCode::OK, "revoked").await
+    key_change(
+        &st,
+        &id,
+        &entry,
+        decision,
+        &caller.token_id,
+        (StatusCode::OK, "revoked"),
+    )
+    .await
 }
 
 fn terminal_or_404(st: &AppState, id: &str) -> Result<(TerminalId, Arc<TerminalEntry>), ApiError> {
@@ -373,8 +407,8 @@ async fn key_change(
     id: &TerminalId,
     entry: &TerminalEntry,
     decision: Option<Event>,
-    done_status: StatusCode,
-    done: &str,
+    caused_by: &str,
+    (done_status, done): (StatusCode, &str),
 ) -> Result<Response, ApiError> {
     let Some(event) = decision else {
         return Ok((
@@ -384,7 +418,7 @@ async fn key_change(
             .into_response());
     };
     let scope = entry.registration.enterprise_id.to_string();
-    let proposed = sealing::sealed(st, &scope, event).await?;
+    let proposed = sealing::sealed(st, &scope, event, Some(caused_by)).await?;
     let outcome = st.log.append(vec![proposed]).await?;
     st.registry.invalidate(id);
     match outcome[0] {

@@ -9,6 +9,7 @@
 //! - [`canonical`]: RFC 8785 canonical JSON, the bytes every fingerprint is taken over.
 //! - [`envelope`]: the versioned, rkyv-encoded record and the checks every read makes.
 //! - [`log`]: the [`log::EventLog`] trait and its embedded sled implementation with group commit.
+//! - [`replay`]: a recorded log through the current domain core: derived events compared, a state hash.
 //!
 //! Invariants kept here: an append returns only after its batch is on disk; a dedupe key is stored once
 //! (same fingerprint: duplicate; other fingerprint: conflict, kept as evidence); sequences are global and
@@ -27,6 +28,7 @@ pub mod ids;
 pub mod keyring;
 pub mod log;
 pub mod reading;
+pub mod replay;
 pub mod terminal_keys;
 
 pub use envelope::{CorruptRecord, Envelope, Fingerprint, fingerprint};

@@ -39,6 +39,10 @@ pub enum Command {
     Events(EventsArgs),
     /// Show a running node's health and counters.
     Status(NodeArgs),
+    /// Replay a recorded log (a stopped node's data dir or an export file) through the current domain
+    /// core: events, anomalies by kind, the state hash; `--compare` lists every derived event the current
+    /// code decides differently from the log.
+    Replay(ReplayArgs),
     /// Work on a stopped node's log directly.
     #[command(subcommand)]
     Log(LogCommand),
@@ -368,8 +372,52 @@ pub struct EventsArgs {
     pub types: Vec<String>,
 }
 
+#[derive(Args, Debug)]
+#[group(required = true, multiple = false, id = "replay_source")]
+pub struct ReplaySourceArgs {
+    /// A stopped node's data dir.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// A log export file (`custodian log export`).
+    #[arg(long)]
+    pub log: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct ReplayArgs {
+    #[command(flatten)]
+    pub source: ReplaySourceArgs,
+    /// Stop after this sequence.
+    #[arg(long)]
+    pub until: Option<u64>,
+    /// Compare what the current code derives with the derived events in the log; exits 1 on a difference.
+    #[arg(long)]
+    pub compare: bool,
+    /// Print at most this many differences.
+    #[arg(long, default_value_t = 50)]
+    pub differences_max: usize,
+    /// The node's TOML config: its rules and master key settings (CUSTODIAN_MASTER_KEY works too).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+}
+
 #[derive(Subcommand, Debug)]
 pub enum LogCommand {
+    /// Write a running node's whole log to stdout as a checked, self-describing export (a backup):
+    /// `custodian log export --node URL > FILE`.
+    Export {
+        #[command(flatten)]
+        node: NodeArgs,
+    },
+    /// Restore an export into a new data dir, checking every record with the source's master key
+    /// (CUSTODIAN_MASTER_KEY, master_key_file in --config, DIR/master.key, or master.key beside FILE).
+    Import {
+        file: PathBuf,
+        #[arg(long)]
+        data_dir: PathBuf,
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// Check every record of a stopped node's log: format, CRC, encoding, fingerprint, no gaps.
     Verify {
         #[arg(long)]
@@ -450,6 +498,36 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Log(LogCommand::Verify { data_dir, config }) => verify(data_dir, config),
+        Command::Log(LogCommand::Export { node }) => {
+            crate::log_cli::export(&node.node, node.admin_token).await
+        }
+        Command::Log(LogCommand::Import {
+            file,
+            data_dir,
+            config,
+        }) => crate::log_cli::import(&file, &data_dir, config.as_deref()),
+        Command::Replay(args) => {
+            let source = match (args.source.data_dir, args.source.log) {
+                (Some(d), _) => crate::log_cli::ReplaySource::DataDir(d),
+                (None, Some(f)) => crate::log_cli::ReplaySource::File(f),
+                (None, None) => unreachable!("clap requires one source"),
+            };
+            let compare = args.compare;
+            let report = crate::log_cli::replay(crate::log_cli::ReplayOptions {
+                source,
+                until: args.until,
+                compare,
+                config: args.config,
+                differences_max: args.differences_max,
+            })?;
+            anyhow::ensure!(
+                !compare
+                    || (report.differences.is_empty() && report.derived_twice_in_log.is_empty()),
+                "the current code decides {} derived event(s) differently from the log",
+                report.differences.len() + report.derived_twice_in_log.len()
+            );
+            Ok(())
+        }
         Command::Bench(BenchCommand::Detect {
             rate,
             terminals,

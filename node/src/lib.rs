@@ -27,6 +27,7 @@ pub mod config;
 pub mod datadir;
 pub mod demo;
 pub mod keys_cli;
+pub mod log_cli;
 pub mod metrics;
 pub mod sealing;
 pub mod server;

@@ -11,6 +11,7 @@
 //!   error naming its sequence, never an event.
 //! - `subscribe` tells tailers the last durable sequence as it moves.
 
+pub mod export;
 mod sled_log;
 
 use std::future::Future;
@@ -162,6 +163,11 @@ pub trait EventLog: Send + Sync + 'static {
 
     /// Up to `max` durable events from `from_seq` on, in order, each checked.
     fn read(&self, from_seq: u64, max: usize) -> Result<Vec<Envelope>, EventLogError>;
+
+    /// Up to `max` durable records from `from_seq` on, as stored (sealed payloads stay sealed), with their
+    /// sequences: what an export copies. Only the record framing is checked here; [`Envelope::decode`]
+    /// checks the rest.
+    fn read_raw(&self, from_seq: u64, max: usize) -> Result<Vec<(u64, Vec<u8>)>, EventLogError>;
 
     /// Like `read`, but returns only events whose type `want`s, opening and checking only those; scans at
     /// most `max` records and says which was the last one scanned (0 when none), so a tailer can move its

@@ -183,6 +183,117 @@ impl SledLog {
         &self.config
     }
 
+    /// Fills an empty log at `config.path` with `records` — `(seq, record)` as [`EventLog::read_raw`] gave
+    /// them, from sequence 1 on without gaps — and opens it. Every record is checked as a read checks it
+    /// (sealed ones opened with `keyring`, which learns each data key from its `DataKeyIssued` record as it
+    /// passes), and the dedupe, conflict-evidence and data-key indexes are rebuilt from the events, so the
+    /// restored log answers duplicates and conflicts exactly as the original did. `progress(seq)` is called
+    /// now and then. Nothing is left behind on failure but what was written so far into the new directory.
+    pub fn import(
+        config: SledLogConfig,
+        clock: Arc<dyn Clock>,
+        keyring: Option<Arc<Keyring>>,
+        records: &mut dyn Iterator<Item = Result<(u64, Vec<u8>), EventLogError>>,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<SledLog, EventLogError> {
+        {
+            let db = open_sled(sled::Config::new().path(&config.path))?;
+            if db.scan_prefix([PREFIX_EVENT]).next().is_some() {
+                return Err(EventLogError::IndexCorrupt(format!(
+                    "{} already holds a log; import only into an empty data dir",
+                    config.path.display()
+                )));
+            }
+            let mut next = 1u64;
+            let mut pending: Vec<Vec<u8>> = Vec::new();
+            let mut batch = sled::Batch::default();
+            let mut blocks: BTreeMap<Vec<u8>, Block> = BTreeMap::new();
+            let mut batch_records = 0usize;
+            let flush_segment = |pending: &mut Vec<Vec<u8>>, batch: &mut sled::Batch, next: u64| {
+                if !pending.is_empty() {
+                    let first = next - pending.len() as u64;
+                    batch.insert(&event_key(first), encode_segment(pending));
+                    pending.clear();
+                }
+            };
+            for item in records {
+                let (seq, record) = item?;
+                if seq != next {
+                    return Err(CorruptRecord {
+                        seq,
+                        reason: format!("the import expected record {next} here"),
+                    }
+                    .into());
+                }
+                let env = Envelope::decode(seq, &record, keyring.as_deref())?;
+                if let Some(key) = env.event.dedupe_key() {
+                    let bkey = block_key(&key);
+                    if !blocks.contains_key(&bkey) {
+                        let b = load_block(&db, &key)?;
+                        blocks.insert(bkey.clone(), b);
+                    }
+                    let block = blocks.get_mut(&bkey).expect("just inserted");
+                    if block.contains_key(&block_offset(&key)) {
+                        return Err(CorruptRecord {
+                            seq,
+                            reason: format!(
+                                "a second {} with the identity of event {}: the log this came from never stores one twice",
+                                env.event_type,
+                                block[&block_offset(&key)].seq
+                            ),
+                        }
+                        .into());
+                    }
+                    block.insert(
+                        block_offset(&key),
+                        DedupeEntry {
+                            seq,
+                            fingerprint: env.fingerprint,
+                        },
+                    );
+                }
+                if let Event::ReadingConflicted(c) = &env.event {
+                    let attempt = Event::ReadingRecorded(c.reading.clone());
+                    let key = attempt.dedupe_key().expect("readings have identities");
+                    let fp = fingerprint(&attempt.canonical().to_bytes());
+                    batch.insert(conflict_key(&key, &fp), seq.to_be_bytes().to_vec());
+                }
+                if let Event::DataKeyIssued(k) = &env.event {
+                    batch.insert(
+                        data_key_index(&Keyring::key_id(&k.scope, k.generation)),
+                        &seq.to_be_bytes(),
+                    );
+                    if let Some(keyring) = &keyring {
+                        keyring.install(k)?;
+                    }
+                }
+                pending.push(record);
+                next += 1;
+                batch_records += 1;
+                if pending.len() == SEGMENT_EVENTS_MAX {
+                    flush_segment(&mut pending, &mut batch, next);
+                }
+                if batch_records >= 64 * SEGMENT_EVENTS_MAX {
+                    flush_segment(&mut pending, &mut batch, next);
+                    for (k, b) in std::mem::take(&mut blocks) {
+                        batch.insert(k, encode_block(&b));
+                    }
+                    db.apply_batch(std::mem::take(&mut batch))?;
+                    batch_records = 0;
+                    progress(next - 1);
+                }
+            }
+            flush_segment(&mut pending, &mut batch, next);
+            for (k, b) in blocks {
+                batch.insert(k, encode_block(&b));
+            }
+            db.apply_batch(batch)?;
+            db.flush()?;
+            progress(next - 1);
+        }
+        SledLog::open(config, clock, keyring)
+    }
+
     /// The segments that hold `from_seq` and after, up to `last_seq`.
     fn segments_from(
         &self,
@@ -265,6 +376,29 @@ impl EventLog for SledLog {
                     return Ok(out);
                 }
                 out.push(Envelope::decode(seq, record, self.keyring.as_deref())?);
+            }
+        }
+        Ok(out)
+    }
+
+    fn read_raw(&self, from_seq: u64, max: usize) -> Result<Vec<(u64, Vec<u8>)>, EventLogError> {
+        let durable = self.durable_seq.load(Ordering::Acquire);
+        let from_seq = from_seq.max(1);
+        if from_seq > durable || max == 0 {
+            return Ok(Vec::new());
+        }
+        let mut out = Vec::with_capacity(max.min((durable - from_seq + 1) as usize));
+        for segment in self.segments_from(from_seq, durable) {
+            let (first, bytes) = segment?;
+            for (i, record) in segment_records(first, &bytes)?.into_iter().enumerate() {
+                let seq = first + i as u64;
+                if seq < from_seq {
+                    continue;
+                }
+                if seq > durable || out.len() == max {
+                    return Ok(out);
+                }
+                out.push((seq, record.to_vec()));
             }
         }
         Ok(out)

@@ -513,3 +513,130 @@ proptest! {
         prop_assert!(report.is_ok());
     }
 }
+
+#[test]
+fn an_exported_log_imports_record_for_record_and_deduplicates_as_before() {
+    use crate::log::export::{ExportHeader, ExportReader, Exporter};
+    let dir = tempfile::tempdir().unwrap();
+    let rt = rt();
+    let source = open_sealed(dir.path(), 1).unwrap();
+    let ring = source.keyring.clone().unwrap();
+    rt.block_on(source.append(vec![Proposed::new(Event::DataKeyIssued(
+        ring.issue("E-1", 1),
+    ))]))
+    .unwrap();
+    let key = ring.current("E-1").unwrap();
+    let sealed = |t: &str, s, v| reading(t, s, v).sealed_with(&ring, &key);
+    // 300 readings over three terminals (several segments and dedupe blocks), a duplicate, a conflict with
+    // its evidence, a plain event with a cause.
+    for round in 0..3u64 {
+        let batch = (1..=100)
+            .map(|i| sealed(&format!("T-{round}"), i, i as i64))
+            .collect();
+        rt.block_on(source.append(batch)).unwrap();
+    }
+    let outcomes = rt
+        .block_on(source.append(vec![sealed("T-0", 5, 5), sealed("T-0", 6, 999)]))
+        .unwrap();
+    assert!(matches!(outcomes[0], AppendOutcome::Duplicate { .. }));
+    let AppendOutcome::Conflict {
+        evidence_seq: Some(evidence),
+        ..
+    } = outcomes[1]
+    else {
+        panic!("{outcomes:?}")
+    };
+    rt.block_on(source.append(vec![
+        reading("T-9", 1, 1).caused_by("0123456789abcdef0123456789abcdef"),
+    ]))
+    .unwrap();
+
+    // Export, the way the node streams it.
+    let (mut ex, mut bytes) = Exporter::start(&ExportHeader::new(
+        source.last_seq(),
+        None,
+        "2026-11-26T00:00:00Z".into(),
+    ));
+    let mut from = 1;
+    loop {
+        let chunk = source.read_raw(from, 50).unwrap();
+        let Some(last) = chunk.last().map(|r| r.0) else {
+            break;
+        };
+        for (seq, r) in &chunk {
+            ex.record(*seq, r, &mut bytes);
+        }
+        from = last + 1;
+    }
+    bytes.extend(ex.finish());
+
+    // Import needs the master key for the sealed payloads.
+    let without = SledLog::import(
+        SledLogConfig::new(dir.path().join("nokey")),
+        Arc::new(FixedClock(2)),
+        None,
+        &mut ExportReader::open(bytes.as_slice()).unwrap(),
+        &mut |_| {},
+    );
+    assert!(without.is_err());
+    let mut seen = 0;
+    let copy = SledLog::import(
+        SledLogConfig::new(dir.path().join("copy")),
+        Arc::new(FixedClock(2)),
+        Some(Arc::new(Keyring::new(
+            [1; 16],
+            Arc::new(crate::crypto::OsEntropy),
+        ))),
+        &mut ExportReader::open(bytes.as_slice()).unwrap(),
+        &mut |s| seen = s,
+    )
+    .unwrap();
+    assert_eq!(seen, source.last_seq());
+    assert_eq!(copy.last_seq(), source.last_seq());
+    let (a, b) = (
+        source.read(1, 10_000).unwrap(),
+        copy.read(1, 10_000).unwrap(),
+    );
+    assert_eq!(a, b);
+    assert_eq!(
+        b.last().unwrap().caused_by.as_deref(),
+        Some("0123456789abcdef0123456789abcdef")
+    );
+    for e in &a {
+        if let Some(k) = e.event.dedupe_key() {
+            assert_eq!(source.lookup(&k).unwrap(), copy.lookup(&k).unwrap());
+        }
+    }
+    // The copy answers resends exactly as the source did, and appends after its last record.
+    let copy_ring = copy.keyring.clone().unwrap();
+    let copy_key = copy_ring.current("E-1").unwrap();
+    let again = |s, v| reading("T-0", s, v).sealed_with(&copy_ring, &copy_key);
+    let out = rt
+        .block_on(copy.append(vec![again(5, 5), again(6, 999), again(101, 1)]))
+        .unwrap();
+    assert_eq!(
+        out,
+        vec![
+            AppendOutcome::Duplicate { seq: 6 },
+            AppendOutcome::Conflict {
+                original_seq: 7,
+                evidence_seq: Some(evidence)
+            },
+            AppendOutcome::Appended {
+                seq: source.last_seq() + 1
+            },
+        ]
+    );
+    // Importing into a directory that holds a log is refused.
+    drop(copy);
+    let err = SledLog::import(
+        SledLogConfig::new(dir.path().join("copy")),
+        Arc::new(FixedClock(2)),
+        None,
+        &mut std::iter::empty(),
+        &mut |_| {},
+    )
+    .err()
+    .unwrap();
+    assert!(err.to_string().contains("already holds a log"), "{err}");
+}

@@ -8,7 +8,8 @@
 //! - [`event`]: the domain events, their streams, dedupe keys and canonical JSON.
 //! - [`canonical`]: RFC 8785 canonical JSON, the bytes every fingerprint is taken over.
 //! - [`envelope`]: the versioned, rkyv-encoded record and the checks every read makes.
-//! - [`log`]: the [`log::EventLog`] trait and its embedded sled implementation with group commit.
+//! - [`log`]: the [`log::EventLog`] trait, its embedded sled implementation with group commit, and the
+//!   contract ([`log::contract`]) every implementation is checked against.
 //! - [`replay`]: a recorded log through the current domain core: derived events compared, a state hash.
 //!
 //! Invariants kept here: an append returns only after its batch is on disk; a dedupe key is stored once

@@ -10,7 +10,10 @@
 //! - `read` returns only durable events, each checked (see [`crate::envelope`]); a corrupt record is an
 //!   error naming its sequence, never an event.
 //! - `subscribe` tells tailers the last durable sequence as it moves.
+//!
+//! [`contract`] holds these promises as checks that every implementation runs.
 
+pub mod contract;
 pub mod export;
 mod sled_log;
 
@@ -143,6 +146,11 @@ pub enum EventLogError {
     BatchTooLarge { len: usize, max: usize },
     #[error("the event log is shut down")]
     Closed,
+    /// The log went down (a simulated crash: only the simulator's log returns this) before the append was
+    /// durable, or was asked for something while down. The append was never acknowledged and the simulated
+    /// log drops it when it recovers, so a retry after recovery is stored as new.
+    #[error("the event log crashed: not durable, or down until it recovers")]
+    Crashed,
     #[error(transparent)]
     Keyring(#[from] KeyringError),
 }

@@ -640,3 +640,53 @@ fn an_exported_log_imports_record_for_record_and_deduplicates_as_before() {
     .unwrap();
     assert!(err.to_string().contains("already holds a log"), "{err}");
 }
+
+/// Fresh sled logs in one temporary directory; reopening drops the log (its writer finishes and flushes)
+/// and opens the same folder again.
+struct SledFactory {
+    dir: tempfile::TempDir,
+    opened: std::sync::atomic::AtomicUsize,
+}
+
+impl crate::log::contract::LogFactory for SledFactory {
+    type Log = SledLog;
+
+    fn open(&self, keyring: Option<Arc<Keyring>>) -> Arc<SledLog> {
+        let n = self.opened.fetch_add(1, Ordering::Relaxed);
+        let config = SledLogConfig::new(self.dir.path().join(format!("log-{n}")));
+        Arc::new(
+            SledLog::open(
+                config,
+                Arc::new(FixedClock(1_795_000_000_000_000_000)),
+                keyring,
+            )
+            .unwrap(),
+        )
+    }
+
+    fn can_reopen(&self) -> bool {
+        true
+    }
+
+    fn reopen(&self, log: Arc<SledLog>, keyring: Option<Arc<Keyring>>) -> Arc<SledLog> {
+        let config = log.config().clone();
+        drop(Arc::into_inner(log).expect("the contract holds the only reference when it reopens"));
+        Arc::new(
+            SledLog::open(
+                config,
+                Arc::new(FixedClock(1_795_000_000_000_000_001)),
+                keyring,
+            )
+            .unwrap(),
+        )
+    }
+}
+
+#[test]
+fn the_event_log_contract_holds_for_sled() {
+    let factory = SledFactory {
+        dir: tempfile::tempdir().unwrap(),
+        opened: std::sync::atomic::AtomicUsize::new(0),
+    };
+    rt().block_on(crate::log::contract::check_all(&factory));
+}

@@ -87,6 +87,25 @@ impl NodeClient {
         }
     }
 
+    /// GETs `path` with the token and answers the body's bytes, unparsed: for timing what the node does, not
+    /// what JSON parsing on the client costs.
+    pub async fn get_bytes(&self, path: &str) -> Result<bytes::Bytes, ClientError> {
+        let resp = self
+            .admin(self.http.get(format!("{}{path}", self.base)))
+            .send()
+            .await?;
+        let status = resp.status().as_u16();
+        let body = resp.bytes().await?;
+        if (200..300).contains(&status) {
+            Ok(body)
+        } else {
+            Err(ClientError::Status {
+                status,
+                body: serde_json::from_slice(&body).unwrap_or(Value::Null),
+            })
+        }
+    }
+
     /// `GET /v1/admin/projections`.
     pub async fn projections(&self) -> Result<Value, ClientError> {
         self.get_admin("/v1/admin/projections").await

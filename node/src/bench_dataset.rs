@@ -134,7 +134,8 @@ pub async fn dataset(opts: DatasetOptions) -> anyhow::Result<String> {
         }
         Err(_) => Progress::default(),
     };
-    let fresh = !opts.data_dir.join("log").exists();
+    // The node's log lives in DATA_DIR/node/log (see `config.data_dir` below).
+    let fresh = !opts.data_dir.join("node").join("log").exists();
     if !fresh {
         anyhow::ensure!(
             progress.seed == opts.seed

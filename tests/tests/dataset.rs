@@ -59,8 +59,22 @@ async fn a_tiny_dataset_loads_resumes_and_reports_its_disk() {
             .await
             .unwrap();
     assert_eq!(provinces, 3);
+    // A marker the second run must leave alone: resuming reuses the read models, never drops them.
+    sqlx::query("CREATE TABLE public.resume_marker (x int)")
+        .execute(&pool)
+        .await
+        .unwrap();
     pool.close().await;
     let second = run(&dir.path().join("ds"), &models.name);
     assert!(second.contains(", 0 sent this run"), "{second}");
+    let pool = models.pool().await;
+    let kept: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_tables WHERE schemaname = 'public' AND tablename = 'resume_marker'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(kept, 1, "the second run dropped the read models it should resume");
+    pool.close().await;
     models.drop_all().await;
 }

@@ -1,17 +1,25 @@
 //! # custodian-simulations
 //!
 //! The seeded, deterministic simulation of whole nodes with faults, event-log replay and the invariant
-//! checkers (issue "Deterministic simulation and event-log replay"). So far it holds the simulated event
-//! log:
+//! checkers (issue "Deterministic simulation and event-log replay"). So far:
 //!
 //! - [`memlog`]: [`MemLog`], an in-memory [`EventLog`](custodian_events::log::EventLog) with the sled log's
 //!   records and dedupe, whose durability the simulator drives: syncs on demand, crashes that lose what was
 //!   not synced (optionally leaving a torn write), recovery to the durable state. It passes the same
 //!   contract as the sled log (`custodian_events::log::contract`).
+//! - [`workload`]: a seeded site population (enterprises, scales, shipments under manifests) with ground
+//!   truth — injected anomalies — and the plan of how its facts reach the log (late, reordered, after
+//!   outages).
+//! - [`oracle`]: from the world and its plan alone, the anomalies the documented rules must produce.
+//! - [`sim`]: one run — the real deriver (`custodian-actors`) over a [`MemLog`], fed the plan with
+//!   duplicates and crashes with torn writes — and the checkers; the `custodian-sim` binary runs seeds.
 //!
 //! The foundation's crash test of real processes lives in `tests/`. Must not contain production code paths
 //! of its own: the simulated log exists to be driven by a simulator, never to back a node.
 
 pub mod memlog;
+pub mod oracle;
+pub mod sim;
+pub mod workload;
 
 pub use memlog::{Crash, MemLog, MemLogConfig, Recovery, SyncMode, Synced, TornWrite};

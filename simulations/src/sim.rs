@@ -1,0 +1,772 @@
+//! The simulator: one seeded run of a node — the real [`Deriver`] over a [`MemLog`] — fed a generated
+//! world ([`crate::workload`]) with faults, then checked against the oracle ([`crate::oracle`]) and a
+//! replay from scratch.
+//!
+//! **Determinism.** One current-thread tokio runtime; the log's clock is a simulated [`SimClock`] the
+//! simulator sets to each item's instant; the log syncs only when the simulator says
+//! ([`SyncMode::OnDemand`]), and after every step of the plan the simulator syncs and *settles* the
+//! deriver (until its checkpoint is the log's last sequence with nothing waiting) before it goes on. So
+//! the deriver only ever reads a log nobody else is writing, and the log's contents — sequences,
+//! `recorded_at`, bytes — are a function of the seed.
+//!
+//! **Faults** ([`Faults::Default`]; all from a second `SmallRng` of the seed):
+//! - *duplicates*: ~30 % of a step's acknowledged uploads are sent again during the next step, at random
+//!   places (a terminal that missed the acknowledgement); the log must answer `Duplicate` for all of them;
+//! - *late and reordered readings, offline terminals*: from the workload (uploads delayed by minutes,
+//!   scales offline for hours that flush a partly shuffled backlog in several uploads);
+//! - *crash while terminals send* (~2 % of steps): after a random number of the step's appends the log
+//!   crashes, leaving a torn prefix of the unsynced tail (0 – 3000 bytes) on the disk; every waiting
+//!   append must fail, `verify` must report the torn records, the deriver is stopped (as the node dies),
+//!   the log recovers (truncating the torn bytes) and must then verify clean, the deriver is restarted —
+//!   from its snapshot store, or (one restart in five) from an empty one, a node that lost its snapshots —
+//!   and every unacknowledged item of the step is sent again, in order (terminals retry; the node's
+//!   ticker retries its tick);
+//! - *actor panics*: every aggregate that an event at a multiple of a seeded 300 – 899 goes to panics
+//!   once while handling it (the deriver's `Fault` hook); the supervisor and the deriver must recover it
+//!   from its snapshot and the log, quarantining nothing;
+//! - *crash while deriving* (~2 % of steps): once the step is synced, the log crashes as soon as the
+//!   deriver's first append of derived events waits for a sync — those derived events are lost — and the
+//!   node restarts as above; the deriver must derive them again.
+//!
+//! With or without faults, the workload's tampering (a rewrite of a reading already in the log) must be
+//! answered `Conflict` with evidence, and every first send `Appended`.
+//!
+//! **Checks** at the end: (a) every acknowledged reading is in the log exactly once, with the content
+//! acknowledged, and every reading measured was acknowledged; (b) the anomalies in the log equal the
+//! oracle's, by kind, subject and causes (precision and recall 1.0), every injected truth is among them,
+//! and without faults the detected (kind, subject) pairs are exactly the truths'; (c) a [`Replay`] from
+//! scratch finds no difference and ends in the deriver's aggregate states; (d) no derived event is in the
+//! log twice; plus the crash checks above.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use custodian_actors::{Deriver, DeriverConfig, Fault, LogSink, MemorySnapshots};
+use custodian_events::domain::{AggregateKey, AnomalyKind, Rules};
+use custodian_events::log::{AppendOutcome, EventLog, Proposed};
+use custodian_events::replay::Replay;
+use custodian_events::{Clock, Envelope, Event, Fingerprint, TerminalId, fingerprint};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use sha2::{Digest, Sha256};
+
+use crate::memlog::{MemLog, MemLogConfig, SyncMode, TornWrite};
+use crate::oracle::{self, Expected};
+use crate::workload::{self, Faults, Item, Payload, T0};
+
+/// Probability that a step has a crash while terminals send.
+const P_CRASH_SENDING: f64 = 0.02;
+/// Probability that a step has a crash while the deriver appends.
+const P_CRASH_DERIVING: f64 = 0.02;
+/// Probability that an acknowledged upload is sent again.
+const P_DUPLICATE: f64 = 0.3;
+/// Probability that a restarted node lost its deriver snapshots.
+const P_SNAPSHOTS_LOST: f64 = 0.2;
+/// Real time the deriver may take to settle before the run fails.
+const SETTLE_REAL_S: u64 = 120;
+
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    pub seed: u64,
+    pub terminals: usize,
+    pub days: u32,
+    pub faults: Faults,
+}
+
+/// A clock the simulator sets.
+#[derive(Debug)]
+pub struct SimClock(pub AtomicI64);
+
+impl SimClock {
+    pub fn set(&self, ns: i64) {
+        self.0.store(ns, Ordering::SeqCst);
+    }
+}
+
+impl Clock for SimClock {
+    fn now_ns(&self) -> i64 {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// One checker's verdict.
+#[derive(Debug, Clone)]
+pub struct Check {
+    pub name: &'static str,
+    pub ok: bool,
+    pub detail: String,
+}
+
+/// What happened in a run.
+#[derive(Debug, Clone, Default)]
+pub struct Stats {
+    pub uploads: u64,
+    pub readings: u64,
+    pub duplicates_sent: u64,
+    pub crashes_sending: u64,
+    pub crashes_deriving: u64,
+    pub torn_bytes: u64,
+    pub records_lost: u64,
+    pub snapshots_lost: u64,
+    /// Actor panics injected, recoveries of aggregates, aggregates quarantined.
+    pub actor_failures: u64,
+    pub recoveries: u64,
+    pub quarantined: u64,
+    pub offline_periods: usize,
+    pub truths: usize,
+    pub expected: usize,
+    pub detected: usize,
+    pub events: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct SimOutcome {
+    pub config: SimConfig,
+    pub checks: Vec<Check>,
+    pub stats: Stats,
+    /// The replay's state hash, hex.
+    pub state_hash: String,
+    /// SHA-256 of every record's bytes, hex.
+    pub log_hash: String,
+    pub simulated: Duration,
+    pub real: Duration,
+}
+
+impl SimOutcome {
+    pub fn passed(&self) -> bool {
+        self.checks.iter().all(|c| c.ok)
+    }
+}
+
+/// Runs one simulation on a current-thread runtime of its own.
+pub fn run(config: &SimConfig, progress: &mut dyn FnMut(String)) -> SimOutcome {
+    run_with_deriver_rules(config, workload::rules(), progress)
+}
+
+/// Runs one simulation whose deriver decides by `deriver_rules` while the oracle and the replay keep the
+/// documented ones: for checking that the checkers catch a node that decides wrongly.
+pub fn run_with_deriver_rules(
+    config: &SimConfig,
+    deriver_rules: Rules,
+    progress: &mut dyn FnMut(String),
+) -> SimOutcome {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    runtime.block_on(run_async(config, deriver_rules, progress))
+}
+
+struct Node {
+    log: Arc<MemLog>,
+    config: DeriverConfig,
+    store: Arc<MemorySnapshots>,
+}
+
+impl Node {
+    fn start(&self) -> Deriver {
+        let log: Arc<dyn EventLog> = self.log.clone();
+        Deriver::start_with(
+            log.clone(),
+            Arc::new(LogSink(log)),
+            self.config.clone(),
+            self.store.clone(),
+            Arc::new(AtomicU64::new(0)),
+        )
+    }
+
+    /// Stops a deriver, keeping its counts.
+    async fn stop(deriver: Deriver, stats: &mut Stats) {
+        let d = &deriver.stats;
+        stats.actor_failures += d.supervisor.failures.load(Ordering::Relaxed);
+        stats.recoveries += d.recoveries.load(Ordering::Relaxed);
+        stats.quarantined += d.quarantined.load(Ordering::Relaxed);
+        deriver.stop().await;
+    }
+
+    /// Stops the deriver of a crashed log, recovers the log and starts a deriver again.
+    async fn restart(
+        &mut self,
+        deriver: Deriver,
+        rng: &mut SmallRng,
+        stats: &mut Stats,
+        failures: &mut Vec<String>,
+    ) -> Deriver {
+        Self::stop(deriver, stats).await;
+        if let Err(e) = self.log.recover() {
+            failures.push(format!("recovery failed: {e}"));
+        }
+        match self.log.verify(&mut |_, _| {}) {
+            Ok(r) if r.corrupt.is_empty() => {}
+            Ok(r) => failures.push(format!(
+                "after recovery, verify reports {} corrupt record(s): {}",
+                r.corrupt.len(),
+                r.corrupt[0].reason
+            )),
+            Err(e) => failures.push(format!("verify after recovery: {e}")),
+        }
+        if rng.random_bool(P_SNAPSHOTS_LOST) {
+            self.store = Arc::new(MemorySnapshots::default());
+            stats.snapshots_lost += 1;
+        }
+        self.start()
+    }
+
+    /// Crashes the log with a torn write of up to 3000 bytes and checks what `verify` says of it.
+    fn crash(&self, rng: &mut SmallRng, stats: &mut Stats, failures: &mut Vec<String>) {
+        let bytes = rng.random_range(0..=3000);
+        let crash = self.log.crash(TornWrite::Prefix { bytes });
+        stats.torn_bytes += crash.torn_bytes as u64;
+        stats.records_lost += crash.records_lost;
+        match self.log.verify(&mut |_, _| {}) {
+            Ok(r) => {
+                let reported = !r.corrupt.is_empty();
+                if (crash.torn_bytes > 0) != reported {
+                    failures.push(format!(
+                        "after a crash leaving {} torn bytes, verify reports {} corrupt record(s)",
+                        crash.torn_bytes,
+                        r.corrupt.len()
+                    ));
+                }
+            }
+            Err(e) => failures.push(format!("verify after a crash: {e}")),
+        }
+    }
+}
+
+/// Syncs until the deriver has processed the whole log and nothing waits.
+async fn settle(log: &MemLog, deriver: &Deriver) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(SETTLE_REAL_S);
+    let mut spins = 0u32;
+    loop {
+        log.sync();
+        if deriver.checkpoint.load(Ordering::Acquire) == log.last_seq()
+            && log.waiting_appends() == 0
+        {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "the deriver did not settle in {SETTLE_REAL_S} s (checkpoint {}, log {})",
+                deriver.checkpoint.load(Ordering::Acquire),
+                log.last_seq()
+            ));
+        }
+        spins += 1;
+        if spins < 20 {
+            tokio::task::yield_now().await;
+        } else {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+}
+
+/// Something the simulator sends in a step.
+struct Send<'a> {
+    item: &'a Item,
+    /// A resend of an item acknowledged before.
+    duplicate: bool,
+}
+
+fn proposed(item: &Item) -> Vec<Proposed> {
+    item.events().into_iter().map(Proposed::new).collect()
+}
+
+async fn run_async(
+    config: &SimConfig,
+    deriver_rules: Rules,
+    progress: &mut dyn FnMut(String),
+) -> SimOutcome {
+    let started = Instant::now();
+    let faults = config.faults == Faults::Default;
+    let rules = workload::rules();
+    let world = workload::generate(config.seed, config.terminals, config.days, config.faults);
+    let expected = oracle::expected(&world, &rules);
+    let mut rng = SmallRng::seed_from_u64(config.seed ^ 0xFA17_5EED_0000_0001);
+    let mut stats = Stats {
+        offline_periods: world.offline.len(),
+        truths: world.truths.len(),
+        expected: expected.len(),
+        ..Stats::default()
+    };
+    let mut failures: Vec<String> = Vec::new();
+    let clock = Arc::new(SimClock(AtomicI64::new(T0)));
+    let log = Arc::new(MemLog::new(
+        clock.clone(),
+        None,
+        MemLogConfig {
+            sync: SyncMode::OnDemand,
+            ..MemLogConfig::default()
+        },
+    ));
+    // Actor panics: every aggregate an event at a multiple of `every` goes to panics once on it.
+    let every = rng.random_range(300..900u64);
+    let panicked: Arc<Mutex<BTreeSet<(AggregateKey, u64)>>> = Arc::default();
+    let fault = faults.then(|| {
+        Fault(Arc::new(move |key: &AggregateKey, seq: u64| {
+            seq.is_multiple_of(every)
+                && panicked
+                    .lock()
+                    .expect("fault set")
+                    .insert((key.clone(), seq))
+        }))
+    });
+    let deriver_config = DeriverConfig {
+        fault,
+        rules: deriver_rules,
+        read_batch_max: rng.random_range(8..=512),
+        snapshot_every_events: rng.random_range(20..=500),
+        passivate_after_events: rng.random_range(50..=3000),
+        retry_backoff_ms_max: 20,
+        ..DeriverConfig::default()
+    };
+    progress(format!(
+        "world: {} terminals, {} readings, {} truths, {} offline periods, {} expected anomalies; \
+         deriver read batch {}, snapshot every {}, passivate after {}",
+        world.terminals.len(),
+        world.readings.len(),
+        world.truths.len(),
+        world.offline.len(),
+        expected.len(),
+        deriver_config.read_batch_max,
+        deriver_config.snapshot_every_events,
+        deriver_config.passivate_after_events
+    ));
+    let mut node = Node {
+        log: log.clone(),
+        config: deriver_config,
+        store: Arc::new(MemorySnapshots::default()),
+    };
+    let mut deriver = node.start();
+    // (terminal, seq) → fingerprint of every reading acknowledged.
+    let mut acked: BTreeMap<(TerminalId, u64), Fingerprint> = BTreeMap::new();
+    let mut to_resend: Vec<&Item> = Vec::new();
+    let mut day_reported = 0i64;
+
+    for step in &world.steps {
+        let mut sends: Vec<Send> = step
+            .items
+            .iter()
+            .map(|item| Send {
+                item,
+                duplicate: false,
+            })
+            .collect();
+        for item in std::mem::take(&mut to_resend) {
+            let at = rng.random_range(0..=sends.len());
+            sends.insert(
+                at,
+                Send {
+                    item,
+                    duplicate: true,
+                },
+            );
+        }
+        let mut crash_at =
+            (faults && rng.random_bool(P_CRASH_SENDING)).then(|| rng.random_range(0..sends.len()));
+        loop {
+            let crashing = crash_at.take();
+            let mut waiting = Vec::new();
+            for (pos, send) in sends.iter().enumerate() {
+                if Some(pos) == crashing {
+                    break;
+                }
+                // A duplicate is sent at the instant of the item it follows.
+                if !send.duplicate {
+                    clock.set(send.item.at_ns);
+                }
+                waiting.push((pos, log.append(proposed(send.item))));
+            }
+            if crashing.is_some() {
+                node.crash(&mut rng, &mut stats, &mut failures);
+                for (_, answer) in waiting {
+                    if answer.await.is_ok() {
+                        failures.push("an append was acknowledged by a crashed log".into());
+                    }
+                }
+                stats.crashes_sending += 1;
+                deriver = node
+                    .restart(deriver, &mut rng, &mut stats, &mut failures)
+                    .await;
+                // Every item of the step is unacknowledged: all are sent again, in order.
+                continue;
+            }
+            clock.set(step.end_ns);
+            log.sync();
+            for (pos, answer) in waiting {
+                let send = &sends[pos];
+                match answer.await {
+                    Ok(outcomes) => {
+                        record(send, &outcomes, &mut acked, &mut stats, &mut failures);
+                        if faults
+                            && !send.duplicate
+                            && matches!(send.item.payload, Payload::Upload { .. })
+                            && rng.random_bool(P_DUPLICATE)
+                        {
+                            to_resend.push(send.item);
+                        }
+                    }
+                    Err(e) => failures.push(format!("an append failed without a crash: {e}")),
+                }
+            }
+            break;
+        }
+        if faults && rng.random_bool(P_CRASH_DERIVING) {
+            let deadline = Instant::now() + Duration::from_secs(SETTLE_REAL_S);
+            loop {
+                if log.waiting_appends() > 0 {
+                    node.crash(&mut rng, &mut stats, &mut failures);
+                    stats.crashes_deriving += 1;
+                    deriver = node
+                        .restart(deriver, &mut rng, &mut stats, &mut failures)
+                        .await;
+                    break;
+                }
+                if deriver.checkpoint.load(Ordering::Acquire) == log.last_seq()
+                    || Instant::now() > deadline
+                {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+        if let Err(e) = settle(&log, &deriver).await {
+            failures.push(e);
+            break;
+        }
+        let day = (step.end_ns - T0) / (86_400 * 1_000_000_000);
+        if day > day_reported {
+            day_reported = day;
+            progress(format!(
+                "day {day}/{}: {} events in the log, {} crashes, {} duplicates sent, {:.1} s real",
+                config.days,
+                log.last_seq(),
+                stats.crashes_sending + stats.crashes_deriving,
+                stats.duplicates_sent,
+                started.elapsed().as_secs_f64()
+            ));
+        }
+    }
+    let live = deriver.states().await;
+    Node::stop(deriver, &mut stats).await;
+    if stats.quarantined > 0 {
+        failures.push(format!("{} aggregate(s) quarantined", stats.quarantined));
+    }
+    if faults && stats.actor_failures > 0 && stats.recoveries == 0 {
+        failures.push(format!(
+            "{} actor failure(s), no recovery",
+            stats.actor_failures
+        ));
+    }
+
+    // The whole log.
+    let mut envs: Vec<Envelope> = Vec::new();
+    let mut log_hash = Sha256::new();
+    let mut from = 1;
+    loop {
+        match (log.read(from, 10_000), log.read_raw(from, 10_000)) {
+            (Ok(batch), Ok(raw)) if !batch.is_empty() => {
+                from = batch.last().expect("non-empty").seq + 1;
+                for (seq, bytes) in raw {
+                    log_hash.update(seq.to_le_bytes());
+                    log_hash.update((bytes.len() as u64).to_le_bytes());
+                    log_hash.update(&bytes);
+                }
+                envs.extend(batch);
+            }
+            (Ok(_), Ok(_)) => break,
+            (Err(e), _) | (_, Err(e)) => {
+                failures.push(format!("reading the log: {e}"));
+                break;
+            }
+        }
+    }
+    stats.events = envs.len() as u64;
+    let mut checks = Vec::new();
+    checks.push(Check {
+        name: "faults handled",
+        ok: failures.is_empty(),
+        detail: failures.join("; "),
+    });
+    checks.push(check_acked(&world, &envs, &acked));
+    let detected: BTreeSet<Expected> = envs
+        .iter()
+        .filter_map(|e| match &e.event {
+            Event::AnomalyDetected(a) => {
+                Some(Expected::new(a.kind, a.subject.clone(), a.causes.clone()))
+            }
+            _ => None,
+        })
+        .collect();
+    stats.detected = detected.len();
+    checks.push(check_anomalies(&expected, &detected));
+    checks.push(check_truths(&world, &detected, faults));
+
+    let mut replay = Replay::new(rules, true);
+    for env in &envs {
+        replay.step(env);
+    }
+    let core = &replay.core().aggregates;
+    let differing: Vec<String> = core
+        .iter()
+        .filter(|(k, v)| live.get(*k) != Some(*v))
+        .map(|(k, _)| k.to_string())
+        .chain(
+            live.keys()
+                .filter(|k| !core.contains_key(*k))
+                .map(|k| format!("{k} (only live)")),
+        )
+        .collect();
+    let report = replay.finish();
+    let mut detail: Vec<String> = report
+        .differences
+        .iter()
+        .take(10)
+        .map(|d| d.describe())
+        .collect();
+    if !differing.is_empty() {
+        detail.push(format!(
+            "{} aggregate state(s) differ from the live deriver's: {}",
+            differing.len(),
+            differing
+                .iter()
+                .take(10)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    checks.push(Check {
+        name: "(c) replay from scratch equals the live run",
+        ok: report.differences.is_empty() && differing.is_empty(),
+        detail: if detail.is_empty() {
+            format!(
+                "{} events, {} aggregates, no difference",
+                report.events, report.aggregates
+            )
+        } else {
+            format!(
+                "{} difference(s): {}",
+                report.differences.len(),
+                detail.join("; ")
+            )
+        },
+    });
+    checks.push(Check {
+        name: "(d) no derived event twice",
+        ok: report.derived_twice_in_log.is_empty(),
+        detail: if report.derived_twice_in_log.is_empty() {
+            "none".into()
+        } else {
+            format!("at sequences {:?}", report.derived_twice_in_log)
+        },
+    });
+    SimOutcome {
+        config: config.clone(),
+        checks,
+        stats,
+        state_hash: report.state_hash_hex(),
+        log_hash: hex::encode(log_hash.finalize()),
+        simulated: Duration::from_nanos((world.end_ns - T0) as u64),
+        real: started.elapsed(),
+    }
+}
+
+/// Records what the log answered to one send.
+fn record(
+    send: &Send,
+    outcomes: &[AppendOutcome],
+    acked: &mut BTreeMap<(TerminalId, u64), Fingerprint>,
+    stats: &mut Stats,
+    failures: &mut Vec<String>,
+) {
+    let events = send.item.events();
+    if outcomes.len() != events.len() {
+        failures.push(format!(
+            "{} outcomes for {} events",
+            outcomes.len(),
+            events.len()
+        ));
+        return;
+    }
+    if send.duplicate {
+        stats.duplicates_sent += 1;
+    } else if matches!(send.item.payload, Payload::Upload { .. }) {
+        stats.uploads += 1;
+    }
+    let rewrite = matches!(send.item.payload, Payload::Rewrite { .. });
+    for (event, outcome) in events.iter().zip(outcomes) {
+        let fine = match outcome {
+            AppendOutcome::Appended { .. } => !send.duplicate && !rewrite,
+            AppendOutcome::Duplicate { .. } => send.duplicate && !rewrite,
+            AppendOutcome::Conflict { evidence_seq, .. } => rewrite && evidence_seq.is_some(),
+        };
+        if !fine {
+            failures.push(format!(
+                "{} {} {} was answered {outcome:?}",
+                if send.duplicate {
+                    "the resend of"
+                } else {
+                    "the first send of"
+                },
+                event.event_type(),
+                event.stream()
+            ));
+        }
+        if let Event::ReadingRecorded(r) = event
+            && !send.duplicate
+            && !rewrite
+        {
+            stats.readings += 1;
+            acked.insert(
+                (r.terminal_id.clone(), r.seq),
+                fingerprint(&event.canonical().to_bytes()),
+            );
+        }
+    }
+}
+
+/// (a) Every acknowledged reading is in the log exactly once, as acknowledged; every reading was.
+fn check_acked(
+    world: &workload::Workload,
+    envs: &[Envelope],
+    acked: &BTreeMap<(TerminalId, u64), Fingerprint>,
+) -> Check {
+    let mut in_log: BTreeMap<(TerminalId, u64), Vec<Fingerprint>> = BTreeMap::new();
+    for env in envs {
+        if let Event::ReadingRecorded(r) = &env.event {
+            in_log
+                .entry((r.terminal_id.clone(), r.seq))
+                .or_default()
+                .push(env.fingerprint);
+        }
+    }
+    let mut problems = Vec::new();
+    for (key, fp) in acked {
+        match in_log.get(key).map(Vec::as_slice) {
+            Some([one]) if one == fp => {}
+            Some([_]) => problems.push(format!(
+                "{}/{} differs from what was acknowledged",
+                key.0, key.1
+            )),
+            None | Some([]) => problems.push(format!(
+                "{}/{} acknowledged but not in the log",
+                key.0, key.1
+            )),
+            Some(many) => problems.push(format!(
+                "{}/{} is in the log {} times",
+                key.0,
+                key.1,
+                many.len()
+            )),
+        }
+    }
+    for key in in_log.keys().filter(|k| !acked.contains_key(*k)) {
+        problems.push(format!(
+            "{}/{} is in the log, never acknowledged",
+            key.0, key.1
+        ));
+    }
+    for key in world.readings.keys().filter(|k| !acked.contains_key(*k)) {
+        problems.push(format!(
+            "{}/{} was measured, never acknowledged",
+            key.0, key.1
+        ));
+    }
+    Check {
+        name: "(a) acknowledged readings in the log exactly once",
+        ok: problems.is_empty(),
+        detail: if problems.is_empty() {
+            format!("{} readings", acked.len())
+        } else {
+            format!(
+                "{} problem(s): {}",
+                problems.len(),
+                problems
+                    .iter()
+                    .take(10)
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            )
+        },
+    }
+}
+
+/// (b) The anomalies detected equal the oracle's.
+fn check_anomalies(expected: &BTreeSet<Expected>, detected: &BTreeSet<Expected>) -> Check {
+    let hit = expected.intersection(detected).count();
+    let missing: Vec<&Expected> = expected.difference(detected).collect();
+    let unexpected: Vec<&Expected> = detected.difference(expected).collect();
+    let ratio = |a: usize, b: usize| if b == 0 { 1.0 } else { a as f64 / b as f64 };
+    let precision = ratio(hit, detected.len());
+    let recall = ratio(hit, expected.len());
+    let mut by_kind: BTreeMap<&str, usize> = BTreeMap::new();
+    for e in detected {
+        *by_kind.entry(e.kind.name()).or_default() += 1;
+    }
+    let kinds: Vec<String> = by_kind.iter().map(|(k, n)| format!("{k} {n}")).collect();
+    let mut detail = format!(
+        "precision {precision:.3}, recall {recall:.3} ({} expected, {} detected: {})",
+        expected.len(),
+        detected.len(),
+        kinds.join(", ")
+    );
+    for m in missing.iter().take(20) {
+        detail.push_str(&format!("\n    - expected, not detected: {}", m.describe()));
+    }
+    for u in unexpected.iter().take(20) {
+        detail.push_str(&format!("\n    + detected, not expected: {}", u.describe()));
+    }
+    Check {
+        name: "(b) anomalies detected equal the oracle's",
+        ok: missing.is_empty() && unexpected.is_empty(),
+        detail,
+    }
+}
+
+/// Every injected truth is detected; without faults, nothing else is.
+fn check_truths(world: &workload::Workload, detected: &BTreeSet<Expected>, faults: bool) -> Check {
+    let truths: BTreeSet<(AnomalyKind, String)> =
+        world.truths.iter().flat_map(|t| t.anomalies()).collect();
+    let found: BTreeSet<(AnomalyKind, String)> = detected
+        .iter()
+        .map(|e| (e.kind, e.subject.clone()))
+        .collect();
+    let undetected: Vec<String> = truths
+        .difference(&found)
+        .map(|(k, s)| format!("{} {s}", k.name()))
+        .collect();
+    let beyond: Vec<String> = found
+        .difference(&truths)
+        .map(|(k, s)| format!("{} {s}", k.name()))
+        .collect();
+    let ok = undetected.is_empty() && (faults || beyond.is_empty());
+    let mut detail = format!(
+        "{} truths → {} (kind, subject); {} more caused by faults",
+        world.truths.len(),
+        truths.len(),
+        beyond.len()
+    );
+    if !undetected.is_empty() {
+        detail.push_str(&format!("; undetected truths: {}", undetected.join(", ")));
+    }
+    if !faults && !beyond.is_empty() {
+        detail.push_str(&format!(
+            "; without faults, detected beyond the truths: {}",
+            beyond
+                .iter()
+                .take(10)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    Check {
+        name: "truths detected, noise silent",
+        ok,
+        detail,
+    }
+}

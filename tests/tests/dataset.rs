@@ -74,7 +74,10 @@ async fn a_tiny_dataset_loads_resumes_and_reports_its_disk() {
     .fetch_one(&pool)
     .await
     .unwrap();
-    assert_eq!(kept, 1, "the second run dropped the read models it should resume");
+    assert_eq!(
+        kept, 1,
+        "the second run dropped the read models it should resume"
+    );
     pool.close().await;
     models.drop_all().await;
 }

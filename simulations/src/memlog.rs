@@ -36,9 +36,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use custodian_events::Clock;
 use custodian_events::CorruptRecord;
-use custodian_events::envelope::{Envelope, Fingerprint, event_bytes, fingerprint, seal_aad};
+use custodian_events::envelope::{Envelope, Fingerprint, fingerprint};
 use custodian_events::event::{DataKeyIssued, DedupeKey, Event};
-use custodian_events::keyring::{Keyring, KeyringError, SealedPayload};
+use custodian_events::keyring::{Keyring, KeyringError};
 use custodian_events::log::{
     AppendOutcome, BoxFuture, DedupeEntry, EventLog, EventLogError, Proposed, VerifyReport,
 };
@@ -371,7 +371,7 @@ impl MemLog {
         for p in batch {
             let seq = first_seq + records.len() as u64;
             let Some(key) = p.dedupe_key.clone() else {
-                records.push(encode(seq, recorded_at_ns, p));
+                records.push(p.into_record(seq, recorded_at_ns));
                 outcomes.push(AppendOutcome::Appended { seq });
                 continue;
             };
@@ -387,7 +387,7 @@ impl MemLog {
                     if let Event::DataKeyIssued(k) = &p.event {
                         data_keys.push(k.clone());
                     }
-                    records.push(encode(seq, recorded_at_ns, p));
+                    records.push(p.into_record(seq, recorded_at_ns));
                     outcomes.push(AppendOutcome::Appended { seq });
                 }
                 Some(e) if e.fingerprint == p.fingerprint => {
@@ -405,16 +405,12 @@ impl MemLog {
                             Some(match known {
                                 Some(s) => s,
                                 None => {
-                                    let sealed = seal_like(st.keyring.as_deref(), &p, &ev)?;
-                                    let fp = fingerprint(&ev.canonical().to_bytes());
-                                    records.push(Envelope::encode(
+                                    records.push(p.evidence_record(
+                                        ev,
+                                        st.keyring.as_deref(),
                                         seq,
                                         recorded_at_ns,
-                                        fp,
-                                        ev,
-                                        sealed,
-                                        p.caused_by.clone(),
-                                    ));
+                                    )?);
                                     evidence.insert(ckey, seq);
                                     seq
                                 }
@@ -473,42 +469,6 @@ impl MemLog {
             .take(max)
             .map(|(i, r)| (i as u64 + 1, r.as_slice()))
     }
-}
-
-/// Seals `evidence` with the key that sealed `original`, if it was sealed (as the sled log does).
-fn seal_like(
-    keyring: Option<&Keyring>,
-    original: &Proposed,
-    evidence: &Event,
-) -> Result<Option<SealedPayload>, EventLogError> {
-    let (Some(sealed), Some(keyring)) = (&original.sealed, keyring) else {
-        return Ok(None);
-    };
-    let key = keyring
-        .get(&sealed.key_id)
-        .ok_or_else(|| KeyringError::UnknownKey {
-            key_id: sealed.key_id.clone(),
-        })?;
-    let fp = fingerprint(&evidence.canonical().to_bytes());
-    let aad = seal_aad(
-        &evidence.stream(),
-        evidence.event_type(),
-        &fp,
-        &key.id,
-        original.caused_by.as_deref(),
-    );
-    Ok(Some(keyring.seal(&key, &aad, &event_bytes(evidence))))
-}
-
-fn encode(seq: u64, recorded_at_ns: i64, p: Proposed) -> Vec<u8> {
-    Envelope::encode(
-        seq,
-        recorded_at_ns,
-        p.fingerprint,
-        p.event,
-        p.sealed,
-        p.caused_by,
-    )
 }
 
 impl EventLog for MemLog {

@@ -75,6 +75,56 @@ impl Proposed {
         self
     }
 
+    /// The record of this proposal stored at `seq`.
+    pub fn into_record(self, seq: u64, recorded_at_ns: i64) -> Vec<u8> {
+        Envelope::encode(
+            seq,
+            recorded_at_ns,
+            self.fingerprint,
+            self.event,
+            self.sealed,
+            self.caused_by,
+        )
+    }
+
+    /// The record of `evidence` (what this proposal's conflict keeps) stored at `seq`: sealed with the key
+    /// that sealed this proposal, if it was sealed (from `keyring`), and caused by the same token.
+    pub fn evidence_record(
+        &self,
+        evidence: Event,
+        keyring: Option<&Keyring>,
+        seq: u64,
+        recorded_at_ns: i64,
+    ) -> Result<Vec<u8>, EventLogError> {
+        let fp = fingerprint(&evidence.canonical().to_bytes());
+        let sealed = match (&self.sealed, keyring) {
+            (Some(sealed), Some(keyring)) => {
+                let key = keyring
+                    .get(&sealed.key_id)
+                    .ok_or_else(|| KeyringError::UnknownKey {
+                        key_id: sealed.key_id.clone(),
+                    })?;
+                let aad = seal_aad(
+                    &evidence.stream(),
+                    evidence.event_type(),
+                    &fp,
+                    &key.id,
+                    self.caused_by.as_deref(),
+                );
+                Some(keyring.seal(&key, &aad, &event_bytes(&evidence)))
+            }
+            _ => None,
+        };
+        Ok(Envelope::encode(
+            seq,
+            recorded_at_ns,
+            fp,
+            evidence,
+            sealed,
+            self.caused_by.clone(),
+        ))
+    }
+
     /// Seals the payload at rest with `key` (on the caller's thread: sealing is the costly part).
     pub fn sealed_with(mut self, keyring: &Keyring, key: &DataKey) -> Self {
         let aad = seal_aad(

@@ -37,7 +37,7 @@ use super::{
     AppendOutcome, BoxFuture, DedupeEntry, EventLog, EventLogError, Proposed, VerifyReport,
 };
 use crate::Clock;
-use crate::envelope::{CorruptRecord, Envelope, Fingerprint, event_bytes, fingerprint, seal_aad};
+use crate::envelope::{CorruptRecord, Envelope, Fingerprint, fingerprint};
 use crate::event::{DedupeKey, Event};
 use crate::keyring::{Keyring, KeyringError};
 
@@ -294,6 +294,35 @@ impl SledLog {
         SledLog::open(config, clock, keyring)
     }
 
+    /// `each(seq, record)` of up to `max` durable records from `from_seq` on, in order.
+    fn durable_records<T>(
+        &self,
+        from_seq: u64,
+        max: usize,
+        mut each: impl FnMut(u64, &[u8]) -> Result<T, EventLogError>,
+    ) -> Result<Vec<T>, EventLogError> {
+        let durable = self.durable_seq.load(Ordering::Acquire);
+        let from_seq = from_seq.max(1);
+        if from_seq > durable || max == 0 {
+            return Ok(Vec::new());
+        }
+        let mut out = Vec::with_capacity(max.min((durable - from_seq + 1) as usize));
+        for segment in self.segments_from(from_seq, durable) {
+            let (first, bytes) = segment?;
+            for (i, record) in segment_records(first, &bytes)?.into_iter().enumerate() {
+                let seq = first + i as u64;
+                if seq < from_seq {
+                    continue;
+                }
+                if seq > durable || out.len() == max {
+                    return Ok(out);
+                }
+                out.push(each(seq, record)?);
+            }
+        }
+        Ok(out)
+    }
+
     /// The segments that hold `from_seq` and after, up to `last_seq`.
     fn segments_from(
         &self,
@@ -359,49 +388,13 @@ impl EventLog for SledLog {
     }
 
     fn read(&self, from_seq: u64, max: usize) -> Result<Vec<Envelope>, EventLogError> {
-        let durable = self.durable_seq.load(Ordering::Acquire);
-        let from_seq = from_seq.max(1);
-        if from_seq > durable || max == 0 {
-            return Ok(Vec::new());
-        }
-        let mut out = Vec::with_capacity(max.min((durable - from_seq + 1) as usize));
-        for segment in self.segments_from(from_seq, durable) {
-            let (first, bytes) = segment?;
-            for (i, record) in segment_records(first, &bytes)?.into_iter().enumerate() {
-                let seq = first + i as u64;
-                if seq < from_seq {
-                    continue;
-                }
-                if seq > durable || out.len() == max {
-                    return Ok(out);
-                }
-                out.push(Envelope::decode(seq, record, self.keyring.as_deref())?);
-            }
-        }
-        Ok(out)
+        self.durable_records(from_seq, max, |seq, record| {
+            Ok(Envelope::decode(seq, record, self.keyring.as_deref())?)
+        })
     }
 
     fn read_raw(&self, from_seq: u64, max: usize) -> Result<Vec<(u64, Vec<u8>)>, EventLogError> {
-        let durable = self.durable_seq.load(Ordering::Acquire);
-        let from_seq = from_seq.max(1);
-        if from_seq > durable || max == 0 {
-            return Ok(Vec::new());
-        }
-        let mut out = Vec::with_capacity(max.min((durable - from_seq + 1) as usize));
-        for segment in self.segments_from(from_seq, durable) {
-            let (first, bytes) = segment?;
-            for (i, record) in segment_records(first, &bytes)?.into_iter().enumerate() {
-                let seq = first + i as u64;
-                if seq < from_seq {
-                    continue;
-                }
-                if seq > durable || out.len() == max {
-                    return Ok(out);
-                }
-                out.push((seq, record.to_vec()));
-            }
-        }
-        Ok(out)
+        self.durable_records(from_seq, max, |seq, record| Ok((seq, record.to_vec())))
     }
 
     fn read_where(
@@ -564,7 +557,7 @@ impl Writer {
             for p in std::mem::take(&mut req.batch) {
                 let seq = first_seq + records.len() as u64;
                 let Some(key) = p.dedupe_key.clone() else {
-                    records.push(encode(seq, recorded_at_ns, p));
+                    records.push(p.into_record(seq, recorded_at_ns));
                     out.push(AppendOutcome::Appended { seq });
                     continue;
                 };
@@ -589,7 +582,7 @@ impl Writer {
                         if let Event::DataKeyIssued(k) = &p.event {
                             data_keys.push((seq, k.clone()));
                         }
-                        records.push(encode(seq, recorded_at_ns, p));
+                        records.push(p.into_record(seq, recorded_at_ns));
                         out.push(AppendOutcome::Appended { seq });
                     }
                     Some(e) if e.fingerprint == p.fingerprint => {
@@ -607,16 +600,12 @@ impl Writer {
                                 Some(match known {
                                     Some(s) => s,
                                     None => {
-                                        let sealed = self.seal_like(&p, &ev)?;
-                                        let fp = fingerprint(&ev.canonical().to_bytes());
-                                        records.push(Envelope::encode(
+                                        records.push(p.evidence_record(
+                                            ev,
+                                            self.keyring.as_deref(),
                                             seq,
                                             recorded_at_ns,
-                                            fp,
-                                            ev,
-                                            sealed,
-                                            p.caused_by.clone(),
-                                        ));
+                                        )?);
                                         evidence.insert(ckey, (seq, true));
                                         seq
                                     }
@@ -675,33 +664,6 @@ impl Writer {
     }
 }
 
-impl Writer {
-    /// Seals `evidence` with the key that sealed `original`, if it was sealed.
-    fn seal_like(
-        &self,
-        original: &Proposed,
-        evidence: &Event,
-    ) -> Result<Option<crate::keyring::SealedPayload>, EventLogError> {
-        let (Some(sealed), Some(keyring)) = (&original.sealed, &self.keyring) else {
-            return Ok(None);
-        };
-        let key = keyring
-            .get(&sealed.key_id)
-            .ok_or_else(|| KeyringError::UnknownKey {
-                key_id: sealed.key_id.clone(),
-            })?;
-        let fp = fingerprint(&evidence.canonical().to_bytes());
-        let aad = seal_aad(
-            &evidence.stream(),
-            evidence.event_type(),
-            &fp,
-            &key.id,
-            original.caused_by.as_deref(),
-        );
-        Ok(Some(keyring.seal(&key, &aad, &event_bytes(evidence))))
-    }
-}
-
 /// How long opening waits for a previous holder of the same sled files in this process to let go.
 const SLED_LOCK_WAIT_MS_MAX: u64 = 5_000;
 
@@ -722,17 +684,6 @@ pub fn open_sled(config: sled::Config) -> Result<sled::Db, EventLogError> {
             other => return Ok(other?),
         }
     }
-}
-
-fn encode(seq: u64, recorded_at_ns: i64, p: Proposed) -> Vec<u8> {
-    Envelope::encode(
-        seq,
-        recorded_at_ns,
-        p.fingerprint,
-        p.event,
-        p.sealed,
-        p.caused_by,
-    )
 }
 
 fn data_key_index(key_id: &str) -> Vec<u8> {

@@ -12,10 +12,9 @@ use custodian_events::log::{EventLog, SledLog, SledLogConfig};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use crate::api::{self, AppState, Registry};
+use crate::api::{self, AppState};
 use crate::config::Config;
 use crate::datadir::DataDir;
-use crate::metrics::Metrics;
 
 /// The wall clock, read only here at the edge of the system.
 pub struct SystemClock;
@@ -113,31 +112,18 @@ impl Node {
         .context("cannot read the registrations from the event log")?;
         let directory = Arc::new(std::sync::RwLock::new(directory));
         let derived_seq = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let state = Arc::new(AppState {
-            derived_seq: derived_seq.clone(),
-            deriver_stats: std::sync::OnceLock::new(),
-            projections: std::sync::OnceLock::new(),
-            tokens,
-            audit,
-            directory,
-            query_cache: moka::sync::Cache::builder()
-                .max_capacity(config.query.cache_bytes_max)
-                .weigher(|k: &String, v: &(bytes::Bytes, i64)| {
-                    u32::try_from(k.len() + v.0.len()).unwrap_or(u32::MAX)
-                })
-                .time_to_live(std::time::Duration::from_millis(
-                    config.query.cache_ttl_ms.max(1),
-                ))
-                .build(),
+        let state = Arc::new(AppState::new(crate::api::StateParts {
             log,
-            registry: Registry::new(config.ingest.terminal_cache_entries_max),
+            config,
             clock,
             keyring,
             entropy,
-            metrics: Metrics::default(),
+            tokens,
             admin_token: admin_token.clone(),
-            config,
-        });
+            audit,
+            directory,
+            derived_seq: derived_seq.clone(),
+        }));
         let deriver = if state.config.derive.enabled {
             let store = tokio::task::spawn_blocking({
                 let entropy = state.entropy.clone();
@@ -304,29 +290,27 @@ async fn tick(state: std::sync::Weak<AppState>) {
         drop(st);
         tokio::time::sleep(std::time::Duration::from_nanos((next - now) as u64)).await;
         let Some(st) = state.upgrade() else { return };
-        let event = custodian_events::Event::ClockTicked(custodian_events::event::ClockTicked {
-            at_ns: next,
-        });
-        let appended = match crate::sealing::sealed(
-            &st,
-            custodian_events::keyring::PLATFORM_SCOPE,
-            event,
-            None,
-        )
-        .await
-        {
-            Ok(p) => st
-                .log
-                .append(vec![p])
-                .await
-                .map(|_| ())
-                .map_err(|e| e.to_string()),
-            Err(e) => Err(e.message),
-        };
-        if let Err(e) = appended {
+        if let Err(e) = append_tick(&st, next).await {
             tracing::warn!(error = %e, "cannot append a clock tick; the time-driven rules wait for the next one");
         }
     }
+}
+
+/// Appends the clock tick of `at_ns` (sealed with the platform's data key), as the node's ticker does.
+pub async fn append_tick(
+    st: &AppState,
+    at_ns: i64,
+) -> Result<Vec<custodian_events::log::AppendOutcome>, String> {
+    let event =
+        custodian_events::Event::ClockTicked(custodian_events::event::ClockTicked { at_ns });
+    let proposed =
+        crate::sealing::sealed(st, custodian_events::keyring::PLATFORM_SCOPE, event, None)
+            .await
+            .map_err(|e| e.message)?;
+    st.log
+        .append(vec![proposed])
+        .await
+        .map_err(|e| e.to_string())
 }
 
 /// Finds the master key: `master_key` (hex, e.g. from `CUSTODIAN_MASTER_KEY`), else `master_key_file`,

@@ -148,9 +148,14 @@ impl Tokens {
             }
             Err(e) => return Err(anyhow::anyhow!("cannot read {}: {e}", file.display())),
         };
+        Ok(Tokens::with_key(key))
+    }
+
+    /// Tokens signed with `key` (a simulation's, say), with no token revoked yet.
+    pub fn with_key(key: Sm2KeyPair) -> Tokens {
         let public = Sm2PublicKey::from_der(&key.public_key_der())
-            .map_err(|e| anyhow::anyhow!("the platform key's public half: {e}"))?;
-        Ok(Tokens {
+            .expect("an SM2 key pair's public half is a valid SM2 public key");
+        Tokens {
             key,
             public,
             cache: moka::sync::Cache::builder()
@@ -158,7 +163,7 @@ impl Tokens {
                 .time_to_live(std::time::Duration::from_secs(TTL_S_MAX))
                 .build(),
             revoked: RwLock::new(HashSet::new()),
-        })
+        }
     }
 
     /// Signs `claims` into a token.

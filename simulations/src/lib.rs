@@ -17,6 +17,7 @@
 //! The foundation's crash test of real processes lives in `tests/`. Must not contain production code paths
 //! of its own: the simulated log exists to be driven by a simulator, never to back a node.
 
+pub mod http;
 pub mod memlog;
 pub mod oracle;
 pub mod sim;

@@ -43,15 +43,20 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use custodian_actors::{Deriver, DeriverConfig, Fault, LogSink, MemorySnapshots};
+use custodian_actors::{DerivedSink, Deriver, DeriverConfig, Fault, LogSink, MemorySnapshots};
+use custodian_events::crypto::{Entropy, Sm2KeyPair};
 use custodian_events::domain::{AggregateKey, AnomalyKind, Rules};
+use custodian_events::keyring::{Keyring, MASTER_KEY_LEN};
 use custodian_events::log::{AppendOutcome, EventLog, Proposed};
 use custodian_events::replay::Replay;
 use custodian_events::{Clock, Envelope, Event, Fingerprint, TerminalId, fingerprint};
+use custodian_node::sealing::NodeSink;
+use custodian_node::terminal_sim::SeededEntropy;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use sha2::{Digest, Sha256};
 
+use crate::http::{HttpNode, Pending, Signatures, TerminalKeys};
 use crate::memlog::{MemLog, MemLogConfig, SyncMode, TornWrite};
 use crate::oracle::{self, Expected};
 use crate::workload::{self, Faults, Item, Payload, T0};
@@ -62,8 +67,12 @@ const P_CRASH_SENDING: f64 = 0.02;
 const P_CRASH_DERIVING: f64 = 0.02;
 /// Probability that an acknowledged upload is sent again.
 const P_DUPLICATE: f64 = 0.3;
+/// Probability that a terminal hangs up while its upload waits for the log (HTTP ingest).
+const P_DISCONNECT: f64 = 0.02;
 /// Probability that a restarted node lost its deriver snapshots.
 const P_SNAPSHOTS_LOST: f64 = 0.2;
+/// Syncs one call may wait for before the run fails.
+const DRIVE_ROUNDS_MAX: usize = 16;
 /// Real time the deriver may take to settle before the run fails.
 const SETTLE_REAL_S: u64 = 120;
 
@@ -73,6 +82,28 @@ pub struct SimConfig {
     pub terminals: usize,
     pub days: u32,
     pub faults: Faults,
+    pub ingest: Ingest,
+}
+
+/// How the facts reach the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ingest {
+    /// Straight into the log: the log, the domain core and the deriver alone.
+    Direct,
+    /// Through the node's HTTP API ([`crate::http`]): ingest with or without SM2 signature checks,
+    /// registrations and manifests by the administrator, sealed payloads, derived events appended by the
+    /// node's own sink.
+    Http(Signatures),
+}
+
+impl Ingest {
+    pub fn name(self) -> &'static str {
+        match self {
+            Ingest::Direct => "direct",
+            Ingest::Http(Signatures::On) => "http",
+            Ingest::Http(Signatures::Off) => "http-unsigned",
+        }
+    }
 }
 
 /// A clock the simulator sets.
@@ -110,6 +141,8 @@ pub struct Stats {
     pub torn_bytes: u64,
     pub records_lost: u64,
     pub snapshots_lost: u64,
+    /// Terminals that hung up while their upload waited for the log (it was stored; they send it again).
+    pub disconnects: u64,
     /// Actor panics injected, recoveries of aggregates, aggregates quarantined.
     pub actor_failures: u64,
     pub recoveries: u64,
@@ -163,18 +196,77 @@ struct Node {
     log: Arc<MemLog>,
     config: DeriverConfig,
     store: Arc<MemorySnapshots>,
+    /// With HTTP ingest: the node's API, and what a restarted node is made from.
+    http: Option<(HttpNode, HttpSetup)>,
+}
+
+/// What a node with an HTTP API is started from, again after every crash.
+struct HttpSetup {
+    clock: Arc<SimClock>,
+    entropy: Arc<dyn Entropy>,
+    master: [u8; MASTER_KEY_LEN],
+    signatures: Signatures,
+    platform_seed: u64,
+}
+
+impl HttpSetup {
+    fn keyring(&self) -> Arc<Keyring> {
+        Arc::new(Keyring::new(self.master, self.entropy.clone()))
+    }
+
+    fn node(&self, log: Arc<MemLog>, keyring: Arc<Keyring>) -> HttpNode {
+        HttpNode::start(
+            log,
+            self.clock.clone(),
+            self.entropy.clone(),
+            keyring,
+            self.signatures,
+            Arc::new(AtomicU64::new(0)),
+            Sm2KeyPair::generate(&SeededEntropy::new(self.platform_seed)),
+        )
+    }
 }
 
 impl Node {
     fn start(&self) -> Deriver {
         let log: Arc<dyn EventLog> = self.log.clone();
+        let (sink, derived_seq): (Arc<dyn DerivedSink>, _) = match &self.http {
+            Some((http, _)) => (
+                Arc::new(NodeSink(Arc::downgrade(&http.state))),
+                http.state.derived_seq.clone(),
+            ),
+            None => (Arc::new(LogSink(log.clone())), Arc::new(AtomicU64::new(0))),
+        };
         Deriver::start_with(
-            log.clone(),
-            Arc::new(LogSink(log)),
+            log,
+            sink,
             self.config.clone(),
             self.store.clone(),
-            Arc::new(AtomicU64::new(0)),
+            derived_seq,
         )
+    }
+
+    /// Sends `item` the way this node takes it; the answer comes once the simulator drives the call.
+    /// The call is polled outside tokio's cooperative budget: the simulator polls hundreds of calls in one
+    /// go without yielding, and an exhausted budget would make a ready answer look pending.
+    fn send(&self, item: &Item, keys: &TerminalKeys) -> Pending {
+        Box::pin(tokio::task::unconstrained(self.call(item, keys)))
+    }
+
+    fn call(&self, item: &Item, keys: &TerminalKeys) -> Pending {
+        let Some((http, _)) = &self.http else {
+            let log = self.log.clone();
+            let proposed = proposed(item);
+            return Box::pin(async move { log.append(proposed).await.map_err(|e| e.to_string()) });
+        };
+        match &item.payload {
+            Payload::Api(events) => http.api(keys, events.clone()),
+            Payload::Upload { terminal, readings } => http.upload(keys, terminal, readings),
+            Payload::Rewrite { reading, .. } => {
+                http.upload(keys, &reading.terminal_id, std::slice::from_ref(reading))
+            }
+            Payload::Tick(at_ns) => http.tick(*at_ns),
+        }
     }
 
     /// Stops a deriver, keeping its counts.
@@ -195,8 +287,19 @@ impl Node {
         failures: &mut Vec<String>,
     ) -> Deriver {
         Self::stop(deriver, stats).await;
-        if let Err(e) = self.log.recover() {
+        // A restarted node starts from its disk alone: a fresh keyring that learns the data keys from the
+        // log, a fresh API state, a fresh terminal registry.
+        let keyring = self.http.as_ref().map(|(_, setup)| setup.keyring());
+        let recovered = match &keyring {
+            Some(k) => self.log.recover_with(Some(k.clone())),
+            None => self.log.recover(),
+        };
+        if let Err(e) = recovered {
             failures.push(format!("recovery failed: {e}"));
+        }
+        if let (Some(keyring), Some((_, setup))) = (keyring, self.http.take()) {
+            let http = setup.node(self.log.clone(), keyring);
+            self.http = Some((http, setup));
         }
         match self.log.verify(&mut |_, _| {}) {
             Ok(r) if r.corrupt.is_empty() => {}
@@ -266,8 +369,43 @@ async fn settle(log: &MemLog, deriver: &Deriver) -> Result<(), String> {
 /// Something the simulator sends in a step.
 struct Send<'a> {
     item: &'a Item,
-    /// A resend of an item acknowledged before.
-    duplicate: bool,
+    kind: SendKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SendKind {
+    /// The first time.
+    First,
+    /// Again, after an acknowledgement the terminal missed: answered `duplicate`, acknowledged before.
+    Resend,
+    /// Again, after the terminal hung up while the node was storing it: stored before or now (a crash may
+    /// have lost it), and this is the terminal's acknowledgement.
+    Retry,
+}
+
+/// Polls a call once, in the simulator's order (nothing else runs meanwhile).
+fn poll_once(call: &mut Pending) -> Option<Result<Vec<AppendOutcome>, String>> {
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match call.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(answer) => Some(answer),
+        std::task::Poll::Pending => None,
+    }
+}
+
+/// Syncs the log and polls `call` until it is answered (a call that appends more than once, say a first
+/// data key and then the sealed event, needs a sync for each).
+fn drive(
+    log: &MemLog,
+    call: &mut Pending,
+    rounds_max: usize,
+) -> Result<Vec<AppendOutcome>, String> {
+    for _ in 0..rounds_max {
+        if let Some(answer) = poll_once(call) {
+            return answer;
+        }
+        log.sync();
+    }
+    Err(format!("a call was not answered after {rounds_max} syncs"))
 }
 
 fn proposed(item: &Item) -> Vec<Proposed> {
@@ -293,14 +431,39 @@ async fn run_async(
     };
     let mut failures: Vec<String> = Vec::new();
     let clock = Arc::new(SimClock(AtomicI64::new(T0)));
+    let entropy: Arc<dyn Entropy> =
+        Arc::new(SeededEntropy::new(config.seed ^ 0x5EA1_0000_0000_0002));
+    let setup = match config.ingest {
+        Ingest::Direct => None,
+        Ingest::Http(signatures) => {
+            let mut master = [0u8; MASTER_KEY_LEN];
+            entropy.fill(&mut master);
+            Some(HttpSetup {
+                clock: clock.clone(),
+                entropy: entropy.clone(),
+                master,
+                signatures,
+                platform_seed: config.seed ^ 0x7047_0000_0000_0003,
+            })
+        }
+    };
+    let keyring = setup.as_ref().map(HttpSetup::keyring);
     let log = Arc::new(MemLog::new(
         clock.clone(),
-        None,
+        keyring.clone(),
         MemLogConfig {
             sync: SyncMode::OnDemand,
             ..MemLogConfig::default()
         },
     ));
+    let keys = TerminalKeys::generate(
+        config.seed,
+        world.terminals.iter(),
+        match config.ingest {
+            Ingest::Http(s) => s,
+            Ingest::Direct => Signatures::Off,
+        },
+    );
     // Actor panics: every aggregate an event at a multiple of `every` goes to panics once on it.
     let every = rng.random_range(300..900u64);
     let panicked: Arc<Mutex<BTreeSet<(AggregateKey, u64)>>> = Arc::default();
@@ -334,57 +497,112 @@ async fn run_async(
         deriver_config.snapshot_every_events,
         deriver_config.passivate_after_events
     ));
+    let http = setup.map(|setup| {
+        let keyring = keyring.expect("a keyring with HTTP ingest");
+        (setup.node(log.clone(), keyring), setup)
+    });
     let mut node = Node {
         log: log.clone(),
         config: deriver_config,
         store: Arc::new(MemorySnapshots::default()),
+        http,
     };
     let mut deriver = node.start();
     // (terminal, seq) → fingerprint of every reading acknowledged.
     let mut acked: BTreeMap<(TerminalId, u64), Fingerprint> = BTreeMap::new();
-    let mut to_resend: Vec<&Item> = Vec::new();
+    let mut to_resend: Vec<(&Item, SendKind)> = Vec::new();
     let mut day_reported = 0i64;
+    let http = matches!(config.ingest, Ingest::Http(_));
 
-    for step in &world.steps {
+    // After the plan, one step more with nothing new: the terminals' last resends and retries.
+    let last = workload::Step {
+        end_ns: world.end_ns,
+        items: Vec::new(),
+    };
+    for step in world.steps.iter().chain(std::iter::once(&last)) {
         let mut sends: Vec<Send> = step
             .items
             .iter()
             .map(|item| Send {
                 item,
-                duplicate: false,
+                kind: SendKind::First,
             })
             .collect();
-        for item in std::mem::take(&mut to_resend) {
+        for (item, kind) in std::mem::take(&mut to_resend) {
             let at = rng.random_range(0..=sends.len());
-            sends.insert(
-                at,
-                Send {
-                    item,
-                    duplicate: true,
-                },
-            );
+            sends.insert(at, Send { item, kind });
         }
-        let mut crash_at =
-            (faults && rng.random_bool(P_CRASH_SENDING)).then(|| rng.random_range(0..sends.len()));
+        let mut crash_at = (faults && !sends.is_empty() && rng.random_bool(P_CRASH_SENDING))
+            .then(|| rng.random_range(0..sends.len()));
         loop {
             let crashing = crash_at.take();
-            let mut waiting = Vec::new();
+            // (position in `sends`, the call, its answer once there).
+            let mut waiting: Vec<(usize, Pending, Option<_>)> = Vec::new();
+            let mut hung_up = Vec::new();
             for (pos, send) in sends.iter().enumerate() {
                 if Some(pos) == crashing {
                     break;
                 }
-                // A duplicate is sent at the instant of the item it follows.
-                if !send.duplicate {
+                // A resend goes out at the instant of the item it follows.
+                if send.kind == SendKind::First {
                     clock.set(send.item.at_ns);
                 }
-                waiting.push((pos, log.append(proposed(send.item))));
+                let mut call = node.send(send.item, &keys);
+                let answer = if http && matches!(send.item.payload, Payload::Api(_)) {
+                    // The administrator waits for each answer before the next call.
+                    Some(drive(
+                        &log,
+                        &mut call,
+                        DRIVE_ROUNDS_MAX * send.item.events().len(),
+                    ))
+                } else {
+                    poll_once(&mut call)
+                };
+                if answer.is_none()
+                    && http
+                    && faults
+                    && send.kind == SendKind::First
+                    && matches!(send.item.payload, Payload::Upload { .. })
+                    && rng.random_bool(P_DISCONNECT)
+                {
+                    // The terminal hangs up while the upload waits for the log: the handler is dropped.
+                    drop(call);
+                    hung_up.push(pos);
+                    continue;
+                }
+                waiting.push((pos, call, answer));
             }
             if crashing.is_some() {
                 node.crash(&mut rng, &mut stats, &mut failures);
-                for (_, answer) in waiting {
-                    if answer.await.is_ok() {
-                        failures.push("an append was acknowledged by a crashed log".into());
+                let mut answered = Vec::new();
+                for (pos, mut call, answer) in waiting {
+                    match answer.or_else(|| poll_once(&mut call)) {
+                        // Over HTTP an administrator's call is driven to its answer at once, and the
+                        // syncs that takes make what was sent before it durable: those answers stand.
+                        Some(Ok(outcomes)) if http => {
+                            record(
+                                &sends[pos],
+                                &outcomes,
+                                &mut acked,
+                                &mut stats,
+                                &mut failures,
+                            );
+                            answered.push(pos);
+                        }
+                        Some(Ok(_)) => {
+                            failures.push("an append was acknowledged by a crashed log".into())
+                        }
+                        Some(Err(_)) => {}
+                        None => failures.push("a call hung after the log crashed".into()),
                     }
+                }
+                // Sent again below: what was acknowledged must now be a duplicate; what a terminal hung
+                // up on may or may not have been stored.
+                for pos in answered {
+                    sends[pos].kind = SendKind::Resend;
+                }
+                for pos in hung_up {
+                    sends[pos].kind = SendKind::Retry;
                 }
                 stats.crashes_sending += 1;
                 deriver = node
@@ -394,22 +612,49 @@ async fn run_async(
                 continue;
             }
             clock.set(step.end_ns);
-            log.sync();
-            for (pos, answer) in waiting {
+            for _ in 0..DRIVE_ROUNDS_MAX {
+                log.sync();
+                let mut all = true;
+                for (_, call, answer) in waiting.iter_mut() {
+                    if answer.is_none() {
+                        *answer = poll_once(call);
+                        all &= answer.is_some();
+                    }
+                }
+                if all {
+                    break;
+                }
+            }
+            for (pos, _, answer) in waiting {
                 let send = &sends[pos];
-                match answer.await {
-                    Ok(outcomes) => {
+                match answer {
+                    Some(Ok(outcomes)) => {
                         record(send, &outcomes, &mut acked, &mut stats, &mut failures);
                         if faults
-                            && !send.duplicate
+                            && send.kind == SendKind::First
                             && matches!(send.item.payload, Payload::Upload { .. })
                             && rng.random_bool(P_DUPLICATE)
                         {
-                            to_resend.push(send.item);
+                            to_resend.push((send.item, SendKind::Resend));
                         }
                     }
-                    Err(e) => failures.push(format!("an append failed without a crash: {e}")),
+                    Some(Err(e)) => failures.push(format!("a send failed without a crash: {e}")),
+                    None => failures.push(format!(
+                        "a send ({:?} of {:?}, {} event(s)) was not answered after {DRIVE_ROUNDS_MAX} syncs",
+                        send.kind,
+                        match &send.item.payload {
+                            Payload::Api(_) => "api",
+                            Payload::Upload { .. } => "upload",
+                            Payload::Tick(_) => "tick",
+                            Payload::Rewrite { .. } => "rewrite",
+                        },
+                        send.item.events().len()
+                    )),
                 }
+            }
+            for pos in hung_up {
+                stats.disconnects += 1;
+                to_resend.push((sends[pos].item, SendKind::Retry));
             }
             break;
         }
@@ -591,32 +836,36 @@ fn record(
         ));
         return;
     }
-    if send.duplicate {
-        stats.duplicates_sent += 1;
-    } else if matches!(send.item.payload, Payload::Upload { .. }) {
-        stats.uploads += 1;
+    let duplicate = send.kind != SendKind::First;
+    match send.kind {
+        SendKind::Resend => stats.duplicates_sent += 1,
+        SendKind::First | SendKind::Retry => {
+            if matches!(send.item.payload, Payload::Upload { .. }) {
+                stats.uploads += 1;
+            }
+        }
     }
     let rewrite = matches!(send.item.payload, Payload::Rewrite { .. });
     for (event, outcome) in events.iter().zip(outcomes) {
         let fine = match outcome {
-            AppendOutcome::Appended { .. } => !send.duplicate && !rewrite,
-            AppendOutcome::Duplicate { .. } => send.duplicate && !rewrite,
+            AppendOutcome::Appended { .. } => send.kind != SendKind::Resend && !rewrite,
+            AppendOutcome::Duplicate { .. } => duplicate && !rewrite,
             AppendOutcome::Conflict { evidence_seq, .. } => rewrite && evidence_seq.is_some(),
         };
         if !fine {
             failures.push(format!(
                 "{} {} {} was answered {outcome:?}",
-                if send.duplicate {
-                    "the resend of"
-                } else {
-                    "the first send of"
+                match send.kind {
+                    SendKind::First => "the first send of",
+                    SendKind::Resend => "the resend of",
+                    SendKind::Retry => "the retry after a hang-up of",
                 },
                 event.event_type(),
                 event.stream()
             ));
         }
         if let Event::ReadingRecorded(r) = event
-            && !send.duplicate
+            && send.kind != SendKind::Resend
             && !rewrite
         {
             stats.readings += 1;

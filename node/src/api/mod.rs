@@ -2,7 +2,7 @@
 
 mod error;
 mod events;
-mod ingest;
+pub mod ingest;
 pub mod query;
 pub mod registry;
 
@@ -54,7 +54,51 @@ pub struct AppState {
     pub directory: custodian_projections::directory::SharedDirectory,
 }
 
+/// What a node's state is made of; the rest (metrics, the terminal registry, the query cache) starts
+/// empty.
+pub struct StateParts {
+    pub log: Arc<dyn EventLog>,
+    pub config: Config,
+    pub clock: Arc<dyn Clock>,
+    pub keyring: Arc<Keyring>,
+    pub entropy: Arc<dyn Entropy>,
+    pub tokens: crate::tokens::Tokens,
+    pub admin_token: String,
+    pub audit: Option<crate::audit::Audit>,
+    pub directory: custodian_projections::directory::SharedDirectory,
+    /// The deriver's checkpoint, shared with it.
+    pub derived_seq: Arc<std::sync::atomic::AtomicU64>,
+}
+
 impl AppState {
+    pub fn new(p: StateParts) -> AppState {
+        AppState {
+            derived_seq: p.derived_seq,
+            deriver_stats: std::sync::OnceLock::new(),
+            projections: std::sync::OnceLock::new(),
+            tokens: p.tokens,
+            audit: p.audit,
+            directory: p.directory,
+            query_cache: moka::sync::Cache::builder()
+                .max_capacity(p.config.query.cache_bytes_max)
+                .weigher(|k: &String, v: &(bytes::Bytes, i64)| {
+                    u32::try_from(k.len() + v.0.len()).unwrap_or(u32::MAX)
+                })
+                .time_to_live(std::time::Duration::from_millis(
+                    p.config.query.cache_ttl_ms.max(1),
+                ))
+                .build(),
+            log: p.log,
+            registry: Registry::new(p.config.ingest.terminal_cache_entries_max),
+            clock: p.clock,
+            keyring: p.keyring,
+            entropy: p.entropy,
+            metrics: Metrics::default(),
+            admin_token: p.admin_token,
+            config: p.config,
+        }
+    }
+
     /// What `get` makes of the live generation of read model `name` (`postgres`, `influx`, `search`), as
     /// its concrete type; None when the model is disabled or still starting.
     pub fn live_model<T: 'static, R>(

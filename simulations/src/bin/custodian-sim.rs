@@ -7,7 +7,8 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use custodian_simulations::sim::{self, SimConfig};
+use custodian_simulations::http::Signatures;
+use custodian_simulations::sim::{self, Ingest, SimConfig};
 use custodian_simulations::workload::Faults;
 
 #[derive(Parser)]
@@ -26,6 +27,16 @@ enum FaultsArg {
     Default,
 }
 
+#[derive(Clone, Copy, ValueEnum)]
+enum IngestArg {
+    /// Straight into the log (the log, the domain core and the deriver alone).
+    Direct,
+    /// Through the node's HTTP API, terminals signing their uploads (SM2) and the node checking them.
+    Http,
+    /// Through the node's HTTP API with `ingest.require_signature = false` and unsigned uploads.
+    HttpUnsigned,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Runs seeds `seed .. seed + seeds`.
@@ -41,6 +52,8 @@ enum Command {
         days: u32,
         #[arg(long, value_enum, default_value = "default")]
         faults: FaultsArg,
+        #[arg(long, value_enum, default_value = "http")]
+        ingest: IngestArg,
     },
 }
 
@@ -51,7 +64,13 @@ fn main() -> ExitCode {
         terminals,
         days,
         faults,
+        ingest,
     } = Cli::parse().command;
+    let ingest = match ingest {
+        IngestArg::Direct => Ingest::Direct,
+        IngestArg::Http => Ingest::Http(Signatures::On),
+        IngestArg::HttpUnsigned => Ingest::Http(Signatures::Off),
+    };
     // Injected actor panics are expected: keep them off the terminal (other panics still print).
     let default_hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
@@ -70,18 +89,20 @@ fn main() -> ExitCode {
     let mut failed = Vec::new();
     for seed in seed..seed.saturating_add(seeds.max(1)) {
         println!("seed {seed}");
+        println!("  ingest {}", ingest.name());
         let config = SimConfig {
             seed,
             terminals,
             days,
             faults,
+            ingest,
         };
         let outcome = sim::run(&config, &mut |line| println!("  {line}"));
         let s = &outcome.stats;
         println!(
             "  ran: {} events in the log, {} uploads ({} readings), {} duplicates, {} crashes while sending \
              + {} while deriving ({} records lost, {} torn bytes, {} restarts without snapshots), \
-             {} actor panics ({} recoveries)",
+             {} actor panics ({} recoveries), {} hang-ups",
             s.events,
             s.uploads,
             s.readings,
@@ -92,7 +113,8 @@ fn main() -> ExitCode {
             s.torn_bytes,
             s.snapshots_lost,
             s.actor_failures,
-            s.recoveries
+            s.recoveries,
+            s.disconnects
         );
         let simulated = outcome.simulated.as_secs_f64();
         let real = outcome.real.as_secs_f64();
@@ -111,8 +133,9 @@ fn main() -> ExitCode {
         }
         if !outcome.passed() {
             let command = format!(
-                "cargo run -p custodian-simulations --bin custodian-sim -- run --seed {seed} --terminals {terminals} --days {days} --faults {}",
-                faults.name()
+                "cargo run -p custodian-simulations --bin custodian-sim -- run --seed {seed} --terminals {terminals} --days {days} --faults {} --ingest {}",
+                faults.name(),
+                ingest.name()
             );
             println!("  reproduce: {command}");
             failed.push(command);

@@ -21,6 +21,7 @@ pub mod http;
 pub mod memlog;
 pub mod oracle;
 pub mod sim;
+pub mod sink;
 pub mod workload;
 
 pub use memlog::{Crash, MemLog, MemLogConfig, Recovery, SyncMode, Synced, TornWrite};

@@ -59,7 +59,9 @@ use sha2::{Digest, Sha256};
 use crate::http::{HttpNode, Pending, Signatures, TerminalKeys};
 use crate::memlog::{MemLog, MemLogConfig, SyncMode, TornWrite};
 use crate::oracle::{self, Expected};
+use crate::sink::SimModel;
 use crate::workload::{self, Faults, Item, Payload, T0};
+use custodian_projections::runner::RunnerHandle;
 
 /// Probability that a step has a crash while terminals send.
 const P_CRASH_SENDING: f64 = 0.02;
@@ -83,6 +85,45 @@ pub struct SimConfig {
     pub days: u32,
     pub faults: Faults,
     pub ingest: Ingest,
+    /// Simulated hours instead of `days` (at least 2).
+    pub hours: Option<u32>,
+    /// Seconds between two heartbeats of a terminal.
+    pub heartbeat_s: u32,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        SimConfig {
+            seed: 1,
+            terminals: 20,
+            days: 2,
+            faults: Faults::Default,
+            ingest: Ingest::Http(Signatures::On),
+            hours: None,
+            heartbeat_s: workload::REPORT_INTERVAL_S,
+        }
+    }
+}
+
+impl SimConfig {
+    /// The `custodian-sim run` command line of this configuration.
+    pub fn command(&self) -> String {
+        let mut c = format!(
+            "cargo run -p custodian-simulations --bin custodian-sim -- run --seed {} --terminals {} --faults {} --ingest {}",
+            self.seed,
+            self.terminals,
+            self.faults.name(),
+            self.ingest.name()
+        );
+        match self.hours {
+            Some(h) => c.push_str(&format!(" --hours {h}")),
+            None => c.push_str(&format!(" --days {}", self.days)),
+        }
+        if self.heartbeat_s != workload::REPORT_INTERVAL_S {
+            c.push_str(&format!(" --heartbeat-s {}", self.heartbeat_s));
+        }
+        c
+    }
 }
 
 /// How the facts reach the log.
@@ -143,6 +184,11 @@ pub struct Stats {
     pub snapshots_lost: u64,
     /// Terminals that hung up while their upload waited for the log (it was stored; they send it again).
     pub disconnects: u64,
+    /// The read model's transactions and its injected faults.
+    pub model_transactions: u64,
+    pub model_outages: u64,
+    pub model_answers_lost: u64,
+    pub model_stalls: u64,
     /// Actor panics injected, recoveries of aggregates, aggregates quarantined.
     pub actor_failures: u64,
     pub recoveries: u64,
@@ -164,7 +210,12 @@ pub struct SimOutcome {
     /// SHA-256 of every record's bytes, hex.
     pub log_hash: String,
     pub simulated: Duration,
+    /// The whole run: the world, the steps, the checks.
     pub real: Duration,
+    /// The steps alone: terminals sending, the node storing and deriving (the simulation's speed).
+    pub steps_real: Duration,
+    /// Bytes of the log's records.
+    pub log_bytes: u64,
 }
 
 impl SimOutcome {
@@ -198,6 +249,10 @@ struct Node {
     store: Arc<MemorySnapshots>,
     /// With HTTP ingest: the node's API, and what a restarted node is made from.
     http: Option<(HttpNode, HttpSetup)>,
+    /// The read model outside the node, and the node's projection runner feeding it.
+    model: Arc<SimModel>,
+    projection: Option<RunnerHandle>,
+    projection_batch: usize,
 }
 
 /// What a node with an HTTP API is started from, again after every crash.
@@ -246,6 +301,21 @@ impl Node {
         )
     }
 
+    /// Starts the node's projection runner on the read model.
+    fn start_projection(&mut self) {
+        let directory = match &self.http {
+            Some((http, _)) => http.state.directory.clone(),
+            None => Arc::new(std::sync::RwLock::new(
+                custodian_projections::directory::Directory::load(self.log.as_ref())
+                    .expect("the recovered log reads"),
+            )),
+        };
+        self.projection = Some(
+            self.model
+                .run(self.log.clone(), directory, self.projection_batch),
+        );
+    }
+
     /// Sends `item` the way this node takes it; the answer comes once the simulator drives the call.
     /// The call is polled outside tokio's cooperative budget: the simulator polls hundreds of calls in one
     /// go without yielding, and an exhausted budget would make a ready answer look pending.
@@ -287,6 +357,9 @@ impl Node {
         failures: &mut Vec<String>,
     ) -> Deriver {
         Self::stop(deriver, stats).await;
+        if let Some(p) = self.projection.take() {
+            p.stop().await;
+        }
         // A restarted node starts from its disk alone: a fresh keyring that learns the data keys from the
         // log, a fresh API state, a fresh terminal registry.
         let keyring = self.http.as_ref().map(|(_, setup)| setup.keyring());
@@ -314,6 +387,7 @@ impl Node {
             self.store = Arc::new(MemorySnapshots::default());
             stats.snapshots_lost += 1;
         }
+        self.start_projection();
         self.start()
     }
 
@@ -420,7 +494,13 @@ async fn run_async(
     let started = Instant::now();
     let faults = config.faults == Faults::Default;
     let rules = workload::rules();
-    let world = workload::generate(config.seed, config.terminals, config.days, config.faults);
+    let world = workload::generate_with(
+        config.seed,
+        config.terminals,
+        config.hours.unwrap_or(config.days.max(1) * 24),
+        config.faults,
+        config.heartbeat_s,
+    );
     let expected = oracle::expected(&world, &rules);
     let mut rng = SmallRng::seed_from_u64(config.seed ^ 0xFA17_5EED_0000_0001);
     let mut stats = Stats {
@@ -506,7 +586,11 @@ async fn run_async(
         config: deriver_config,
         store: Arc::new(MemorySnapshots::default()),
         http,
+        model: SimModel::new(config.seed ^ 0x0DE1_0000_0000_0004, faults),
+        projection: None,
+        projection_batch: rng.random_range(16..=2_000),
     };
+    node.start_projection();
     let mut deriver = node.start();
     // (terminal, seq) → fingerprint of every reading acknowledged.
     let mut acked: BTreeMap<(TerminalId, u64), Fingerprint> = BTreeMap::new();
@@ -519,6 +603,7 @@ async fn run_async(
         end_ns: world.end_ns,
         items: Vec::new(),
     };
+    let steps_started = Instant::now();
     for step in world.steps.iter().chain(std::iter::once(&last)) {
         let mut sends: Vec<Send> = step
             .items
@@ -681,12 +766,19 @@ async fn run_async(
             failures.push(e);
             break;
         }
-        let day = (step.end_ns - T0) / (86_400 * 1_000_000_000);
+        // Progress every simulated day, or every hour in runs shorter than two days.
+        let hours_total = (world.end_ns - T0) / 3_600_000_000_000;
+        let (unit, unit_ns) = if hours_total >= 48 {
+            ("day", 86_400_000_000_000)
+        } else {
+            ("hour", 3_600_000_000_000)
+        };
+        let day = (step.end_ns - T0) / unit_ns;
         if day > day_reported {
             day_reported = day;
             progress(format!(
-                "day {day}/{}: {} events in the log, {} crashes, {} duplicates sent, {:.1} s real",
-                config.days,
+                "{unit} {day}/{}: {} events in the log, {} crashes, {} duplicates sent, {:.1} s real",
+                (world.end_ns - T0) / unit_ns,
                 log.last_seq(),
                 stats.crashes_sending + stats.crashes_deriving,
                 stats.duplicates_sent,
@@ -694,8 +786,32 @@ async fn run_async(
             ));
         }
     }
+    let steps_real = steps_started.elapsed();
     let live = deriver.states().await;
     Node::stop(deriver, &mut stats).await;
+    // The read model catches up with the whole log, through whatever faults it still has.
+    let deadline = Instant::now() + Duration::from_secs(SETTLE_REAL_S);
+    while node.model.held().checkpoint < log.last_seq() {
+        if Instant::now() > deadline {
+            failures.push(format!(
+                "the read model did not catch up in {SETTLE_REAL_S} s (checkpoint {}, log {})",
+                node.model.held().checkpoint,
+                log.last_seq()
+            ));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    if let Some(p) = node.projection.take() {
+        p.stop().await;
+    }
+    {
+        let held = node.model.held();
+        stats.model_transactions = held.transactions;
+        stats.model_outages = held.outages;
+        stats.model_answers_lost = held.answers_lost;
+        stats.model_stalls = held.stalls;
+    }
     if stats.quarantined > 0 {
         failures.push(format!("{} aggregate(s) quarantined", stats.quarantined));
     }
@@ -709,6 +825,7 @@ async fn run_async(
     // The whole log.
     let mut envs: Vec<Envelope> = Vec::new();
     let mut log_hash = Sha256::new();
+    let mut log_bytes = 0u64;
     let mut from = 1;
     loop {
         match (log.read(from, 10_000), log.read_raw(from, 10_000)) {
@@ -718,6 +835,7 @@ async fn run_async(
                     log_hash.update(seq.to_le_bytes());
                     log_hash.update((bytes.len() as u64).to_le_bytes());
                     log_hash.update(&bytes);
+                    log_bytes += bytes.len() as u64;
                 }
                 envs.extend(batch);
             }
@@ -736,6 +854,7 @@ async fn run_async(
         detail: failures.join("; "),
     });
     checks.push(check_acked(&world, &envs, &acked));
+    checks.push(check_model(&envs, &node.model.held()));
     let detected: BTreeSet<Expected> = envs
         .iter()
         .filter_map(|e| match &e.event {
@@ -816,6 +935,8 @@ async fn run_async(
         log_hash: hex::encode(log_hash.finalize()),
         simulated: Duration::from_nanos((world.end_ns - T0) as u64),
         real: started.elapsed(),
+        steps_real,
+        log_bytes,
     }
 }
 
@@ -929,6 +1050,71 @@ fn check_acked(
         ok: problems.is_empty(),
         detail: if problems.is_empty() {
             format!("{} readings", acked.len())
+        } else {
+            format!(
+                "{} problem(s): {}",
+                problems.len(),
+                problems
+                    .iter()
+                    .take(10)
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            )
+        },
+    }
+}
+
+/// (e) The read model holds every reading in the log exactly once, with its value, and every anomaly.
+fn check_model(envs: &[Envelope], held: &crate::sink::Held) -> Check {
+    let mut problems = Vec::new();
+    let mut readings = 0usize;
+    let mut anomalies = BTreeSet::new();
+    for env in envs {
+        match &env.event {
+            Event::ReadingRecorded(r) => {
+                readings += 1;
+                match held.readings.get(&(r.terminal_id.clone(), r.seq)) {
+                    Some((v, 1)) if *v == r.value => {}
+                    Some((v, n)) => problems.push(format!(
+                        "{}/{} written {n} time(s) with {v} (log: {})",
+                        r.terminal_id, r.seq, r.value
+                    )),
+                    None => problems.push(format!("{}/{} missing", r.terminal_id, r.seq)),
+                }
+            }
+            Event::AnomalyDetected(_) => {
+                anomalies.insert(env.seq);
+            }
+            _ => {}
+        }
+    }
+    if held.readings.len() != readings {
+        problems.push(format!(
+            "{} readings in the model, {readings} in the log",
+            held.readings.len()
+        ));
+    }
+    if held.anomalies != anomalies {
+        problems.push(format!(
+            "anomalies: {} in the model, {} in the log, {} in both",
+            held.anomalies.len(),
+            anomalies.len(),
+            held.anomalies.intersection(&anomalies).count()
+        ));
+    }
+    Check {
+        name: "(e) the read model holds every reading once and every anomaly",
+        ok: problems.is_empty(),
+        detail: if problems.is_empty() {
+            format!(
+                "{readings} readings, {} anomalies; {} transactions through {} outages, {} lost answers, {} stalls",
+                anomalies.len(),
+                held.transactions,
+                held.outages,
+                held.answers_lost,
+                held.stalls
+            )
         } else {
             format!(
                 "{} problem(s): {}",

@@ -241,12 +241,27 @@ fn scaled(mg: i64, keep_pct: i64) -> i64 {
 
 /// Generates the world of `seed`.
 pub fn generate(seed: u64, terminals: usize, days: u32, faults: Faults) -> Workload {
+    generate_with(seed, terminals, days.max(1) * 24, faults, REPORT_INTERVAL_S)
+}
+
+/// [`generate`] for `hours` (at least 2) with a heartbeat every `heartbeat_s` seconds (the registered
+/// report interval stays [`REPORT_INTERVAL_S`]; a terminal may report more often than it promised).
+pub fn generate_with(
+    seed: u64,
+    terminals: usize,
+    hours: u32,
+    faults: Faults,
+    heartbeat_s: u32,
+) -> Workload {
     let mut rng = SmallRng::seed_from_u64(seed);
     let terminals = terminals.max(2);
     let n_ent = (terminals / 4).max(2);
-    let end_ns = T0 + i64::from(days.max(1)) * 24 * HOUR;
+    let hours = hours.max(2);
+    let days = hours.div_ceil(24);
+    let end_ns = T0 + i64::from(hours) * HOUR;
     let last_fact = end_ns - HOUR;
-    let interval = i64::from(REPORT_INTERVAL_S) * S;
+    let interval = i64::from(heartbeat_s.max(1)) * S;
+    let jitter = (interval / 2).clamp(1, 30 * S);
     let enterprises: Vec<EnterpriseId> = (0..n_ent)
         .map(|e| EnterpriseId::parse(&format!("E-{e}")).expect("enterprise id"))
         .collect();
@@ -291,7 +306,7 @@ pub fn generate(seed: u64, terminals: usize, days: u32, faults: Faults) -> Workl
         let mut t = T0 + rng.random_range(0..interval);
         // Until the end: a scale that stopped before the last ticks would be silent.
         while t < end_ns {
-            let at = t + rng.random_range(0..30 * S);
+            let at = t + rng.random_range(0..jitter);
             let v = 20_000 + rng.random_range(0..200);
             if !s.silent_at(at) {
                 measured.push((i, heartbeat(&s.id, at, v)));

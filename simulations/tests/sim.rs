@@ -15,6 +15,7 @@ fn run_and_check(seed: u64, faults: Faults, ingest: Ingest) {
         days: 2,
         faults,
         ingest,
+        ..SimConfig::default()
     };
     let outcome = sim::run(&config, &mut |_| {});
     let failed: Vec<String> = outcome
@@ -95,6 +96,7 @@ fn a_node_deciding_by_other_rules_fails_the_checks() {
         days: 1,
         faults: Faults::None,
         ingest: Ingest::Direct,
+        ..SimConfig::default()
     };
     let outcome = sim::run_with_deriver_rules(&config, rules, &mut |_| {});
     let failed: Vec<&str> = outcome

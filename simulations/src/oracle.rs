@@ -26,7 +26,8 @@
 //!   content (the workload sends a rewrite only steps after the original was acknowledged, so the
 //!   original is the one kept): once per `(terminal, seq)`, however often it is tried.
 //! - `over_capacity` and the load-cell `weight_fluctuation` never fire in this world (capacities are
-//!   huge, there are no load cells): none expected.
+//!   huge; the load cells' tanks drift by a few kg with ±0.5 % noise, far under the 20 % threshold):
+//!   none expected, so a false alarm from load-cell noise fails the run.
 
 use std::collections::{BTreeMap, BTreeSet};
 

@@ -212,6 +212,8 @@ struct Scale {
     enterprise: usize,
     /// `[from, to)` in which it measures nothing.
     silent: Vec<(i64, i64)>,
+    /// A continuous load cell under a storage tank (weighs no containers).
+    load_cell: bool,
 }
 
 impl Scale {
@@ -270,6 +272,7 @@ pub fn generate_with(
             id: TerminalId::parse(&format!("S-{i}")).expect("terminal id"),
             enterprise: i % n_ent,
             silent: Vec::new(),
+            load_cell: false,
         })
         .collect();
     let mut truths = Vec::new();
@@ -289,6 +292,17 @@ pub fn generate_with(
         }
     }
 
+    // Load cells: one under a storage tank at every other enterprise, from a generator of their own.
+    let first_cell = scales.len();
+    for e in (0..n_ent).step_by(2) {
+        scales.push(Scale {
+            id: TerminalId::parse(&format!("L-{e}")).expect("terminal id"),
+            enterprise: e,
+            silent: Vec::new(),
+            load_cell: true,
+        });
+    }
+
     // Heartbeats.
     let mut measured: Vec<(usize, Reading)> = Vec::new();
     let heartbeat = |id: &TerminalId, at: i64, value: i64| Reading {
@@ -302,7 +316,7 @@ pub fn generate_with(
         waste_code: None,
         manifest_id: None,
     };
-    for (i, s) in scales.iter().enumerate() {
+    for (i, s) in scales.iter().enumerate().take(first_cell) {
         let mut t = T0 + rng.random_range(0..interval);
         // Until the end: a scale that stopped before the last ticks would be silent.
         while t < end_ns {
@@ -311,6 +325,36 @@ pub fn generate_with(
             if !s.silent_at(at) {
                 measured.push((i, heartbeat(&s.id, at, v)));
             }
+            t += interval;
+        }
+    }
+
+    // The tanks' weight, read by their load cells every interval: a slow drift (the tank filling and
+    // being emptied by a few kg) and ±0.5 % noise, far below the 20 % load-cell threshold, so never an
+    // anomaly.
+    let mut lrng = SmallRng::seed_from_u64(seed ^ 0x10AD_CE11_0000_0005);
+    for (i, s) in scales.iter().enumerate().skip(first_cell) {
+        let mut level = lrng.random_range(2_000 * KG..8_000 * KG) as f64;
+        let mut t = T0 + lrng.random_range(0..interval);
+        while t < end_ns {
+            let at = t + lrng.random_range(0..jitter);
+            level = (level + lrng.random_range(-5.0 * KG as f64..5.0 * KG as f64))
+                .clamp(1_000.0 * KG as f64, 9_000.0 * KG as f64);
+            let noisy = level * (1.0 + lrng.random_range(-0.005..0.005));
+            measured.push((
+                i,
+                Reading {
+                    terminal_id: s.id.clone(),
+                    seq: 0,
+                    measured_at_ns: at,
+                    kind: ReadingKind::Weight,
+                    value: noisy as i64,
+                    container_id: None,
+                    stage: None,
+                    waste_code: None,
+                    manifest_id: None,
+                },
+            ));
             t += interval;
         }
     }
@@ -429,7 +473,11 @@ pub fn generate_with(
     // Each weighing on a scale of its enterprise that is measuring then (a primary always is).
     for w in weighings {
         let candidates: Vec<usize> = (0..scales.len())
-            .filter(|&i| scales[i].enterprise == w.enterprise && !scales[i].silent_at(w.at))
+            .filter(|&i| {
+                scales[i].enterprise == w.enterprise
+                    && !scales[i].load_cell
+                    && !scales[i].silent_at(w.at)
+            })
             .collect();
         let i = candidates[rng.random_range(0..candidates.len())];
         measured.push((
@@ -584,8 +632,12 @@ pub fn generate_with(
         Event::TerminalRegistered(TerminalRegistered {
             id: s.id.clone(),
             enterprise_id: enterprises[s.enterprise].clone(),
-            kind: TerminalKind::Scale,
-            capacity_mg: 5_000 * KG,
+            kind: if s.load_cell {
+                TerminalKind::LoadCell
+            } else {
+                TerminalKind::Scale
+            },
+            capacity_mg: if s.load_cell { 20_000 * KG } else { 5_000 * KG },
             report_interval_s: REPORT_INTERVAL_S,
             public_key: None,
         })

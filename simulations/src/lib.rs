@@ -11,8 +11,13 @@
 //!   truth — injected anomalies — and the plan of how its facts reach the log (late, reordered, after
 //!   outages).
 //! - [`oracle`]: from the world and its plan alone, the anomalies the documented rules must produce.
-//! - [`sim`]: one run — the real deriver (`custodian-actors`) over a [`MemLog`], fed the plan with
-//!   duplicates and crashes with torn writes — and the checkers; the `custodian-sim` binary runs seeds.
+//! - [`http`]: the node's real HTTP API (`custodian_node::api::router`) over the simulated log, reached
+//!   through an in-process network the simulator drives; terminals sign their uploads with SM2.
+//! - [`sink`]: a read model outside the node that fails, loses answers and stalls, fed by the node's real
+//!   projection runner.
+//! - [`sim`]: one run — the node (API, log, deriver, projection runner) fed the plan with duplicates,
+//!   hang-ups and crashes with torn writes — and the checkers; the `custodian-sim` binary runs seeds and
+//!   measures the simulation's speed. See `docs/simulation.md`.
 //!
 //! The foundation's crash test of real processes lives in `tests/`. Must not contain production code paths
 //! of its own: the simulated log exists to be driven by a simulator, never to back a node.

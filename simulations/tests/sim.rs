@@ -135,12 +135,12 @@ fn hashes(seed: u64) -> (String, String) {
     );
     let n = lines.len();
     assert!(n >= 3, "{stdout}");
-    let state = lines[n - 2]
-        .strip_prefix("state hash ")
-        .expect("state hash second to last");
-    let log = lines[n - 1]
+    let log = lines[n - 2]
         .strip_prefix("log hash ")
-        .expect("log hash last");
+        .expect("log hash second to last");
+    let state = lines[n - 1]
+        .strip_prefix("state hash ")
+        .expect("state hash last");
     assert_eq!((state.len(), log.len()), (64, 64), "{stdout}");
     (state.to_owned(), log.to_owned())
 }

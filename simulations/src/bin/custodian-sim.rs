@@ -1,8 +1,8 @@
 //! `custodian-sim`: seeded, deterministic simulations of a node with faults, checked against an oracle.
 //!
 //! `custodian-sim run --seed N --terminals T --days D [--faults none|default] [--ingest ...] [--seeds K]`
-//! runs seeds `N .. N+K`. For each it prints `seed N` first, progress, the checks, then `state hash …` and
-//! `log hash …` last. A failed check prints the command that reproduces it, and the exit status is 1.
+//! runs seeds `N .. N+K`. For each it prints `seed N` first, progress, the checks, then `log hash …` and
+//! the final `state hash …` last. A failed check prints the command that reproduces it, and the exit status is 1.
 //!
 //! `custodian-sim speed` measures simulated time over real time for many terminals reporting often, with
 //! signature checks on and off side by side, and writes the report under `bench/results/`.
@@ -176,8 +176,8 @@ fn run(first: u64, seeds: u64, template: SimConfig) -> ExitCode {
             println!("  reproduce: {command}");
             failed.push(command);
         }
-        println!("state hash {}", outcome.state_hash);
         println!("log hash {}", outcome.log_hash);
+        println!("state hash {}", outcome.state_hash);
     }
     if failed.is_empty() {
         ExitCode::SUCCESS

@@ -502,7 +502,7 @@ pub fn crypto(report_dir: Option<PathBuf>) -> anyhow::Result<String> {
 }
 
 /// The UTC time as `YYYYMMDD-HHMMSS`, naming report files.
-pub(crate) fn stamp() -> String {
+pub fn stamp() -> String {
     time::OffsetDateTime::now_utc()
         .format(time::macros::format_description!(
             "[year][month][day]-[hour][minute][second]"

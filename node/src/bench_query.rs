@@ -87,7 +87,7 @@ pub async fn query(opts: QueryBenchOptions) -> anyhow::Result<String> {
     let national = NodeClient::new(node.url(), Some(token("national", None).await?));
     let province = NodeClient::new(node.url(), Some(token("province", Some("440000")).await?));
 
-    // The PostgreSQL-only design: every reading in one table, copied from the dual design's PostgreSQL read model of the same log.
+    // The PostgreSQL-only design: every reading in one table.
     println!(
         "  loading the PostgreSQL-only table (every reading, from the PostgreSQL read model of the log)"
     );

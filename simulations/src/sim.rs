@@ -171,6 +171,34 @@ pub struct Check {
     pub detail: String,
 }
 
+impl Check {
+    /// Passes with `fine()` as its detail when there is no problem; fails naming the count and the first ten.
+    fn from_problems(
+        name: &'static str,
+        problems: Vec<String>,
+        fine: impl FnOnce() -> String,
+    ) -> Check {
+        Check {
+            name,
+            ok: problems.is_empty(),
+            detail: if problems.is_empty() {
+                fine()
+            } else {
+                format!(
+                    "{} problem(s): {}",
+                    problems.len(),
+                    problems
+                        .iter()
+                        .take(10)
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                )
+            },
+        }
+    }
+}
+
 /// What happened in a run.
 #[derive(Debug, Clone, Default)]
 pub struct Stats {
@@ -1045,24 +1073,11 @@ fn check_acked(
             key.0, key.1
         ));
     }
-    Check {
-        name: "(a) acknowledged readings in the log exactly once",
-        ok: problems.is_empty(),
-        detail: if problems.is_empty() {
-            format!("{} readings", acked.len())
-        } else {
-            format!(
-                "{} problem(s): {}",
-                problems.len(),
-                problems
-                    .iter()
-                    .take(10)
-                    .cloned()
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            )
-        },
-    }
+    Check::from_problems(
+        "(a) acknowledged readings in the log exactly once",
+        problems,
+        || format!("{} readings", acked.len()),
+    )
 }
 
 /// (e) The read model holds every reading in the log exactly once, with its value, and every anomaly.
@@ -1103,10 +1118,10 @@ fn check_model(envs: &[Envelope], held: &crate::sink::Held) -> Check {
             held.anomalies.intersection(&anomalies).count()
         ));
     }
-    Check {
-        name: "(e) the read model holds every reading once and every anomaly",
-        ok: problems.is_empty(),
-        detail: if problems.is_empty() {
+    Check::from_problems(
+        "(e) the read model holds every reading once and every anomaly",
+        problems,
+        || {
             format!(
                 "{readings} readings, {} anomalies; {} transactions through {} outages, {} lost answers, {} stalls",
                 anomalies.len(),
@@ -1115,19 +1130,8 @@ fn check_model(envs: &[Envelope], held: &crate::sink::Held) -> Check {
                 held.answers_lost,
                 held.stalls
             )
-        } else {
-            format!(
-                "{} problem(s): {}",
-                problems.len(),
-                problems
-                    .iter()
-                    .take(10)
-                    .cloned()
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            )
         },
-    }
+    )
 }
 
 /// (b) The anomalies detected equal the oracle's.

@@ -7,7 +7,6 @@
 //! `custodian-sim speed` measures simulated time over real time for many terminals reporting often, with
 //! signature checks on and off side by side, and writes the report under `bench/results/`.
 
-use std::io::Write as _;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -280,9 +279,7 @@ fn speed(template: SimConfig, out: &std::path::Path) -> ExitCode {
         t.hours.unwrap_or(24),
         t.faults.name(),
         if cfg!(debug_assertions) { "debug" } else { "release" },
-        time::OffsetDateTime::now_utc()
-            .format(&time::format_description::well_known::Rfc3339)
-            .unwrap_or_default(),
+        custodian_node::terminal_sim::now_rfc3339(),
         t.terminals,
         t.heartbeat_s,
         t.hours.unwrap_or(24),
@@ -326,18 +323,8 @@ fn speed(template: SimConfig, out: &std::path::Path) -> ExitCode {
     }
     println!("\n{report}");
     if let Err(e) = std::fs::create_dir_all(out).and_then(|()| {
-        let stamp = time::OffsetDateTime::now_utc();
-        let name = format!(
-            "sim-speed-{:04}{:02}{:02}-{:02}{:02}{:02}.md",
-            stamp.year(),
-            u8::from(stamp.month()),
-            stamp.day(),
-            stamp.hour(),
-            stamp.minute(),
-            stamp.second()
-        );
-        let path = out.join(name);
-        std::fs::File::create(&path)?.write_all(report.as_bytes())?;
+        let path = out.join(format!("sim-speed-{}.md", custodian_node::bench::stamp()));
+        std::fs::write(&path, &report)?;
         println!("report: {}", path.display());
         Ok(())
     }) {

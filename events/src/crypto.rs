@@ -129,6 +129,7 @@ pub fn key_fingerprint(spki_der: &[u8]) -> Fingerprint {
 }
 
 /// An SM2 key pair.
+#[derive(Clone)]
 pub struct Sm2KeyPair {
     secret: SecretKey,
 }

@@ -63,6 +63,30 @@ pub enum Event {
     TokenRevoked(TokenRevoked),
     /// A regulator or administrator acknowledged (seen, being handled) or resolved an anomaly.
     AnomalyHandled(AnomalyHandled),
+    /// An edge node (a site's store-and-forward gateway) the platform accepts forwarded batches from.
+    EdgeRegistered(EdgeRegistered),
+    /// An anomaly an edge node detected locally and sent ahead of its backlog. Its identity is the one the
+    /// platform derives itself once the readings arrive, so the two are recognised as one anomaly.
+    AnomalyReported(AnomalyReported),
+}
+
+/// How many enterprises one edge may serve.
+pub const EDGE_ENTERPRISES_MAX: usize = 1_000;
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct EdgeRegistered {
+    pub id: String,
+    /// The edge's SM2 public key (SubjectPublicKeyInfo DER): it signs the batches it forwards.
+    pub public_key_der: Vec<u8>,
+    /// The enterprises whose terminals the edge may forward for; sorted, without repeats.
+    pub enterprise_ids: Vec<EnterpriseId>,
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct AnomalyReported {
+    pub edge_id: String,
+    /// As the edge derived it: `cause_seq` and `evidence_seqs` are sequences of the edge's log.
+    pub anomaly: AnomalyDetected,
 }
 
 #[derive(
@@ -335,7 +359,7 @@ pub struct ReadingConflicted {
 
 impl Event {
     /// Every name [`Event::event_type`] answers.
-    pub const TYPES: [&'static str; 17] = [
+    pub const TYPES: [&'static str; 19] = [
         "EnterpriseRegistered",
         "TerminalRegistered",
         "ReadingRecorded",
@@ -353,6 +377,8 @@ impl Event {
         "TokenIssued",
         "TokenRevoked",
         "AnomalyHandled",
+        "EdgeRegistered",
+        "AnomalyReported",
     ];
 
     /// The event type's name as shown over the API.
@@ -375,6 +401,8 @@ impl Event {
             Event::TokenIssued(_) => "TokenIssued",
             Event::TokenRevoked(_) => "TokenRevoked",
             Event::AnomalyHandled(_) => "AnomalyHandled",
+            Event::EdgeRegistered(_) => "EdgeRegistered",
+            Event::AnomalyReported(_) => "AnomalyReported",
         }
     }
 
@@ -398,6 +426,8 @@ impl Event {
             Event::TokenIssued(t) => format!("token:{}", t.id),
             Event::TokenRevoked(t) => format!("token:{}", t.id),
             Event::AnomalyHandled(h) => format!("anomaly:{}", h.anomaly_id),
+            Event::EdgeRegistered(e) => format!("edge:{}", e.id),
+            Event::AnomalyReported(r) => r.anomaly.subject.clone(),
         }
     }
 
@@ -465,6 +495,12 @@ impl Event {
             }),
             // Every acknowledgement or resolution is its own fact (notes differ, people differ).
             Event::AnomalyHandled(_) => None,
+            Event::EdgeRegistered(e) => Some(dedupe_key_edge(&e.id)),
+            // One report per anomaly, whichever edge sent it first.
+            Event::AnomalyReported(r) => Some(DedupeKey {
+                space: format!("anomaly-report/{}", hex::encode(r.anomaly.anomaly_id)).into_bytes(),
+                slot: 0,
+            }),
         }
     }
 
@@ -605,6 +641,23 @@ impl Event {
                 "enterprise_id",
                 h.enterprise_id.as_ref().map(|e| Jcs::str(e.as_str())),
             ),
+            Event::EdgeRegistered(e) => Jcs::obj(vec![
+                ("id", Jcs::str(e.id.as_str())),
+                ("public_key", Jcs::Str(hex::encode(&e.public_key_der))),
+                (
+                    "enterprise_ids",
+                    Jcs::Arr(
+                        e.enterprise_ids
+                            .iter()
+                            .map(|i| Jcs::str(i.as_str()))
+                            .collect(),
+                    ),
+                ),
+            ]),
+            Event::AnomalyReported(r) => Jcs::obj(vec![
+                ("edge_id", Jcs::str(r.edge_id.as_str())),
+                ("anomaly", r.anomaly.canonical()),
+            ]),
         }
     }
 }
@@ -621,6 +674,14 @@ pub struct DedupeKey {
 pub fn dedupe_key_enterprise(id: &EnterpriseId) -> DedupeKey {
     DedupeKey {
         space: [b"enterprise/".as_slice(), id.as_str().as_bytes()].concat(),
+        slot: 0,
+    }
+}
+
+/// The identity of edge `id`'s registration.
+pub fn dedupe_key_edge(id: &str) -> DedupeKey {
+    DedupeKey {
+        space: [b"edge/".as_slice(), id.as_bytes(), b"/"].concat(),
         slot: 0,
     }
 }

@@ -30,6 +30,9 @@ pub struct Cli {
 pub enum Command {
     /// Run a node: the event log and the HTTP API.
     Serve(ServeArgs),
+    /// Run an edge node at a site: the same ingest API (and MQTT), local anomaly detection, and an outbox
+    /// that keeps 72 hours and more while the platform is unreachable and forwards it when it is back.
+    Edge(EdgeArgs),
     /// Start a node, let simulated terminals upload (with resends and some bad readings), then summarise.
     Demo(DemoArgs),
     /// Benchmarks.
@@ -206,6 +209,41 @@ pub struct ServeArgs {
     /// The InfluxDB server of the readings [default: http://127.0.0.1:8086].
     #[arg(long)]
     pub influx_url: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct EdgeArgs {
+    /// Print this edge's SM2 public key (made on first use) and exit: the key to register with
+    /// `POST /v1/edges` at the platform.
+    #[arg(long)]
+    pub print_public_key: bool,
+    /// The platform's base URL.
+    #[arg(long, required_unless_present = "print_public_key")]
+    pub upstream: Option<String>,
+    /// This edge's id, as registered at the platform.
+    #[arg(long, required_unless_present = "print_public_key")]
+    pub edge_id: Option<String>,
+    /// Address for the edge's HTTP API [default: 127.0.0.1:8080].
+    #[arg(long)]
+    pub listen: Option<std::net::SocketAddr>,
+    /// The edge's data dir (event log, outbox, keys) [default: ./.custodian].
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// The platform's SM2 public key (PEM); else fetched once from the platform and pinned.
+    #[arg(long)]
+    pub upstream_public_key: Option<PathBuf>,
+    /// Registrations to start from (the JSON of `GET /v1/admin/edges/{id}/registrations` at the platform).
+    #[arg(long)]
+    pub seed_registrations: Option<PathBuf>,
+    /// The MQTT broker terminals publish to, e.g. mqtt://127.0.0.1:1883.
+    #[arg(long)]
+    pub mqtt: Option<String>,
+    /// Bytes the outbox may hold before uploads get 503 outbox_full.
+    #[arg(long)]
+    pub outbox_bytes_max: Option<u64>,
+    /// A TOML file with settings (section [edge] and the node's); flags override it.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -431,6 +469,7 @@ pub enum LogCommand {
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => serve(args).await,
+        Command::Edge(args) => edge(args).await,
         Command::Demo(args) => {
             let summary = crate::demo::run(crate::demo::DemoOptions {
                 terminals: args.terminals,
@@ -661,6 +700,44 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     let mut node = Node::start(config).await?;
     println!("custodian node listening on {}", node.url());
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        r = node.wait() => r,
+        _ = tokio::signal::ctrl_c() => { node.stop().await }
+        _ = term.recv() => { node.stop().await }
+    }
+}
+
+async fn edge(args: EdgeArgs) -> anyhow::Result<()> {
+    let mut config = Config::load(args.config.as_deref())?;
+    if let Some(dir) = args.data_dir {
+        config.data_dir = dir;
+    }
+    if args.print_public_key {
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("cannot make the data dir {}", config.data_dir.display()))?;
+        let tokens =
+            crate::tokens::Tokens::open(&config.data_dir.join("platform_signing.key"), &OsEntropy)?;
+        print!("{}", tokens.key().public_key_pem());
+        return Ok(());
+    }
+    if let Some(listen) = args.listen {
+        config.listen = listen;
+    }
+    let e = &mut config.edge;
+    e.upstream = args.upstream.or(e.upstream.take());
+    e.id = args.edge_id.or(e.id.take());
+    e.upstream_public_key_file = args
+        .upstream_public_key
+        .or(e.upstream_public_key_file.take());
+    e.seed_registrations_file = args.seed_registrations.or(e.seed_registrations_file.take());
+    e.mqtt_url = args.mqtt.or(e.mqtt_url.take());
+    if let Some(n) = args.outbox_bytes_max {
+        e.outbox_bytes_max = n;
+    }
+    config.check()?;
+    let mut node = Node::start_edge(config).await?;
+    println!("custodian edge listening on {}", node.url());
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         r = node.wait() => r,

@@ -31,6 +31,61 @@ pub struct Config {
     pub derive: DeriveConfig,
     pub projections: ProjectionsConfig,
     pub query: QueryConfig,
+    pub edge: EdgeConfig,
+}
+
+/// An edge node's store-and-forward (`custodian edge`); ignored by `custodian serve`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EdgeConfig {
+    /// This edge's id, as registered at the platform with `POST /v1/edges`.
+    pub id: Option<String>,
+    /// The platform's base URL (`http://cloud:8080`).
+    pub upstream: Option<String>,
+    /// The platform's SM2 public key (PEM). When unset, it is fetched once from
+    /// `GET /v1/edge/public-key` and pinned in `DATA_DIR/upstream_public_key.pem`.
+    pub upstream_public_key_file: Option<PathBuf>,
+    /// Registrations to start from before the platform was ever reached (the JSON of
+    /// `GET /v1/admin/edges/{id}/registrations`).
+    pub seed_registrations_file: Option<PathBuf>,
+    /// Bytes the outbox may hold (uploads waiting, anomalies waiting, dead letters). When full, uploads
+    /// get 503 `outbox_full`; nothing already held is dropped. The default holds 72 hours of 1,000
+    /// terminals reporting every 10 s (docs/edge.md).
+    pub outbox_bytes_max: u64,
+    /// Most uploads in one forwarded batch.
+    pub batch_uploads_max: usize,
+    /// Most bytes of upload bodies in one forwarded batch.
+    pub batch_bytes_max: usize,
+    /// Most uploads of one terminal in one batch: terminals are served round-robin, so that one
+    /// terminal's backlog does not hold back the live readings of the others.
+    pub per_terminal_uploads_max: usize,
+    /// First retry wait after a failed forward, in ms; it doubles up to `retry_cap_ms`, jittered.
+    pub retry_base_ms: u64,
+    /// The longest retry wait, in ms (at most 30,000).
+    pub retry_cap_ms: u64,
+    /// How often the registrations of the edge's terminals are fetched again, in seconds.
+    pub registrations_every_s: u64,
+    /// The MQTT broker terminals publish to (`mqtt://127.0.0.1:1883`); unset: HTTP only.
+    pub mqtt_url: Option<String>,
+}
+
+impl Default for EdgeConfig {
+    fn default() -> Self {
+        EdgeConfig {
+            id: None,
+            upstream: None,
+            upstream_public_key_file: None,
+            seed_registrations_file: None,
+            outbox_bytes_max: crate::edge::OUTBOX_BYTES_DEFAULT,
+            batch_uploads_max: 500,
+            batch_bytes_max: 4 * 1024 * 1024,
+            per_terminal_uploads_max: 16,
+            retry_base_ms: 200,
+            retry_cap_ms: 30_000,
+            registrations_every_s: 60,
+            mqtt_url: None,
+        }
+    }
 }
 
 /// The regulators' read endpoints.
@@ -201,6 +256,7 @@ impl Default for Config {
             derive: DeriveConfig::default(),
             projections: ProjectionsConfig::default(),
             query: QueryConfig::default(),
+            edge: EdgeConfig::default(),
         }
     }
 }
@@ -230,7 +286,7 @@ impl Default for LogConfig {
 /// The top-level keys a `CUSTODIAN_*` environment variable may set. Other `CUSTODIAN_*` variables belong
 /// to other tools (`CUSTODIAN_NODE` to the CLI, `CUSTODIAN_PYTHON` to the tests, ...) and are ignored; a
 /// typo inside a section (`CUSTODIAN_INGEST__BATCH_READINGS`) is still refused.
-const CONFIG_KEYS: [&str; 10] = [
+const CONFIG_KEYS: [&str; 11] = [
     "listen",
     "data_dir",
     "admin_token",
@@ -241,6 +297,7 @@ const CONFIG_KEYS: [&str; 10] = [
     "derive",
     "projections",
     "query",
+    "edge",
 ];
 
 impl Config {
@@ -287,6 +344,21 @@ impl Config {
         anyhow::ensure!(
             (1..=100_000).contains(&self.projections.batch_events_max),
             "projections.batch_events_max must lie in 1 ..= 100000"
+        );
+        anyhow::ensure!(
+            (1..=30_000).contains(&self.edge.retry_cap_ms)
+                && self.edge.retry_base_ms >= 1
+                && self.edge.retry_base_ms <= self.edge.retry_cap_ms,
+            "edge.retry_cap_ms must lie in 1 ..= 30000 and edge.retry_base_ms in 1 ..= edge.retry_cap_ms"
+        );
+        anyhow::ensure!(
+            self.edge.batch_uploads_max >= 1 && self.edge.per_terminal_uploads_max >= 1,
+            "edge.batch_uploads_max and edge.per_terminal_uploads_max must be at least 1"
+        );
+        anyhow::ensure!(
+            self.edge.batch_bytes_max >= self.ingest.body_bytes_max
+                && self.edge.batch_bytes_max <= 8 * 1024 * 1024,
+            "edge.batch_bytes_max must lie between ingest.body_bytes_max and 8 MiB (the platform reads sealed batches of up to 16 MiB)"
         );
         if let Some(t) = &self.admin_token {
             anyhow::ensure!(

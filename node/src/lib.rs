@@ -26,6 +26,7 @@ pub mod client;
 pub mod config;
 pub mod datadir;
 pub mod demo;
+pub mod edge;
 pub mod keys_cli;
 pub mod log_cli;
 pub mod metrics;

@@ -29,6 +29,9 @@ pub struct Metrics {
     pub query_unauthorized: AtomicU64,
     /// Of those, the ones whose audit record was dropped because the queue was full.
     pub audit_refusals_dropped: AtomicU64,
+    /// Readings that arrived in batches forwarded by edge nodes (each also counted as accepted or
+    /// duplicate or rejected).
+    pub edge_readings_received: AtomicU64,
 }
 
 impl Metrics {
@@ -82,6 +85,12 @@ impl Metrics {
             "custodian_readings_accepted_total",
             "Readings stored for the first time.",
             self.readings_accepted.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "custodian_edge_readings_received_total",
+            "Readings that arrived in batches forwarded by edge nodes.",
+            self.edge_readings_received.load(Ordering::Relaxed),
         );
         counter(
             &mut out,

@@ -186,6 +186,18 @@ impl Node {
         })
     }
 
+    /// Starts an edge node (`custodian edge`): a node without read models, whose uploads must be signed
+    /// (the platform checks the terminals' signatures again), with the outbox and the forwarder.
+    pub async fn start_edge(mut config: Config) -> anyhow::Result<Node> {
+        config.projections.postgres_enabled = false;
+        config.projections.influx_enabled = false;
+        config.projections.search_enabled = false;
+        config.ingest.require_signature = true;
+        let node = Node::start(config).await?;
+        crate::edge::EdgeRuntime::start(&node.state, node._data_dir.path()).await?;
+        Ok(node)
+    }
+
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
@@ -196,6 +208,9 @@ impl Node {
             let _ = tx.send(());
         }
         (&mut self.server).await??;
+        if let Some(e) = self.state.edge.get() {
+            e.stop().await;
+        }
         if let Some(t) = self.ticker.take() {
             t.abort();
         }

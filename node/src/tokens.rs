@@ -166,6 +166,11 @@ impl Tokens {
         }
     }
 
+    /// The platform's SM2 key pair: signs tokens, and opens what edges seal to the platform.
+    pub fn key(&self) -> &Sm2KeyPair {
+        &self.key
+    }
+
     /// Signs `claims` into a token.
     pub fn issue(&self, claims: &Claims) -> String {
         let body = format!(

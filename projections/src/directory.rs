@@ -47,6 +47,17 @@ impl Directory {
             .map(String::as_str)
     }
 
+    /// The terminals registered to `enterprise`, sorted.
+    pub fn terminals_of(&self, enterprise: &str) -> Vec<String> {
+        self.enterprise_of_terminal
+            .iter()
+            .filter(|(_, e)| e.as_str() == enterprise)
+            .map(|(t, _)| t.clone())
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect()
+    }
+
     pub fn province_of(&self, enterprise: &str) -> Option<&str> {
         self.province_of_enterprise
             .get(enterprise)

@@ -296,7 +296,12 @@ impl Projection for PgProjection {
     fn wants(&self, event_type: &str) -> bool {
         !matches!(
             event_type,
-            "UploadSigned" | "DataKeyIssued" | "ClockTicked" | "TokenIssued" | "TokenRevoked"
+            "UploadSigned"
+                | "DataKeyIssued"
+                | "ClockTicked"
+                | "TokenIssued"
+                | "TokenRevoked"
+                | "EdgeRegistered"
         )
     }
 
@@ -646,6 +651,46 @@ impl Rows {
                         rows.kpi(&e, day_of(at)).suspect_readings += 1;
                     }
                 }
+                // Reported by an edge ahead of its backlog: shown at once; the anomaly the platform derives
+                // later has the same id and finds the row there. Counted in the KPIs when derived.
+                Event::AnomalyReported(r) => {
+                    let a = &r.anomaly;
+                    let enterprise =
+                        a.enterprise_id
+                            .as_ref()
+                            .map(ToString::to_string)
+                            .or_else(|| {
+                                a.terminal_id
+                                    .as_ref()
+                                    .and_then(|t| dir.enterprise_of(t.as_str()).map(str::to_owned))
+                            });
+                    let province = enterprise
+                        .as_deref()
+                        .and_then(|e| dir.province_of(e).map(str::to_owned));
+                    rows.anomalies.push(AnomalyRow {
+                        id: hex::encode(a.anomaly_id),
+                        seq,
+                        kind: a.kind.name(),
+                        severity: a.severity.name(),
+                        subject: a.subject.clone(),
+                        enterprise_id: enterprise,
+                        province_code: province,
+                        terminal_id: a.terminal_id.as_ref().map(ToString::to_string),
+                        container_id: a.container_id.as_ref().map(ToString::to_string),
+                        manifest_id: a.manifest_id.as_ref().map(ToString::to_string),
+                        previous_value: a.previous_value,
+                        current_value: a.current_value,
+                        change_ratio_ppm: a.change_ratio_ppm,
+                        limit_value: a.limit_value,
+                        cause_seq: 0,
+                        at_ns: at,
+                        description: format!(
+                            "{} (reported by edge {})",
+                            anomaly_description(a),
+                            r.edge_id
+                        ),
+                    });
+                }
                 Event::AnomalyDetected(a) => {
                     let enterprise =
                         a.enterprise_id
@@ -726,7 +771,8 @@ impl Rows {
                 | Event::DataKeyIssued(_)
                 | Event::ClockTicked(_)
                 | Event::TokenIssued(_)
-                | Event::TokenRevoked(_) => {}
+                | Event::TokenRevoked(_)
+                | Event::EdgeRegistered(_) => {}
                 Event::AnomalyHandled(h) => rows.handled.push((
                     h.anomaly_id.clone(),
                     h.state.name(),

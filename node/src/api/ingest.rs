@@ -36,13 +36,12 @@ fn unauthorized(code: &'static str, message: String) -> ApiError {
 /// unsigned upload that the configuration allows.
 fn verify_signature(
     st: &AppState,
-    headers: &HeaderMap,
+    header: Option<&str>,
     terminal: &TerminalEntry,
     body: &[u8],
 ) -> Result<Option<Signed>, ApiError> {
     use base64::Engine as _;
     let id = &terminal.registration.id;
-    let header = headers.get(SIGNATURE_HEADER);
     if terminal.keys.is_empty() {
         if st.config.ingest.require_signature || header.is_some() {
             return Err(unauthorized(
@@ -65,9 +64,7 @@ fn verify_signature(
         }
         return Ok(None);
     };
-    let signature = header
-        .to_str()
-        .ok()
+    let signature = Some(header)
         .and_then(|h| {
             base64::engine::general_purpose::STANDARD
                 .decode(h.trim())
@@ -225,9 +222,44 @@ async fn handle(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<UploadResponse, ApiError> {
+    if let Some(edge) = st.edge.get() {
+        edge.admit()?;
+    }
+    let body_bytes = read_body(headers, body, st.config.ingest.body_bytes_max).await?;
+    let signature = match headers.get(SIGNATURE_HEADER) {
+        None => None,
+        Some(h) => Some(h.to_str().map_err(|_| {
+            unauthorized(
+                "signature_malformed",
+                format!("{SIGNATURE_HEADER} is not base64"),
+            )
+        })?),
+    };
+    ingest_signed(st, &body_bytes, signature, None).await
+}
+
+/// Ingests one upload body with its signature (base64 DER, as in `X-Custodian-Signature`): the path of
+/// `POST /v1/uploads`, of MQTT uploads at an edge, and of each upload an edge forwards. `enterprises`,
+/// when given, are the only enterprises whose terminals may upload this way (an edge's own).
+pub async fn ingest_signed(
+    st: &AppState,
+    body_bytes: &[u8],
+    signature: Option<&str>,
+    enterprises: Option<&[custodian_events::EnterpriseId]>,
+) -> Result<UploadResponse, ApiError> {
     let limits = &st.config.ingest;
-    let body_bytes = read_body(headers, body, limits.body_bytes_max).await?;
-    let upload: RawUpload = parse_json(&body_bytes)?;
+    if body_bytes.len() > limits.body_bytes_max {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!(
+                "the upload body of {} bytes is over the limit of {} bytes",
+                body_bytes.len(),
+                limits.body_bytes_max
+            ),
+        ));
+    }
+    let upload: RawUpload = parse_json(body_bytes)?;
     if upload.readings.len() > limits.batch_readings_max {
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -262,7 +294,19 @@ async fn handle(
             ),
         ));
     };
-    let signed = verify_signature(st, headers, &terminal, &body_bytes)?;
+    if let Some(allowed) = enterprises
+        && !allowed.contains(&terminal.registration.enterprise_id)
+    {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "terminal_out_of_scope",
+            format!(
+                "terminal {terminal_id} belongs to enterprise {}, which this edge is not registered for",
+                terminal.registration.enterprise_id
+            ),
+        ));
+    }
+    let signed = verify_signature(st, signature, &terminal, body_bytes)?;
 
     backpressure(st)?;
     let check = ReadingCheck {

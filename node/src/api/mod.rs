@@ -1,5 +1,6 @@
 //! The HTTP API: ingest, registration, the event feed, health and metrics.
 
+pub mod edge;
 mod error;
 mod events;
 pub mod ingest;
@@ -52,6 +53,8 @@ pub struct AppState {
     pub audit: Option<crate::audit::Audit>,
     /// Terminal → enterprise → province, from the registrations in the log.
     pub directory: custodian_projections::directory::SharedDirectory,
+    /// The outbox and forwarder when this node runs as an edge (`custodian edge`).
+    pub edge: std::sync::OnceLock<Arc<crate::edge::EdgeRuntime>>,
 }
 
 /// What a node's state is made of; the rest (metrics, the terminal registry, the query cache) starts
@@ -75,6 +78,7 @@ impl AppState {
         AppState {
             derived_seq: p.derived_seq,
             deriver_stats: std::sync::OnceLock::new(),
+            edge: std::sync::OnceLock::new(),
             projections: std::sync::OnceLock::new(),
             tokens: p.tokens,
             audit: p.audit,
@@ -160,6 +164,20 @@ pub fn router(state: Arc<AppState>) -> Router {
             post(rebuild_projection),
         )
         .route("/v1/uploads", post(ingest::upload))
+        .route("/v1/edges", post(edge::register_edge))
+        .route("/v1/edge/public-key", get(edge::public_key))
+        .route("/v1/edge/batches", post(edge::batches))
+        .route("/v1/edge/registrations", post(edge::registrations))
+        .route(
+            "/v1/admin/edges/{id}/registrations",
+            get(edge::registrations_file),
+        )
+        .route("/v1/edge/outbox", get(crate::edge::api::outbox))
+        .route("/v1/edge/dead-letters", get(crate::edge::api::dead_letters))
+        .route(
+            "/v1/edge/dead-letters/retry",
+            post(crate::edge::api::retry_dead_letters),
+        )
         .route("/v1/events", get(events::stream))
         .route("/v1/admin/log/export", get(events::export))
         .fallback(not_found)
@@ -194,6 +212,9 @@ async fn healthz(State(st): State<Arc<AppState>>) -> impl IntoResponse {
 async fn metrics(State(st): State<Arc<AppState>>) -> impl IntoResponse {
     let size = st.log.size_on_disk().ok();
     let mut text = st.metrics.render(st.log.last_seq(), size);
+    if let Some(edge) = st.edge.get() {
+        text.push_str(&edge.render_metrics());
+    }
     let projections: Vec<_> = st
         .projections
         .get()

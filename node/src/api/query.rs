@@ -416,6 +416,16 @@ pub async fn anomalies(
         .transpose()?;
     let from = q.from.as_deref().map(instant_ns).transpose()?;
     let to = q.to.as_deref().map(instant_ns).transpose()?;
+    if let Some(edge) = st.edge.get() {
+        // An edge has no read models: it answers from the anomalies it detected itself.
+        return Ok(axum::Json(crate::edge::api::local_anomalies(
+            &st,
+            edge,
+            &who.scope,
+            limit as usize,
+            cursor.map(|c| c as u64),
+        )?));
+    }
     let state = q.state;
     if let Some(s) = &state
         && !matches!(s.as_str(), "open" | "acknowledged" | "resolved")

@@ -93,7 +93,7 @@ impl Registry {
 }
 
 /// The durable event stored under `key`, if any.
-fn read_event(
+pub(crate) fn read_event(
     log: &dyn EventLog,
     key: &custodian_events::event::DedupeKey,
 ) -> Result<Option<Event>, EventLogError> {
@@ -297,7 +297,16 @@ async fn register(
     what: &str,
     id: &str,
 ) -> Result<Response, ApiError> {
+    // The directory (terminal → enterprise → province) learns it now, not only when a read model
+    // catches up: an edge asks which terminals an enterprise has.
+    let event = proposed.event.clone();
     let outcome = st.log.append(vec![proposed]).await?;
+    if matches!(
+        outcome.first(),
+        Some(AppendOutcome::Appended { .. } | AppendOutcome::Duplicate { .. })
+    ) {
+        st.directory.write().expect("directory lock").learn(&event);
+    }
     let (status, event_seq, state) = match outcome.first() {
         Some(AppendOutcome::Appended { seq }) => (StatusCode::CREATED, *seq, "registered"),
         Some(AppendOutcome::Duplicate { seq }) => (StatusCode::OK, *seq, "unchanged"),

@@ -1,0 +1,164 @@
+//! The edge's own endpoints (admin token): `GET /v1/edge/outbox`, `GET /v1/edge/dead-letters`,
+//! `POST /v1/edge/dead-letters/retry`; and its local anomalies, which `GET /v1/anomalies` answers from on an
+//! edge. On a platform node they answer 404 `not_an_edge`.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+
+use super::EdgeRuntime;
+use crate::api::{ApiError, AppState, require_admin};
+
+fn edge(st: &AppState) -> Result<&Arc<EdgeRuntime>, ApiError> {
+    st.edge.get().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_an_edge",
+            "this node is not an edge (start one with `custodian edge`)",
+        )
+    })
+}
+
+fn storage(e: sled::Error) -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "outbox_unavailable",
+        format!("the outbox cannot be read: {e}"),
+    )
+}
+
+/// `GET /v1/edge/outbox`: what waits, the limit, and how forwarding goes.
+pub async fn outbox(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    require_admin(&st, &headers)?;
+    let e = edge(&st)?;
+    let s = &e.stats;
+    let n = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    Ok(axum::Json(serde_json::json!({
+        "edge_id": e.id,
+        "outbox": e.outbox.counts(),
+        "outbox_size_on_disk": e.outbox.size_on_disk(),
+        "log_last_seq": st.log.last_seq(),
+        "forwarding": {
+            "upstream_up": s.upstream_ok.load(Ordering::Relaxed),
+            "attempts": n(&s.attempts),
+            "failures": n(&s.failures),
+            "uploads_forwarded": n(&s.uploads_forwarded),
+            "readings_forwarded": n(&s.readings_forwarded),
+            "anomalies_forwarded": n(&s.anomalies_forwarded),
+            "dead_lettered": n(&s.dead_lettered),
+            "backoff_ms": n(&s.backoff_ms),
+            "recent_attempts_ms": s.recent_attempts_ms.lock().expect("stats lock").iter().collect::<Vec<_>>(),
+            "last_error": s.last_error.lock().expect("stats lock").clone(),
+        },
+        "local_anomalies": n(&s.local_anomalies),
+        "registrations_synced": n(&s.registrations_synced),
+        "uploads_refused_full": n(&s.refused_full),
+    }))
+    .into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitQuery {
+    limit: Option<usize>,
+}
+
+/// `GET /v1/edge/dead-letters?limit=N`: uploads the platform refused, oldest first, with the reason.
+pub async fn dead_letters(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    q: Result<Query<LimitQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    require_admin(&st, &headers)?;
+    let e = edge(&st)?;
+    let limit = q
+        .map_err(|r| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", r.body_text()))?
+        .limit
+        .unwrap_or(100)
+        .min(1_000);
+    let letters = e.outbox.dead_letters(limit).map_err(storage)?;
+    Ok(axum::Json(serde_json::json!({
+        "items": letters.iter().map(|l| serde_json::json!({
+            "log_seq": l.log_seq,
+            "terminal_id": l.entry.terminal_id,
+            "seqs": l.entry.seqs,
+            "code": l.code,
+            "message": l.message,
+            "at": custodian_events::reading::format_utc_ns(l.at_ns),
+            "body": String::from_utf8_lossy(&l.entry.body),
+        })).collect::<Vec<_>>(),
+    }))
+    .into_response())
+}
+
+/// `POST /v1/edge/dead-letters/retry`: every dead letter back into its terminal's queue (after an operator
+/// fixed the cause: registered the terminal, rotated its key in).
+pub async fn retry_dead_letters(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    require_admin(&st, &headers)?;
+    let e = edge(&st)?;
+    let moved = e.outbox.retry_dead_letters().map_err(storage)?;
+    Ok(axum::Json(serde_json::json!({ "requeued": moved })).into_response())
+}
+
+/// The edge's answer to `GET /v1/anomalies`: the anomalies it detected itself, newest first, in the
+/// caller's scope.
+pub fn local_anomalies(
+    st: &AppState,
+    e: &EdgeRuntime,
+    scope: &crate::tokens::Scope,
+    limit: usize,
+    before: Option<u64>,
+) -> Result<serde_json::Value, ApiError> {
+    let (province, enterprise) = scope.binds();
+    let dir = st.directory.read().expect("directory lock");
+    let items: Vec<_> = e
+        .outbox
+        .local_anomalies(10_000, before)
+        .map_err(storage)?
+        .into_iter()
+        .filter(|a| {
+            let ent = a.enterprise_id.clone().or_else(|| {
+                a.terminal_id
+                    .as_deref()
+                    .and_then(|t| dir.enterprise_of(t))
+                    .map(str::to_owned)
+            });
+            enterprise
+                .as_ref()
+                .is_none_or(|want| ent.as_ref() == Some(want))
+                && province.as_ref().is_none_or(|want| {
+                    ent.as_deref().and_then(|x| dir.province_of(x)) == Some(want.as_str())
+                })
+        })
+        .take(limit + 1)
+        .collect();
+    let more = items.len() > limit;
+    let shown = &items[..items.len().min(limit)];
+    Ok(serde_json::json!({
+        "items": shown.iter().map(|a| serde_json::json!({
+            "anomaly_id": a.anomaly_id,
+            "event_seq": a.event_seq,
+            "kind": a.kind,
+            "severity": a.severity,
+            "subject": a.subject,
+            "terminal_id": a.terminal_id,
+            "enterprise_id": a.enterprise_id,
+            "container_id": a.container_id,
+            "description": a.description,
+            "detected_at": custodian_events::reading::format_utc_ns(a.detected_at_ns),
+            "state": "open",
+            "source": "edge",
+        })).collect::<Vec<_>>(),
+        "next_cursor": if more { shown.last().map(|a| a.event_seq.to_string()) } else { None },
+    }))
+}

@@ -1,0 +1,451 @@
+//! The edge node (`custodian edge`): a node at the site that takes the terminals' uploads as the platform
+//! would (the same ingest path: signatures, dedupe, durable before the answer; HTTP and MQTT), runs the same
+//! domain rules locally, keeps what it accepted in an outbox for 72 hours and more while the uplink is down,
+//! and forwards it to the platform when the link is back. See `docs/edge.md`.
+//!
+//! Parts: `outbox` (sled, fed from the edge's event log behind a checkpoint), `forward` (sealed batches to
+//! `POST /v1/edge/batches`, capped backoff, round-robin over terminals, anomalies first), `registrations`
+//! (the terminals of the edge's enterprises, fetched from the platform or seeded from a file), `mqtt`
+//! (terminals that publish instead of POSTing), `api` (the edge's own endpoints), `wire` (what edge and
+//! platform exchange), `backoff`.
+
+pub mod api;
+pub mod backoff;
+mod forward;
+pub mod mqtt;
+pub mod outbox;
+pub mod registrations;
+pub mod wire;
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context as _;
+use axum::http::StatusCode;
+use custodian_events::crypto::{Sm2KeyPair, Sm2PublicKey};
+use tokio::task::JoinHandle;
+
+use crate::api::{ApiError, AppState};
+use crate::config::EdgeConfig;
+use outbox::Outbox;
+
+/// Bytes one buffered reading costs in the outbox when each upload carries one reading (the worst case),
+/// measured by `custodian bench edge` (bench/results/edge-*.md).
+pub const OUTBOX_BYTES_PER_READING: u64 = 560;
+
+/// 72 hours of 1,000 terminals reporting every 10 s: 25,920,000 readings at `OUTBOX_BYTES_PER_READING`,
+/// rounded up to whole GiB.
+pub const OUTBOX_BYTES_DEFAULT: u64 = {
+    let readings = 72 * 3600 / 10 * 1_000;
+    let bytes = readings * OUTBOX_BYTES_PER_READING;
+    bytes.div_ceil(1 << 30) * (1 << 30)
+};
+
+/// Counters of the forwarder, for `/metrics` and `GET /v1/edge/outbox`.
+#[derive(Default)]
+pub struct EdgeStats {
+    pub attempts: AtomicU64,
+    pub failures: AtomicU64,
+    pub uploads_forwarded: AtomicU64,
+    pub readings_forwarded: AtomicU64,
+    pub anomalies_forwarded: AtomicU64,
+    pub dead_lettered: AtomicU64,
+    pub local_anomalies: AtomicU64,
+    pub registrations_synced: AtomicU64,
+    pub refused_full: AtomicU64,
+    /// The current wait before the next attempt, ms (0 when the link works).
+    pub backoff_ms: AtomicU64,
+    pub upstream_ok: AtomicBool,
+    /// When the last attempts started, ms since the Unix epoch (the newest 64).
+    pub recent_attempts_ms: Mutex<VecDeque<i64>>,
+    pub last_error: Mutex<Option<String>>,
+}
+
+/// A running edge: its identity, its outbox, its background tasks.
+pub struct EdgeRuntime {
+    pub id: String,
+    pub config: EdgeConfig,
+    pub outbox: Arc<Outbox>,
+    pub stats: EdgeStats,
+    /// The edge's SM2 key pair (the node's own key: `DATA_DIR/platform_signing.key`).
+    key: Sm2KeyPair,
+    /// The platform's key, once known (from the config, the pinned file or fetched and pinned).
+    upstream_key: Mutex<Option<Sm2PublicKey>>,
+    pinned_key_file: std::path::PathBuf,
+    http: reqwest::Client,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl EdgeRuntime {
+    /// Opens the outbox in `data_dir`, loads or fetches what it can, and starts the feeder, the forwarder,
+    /// the registrations sync and (if configured) the MQTT subscriber. The node keeps serving uploads
+    /// whatever the platform's state.
+    pub async fn start(
+        state: &Arc<AppState>,
+        data_dir: &std::path::Path,
+    ) -> anyhow::Result<Arc<EdgeRuntime>> {
+        let config = state.config.edge.clone();
+        let id = config.id.clone().context(
+            "an edge needs its id: --edge-id (as registered at the platform with POST /v1/edges)",
+        )?;
+        let upstream = config
+            .upstream
+            .clone()
+            .context("an edge needs the platform's URL: --upstream http://HOST:PORT")?;
+        anyhow::ensure!(
+            upstream.starts_with("http://") || upstream.starts_with("https://"),
+            "--upstream {upstream:?} must be an http:// or https:// URL"
+        );
+        let outbox_dir = data_dir.join("outbox");
+        let bytes_max = config.outbox_bytes_max;
+        let outbox = tokio::task::spawn_blocking(move || Outbox::open(&outbox_dir, bytes_max))
+            .await?
+            .with_context(|| {
+                format!(
+                    "cannot open the outbox in {}",
+                    data_dir.join("outbox").display()
+                )
+            })?;
+        let pinned_key_file = data_dir.join("upstream_public_key.pem");
+        let upstream_key = match &config.upstream_public_key_file {
+            Some(f) => Some(read_public_key(f)?),
+            None if pinned_key_file.exists() => Some(read_public_key(&pinned_key_file)?),
+            None => None,
+        };
+        let rt = Arc::new(EdgeRuntime {
+            id,
+            key: state.tokens.key().clone(),
+            upstream_key: Mutex::new(upstream_key),
+            pinned_key_file,
+            outbox: Arc::new(outbox),
+            stats: EdgeStats::default(),
+            http: reqwest::Client::builder()
+                .timeout(std::time::Duration::from_secs(30))
+                .build()
+                .context("cannot make an HTTP client")?,
+            tasks: Mutex::new(Vec::new()),
+            config,
+        });
+        if let Some(file) = &rt.config.seed_registrations_file {
+            let text = std::fs::read_to_string(file).with_context(|| {
+                format!("cannot read the seed registrations {}", file.display())
+            })?;
+            let regs: wire::Registrations = serde_json::from_str(&text).with_context(|| {
+                format!(
+                    "{} is not a registrations file (the JSON of GET /v1/admin/edges/{{id}}/registrations)",
+                    file.display()
+                )
+            })?;
+            let n = registrations::apply(state, &regs).await?;
+            tracing::info!(file = %file.display(), appended = n, "seeded registrations");
+        }
+        let _ = state.edge.set(rt.clone());
+        let mut tasks = vec![
+            tokio::spawn(feed(Arc::downgrade(state), rt.clone())),
+            tokio::spawn(forward::run(rt.clone())),
+            tokio::spawn(registrations::run(Arc::downgrade(state), rt.clone())),
+        ];
+        if let Some(url) = &rt.config.mqtt_url {
+            tasks.push(mqtt::spawn(state.clone(), url)?);
+        }
+        *rt.tasks.lock().expect("tasks lock") = tasks;
+        tracing::info!(edge = %rt.id, %upstream, outbox_bytes_max = rt.config.outbox_bytes_max, "edge started");
+        Ok(rt)
+    }
+
+    /// Stops the background tasks and flushes the outbox.
+    pub async fn stop(&self) {
+        for t in self.tasks.lock().expect("tasks lock").drain(..) {
+            t.abort();
+        }
+        let _ = self.outbox.flush();
+    }
+
+    /// Refuses an upload while the outbox is full: 503 `outbox_full`, nothing stored, nothing dropped.
+    pub fn admit(&self) -> Result<(), ApiError> {
+        if self.outbox.full() {
+            self.stats.refused_full.fetch_add(1, Ordering::Relaxed);
+            let c = self.outbox.counts();
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "outbox_full",
+                format!(
+                    "the edge's outbox holds {} of {} bytes ({} uploads wait for the platform); nothing of this request was stored; retry later",
+                    c.bytes, c.bytes_max, c.uploads
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    fn upstream(&self) -> &str {
+        self.config
+            .upstream
+            .as_deref()
+            .unwrap_or_default()
+            .trim_end_matches('/')
+    }
+
+    /// The platform's key: configured, pinned, or fetched now and pinned for good.
+    async fn upstream_key(&self) -> Result<Sm2PublicKey, String> {
+        if let Some(k) = self.upstream_key.lock().expect("key lock").clone() {
+            return Ok(k);
+        }
+        let url = format!("{}/v1/edge/public-key", self.upstream());
+        let v: serde_json::Value = self
+            .http
+            .get(&url)
+            .send()
+            .await
+            .and_then(|r| r.error_for_status())
+            .map_err(|e| format!("cannot fetch the platform's public key from {url}: {e}"))?
+            .json()
+            .await
+            .map_err(|e| format!("{url} did not answer JSON: {e}"))?;
+        let pem = v["public_key_pem"]
+            .as_str()
+            .ok_or(format!("{url} gave no public_key_pem"))?;
+        let key = Sm2PublicKey::from_pem(pem).map_err(|e| format!("{url} gave no SM2 key: {e}"))?;
+        std::fs::write(&self.pinned_key_file, pem).map_err(|e| {
+            format!(
+                "cannot pin the platform's key in {}: {e}",
+                self.pinned_key_file.display()
+            )
+        })?;
+        tracing::info!(file = %self.pinned_key_file.display(), "pinned the platform's public key");
+        *self.upstream_key.lock().expect("key lock") = Some(key.clone());
+        Ok(key)
+    }
+
+    /// Seals `payload` to the platform and POSTs it to `path`; the raw answer on 200, else a failure
+    /// naming the status and the platform's `{code, message}`.
+    async fn post_sealed(&self, path: &str, payload: &[u8]) -> Result<bytes::Bytes, Failure> {
+        let key = self.upstream_key().await.map_err(Failure::Transport)?;
+        let sealed = custodian_events::digital_envelope::seal(
+            payload,
+            &key,
+            &self.key,
+            &custodian_events::crypto::OsEntropy,
+        )
+        .map_err(|e| Failure::Transport(format!("cannot seal: {e}")))?;
+        let url = format!("{}{path}", self.upstream());
+        let resp = self
+            .http
+            .post(&url)
+            .header(wire::EDGE_HEADER, &self.id)
+            .header("content-type", "application/octet-stream")
+            .body(sealed)
+            .send()
+            .await
+            .map_err(|e| Failure::Transport(format!("{url}: {e}")))?;
+        let status = resp.status().as_u16();
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|e| Failure::Transport(format!("{url}: {e}")))?;
+        if status == 200 {
+            return Ok(body);
+        }
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        Err(Failure::Status {
+            status,
+            code: v["code"].as_str().unwrap_or("unknown").to_owned(),
+            message: v["message"]
+                .as_str()
+                .map(str::to_owned)
+                .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned()),
+        })
+    }
+
+    /// `custodian_edge_*` metrics.
+    pub fn render_metrics(&self) -> String {
+        let c = self.outbox.counts();
+        let s = &self.stats;
+        let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let mut out = String::new();
+        let mut g = |name: &str, kind: &str, help: &str, v: u64| {
+            out.push_str(&format!(
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}\n"
+            ));
+        };
+        g(
+            "custodian_edge_outbox_bytes",
+            "gauge",
+            "Bytes the outbox holds.",
+            c.bytes,
+        );
+        g(
+            "custodian_edge_outbox_bytes_max",
+            "gauge",
+            "Bytes the outbox may hold.",
+            c.bytes_max,
+        );
+        g(
+            "custodian_edge_outbox_uploads",
+            "gauge",
+            "Uploads waiting for the platform.",
+            c.uploads,
+        );
+        g(
+            "custodian_edge_outbox_anomalies",
+            "gauge",
+            "Anomalies waiting for the platform.",
+            c.anomalies,
+        );
+        g(
+            "custodian_edge_dead_letters",
+            "gauge",
+            "Uploads the platform refused, kept for an operator.",
+            c.dead_letters,
+        );
+        g(
+            "custodian_edge_forward_attempts_total",
+            "counter",
+            "Batches sent to the platform.",
+            n(&s.attempts),
+        );
+        g(
+            "custodian_edge_forward_failures_total",
+            "counter",
+            "Batches that failed or were answered busy.",
+            n(&s.failures),
+        );
+        g(
+            "custodian_edge_readings_forwarded_total",
+            "counter",
+            "Readings the platform acknowledged.",
+            n(&s.readings_forwarded),
+        );
+        g(
+            "custodian_edge_anomalies_local_total",
+            "counter",
+            "Anomalies the edge detected itself.",
+            n(&s.local_anomalies),
+        );
+        g(
+            "custodian_edge_uploads_refused_full_total",
+            "counter",
+            "Uploads refused with 503 outbox_full.",
+            n(&s.refused_full),
+        );
+        g(
+            "custodian_edge_backoff_ms",
+            "gauge",
+            "The current wait before the next attempt.",
+            n(&s.backoff_ms),
+        );
+        g(
+            "custodian_edge_upstream_up",
+            "gauge",
+            "1 when the last attempt reached the platform.",
+            s.upstream_ok.load(Ordering::Relaxed) as u64,
+        );
+        out
+    }
+}
+
+/// Why a request to the platform failed.
+#[derive(Debug)]
+enum Failure {
+    /// No answer: the link, DNS, a timeout, or no platform key yet.
+    Transport(String),
+    /// An answer other than 200.
+    Status {
+        status: u16,
+        code: String,
+        message: String,
+    },
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Transport(m) => write!(f, "the platform is unreachable: {m}"),
+            Failure::Status {
+                status,
+                code,
+                message,
+            } => {
+                write!(f, "the platform answered {status} {code}: {message}")
+            }
+        }
+    }
+}
+
+fn read_public_key(file: &std::path::Path) -> anyhow::Result<Sm2PublicKey> {
+    let pem = std::fs::read_to_string(file)
+        .with_context(|| format!("cannot read the platform's public key {}", file.display()))?;
+    Sm2PublicKey::from_pem(&pem)
+        .map_err(|e| anyhow::anyhow!("{} is not an SM2 public key (PEM): {e}", file.display()))
+}
+
+/// Log events read per feeder step.
+const FEED_EVENTS_MAX: usize = 2_000;
+
+/// Tails the edge's log into the outbox, from the outbox's checkpoint.
+async fn feed(state: std::sync::Weak<AppState>, rt: Arc<EdgeRuntime>) {
+    let Some(st) = state.upgrade() else { return };
+    let mut changes = st.log.subscribe();
+    drop(st);
+    let mut failing = false;
+    loop {
+        let Some(st) = state.upgrade() else { return };
+        let from = rt.outbox.checkpoint_seq() + 1;
+        let step = tokio::task::spawn_blocking({
+            let st = st.clone();
+            let rt = rt.clone();
+            move || -> Result<usize, String> {
+                let events = st.log.read(from, FEED_EVENTS_MAX).map_err(|e| e.to_string())?;
+                if events.is_empty() {
+                    return Ok(0);
+                }
+                let complete = events.len() < FEED_EVENTS_MAX;
+                let (items, checkpoint) = outbox::collect(&events, complete);
+                for item in &items {
+                    if let outbox::Fed::Anomaly { anomaly, .. } = item {
+                        rt.stats.local_anomalies.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(
+                            anomaly_id = %hex::encode(anomaly.anomaly_id),
+                            kind = anomaly.kind.name(),
+                            subject = %anomaly.subject,
+                            description = %custodian_projections::describe::anomaly_description(anomaly),
+                            "local anomaly"
+                        );
+                    }
+                }
+                match checkpoint {
+                    Some(c) if c >= from => {
+                        rt.outbox.feed(&items, c).map_err(|e| e.to_string())?;
+                        Ok(events.len())
+                    }
+                    _ => Ok(0),
+                }
+            }
+        })
+        .await;
+        drop(st);
+        match step {
+            Ok(Ok(n)) if n > 0 => {
+                failing = false;
+                continue;
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                if !failing {
+                    tracing::error!(error = %e, "cannot move the log into the outbox; retrying every second");
+                }
+                failing = true;
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                continue;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "the outbox feeder panicked; retrying");
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                continue;
+            }
+        }
+        // Caught up: wait for the log to grow (or look again in a second).
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), changes.changed()).await;
+    }
+}

@@ -1,0 +1,252 @@
+use super::*;
+use custodian_events::domain::anomaly::{AnomalyKind, ReadingRef, Severity};
+use custodian_events::event::{ClockTicked, UploadSigned};
+use custodian_events::{Reading, TerminalId};
+
+fn env(seq: u64, event: Event) -> Envelope {
+    Envelope {
+        seq,
+        stream: event.stream(),
+        event_type: event.event_type().into(),
+        schema_version: 1,
+        recorded_at_ns: 0,
+        fingerprint: [0; 32],
+        key_id: None,
+        caused_by: None,
+        event,
+    }
+}
+
+fn upload(t: &str, body: &str) -> Event {
+    Event::UploadSigned(UploadSigned {
+        terminal_id: TerminalId::parse(t).unwrap(),
+        key_fingerprint: [0; 32],
+        body: body.as_bytes().to_vec(),
+        signature: vec![1, 2, 3],
+    })
+}
+
+fn reading(t: &str, seq: u64) -> Event {
+    Event::ReadingRecorded(Reading {
+        terminal_id: TerminalId::parse(t).unwrap(),
+        seq,
+        measured_at_ns: 0,
+        kind: custodian_events::ReadingKind::Weight,
+        value: 1,
+        container_id: None,
+        stage: None,
+        waste_code: None,
+        manifest_id: None,
+    })
+}
+
+fn entry(t: &str, seqs: &[u64]) -> Entry {
+    Entry {
+        terminal_id: t.into(),
+        body: b"{}".to_vec(),
+        signature: "AQID".into(),
+        seqs: seqs.to_vec(),
+    }
+}
+
+fn anomaly() -> AnomalyDetected {
+    AnomalyDetected::new(
+        AnomalyKind::WeightFluctuation,
+        Severity::Medium,
+        "container:C-1".into(),
+        vec![ReadingRef {
+            terminal_id: TerminalId::parse("T-1").unwrap(),
+            seq: 5,
+        }],
+        9,
+        vec![8, 9],
+    )
+}
+
+#[test]
+fn an_upload_takes_the_readings_appended_with_it() {
+    let events = vec![
+        env(1, upload("T-1", "a")),
+        env(2, reading("T-1", 1)),
+        env(3, reading("T-1", 2)),
+        env(4, upload("T-2", "b")),
+        env(5, reading("T-2", 7)),
+        env(6, upload("T-1", "resent")), // every reading a duplicate: nothing to forward
+        env(7, Event::ClockTicked(ClockTicked { at_ns: 1 })),
+        env(8, Event::AnomalyDetected(anomaly())),
+        env(9, upload("T-1", "c")),
+        env(10, reading("T-1", 3)),
+    ];
+    let (fed, checkpoint) = collect(&events, true);
+    assert_eq!(checkpoint, Some(10));
+    let uploads: Vec<(u64, &str, Vec<u64>)> = fed
+        .iter()
+        .filter_map(|f| match f {
+            Fed::Upload { log_seq, entry } => {
+                Some((*log_seq, entry.terminal_id.as_str(), entry.seqs.clone()))
+            }
+            Fed::Anomaly { .. } => None,
+        })
+        .collect();
+    assert_eq!(
+        uploads,
+        vec![
+            (1, "T-1", vec![1, 2]),
+            (4, "T-2", vec![7]),
+            (9, "T-1", vec![3])
+        ]
+    );
+    assert!(
+        fed.iter()
+            .any(|f| matches!(f, Fed::Anomaly { log_seq: 8, .. }))
+    );
+
+    // A run cut short may end inside an upload's append: that upload waits for the next run.
+    let (fed, checkpoint) = collect(&events, false);
+    assert_eq!(checkpoint, Some(8));
+    assert!(
+        !fed.iter()
+            .any(|f| matches!(f, Fed::Upload { log_seq: 9, .. }))
+    );
+}
+
+fn limits(per_terminal: usize, uploads: usize) -> BatchLimits {
+    BatchLimits {
+        uploads_max: uploads,
+        bytes_max: 1 << 20,
+        per_terminal_max: per_terminal,
+        anomalies_max: 10,
+    }
+}
+
+#[test]
+fn batches_serve_terminals_round_robin_each_in_order_anomalies_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let ob = Outbox::open(dir.path(), 1 << 30).unwrap();
+    let mut items = Vec::new();
+    // T-A has a long backlog; T-B and T-C a little live data.
+    for i in 0..10 {
+        items.push(Fed::Upload {
+            log_seq: 100 + i,
+            entry: entry("T-A", &[i + 1]),
+        });
+    }
+    items.push(Fed::Upload {
+        log_seq: 200,
+        entry: entry("T-B", &[1]),
+    });
+    items.push(Fed::Upload {
+        log_seq: 300,
+        entry: entry("T-C", &[1]),
+    });
+    items.push(Fed::Upload {
+        log_seq: 301,
+        entry: entry("T-C", &[2]),
+    });
+    items.push(Fed::Anomaly {
+        log_seq: 400,
+        anomaly: anomaly(),
+        recorded_at_ns: 1,
+    });
+    ob.feed(&items, 400).unwrap();
+    assert_eq!(ob.counts().uploads, 13);
+    assert_eq!(ob.counts().anomalies, 1);
+
+    let b = ob.next_batch(limits(2, 5)).unwrap();
+    assert_eq!(b.anomalies.len(), 1, "the anomaly goes first");
+    let got: Vec<(u64, String)> = b
+        .uploads
+        .iter()
+        .map(|(s, e)| (*s, e.terminal_id.clone()))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (100, "T-A".into()),
+            (101, "T-A".into()),
+            (200, "T-B".into()),
+            (300, "T-C".into()),
+            (301, "T-C".into())
+        ],
+        "two of T-A's backlog, then the others"
+    );
+    let done: Vec<(u64, &str)> = b
+        .uploads
+        .iter()
+        .map(|(s, e)| (*s, e.terminal_id.as_str()))
+        .collect();
+    ob.remove(&done, &[400]).unwrap();
+    let b = ob.next_batch(limits(2, 5)).unwrap();
+    assert!(b.anomalies.is_empty());
+    assert_eq!(
+        b.uploads.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+        vec![102, 103],
+        "T-A's FIFO goes on"
+    );
+    let done: Vec<(u64, &str)> = b
+        .uploads
+        .iter()
+        .map(|(s, e)| (*s, e.terminal_id.as_str()))
+        .collect();
+    ob.remove(&done, &[]).unwrap();
+    assert_eq!(ob.counts().uploads, 6);
+}
+
+#[test]
+fn counters_survive_reopen_feeding_twice_counts_once_and_dead_letters_go_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let items = vec![
+        Fed::Upload {
+            log_seq: 1,
+            entry: entry("T-1", &[1]),
+        },
+        Fed::Upload {
+            log_seq: 2,
+            entry: entry("T-1", &[2]),
+        },
+    ];
+    {
+        let ob = Outbox::open(dir.path(), 1 << 30).unwrap();
+        ob.feed(&items, 2).unwrap();
+        ob.feed(&items, 2).unwrap(); // after a crash, the feeder reads the log again
+        assert_eq!(ob.counts().uploads, 2);
+        ob.dead_letter(1, "T-1", "unknown_terminal", "not registered", 0)
+            .unwrap();
+        ob.flush().unwrap();
+    }
+    let ob = Outbox::open(dir.path(), 1 << 30).unwrap();
+    let c = ob.counts();
+    assert_eq!((c.uploads, c.dead_letters, c.checkpoint), (1, 1, 2));
+    assert!(c.bytes > 0);
+    assert_eq!(ob.dead_letters(10).unwrap()[0].code, "unknown_terminal");
+    assert_eq!(ob.retry_dead_letters().unwrap(), 1);
+    assert_eq!(ob.counts().uploads, 2);
+    let all: Vec<(u64, &str)> = vec![(1, "T-1"), (2, "T-1")];
+    ob.remove(&all, &[]).unwrap();
+    let c = ob.counts();
+    assert_eq!(
+        (c.uploads, c.dead_letters, c.bytes),
+        (0, 0, 0),
+        "every byte accounted for"
+    );
+}
+
+#[test]
+fn a_full_outbox_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let ob = Outbox::open(dir.path(), 100).unwrap();
+    assert!(!ob.full());
+    let big = Entry {
+        body: vec![b'x'; 200],
+        ..entry("T-1", &[1])
+    };
+    ob.feed(
+        &[Fed::Upload {
+            log_seq: 1,
+            entry: big,
+        }],
+        1,
+    )
+    .unwrap();
+    assert!(ob.full());
+}

@@ -61,6 +61,45 @@ pub enum Command {
     /// Regulators' bearer tokens: issue, revoke (asks the running node; needs an admin token).
     #[command(subcommand)]
     Token(TokenCommand),
+    /// A reference terminal: upload readings (from a file, or simulated) in signed batches, retrying at
+    /// most 30 s apart; or make a terminal key with `--keygen`.
+    Terminal(TerminalArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct TerminalArgs {
+    /// Make a new SM2 private key at --key (PKCS#8 PEM, owner-only; the file must not exist yet), print
+    /// its public key PEM (to register the terminal with) and exit.
+    #[arg(long)]
+    pub keygen: bool,
+    /// The node's (or an edge's) API.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    pub url: String,
+    /// The terminal's id, as registered.
+    #[arg(long, required_unless_present = "keygen")]
+    pub id: Option<String>,
+    /// The terminal's SM2 private key, PKCS#8 PEM (`openssl genpkey -algorithm SM2` writes one).
+    #[arg(long)]
+    pub key: PathBuf,
+    /// Readings to upload, one JSON object per line (`-` for stdin); `seq` may be left out.
+    #[arg(long, conflicts_with_all = ["simulate", "keygen"], required_unless_present_any = ["simulate", "keygen"])]
+    pub readings: Option<PathBuf>,
+    /// Upload N simulated weighings instead (container C-<id>, stage generation, waste code HW08, measured
+    /// now).
+    #[arg(long, value_name = "N", conflicts_with = "keygen")]
+    pub simulate: Option<u64>,
+    /// Seconds between simulated weighings (0: all at once).
+    #[arg(long, default_value_t = 0.0)]
+    pub interval_s: f64,
+    /// The seq of the first reading that has none.
+    #[arg(long, default_value_t = 1)]
+    pub first_seq: u64,
+    /// Readings per upload.
+    #[arg(long, default_value_t = crate::terminal_client::BATCH_READINGS_DEFAULT)]
+    pub batch: usize,
+    /// Give up when a batch has not gone through for this many seconds (default: retry forever).
+    #[arg(long = "give-up-after", value_name = "SECS")]
+    pub give_up_after_s: Option<u64>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -637,6 +676,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Keys(cmd) => crate::keys_cli::run(cmd).await,
         Command::Envelope(cmd) => crate::keys_cli::envelope(cmd),
         Command::Projections(cmd) => projections(cmd).await,
+        Command::Terminal(args) => crate::terminal_client::run_command(args).await,
         Command::Token(TokenCommand::Issue {
             tier,
             scope,

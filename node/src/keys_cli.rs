@@ -128,7 +128,7 @@ fn with_suffix(prefix: &Path, suffix: &str) -> std::path::PathBuf {
     s.into()
 }
 
-fn write_private(path: &Path, pem: &str) -> anyhow::Result<()> {
+pub(crate) fn write_private(path: &Path, pem: &str) -> anyhow::Result<()> {
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create_new(true);
     #[cfg(unix)]

@@ -33,5 +33,6 @@ pub mod metrics;
 pub mod sealing;
 pub mod server;
 pub mod snapshots;
+pub mod terminal_client;
 pub mod terminal_sim;
 pub mod tokens;

@@ -217,6 +217,9 @@ async fn a_72_hour_outage_arrives_exactly_once_in_order_even_with_sigkill_while_
         ("CUSTODIAN_EDGE__BATCH_UPLOADS_MAX", "20"),
         ("CUSTODIAN_EDGE__PER_TERMINAL_UPLOADS_MAX", "1"),
         ("CUSTODIAN_EDGE__RETRY_CAP_MS", "1000"),
+        // No clock ticks: the time-driven rules (a terminal silent for 72 hours) would add anomalies of
+        // their own to the one this test follows.
+        ("CUSTODIAN_DERIVE__TICK_INTERVAL_S", "0"),
     ];
     let edge_log = dir.path().join("edge.log");
     let edge = EdgeProcess::spawn(
@@ -359,4 +362,304 @@ async fn a_72_hour_outage_arrives_exactly_once_in_order_even_with_sigkill_while_
         "killed the edge with {left_at_kill} of {total_uploads} uploads left; all {} readings arrived once, in order",
         per_terminal * 20
     );
+}
+
+/// An in-process edge on an ephemeral port, its upstream at `upstream`.
+async fn start_edge(
+    dir: &Path,
+    upstream: &str,
+    edge_id: &str,
+    tweak: impl FnOnce(&mut custodian_node::config::Config),
+) -> (custodian_node::server::Node, NodeClient) {
+    let mut config = custodian_node::config::Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: dir.to_owned(),
+        admin_token: Some(ADMIN_TOKEN.into()),
+        ..Default::default()
+    };
+    config.derive.tick_interval_s = 0;
+    config.edge.upstream = Some(upstream.to_owned());
+    config.edge.id = Some(edge_id.to_owned());
+    tweak(&mut config);
+    let node = custodian_node::server::Node::start_edge(config)
+        .await
+        .expect("starting an edge");
+    let client = NodeClient::new(node.url(), Some(ADMIN_TOKEN.into()));
+    (node, client)
+}
+
+/// A platform that answers every batch 503, recording when each attempt came.
+async fn busy_platform(
+    key_pem: String,
+) -> (String, std::sync::Arc<std::sync::Mutex<Vec<Instant>>>) {
+    use axum::routing::{get, post};
+    let attempts = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = attempts.clone();
+    let app = axum::Router::new()
+        .route(
+            "/v1/edge/public-key",
+            get(move || async move { axum::Json(json!({"public_key_pem": key_pem})) }),
+        )
+        .route(
+            "/v1/edge/batches",
+            post(move || async move {
+                seen.lock().unwrap().push(Instant::now());
+                (
+                    axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                    axum::Json(json!({"code": "overloaded", "message": "busy"})),
+                )
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, attempts)
+}
+
+/// One signed single-reading upload of terminal `t` with `seq`, measured `ago_s` seconds ago.
+fn one_reading(t: &str, seq: u64, ago_s: i64) -> Vec<u8> {
+    let at = rfc3339(time::OffsetDateTime::now_utc().unix_timestamp() - ago_s);
+    upload_body(
+        t,
+        &[format!(
+            r#"{{"seq":{seq},"measured_at":"{at}","kind":"weight","value":100.0,"unit":"kg","container_id":"{t}-C1","stage":"storage_in","waste_code":"HW08"}}"#
+        )],
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_seeded_edge_retries_a_busy_platform_never_more_than_30_s_apart() {
+    let dir = tempfile::tempdir().unwrap();
+    let edge_dir = dir.path().join("edge");
+    // The platform registers the site, then the edge is seeded from its registrations file: it never
+    // reaches the platform itself.
+    let (cloud, c) = start_node(&dir.path().join("cloud"), |_| {}).await;
+    let site = register_site(&c, &edge_dir, 1, "R").await;
+    let seed = c
+        .get_admin(&format!("/v1/admin/edges/{}/registrations", site.edge_id))
+        .await
+        .unwrap();
+    let seed_file = dir.path().join("registrations.json");
+    std::fs::write(&seed_file, seed.to_string()).unwrap();
+    let platform_key = c.get_admin("/v1/edge/public-key").await.unwrap()["public_key_pem"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    cloud.stop().await.unwrap();
+
+    let (upstream, attempts) = busy_platform(platform_key).await;
+    let (edge, e) = start_edge(&edge_dir, &upstream, &site.edge_id, |c| {
+        c.edge.seed_registrations_file = Some(seed_file.clone());
+    })
+    .await;
+    let t = &site.terminals[0];
+    let r = site
+        .keys
+        .upload(&e, t, one_reading(t, 1, 60))
+        .await
+        .expect("the seeded edge knows its terminal");
+    assert!(
+        matches!(
+            r.results[0],
+            custodian_node::api::ReadingResult::Accepted { .. }
+        ),
+        "{r:?}"
+    );
+
+    // Defaults: 200 ms doubling to the 30 s cap, jittered in [d/2, d]. After 8 failures the ceiling is
+    // the cap; watch four intervals beyond that.
+    let started = Instant::now();
+    while attempts.lock().unwrap().len() < 13 {
+        assert!(
+            started.elapsed() < Duration::from_secs(300),
+            "the edge stopped retrying"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let times = attempts.lock().unwrap().clone();
+    let gaps: Vec<Duration> = times.windows(2).map(|w| w[1] - w[0]).collect();
+    println!(
+        "retry intervals: {:?}",
+        gaps.iter()
+            .map(|g| format!("{:.1}s", g.as_secs_f64()))
+            .collect::<Vec<_>>()
+    );
+    for g in &gaps {
+        assert!(
+            *g <= Duration::from_millis(30_500),
+            "a retry waited {g:?}, over the 30 s cap"
+        );
+    }
+    for g in &gaps[8..] {
+        assert!(
+            *g >= Duration::from_secs(14),
+            "the backoff had grown to its cap by now, but waited only {g:?}"
+        );
+    }
+    let o = outbox(&e).await;
+    assert_eq!(
+        o["outbox"]["uploads"], 1,
+        "nothing is dropped while the platform is busy: {o}"
+    );
+    edge.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_outbox_answers_503_outbox_full_and_loses_nothing_it_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    let edge_dir = dir.path().join("edge");
+    let cloud_port = free_port();
+    let cloud_dir = dir.path().join("cloud");
+    let listen = |c: &mut custodian_node::config::Config| {
+        c.listen = format!("127.0.0.1:{cloud_port}").parse().unwrap()
+    };
+    let (cloud, c) = start_node(&cloud_dir, listen).await;
+    let site = register_site(&c, &edge_dir, 2, "F").await;
+    let (edge, e) = start_edge(&edge_dir, c.base(), &site.edge_id, |c| {
+        c.edge.outbox_bytes_max = 8 * 1024;
+        c.edge.retry_cap_ms = 500;
+    })
+    .await;
+    wait_for(
+        "the edge's registrations",
+        Duration::from_secs(30),
+        async || outbox(&e).await["registrations_synced"].as_u64() >= Some(1),
+    )
+    .await;
+    cloud.stop().await.unwrap();
+
+    let mut accepted: BTreeMap<String, u64> = BTreeMap::new();
+    let mut refused = None;
+    'fill: for seq in 1..=1_000u64 {
+        for t in &site.terminals {
+            match site.keys.upload(&e, t, one_reading(t, seq, 3_600)).await {
+                Ok(_) => *accepted.entry(t.clone()).or_default() = seq,
+                Err(custodian_node::client::ClientError::Status { status, body }) => {
+                    refused = Some((status, body));
+                    break 'fill;
+                }
+                Err(other) => panic!("{other:?}"),
+            }
+            // Let the feeder keep up, so the limit is met near where it lies.
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+    let (status, body) = refused.expect("the outbox filled up");
+    assert_eq!(status, 503);
+    assert_eq!(body["code"], "outbox_full", "{body}");
+    let held = outbox(&e).await;
+    println!("outbox full after {accepted:?}: {held}");
+    assert!(held["outbox"]["bytes"].as_u64() >= Some(8 * 1024));
+
+    // The platform is back: everything the edge acknowledged arrives, and uploads are taken again.
+    let (cloud, c) = start_node(&cloud_dir, listen).await;
+    wait_for("the outbox to drain", Duration::from_secs(60), async || {
+        outbox(&e).await["outbox"]["uploads"] == 0
+    })
+    .await;
+    let stored = check_log(&c.all_events(1).await.unwrap());
+    for (t, last) in &accepted {
+        for seq in 1..=*last {
+            assert!(
+                stored.contains_key(&(t.clone(), seq)),
+                "{t}/{seq} was acknowledged by the edge but never arrived"
+            );
+        }
+    }
+    let t = &site.terminals[0];
+    let next = accepted[t] + 1;
+    site.keys
+        .upload(&e, t, one_reading(t, next, 60))
+        .await
+        .expect("with room again, uploads are taken");
+    edge.stop().await.unwrap();
+    cloud.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_uploads_are_acknowledged_once_durable_answered_and_forwarded() {
+    use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+    let dir = tempfile::tempdir().unwrap();
+    let edge_dir = dir.path().join("edge");
+    let (cloud, c) = start_node(&dir.path().join("cloud"), |_| {}).await;
+    let tag = format!("M{}", rand::random::<u16>());
+    let site = register_site(&c, &edge_dir, 1, &tag).await;
+    let (edge, e) = start_edge(&edge_dir, c.base(), &site.edge_id, |c| {
+        c.edge.mqtt_url = Some("mqtt://127.0.0.1:1883".into());
+    })
+    .await;
+    wait_for(
+        "the edge's registrations",
+        Duration::from_secs(30),
+        async || outbox(&e).await["registrations_synced"].as_u64() >= Some(1),
+    )
+    .await;
+
+    let t = site.terminals[0].clone();
+    let mut opts = MqttOptions::new(format!("test-terminal-{tag}"), "127.0.0.1", 1883);
+    opts.set_keep_alive(Duration::from_secs(10));
+    let (client, mut events) = AsyncClient::new(opts, 16);
+    client
+        .subscribe(
+            custodian_node::edge::mqtt::results_topic(&t),
+            QoS::AtLeastOnce,
+        )
+        .await
+        .unwrap();
+    let mut results = Vec::new();
+    let mut published = 0u64;
+    let until = Instant::now() + Duration::from_secs(60);
+    while results.len() < 3 {
+        assert!(Instant::now() < until, "no MQTT results; got {results:?}");
+        let ev = tokio::time::timeout(Duration::from_secs(5), events.poll()).await;
+        match ev {
+            Ok(Ok(Event::Incoming(Packet::SubAck(_)))) => {
+                // Two uploads, then the first again: the edge answers it as a duplicate.
+                for seq in [1u64, 2, 1] {
+                    let body = one_reading(&t, seq, 60 - seq as i64);
+                    let payload = json!({
+                        "body_b64": base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &body),
+                        "signature": site.keys.sign(&t, &body),
+                    });
+                    client
+                        .publish(
+                            custodian_node::edge::mqtt::uploads_topic(&t),
+                            QoS::AtLeastOnce,
+                            false,
+                            payload.to_string(),
+                        )
+                        .await
+                        .unwrap();
+                    published += 1;
+                }
+            }
+            Ok(Ok(Event::Incoming(Packet::Publish(p)))) => {
+                results.push(serde_json::from_slice::<Value>(&p.payload).unwrap());
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(err)) => panic!("the test's MQTT client failed: {err}"),
+            Err(_) => {}
+        }
+    }
+    assert_eq!(published, 3);
+    let statuses: Vec<&str> = results
+        .iter()
+        .map(|r| r["results"][0]["status"].as_str().unwrap_or("?"))
+        .collect();
+    assert_eq!(
+        statuses,
+        ["accepted", "accepted", "duplicate"],
+        "{results:?}"
+    );
+    wait_for(
+        "the platform to hold both readings",
+        Duration::from_secs(30),
+        async || {
+            let stored = check_log(&c.all_events(1).await.unwrap());
+            stored.contains_key(&(t.clone(), 1)) && stored.contains_key(&(t.clone(), 2))
+        },
+    )
+    .await;
+    edge.stop().await.unwrap();
+    cloud.stop().await.unwrap();
 }

@@ -334,6 +334,18 @@ pub enum BenchCommand {
         #[arg(long, default_value = "bench/results")]
         report_dir: PathBuf,
     },
+    /// An edge's outbox bytes per buffered reading, and its backlog drain rate beside the terminals'
+    /// real-time rate while live traffic continues.
+    Edge {
+        #[arg(long, default_value_t = 1_000)]
+        terminals: usize,
+        #[arg(long, default_value_t = 100)]
+        backlog_per_terminal: u64,
+        #[arg(long, default_value_t = 10)]
+        interval_s: u64,
+        #[arg(long, default_value = "bench/results")]
+        report_dir: PathBuf,
+    },
     /// The read models' throughput beside writing the same rows and points straight to PostgreSQL and
     /// InfluxDB, and their lag at a steady paced load.
     Projections {
@@ -604,6 +616,21 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 "the current code decides {} derived event(s) differently from the log",
                 report.differences.len() + report.derived_twice_in_log.len()
             );
+            Ok(())
+        }
+        Command::Bench(BenchCommand::Edge {
+            terminals,
+            backlog_per_terminal,
+            interval_s,
+            report_dir,
+        }) => {
+            crate::bench_edge::edge(crate::bench_edge::EdgeBenchOptions {
+                terminals,
+                backlog_per_terminal,
+                interval_s: interval_s.max(1),
+                report_dir: Some(report_dir),
+            })
+            .await?;
             Ok(())
         }
         Command::Bench(BenchCommand::Detect {

@@ -19,6 +19,7 @@ pub mod audit;
 pub mod bench;
 pub mod bench_dataset;
 pub mod bench_detect;
+pub mod bench_edge;
 pub mod bench_projections;
 pub mod bench_query;
 pub mod cli;

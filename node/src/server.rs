@@ -44,6 +44,10 @@ pub struct Node {
 impl Node {
     /// Opens the data dir and the log, binds the listener and starts serving.
     pub async fn start(config: Config) -> anyhow::Result<Node> {
+        Node::start_inner(config, false).await
+    }
+
+    async fn start_inner(config: Config, edge: bool) -> anyhow::Result<Node> {
         let data_dir = DataDir::acquire(&config.data_dir)?;
         let admin_token = match &config.admin_token {
             Some(t) => t.clone(),
@@ -153,6 +157,10 @@ impl Node {
         let _ = state
             .projections
             .set(start_projections(&state, data_dir.path()).await?);
+        if edge {
+            // Before the listener: an edge never answers without its outbox in place.
+            crate::edge::EdgeRuntime::start(&state, data_dir.path()).await?;
+        }
         let ticker = (state.config.derive.enabled && state.config.derive.tick_interval_s > 0)
             .then(|| tokio::spawn(tick(Arc::downgrade(&state))));
         let listener = tokio::net::TcpListener::bind(state.config.listen)
@@ -193,9 +201,7 @@ impl Node {
         config.projections.influx_enabled = false;
         config.projections.search_enabled = false;
         config.ingest.require_signature = true;
-        let node = Node::start(config).await?;
-        crate::edge::EdgeRuntime::start(&node.state, node._data_dir.path()).await?;
-        Ok(node)
+        Node::start_inner(config, true).await
     }
 
     pub fn url(&self) -> String {

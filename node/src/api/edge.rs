@@ -181,9 +181,9 @@ async fn open_request(
 }
 
 /// `POST /v1/edge/batches`: the uploads in order, each through the same path as `POST /v1/uploads` (the
-/// terminal's own signature checked again), then the answer per upload and per reading. After the first
-/// upload the platform cannot take now (503), the rest answer `retry`, so that no terminal's readings
-/// overtake each other.
+/// terminal's own signature checked again), then the answer per upload and per reading. Each terminal's
+/// uploads go in order, terminals side by side; after a terminal's first upload the platform cannot take
+/// now (503), that terminal's later uploads answer `retry`, so that its readings never overtake each other.
 pub async fn batches(
     State(st): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -232,53 +232,105 @@ pub async fn batches(
             }),
         }
     }
-    let mut uploads = Vec::with_capacity(batch.uploads.len());
-    for u in &batch.uploads {
-        if let Some(b) = &busy {
-            uploads.push(UploadOutcome::Retry {
-                id: u.id,
-                code: b.code.into(),
-                message: b.message.clone(),
-            });
-            continue;
+    // Each terminal's uploads in order; different terminals at once, so that they share the log's group
+    // commits (one fsync for many uploads).
+    let mut lanes: std::collections::BTreeMap<String, Vec<usize>> = Default::default();
+    for (i, u) in batch.uploads.iter().enumerate() {
+        lanes
+            .entry(terminal_of(&u.body_b64).unwrap_or_else(|| format!("#{i}")))
+            .or_default()
+            .push(i);
+    }
+    let mut outcomes: Vec<Option<UploadOutcome>> = vec![None; batch.uploads.len()];
+    let st_ref = &st;
+    let busy_ref = &busy;
+    let lane_results = futures_util::future::join_all(lanes.into_values().map(|lane| {
+        let uploads = &batch.uploads;
+        async move {
+            let mut out = Vec::with_capacity(lane.len());
+            let mut busy = busy_ref.clone();
+            for i in lane {
+                out.push((
+                    i,
+                    forward_one(st_ref, allowed, &uploads[i], &mut busy).await,
+                ));
+            }
+            out
         }
-        let body = match unb64(&u.body_b64) {
-            Ok(b) => b,
-            Err(e) => {
-                uploads.push(UploadOutcome::Rejected {
-                    id: u.id,
-                    code: "invalid_body".into(),
-                    message: format!("body_b64 {e}"),
-                });
-                continue;
-            }
+    }))
+    .await;
+    for (i, o) in lane_results.into_iter().flatten() {
+        outcomes[i] = Some(o);
+    }
+    let uploads = outcomes
+        .into_iter()
+        .map(|o| o.expect("every upload has an outcome"))
+        .collect();
+    Ok(axum::Json(ForwardAnswer { uploads, anomalies }).into_response())
+}
+
+/// The terminal an upload is for, read cheaply to keep each terminal's uploads in order.
+fn terminal_of(body_b64: &str) -> Option<String> {
+    #[derive(Deserialize)]
+    struct TerminalOnly {
+        terminal_id: String,
+    }
+    let body = unb64(body_b64).ok()?;
+    serde_json::from_slice::<TerminalOnly>(&body)
+        .ok()
+        .map(|t| t.terminal_id)
+}
+
+/// One forwarded upload through the ingest path. After the first upload of a terminal the platform cannot
+/// take now (`busy`), that terminal's later ones answer `retry`, so they cannot overtake it.
+async fn forward_one(
+    st: &AppState,
+    allowed: &[EnterpriseId],
+    u: &crate::edge::wire::ForwardUpload,
+    busy: &mut Option<ApiError>,
+) -> UploadOutcome {
+    if let Some(b) = busy {
+        return UploadOutcome::Retry {
+            id: u.id,
+            code: b.code.into(),
+            message: b.message.clone(),
         };
-        match super::ingest::ingest_signed(&st, &body, Some(&u.signature), Some(allowed)).await {
-            Ok(r) => {
-                st.metrics
-                    .edge_readings_received
-                    .fetch_add(r.results.len() as u64, std::sync::atomic::Ordering::Relaxed);
-                uploads.push(UploadOutcome::Done {
-                    id: u.id,
-                    results: r.results,
-                })
+    }
+    let body = match unb64(&u.body_b64) {
+        Ok(b) => b,
+        Err(e) => {
+            return UploadOutcome::Rejected {
+                id: u.id,
+                code: "invalid_body".into(),
+                message: format!("body_b64 {e}"),
+            };
+        }
+    };
+    match super::ingest::ingest_signed(st, &body, Some(&u.signature), Some(allowed)).await {
+        Ok(r) => {
+            st.metrics
+                .edge_readings_received
+                .fetch_add(r.results.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            UploadOutcome::Done {
+                id: u.id,
+                results: r.results,
             }
-            Err(e) if e.status.is_server_error() => {
-                uploads.push(UploadOutcome::Retry {
-                    id: u.id,
-                    code: e.code.into(),
-                    message: e.message.clone(),
-                });
-                busy = Some(e);
-            }
-            Err(e) => uploads.push(UploadOutcome::Rejected {
+        }
+        Err(e) if e.status.is_server_error() => {
+            let o = UploadOutcome::Retry {
                 id: u.id,
                 code: e.code.into(),
-                message: e.message,
-            }),
+                message: e.message.clone(),
+            };
+            *busy = Some(e);
+            o
         }
+        Err(e) => UploadOutcome::Rejected {
+            id: u.id,
+            code: e.code.into(),
+            message: e.message,
+        },
     }
-    Ok(axum::Json(ForwardAnswer { uploads, anomalies }).into_response())
 }
 
 /// Records an anomaly an edge reports; false when it was reported before.

@@ -30,9 +30,10 @@ use crate::api::{ApiError, AppState};
 use crate::config::EdgeConfig;
 use outbox::Outbox;
 
-/// Bytes one buffered reading costs in the outbox when each upload carries one reading (the worst case),
-/// measured by `custodian bench edge` (bench/results/edge-*.md).
-pub const OUTBOX_BYTES_PER_READING: u64 = 560;
+/// Bytes one buffered reading costs in the outbox (keys and values as counted against the limit) when each
+/// upload carries one reading, the worst case: 314 measured by `custodian bench edge`
+/// (bench/results/edge-20261127-024724.md), rounded up. sled's files take about 2.6 times that on disk.
+pub const OUTBOX_BYTES_PER_READING: u64 = 320;
 
 /// 72 hours of 1,000 terminals reporting every 10 s: 25,920,000 readings at `OUTBOX_BYTES_PER_READING`,
 /// rounded up to whole GiB.

@@ -47,6 +47,27 @@ impl Directory {
             .map(String::as_str)
     }
 
+    /// The enterprise an anomaly is about (the one it names, else its terminal's) and that enterprise's
+    /// province, as far as the registrations tell.
+    pub fn scope_of_anomaly(
+        &self,
+        a: &custodian_events::domain::AnomalyDetected,
+    ) -> (Option<String>, Option<String>) {
+        let enterprise = a
+            .enterprise_id
+            .as_ref()
+            .map(ToString::to_string)
+            .or_else(|| {
+                a.terminal_id
+                    .as_ref()
+                    .and_then(|t| self.enterprise_of(t.as_str()).map(str::to_owned))
+            });
+        let province = enterprise
+            .as_deref()
+            .and_then(|e| self.province_of(e).map(str::to_owned));
+        (enterprise, province)
+    }
+
     /// The terminals registered to `enterprise`, sorted.
     pub fn terminals_of(&self, enterprise: &str) -> Vec<String> {
         self.enterprise_of_terminal

@@ -497,6 +497,36 @@ struct AnomalyRow {
     description: String,
 }
 
+impl AnomalyRow {
+    fn of(
+        a: &custodian_events::domain::AnomalyDetected,
+        seq: i64,
+        at_ns: i64,
+        enterprise_id: Option<String>,
+        province_code: Option<String>,
+    ) -> AnomalyRow {
+        AnomalyRow {
+            id: hex::encode(a.anomaly_id),
+            seq,
+            kind: a.kind.name(),
+            severity: a.severity.name(),
+            subject: a.subject.clone(),
+            enterprise_id,
+            province_code,
+            terminal_id: a.terminal_id.as_ref().map(ToString::to_string),
+            container_id: a.container_id.as_ref().map(ToString::to_string),
+            manifest_id: a.manifest_id.as_ref().map(ToString::to_string),
+            previous_value: a.previous_value,
+            current_value: a.current_value,
+            change_ratio_ppm: a.change_ratio_ppm,
+            limit_value: a.limit_value,
+            cause_seq: a.cause_seq as i64,
+            at_ns,
+            description: anomaly_description(a),
+        }
+    }
+}
+
 fn kind_name(k: TerminalKind) -> &'static str {
     k.name()
 }
@@ -654,78 +684,24 @@ impl Rows {
                 // Reported by an edge ahead of its backlog: shown at once; the anomaly the platform derives
                 // later has the same id and finds the row there. Counted in the KPIs when derived.
                 Event::AnomalyReported(r) => {
-                    let a = &r.anomaly;
-                    let enterprise =
-                        a.enterprise_id
-                            .as_ref()
-                            .map(ToString::to_string)
-                            .or_else(|| {
-                                a.terminal_id
-                                    .as_ref()
-                                    .and_then(|t| dir.enterprise_of(t.as_str()).map(str::to_owned))
-                            });
-                    let province = enterprise
-                        .as_deref()
-                        .and_then(|e| dir.province_of(e).map(str::to_owned));
+                    let (enterprise, province) = dir.scope_of_anomaly(&r.anomaly);
                     rows.anomalies.push(AnomalyRow {
-                        id: hex::encode(a.anomaly_id),
-                        seq,
-                        kind: a.kind.name(),
-                        severity: a.severity.name(),
-                        subject: a.subject.clone(),
-                        enterprise_id: enterprise,
-                        province_code: province,
-                        terminal_id: a.terminal_id.as_ref().map(ToString::to_string),
-                        container_id: a.container_id.as_ref().map(ToString::to_string),
-                        manifest_id: a.manifest_id.as_ref().map(ToString::to_string),
-                        previous_value: a.previous_value,
-                        current_value: a.current_value,
-                        change_ratio_ppm: a.change_ratio_ppm,
-                        limit_value: a.limit_value,
                         cause_seq: 0,
-                        at_ns: at,
                         description: format!(
                             "{} (reported by edge {})",
-                            anomaly_description(a),
+                            anomaly_description(&r.anomaly),
                             r.edge_id
                         ),
+                        ..AnomalyRow::of(&r.anomaly, seq, at, enterprise, province)
                     });
                 }
                 Event::AnomalyDetected(a) => {
-                    let enterprise =
-                        a.enterprise_id
-                            .as_ref()
-                            .map(ToString::to_string)
-                            .or_else(|| {
-                                a.terminal_id
-                                    .as_ref()
-                                    .and_then(|t| dir.enterprise_of(t.as_str()).map(str::to_owned))
-                            });
-                    let province = enterprise
-                        .as_deref()
-                        .and_then(|e| dir.province_of(e).map(str::to_owned));
+                    let (enterprise, province) = dir.scope_of_anomaly(a);
                     if let Some(e) = &enterprise {
                         rows.kpi(e, day_of(at)).anomalies += 1;
                     }
-                    rows.anomalies.push(AnomalyRow {
-                        id: hex::encode(a.anomaly_id),
-                        seq,
-                        kind: a.kind.name(),
-                        severity: a.severity.name(),
-                        subject: a.subject.clone(),
-                        enterprise_id: enterprise,
-                        province_code: province,
-                        terminal_id: a.terminal_id.as_ref().map(ToString::to_string),
-                        container_id: a.container_id.as_ref().map(ToString::to_string),
-                        manifest_id: a.manifest_id.as_ref().map(ToString::to_string),
-                        previous_value: a.previous_value,
-                        current_value: a.current_value,
-                        change_ratio_ppm: a.change_ratio_ppm,
-                        limit_value: a.limit_value,
-                        cause_seq: a.cause_seq as i64,
-                        at_ns: at,
-                        description: anomaly_description(a),
-                    });
+                    rows.anomalies
+                        .push(AnomalyRow::of(a, seq, at, enterprise, province));
                 }
                 Event::ManifestOpened(m) => {
                     rows.kpi(m.generator_id.as_str(), day_of(at))

@@ -99,15 +99,7 @@ pub fn docs_of(events: &[Envelope], dir: &crate::directory::Directory) -> Vec<Se
     for env in events {
         match &env.event {
             Event::AnomalyDetected(a) => {
-                let enterprise = a
-                    .enterprise_id
-                    .as_ref()
-                    .map(ToString::to_string)
-                    .or_else(|| {
-                        a.terminal_id
-                            .as_ref()
-                            .and_then(|t| dir.enterprise_of(t.as_str()).map(str::to_owned))
-                    });
+                let (enterprise, _) = dir.scope_of_anomaly(a);
                 docs.push(SearchDoc {
                     doc_id: format!("anomaly:{}", hex::encode(a.anomaly_id)),
                     kind: "anomaly".into(),

@@ -1105,20 +1105,10 @@ fn place(
     a: &custodian_events::domain::AnomalyDetected,
 ) -> (Option<String>, Option<String>) {
     let known = |st: &AppState| {
-        let dir = st.directory.read().expect("directory lock");
-        let enterprise = a
-            .enterprise_id
-            .as_ref()
-            .map(ToString::to_string)
-            .or_else(|| {
-                a.terminal_id
-                    .as_ref()
-                    .and_then(|t| dir.enterprise_of(t.as_str()).map(str::to_owned))
-            });
-        let province = enterprise
-            .as_deref()
-            .and_then(|x| dir.province_of(x).map(str::to_owned));
-        (enterprise, province)
+        st.directory
+            .read()
+            .expect("directory lock")
+            .scope_of_anomaly(a)
     };
     let (enterprise, province) = known(st);
     if province.is_some() {

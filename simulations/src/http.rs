@@ -100,6 +100,20 @@ impl HttpNode {
         derived_seq: Arc<AtomicU64>,
         platform_key: Sm2KeyPair,
     ) -> HttpNode {
+        let config = HttpNode::config(signatures);
+        HttpNode::start_with(
+            log,
+            clock,
+            entropy,
+            keyring,
+            config,
+            derived_seq,
+            platform_key,
+        )
+    }
+
+    /// The node's configuration in the simulation.
+    pub fn config(signatures: Signatures) -> Config {
         let mut config = Config::default();
         config.ingest.require_signature = signatures == Signatures::On;
         // The simulator settles the deriver after every step; the node must not push back inside one.
@@ -107,6 +121,19 @@ impl HttpNode {
         config.projections.postgres_enabled = false;
         config.projections.influx_enabled = false;
         config.projections.search_enabled = false;
+        config
+    }
+
+    /// [`HttpNode::start`] with a configuration of the caller's (an edge's, say).
+    pub fn start_with(
+        log: Arc<dyn EventLog>,
+        clock: Arc<dyn Clock>,
+        entropy: Arc<dyn Entropy>,
+        keyring: Arc<Keyring>,
+        config: Config,
+        derived_seq: Arc<AtomicU64>,
+        platform_key: Sm2KeyPair,
+    ) -> HttpNode {
         let directory = custodian_projections::directory::Directory::load(log.as_ref())
             .expect("the simulated log reads");
         let state = Arc::new(AppState::new(StateParts {

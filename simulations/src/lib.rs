@@ -15,6 +15,8 @@
 //!   through an in-process network the simulator drives; terminals sign their uploads with SM2.
 //! - [`sink`]: a read model outside the node that fails, loses answers and stalls, fed by the node's real
 //!   projection runner.
+//! - [`edge`]: the edge-and-platform topology: the node as an edge with its real outbox and forwarder,
+//!   a platform node of its own, and a link between them that goes down and loses requests and answers.
 //! - [`sim`]: one run — the node (API, log, deriver, projection runner) fed the plan with duplicates,
 //!   hang-ups and crashes with torn writes — and the checkers; the `custodian-sim` binary runs seeds and
 //!   measures the simulation's speed. See `docs/simulation.md`.
@@ -22,6 +24,7 @@
 //! The foundation's crash test of real processes lives in `tests/`. Must not contain production code paths
 //! of its own: the simulated log exists to be driven by a simulator, never to back a node.
 
+pub mod edge;
 pub mod http;
 pub mod memlog;
 pub mod oracle;

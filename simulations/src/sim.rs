@@ -89,6 +89,9 @@ pub struct SimConfig {
     pub hours: Option<u32>,
     /// Seconds between two heartbeats of a terminal.
     pub heartbeat_s: u32,
+    /// With `--ingest edge`, for testing the checkers: the edge drops one waiting upload from its outbox
+    /// without forwarding it, which check (f) must catch.
+    pub edge_drops_one: bool,
 }
 
 impl Default for SimConfig {
@@ -101,6 +104,7 @@ impl Default for SimConfig {
             ingest: Ingest::Http(Signatures::On),
             hours: None,
             heartbeat_s: workload::REPORT_INTERVAL_S,
+            edge_drops_one: false,
         }
     }
 }
@@ -135,6 +139,9 @@ pub enum Ingest {
     /// registrations and manifests by the administrator, sealed payloads, derived events appended by the
     /// node's own sink.
     Http(Signatures),
+    /// Terminals upload (signed) to an edge node, which forwards to a platform node over a link with
+    /// outages ([`crate::edge`]).
+    Edge,
 }
 
 impl Ingest {
@@ -143,6 +150,7 @@ impl Ingest {
             Ingest::Direct => "direct",
             Ingest::Http(Signatures::On) => "http",
             Ingest::Http(Signatures::Off) => "http-unsigned",
+            Ingest::Edge => "edge",
         }
     }
 }
@@ -173,7 +181,7 @@ pub struct Check {
 
 impl Check {
     /// Passes with `fine()` as its detail when there is no problem; fails naming the count and the first ten.
-    fn from_problems(
+    pub(crate) fn from_problems(
         name: &'static str,
         problems: Vec<String>,
         fine: impl FnOnce() -> String,
@@ -226,6 +234,8 @@ pub struct Stats {
     pub expected: usize,
     pub detected: usize,
     pub events: u64,
+    /// The edge topology's counts (`--ingest edge`).
+    pub edge: Option<crate::edge::EdgeStats>,
 }
 
 #[derive(Debug, Clone)]
@@ -235,7 +245,7 @@ pub struct SimOutcome {
     pub stats: Stats,
     /// The replay's state hash, hex.
     pub state_hash: String,
-    /// SHA-256 of every record's bytes, hex.
+    /// SHA-256 of every record's bytes, hex (with `--ingest edge`, the edge's records then the platform's).
     pub log_hash: String,
     pub simulated: Duration,
     /// The whole run: the world, the steps, the checks.
@@ -290,6 +300,8 @@ struct HttpSetup {
     master: [u8; MASTER_KEY_LEN],
     signatures: Signatures,
     platform_seed: u64,
+    /// With `--ingest edge`: the node is an edge, its runtime attached at every start.
+    edge: Option<(crate::edge::EdgeAttach, custodian_node::config::EdgeConfig)>,
 }
 
 impl HttpSetup {
@@ -298,15 +310,23 @@ impl HttpSetup {
     }
 
     fn node(&self, log: Arc<MemLog>, keyring: Arc<Keyring>) -> HttpNode {
-        HttpNode::start(
+        let mut config = HttpNode::config(self.signatures);
+        if let Some((_, edge)) = &self.edge {
+            config.edge = edge.clone();
+        }
+        let node = HttpNode::start_with(
             log,
             self.clock.clone(),
             self.entropy.clone(),
             keyring,
-            self.signatures,
+            config,
             Arc::new(AtomicU64::new(0)),
             Sm2KeyPair::generate(&SeededEntropy::new(self.platform_seed)),
-        )
+        );
+        if let Some((attach, _)) = &self.edge {
+            attach.attach(&node.state);
+        }
+        node
     }
 }
 
@@ -442,7 +462,7 @@ impl Node {
 }
 
 /// Syncs until the deriver has processed the whole log and nothing waits.
-async fn settle(log: &MemLog, deriver: &Deriver) -> Result<(), String> {
+pub(crate) async fn settle(log: &MemLog, deriver: &Deriver) -> Result<(), String> {
     let deadline = Instant::now() + Duration::from_secs(SETTLE_REAL_S);
     let mut spins = 0u32;
     loop {
@@ -543,18 +563,37 @@ async fn run_async(
         Arc::new(SeededEntropy::new(config.seed ^ 0x5EA1_0000_0000_0002));
     let setup = match config.ingest {
         Ingest::Direct => None,
-        Ingest::Http(signatures) => {
+        Ingest::Http(_) | Ingest::Edge => {
             let mut master = [0u8; MASTER_KEY_LEN];
             entropy.fill(&mut master);
             Some(HttpSetup {
                 clock: clock.clone(),
                 entropy: entropy.clone(),
                 master,
-                signatures,
+                signatures: match config.ingest {
+                    Ingest::Http(s) => s,
+                    _ => Signatures::On,
+                },
                 platform_seed: config.seed ^ 0x7047_0000_0000_0003,
+                edge: None,
             })
         }
     };
+    let mut setup = setup;
+    let mut topology = None;
+    if config.ingest == Ingest::Edge {
+        match crate::edge::Topology::new(config.seed, clock.clone(), &world, faults) {
+            Ok(mut t) => {
+                t.drops_one = config.edge_drops_one;
+                let edge_config = crate::edge::edge_config(&mut rng);
+                if let Some(s) = setup.as_mut() {
+                    s.edge = Some((t.attach.clone(), edge_config));
+                }
+                topology = Some(t);
+            }
+            Err(e) => failures.push(format!("the edge topology: {e}")),
+        }
+    }
     let keyring = setup.as_ref().map(HttpSetup::keyring);
     let log = Arc::new(MemLog::new(
         clock.clone(),
@@ -569,6 +608,7 @@ async fn run_async(
         world.terminals.iter(),
         match config.ingest {
             Ingest::Http(s) => s,
+            Ingest::Edge => Signatures::On,
             Ingest::Direct => Signatures::Off,
         },
     );
@@ -624,7 +664,7 @@ async fn run_async(
     let mut acked: BTreeMap<(TerminalId, u64), Fingerprint> = BTreeMap::new();
     let mut to_resend: Vec<(&Item, SendKind)> = Vec::new();
     let mut day_reported = 0i64;
-    let http = matches!(config.ingest, Ingest::Http(_));
+    let http = matches!(config.ingest, Ingest::Http(_) | Ingest::Edge);
 
     // After the plan, one step more with nothing new: the terminals' last resends and retries.
     let last = workload::Step {
@@ -794,6 +834,12 @@ async fn run_async(
             failures.push(e);
             break;
         }
+        if let (Some(t), Some((edge, _))) = (topology.as_mut(), node.http.as_ref()) {
+            let edge = edge.state.clone();
+            let is_last = std::ptr::eq(step, &last);
+            t.step(step, &edge, &keys, is_last, &mut rng, &mut failures)
+                .await;
+        }
         // Progress every simulated day, or every hour in runs shorter than two days.
         let hours_total = (world.end_ns - T0) / 3_600_000_000_000;
         let (unit, unit_ns) = if hours_total >= 48 {
@@ -896,8 +942,35 @@ async fn run_async(
     checks.push(check_anomalies(&expected, &detected));
     checks.push(check_truths(&world, &detected, faults));
 
+    let (c, d, state_hash) = check_replay(&envs, &live, rules);
+    checks.push(c);
+    checks.push(d);
+    if let Some(t) = topology.as_mut() {
+        checks.extend(t.finish(&envs, &mut log_hash).await);
+        stats.edge = Some(t.stats.clone());
+    }
+    SimOutcome {
+        config: config.clone(),
+        checks,
+        stats,
+        state_hash,
+        log_hash: hex::encode(log_hash.finalize()),
+        simulated: Duration::from_nanos((world.end_ns - T0) as u64),
+        real: started.elapsed(),
+        steps_real,
+        log_bytes,
+    }
+}
+
+/// (c) A replay of `envs` from scratch finds no difference and ends in the `live` deriver's states; (d) no
+/// derived event is in `envs` twice. Also the replay's state hash, hex.
+pub(crate) fn check_replay(
+    envs: &[Envelope],
+    live: &BTreeMap<AggregateKey, custodian_events::domain::AggregateState>,
+    rules: Rules,
+) -> (Check, Check, String) {
     let mut replay = Replay::new(rules, true);
-    for env in &envs {
+    for env in envs {
         replay.step(env);
     }
     let core = &replay.core().aggregates;
@@ -930,7 +1003,7 @@ async fn run_async(
                 .join(", ")
         ));
     }
-    checks.push(Check {
+    let c = Check {
         name: "(c) replay from scratch equals the live run",
         ok: report.differences.is_empty() && differing.is_empty(),
         detail: if detail.is_empty() {
@@ -945,8 +1018,8 @@ async fn run_async(
                 detail.join("; ")
             )
         },
-    });
-    checks.push(Check {
+    };
+    let d = Check {
         name: "(d) no derived event twice",
         ok: report.derived_twice_in_log.is_empty(),
         detail: if report.derived_twice_in_log.is_empty() {
@@ -954,18 +1027,8 @@ async fn run_async(
         } else {
             format!("at sequences {:?}", report.derived_twice_in_log)
         },
-    });
-    SimOutcome {
-        config: config.clone(),
-        checks,
-        stats,
-        state_hash: report.state_hash_hex(),
-        log_hash: hex::encode(log_hash.finalize()),
-        simulated: Duration::from_nanos((world.end_ns - T0) as u64),
-        real: started.elapsed(),
-        steps_real,
-        log_bytes,
-    }
+    };
+    (c, d, report.state_hash_hex())
 }
 
 /// Records what the log answered to one send.

@@ -8,7 +8,7 @@ use custodian_simulations::http::Signatures;
 use custodian_simulations::sim::{self, Ingest, SimConfig};
 use custodian_simulations::workload::{self, Faults};
 
-fn run_and_check(seed: u64, faults: Faults, ingest: Ingest) {
+fn run_and_check(seed: u64, faults: Faults, ingest: Ingest) -> sim::SimOutcome {
     let config = SimConfig {
         seed,
         terminals: 20,
@@ -49,6 +49,7 @@ fn run_and_check(seed: u64, faults: Faults, ingest: Ingest) {
             "seed {seed}: no offline terminals: {s:?}"
         );
     }
+    outcome
 }
 
 /// Through the node's HTTP API with signed uploads: ingest, signature checks, sealing, the node's sink.
@@ -78,6 +79,71 @@ fn fresh_seeds_pass_every_check() {
         eprintln!("fresh seed {seed}");
         run_and_check(seed, Faults::Default, Ingest::Http(Signatures::On));
     }
+}
+
+/// Terminals upload to an edge, which forwards to a platform over a link that goes down for hours and
+/// loses requests and answers: the node's checks on the edge and (f), (g) and the platform's (c), (d).
+#[test]
+fn an_edge_and_a_platform_over_a_failing_link_pass_every_check() {
+    let outcome = run_and_check(1, Faults::Default, Ingest::Edge);
+    let e = outcome.stats.edge.clone().expect("the edge's counts");
+    assert!(
+        e.link_outages > 0 && e.requests_lost > 0 && e.answers_lost > 0,
+        "seed 1: the link never failed: {e:?}"
+    );
+    assert!(
+        e.outbox_peak_uploads > 100,
+        "seed 1: the outbox never held a backlog: {e:?}"
+    );
+    for name in ["(f)", "(g)", "(c, platform)", "(d, platform)"] {
+        assert!(
+            outcome.checks.iter().any(|c| c.name.starts_with(name)),
+            "no check {name}"
+        );
+    }
+}
+
+/// The same seed twice in one process: the same edge and platform logs, the same state.
+#[test]
+fn the_edge_topology_is_deterministic() {
+    let config = SimConfig {
+        seed: 8,
+        terminals: 12,
+        hours: Some(12),
+        ingest: Ingest::Edge,
+        ..SimConfig::default()
+    };
+    let a = sim::run(&config, &mut |_| {});
+    let b = sim::run(&config, &mut |_| {});
+    assert!(a.passed() && b.passed());
+    assert_eq!(a.log_hash, b.log_hash);
+    assert_eq!(a.state_hash, b.state_hash);
+}
+
+/// An edge that drops one waiting upload without forwarding it fails check (f).
+#[test]
+fn an_edge_losing_an_upload_fails_the_forwarding_check() {
+    let config = SimConfig {
+        seed: 3,
+        terminals: 12,
+        hours: Some(12),
+        faults: Faults::None,
+        ingest: Ingest::Edge,
+        edge_drops_one: true,
+        ..SimConfig::default()
+    };
+    let outcome = sim::run(&config, &mut |_| {});
+    let f = outcome
+        .checks
+        .iter()
+        .find(|c| c.name.starts_with("(f)"))
+        .expect("check (f)");
+    assert!(
+        !f.ok
+            && f.detail
+                .contains("acknowledged by the edge, not at the platform"),
+        "(f) should catch the lost upload: {f:?}"
+    );
 }
 
 #[test]

@@ -420,8 +420,9 @@ pub async fn registrations(
 ) -> Result<Response, ApiError> {
     let (edge, plain) = open_request(&st, &headers, body).await?;
     let req: RegistrationsRequest = super::parse_json(&plain)?;
-    let skew_s = (st.clock.now_ns() - req.at_ns).abs() / 1_000_000_000;
-    if req.edge_id != edge.registration.id || skew_s > REQUEST_SKEW_S_MAX {
+    // `abs_diff`: an `at_ns` as far off as an i64 goes must not overflow (it is refused like any other).
+    let skew_s = st.clock.now_ns().abs_diff(req.at_ns) / 1_000_000_000;
+    if req.edge_id != edge.registration.id || skew_s > REQUEST_SKEW_S_MAX.unsigned_abs() {
         return Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
             "envelope_invalid",

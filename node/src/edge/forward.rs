@@ -19,14 +19,88 @@ use crate::api::ReadingResult;
 /// Anomalies per batch (they are small; they go before any upload).
 const ANOMALIES_PER_BATCH_MAX: usize = 200;
 
-pub async fn run(rt: Arc<EdgeRuntime>) {
+fn limits(rt: &EdgeRuntime) -> BatchLimits {
     let c = &rt.config;
-    let limits = BatchLimits {
+    BatchLimits {
         uploads_max: c.batch_uploads_max,
         bytes_max: c.batch_bytes_max,
         per_terminal_max: c.per_terminal_uploads_max,
         anomalies_max: ANOMALIES_PER_BATCH_MAX,
+    }
+}
+
+/// What one forwarding round did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ForwardOnce {
+    /// Nothing waits in the outbox.
+    Idle,
+    /// A batch went and the platform settled all of it: acknowledged, or refused for good (dead letters).
+    Delivered { uploads: usize, anomalies: usize },
+    /// The batch did not reach the platform, or the platform asked for some of it again: why.
+    Failed(String),
+}
+
+/// One round of the forwarder, with the outbox read and updated inline: for a caller that drives the edge
+/// itself instead of [`run`]'s loop, as the simulator does. No backoff: when to try again is the caller's.
+pub async fn forward_once(rt: &Arc<EdgeRuntime>) -> ForwardOnce {
+    let batch = match rt.outbox.next_batch(limits(rt)) {
+        Ok(b) => b,
+        Err(e) => return ForwardOnce::Failed(format!("cannot read the outbox: {e}")),
     };
+    if batch.is_empty() {
+        return ForwardOnce::Idle;
+    }
+    let (uploads, anomalies) = (batch.uploads.len(), batch.anomalies.len());
+    match deliver(rt, batch, false).await {
+        Ok(None) => ForwardOnce::Delivered { uploads, anomalies },
+        Ok(Some(why)) => ForwardOnce::Failed(why),
+        Err(()) => ForwardOnce::Failed("the outbox update was cancelled".into()),
+    }
+}
+
+/// Sends `batch` and settles the answer in the outbox (on the blocking pool when `blocking`); `Some(why)`
+/// when the batch must go again, in part or whole; `Err` when the runtime is going away.
+async fn deliver(
+    rt: &Arc<EdgeRuntime>,
+    batch: Batch,
+    blocking: bool,
+) -> Result<Option<String>, ()> {
+    {
+        let mut recent = rt.stats.recent_attempts_ms.lock().expect("stats lock");
+        recent.push_back(now_ms());
+        while recent.len() > 64 {
+            recent.pop_front();
+        }
+    }
+    rt.stats.attempts.fetch_add(1, Ordering::Relaxed);
+    match send(rt, &batch).await {
+        Ok(answer) => {
+            rt.stats.upstream_ok.store(true, Ordering::Relaxed);
+            let applied = if blocking {
+                let rt2 = rt.clone();
+                tokio::task::spawn_blocking(move || apply(&rt2, &batch, &answer))
+                    .await
+                    .map_err(|_| ())?
+            } else {
+                apply(rt, &batch, &answer)
+            };
+            Ok(match applied {
+                Ok(busy) => busy,
+                Err(e) => Some(format!("cannot update the outbox: {e}")),
+            })
+        }
+        Err(f) => {
+            rt.stats
+                .upstream_ok
+                .store(matches!(f, Failure::Status { .. }), Ordering::Relaxed);
+            Ok(Some(f.to_string()))
+        }
+    }
+}
+
+pub async fn run(rt: Arc<EdgeRuntime>) {
+    let limits = limits(&rt);
+    let c = &rt.config;
     let seed = rt
         .id
         .bytes()
@@ -55,31 +129,8 @@ pub async fn run(rt: Arc<EdgeRuntime>) {
             let _ = tokio::time::timeout(Duration::from_secs(1), rt.outbox.fed.notified()).await;
             continue;
         }
-        {
-            let mut recent = rt.stats.recent_attempts_ms.lock().expect("stats lock");
-            recent.push_back(now_ms());
-            while recent.len() > 64 {
-                recent.pop_front();
-            }
-        }
-        rt.stats.attempts.fetch_add(1, Ordering::Relaxed);
-        let outcome = send(&rt, &batch).await;
-        let busy = match outcome {
-            Ok(answer) => {
-                rt.stats.upstream_ok.store(true, Ordering::Relaxed);
-                let rt2 = rt.clone();
-                match tokio::task::spawn_blocking(move || apply(&rt2, &batch, &answer)).await {
-                    Ok(Ok(busy)) => busy,
-                    Ok(Err(e)) => Some(format!("cannot update the outbox: {e}")),
-                    Err(_) => return,
-                }
-            }
-            Err(f) => {
-                rt.stats
-                    .upstream_ok
-                    .store(matches!(f, Failure::Status { .. }), Ordering::Relaxed);
-                Some(f.to_string())
-            }
+        let Ok(busy) = deliver(&rt, batch, true).await else {
+            return;
         };
         match busy {
             None => {

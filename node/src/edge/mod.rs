@@ -18,17 +18,78 @@ pub mod registrations;
 pub mod wire;
 
 use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use anyhow::Context as _;
 use axum::http::StatusCode;
-use custodian_events::crypto::{Sm2KeyPair, Sm2PublicKey};
+use custodian_events::crypto::{Entropy, Sm2KeyPair, Sm2PublicKey};
 use tokio::task::JoinHandle;
 
 use crate::api::{ApiError, AppState};
 use crate::config::EdgeConfig;
 use outbox::Outbox;
+
+pub use forward::{ForwardOnce, forward_once};
+
+/// An answer of the platform: its status and body, or why none came.
+pub type UpstreamAnswer = Pin<Box<dyn Future<Output = Result<(u16, bytes::Bytes), String>> + Send>>;
+
+/// How an edge reaches the platform: over HTTP ([`HttpUpstream`]) in a real edge, through the simulated
+/// network in `custodian-sim`.
+pub trait Upstream: Send + Sync {
+    /// POSTs `body` (`application/octet-stream`, the edge's id in [`wire::EDGE_HEADER`]) to `path`.
+    fn post(&self, path: &str, edge_id: &str, body: Vec<u8>) -> UpstreamAnswer;
+    /// GETs `path`.
+    fn get(&self, path: &str) -> UpstreamAnswer;
+}
+
+/// The platform at a base URL, over HTTP (30 s per request).
+pub struct HttpUpstream {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl HttpUpstream {
+    pub fn new(base: &str) -> anyhow::Result<HttpUpstream> {
+        Ok(HttpUpstream {
+            base: base.trim_end_matches('/').to_owned(),
+            http: reqwest::Client::builder()
+                .timeout(std::time::Duration::from_secs(30))
+                .build()
+                .context("cannot make an HTTP client")?,
+        })
+    }
+
+    fn answer(&self, request: reqwest::RequestBuilder, url: String) -> UpstreamAnswer {
+        Box::pin(async move {
+            let resp = request.send().await.map_err(|e| format!("{url}: {e}"))?;
+            let status = resp.status().as_u16();
+            let body = resp.bytes().await.map_err(|e| format!("{url}: {e}"))?;
+            Ok((status, body))
+        })
+    }
+}
+
+impl Upstream for HttpUpstream {
+    fn post(&self, path: &str, edge_id: &str, body: Vec<u8>) -> UpstreamAnswer {
+        let url = format!("{}{path}", self.base);
+        let request = self
+            .http
+            .post(&url)
+            .header(wire::EDGE_HEADER, edge_id)
+            .header("content-type", "application/octet-stream")
+            .body(body);
+        self.answer(request, url)
+    }
+
+    fn get(&self, path: &str) -> UpstreamAnswer {
+        let url = format!("{}{path}", self.base);
+        self.answer(self.http.get(&url), url)
+    }
+}
 
 /// Bytes one buffered reading costs in the outbox (keys and values as counted against the limit) when each
 /// upload carries one reading, the worst case: 314 measured by `custodian bench edge`
@@ -74,7 +135,8 @@ pub struct EdgeRuntime {
     /// The platform's key, once known (from the config, the pinned file or fetched and pinned).
     upstream_key: Mutex<Option<Sm2PublicKey>>,
     pinned_key_file: std::path::PathBuf,
-    http: reqwest::Client,
+    upstream_link: Arc<dyn Upstream>,
+    entropy: Arc<dyn Entropy>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -114,20 +176,15 @@ impl EdgeRuntime {
             None if pinned_key_file.exists() => Some(read_public_key(&pinned_key_file)?),
             None => None,
         };
-        let rt = Arc::new(EdgeRuntime {
+        let link = Arc::new(HttpUpstream::new(&upstream)?);
+        let rt = EdgeRuntime::attach(
+            state,
             id,
-            key: state.tokens.key().clone(),
-            upstream_key: Mutex::new(upstream_key),
+            Arc::new(outbox),
+            link,
+            upstream_key,
             pinned_key_file,
-            outbox: Arc::new(outbox),
-            stats: EdgeStats::default(),
-            http: reqwest::Client::builder()
-                .timeout(std::time::Duration::from_secs(30))
-                .build()
-                .context("cannot make an HTTP client")?,
-            tasks: Mutex::new(Vec::new()),
-            config,
-        });
+        );
         if let Some(file) = &rt.config.seed_registrations_file {
             let text = std::fs::read_to_string(file).with_context(|| {
                 format!("cannot read the seed registrations {}", file.display())
@@ -141,7 +198,6 @@ impl EdgeRuntime {
             let n = registrations::apply(state, &regs).await?;
             tracing::info!(file = %file.display(), appended = n, "seeded registrations");
         }
-        let _ = state.edge.set(rt.clone());
         let mut tasks = vec![
             tokio::spawn(feed(Arc::downgrade(state), rt.clone())),
             tokio::spawn(forward::run(rt.clone())),
@@ -153,6 +209,33 @@ impl EdgeRuntime {
         *rt.tasks.lock().expect("tasks lock") = tasks;
         tracing::info!(edge = %rt.id, %upstream, outbox_bytes_max = rt.config.outbox_bytes_max, "edge started");
         Ok(rt)
+    }
+
+    /// The edge of `state` over `outbox`, reaching the platform through `link`, with no background tasks:
+    /// the feeder, the forwarder and the registrations sync are the caller's ([`feed_once`],
+    /// [`forward_once`]), as in the simulator. [`EdgeRuntime::start`] attaches one and starts them.
+    pub fn attach(
+        state: &Arc<AppState>,
+        id: String,
+        outbox: Arc<Outbox>,
+        link: Arc<dyn Upstream>,
+        upstream_key: Option<Sm2PublicKey>,
+        pinned_key_file: std::path::PathBuf,
+    ) -> Arc<EdgeRuntime> {
+        let rt = Arc::new(EdgeRuntime {
+            id,
+            key: state.tokens.key().clone(),
+            upstream_key: Mutex::new(upstream_key),
+            pinned_key_file,
+            outbox,
+            stats: EdgeStats::default(),
+            upstream_link: link,
+            entropy: state.entropy.clone(),
+            tasks: Mutex::new(Vec::new()),
+            config: state.config.edge.clone(),
+        });
+        let _ = state.edge.set(rt.clone());
+        rt
     }
 
     /// Stops the background tasks and flushes the outbox.
@@ -194,16 +277,16 @@ impl EdgeRuntime {
             return Ok(k);
         }
         let url = format!("{}/v1/edge/public-key", self.upstream());
-        let v: serde_json::Value = self
-            .http
-            .get(&url)
-            .send()
+        let (status, body) = self
+            .upstream_link
+            .get("/v1/edge/public-key")
             .await
-            .and_then(|r| r.error_for_status())
-            .map_err(|e| format!("cannot fetch the platform's public key from {url}: {e}"))?
-            .json()
-            .await
-            .map_err(|e| format!("{url} did not answer JSON: {e}"))?;
+            .map_err(|e| format!("cannot fetch the platform's public key from {url}: {e}"))?;
+        if status != 200 {
+            return Err(format!("{url} answered {status}"));
+        }
+        let v: serde_json::Value =
+            serde_json::from_slice(&body).map_err(|e| format!("{url} did not answer JSON: {e}"))?;
         let pem = v["public_key_pem"]
             .as_str()
             .ok_or(format!("{url} gave no public_key_pem"))?;
@@ -227,24 +310,14 @@ impl EdgeRuntime {
             payload,
             &key,
             &self.key,
-            &custodian_events::crypto::OsEntropy,
+            self.entropy.as_ref(),
         )
         .map_err(|e| Failure::Transport(format!("cannot seal: {e}")))?;
-        let url = format!("{}{path}", self.upstream());
-        let resp = self
-            .http
-            .post(&url)
-            .header(wire::EDGE_HEADER, &self.id)
-            .header("content-type", "application/octet-stream")
-            .body(sealed)
-            .send()
+        let (status, body) = self
+            .upstream_link
+            .post(path, &self.id, sealed)
             .await
-            .map_err(|e| Failure::Transport(format!("{url}: {e}")))?;
-        let status = resp.status().as_u16();
-        let body = resp
-            .bytes()
-            .await
-            .map_err(|e| Failure::Transport(format!("{url}: {e}")))?;
+            .map_err(Failure::Transport)?;
         if status == 200 {
             return Ok(body);
         }
@@ -384,6 +457,40 @@ fn read_public_key(file: &std::path::Path) -> anyhow::Result<Sm2PublicKey> {
 /// Log events read per feeder step.
 const FEED_EVENTS_MAX: usize = 2_000;
 
+/// Moves what the edge's log holds beyond the outbox's checkpoint into the outbox (at most
+/// `FEED_EVENTS_MAX` events); returns how many events it read. Blocking (sled).
+pub fn feed_once(st: &AppState, rt: &EdgeRuntime) -> Result<usize, String> {
+    let from = rt.outbox.checkpoint_seq() + 1;
+    let events = st
+        .log
+        .read(from, FEED_EVENTS_MAX)
+        .map_err(|e| e.to_string())?;
+    if events.is_empty() {
+        return Ok(0);
+    }
+    let complete = events.len() < FEED_EVENTS_MAX;
+    let (items, checkpoint) = outbox::collect(&events, complete);
+    for item in &items {
+        if let outbox::Fed::Anomaly { anomaly, .. } = item {
+            rt.stats.local_anomalies.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                anomaly_id = %hex::encode(anomaly.anomaly_id),
+                kind = anomaly.kind.name(),
+                subject = %anomaly.subject,
+                description = %custodian_projections::describe::anomaly_description(anomaly),
+                "local anomaly"
+            );
+        }
+    }
+    match checkpoint {
+        Some(c) if c >= from => {
+            rt.outbox.feed(&items, c).map_err(|e| e.to_string())?;
+            Ok(events.len())
+        }
+        _ => Ok(0),
+    }
+}
+
 /// Tails the edge's log into the outbox, from the outbox's checkpoint.
 async fn feed(state: std::sync::Weak<AppState>, rt: Arc<EdgeRuntime>) {
     let Some(st) = state.upgrade() else { return };
@@ -392,37 +499,10 @@ async fn feed(state: std::sync::Weak<AppState>, rt: Arc<EdgeRuntime>) {
     let mut failing = false;
     loop {
         let Some(st) = state.upgrade() else { return };
-        let from = rt.outbox.checkpoint_seq() + 1;
         let step = tokio::task::spawn_blocking({
             let st = st.clone();
             let rt = rt.clone();
-            move || -> Result<usize, String> {
-                let events = st.log.read(from, FEED_EVENTS_MAX).map_err(|e| e.to_string())?;
-                if events.is_empty() {
-                    return Ok(0);
-                }
-                let complete = events.len() < FEED_EVENTS_MAX;
-                let (items, checkpoint) = outbox::collect(&events, complete);
-                for item in &items {
-                    if let outbox::Fed::Anomaly { anomaly, .. } = item {
-                        rt.stats.local_anomalies.fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(
-                            anomaly_id = %hex::encode(anomaly.anomaly_id),
-                            kind = anomaly.kind.name(),
-                            subject = %anomaly.subject,
-                            description = %custodian_projections::describe::anomaly_description(anomaly),
-                            "local anomaly"
-                        );
-                    }
-                }
-                match checkpoint {
-                    Some(c) if c >= from => {
-                        rt.outbox.feed(&items, c).map_err(|e| e.to_string())?;
-                        Ok(events.len())
-                    }
-                    _ => Ok(0),
-                }
-            }
+            move || feed_once(&st, &rt)
         })
         .await;
         drop(st);

@@ -47,6 +47,9 @@ enum IngestArg {
     Http,
     /// Through the node's HTTP API with `ingest.require_signature = false` and unsigned uploads.
     HttpUnsigned,
+    /// Terminals upload (signed) to an edge node, which forwards to a platform node over a link with
+    /// outages, lost requests and lost answers.
+    Edge,
 }
 
 impl From<IngestArg> for Ingest {
@@ -55,6 +58,7 @@ impl From<IngestArg> for Ingest {
             IngestArg::Direct => Ingest::Direct,
             IngestArg::Http => Ingest::Http(Signatures::On),
             IngestArg::HttpUnsigned => Ingest::Http(Signatures::Off),
+            IngestArg::Edge => Ingest::Edge,
         }
     }
 }
@@ -135,6 +139,7 @@ fn main() -> ExitCode {
                 ingest: ingest.into(),
                 hours,
                 heartbeat_s,
+                edge_drops_one: false,
             },
         ),
         Command::Speed {
@@ -153,6 +158,7 @@ fn main() -> ExitCode {
                 ingest: Ingest::Direct,
                 hours: Some(hours),
                 heartbeat_s,
+                edge_drops_one: false,
             },
             &out,
         ),
@@ -209,6 +215,22 @@ fn print_outcome(outcome: &SimOutcome) {
         s.recoveries,
         s.disconnects
     );
+    if let Some(e) = &s.edge {
+        println!(
+            "  edge: link down {} times ({} steps of 10 min), {} forwarder rounds ({} failed: {} requests \
+             lost, {} answers lost), {} batches delivered ({} uploads, {} anomalies), outbox peak {} uploads",
+            e.link_outages,
+            e.link_down_steps,
+            e.rounds,
+            e.rounds_failed,
+            e.requests_lost,
+            e.answers_lost,
+            e.batches_delivered,
+            e.uploads_forwarded,
+            e.anomalies_forwarded,
+            e.outbox_peak_uploads
+        );
+    }
     let simulated = outcome.simulated.as_secs_f64();
     let real = outcome.real.as_secs_f64();
     println!(

@@ -2,6 +2,15 @@
 //!
 //! Will own NATS membership, shard placement and ownership (leases with fencing tokens), routing to the
 //! owning node, and JetStream as the replicated log behind the `EventLog` trait in cluster mode (issue
-//! "Cluster over NATS"). Empty today: a node runs alone on its embedded sled log.
+//! "Cluster over NATS"). So far:
 //!
-//! Must not contain domain rules.
+//! - [`placement`]: shards by hash of id, per-shard rate forecasts (Holt's linear trend with a margin),
+//!   node CPU and memory smoothed by a dual-mode Kalman filter, and weighted rendezvous hashing with
+//!   bounded loads, stickiness and a cap on moves per interval (`docs/placement.md`);
+//! - [`placement_sim`]: the placement simulator comparing it with plain hashing on a skewed, drifting
+//!   workload (`custodian bench placement`).
+//!
+//! A node still runs alone on its embedded sled log. Must not contain domain rules.
+
+pub mod placement;
+pub mod placement_sim;

@@ -334,6 +334,25 @@ pub enum BenchCommand {
         #[arg(long, default_value = "bench/results")]
         report_dir: PathBuf,
     },
+    /// Shard placement on a skewed, drifting workload: plain hashing, reactive bounded and predictive
+    /// placement side by side (max/mean node load, overloads, moves). No services needed.
+    Placement {
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Seeds `seed ..` to run; the report averages them.
+        #[arg(long, default_value_t = 8)]
+        seeds: u64,
+        /// Placement intervals (a minute each, say).
+        #[arg(long, default_value_t = 1_440)]
+        intervals: usize,
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+        /// Voluntary moves per interval at most.
+        #[arg(long, default_value_t = 4)]
+        moves_max: usize,
+        #[arg(long, default_value = "bench/results")]
+        report_dir: PathBuf,
+    },
     /// An edge's outbox bytes per buffered reading, and its backlog drain rate beside the terminals'
     /// real-time rate while live traffic continues.
     Edge {
@@ -616,6 +635,39 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 "the current code decides {} derived event(s) differently from the log",
                 report.differences.len() + report.derived_twice_in_log.len()
             );
+            Ok(())
+        }
+        Command::Bench(BenchCommand::Placement {
+            seed,
+            seeds,
+            intervals,
+            nodes,
+            moves_max,
+            report_dir,
+        }) => {
+            use custodian_cluster::placement_sim;
+            anyhow::ensure!(
+                nodes >= 2 && intervals >= 100,
+                "the placement simulator needs --nodes 2 or more and --intervals 100 or more"
+            );
+            let options = placement_sim::SimOptions {
+                seed,
+                intervals,
+                nodes,
+                config: custodian_cluster::placement::PlacementConfig {
+                    moves_max,
+                    ..Default::default()
+                },
+                ..Default::default()
+            };
+            let markdown = placement_sim::run_seeds(&options, seeds, &mut |s| {
+                eprintln!("seed {s} ({} of {seeds})", s - seed + 1);
+            });
+            println!("{markdown}");
+            std::fs::create_dir_all(&report_dir)?;
+            let file = report_dir.join(format!("placement-{}.md", crate::bench::stamp()));
+            std::fs::write(&file, &markdown)?;
+            println!("report written to {}", file.display());
             Ok(())
         }
         Command::Bench(BenchCommand::Edge {

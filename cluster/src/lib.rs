@@ -7,10 +7,13 @@
 //! - [`placement`]: shards by hash of id, per-shard rate forecasts (Holt's linear trend with a margin),
 //!   node CPU and memory smoothed by a dual-mode Kalman filter, and weighted rendezvous hashing with
 //!   bounded loads, stickiness and a cap on moves per interval (`docs/placement.md`);
+//! - [`membership`]: heartbeats on core NATS, suspicion and death thresholds, self-fencing
+//!   (`docs/membership.md`);
 //! - [`placement_sim`]: the placement simulator comparing it with plain hashing on a skewed, drifting
 //!   workload (`custodian bench placement`).
 //!
 //! A node still runs alone on its embedded sled log. Must not contain domain rules.
 
+pub mod membership;
 pub mod placement;
 pub mod placement_sim;

@@ -9,11 +9,14 @@
 //!   bounded loads, stickiness and a cap on moves per interval (`docs/placement.md`);
 //! - [`membership`]: heartbeats on core NATS, suspicion and death thresholds, self-fencing
 //!   (`docs/membership.md`);
+//! - [`ownership`]: owner records in a replicated KV bucket claimed by compare-and-set (the revision is the
+//!   shard's epoch) and appends fenced by the subject's expected last sequence (`docs/ownership.md`);
 //! - [`placement_sim`]: the placement simulator comparing it with plain hashing on a skewed, drifting
 //!   workload (`custodian bench placement`).
 //!
 //! A node still runs alone on its embedded sled log. Must not contain domain rules.
 
 pub mod membership;
+pub mod ownership;
 pub mod placement;
 pub mod placement_sim;

@@ -1,0 +1,283 @@
+//! Shard ownership with fencing, on JetStream (cluster issue, part 5).
+//!
+//! - **Owner records** live in a replicated KV bucket, one key per shard (`shard-07`), value the owner's
+//!   node id. A node claims a shard by compare-and-set: `create` when the key is absent, `update` on the
+//!   revision it saw otherwise. The record's revision is the shard's **epoch**: it only grows, and two
+//!   claims on the same revision cannot both win.
+//! - **Fenced appends.** Each shard's history is one subject of the log stream (`{subject}.07`). Every
+//!   append carries `Nats-Expected-Last-Subject-Sequence` = the last sequence of that subject its owner
+//!   knows. A new owner first appends `OwnerChanged { shard, node, epoch }` on the subject's current
+//!   last sequence, read from the stream leader (the stream has no direct gets) — so a paused or
+//!   partitioned old owner's next append fails with *wrong last sequence*, and it must stop.
+//!
+//! See `docs/ownership.md`.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, context::PublishErrorKind, kv, stream};
+use serde::{Deserialize, Serialize};
+
+/// The event a new owner appends first on a shard's subject.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OwnerChanged {
+    pub shard: u16,
+    pub node: String,
+    pub epoch: u64,
+}
+
+/// Why a claim or an append did not happen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OwnershipError {
+    /// Another node claimed the shard since the revision this node saw (a lost compare-and-set).
+    Lost { shard: u16 },
+    /// An append whose expected last sequence is stale: another owner wrote to the shard. Stop.
+    Fenced { shard: u16, expected: u64 },
+    /// NATS answered otherwise (or not): retry later.
+    Nats(String),
+}
+
+impl std::fmt::Display for OwnershipError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OwnershipError::Lost { shard } => {
+                write!(f, "shard {shard} was claimed by another node first")
+            }
+            OwnershipError::Fenced { shard, expected } => write!(
+                f,
+                "shard {shard} has a newer owner (expected last sequence {expected} is stale): stop writing it"
+            ),
+            OwnershipError::Nats(m) => write!(f, "NATS: {m}"),
+        }
+    }
+}
+
+impl std::error::Error for OwnershipError {}
+
+/// async-nats 0.51 reports a lost compare-and-set on a KV key as `Other` with the server's "wrong last
+/// sequence" (JetStream error 10071 or 10164) inside; both mean another write came first.
+fn wrong_last(e: &dyn std::error::Error) -> bool {
+    let mut source: Option<&dyn std::error::Error> = Some(e);
+    while let Some(err) = source {
+        if err.to_string().contains("wrong last sequence") {
+            return true;
+        }
+        source = err.source();
+    }
+    false
+}
+
+fn nats(e: impl std::fmt::Display) -> OwnershipError {
+    OwnershipError::Nats(e.to_string())
+}
+
+/// The owner records and the log stream of one cluster.
+#[derive(Clone)]
+pub struct Shards {
+    js: jetstream::Context,
+    owners: kv::Store,
+    stream: stream::Stream,
+    subject: String,
+}
+
+/// Names and replication of the bucket and the stream.
+#[derive(Debug, Clone)]
+pub struct ShardsConfig {
+    pub bucket: String,
+    pub stream: String,
+    /// Shard `n` appends to `{subject}.{n}`.
+    pub subject: String,
+    pub replicas: usize,
+}
+
+/// A shard this node owns, at `epoch`, knowing its subject's last sequence.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owned {
+    pub shard: u16,
+    pub node: String,
+    pub epoch: u64,
+    pub last_seq: u64,
+}
+
+impl Shards {
+    /// Opens (or makes) the bucket and the stream.
+    pub async fn open(
+        client: async_nats::Client,
+        config: &ShardsConfig,
+    ) -> Result<Shards, OwnershipError> {
+        let mut js = jetstream::new(client);
+        js.set_timeout(Duration::from_secs(10));
+        let owners = match js.get_key_value(&config.bucket).await {
+            Ok(store) => store,
+            Err(_) => js
+                .create_key_value(kv::Config {
+                    bucket: config.bucket.clone(),
+                    history: 1,
+                    num_replicas: config.replicas,
+                    ..Default::default()
+                })
+                .await
+                .map_err(nats)?,
+        };
+        let stream = js
+            .get_or_create_stream(stream::Config {
+                name: config.stream.clone(),
+                subjects: vec![format!("{}.>", config.subject)],
+                num_replicas: config.replicas,
+                // Reads of the last sequence go to the stream leader, never to a possibly stale replica.
+                allow_direct: false,
+                ..Default::default()
+            })
+            .await
+            .map_err(nats)?;
+        Ok(Shards {
+            js,
+            owners,
+            stream,
+            subject: config.subject.clone(),
+        })
+    }
+
+    /// Deletes the bucket and the stream (tests clean up with it).
+    pub async fn delete(self, config: &ShardsConfig) -> Result<(), OwnershipError> {
+        self.js
+            .delete_key_value(&config.bucket)
+            .await
+            .map_err(nats)?;
+        self.js.delete_stream(&config.stream).await.map_err(nats)?;
+        Ok(())
+    }
+
+    fn key(shard: u16) -> String {
+        format!("shard-{shard:02}")
+    }
+
+    fn subject_of(&self, shard: u16) -> String {
+        format!("{}.{shard:02}", self.subject)
+    }
+
+    /// The owner record: the node and the epoch, if any.
+    pub async fn owner(&self, shard: u16) -> Result<Option<(String, u64)>, OwnershipError> {
+        Ok(self
+            .owners
+            .entry(Self::key(shard))
+            .await
+            .map_err(nats)?
+            .filter(|e| e.operation == kv::Operation::Put)
+            .map(|e| (String::from_utf8_lossy(&e.value).into_owned(), e.revision)))
+    }
+
+    /// Claims `shard` for `node`, taking it from whoever holds the record at revision `seen` (`None`: the
+    /// shard has no owner yet). Then appends `OwnerChanged` on the subject's last sequence, fencing the
+    /// previous owner. The caller decides `seen` from membership (the previous owner is dead) or from a
+    /// handoff.
+    pub async fn claim(
+        &self,
+        shard: u16,
+        node: &str,
+        seen: Option<u64>,
+    ) -> Result<Owned, OwnershipError> {
+        let key = Self::key(shard);
+        let value = bytes::Bytes::from(node.as_bytes().to_vec());
+        let epoch = match seen {
+            None => self.owners.create(&key, value).await.map_err(|e| {
+                if e.kind() == kv::CreateErrorKind::AlreadyExists || wrong_last(&e) {
+                    OwnershipError::Lost { shard }
+                } else {
+                    nats(e)
+                }
+            })?,
+            Some(revision) => self
+                .owners
+                .update(&key, value, revision)
+                .await
+                .map_err(|e| {
+                    if e.kind() == kv::UpdateErrorKind::WrongLastRevision || wrong_last(&e) {
+                        OwnershipError::Lost { shard }
+                    } else {
+                        nats(e)
+                    }
+                })?,
+        };
+        // Fence: append OwnerChanged on the subject's last sequence as the leader knows it. Another
+        // writer slipping in between makes this fail; read again and retry — the epoch is ours.
+        for _ in 0..16 {
+            let last = self.last_seq(shard).await?;
+            let mut owned = Owned {
+                shard,
+                node: node.to_owned(),
+                epoch,
+                last_seq: last,
+            };
+            let event = serde_json::to_vec(&OwnerChanged {
+                shard,
+                node: node.to_owned(),
+                epoch,
+            })
+            .expect("serialises");
+            match self.append(&mut owned, event).await {
+                Ok(_) => return Ok(owned),
+                Err(OwnershipError::Fenced { .. }) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(OwnershipError::Nats(format!(
+            "shard {shard}: could not append OwnerChanged after 16 tries (another writer keeps appending)"
+        )))
+    }
+
+    /// The last sequence of the shard's subject, from the stream leader (0: none).
+    pub async fn last_seq(&self, shard: u16) -> Result<u64, OwnershipError> {
+        match self
+            .stream
+            .get_last_raw_message_by_subject(&self.subject_of(shard))
+            .await
+        {
+            Ok(m) => Ok(m.sequence),
+            Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => Ok(0),
+            Err(e) => Err(nats(e)),
+        }
+    }
+
+    /// Appends `payload` to the shard as its owner: only if the subject's last sequence is still the one
+    /// `owned` knows. Returns the new message's stream sequence (and moves `owned.last_seq` to it).
+    pub async fn append(&self, owned: &mut Owned, payload: Vec<u8>) -> Result<u64, OwnershipError> {
+        let publish = jetstream::message::PublishMessage::build()
+            .payload(payload.into())
+            .expected_last_subject_sequence(owned.last_seq);
+        let ack = self
+            .js
+            .send_publish(self.subject_of(owned.shard), publish)
+            .await
+            .map_err(nats)?
+            .await
+            .map_err(|e| {
+                if e.kind() == PublishErrorKind::WrongLastSequence {
+                    OwnershipError::Fenced {
+                        shard: owned.shard,
+                        expected: owned.last_seq,
+                    }
+                } else {
+                    nats(e)
+                }
+            })?;
+        owned.last_seq = ack.sequence;
+        Ok(ack.sequence)
+    }
+
+    /// Every message of the shard's subject, in order: (stream sequence, payload), read one by one from the
+    /// stream leader (for checks and tests, not for replaying a big shard).
+    pub async fn history(&self, shard: u16) -> Result<Vec<(u64, Vec<u8>)>, OwnershipError> {
+        let last = self.last_seq(shard).await?;
+        let subject = self.subject_of(shard);
+        let mut out = Vec::new();
+        for seq in 1..=last {
+            // Sequences of other subjects, or removed ones, are skipped.
+            if let Ok(m) = self.stream.get_raw_message(seq).await
+                && m.subject.as_str() == subject
+            {
+                out.push((m.sequence, m.payload.to_vec()));
+            }
+        }
+        Ok(out)
+    }
+}

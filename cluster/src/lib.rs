@@ -11,11 +11,14 @@
 //!   (`docs/membership.md`);
 //! - [`ownership`]: owner records in a replicated KV bucket claimed by compare-and-set (the revision is the
 //!   shard's epoch) and appends fenced by the subject's expected last sequence (`docs/ownership.md`);
+//! - [`coordinator`]: failover of ownership: every node computes the same target per shard from the
+//!   alive set and claims the shards of dead owners it is the target of; a fenced node drops everything;
 //! - [`placement_sim`]: the placement simulator comparing it with plain hashing on a skewed, drifting
 //!   workload (`custodian bench placement`).
 //!
 //! A node still runs alone on its embedded sled log. Must not contain domain rules.
 
+pub mod coordinator;
 pub mod membership;
 pub mod ownership;
 pub mod placement;

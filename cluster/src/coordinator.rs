@@ -1,0 +1,183 @@
+//! Failover of shard ownership: membership ([`crate::membership`]) says who is alive; every node computes
+//! the same target owner per shard from the alive set (rendezvous hashing, [`crate::placement`]); a node
+//! claims ([`crate::ownership`]) the shards it is the target of whose recorded owner is dead or absent,
+//! and drops everything the moment it is fenced or sees its record taken.
+//!
+//! Shards are sticky: a node joining takes no shard from a live owner here (moving live shards is the
+//! placement's and the handoff's business). A suspected owner is not taken over; a dead one is.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::task::JoinHandle;
+
+use crate::membership::{Membership, Status, View};
+use crate::ownership::{Owned, OwnershipError, Shards};
+use crate::placement::{NodeView, SHARDS, plain_owner};
+
+/// What a coordinator holds and did.
+#[derive(Debug, Default)]
+pub struct Held {
+    pub owned: BTreeMap<u16, Owned>,
+    pub claims: u64,
+    pub lost: u64,
+    pub dropped: u64,
+}
+
+/// A node's ownership loop.
+pub struct Coordinator {
+    pub node: String,
+    pub held: Arc<Mutex<Held>>,
+    task: JoinHandle<()>,
+}
+
+/// The target owner of `shard` among the alive `nodes` (sorted ids): the same on every node that sees
+/// the same alive set.
+pub fn target(shard: u16, nodes: &[String]) -> Option<String> {
+    if nodes.is_empty() {
+        return None;
+    }
+    let views: Vec<NodeView> = nodes
+        .iter()
+        .map(|id| NodeView {
+            id: id.clone(),
+            capacity: 1.0,
+            cpu_other: 0.0,
+            mem_used: 0.0,
+            alive: true,
+        })
+        .collect();
+    Some(nodes[plain_owner(shard, &views)].clone())
+}
+
+impl Coordinator {
+    /// Runs the loop: a pass on every membership change and every `every` besides. For its first `grace`
+    /// (at least the membership's `dead_after`) it takes nothing from owners it has not heard of: they may
+    /// be alive and not heard yet.
+    pub fn start(
+        node: &str,
+        membership: &Membership,
+        shards: Shards,
+        every: Duration,
+        grace: Duration,
+    ) -> Coordinator {
+        let held = Arc::new(Mutex::new(Held::default()));
+        let mut view = membership.watch();
+        let node_id = node.to_owned();
+        let held2 = held.clone();
+        let task = tokio::spawn(async move {
+            let started = Instant::now();
+            loop {
+                let current = view.borrow_and_update().clone();
+                let take_unknown = started.elapsed() >= grace;
+                pass(&node_id, &current, &shards, &held2, take_unknown).await;
+                tokio::select! {
+                    changed = view.changed() => if changed.is_err() { return },
+                    _ = tokio::time::sleep(every) => {}
+                }
+            }
+        });
+        Coordinator {
+            node: node.to_owned(),
+            held,
+            task,
+        }
+    }
+
+    /// The shards this node owns now.
+    pub fn owned(&self) -> Vec<u16> {
+        self.held
+            .lock()
+            .expect("held lock")
+            .owned
+            .keys()
+            .copied()
+            .collect()
+    }
+
+    /// Stops at once, as a killed process would (nothing released).
+    pub fn stop(&self) {
+        self.task.abort();
+    }
+}
+
+impl Drop for Coordinator {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn pass(node: &str, view: &View, shards: &Shards, held: &Mutex<Held>, take_unknown: bool) {
+    if view.fenced {
+        let mut h = held.lock().expect("held lock");
+        if !h.owned.is_empty() {
+            tracing::warn!(node, shards = h.owned.len(), "fenced: dropping every shard");
+            h.dropped += h.owned.len() as u64;
+            h.owned.clear();
+        }
+        return;
+    }
+    let alive = view.alive();
+    for shard in 0..SHARDS {
+        let record = match shards.owner(shard).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::debug!(shard, error = %e, "cannot read the owner record");
+                continue;
+            }
+        };
+        let mine = held.lock().expect("held lock").owned.get(&shard).cloned();
+        if let Some(owned) = mine {
+            // Someone claimed it since: drop it (its next append would be fenced anyway).
+            if record.as_ref().map(|(_, epoch)| *epoch) != Some(owned.epoch) {
+                let mut h = held.lock().expect("held lock");
+                h.owned.remove(&shard);
+                h.dropped += 1;
+            }
+            continue;
+        }
+        if target(shard, &alive).as_deref() != Some(node) {
+            continue;
+        }
+        let seen = match &record {
+            None => None,
+            Some((owner, epoch)) => {
+                // Take over only from a dead owner (or one never heard, after the grace), or from an
+                // earlier life of this node.
+                let takeable = match view.peers.get(owner) {
+                    _ if owner == node => true,
+                    Some(s) => *s == Status::Dead,
+                    None => take_unknown,
+                };
+                if !takeable {
+                    continue;
+                }
+                Some(*epoch)
+            }
+        };
+        match shards.claim(shard, node, seen).await {
+            Ok(owned) => {
+                let mut h = held.lock().expect("held lock");
+                h.claims += 1;
+                h.owned.insert(shard, owned);
+            }
+            Err(OwnershipError::Lost { .. }) => held.lock().expect("held lock").lost += 1,
+            Err(e) => tracing::debug!(shard, error = %e, "claim failed; the next pass retries"),
+        }
+    }
+}
+
+/// Waits until `ok` holds, polling every 5 ms; the time it took, or `None` after `within`.
+pub async fn wait_for(within: Duration, mut ok: impl AsyncFnMut() -> bool) -> Option<Duration> {
+    let start = Instant::now();
+    loop {
+        if ok().await {
+            return Some(start.elapsed());
+        }
+        if start.elapsed() > within {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}

@@ -19,6 +19,7 @@
 //! A node still runs alone on its embedded sled log. Must not contain domain rules.
 
 pub mod coordinator;
+pub mod failover_bench;
 pub mod membership;
 pub mod ownership;
 pub mod placement;

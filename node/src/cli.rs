@@ -334,6 +334,19 @@ pub enum BenchCommand {
         #[arg(long, default_value = "bench/results")]
         report_dir: PathBuf,
     },
+    /// Failover of shard ownership on the three-node JetStream cluster (`scripts/services nats-cluster
+    /// up`): a node stopped every round; p50, p99, max until the survivors own its shards.
+    Failover {
+        #[arg(long, default_value_t = 20)]
+        kills: usize,
+        #[arg(
+            long,
+            default_value = "nats://127.0.0.1:4301,nats://127.0.0.1:4302,nats://127.0.0.1:4303"
+        )]
+        cluster: String,
+        #[arg(long, default_value = "bench/results")]
+        report_dir: PathBuf,
+    },
     /// Shard placement on a skewed, drifting workload: plain hashing, reactive bounded and predictive
     /// placement side by side (max/mean node load, overloads, moves). No services needed.
     Placement {
@@ -635,6 +648,32 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 "the current code decides {} derived event(s) differently from the log",
                 report.differences.len() + report.derived_twice_in_log.len()
             );
+            Ok(())
+        }
+        Command::Bench(BenchCommand::Failover {
+            kills,
+            cluster,
+            report_dir,
+        }) => {
+            let urls = cluster
+                .split(',')
+                .map(|u| {
+                    u.trim()
+                        .parse::<async_nats::ServerAddr>()
+                        .map_err(|e| anyhow::anyhow!("--cluster {u:?} is not a NATS URL: {e}"))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            anyhow::ensure!(kills >= 1, "--kills must be 1 or more");
+            let markdown = custodian_cluster::failover_bench::run(&urls, kills, &mut |line| {
+                eprintln!("{line}")
+            })
+            .await
+            .map_err(|e| anyhow::anyhow!(e))?;
+            println!("{markdown}");
+            std::fs::create_dir_all(&report_dir)?;
+            let file = report_dir.join(format!("failover-{}.md", crate::bench::stamp()));
+            std::fs::write(&file, &markdown)?;
+            println!("report written to {}", file.display());
             Ok(())
         }
         Command::Bench(BenchCommand::Placement {

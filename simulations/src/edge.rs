@@ -336,7 +336,7 @@ impl Topology {
                 }
                 _ => continue,
             };
-            if let Err(e) = drive(&self.log, &mut call) {
+            if let Err(e) = crate::sim::drive(&self.log, &mut call, ROUND_POLLS_MAX) {
                 failures.push(format!("the platform's administrator call failed: {e}"));
             }
         }
@@ -558,17 +558,6 @@ impl Drop for Topology {
 static DIRS: AtomicU64 = AtomicU64::new(0);
 
 /// Polls `call` to its end in the simulator's order, syncing the platform's log between two polls.
-fn drive(log: &MemLog, call: &mut Pending) -> Result<(), String> {
-    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-    for _ in 0..ROUND_POLLS_MAX {
-        if let std::task::Poll::Ready(answer) = call.as_mut().poll(&mut cx) {
-            return answer.map(|_| ());
-        }
-        log.sync();
-    }
-    Err("not answered".into())
-}
-
 fn poll_to_end<T>(
     log: &MemLog,
     call: std::pin::Pin<Box<dyn Future<Output = T> + '_>>,
@@ -592,22 +581,17 @@ fn check_forwarded(
     outbox: &Outbox,
     mut problems: Vec<String>,
 ) -> Check {
-    type Readings = BTreeMap<(TerminalId, u64), Vec<Fingerprint>>;
-    fn readings(envs: &[Envelope]) -> (Readings, BTreeMap<TerminalId, Vec<u64>>) {
-        let mut all: Readings = BTreeMap::new();
+    fn order(envs: &[Envelope]) -> BTreeMap<TerminalId, Vec<u64>> {
         let mut order: BTreeMap<TerminalId, Vec<u64>> = BTreeMap::new();
         for env in envs {
             if let Event::ReadingRecorded(r) = &env.event {
-                all.entry((r.terminal_id.clone(), r.seq))
-                    .or_default()
-                    .push(env.fingerprint);
                 order.entry(r.terminal_id.clone()).or_default().push(r.seq);
             }
         }
-        (all, order)
+        order
     }
-    let (at_edge, edge_order) = readings(edge);
-    let (at_platform, platform_order) = readings(platform);
+    let (at_edge, edge_order) = (crate::sim::readings_by_key(edge), order(edge));
+    let (at_platform, platform_order) = (crate::sim::readings_by_key(platform), order(platform));
     for (key, fps) in &at_edge {
         match at_platform.get(key).map(Vec::as_slice) {
             Some([one]) if Some(one) == fps.first() => {}

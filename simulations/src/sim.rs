@@ -516,7 +516,7 @@ fn poll_once(call: &mut Pending) -> Option<Result<Vec<AppendOutcome>, String>> {
 
 /// Syncs the log and polls `call` until it is answered (a call that appends more than once, say a first
 /// data key and then the sealed event, needs a sync for each).
-fn drive(
+pub(crate) fn drive(
     log: &MemLog,
     call: &mut Pending,
     rounds_max: usize,
@@ -1089,21 +1089,26 @@ fn record(
     }
 }
 
+/// The fingerprints of every reading in `envs`, by (terminal, seq): more than one is a reading stored twice.
+pub(crate) fn readings_by_key(envs: &[Envelope]) -> BTreeMap<(TerminalId, u64), Vec<Fingerprint>> {
+    let mut all: BTreeMap<(TerminalId, u64), Vec<Fingerprint>> = BTreeMap::new();
+    for env in envs {
+        if let Event::ReadingRecorded(r) = &env.event {
+            all.entry((r.terminal_id.clone(), r.seq))
+                .or_default()
+                .push(env.fingerprint);
+        }
+    }
+    all
+}
+
 /// (a) Every acknowledged reading is in the log exactly once, as acknowledged; every reading was.
 fn check_acked(
     world: &workload::Workload,
     envs: &[Envelope],
     acked: &BTreeMap<(TerminalId, u64), Fingerprint>,
 ) -> Check {
-    let mut in_log: BTreeMap<(TerminalId, u64), Vec<Fingerprint>> = BTreeMap::new();
-    for env in envs {
-        if let Event::ReadingRecorded(r) = &env.event {
-            in_log
-                .entry((r.terminal_id.clone(), r.seq))
-                .or_default()
-                .push(env.fingerprint);
-        }
-    }
+    let in_log = readings_by_key(envs);
     let mut problems = Vec::new();
     for (key, fp) in acked {
         match in_log.get(key).map(Vec::as_slice) {

@@ -402,3 +402,19 @@ pub async fn wait_projected(client: &NodeClient, within: Duration) -> Value {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// The three-node JetStream cluster of `scripts/services nats-cluster up`.
+pub const NATS_CLUSTER: &str = "nats://127.0.0.1:4301,nats://127.0.0.1:4302,nats://127.0.0.1:4303";
+
+/// A client of [`NATS_CLUSTER`]; panics naming the command that starts it.
+pub async fn nats_cluster() -> async_nats::Client {
+    let servers: Vec<async_nats::ServerAddr> = NATS_CLUSTER
+        .split(',')
+        .map(|u| u.parse().expect("a NATS URL"))
+        .collect();
+    async_nats::connect(servers).await.unwrap_or_else(|e| {
+        panic!(
+            "cannot reach the NATS cluster at {NATS_CLUSTER} ({e}); start it with scripts/services nats-cluster up"
+        )
+    })
+}

@@ -10,16 +10,6 @@ use custodian_cluster::membership::{Membership, Thresholds};
 use custodian_cluster::ownership::{OwnershipError, Shards, ShardsConfig};
 use custodian_cluster::placement::SHARDS;
 
-const CLUSTER: &str = "nats://127.0.0.1:4301,nats://127.0.0.1:4302,nats://127.0.0.1:4303";
-
-async fn connect() -> async_nats::Client {
-    let servers: Vec<async_nats::ServerAddr> =
-        CLUSTER.split(',').map(|u| u.parse().unwrap()).collect();
-    async_nats::connect(servers).await.unwrap_or_else(|e| {
-        panic!("cannot reach the NATS cluster at {CLUSTER} ({e}); start it with scripts/services nats-cluster up")
-    })
-}
-
 struct Node {
     membership: Membership,
     coordinator: Coordinator,
@@ -27,7 +17,7 @@ struct Node {
 }
 
 async fn start(id: &str, prefix: &str, config: &ShardsConfig) -> Node {
-    let client = connect().await;
+    let client = custodian_tests::nats_cluster().await;
     let shards = Shards::open(client.clone(), config).await.unwrap();
     let membership = Membership::start(client, prefix, id, Thresholds::default())
         .await
@@ -79,7 +69,9 @@ async fn the_shards_of_a_stopped_node_are_owned_by_the_survivors_and_its_late_ap
     for id in ids {
         nodes.push(Some(start(id, &prefix, &config).await));
     }
-    let observer = Shards::open(connect().await, &config).await.unwrap();
+    let observer = Shards::open(custodian_tests::nats_cluster().await, &config)
+        .await
+        .unwrap();
     let all_owned = wait_for(Duration::from_secs(20), async || {
         nodes
             .iter()

@@ -5,8 +5,6 @@
 
 use custodian_cluster::ownership::{OwnerChanged, OwnershipError, Shards, ShardsConfig};
 
-const CLUSTER: &str = "nats://127.0.0.1:4301,nats://127.0.0.1:4302,nats://127.0.0.1:4303";
-
 async fn shards(tag: &str) -> (Shards, Shards, ShardsConfig) {
     let unique = format!(
         "{tag}_{}_{}",
@@ -22,16 +20,13 @@ async fn shards(tag: &str) -> (Shards, Shards, ShardsConfig) {
         subject: format!("custodian.test.log.{unique}"),
         replicas: 3,
     };
-    let connect = || async {
-        let servers: Vec<async_nats::ServerAddr> =
-            CLUSTER.split(',').map(|u| u.parse().unwrap()).collect();
-        async_nats::connect(servers).await.unwrap_or_else(|e| {
-            panic!("cannot reach the NATS cluster at {CLUSTER} ({e}); start it with scripts/services nats-cluster up")
-        })
-    };
     // Two nodes, each with its own connection.
-    let a = Shards::open(connect().await, &config).await.unwrap();
-    let b = Shards::open(connect().await, &config).await.unwrap();
+    let a = Shards::open(custodian_tests::nats_cluster().await, &config)
+        .await
+        .unwrap();
+    let b = Shards::open(custodian_tests::nats_cluster().await, &config)
+        .await
+        .unwrap();
     (a, b, config)
 }
 

@@ -18,6 +18,7 @@
 //!
 //! A node still runs alone on its embedded sled log. Must not contain domain rules.
 
+pub mod cluster_log;
 pub mod coordinator;
 pub mod failover_bench;
 pub mod membership;

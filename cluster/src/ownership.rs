@@ -73,6 +73,7 @@ fn nats(e: impl std::fmt::Display) -> OwnershipError {
 /// The owner records and the log stream of one cluster.
 #[derive(Clone)]
 pub struct Shards {
+    client: async_nats::Client,
     js: jetstream::Context,
     owners: kv::Store,
     stream: stream::Stream,
@@ -104,7 +105,7 @@ impl Shards {
         client: async_nats::Client,
         config: &ShardsConfig,
     ) -> Result<Shards, OwnershipError> {
-        let mut js = jetstream::new(client);
+        let mut js = jetstream::new(client.clone());
         js.set_timeout(Duration::from_secs(10));
         let owners = match js.get_key_value(&config.bucket).await {
             Ok(store) => store,
@@ -130,6 +131,7 @@ impl Shards {
             .await
             .map_err(nats)?;
         Ok(Shards {
+            client,
             js,
             owners,
             stream,
@@ -262,6 +264,40 @@ impl Shards {
             })?;
         owned.last_seq = ack.sequence;
         Ok(ack.sequence)
+    }
+
+    /// The largest message the servers take (their `max_payload`).
+    pub fn max_payload(&self) -> usize {
+        self.client.server_info().max_payload
+    }
+
+    /// Every message of the stream from `from_seq` on, in order, as (stream sequence, payload), through an
+    /// ordered consumer (which recreates itself on a gap). Ends or fails when the servers go away; the
+    /// caller resumes after the last sequence it got.
+    pub async fn follow(
+        &self,
+        from_seq: u64,
+    ) -> Result<
+        impl futures_util::Stream<Item = Result<(u64, bytes::Bytes), OwnershipError>> + use<>,
+        OwnershipError,
+    > {
+        use futures_util::StreamExt;
+        let consumer = self
+            .stream
+            .create_consumer(jetstream::consumer::pull::OrderedConfig {
+                deliver_policy: jetstream::consumer::DeliverPolicy::ByStartSequence {
+                    start_sequence: from_seq.max(1),
+                },
+                ..Default::default()
+            })
+            .await
+            .map_err(nats)?;
+        let messages = consumer.messages().await.map_err(nats)?;
+        Ok(messages.map(|m| {
+            let m = m.map_err(nats)?;
+            let seq = m.info().map_err(nats)?.stream_sequence;
+            Ok((seq, m.message.payload.clone()))
+        }))
     }
 
     /// Every message of the shard's subject, in order: (stream sequence, payload), read one by one from the

@@ -272,6 +272,46 @@ impl Envelope {
     }
 }
 
+impl Envelope {
+    /// The same record stored under `seq` instead of `from_seq` (a cluster log's owner publishes records
+    /// under sequence 0 and every node files them under the next sequence of its copy). Only the framing
+    /// and the sequence are checked and changed: the payload, sealed or not, is carried over byte for byte
+    /// (the sequence is not part of a sealed payload's associated data).
+    pub fn reseq(from_seq: u64, record: &[u8], seq: u64) -> Result<Vec<u8>, CorruptRecord> {
+        let corrupt = |reason: String| CorruptRecord {
+            seq: from_seq,
+            reason,
+        };
+        if record.len() < HEADER_LEN {
+            return Err(corrupt(format!("record is {} bytes long", record.len())));
+        }
+        if record[0] != RECORD_FORMAT {
+            return Err(corrupt(format!(
+                "record format {} cannot be re-sequenced (only {RECORD_FORMAT})",
+                record[0]
+            )));
+        }
+        let crc = u32::from_le_bytes(record[1..HEADER_LEN].try_into().expect("4 bytes"));
+        let body = &record[HEADER_LEN..];
+        if crc32fast::hash(body) != crc {
+            return Err(corrupt("CRC mismatch: the record's bytes changed".into()));
+        }
+        let mut stored = rkyv::from_bytes::<StoredEnvelope, rkyv::rancor::Error>(&aligned(body))
+            .map_err(|e| corrupt(format!("invalid encoding: {e}")))?;
+        if stored.seq != from_seq {
+            return Err(corrupt(format!("envelope says seq {}", stored.seq)));
+        }
+        stored.seq = seq;
+        let body = rkyv::to_bytes::<rkyv::rancor::Error>(&stored)
+            .expect("serialising an in-memory envelope cannot fail");
+        let mut out = Vec::with_capacity(HEADER_LEN + body.len());
+        out.push(RECORD_FORMAT);
+        out.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+        out.extend_from_slice(&body);
+        Ok(out)
+    }
+}
+
 /// sled does not promise alignment; rkyv needs it.
 fn aligned(bytes: &[u8]) -> AlignedVec<16> {
     let mut v = AlignedVec::<16>::with_capacity(bytes.len());
@@ -445,6 +485,25 @@ mod tests {
         let stranger = Keyring::new([4; 16], std::sync::Arc::new(crate::crypto::OsEntropy));
         let err = Envelope::decode(1, &sealed, Some(&stranger)).unwrap_err();
         assert!(err.reason.contains("not known"), "{err}");
+    }
+
+    #[test]
+    fn reseq_moves_a_record_to_another_sequence_and_keeps_its_payload() {
+        let ring = ring();
+        let event = reading(3, 152_300_000, Some("C-9"));
+        for rec in [record(0, &event), sealed_record(0, &event, &ring)] {
+            let moved = Envelope::reseq(0, &rec, 42).unwrap();
+            let env = Envelope::decode(42, &moved, Some(&ring)).unwrap();
+            assert_eq!(env.event, event);
+            assert_eq!(env.recorded_at_ns, RECORDED_AT_NS);
+            assert!(Envelope::decode(0, &moved, Some(&ring)).is_err());
+            // The claimed source sequence is checked, and so are the bytes.
+            assert!(Envelope::reseq(1, &rec, 42).is_err());
+            let mut flipped = rec.clone();
+            let last = flipped.len() - 1;
+            flipped[last] ^= 1;
+            assert!(Envelope::reseq(0, &flipped, 42).is_err());
+        }
     }
 
     #[test]

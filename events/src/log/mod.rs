@@ -203,6 +203,11 @@ pub enum EventLogError {
     Crashed,
     #[error(transparent)]
     Keyring(#[from] KeyringError),
+    /// The log cannot take this append here and now (in cluster mode: this node does not own the shard,
+    /// was fenced by a newer owner, or cannot reach the cluster). Nothing of the append was acknowledged;
+    /// a retry, here later or at the shard's owner, is answered consistently.
+    #[error("the event log cannot take this append now: {0}")]
+    Unavailable(String),
 }
 
 impl From<sled::Error> for EventLogError {

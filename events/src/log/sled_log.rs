@@ -92,10 +92,26 @@ struct Request {
     reply: Reply,
 }
 
+/// Records decided elsewhere, filed as they are (see [`SledLog::apply_replicated`]).
+struct Replicated {
+    records: Vec<Vec<u8>>,
+    position: u64,
+    reply: oneshot::Sender<Result<u64, EventLogError>>,
+}
+
+/// What the writer thread is asked to do.
+enum Job {
+    Append(Request),
+    Replicated(Replicated),
+}
+
+/// The key of the position a replicated copy has reached in its source.
+const REPLICATED_POSITION_KEY: &[u8] = b"m/replicated-position";
+
 /// The embedded, single-node event log.
 pub struct SledLog {
     db: sled::Db,
-    queue: Option<mpsc::Sender<Request>>,
+    queue: Option<mpsc::Sender<Job>>,
     durable_seq: Arc<AtomicU64>,
     durable_rx: watch::Receiver<u64>,
     commits: Arc<AtomicU64>,
@@ -123,7 +139,7 @@ impl SledLog {
         config: SledLogConfig,
         clock: Arc<dyn Clock>,
         keyring: Option<Arc<Keyring>>,
-    ) -> Result<(SledLog, Writer, mpsc::Receiver<Request>), EventLogError> {
+    ) -> Result<(SledLog, Writer, mpsc::Receiver<Job>), EventLogError> {
         let db = open_sled(
             sled::Config::new()
                 .path(&config.path)
@@ -165,7 +181,7 @@ impl SledLog {
         Ok((log, writer, rx))
     }
 
-    fn start_writer(&self, writer: Writer, rx: mpsc::Receiver<Request>) {
+    fn start_writer(&self, writer: Writer, rx: mpsc::Receiver<Job>) {
         let handle = std::thread::Builder::new()
             .name("event-log-writer".into())
             .spawn(move || writer.run(rx))
@@ -181,6 +197,54 @@ impl SledLog {
 
     pub fn config(&self) -> &SledLogConfig {
         &self.config
+    }
+
+    /// Files `records` — each encoded under sequence 0 by the owner that decided it (a cluster log's shard
+    /// owner, which checked dedupe against its own copy) — under the next sequences of this log, indexes
+    /// them as an import does (dedupe, conflict evidence, data keys, each data key installed in the keyring
+    /// as it passes), and stores `position` (how far this copy has come in its source) with them in one
+    /// atomic, flushed batch. Resolves to the first sequence given. A record whose identity this log holds
+    /// already is refused as corrupt and nothing of the call is stored: the source never stores a fact twice.
+    pub fn apply_replicated(
+        &self,
+        records: Vec<Vec<u8>>,
+        position: u64,
+    ) -> BoxFuture<'_, Result<u64, EventLogError>> {
+        Box::pin(async move {
+            let queue = self.queue.as_ref().ok_or(EventLogError::Closed)?;
+            let (reply, answer) = oneshot::channel();
+            queue
+                .send(Job::Replicated(Replicated {
+                    records,
+                    position,
+                    reply,
+                }))
+                .await
+                .map_err(|_| EventLogError::Closed)?;
+            answer.await.map_err(|_| EventLogError::Closed)?
+        })
+    }
+
+    /// The keyring payloads are sealed and opened with, if any.
+    pub fn keyring(&self) -> Option<&Keyring> {
+        self.keyring.as_deref()
+    }
+
+    /// The `position` of the last [`SledLog::apply_replicated`] (0 when none).
+    pub fn replicated_position(&self) -> Result<u64, EventLogError> {
+        Ok(self
+            .db
+            .get(REPLICATED_POSITION_KEY)?
+            .map_or(0, |v| be_u64(&v)))
+    }
+
+    /// The sequence of the conflict evidence stored for `key` with content `fp`, if any.
+    pub fn conflict_evidence(
+        &self,
+        key: &DedupeKey,
+        fp: &Fingerprint,
+    ) -> Result<Option<u64>, EventLogError> {
+        Ok(self.db.get(conflict_key(key, fp))?.map(|v| be_u64(&v)))
     }
 
     /// Fills an empty log at `config.path` with `records` — `(seq, record)` as [`EventLog::read_raw`] gave
@@ -376,7 +440,7 @@ impl EventLog for SledLog {
             let queue = self.queue.as_ref().ok_or(EventLogError::Closed)?;
             let (reply, answer) = oneshot::channel();
             queue
-                .try_send(Request { batch, reply })
+                .try_send(Job::Append(Request { batch, reply }))
                 .map_err(|e| match e {
                     mpsc::error::TrySendError::Full(_) => EventLogError::Overloaded {
                         queue_max: self.config.queue_requests_max,
@@ -511,15 +575,32 @@ struct Writer {
 type Block = BTreeMap<u8, DedupeEntry>;
 
 impl Writer {
-    fn run(mut self, mut rx: mpsc::Receiver<Request>) {
-        while let Some(first) = rx.blocking_recv() {
+    fn run(mut self, mut rx: mpsc::Receiver<Job>) {
+        // A replicated job met while gathering a group waits for the group's commit.
+        let mut held: Option<Job> = None;
+        while let Some(job) = held.take().or_else(|| rx.blocking_recv()) {
+            let first = match job {
+                Job::Append(r) => r,
+                Job::Replicated(r) => {
+                    let out = self.apply_replicated(r.records, r.position);
+                    if let Err(e) = &out {
+                        tracing::error!(error = %e, "event log: applying replicated records failed");
+                    }
+                    let _ = r.reply.send(out);
+                    continue;
+                }
+            };
             let mut events = first.batch.len();
             let mut group = vec![first];
             while events < self.group_events_max {
                 match rx.try_recv() {
-                    Ok(r) => {
+                    Ok(Job::Append(r)) => {
                         events += r.batch.len();
                         group.push(r);
+                    }
+                    Ok(other) => {
+                        held = Some(other);
+                        break;
                     }
                     Err(_) => break,
                 }
@@ -538,6 +619,82 @@ impl Writer {
                 }
             }
         }
+    }
+
+    /// Files records decided elsewhere (see [`SledLog::apply_replicated`]).
+    fn apply_replicated(
+        &mut self,
+        records: Vec<Vec<u8>>,
+        position: u64,
+    ) -> Result<u64, EventLogError> {
+        let first_seq = self.next_seq;
+        let mut batch = sled::Batch::default();
+        let mut blocks: BTreeMap<Vec<u8>, Block> = BTreeMap::new();
+        let mut stored = Vec::with_capacity(records.len());
+        for (i, record) in records.iter().enumerate() {
+            let seq = first_seq + i as u64;
+            let record = Envelope::reseq(0, record, seq)?;
+            let env = Envelope::decode(seq, &record, self.keyring.as_deref())?;
+            if let Some(key) = env.event.dedupe_key() {
+                let bkey = block_key(&key);
+                if !blocks.contains_key(&bkey) {
+                    let b = load_block(&self.db, &key)?;
+                    blocks.insert(bkey.clone(), b);
+                }
+                let block = blocks.get_mut(&bkey).expect("just inserted");
+                if let Some(e) = block.get(&block_offset(&key)) {
+                    return Err(CorruptRecord {
+                        seq,
+                        reason: format!(
+                            "a second {} with the identity of event {}: the source never stores one twice",
+                            env.event_type, e.seq
+                        ),
+                    }
+                    .into());
+                }
+                block.insert(
+                    block_offset(&key),
+                    DedupeEntry {
+                        seq,
+                        fingerprint: env.fingerprint,
+                    },
+                );
+            }
+            if let Event::ReadingConflicted(c) = &env.event {
+                let attempt = Event::ReadingRecorded(c.reading.clone());
+                let key = attempt.dedupe_key().expect("readings have identities");
+                let fp = fingerprint(&attempt.canonical().to_bytes());
+                batch.insert(conflict_key(&key, &fp), seq.to_be_bytes().to_vec());
+            }
+            if let Event::DataKeyIssued(k) = &env.event {
+                batch.insert(
+                    data_key_index(&Keyring::key_id(&k.scope, k.generation)),
+                    &seq.to_be_bytes(),
+                );
+                // Installed now: later records of the same call may be sealed with it.
+                if let Some(keyring) = &self.keyring {
+                    keyring.install(k)?;
+                }
+            }
+            stored.push(record);
+        }
+        let mut seq = first_seq;
+        for chunk in stored.chunks(SEGMENT_EVENTS_MAX) {
+            batch.insert(&event_key(seq), encode_segment(chunk));
+            seq += chunk.len() as u64;
+        }
+        for (k, b) in blocks {
+            batch.insert(k, encode_block(&b));
+        }
+        batch.insert(REPLICATED_POSITION_KEY, &position.to_be_bytes());
+        self.db.apply_batch(batch)?;
+        self.next_seq = seq;
+        self.db.flush()?;
+        self.commits.fetch_add(1, Ordering::Relaxed);
+        let last = self.next_seq - 1;
+        self.durable_seq.store(last, Ordering::Release);
+        self.durable_tx.send_replace(last);
+        Ok(first_seq)
     }
 
     /// Decides, writes and fsyncs one group; the outcomes are per request, per event. Takes the events out

@@ -60,15 +60,16 @@ impl From<EventLogError> for ApiError {
                 "batch_too_large",
                 e.to_string(),
             ),
-            EventLogError::Storage(_) | EventLogError::Closed | EventLogError::Crashed => {
-                ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "log_unavailable",
-                    format!(
-                        "{e}; retry later: anything acknowledged before is safe, and a retry of this request is answered consistently"
-                    ),
-                )
-            }
+            EventLogError::Storage(_)
+            | EventLogError::Closed
+            | EventLogError::Crashed
+            | EventLogError::Unavailable(_) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "log_unavailable",
+                format!(
+                    "{e}; retry later: anything acknowledged before is safe, and a retry of this request is answered consistently"
+                ),
+            ),
         }
     }
 }

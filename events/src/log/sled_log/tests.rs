@@ -690,3 +690,43 @@ fn the_event_log_contract_holds_for_sled() {
     };
     rt().block_on(crate::log::contract::check_all(&factory));
 }
+
+#[test]
+fn replicated_records_are_filed_indexed_and_never_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path());
+    let rt = rt();
+    let rec = |t: &str, s: u64, v: i64| reading(t, s, v).into_record(0, 5);
+    assert_eq!(log.replicated_position().unwrap(), 0);
+    let first = rt
+        .block_on(log.apply_replicated(vec![rec("T-1", 1, 1), rec("T-2", 1, 1)], 10))
+        .unwrap();
+    assert_eq!(first, 1);
+    let first = rt
+        .block_on(log.apply_replicated(vec![rec("T-1", 2, 1)], 12))
+        .unwrap();
+    assert_eq!(first, 3);
+    assert_eq!(log.last_seq(), 3);
+    assert_eq!(log.replicated_position().unwrap(), 12);
+    let got = log
+        .lookup(&reading("T-1", 2, 1).dedupe_key.unwrap())
+        .unwrap();
+    assert_eq!(got.map(|e| e.seq), Some(3));
+    // The same identity again is refused as corrupt, and nothing of that call is filed.
+    let again = rt.block_on(log.apply_replicated(vec![rec("T-3", 1, 1), rec("T-1", 1, 9)], 13));
+    assert!(matches!(again, Err(EventLogError::Corrupt(_))), "{again:?}");
+    assert_eq!(log.last_seq(), 3);
+    assert_eq!(log.replicated_position().unwrap(), 12);
+    assert!(log.verify(&mut |_, _| {}).unwrap().is_ok());
+    // An append after replicated records continues the sequence and sees their identities.
+    let out = rt
+        .block_on(log.append(vec![reading("T-1", 1, 1), reading("T-9", 1, 1)]))
+        .unwrap();
+    assert_eq!(
+        out,
+        vec![
+            AppendOutcome::Duplicate { seq: 1 },
+            AppendOutcome::Appended { seq: 4 }
+        ]
+    );
+}

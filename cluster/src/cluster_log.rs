@@ -1,0 +1,639 @@
+//! The event log in cluster mode: an [`EventLog`] on JetStream (cluster issue, part 3).
+//!
+//! - **One replicated stream** holds every shard's history, each shard on its own subject
+//!   (`{subject}.07`, see [`crate::ownership`]). A message is either a *record batch* — `b'R'`, a `u32`
+//!   count, then `[u32 len][record]` per record, every record [`Envelope::encode`]d under sequence 0 — or an
+//!   owner's JSON `OwnerChanged`.
+//! - **Only the shard's owner appends**, fenced by the subject's expected last sequence. It decides dedupe
+//!   against its own copy of the log, which holds every earlier record of the shard: it caught up past its
+//!   own `OwnerChanged` before its first append, and each of its appends waits until its own copy has filed
+//!   it. Every dedupe key belongs to the stream of its event, so to one shard: the owner's check is exact
+//!   cluster-wide, for as long as the stream keeps its history — no `Nats-Msg-Id` window.
+//! - **Every node keeps a copy** ([`SledLog`] in its data dir) filled by an ordered consumer in stream
+//!   order. Record batches are filed under the copy's next sequences ([`SledLog::apply_replicated`]), so
+//!   every copy gives every event the same gapless sequence, whichever node appended it; reads, `lookup`,
+//!   `subscribe` and `verify` are the copy's. The copy stores how far into the stream it has come, so a
+//!   restarted node resumes there.
+//! - **An append resolves** once JetStream acknowledged the record batch (R3, `sync_interval: always`: on
+//!   disk on a majority) *and* this node's copy has filed it: what `append` answers can be read at once.
+//!
+//! A batch is atomic per shard (and per message: one shard's part of a batch bigger than the server's
+//! `max_payload` goes out as several messages, and a crash between them stores a prefix, whose resend is
+//! answered duplicate for the prefix and appended for the rest). A batch of several shards gets each
+//! shard's sequences together, shard by shard in the order the batch first names them.
+//!
+//! See `docs/cluster-log.md`.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use custodian_events::Clock;
+use custodian_events::envelope::{Envelope, Fingerprint};
+use custodian_events::event::DedupeKey;
+use custodian_events::keyring::Keyring;
+use custodian_events::log::{
+    AppendOutcome, BoxFuture, DedupeEntry, EventLog, EventLogError, Proposed, SledLog,
+    SledLogConfig, VerifyReport,
+};
+use futures_util::StreamExt;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::coordinator::Held;
+use crate::ownership::{Owned, OwnerChanged, OwnershipError, Shards};
+use crate::placement::{SHARDS, shard_of};
+
+const RECORDS_TAG: u8 = b'R';
+
+/// How long an append waits for this node's copy to catch up before it answers `Unavailable`.
+const CATCH_UP_WAIT: Duration = Duration::from_secs(10);
+
+/// Stream sequences whose first copy sequence is remembered for appends waiting on them.
+const FIRSTS_KEPT: usize = 65_536;
+
+/// Settings of a node's cluster log.
+#[derive(Debug, Clone)]
+pub struct ClusterLogConfig {
+    /// The node's copy of the log.
+    pub local: SledLogConfig,
+    /// Events one append may carry.
+    pub batch_events_max: usize,
+}
+
+impl ClusterLogConfig {
+    pub fn new(local: SledLogConfig) -> Self {
+        ClusterLogConfig {
+            batch_events_max: local.batch_events_max,
+            local,
+        }
+    }
+}
+
+/// What the copy has seen of the stream, shared by the follower task and the appenders.
+#[derive(Default)]
+struct Seen {
+    /// Stream sequence of a record batch → the copy sequence of its first record.
+    firsts: BTreeMap<u64, u64>,
+    /// The highest epoch each shard's `OwnerChanged` named so far.
+    epochs: BTreeMap<u16, u64>,
+    /// Shards whose `OwnerChanged` epochs did not grow (a broken fence): a checker reads these.
+    epoch_regressions: Vec<(u16, u64, u64)>,
+}
+
+/// The event log of a node in cluster mode.
+pub struct ClusterLog {
+    local: Arc<SledLog>,
+    shards: Shards,
+    held: Arc<Mutex<Held>>,
+    node: String,
+    locks: Vec<tokio::sync::Mutex<()>>,
+    applied: watch::Receiver<u64>,
+    seen: Arc<Mutex<Seen>>,
+    follower: JoinHandle<()>,
+    clock: Arc<dyn Clock>,
+    config: ClusterLogConfig,
+    message_bytes_max: usize,
+}
+
+fn unavailable(what: impl std::fmt::Display) -> EventLogError {
+    EventLogError::Unavailable(what.to_string())
+}
+
+/// A record batch message.
+fn encode_records(records: &[Vec<u8>]) -> Vec<u8> {
+    let len = 5 + records.iter().map(|r| 4 + r.len()).sum::<usize>();
+    let mut out = Vec::with_capacity(len);
+    out.push(RECORDS_TAG);
+    out.extend_from_slice(&(records.len() as u32).to_le_bytes());
+    for r in records {
+        out.extend_from_slice(&(r.len() as u32).to_le_bytes());
+        out.extend_from_slice(r);
+    }
+    out
+}
+
+fn decode_records(stream_seq: u64, bytes: &[u8]) -> Result<Vec<Vec<u8>>, String> {
+    let short = || format!("stream message {stream_seq}: a record batch cut short");
+    let count = u32::from_le_bytes(bytes.get(1..5).ok_or_else(short)?.try_into().expect("4"));
+    let mut at = 5;
+    let mut out = Vec::with_capacity(count as usize);
+    for _ in 0..count {
+        let len = u32::from_le_bytes(
+            bytes
+                .get(at..at + 4)
+                .ok_or_else(short)?
+                .try_into()
+                .expect("4"),
+        ) as usize;
+        at += 4;
+        out.push(bytes.get(at..at + len).ok_or_else(short)?.to_vec());
+        at += len;
+    }
+    if at != bytes.len() {
+        return Err(format!(
+            "stream message {stream_seq}: {} bytes after the last record",
+            bytes.len() - at
+        ));
+    }
+    Ok(out)
+}
+
+/// Where an outcome's sequence comes from: known, or the `n`th record of this append (filed later).
+#[derive(Debug, Clone, Copy)]
+enum Loc {
+    Seq(u64),
+    New(usize),
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Pending {
+    Appended(Loc),
+    Duplicate(Loc),
+    Conflict {
+        original: Loc,
+        evidence: Option<Loc>,
+    },
+}
+
+impl ClusterLog {
+    /// Opens the node's copy at `config.local.path`, starts following the stream from where the copy
+    /// stopped, and appends to the shards `held` says this node owns (the coordinator's record of them).
+    pub async fn open(
+        config: ClusterLogConfig,
+        node: &str,
+        shards: Shards,
+        held: Arc<Mutex<Held>>,
+        clock: Arc<dyn Clock>,
+        keyring: Option<Arc<Keyring>>,
+    ) -> Result<ClusterLog, EventLogError> {
+        let local_config = config.local.clone();
+        // The copy's clock is never read: its records come stamped by their owners.
+        let copy_clock = clock.clone();
+        let local = Arc::new(
+            tokio::task::spawn_blocking(move || SledLog::open(local_config, copy_clock, keyring))
+                .await
+                .map_err(|e| unavailable(format!("opening the copy: {e}")))??,
+        );
+        let position = local.replicated_position()?;
+        let (applied_tx, applied) = watch::channel(position);
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        let follower = tokio::spawn(follow(
+            shards.clone(),
+            local.clone(),
+            applied_tx,
+            seen.clone(),
+        ));
+        let message_bytes_max = shards.max_payload().saturating_sub(4096).max(64 * 1024);
+        Ok(ClusterLog {
+            local,
+            shards,
+            held,
+            node: node.to_owned(),
+            locks: (0..SHARDS).map(|_| tokio::sync::Mutex::new(())).collect(),
+            applied,
+            seen,
+            follower,
+            clock,
+            config,
+            message_bytes_max,
+        })
+    }
+
+    /// The node's copy.
+    pub fn local(&self) -> &Arc<SledLog> {
+        &self.local
+    }
+
+    /// How far into the stream this node's copy has come (the stream sequence of the last message filed).
+    pub fn applied(&self) -> u64 {
+        *self.applied.borrow()
+    }
+
+    /// Waits until the copy has come to stream sequence `stream_seq`; false after `within`.
+    pub async fn caught_up_to(&self, stream_seq: u64, within: Duration) -> bool {
+        let mut rx = self.applied.clone();
+        tokio::time::timeout(within, rx.wait_for(|v| *v >= stream_seq))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    /// Shards whose `OwnerChanged` epochs did not grow, as (shard, before, after): empty unless a fence
+    /// was broken.
+    pub fn epoch_regressions(&self) -> Vec<(u16, u64, u64)> {
+        self.seen
+            .lock()
+            .expect("seen lock")
+            .epoch_regressions
+            .clone()
+    }
+
+    /// The last epoch each shard's history named.
+    pub fn epochs(&self) -> BTreeMap<u16, u64> {
+        self.seen.lock().expect("seen lock").epochs.clone()
+    }
+
+    /// The shard of an event stream (`terminal:T-1`): every event of one stream, and so every dedupe key,
+    /// is in one shard.
+    pub fn shard_of_stream(stream: &str) -> u16 {
+        shard_of(stream)
+    }
+
+    fn owned(&self, shard: u16) -> Option<Owned> {
+        self.held
+            .lock()
+            .expect("held lock")
+            .owned
+            .get(&shard)
+            .cloned()
+    }
+
+    /// Lets go of `shard` after an append that failed: fenced (a newer owner), or unknown outcome (the
+    /// coordinator claims it again with a new epoch and this node catches up from the stream, so a
+    /// message that did get in is seen before the next decision).
+    fn relinquish(&self, shard: u16, epoch: u64, why: &str) {
+        let mut h = self.held.lock().expect("held lock");
+        if h.owned.get(&shard).is_some_and(|o| o.epoch == epoch) {
+            h.owned.remove(&shard);
+            h.dropped += 1;
+            tracing::warn!(node = %self.node, shard, epoch, why, "cluster log: letting go of the shard");
+        }
+    }
+
+    /// Appends one shard's part of a batch; `out` gets the outcomes at the items' indexes.
+    async fn append_shard(
+        &self,
+        shard: u16,
+        items: Vec<(usize, Proposed)>,
+        out: &mut [Option<AppendOutcome>],
+    ) -> Result<(), EventLogError> {
+        let _writer = self.locks[shard as usize].lock().await;
+        let mut owned = self.owned(shard).ok_or_else(|| {
+            unavailable(format!(
+                "node {} does not own shard {shard}: send the request to its owner",
+                self.node
+            ))
+        })?;
+        if !self.caught_up_to(owned.last_seq, CATCH_UP_WAIT).await {
+            return Err(unavailable(format!(
+                "this node's copy has not caught up with shard {shard} (stream sequence {}) within {CATCH_UP_WAIT:?}",
+                owned.last_seq
+            )));
+        }
+        let recorded_at_ns = self.clock.now_ns();
+        let mut records: Vec<Vec<u8>> = Vec::new();
+        // Seqs of this append's records, filled as their messages are filed.
+        let mut filed: Vec<u64> = Vec::new();
+        let mut keys: BTreeMap<DedupeKey, (Loc, Fingerprint)> = BTreeMap::new();
+        let mut evidence: BTreeMap<(DedupeKey, Fingerprint), Loc> = BTreeMap::new();
+        let mut pending: Vec<(usize, Pending)> = Vec::with_capacity(items.len());
+        let mut bytes = 0usize;
+        for (i, p) in items {
+            let Some(key) = p.dedupe_key.clone() else {
+                let rec = p.into_record(0, recorded_at_ns);
+                bytes += rec.len() + 4;
+                records.push(rec);
+                pending.push((i, Pending::Appended(Loc::New(records.len() - 1))));
+                if bytes >= self.message_bytes_max {
+                    self.publish(&mut owned, &mut records, &mut filed).await?;
+                    bytes = 0;
+                }
+                continue;
+            };
+            let known = match keys.get(&key) {
+                Some(k) => Some(*k),
+                None => self
+                    .local
+                    .lookup(&key)?
+                    .map(|DedupeEntry { seq, fingerprint }| (Loc::Seq(seq), fingerprint)),
+            };
+            match known {
+                None => {
+                    let fp = p.fingerprint;
+                    let rec = p.into_record(0, recorded_at_ns);
+                    bytes += rec.len() + 4;
+                    records.push(rec);
+                    let loc = Loc::New(records.len() - 1);
+                    keys.insert(key, (loc, fp));
+                    pending.push((i, Pending::Appended(loc)));
+                }
+                Some((loc, fp)) if fp == p.fingerprint => {
+                    pending.push((i, Pending::Duplicate(loc)));
+                }
+                Some((mut original, _)) => {
+                    // Evidence names the original's sequence: publish what is waiting to learn it.
+                    if let Loc::New(n) = original {
+                        if filed.len() <= n {
+                            self.publish(&mut owned, &mut records, &mut filed).await?;
+                            bytes = 0;
+                        }
+                        original = Loc::Seq(filed[n]);
+                    }
+                    let Loc::Seq(original_seq) = original else {
+                        unreachable!("resolved above")
+                    };
+                    let ev = match p.event.conflict_evidence(original_seq) {
+                        None => None,
+                        Some(ev) => {
+                            let ckey = (key.clone(), p.fingerprint);
+                            let stored = match evidence.get(&ckey) {
+                                Some(l) => Some(*l),
+                                None => self
+                                    .local
+                                    .conflict_evidence(&key, &p.fingerprint)?
+                                    .map(Loc::Seq),
+                            };
+                            Some(match stored {
+                                Some(l) => l,
+                                None => {
+                                    let rec = p.evidence_record(
+                                        ev,
+                                        self.local_keyring(),
+                                        0,
+                                        recorded_at_ns,
+                                    )?;
+                                    bytes += rec.len() + 4;
+                                    records.push(rec);
+                                    let l = Loc::New(records.len() - 1);
+                                    evidence.insert(ckey, l);
+                                    l
+                                }
+                            })
+                        }
+                    };
+                    pending.push((
+                        i,
+                        Pending::Conflict {
+                            original,
+                            evidence: ev,
+                        },
+                    ));
+                }
+            }
+            if bytes >= self.message_bytes_max {
+                self.publish(&mut owned, &mut records, &mut filed).await?;
+                bytes = 0;
+            }
+        }
+        if filed.len() < records.len() {
+            self.publish(&mut owned, &mut records, &mut filed).await?;
+        }
+        let resolve = |l: Loc| match l {
+            Loc::Seq(s) => s,
+            Loc::New(n) => filed[n],
+        };
+        for (i, p) in pending {
+            out[i] = Some(match p {
+                Pending::Appended(l) => AppendOutcome::Appended { seq: resolve(l) },
+                Pending::Duplicate(l) => AppendOutcome::Duplicate { seq: resolve(l) },
+                Pending::Conflict { original, evidence } => AppendOutcome::Conflict {
+                    original_seq: resolve(original),
+                    evidence_seq: evidence.map(resolve),
+                },
+            });
+        }
+        Ok(())
+    }
+
+    fn local_keyring(&self) -> Option<&Keyring> {
+        self.local.keyring()
+    }
+
+    /// Publishes the records not yet published (`records[filed.len()..]`) as one fenced message, waits
+    /// until this node's copy filed it, and notes their sequences in `filed`.
+    async fn publish(
+        &self,
+        owned: &mut Owned,
+        records: &mut [Vec<u8>],
+        filed: &mut Vec<u64>,
+    ) -> Result<(), EventLogError> {
+        let from = filed.len();
+        if from == records.len() {
+            return Ok(());
+        }
+        let payload = encode_records(&records[from..]);
+        let epoch = owned.epoch;
+        let stream_seq = match self.shards.append(owned, payload).await {
+            Ok(s) => s,
+            Err(OwnershipError::Fenced { shard, expected }) => {
+                self.relinquish(shard, epoch, "fenced");
+                return Err(unavailable(format!(
+                    "shard {shard} has a newer owner than this node (expected last sequence {expected} is stale); nothing was stored, send the request again"
+                )));
+            }
+            Err(e) => {
+                self.relinquish(owned.shard, epoch, "publish outcome unknown");
+                return Err(unavailable(format!(
+                    "publishing to shard {} failed ({e}); it may or may not be stored, and a retry is answered consistently",
+                    owned.shard
+                )));
+            }
+        };
+        // The next append of this shard continues from here.
+        {
+            let mut h = self.held.lock().expect("held lock");
+            if let Some(o) = h.owned.get_mut(&owned.shard)
+                && o.epoch == epoch
+            {
+                o.last_seq = stream_seq;
+            }
+        }
+        if !self.caught_up_to(stream_seq, CATCH_UP_WAIT).await {
+            return Err(unavailable(format!(
+                "stored at stream sequence {stream_seq}, but this node's copy has not filed it within {CATCH_UP_WAIT:?}; a retry is answered as duplicates"
+            )));
+        }
+        let first = self
+            .seen
+            .lock()
+            .expect("seen lock")
+            .firsts
+            .get(&stream_seq)
+            .copied()
+            .ok_or_else(|| {
+                unavailable(format!(
+                    "stream sequence {stream_seq} was filed but its sequences are forgotten; a retry is answered as duplicates"
+                ))
+            })?;
+        filed.extend((0..(records.len() - from) as u64).map(|k| first + k));
+        Ok(())
+    }
+}
+
+/// Files the stream into the copy, in order, from where the copy stopped; restarts the consumer after
+/// errors.
+async fn follow(
+    shards: Shards,
+    local: Arc<SledLog>,
+    applied: watch::Sender<u64>,
+    seen: Arc<Mutex<Seen>>,
+) {
+    loop {
+        let from = *applied.borrow() + 1;
+        let mut messages = match shards.follow(from).await {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(error = %e, from, "cluster log: cannot follow the stream; retrying");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+        };
+        while let Some(next) = messages.next().await {
+            let (stream_seq, payload) = match next {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cluster log: following the stream failed; resuming");
+                    break;
+                }
+            };
+            if stream_seq <= *applied.borrow() {
+                continue;
+            }
+            match payload.first() {
+                Some(&RECORDS_TAG) => {
+                    let records = match decode_records(stream_seq, &payload) {
+                        Ok(r) => r,
+                        Err(e) => {
+                            tracing::error!(error = %e, "cluster log: a corrupt message stops the copy");
+                            return;
+                        }
+                    };
+                    match local.apply_replicated(records, stream_seq).await {
+                        Ok(first) => {
+                            let mut s = seen.lock().expect("seen lock");
+                            s.firsts.insert(stream_seq, first);
+                            while s.firsts.len() > FIRSTS_KEPT {
+                                s.firsts.pop_first();
+                            }
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, stream_seq, "cluster log: filing a message failed; the copy stops here (run `custodian log verify` and rebuild the copy)");
+                            return;
+                        }
+                    }
+                }
+                Some(b'{') => match serde_json::from_slice::<OwnerChanged>(&payload) {
+                    Ok(oc) => {
+                        let mut s = seen.lock().expect("seen lock");
+                        let before = s.epochs.get(&oc.shard).copied().unwrap_or(0);
+                        if oc.epoch <= before {
+                            s.epoch_regressions.push((oc.shard, before, oc.epoch));
+                        } else {
+                            s.epochs.insert(oc.shard, oc.epoch);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, stream_seq, "cluster log: an unreadable OwnerChanged");
+                    }
+                },
+                _ => {
+                    tracing::error!(
+                        stream_seq,
+                        "cluster log: a message of an unknown kind stops the copy"
+                    );
+                    return;
+                }
+            }
+            applied.send_replace(stream_seq);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+impl Drop for ClusterLog {
+    fn drop(&mut self) {
+        self.follower.abort();
+    }
+}
+
+impl EventLog for ClusterLog {
+    fn append(
+        &self,
+        batch: Vec<Proposed>,
+    ) -> BoxFuture<'_, Result<Vec<AppendOutcome>, EventLogError>> {
+        Box::pin(async move {
+            if batch.len() > self.config.batch_events_max {
+                return Err(EventLogError::BatchTooLarge {
+                    len: batch.len(),
+                    max: self.config.batch_events_max,
+                });
+            }
+            let len = batch.len();
+            // Each shard's part, shards in the order the batch first names them.
+            let mut parts: Vec<(u16, Vec<(usize, Proposed)>)> = Vec::new();
+            for (i, p) in batch.into_iter().enumerate() {
+                let shard = shard_of(&p.event.stream());
+                match parts.iter_mut().find(|(s, _)| *s == shard) {
+                    Some((_, items)) => items.push((i, p)),
+                    None => parts.push((shard, vec![(i, p)])),
+                }
+            }
+            let mut out: Vec<Option<AppendOutcome>> = vec![None; len];
+            for (shard, items) in parts {
+                self.append_shard(shard, items, &mut out).await?;
+            }
+            Ok(out
+                .into_iter()
+                .map(|o| o.expect("every item has an outcome"))
+                .collect())
+        })
+    }
+
+    fn read(&self, from_seq: u64, max: usize) -> Result<Vec<Envelope>, EventLogError> {
+        self.local.read(from_seq, max)
+    }
+
+    fn read_raw(&self, from_seq: u64, max: usize) -> Result<Vec<(u64, Vec<u8>)>, EventLogError> {
+        self.local.read_raw(from_seq, max)
+    }
+
+    fn read_where(
+        &self,
+        from_seq: u64,
+        max: usize,
+        want: &(dyn Fn(&str) -> bool + Sync),
+    ) -> Result<(Vec<Envelope>, u64), EventLogError> {
+        self.local.read_where(from_seq, max, want)
+    }
+
+    fn last_seq(&self) -> u64 {
+        self.local.last_seq()
+    }
+
+    fn subscribe(&self) -> watch::Receiver<u64> {
+        self.local.subscribe()
+    }
+
+    fn lookup(&self, dedupe_key: &DedupeKey) -> Result<Option<DedupeEntry>, EventLogError> {
+        self.local.lookup(dedupe_key)
+    }
+
+    fn size_on_disk(&self) -> Result<u64, EventLogError> {
+        self.local.size_on_disk()
+    }
+
+    fn commits_total(&self) -> u64 {
+        self.local.commits_total()
+    }
+
+    fn verify(&self, progress: &mut dyn FnMut(u64, u64)) -> Result<VerifyReport, EventLogError> {
+        self.local.verify(progress)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn record_batches_round_trip_and_refuse_bad_framing() {
+        let records = vec![b"one".to_vec(), Vec::new(), vec![7u8; 300]];
+        let bytes = encode_records(&records);
+        assert_eq!(decode_records(1, &bytes).unwrap(), records);
+        assert!(decode_records(1, &bytes[..bytes.len() - 1]).is_err());
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(decode_records(1, &longer).is_err());
+        assert!(decode_records(1, &[RECORDS_TAG, 1, 0]).is_err());
+    }
+}

@@ -17,6 +17,14 @@
 //! - **An append resolves** once JetStream acknowledged the record batch (R3, `sync_interval: always`: on
 //!   disk on a majority) *and* this node's copy has filed it: what `append` answers can be read at once.
 //!
+//! - **Any node takes any append.** A shard's part of a batch that this node does not own goes to the
+//!   owner as a request on core NATS (`{subject}_fwd.07`, answered only by the owner): the records as this
+//!   node encoded them (sealed payloads stay sealed) and how far this node's copy had come, so the owner
+//!   first catches up (it needs the data keys the records are sealed with). The owner appends and answers
+//!   the outcomes and its copy's position, and this node waits until its own copy is there too. No owner
+//!   answering (during a failover) is retried for [`FORWARD_WAIT`], then the append is `Unavailable`; a
+//!   retried request the owner did take is answered as duplicates.
+//!
 //! A batch is atomic per shard (and per message: one shard's part of a batch bigger than the server's
 //! `max_payload` goes out as several messages, and a crash between them stores a prefix, whose resend is
 //! answered duplicate for the prefix and appended for the rest). A batch of several shards gets each
@@ -48,6 +56,13 @@ const RECORDS_TAG: u8 = b'R';
 
 /// How long an append waits for this node's copy to catch up before it answers `Unavailable`.
 const CATCH_UP_WAIT: Duration = Duration::from_secs(10);
+
+/// How long an append keeps asking for a shard's owner before it answers `Unavailable` (a failover takes
+/// about 2 s, see `docs/failover.md`).
+pub const FORWARD_WAIT: Duration = Duration::from_secs(10);
+
+/// One try of a forwarded append.
+const FORWARD_TRY: Duration = Duration::from_secs(3);
 
 /// Stream sequences whose first copy sequence is remembered for appends waiting on them.
 const FIRSTS_KEPT: usize = 65_536;
@@ -91,6 +106,7 @@ pub struct ClusterLog {
     applied: watch::Receiver<u64>,
     seen: Arc<Mutex<Seen>>,
     follower: JoinHandle<()>,
+    server: Mutex<Option<JoinHandle<()>>>,
     clock: Arc<dyn Clock>,
     config: ClusterLogConfig,
     message_bytes_max: usize,
@@ -166,7 +182,7 @@ impl ClusterLog {
         held: Arc<Mutex<Held>>,
         clock: Arc<dyn Clock>,
         keyring: Option<Arc<Keyring>>,
-    ) -> Result<ClusterLog, EventLogError> {
+    ) -> Result<Arc<ClusterLog>, EventLogError> {
         let local_config = config.local.clone();
         // The copy's clock is never read: its records come stamped by their owners.
         let copy_clock = clock.clone();
@@ -185,7 +201,12 @@ impl ClusterLog {
             seen.clone(),
         ));
         let message_bytes_max = shards.max_payload().saturating_sub(4096).max(64 * 1024);
-        Ok(ClusterLog {
+        let forwarded = shards
+            .client()
+            .subscribe(format!("{}_fwd.*", shards.subject()))
+            .await
+            .map_err(|e| unavailable(format!("subscribing to forwarded appends: {e}")))?;
+        let log = Arc::new(ClusterLog {
             local,
             shards,
             held,
@@ -194,10 +215,119 @@ impl ClusterLog {
             applied,
             seen,
             follower,
+            server: Mutex::new(None),
             clock,
             config,
             message_bytes_max,
-        })
+        });
+        let server = tokio::spawn(serve_forwarded(Arc::downgrade(&log), forwarded));
+        *log.server.lock().expect("server lock") = Some(server);
+        Ok(log)
+    }
+
+    fn forward_subject(&self, shard: u16) -> String {
+        format!("{}_fwd.{shard:02}", self.shards.subject())
+    }
+
+    /// Sends one shard's part of a batch to the shard's owner; `out` gets the outcomes.
+    async fn forward(
+        &self,
+        shard: u16,
+        items: Vec<(usize, Proposed)>,
+        out: &mut [Option<AppendOutcome>],
+    ) -> Result<(), EventLogError> {
+        let indexes: Vec<usize> = items.iter().map(|(i, _)| *i).collect();
+        let records: Vec<Vec<u8>> = items
+            .into_iter()
+            .map(|(_, p)| p.into_record(0, 0))
+            .collect();
+        let mut payload = self.applied().to_le_bytes().to_vec();
+        payload.extend_from_slice(&encode_records(&records));
+        let payload = bytes::Bytes::from(payload);
+        let subject = self.forward_subject(shard);
+        let started = std::time::Instant::now();
+        let mut last_problem = String::from("no owner answered");
+        while started.elapsed() < FORWARD_WAIT {
+            let answer = tokio::time::timeout(
+                FORWARD_TRY,
+                self.shards
+                    .client()
+                    .request(subject.clone(), payload.clone()),
+            )
+            .await;
+            let msg = match answer {
+                Ok(Ok(m)) => m,
+                Ok(Err(e)) => {
+                    last_problem = format!("no owner answered ({e})");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+                Err(_) => {
+                    last_problem = format!("no owner answered within {FORWARD_TRY:?}");
+                    continue;
+                }
+            };
+            match decode_answer(&msg.payload) {
+                Ok((applied, outcomes)) => {
+                    if outcomes.len() != indexes.len() {
+                        return Err(unavailable(format!(
+                            "the owner of shard {shard} answered {} outcomes for {} events",
+                            outcomes.len(),
+                            indexes.len()
+                        )));
+                    }
+                    if !self.caught_up_to(applied, CATCH_UP_WAIT).await {
+                        return Err(unavailable(format!(
+                            "stored by the owner of shard {shard}, but this node's copy has not caught up within {CATCH_UP_WAIT:?}; a retry is answered as duplicates"
+                        )));
+                    }
+                    for (i, o) in indexes.iter().zip(outcomes) {
+                        out[*i] = Some(o);
+                    }
+                    return Ok(());
+                }
+                Err(Answered::Retry(m)) => {
+                    last_problem = m;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(Answered::Final(e)) => return Err(e),
+            }
+        }
+        Err(unavailable(format!(
+            "shard {shard}: {last_problem}; tried for {FORWARD_WAIT:?}. Nothing was acknowledged; send the request again"
+        )))
+    }
+
+    /// What the owner does with a forwarded part: catch up, append, answer.
+    async fn take_forwarded(&self, shard: u16, payload: &[u8]) -> Vec<u8> {
+        let answer = async {
+            let min_applied = u64::from_le_bytes(
+                payload
+                    .get(..8)
+                    .ok_or_else(|| EventLogError::IndexCorrupt("a forwarded append cut short".into()))?
+                    .try_into()
+                    .expect("8 bytes"),
+            );
+            let records = decode_records(0, &payload[8..]).map_err(EventLogError::IndexCorrupt)?;
+            if !self.caught_up_to(min_applied, CATCH_UP_WAIT).await {
+                return Err(unavailable(format!(
+                    "the owner's copy has not caught up with the sender's (stream sequence {min_applied})"
+                )));
+            }
+            let mut items = Vec::with_capacity(records.len());
+            for (i, r) in records.iter().enumerate() {
+                items.push((i, Proposed::from_record(0, r, self.local.keyring())?));
+            }
+            let mut out = vec![None; items.len()];
+            self.append_shard(shard, items, &mut out).await?;
+            Ok::<_, EventLogError>(
+                out.into_iter()
+                    .map(|o| o.expect("every item has an outcome"))
+                    .collect::<Vec<_>>(),
+            )
+        }
+        .await;
+        encode_answer(self.applied(), answer)
     }
 
     /// The node's copy.
@@ -540,9 +670,113 @@ async fn follow(
     }
 }
 
+/// Answers forwarded appends for the shards this node owns (others' are left to their owners).
+async fn serve_forwarded(log: std::sync::Weak<ClusterLog>, mut requests: async_nats::Subscriber) {
+    while let Some(msg) = requests.next().await {
+        let Some(reply) = msg.reply.clone() else {
+            continue;
+        };
+        let Some(shard) = msg
+            .subject
+            .rsplit('.')
+            .next()
+            .and_then(|s| s.parse::<u16>().ok())
+            .filter(|s| *s < SHARDS)
+        else {
+            continue;
+        };
+        let Some(log) = log.upgrade() else { return };
+        if log.owned(shard).is_none() {
+            continue;
+        }
+        tokio::spawn(async move {
+            let answer = log.take_forwarded(shard, &msg.payload).await;
+            if let Err(e) = log.shards.client().publish(reply, answer.into()).await {
+                tracing::debug!(error = %e, shard, "cannot answer a forwarded append; the sender retries");
+            }
+        });
+    }
+}
+
+/// How a forwarded append was answered, when not with outcomes.
+enum Answered {
+    Retry(String),
+    Final(EventLogError),
+}
+
+fn encode_answer(applied: u64, answer: Result<Vec<AppendOutcome>, EventLogError>) -> Vec<u8> {
+    let value = match answer {
+        Ok(outcomes) => serde_json::json!({
+            "applied": applied,
+            "outcomes": outcomes.iter().map(|o| match *o {
+                AppendOutcome::Appended { seq } => serde_json::json!(["appended", seq]),
+                AppendOutcome::Duplicate { seq } => serde_json::json!(["duplicate", seq]),
+                AppendOutcome::Conflict { original_seq, evidence_seq } =>
+                    serde_json::json!(["conflict", original_seq, evidence_seq]),
+            }).collect::<Vec<_>>(),
+        }),
+        Err(e) => {
+            let kind = match &e {
+                EventLogError::BatchTooLarge { .. } => "batch_too_large",
+                EventLogError::Corrupt(_) | EventLogError::IndexCorrupt(_) => "corrupt",
+                EventLogError::Keyring(_) => "keyring",
+                _ => "retry",
+            };
+            serde_json::json!({ "error": kind, "message": e.to_string() })
+        }
+    };
+    serde_json::to_vec(&value).expect("serialises")
+}
+
+fn decode_answer(bytes: &[u8]) -> Result<(u64, Vec<AppendOutcome>), Answered> {
+    let bad = |what: &str| Answered::Final(unavailable(format!("the owner's answer {what}")));
+    let v: serde_json::Value = serde_json::from_slice(bytes).map_err(|_| bad("is not JSON"))?;
+    if let Some(kind) = v.get("error").and_then(|k| k.as_str()) {
+        let message = v
+            .get("message")
+            .and_then(|m| m.as_str())
+            .unwrap_or("")
+            .to_owned();
+        return Err(match kind {
+            "retry" => Answered::Retry(format!("the owner answered: {message}")),
+            "corrupt" => Answered::Final(EventLogError::IndexCorrupt(format!(
+                "the owner refused the records: {message}"
+            ))),
+            _ => Answered::Final(unavailable(format!("the owner answered: {message}"))),
+        });
+    }
+    let applied = v
+        .get("applied")
+        .and_then(|a| a.as_u64())
+        .ok_or_else(|| bad("has no position"))?;
+    let outcomes = v
+        .get("outcomes")
+        .and_then(|o| o.as_array())
+        .ok_or_else(|| bad("has no outcomes"))?
+        .iter()
+        .map(|o| {
+            let kind = o.get(0).and_then(|k| k.as_str());
+            let a = o.get(1).and_then(|n| n.as_u64());
+            match (kind, a) {
+                (Some("appended"), Some(seq)) => Ok(AppendOutcome::Appended { seq }),
+                (Some("duplicate"), Some(seq)) => Ok(AppendOutcome::Duplicate { seq }),
+                (Some("conflict"), Some(original_seq)) => Ok(AppendOutcome::Conflict {
+                    original_seq,
+                    evidence_seq: o.get(2).and_then(|n| n.as_u64()),
+                }),
+                _ => Err(bad("holds an unknown outcome")),
+            }
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((applied, outcomes))
+}
+
 impl Drop for ClusterLog {
     fn drop(&mut self) {
         self.follower.abort();
+        if let Some(s) = self.server.lock().expect("server lock").take() {
+            s.abort();
+        }
     }
 }
 
@@ -570,7 +804,11 @@ impl EventLog for ClusterLog {
             }
             let mut out: Vec<Option<AppendOutcome>> = vec![None; len];
             for (shard, items) in parts {
-                self.append_shard(shard, items, &mut out).await?;
+                if self.owned(shard).is_some() {
+                    self.append_shard(shard, items, &mut out).await?;
+                } else {
+                    self.forward(shard, items, &mut out).await?;
+                }
             }
             Ok(out
                 .into_iter()

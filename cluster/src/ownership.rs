@@ -266,6 +266,16 @@ impl Shards {
         Ok(ack.sequence)
     }
 
+    /// The NATS connection.
+    pub fn client(&self) -> &async_nats::Client {
+        &self.client
+    }
+
+    /// Shard `n` appends to `{subject}.{n}`.
+    pub fn subject(&self) -> &str {
+        &self.subject
+    }
+
     /// The largest message the servers take (their `max_payload`).
     pub fn max_payload(&self) -> usize {
         self.client.server_info().max_payload

@@ -273,6 +273,26 @@ impl Envelope {
 }
 
 impl Envelope {
+    /// The sealed payload of a record stored under `seq`, as stored (not opened), if it is sealed. Only the
+    /// framing is checked here; [`Envelope::decode`] checks the rest.
+    pub fn sealed_part(seq: u64, record: &[u8]) -> Result<Option<SealedPayload>, CorruptRecord> {
+        let corrupt = |reason: String| CorruptRecord { seq, reason };
+        if record.len() < HEADER_LEN || record[0] != RECORD_FORMAT {
+            return Err(corrupt(format!(
+                "not a record of format {RECORD_FORMAT} ({} bytes)",
+                record.len()
+            )));
+        }
+        let stored = rkyv::from_bytes::<StoredEnvelope, rkyv::rancor::Error>(&aligned(
+            &record[HEADER_LEN..],
+        ))
+        .map_err(|e| corrupt(format!("invalid encoding: {e}")))?;
+        Ok(match stored.payload {
+            StoredPayload::Plain(_) => None,
+            StoredPayload::Sealed(s) => Some(s),
+        })
+    }
+
     /// The same record stored under `seq` instead of `from_seq` (a cluster log's owner publishes records
     /// under sequence 0 and every node files them under the next sequence of its copy). Only the framing
     /// and the sequence are checked and changed: the payload, sealed or not, is carried over byte for byte

@@ -1,6 +1,6 @@
 //! The event log in cluster mode on the three-node JetStream cluster (`scripts/services nats-cluster up`):
 //! it keeps the whole `EventLog` contract; two nodes' copies of one stream are byte for byte the same; a
-//! node that does not own a shard cannot append to it; and after a failover the new owner answers the old
+//! node that does not own a shard hands its appends to the owner and reads them back at once; and after a failover the new owner answers the old
 //! owner's acknowledged readings as duplicates at their first sequences — dedupe without a time window —
 //! while the old owner's late append is fenced and stores nothing.
 
@@ -73,11 +73,7 @@ async fn open_node(
     )
     .await
     .expect("opening the cluster log");
-    Node {
-        log: Arc::new(log),
-        held,
-        shards,
-    }
+    Node { log, held, shards }
 }
 
 /// `node` claims every shard from whoever holds it (as the coordinator does from a dead owner).
@@ -239,12 +235,23 @@ async fn copies_agree_only_owners_append_and_dedupe_survives_failover() {
     }
     assert_eq!(a.log.last_seq(), 600);
 
-    // node-b owns nothing: its appends are refused, nothing stored.
-    let refused = b.log.append(vec![contract::reading("T-0", 99, 1)]).await;
-    assert!(
-        matches!(refused, Err(EventLogError::Unavailable(ref m)) if m.contains("does not own")),
-        "{refused:?}"
+    // node-b owns nothing: its append goes to node-a, and node-b reads it as soon as it is answered.
+    let forwarded = b
+        .log
+        .append(vec![
+            contract::reading("T-0", 99, 1),
+            contract::reading("T-0", 0, 100),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        forwarded,
+        vec![
+            AppendOutcome::Appended { seq: 601 },
+            AppendOutcome::Duplicate { seq: acked[0].2 }
+        ]
     );
+    assert_eq!(b.log.read(601, 1).unwrap()[0].seq, 601);
 
     // node-b's copy is node-a's, byte for byte.
     let stream_last = a.log.applied();
@@ -256,7 +263,7 @@ async fn copies_agree_only_owners_append_and_dedupe_survives_failover() {
     );
     let raw_a = a.log.read_raw(1, usize::MAX).unwrap();
     let raw_b = b.log.read_raw(1, usize::MAX).unwrap();
-    assert_eq!(raw_a.len(), 600);
+    assert_eq!(raw_a.len(), 601);
     assert!(raw_a == raw_b, "the two copies differ");
     assert!(b.log.verify(&mut |_, _| {}).unwrap().is_ok());
 
@@ -290,7 +297,7 @@ async fn copies_agree_only_owners_append_and_dedupe_survives_failover() {
     assert!(matches!(
         c1[0],
         AppendOutcome::Conflict {
-            evidence_seq: Some(601),
+            evidence_seq: Some(602),
             ..
         }
     ));
@@ -306,13 +313,13 @@ async fn copies_agree_only_owners_append_and_dedupe_survives_failover() {
         .append(vec![contract::reading("T-0", 50, 2)])
         .await
         .unwrap();
-    assert_eq!(new, vec![AppendOutcome::Appended { seq: 602 }]);
+    assert_eq!(new, vec![AppendOutcome::Appended { seq: 603 }]);
     assert!(
         a.log
             .caught_up_to(b.log.applied(), Duration::from_secs(20))
             .await
     );
-    assert_eq!(a.log.last_seq(), 602);
+    assert_eq!(a.log.last_seq(), 603);
     assert!(a.log.read_raw(1, usize::MAX).unwrap() == b.log.read_raw(1, usize::MAX).unwrap());
     // Epochs only grew on every shard, as both copies saw them.
     assert!(a.log.epoch_regressions().is_empty());

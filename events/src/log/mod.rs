@@ -75,6 +75,25 @@ impl Proposed {
         self
     }
 
+    /// The proposal a record holds (what [`Proposed::into_record`] made, under `seq`): checked as a read
+    /// checks it (a sealed payload is opened with `keyring`), the sealed payload kept as it is. For a node
+    /// that hands a proposal to another to append.
+    pub fn from_record(
+        seq: u64,
+        record: &[u8],
+        keyring: Option<&Keyring>,
+    ) -> Result<Proposed, CorruptRecord> {
+        let env = Envelope::decode(seq, record, keyring)?;
+        let sealed = Envelope::sealed_part(seq, record)?;
+        Ok(Proposed {
+            dedupe_key: env.event.dedupe_key(),
+            fingerprint: env.fingerprint,
+            event: env.event,
+            sealed,
+            caused_by: env.caused_by,
+        })
+    }
+
     /// The record of this proposal stored at `seq`.
     pub fn into_record(self, seq: u64, recorded_at_ns: i64) -> Vec<u8> {
         Envelope::encode(

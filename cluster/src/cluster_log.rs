@@ -18,7 +18,8 @@
 //!   disk on a majority) *and* this node's copy has filed it: what `append` answers can be read at once.
 //!
 //! - **Any node takes any append.** A shard's part of a batch that this node does not own goes to the
-//!   owner as a request on core NATS (`{subject}_fwd.07`, answered only by the owner): the records as this
+//!   owner as a request on core NATS (`{subject}_fwd.07`, which only the owner subscribes to, so a dead
+//!   owner's requests fail at once with *no responders* and are retried): the records as this
 //!   node encoded them (sealed payloads stay sealed) and how far this node's copy had come, so the owner
 //!   first catches up (it needs the data keys the records are sealed with). The owner appends and answers
 //!   the outcomes and its copy's position, and this node waits until its own copy is there too. No owner
@@ -62,7 +63,10 @@ const CATCH_UP_WAIT: Duration = Duration::from_secs(10);
 pub const FORWARD_WAIT: Duration = Duration::from_secs(10);
 
 /// One try of a forwarded append.
-const FORWARD_TRY: Duration = Duration::from_secs(3);
+const FORWARD_TRY: Duration = Duration::from_secs(2);
+
+/// How often the owner's subscriptions to forwarded appends follow what it owns.
+const SUBSCRIPTIONS_EVERY: Duration = Duration::from_millis(25);
 
 /// Stream sequences whose first copy sequence is remembered for appends waiting on them.
 const FIRSTS_KEPT: usize = 65_536;
@@ -201,11 +205,6 @@ impl ClusterLog {
             seen.clone(),
         ));
         let message_bytes_max = shards.max_payload().saturating_sub(4096).max(64 * 1024);
-        let forwarded = shards
-            .client()
-            .subscribe(format!("{}_fwd.*", shards.subject()))
-            .await
-            .map_err(|e| unavailable(format!("subscribing to forwarded appends: {e}")))?;
         let log = Arc::new(ClusterLog {
             local,
             shards,
@@ -220,7 +219,7 @@ impl ClusterLog {
             config,
             message_bytes_max,
         });
-        let server = tokio::spawn(serve_forwarded(Arc::downgrade(&log), forwarded));
+        let server = tokio::spawn(serve_forwarded(Arc::downgrade(&log)));
         *log.server.lock().expect("server lock") = Some(server);
         Ok(log)
     }
@@ -367,6 +366,27 @@ impl ClusterLog {
     /// is in one shard.
     pub fn shard_of_stream(stream: &str) -> u16 {
         shard_of(stream)
+    }
+
+    /// Stops appending: waits for each owned shard's appends in flight, then lets go of it. Returns what
+    /// it held. Appends after this go to the shards' next owners.
+    pub async fn release_all(&self) -> Vec<Owned> {
+        let shards: Vec<u16> = self
+            .held
+            .lock()
+            .expect("held lock")
+            .owned
+            .keys()
+            .copied()
+            .collect();
+        let mut released = Vec::new();
+        for shard in shards {
+            let _writer = self.locks[shard as usize].lock().await;
+            if let Some(o) = self.held.lock().expect("held lock").owned.remove(&shard) {
+                released.push(o);
+            }
+        }
+        released
     }
 
     fn owned(&self, shard: u16) -> Option<Owned> {
@@ -670,25 +690,58 @@ async fn follow(
     }
 }
 
-/// Answers forwarded appends for the shards this node owns (others' are left to their owners).
-async fn serve_forwarded(log: std::sync::Weak<ClusterLog>, mut requests: async_nats::Subscriber) {
+/// Answers forwarded appends for the shards this node owns: subscribes to a shard's subject when it comes
+/// to own it, and drops the subscription when it lets go.
+async fn serve_forwarded(log: std::sync::Weak<ClusterLog>) {
+    let mut serving: BTreeMap<u16, JoinHandle<()>> = BTreeMap::new();
+    loop {
+        let Some(l) = log.upgrade() else { break };
+        let owned: Vec<u16> = l
+            .held
+            .lock()
+            .expect("held lock")
+            .owned
+            .keys()
+            .copied()
+            .collect();
+        serving.retain(|shard, task| {
+            let keep = owned.contains(shard) && !task.is_finished();
+            if !keep {
+                task.abort();
+            }
+            keep
+        });
+        for shard in owned {
+            if serving.contains_key(&shard) {
+                continue;
+            }
+            match l.shards.client().subscribe(l.forward_subject(shard)).await {
+                Ok(sub) => {
+                    serving.insert(shard, tokio::spawn(serve_shard(log.clone(), shard, sub)));
+                }
+                Err(e) => {
+                    tracing::warn!(shard, error = %e, "cannot subscribe to forwarded appends; retrying");
+                }
+            }
+        }
+        drop(l);
+        tokio::time::sleep(SUBSCRIPTIONS_EVERY).await;
+    }
+    for (_, task) in serving {
+        task.abort();
+    }
+}
+
+async fn serve_shard(
+    log: std::sync::Weak<ClusterLog>,
+    shard: u16,
+    mut requests: async_nats::Subscriber,
+) {
     while let Some(msg) = requests.next().await {
         let Some(reply) = msg.reply.clone() else {
             continue;
         };
-        let Some(shard) = msg
-            .subject
-            .rsplit('.')
-            .next()
-            .and_then(|s| s.parse::<u16>().ok())
-            .filter(|s| *s < SHARDS)
-        else {
-            continue;
-        };
         let Some(log) = log.upgrade() else { return };
-        if log.owned(shard).is_none() {
-            continue;
-        }
         tokio::spawn(async move {
             let answer = log.take_forwarded(shard, &msg.payload).await;
             if let Err(e) = log.shards.client().publish(reply, answer.into()).await {
@@ -856,6 +909,22 @@ impl EventLog for ClusterLog {
 
     fn verify(&self, progress: &mut dyn FnMut(u64, u64)) -> Result<VerifyReport, EventLogError> {
         self.local.verify(progress)
+    }
+
+    fn barrier(&self) -> BoxFuture<'_, Result<(), EventLogError>> {
+        Box::pin(async move {
+            let last =
+                self.shards.stream_last_seq().await.map_err(|e| {
+                    unavailable(format!("cannot ask the stream how far it is: {e}"))
+                })?;
+            if self.caught_up_to(last, CATCH_UP_WAIT).await {
+                Ok(())
+            } else {
+                Err(unavailable(format!(
+                    "this node's copy has not caught up with the stream (sequence {last}) within {CATCH_UP_WAIT:?}"
+                )))
+            }
+        })
     }
 }
 

@@ -22,6 +22,7 @@ pub mod cluster_log;
 pub mod coordinator;
 pub mod failover_bench;
 pub mod membership;
+pub mod node;
 pub mod ownership;
 pub mod placement;
 pub mod placement_sim;

@@ -72,6 +72,9 @@ pub struct Heartbeat {
     /// Chosen at start: a restarted node has another.
     pub incarnation: u64,
     pub seq: u64,
+    /// The node's last word when it stops gracefully: the others treat it as dead at once.
+    #[serde(default)]
+    pub leaving: bool,
 }
 
 /// A peer's status.
@@ -150,6 +153,17 @@ impl Tracker {
     /// A heartbeat arrived at `now`.
     pub fn heard(&mut self, hb: &Heartbeat, now: Instant) -> Vec<Change> {
         let mut changes = Vec::new();
+        if hb.leaving {
+            if hb.node != self.me
+                && let Some(p) = self.peers.get_mut(&hb.node)
+                && p.incarnation == hb.incarnation
+                && p.status != Status::Dead
+            {
+                p.status = Status::Dead;
+                changes.push(Change::Dead(hb.node.clone()));
+            }
+            return changes;
+        }
         if hb.node == self.me {
             if hb.incarnation != self.incarnation {
                 // Another process under this node's id: never ours to trust.
@@ -245,6 +259,10 @@ impl Tracker {
 
 /// A node's membership over NATS: a task that heartbeats, listens and keeps the [`View`] current.
 pub struct Membership {
+    client: async_nats::Client,
+    subject: String,
+    node: String,
+    incarnation: u64,
     view: watch::Receiver<View>,
     changes: tokio::sync::broadcast::Sender<Change>,
     task: JoinHandle<()>,
@@ -274,6 +292,7 @@ impl Membership {
         let (changes, _) = tokio::sync::broadcast::channel(1024);
         let changes_tx = changes.clone();
         let node = node.to_owned();
+        let (me, me_subject, me_client) = (node.clone(), subject.clone(), client.clone());
         let task = tokio::spawn(async move {
             let mut ticker = tokio::time::interval(thresholds.interval);
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -282,7 +301,7 @@ impl Membership {
                 let changed = tokio::select! {
                     _ = ticker.tick() => {
                         seq += 1;
-                        let hb = Heartbeat { node: node.clone(), incarnation, seq };
+                        let hb = Heartbeat { node: node.clone(), incarnation, seq, leaving: false };
                         let payload = serde_json::to_vec(&hb).expect("a heartbeat serialises");
                         if let Err(e) = client.publish(subject.clone(), payload.into()).await {
                             tracing::debug!(error = %e, "heartbeat not sent");
@@ -318,6 +337,10 @@ impl Membership {
             }
         });
         Ok(Membership {
+            client: me_client,
+            subject: me_subject,
+            node: me,
+            incarnation,
             view,
             changes,
             task,
@@ -337,6 +360,28 @@ impl Membership {
     /// Every change from now on.
     pub fn changes(&self) -> tokio::sync::broadcast::Receiver<Change> {
         self.changes.subscribe()
+    }
+
+    /// Leaves with a goodbye: stops heartbeating and tells the others, who treat this node as dead at once
+    /// (its shards move without waiting for `dead_after`). Call it only once this node has stopped
+    /// appending.
+    pub async fn goodbye(&self) {
+        self.task.abort();
+        let hb = Heartbeat {
+            node: self.node.clone(),
+            incarnation: self.incarnation,
+            seq: u64::MAX,
+            leaving: true,
+        };
+        let payload = serde_json::to_vec(&hb).expect("a heartbeat serialises");
+        if let Err(e) = self
+            .client
+            .publish(self.subject.clone(), payload.into())
+            .await
+        {
+            tracing::warn!(error = %e, "goodbye not sent; the others see this node die instead");
+        }
+        let _ = self.client.flush().await;
     }
 
     /// Leaves at once (no goodbye: the others see it die).
@@ -360,7 +405,40 @@ mod tests {
             node: node.into(),
             incarnation,
             seq,
+            leaving: false,
         }
+    }
+
+    #[test]
+    fn a_goodbye_makes_a_peer_dead_at_once_and_only_a_new_incarnation_revives_it() {
+        let t0 = Instant::now();
+        let mut t = Tracker::new("a", 1, Thresholds::default());
+        t.heard(&hb("a", 1, 1), t0);
+        t.heard(&hb("b", 7, 1), t0);
+        let bye = Heartbeat {
+            leaving: true,
+            ..hb("b", 7, u64::MAX)
+        };
+        // A goodbye of another incarnation is not b's.
+        assert!(
+            t.heard(
+                &Heartbeat {
+                    incarnation: 8,
+                    ..bye.clone()
+                },
+                t0
+            )
+            .is_empty()
+        );
+        assert_eq!(t.heard(&bye, t0), vec![Change::Dead("b".into())]);
+        assert_eq!(t.view().alive(), vec!["a".to_owned()]);
+        assert!(t.heard(&bye, t0).is_empty());
+        assert!(t.tick(t0 + Duration::from_millis(100)).is_empty());
+        assert_eq!(
+            t.heard(&hb("b", 9, 1), t0 + Duration::from_millis(200)),
+            vec![Change::Restarted("b".into())]
+        );
+        assert_eq!(t.view().alive(), vec!["a".to_owned(), "b".to_owned()]);
     }
 
     #[test]

@@ -266,6 +266,12 @@ impl Shards {
         Ok(ack.sequence)
     }
 
+    /// The stream's last sequence, from its leader.
+    pub async fn stream_last_seq(&self) -> Result<u64, OwnershipError> {
+        let mut stream = self.stream.clone();
+        Ok(stream.info().await.map_err(nats)?.state.last_sequence)
+    }
+
     /// The NATS connection.
     pub fn client(&self) -> &async_nats::Client {
         &self.client

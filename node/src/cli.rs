@@ -248,6 +248,13 @@ pub struct ServeArgs {
     /// The InfluxDB server of the readings [default: http://127.0.0.1:8086].
     #[arg(long)]
     pub influx_url: Option<String>,
+    /// Join a cluster over these NATS servers (comma-separated, JetStream on); without it the node runs
+    /// alone on its embedded log.
+    #[arg(long, requires = "node_id")]
+    pub cluster: Option<String>,
+    /// This node's id in the cluster (unique, the same across restarts).
+    #[arg(long)]
+    pub node_id: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -855,6 +862,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     if let Some(url) = args.influx_url {
         config.projections.influx_url = url;
+    }
+    if let Some(urls) = args.cluster {
+        config.cluster.urls = Some(urls);
+    }
+    if let Some(id) = args.node_id {
+        config.cluster.node_id = Some(id);
     }
     let mut node = Node::start(config).await?;
     println!("custodian node listening on {}", node.url());

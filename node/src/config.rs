@@ -26,12 +26,43 @@ pub struct Config {
     /// uses `DATA_DIR/master.key`, making it on first start of an empty log. Keep a copy elsewhere: a log
     /// is unreadable without it.
     pub master_key_file: Option<PathBuf>,
+    /// The platform's SM2 key signing regulators' tokens (PKCS#8 PEM), made on first start when missing.
+    /// Unset: `DATA_DIR/platform_signing.key`. The nodes of a cluster share one (and one master key, and
+    /// one admin token), so that a token any node issued is good on every node.
+    pub platform_key_file: Option<PathBuf>,
     pub ingest: IngestConfig,
     pub log: LogConfig,
     pub derive: DeriveConfig,
     pub projections: ProjectionsConfig,
     pub query: QueryConfig,
     pub edge: EdgeConfig,
+    pub cluster: ClusterConfig,
+}
+
+/// Cluster mode (`custodian serve --cluster URLS --node-id ID`); without `urls` the node runs alone on
+/// its embedded log.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// NATS servers with JetStream, comma-separated (`nats://127.0.0.1:4301,nats://127.0.0.1:4302`).
+    pub urls: Option<String>,
+    /// This node's id: unique in the cluster, the same across its restarts.
+    pub node_id: Option<String>,
+    /// The cluster's name, the root of the NATS names it uses (`docs/cluster.md`).
+    pub name: String,
+    /// Replicas of the log stream and the owner records (3: a NATS server may die).
+    pub replicas: usize,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            urls: None,
+            node_id: None,
+            name: "custodian".into(),
+            replicas: 3,
+        }
+    }
 }
 
 /// An edge node's store-and-forward (`custodian edge`); ignored by `custodian serve`.
@@ -251,12 +282,14 @@ impl Default for Config {
             admin_token: None,
             master_key: None,
             master_key_file: None,
+            platform_key_file: None,
             ingest: IngestConfig::default(),
             log: LogConfig::default(),
             derive: DeriveConfig::default(),
             projections: ProjectionsConfig::default(),
             query: QueryConfig::default(),
             edge: EdgeConfig::default(),
+            cluster: ClusterConfig::default(),
         }
     }
 }

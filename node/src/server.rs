@@ -36,6 +36,7 @@ pub struct Node {
     pub state: Arc<AppState>,
     deriver: Option<custodian_actors::Deriver>,
     ticker: Option<JoinHandle<()>>,
+    follower: Option<JoinHandle<()>>,
     shutdown: Option<oneshot::Sender<()>>,
     server: JoinHandle<std::io::Result<()>>,
     _data_dir: DataDir,
@@ -78,25 +79,49 @@ impl Node {
             cache_capacity_bytes: config.log.cache_capacity_bytes,
             ..SledLogConfig::new(data_dir.log_path())
         };
-        let log = tokio::task::spawn_blocking({
-            let clock = clock.clone();
-            let keyring = keyring.clone();
-            move || SledLog::open(log_config, clock, Some(keyring))
-        })
-        .await?
-        .with_context(|| {
-            format!(
-                "cannot open the event log in {}",
-                data_dir.log_path().display()
-            )
-        })?;
-        let log: Arc<dyn EventLog> = Arc::new(log);
+        let (log, cluster): (Arc<dyn EventLog>, _) = match cluster_settings(&config)? {
+            Some(settings) => {
+                let node = custodian_cluster::node::ClusterNode::join(
+                    &settings,
+                    log_config,
+                    clock.clone(),
+                    Some(keyring.clone()),
+                )
+                .await
+                .map_err(anyhow::Error::msg)
+                .with_context(|| format!("cannot join the cluster at {}", settings.urls))?;
+                tracing::info!(node_id = %settings.node_id, urls = %settings.urls, "joined the cluster");
+                let node = Arc::new(node);
+                (node.log.clone() as Arc<dyn EventLog>, Some(node))
+            }
+            None => {
+                let log = tokio::task::spawn_blocking({
+                    let clock = clock.clone();
+                    let keyring = keyring.clone();
+                    move || SledLog::open(log_config, clock, Some(keyring))
+                })
+                .await?
+                .with_context(|| {
+                    format!(
+                        "cannot open the event log in {}",
+                        data_dir.log_path().display()
+                    )
+                })?;
+                (Arc::new(log) as Arc<dyn EventLog>, None)
+            }
+        };
         tracing::info!(last_seq = log.last_seq(), "event log open");
-        let tokens = crate::tokens::Tokens::open(
-            &data_dir.path().join("platform_signing.key"),
-            entropy.as_ref(),
-        )
-        .context("cannot read or make the platform's token signing key")?;
+        let platform_key = config
+            .platform_key_file
+            .clone()
+            .unwrap_or_else(|| data_dir.path().join("platform_signing.key"));
+        let tokens =
+            crate::tokens::Tokens::open(&platform_key, entropy.as_ref()).with_context(|| {
+                format!(
+                    "cannot read or make the platform's token signing key {}",
+                    platform_key.display()
+                )
+            })?;
         tokens
             .load_revoked(log.as_ref())
             .context("cannot read the token revocations from the event log")?;
@@ -154,6 +179,13 @@ impl Node {
         if let Some(d) = &deriver {
             let _ = state.deriver_stats.set(d.stats.clone());
         }
+        let follower = cluster.as_ref().map(|c| {
+            let _ = state.cluster.set(c.clone());
+            tokio::spawn(follow_registrations(
+                Arc::downgrade(&state),
+                state.log.last_seq() + 1,
+            ))
+        });
         let _ = state
             .projections
             .set(start_projections(&state, data_dir.path()).await?);
@@ -188,6 +220,7 @@ impl Node {
             state,
             deriver,
             ticker,
+            follower,
             shutdown: Some(tx),
             server,
             _data_dir: data_dir,
@@ -214,6 +247,15 @@ impl Node {
             let _ = tx.send(());
         }
         (&mut self.server).await??;
+        if let Some(c) = self.state.cluster.get() {
+            match c.leave(std::time::Duration::from_secs(5)).await {
+                Ok(took) => tracing::info!(?took, "handed every shard off"),
+                Err(e) => tracing::warn!(error = %e, "hand-off incomplete"),
+            }
+        }
+        if let Some(f) = self.follower.take() {
+            f.abort();
+        }
         if let Some(e) = self.state.edge.get() {
             e.stop().await;
         }
@@ -236,6 +278,78 @@ impl Node {
     pub async fn wait(&mut self) -> anyhow::Result<()> {
         (&mut self.server).await??;
         Ok(())
+    }
+}
+
+/// The cluster this node joins, if `cluster.urls` is set.
+fn cluster_settings(
+    config: &Config,
+) -> anyhow::Result<Option<custodian_cluster::node::ClusterSettings>> {
+    let Some(urls) = &config.cluster.urls else {
+        return Ok(None);
+    };
+    let node_id = config.cluster.node_id.clone().context(
+        "cluster mode needs a node id: --node-id ID (or cluster.node_id), unique in the cluster and the same across restarts",
+    )?;
+    Ok(Some(custodian_cluster::node::ClusterSettings {
+        urls: urls.clone(),
+        node_id,
+        name: config.cluster.name.clone(),
+        replicas: config.cluster.replicas.max(1),
+    }))
+}
+
+/// In cluster mode, other nodes register terminals, rotate their keys and revoke tokens: learn it from
+/// this node's copy of the log as it arrives (the directory, the terminal cache, the revoked tokens).
+async fn follow_registrations(state: std::sync::Weak<AppState>, mut from: u64) {
+    let want = |t: &str| {
+        matches!(
+            t,
+            "EnterpriseRegistered"
+                | "TerminalRegistered"
+                | "TerminalKeyRotated"
+                | "TerminalKeyRevoked"
+                | "TokenRevoked"
+        )
+    };
+    let Some(mut moved) = state.upgrade().map(|st| st.log.subscribe()) else {
+        return;
+    };
+    loop {
+        let Some(st) = state.upgrade() else { return };
+        match st.log.read_where(from, 10_000, &want) {
+            Ok((events, last)) => {
+                for e in &events {
+                    use custodian_events::Event;
+                    match &e.event {
+                        Event::EnterpriseRegistered(_) | Event::TerminalRegistered(_) => {
+                            st.directory
+                                .write()
+                                .expect("directory lock")
+                                .learn(&e.event);
+                        }
+                        Event::TerminalKeyRotated(k) => st.registry.invalidate(&k.terminal_id),
+                        Event::TerminalKeyRevoked(k) => st.registry.invalidate(&k.terminal_id),
+                        Event::TokenRevoked(r) => st.tokens.revoke(&r.id),
+                        _ => {}
+                    }
+                }
+                if last != 0 {
+                    from = last + 1;
+                    continue;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, from, "cannot read registrations from the log; retrying");
+                drop(st);
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                continue;
+            }
+        }
+        drop(st);
+        if moved.changed().await.is_err() {
+            return;
+        }
     }
 }
 

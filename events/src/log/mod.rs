@@ -287,4 +287,11 @@ pub trait EventLog: Send + Sync + 'static {
 
     /// Checks every record; `progress(done, total)` is called now and then.
     fn verify(&self, progress: &mut dyn FnMut(u64, u64)) -> Result<VerifyReport, EventLogError>;
+
+    /// Resolves once this log holds everything acknowledged anywhere before the call: at once for a log
+    /// of one node; in cluster mode, once this node's copy has caught up with the stream. For a reader
+    /// that must not answer "unknown" about what another node just stored.
+    fn barrier(&self) -> BoxFuture<'_, Result<(), EventLogError>> {
+        Box::pin(async { Ok(()) })
+    }
 }

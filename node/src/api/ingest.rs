@@ -285,7 +285,13 @@ pub async fn ingest_signed(
             format!("terminal_id {:?}: {e}", upload.terminal_id),
         )
     })?;
-    let Some(terminal) = st.registry.terminal(st.log.as_ref(), &terminal_id)? else {
+    let mut found = st.registry.terminal(st.log.as_ref(), &terminal_id)?;
+    if found.is_none() {
+        // In cluster mode another node may have registered it a moment ago.
+        st.log.barrier().await?;
+        found = st.registry.terminal(st.log.as_ref(), &terminal_id)?;
+    }
+    let Some(terminal) = found else {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "unknown_terminal",

@@ -55,6 +55,8 @@ pub struct AppState {
     pub directory: custodian_projections::directory::SharedDirectory,
     /// The outbox and forwarder when this node runs as an edge (`custodian edge`).
     pub edge: std::sync::OnceLock<Arc<crate::edge::EdgeRuntime>>,
+    /// This node's part in a cluster, in cluster mode.
+    pub cluster: std::sync::OnceLock<Arc<custodian_cluster::node::ClusterNode>>,
 }
 
 /// What a node's state is made of; the rest (metrics, the terminal registry, the query cache) starts
@@ -79,6 +81,7 @@ impl AppState {
             derived_seq: p.derived_seq,
             deriver_stats: std::sync::OnceLock::new(),
             edge: std::sync::OnceLock::new(),
+            cluster: std::sync::OnceLock::new(),
             projections: std::sync::OnceLock::new(),
             tokens: p.tokens,
             audit: p.audit,
@@ -206,6 +209,7 @@ async fn healthz(State(st): State<Arc<AppState>>) -> impl IntoResponse {
                 "snapshot_seq": n(&d.snapshot_seq),
             })
         }),
+        "cluster": st.cluster.get().map(|c| c.status()),
     }))
 }
 

@@ -1,0 +1,172 @@
+//! A node's part in a cluster: membership, the ownership coordinator and the cluster log, started together
+//! (`custodian serve --cluster URLS --node-id ID`), and the graceful hand-off when it stops.
+//!
+//! Names on NATS, for a cluster called `custodian` (the default): owner records in the KV bucket
+//! `custodian_owners`, the log in the stream `CUSTODIAN_LOG` on subjects `custodian.log.{shard}`,
+//! forwarded appends on `custodian.log_fwd.{shard}`, heartbeats on `custodian.members.heartbeat`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use custodian_events::Clock;
+use custodian_events::keyring::Keyring;
+use custodian_events::log::SledLogConfig;
+
+use crate::cluster_log::{ClusterLog, ClusterLogConfig};
+use crate::coordinator::Coordinator;
+use crate::membership::{Membership, Thresholds};
+use crate::ownership::{Shards, ShardsConfig};
+
+/// How a node joins.
+#[derive(Debug, Clone)]
+pub struct ClusterSettings {
+    /// NATS servers (`nats://127.0.0.1:4301,...`), comma-separated.
+    pub urls: String,
+    /// This node's id: unique in the cluster, the same across its restarts.
+    pub node_id: String,
+    /// The cluster's name, the root of every NATS name it uses.
+    pub name: String,
+    /// Replicas of the log stream and the owner bucket (3 on the test cluster).
+    pub replicas: usize,
+}
+
+impl ClusterSettings {
+    pub fn shards_config(&self) -> ShardsConfig {
+        ShardsConfig {
+            bucket: format!("{}_owners", self.name),
+            stream: format!("{}_LOG", self.name.to_uppercase()),
+            subject: format!("{}.log", self.name),
+            replicas: self.replicas,
+        }
+    }
+
+    fn members_prefix(&self) -> String {
+        format!("{}.members", self.name)
+    }
+}
+
+/// Connects to the servers in `urls` (comma-separated).
+pub async fn connect(urls: &str) -> Result<async_nats::Client, String> {
+    let servers = urls
+        .split(',')
+        .map(|u| {
+            u.trim()
+                .parse::<async_nats::ServerAddr>()
+                .map_err(|e| format!("{u:?} is not a NATS URL: {e}"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    async_nats::connect(servers).await.map_err(|e| {
+        format!("cannot reach NATS at {urls} ({e}); is the cluster up (scripts/services nats-cluster up)?")
+    })
+}
+
+/// A node in a cluster.
+pub struct ClusterNode {
+    pub node_id: String,
+    pub log: Arc<ClusterLog>,
+    pub membership: Membership,
+    pub coordinator: Coordinator,
+    shards: Shards,
+}
+
+impl ClusterNode {
+    /// Joins: heartbeats, claims the shards it is the target of, opens its copy of the log at `local`.
+    pub async fn join(
+        settings: &ClusterSettings,
+        local: SledLogConfig,
+        clock: Arc<dyn Clock>,
+        keyring: Option<Arc<Keyring>>,
+    ) -> Result<ClusterNode, String> {
+        if settings.node_id.is_empty()
+            || !settings
+                .node_id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(format!(
+                "node id {:?} must be letters, digits, '-' or '_'",
+                settings.node_id
+            ));
+        }
+        let client = connect(&settings.urls).await?;
+        let config = settings.shards_config();
+        let shards = Shards::open(client.clone(), &config)
+            .await
+            .map_err(|e| format!("cannot open the owner bucket and the log stream: {e}"))?;
+        let thresholds = Thresholds::default();
+        let membership = Membership::start(
+            client,
+            &settings.members_prefix(),
+            &settings.node_id,
+            thresholds,
+        )
+        .await?;
+        let coordinator = Coordinator::start(
+            &settings.node_id,
+            &membership,
+            shards.clone(),
+            Duration::from_millis(250),
+            thresholds.dead_after,
+        );
+        let log = ClusterLog::open(
+            ClusterLogConfig::new(local),
+            &settings.node_id,
+            shards.clone(),
+            coordinator.held.clone(),
+            clock,
+            keyring,
+        )
+        .await
+        .map_err(|e| format!("cannot open this node's copy of the log: {e}"))?;
+        Ok(ClusterNode {
+            node_id: settings.node_id.clone(),
+            log,
+            membership,
+            coordinator,
+            shards,
+        })
+    }
+
+    /// What a status page shows: owned shards, peers, how far the copy has come.
+    pub fn status(&self) -> serde_json::Value {
+        let view = self.membership.view();
+        let held = self.coordinator.held.lock().expect("held lock");
+        serde_json::json!({
+            "node_id": self.node_id,
+            "fenced": view.fenced,
+            "alive": view.alive(),
+            "owned_shards": held.owned.keys().collect::<Vec<_>>(),
+            "claims": held.claims,
+            "dropped": held.dropped,
+            "stream_applied": self.log.applied(),
+        })
+    }
+
+    /// Hands every shard off before stopping: stops claiming, lets in-flight appends finish and stops
+    /// appending, says goodbye (the others treat this node as dead at once) and gives up its owner
+    /// records, then waits up to `within` for the others to own them.
+    pub async fn leave(&self, within: Duration) -> Result<Duration, String> {
+        let started = std::time::Instant::now();
+        self.coordinator.stop();
+        let owned = self.log.release_all().await;
+        self.membership.goodbye().await;
+        let taken = crate::coordinator::wait_for(within, async || {
+            for o in &owned {
+                match self.shards.owner(o.shard).await {
+                    Ok(Some((owner, _))) if owner != self.node_id => {}
+                    _ => return false,
+                }
+            }
+            true
+        })
+        .await;
+        self.membership.stop();
+        match taken {
+            Some(_) => Ok(started.elapsed()),
+            None => Err(format!(
+                "the other nodes did not take this node's {} shards within {within:?}; they take them once it is seen dead",
+                owned.len()
+            )),
+        }
+    }
+}

@@ -137,7 +137,10 @@ async fn pass(node: &str, view: &View, shards: &Shards, held: &Mutex<Held>, take
             }
             continue;
         }
-        if target(shard, &alive).as_deref() != Some(node) {
+        // A record naming this node that it does not hold (a claim whose fence did not get through, or
+        // an earlier life of this node) is this node's to finish, whoever the target is now.
+        let on_record = record.as_ref().is_some_and(|(owner, _)| owner == node);
+        if !on_record && target(shard, &alive).as_deref() != Some(node) {
             continue;
         }
         let seen = match &record {
@@ -163,7 +166,7 @@ async fn pass(node: &str, view: &View, shards: &Shards, held: &Mutex<Held>, take
                 h.owned.insert(shard, owned);
             }
             Err(OwnershipError::Lost { .. }) => held.lock().expect("held lock").lost += 1,
-            Err(e) => tracing::debug!(shard, error = %e, "claim failed; the next pass retries"),
+            Err(e) => tracing::warn!(shard, error = %e, "claim failed; the next pass retries"),
         }
     }
 }

@@ -139,6 +139,7 @@ impl ClusterNode {
             "claims": held.claims,
             "dropped": held.dropped,
             "stream_applied": self.log.applied(),
+            "epoch_regressions": self.log.epoch_regressions().len(),
         })
     }
 

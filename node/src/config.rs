@@ -319,12 +319,14 @@ impl Default for LogConfig {
 /// The top-level keys a `CUSTODIAN_*` environment variable may set. Other `CUSTODIAN_*` variables belong
 /// to other tools (`CUSTODIAN_NODE` to the CLI, `CUSTODIAN_PYTHON` to the tests, ...) and are ignored; a
 /// typo inside a section (`CUSTODIAN_INGEST__BATCH_READINGS`) is still refused.
-const CONFIG_KEYS: [&str; 11] = [
+const CONFIG_KEYS: [&str; 13] = [
     "listen",
     "data_dir",
     "admin_token",
     "master_key",
     "master_key_file",
+    "platform_key_file",
+    "cluster",
     "ingest",
     "log",
     "derive",

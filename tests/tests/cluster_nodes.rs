@@ -426,7 +426,7 @@ async fn kill9_every_few_seconds_loses_and_doubles_nothing() {
     for l in load {
         l.await.unwrap();
     }
-    let acks = acks.lock().unwrap();
+    let acks = std::mem::take(&mut *acks.lock().unwrap());
     let log = cluster.logs_agree().await;
     let n = check_acked(&log, &acks);
     eprintln!(
@@ -514,7 +514,7 @@ async fn a_paused_node_is_fenced_and_a_rolling_restart_loses_nothing() {
     for l in load {
         l.await.unwrap();
     }
-    let acks = acks.lock().unwrap();
+    let acks = std::mem::take(&mut *acks.lock().unwrap());
     let log = cluster.logs_agree().await;
     let n = check_acked(&log, &acks);
     eprintln!("{n} acknowledged readings, all stored exactly once");

@@ -31,7 +31,7 @@
 //! answered duplicate for the prefix and appended for the rest). A batch of several shards gets each
 //! shard's sequences together, shard by shard in the order the batch first names them.
 //!
-//! See `docs/cluster-log.md`.
+//! See `docs/cluster.md`.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -59,7 +59,7 @@ const RECORDS_TAG: u8 = b'R';
 const CATCH_UP_WAIT: Duration = Duration::from_secs(10);
 
 /// How long an append keeps asking for a shard's owner before it answers `Unavailable` (a failover takes
-/// about 2 s, see `docs/failover.md`).
+/// about 2 s, see `docs/cluster.md`).
 pub const FORWARD_WAIT: Duration = Duration::from_secs(10);
 
 /// One try of a forwarded append.

@@ -23,7 +23,16 @@ pub struct Held {
     pub claims: u64,
     pub lost: u64,
     pub dropped: u64,
+    /// Shards given up to their target (rebalancing), which then claims them.
+    pub handed_off: u64,
 }
+
+/// Shards a node hands off to their targets in one pass, at most (placement's cap on moves).
+pub const HANDOFFS_PER_PASS_MAX: usize = 4;
+
+/// How long the alive set must stay the same before shards move to a node that is alive (and not only
+/// away from dead ones): a node that flaps does not pull shards back and forth.
+pub const REBALANCE_SETTLE: Duration = Duration::from_secs(3);
 
 /// A node's ownership loop.
 pub struct Coordinator {
@@ -68,10 +77,16 @@ impl Coordinator {
         let held2 = held.clone();
         let task = tokio::spawn(async move {
             let started = Instant::now();
+            let (mut alive, mut stable_since) = (Vec::new(), Instant::now());
             loop {
                 let current = view.borrow_and_update().clone();
                 let take_unknown = started.elapsed() >= grace;
-                pass(&node_id, &current, &shards, &held2, take_unknown).await;
+                if current.alive() != alive {
+                    alive = current.alive();
+                    stable_since = Instant::now();
+                }
+                let rebalance = take_unknown && stable_since.elapsed() >= REBALANCE_SETTLE;
+                pass(&node_id, &current, &shards, &held2, take_unknown, rebalance).await;
                 tokio::select! {
                     changed = view.changed() => if changed.is_err() { return },
                     _ = tokio::time::sleep(every) => {}
@@ -108,7 +123,15 @@ impl Drop for Coordinator {
     }
 }
 
-async fn pass(node: &str, view: &View, shards: &Shards, held: &Mutex<Held>, take_unknown: bool) {
+async fn pass(
+    node: &str,
+    view: &View,
+    shards: &Shards,
+    held: &Mutex<Held>,
+    take_unknown: bool,
+    rebalance: bool,
+) {
+    let mut handoffs = 0;
     if view.fenced {
         let mut h = held.lock().expect("held lock");
         if !h.owned.is_empty() {
@@ -134,6 +157,29 @@ async fn pass(node: &str, view: &View, shards: &Shards, held: &Mutex<Held>, take
                 let mut h = held.lock().expect("held lock");
                 h.owned.remove(&shard);
                 h.dropped += 1;
+                continue;
+            }
+            // Rebalancing: a shard whose target is another alive node is handed to it, a few a pass.
+            // Stop appending first, then mark the record released; the target claims it on its next
+            // pass. An append already on its way either lands before the target's OwnerChanged (and
+            // the target sees it) or after (and is fenced, answered 503, resent).
+            let to = target(shard, &alive);
+            if rebalance
+                && handoffs < HANDOFFS_PER_PASS_MAX
+                && to.as_deref().is_some_and(|t| t != node)
+            {
+                held.lock().expect("held lock").owned.remove(&shard);
+                match shards.release(&owned).await {
+                    Ok(_) => {
+                        handoffs += 1;
+                        held.lock().expect("held lock").handed_off += 1;
+                        tracing::info!(shard, to = ?to, "handed the shard off to its target");
+                    }
+                    Err(e) => {
+                        // Not released: the record still names this node, which claims it back.
+                        tracing::warn!(shard, error = %e, "cannot release the shard; keeping it");
+                    }
+                }
             }
             continue;
         }
@@ -150,6 +196,8 @@ async fn pass(node: &str, view: &View, shards: &Shards, held: &Mutex<Held>, take
                 // earlier life of this node.
                 let takeable = match view.peers.get(owner) {
                     _ if owner == node => true,
+                    // Released by its owner for this node (rebalancing).
+                    _ if owner.is_empty() => true,
                     Some(s) => *s == Status::Dead,
                     None => take_unknown,
                 };

@@ -1,9 +1,10 @@
 //! # custodian-cluster
 //!
-//! Will own NATS membership, shard placement and ownership (leases with fencing tokens), routing to the
-//! owning node, and JetStream as the replicated log behind the `EventLog` trait in cluster mode (issue
-//! "Cluster over NATS"). So far:
+//! Cluster mode over NATS (`docs/cluster.md`):
 //!
+//! - [`cluster_log`]: the `EventLog` on JetStream: only a shard's owner appends, fenced; every node keeps
+//!   a copy filled in stream order; any node takes any append and forwards it to the owner;
+//! - [`node`]: a node's part in a cluster (membership, coordinator and log together; graceful hand-off);
 //! - [`placement`]: shards by hash of id, per-shard rate forecasts (Holt's linear trend with a margin),
 //!   node CPU and memory smoothed by a dual-mode Kalman filter, and weighted rendezvous hashing with
 //!   bounded loads, stickiness and a cap on moves per interval (`docs/placement.md`);
@@ -16,7 +17,7 @@
 //! - [`placement_sim`]: the placement simulator comparing it with plain hashing on a skewed, drifting
 //!   workload (`custodian bench placement`).
 //!
-//! A node still runs alone on its embedded sled log. Must not contain domain rules.
+//! Must not contain domain rules.
 
 pub mod cluster_log;
 pub mod coordinator;

@@ -17,6 +17,9 @@ use crate::coordinator::Coordinator;
 use crate::membership::{Membership, Thresholds};
 use crate::ownership::{Shards, ShardsConfig};
 
+/// How long joining keeps trying to open the owner bucket and the log stream.
+const JOIN_WAIT: Duration = Duration::from_secs(60);
+
 /// How a node joins.
 #[derive(Debug, Clone)]
 pub struct ClusterSettings {
@@ -90,9 +93,23 @@ impl ClusterNode {
         }
         let client = connect(&settings.urls).await?;
         let config = settings.shards_config();
-        let shards = Shards::open(client.clone(), &config)
-            .await
-            .map_err(|e| format!("cannot open the owner bucket and the log stream: {e}"))?;
+        // Several nodes starting at once make the servers create the stream and the bucket at once,
+        // which can time out on a busy machine: try again for a while.
+        let started = std::time::Instant::now();
+        let shards = loop {
+            match Shards::open(client.clone(), &config).await {
+                Ok(s) => break s,
+                Err(e) if started.elapsed() < JOIN_WAIT => {
+                    tracing::warn!(error = %e, "cannot open the owner bucket and the log stream yet; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(e) => {
+                    return Err(format!(
+                        "cannot open the owner bucket and the log stream within {JOIN_WAIT:?}: {e}"
+                    ));
+                }
+            }
+        };
         let thresholds = Thresholds::default();
         let membership = Membership::start(
             client,

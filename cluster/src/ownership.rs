@@ -227,6 +227,22 @@ impl Shards {
         )))
     }
 
+    /// Gives the shard up (rebalancing): the record, still at `owned.epoch`, becomes released (an empty
+    /// owner) at a new revision, which the next owner claims on. Fails, changing nothing, when the record
+    /// moved on since.
+    pub async fn release(&self, owned: &Owned) -> Result<u64, OwnershipError> {
+        self.owners
+            .update(Self::key(owned.shard), bytes::Bytes::new(), owned.epoch)
+            .await
+            .map_err(|e| {
+                if e.kind() == kv::UpdateErrorKind::WrongLastRevision || wrong_last(&e) {
+                    OwnershipError::Lost { shard: owned.shard }
+                } else {
+                    nats(e)
+                }
+            })
+    }
+
     /// The last sequence of the shard's subject, from the stream leader (0: none).
     pub async fn last_seq(&self, shard: u16) -> Result<u64, OwnershipError> {
         match self

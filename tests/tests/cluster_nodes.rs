@@ -116,6 +116,14 @@ impl Cluster {
         self.nodes[i].child = Some(child);
     }
 
+    /// Waits for node `i` to answer: it answers once it has joined (which takes long on a busy machine).
+    async fn wait_ready(&self, i: usize) {
+        self.client(i)
+            .wait_ready(Duration::from_secs(90))
+            .await
+            .unwrap_or_else(|e| panic!("{} not ready: {e:#}", self.nodes[i].id));
+    }
+
     fn signal(&mut self, i: usize, sig: &str) {
         let pid = self.nodes[i].child.as_ref().expect("running").id();
         let ok = Command::new("kill")
@@ -359,7 +367,7 @@ fn terminals(n: usize) -> Vec<SimTerminal> {
 async fn any_node_takes_any_upload_and_the_copies_agree() {
     let cluster = Cluster::new("any", 3);
     for i in 0..3 {
-        custodian_tests::wait_ready(&cluster.client(i)).await;
+        cluster.wait_ready(i).await;
     }
     let took = cluster.wait_owned(Duration::from_secs(30)).await;
     eprintln!("all 64 shards owned {took:?} after the nodes answered");
@@ -395,7 +403,7 @@ async fn kill9_every_few_seconds_loses_and_doubles_nothing() {
         .unwrap_or(4);
     let mut cluster = Cluster::new("kill", 3);
     for i in 0..3 {
-        custodian_tests::wait_ready(&cluster.client(i)).await;
+        cluster.wait_ready(i).await;
     }
     cluster.wait_owned(Duration::from_secs(30)).await;
     let ts = terminals(12);
@@ -419,7 +427,7 @@ async fn kill9_every_few_seconds_loses_and_doubles_nothing() {
         );
         kills.push((owned, outage));
         cluster.start(victim);
-        custodian_tests::wait_ready(&cluster.client(victim)).await;
+        cluster.wait_ready(victim).await;
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
     stop.store(true, Ordering::Relaxed);
@@ -446,7 +454,7 @@ async fn kill9_every_few_seconds_loses_and_doubles_nothing() {
 async fn a_paused_node_is_fenced_and_a_rolling_restart_loses_nothing() {
     let mut cluster = Cluster::new("pause", 3);
     for i in 0..3 {
-        custodian_tests::wait_ready(&cluster.client(i)).await;
+        cluster.wait_ready(i).await;
     }
     cluster.wait_owned(Duration::from_secs(30)).await;
     let ts = terminals(9);
@@ -487,7 +495,7 @@ async fn a_paused_node_is_fenced_and_a_rolling_restart_loses_nothing() {
     cluster.signal(2, "-CONT");
     // Resumed, n3 finds itself fenced (or its appends fail) and lets go of every shard it held.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    custodian_tests::wait_ready(&cluster.client(2)).await;
+    cluster.wait_ready(2).await;
     let after = cluster.healthz(2).await.unwrap();
     assert!(
         after["cluster"]["dropped"].as_u64().unwrap() >= n3_shards as u64,
@@ -507,7 +515,7 @@ async fn a_paused_node_is_fenced_and_a_rolling_restart_loses_nothing() {
             outage_after(&acks.lock().unwrap(), at)
         );
         cluster.start(i);
-        custodian_tests::wait_ready(&cluster.client(i)).await;
+        cluster.wait_ready(i).await;
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
     stop.store(true, Ordering::Relaxed);

@@ -68,6 +68,9 @@ const FORWARD_TRY: Duration = Duration::from_secs(2);
 /// How often the owner's subscriptions to forwarded appends follow what it owns.
 const SUBSCRIPTIONS_EVERY: Duration = Duration::from_millis(25);
 
+/// How long the copy's consumer may stay quiet before the stream is asked whether it moved on.
+const FOLLOW_QUIET: Duration = Duration::from_millis(750);
+
 /// Stream sequences whose first copy sequence is remembered for appends waiting on them.
 const FIRSTS_KEPT: usize = 65_536;
 
@@ -628,7 +631,27 @@ async fn follow(
                 continue;
             }
         };
-        while let Some(next) = messages.next().await {
+        loop {
+            // A consumer that went quiet while the stream moved on (its server or the stream's leader
+            // changed) is recreated at once rather than after its own heartbeat timeouts.
+            let next = match tokio::time::timeout(FOLLOW_QUIET, messages.next()).await {
+                Ok(Some(next)) => next,
+                Ok(None) => break,
+                Err(_) => {
+                    let last = tokio::time::timeout(FOLLOW_QUIET, shards.stream_last_seq()).await;
+                    match last {
+                        Ok(Ok(last)) if last > *applied.borrow() => {
+                            tracing::info!(
+                                last,
+                                applied = *applied.borrow(),
+                                "cluster log: the consumer went quiet behind the stream; recreating it"
+                            );
+                            break;
+                        }
+                        _ => continue,
+                    }
+                }
+            };
             let (stream_seq, payload) = match next {
                 Ok(m) => m,
                 Err(e) => {

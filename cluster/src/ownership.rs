@@ -17,6 +17,10 @@ use std::time::Duration;
 use async_nats::jetstream::{self, context::PublishErrorKind, kv, stream};
 use serde::{Deserialize, Serialize};
 
+/// How long an append waits for JetStream's acknowledgement. A publish on R3 with `sync_interval: always`
+/// takes 2-3 ms here (docs/nats-cluster.md); seconds mean the stream's leader is gone.
+pub const APPEND_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// The event a new owner appends first on a shard's subject.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OwnerChanged {
@@ -75,6 +79,9 @@ fn nats(e: impl std::fmt::Display) -> OwnershipError {
 pub struct Shards {
     client: async_nats::Client,
     js: jetstream::Context,
+    /// For appends: a shorter timeout, so that an append to a stream whose leader just died fails (and
+    /// is retried elsewhere) instead of holding its shard for the whole election.
+    append_js: jetstream::Context,
     owners: kv::Store,
     stream: stream::Stream,
     subject: String,
@@ -130,9 +137,12 @@ impl Shards {
             })
             .await
             .map_err(nats)?;
+        let mut append_js = jetstream::new(client.clone());
+        append_js.set_timeout(APPEND_TIMEOUT);
         Ok(Shards {
             client,
             js,
+            append_js,
             owners,
             stream,
             subject: config.subject.clone(),
@@ -263,7 +273,7 @@ impl Shards {
             .payload(payload.into())
             .expected_last_subject_sequence(owned.last_seq);
         let ack = self
-            .js
+            .append_js
             .send_publish(self.subject_of(owned.shard), publish)
             .await
             .map_err(nats)?

@@ -5,6 +5,7 @@
 //!
 //! This library holds the harness the tests share.
 
+pub mod cluster;
 pub mod private_services;
 
 use std::net::TcpListener;

@@ -1,0 +1,383 @@
+//! Clusters of `custodian serve --cluster` processes on the three-server JetStream cluster, terminals
+//! uploading through them, and the checks the cluster tests share (`tests/tests/cluster_*.rs`).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use custodian_node::client::NodeClient;
+use custodian_node::terminal_sim::{SimTerminal, enterprise_body, now_rfc3339};
+use serde_json::Value;
+
+use crate::{ADMIN_TOKEN, NATS_CLUSTER, check_log, custodian_bin, free_port};
+
+/// One node process of the test cluster.
+pub struct ClusterNode {
+    id: String,
+    dir: PathBuf,
+    port: u16,
+    child: Option<Child>,
+}
+
+/// What the nodes of one test share.
+pub struct Cluster {
+    pub name: String,
+    master_key: String,
+    platform_key: PathBuf,
+    /// The nodes' data dirs and logs; kept when the test fails.
+    pub root: PathBuf,
+    pub nodes: Vec<ClusterNode>,
+}
+
+impl Cluster {
+    pub fn new(tag: &str, n: usize) -> Cluster {
+        let name = format!(
+            "t{}_{}_{}",
+            tag,
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_millis()
+        );
+        let root = std::env::temp_dir().join(format!("custodian-cluster-{name}"));
+        std::fs::create_dir_all(&root).unwrap();
+        let platform_key = root.join("platform_signing.key");
+        let mut c = Cluster {
+            name,
+            master_key: custodian_node::server::fresh_master_key_hex(),
+            platform_key,
+            nodes: Vec::new(),
+            root,
+        };
+        for i in 0..n {
+            let id = format!("n{}", i + 1);
+            let dir = c.root.join(&id);
+            c.nodes.push(ClusterNode {
+                id,
+                dir,
+                port: free_port(),
+                child: None,
+            });
+        }
+        for i in 0..n {
+            c.start(i);
+        }
+        c
+    }
+
+    pub fn url(&self, i: usize) -> String {
+        format!("http://127.0.0.1:{}", self.nodes[i].port)
+    }
+
+    pub fn client(&self, i: usize) -> NodeClient {
+        NodeClient::new(self.url(i), Some(ADMIN_TOKEN.into()))
+    }
+
+    pub fn start(&mut self, i: usize) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.root.join(format!("{}.log", self.nodes[i].id)))
+            .unwrap();
+        let n = &self.nodes[i];
+        let child = Command::new(custodian_bin())
+            .args([
+                "serve",
+                "--listen",
+                &format!("127.0.0.1:{}", n.port),
+                "--cluster",
+                NATS_CLUSTER,
+                "--node-id",
+                &n.id,
+                "--data-dir",
+            ])
+            .arg(&n.dir)
+            .env("CUSTODIAN_ADMIN_TOKEN", ADMIN_TOKEN)
+            .env("CUSTODIAN_MASTER_KEY", &self.master_key)
+            .env("CUSTODIAN_PLATFORM_KEY_FILE", &self.platform_key)
+            .env("CUSTODIAN_CLUSTER__NAME", &self.name)
+            .env("CUSTODIAN_DERIVE__TICK_INTERVAL_S", "0")
+            .env("CUSTODIAN_PROJECTIONS__POSTGRES_ENABLED", "false")
+            .env("CUSTODIAN_PROJECTIONS__INFLUX_ENABLED", "false")
+            .env("CUSTODIAN_PROJECTIONS__SEARCH_ENABLED", "false")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawning custodian serve --cluster");
+        self.nodes[i].child = Some(child);
+    }
+
+    /// Waits for node `i` to answer: it answers once it has joined (which takes long on a busy machine).
+    pub async fn wait_ready(&self, i: usize) {
+        self.client(i)
+            .wait_ready(Duration::from_secs(90))
+            .await
+            .unwrap_or_else(|e| panic!("{} not ready: {e:#}", self.nodes[i].id));
+    }
+
+    pub fn signal(&mut self, i: usize, sig: &str) {
+        let pid = self.nodes[i].child.as_ref().expect("running").id();
+        let ok = Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill {sig} {pid}");
+    }
+
+    pub fn kill9(&mut self, i: usize) {
+        let mut child = self.nodes[i].child.take().expect("running");
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    /// SIGTERM and wait: the graceful stop.
+    pub fn stop(&mut self, i: usize) {
+        self.signal(i, "-TERM");
+        let mut child = self.nodes[i].child.take().expect("running");
+        let status = child.wait().unwrap();
+        assert!(
+            status.success(),
+            "{} stopped with {status}",
+            self.nodes[i].id
+        );
+    }
+
+    pub async fn healthz(&self, i: usize) -> Option<Value> {
+        self.client(i).healthz().await.ok()
+    }
+
+    /// Waits until every running node answers and every shard has an owner among them; returns how long.
+    pub async fn wait_owned(&self, within: Duration) -> Duration {
+        let started = Instant::now();
+        loop {
+            let mut owned = std::collections::BTreeSet::new();
+            let mut all_up = true;
+            for (i, n) in self.nodes.iter().enumerate() {
+                if n.child.is_none() {
+                    continue;
+                }
+                match self.healthz(i).await {
+                    Some(h) => {
+                        for s in h["cluster"]["owned_shards"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                        {
+                            owned.insert(s.as_u64().unwrap());
+                        }
+                    }
+                    None => all_up = false,
+                }
+            }
+            if all_up && owned.len() == 64 {
+                return started.elapsed();
+            }
+            assert!(
+                started.elapsed() < within,
+                "shards owned: {} of 64 after {within:?}; node logs in {}",
+                owned.len(),
+                self.root.display()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn running(&self) -> Vec<usize> {
+        (0..self.nodes.len())
+            .filter(|i| self.nodes[*i].child.is_some())
+            .collect()
+    }
+
+    /// Every node's whole log, once they all agree on its length.
+    pub async fn logs_agree(&self) -> Vec<Value> {
+        let started = Instant::now();
+        loop {
+            let mut logs = Vec::new();
+            for i in self.running() {
+                logs.push(self.client(i).all_events(1).await.unwrap());
+            }
+            let lens: Vec<usize> = logs.iter().map(Vec::len).collect();
+            if lens.iter().all(|l| *l == lens[0]) {
+                for l in &logs[1..] {
+                    assert!(l == &logs[0], "two nodes' logs differ");
+                }
+                return logs.swap_remove(0);
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "the nodes' logs have lengths {lens:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for n in &mut self.nodes {
+            if let Some(mut c) = n.child.take() {
+                let _ = Command::new("kill")
+                    .args(["-CONT", &c.id().to_string()])
+                    .status();
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+        if std::thread::panicking() {
+            eprintln!(
+                "the nodes' data dirs and logs are kept in {}",
+                self.root.display()
+            );
+        } else {
+            let _ = std::fs::remove_dir_all(&self.root);
+            // The stream and the bucket go too (on a thread of its own: this may run inside a runtime).
+            let settings = custodian_cluster::node::ClusterSettings {
+                urls: NATS_CLUSTER.into(),
+                node_id: String::new(),
+                name: self.name.clone(),
+                replicas: 3,
+            };
+            let _ = std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("a runtime");
+                rt.block_on(async {
+                    let config = settings.shards_config();
+                    if let Ok(client) = custodian_cluster::node::connect(&settings.urls).await
+                        && let Ok(shards) =
+                            custodian_cluster::ownership::Shards::open(client, &config).await
+                    {
+                        let _ = shards.delete(&config).await;
+                    }
+                });
+            })
+            .join();
+        }
+    }
+}
+
+pub async fn register(cluster: &Cluster, terminals: &[SimTerminal]) {
+    let c = cluster.client(0);
+    c.register("/v1/enterprises", &enterprise_body(0))
+        .await
+        .expect("registering E-0");
+    for t in terminals {
+        c.register("/v1/terminals", &t.registration(0))
+            .await
+            .expect("registering a terminal");
+    }
+}
+
+/// What the load generator saw.
+#[derive(Default)]
+pub struct Acks {
+    /// Terminal → reading seqs acknowledged (accepted or duplicate).
+    pub acked: BTreeMap<String, Vec<u64>>,
+    /// When each acknowledgement came, per terminal.
+    pub times: BTreeMap<String, Vec<Instant>>,
+    pub failures: u64,
+}
+
+/// Terminals uploading 5 readings at a time through the nodes in turn; a failed upload is sent again,
+/// the same bytes, to the next node, until it is acknowledged.
+pub fn load(
+    cluster_urls: Vec<String>,
+    terminals: Vec<SimTerminal>,
+    stop: Arc<AtomicBool>,
+    acks: Arc<Mutex<Acks>>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    terminals
+        .into_iter()
+        .enumerate()
+        .map(|(k, mut t)| {
+            let urls = cluster_urls.clone();
+            let stop = stop.clone();
+            let acks = acks.clone();
+            tokio::spawn(async move {
+                let clients: Vec<NodeClient> = urls
+                    .iter()
+                    .map(|u| NodeClient::new(u.clone(), None))
+                    .collect();
+                let mut next = k;
+                while !stop.load(Ordering::Relaxed) {
+                    let (body, seqs) = t.next_body(5, &now_rfc3339());
+                    let sig = t.sign(&body);
+                    loop {
+                        let c = &clients[next % clients.len()];
+                        next += 1;
+                        match tokio::time::timeout(
+                            Duration::from_secs(15),
+                            c.upload(body.clone(), Some(&sig)),
+                        )
+                        .await
+                        {
+                            Ok(Ok(r)) => {
+                                assert_eq!(r.results.len(), seqs.len());
+                                for res in &r.results {
+                                    let v = serde_json::to_value(res).unwrap();
+                                    assert!(
+                                        v["status"] == "accepted" || v["status"] == "duplicate",
+                                        "{v}"
+                                    );
+                                }
+                                let mut a = acks.lock().unwrap();
+                                a.acked
+                                    .entry(r.terminal_id.clone())
+                                    .or_default()
+                                    .extend(&seqs);
+                                a.times
+                                    .entry(r.terminal_id)
+                                    .or_default()
+                                    .push(Instant::now());
+                                break;
+                            }
+                            _ => {
+                                acks.lock().unwrap().failures += 1;
+                                tokio::time::sleep(Duration::from_millis(50)).await;
+                            }
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            })
+        })
+        .collect()
+}
+
+/// Every acknowledged reading is in the log exactly once.
+pub fn check_acked(log: &[Value], acks: &Acks) -> usize {
+    let stored = check_log(log);
+    let mut n = 0;
+    for (t, seqs) in &acks.acked {
+        for s in seqs {
+            assert!(
+                stored.contains_key(&(t.clone(), *s)),
+                "{t} reading {s} was acknowledged but is not in the log"
+            );
+            n += 1;
+        }
+    }
+    n
+}
+
+/// For each event time, the longest any terminal waited after it for its next acknowledgement.
+pub fn outage_after(acks: &Acks, at: Instant) -> Duration {
+    acks.times
+        .values()
+        .filter_map(|ts| ts.iter().find(|t| **t > at).map(|t| *t - at))
+        .max()
+        .unwrap_or_default()
+}
+
+pub fn terminals(n: usize) -> Vec<SimTerminal> {
+    (0..n)
+        .map(|i| SimTerminal::new(format!("T-{i}"), 100 + i as u64))
+        .collect()
+}

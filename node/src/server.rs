@@ -404,14 +404,46 @@ async fn start_projections(
     Ok(families
         .into_iter()
         .map(|f| {
-            custodian_projections::runner::spawn(
-                state.log.clone(),
-                f,
-                directory.clone(),
-                config.clone(),
-            )
+            let mut config = config.clone();
+            // In cluster mode the shared read models (PostgreSQL, InfluxDB) run under a lease: the node
+            // owning the projection's lease shard runs it, the others stand by. The search index is this
+            // node's own and always runs.
+            if let Some(cluster) = state.cluster.get()
+                && f.name() != "search"
+            {
+                let shard = if f.name() == "postgres" { 0 } else { 1 };
+                config.lease = Some(lease(cluster.clone(), shard));
+            }
+            custodian_projections::runner::spawn(state.log.clone(), f, directory.clone(), config)
         })
         .collect())
+}
+
+/// Whether this node owns `shard`, followed every 200 ms: a projection's lease. The shard's ownership
+/// comes with membership, failover and fencing; the projection's own checkpoint (committed with its rows,
+/// or idempotent writes) keeps its effect exactly-once if two holders overlap for a moment.
+fn lease(
+    cluster: Arc<custodian_cluster::node::ClusterNode>,
+    shard: u16,
+) -> tokio::sync::watch::Receiver<bool> {
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        loop {
+            let held = cluster
+                .coordinator
+                .held
+                .lock()
+                .expect("held lock")
+                .owned
+                .contains_key(&shard);
+            tx.send_if_modified(|v| std::mem::replace(v, held) != held);
+            if tx.is_closed() {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    });
+    rx
 }
 
 /// Appends `ClockTicked` every `derive.tick_interval_s`, at multiples of the interval (so ticks of two

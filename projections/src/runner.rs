@@ -109,6 +109,10 @@ pub struct RunnerConfig {
     pub batch_events_max: usize,
     pub backoff_min: Duration,
     pub backoff_max: Duration,
+    /// In cluster mode, whether this node holds the projection's lease: while it does not, the runner
+    /// stands by (state `standby`), and when it gets the lease it reads the model's checkpoint again (the
+    /// previous holder moved it). `None`: always run.
+    pub lease: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 impl Default for RunnerConfig {
@@ -117,6 +121,7 @@ impl Default for RunnerConfig {
             batch_events_max: 5_000,
             backoff_min: Duration::from_millis(200),
             backoff_max: Duration::from_secs(10),
+            lease: None,
         }
     }
 }
@@ -379,9 +384,28 @@ impl Runner {
         });
         let mut shadow: Option<Shadow> = None;
         let mut durable = self.log.subscribe();
+        let mut lease = self.config.lease.clone();
         loop {
             while let Ok(cmd) = self.commands.try_recv() {
                 self.command(cmd, &live, &mut shadow).await;
+            }
+            if let Some(lease) = lease.as_mut()
+                && !*lease.borrow_and_update()
+            {
+                // Another node holds the lease: stand by, and start again from the model's checkpoint.
+                live.checkpoint = None;
+                if let Some((_, read)) = live.prefetch.take() {
+                    read.abort();
+                }
+                self.stats.update(|s| s.state = "standby".into());
+                tokio::select! {
+                    changed = lease.changed() => if changed.is_err() { return },
+                    cmd = self.commands.recv() => match cmd {
+                        Some(cmd) => self.command(cmd, &live, &mut shadow).await,
+                        None => return,
+                    },
+                }
+                continue;
             }
             let head = self.log.last_seq();
             let mut busy = false;
@@ -400,12 +424,21 @@ impl Runner {
                 }
             }
             if !busy {
+                let lease_lost = async {
+                    match lease.as_mut() {
+                        Some(l) => {
+                            let _ = l.changed().await;
+                        }
+                        None => std::future::pending::<()>().await,
+                    }
+                };
                 tokio::select! {
                     changed = durable.changed() => {
                         if changed.is_err() {
                             return;
                         }
                     }
+                    _ = lease_lost => {}
                     cmd = self.commands.recv() => match cmd {
                         Some(cmd) => self.command(cmd, &live, &mut shadow).await,
                         None => return,

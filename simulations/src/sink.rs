@@ -83,6 +83,7 @@ impl SimModel {
                 batch_events_max,
                 backoff_min: Duration::from_millis(1),
                 backoff_max: Duration::from_millis(20),
+                lease: None,
             },
         )
     }

@@ -29,11 +29,17 @@ pub struct Cluster {
     platform_key: PathBuf,
     /// The nodes' data dirs and logs; kept when the test fails.
     pub root: PathBuf,
+    env: Vec<(String, String)>,
     pub nodes: Vec<ClusterNode>,
 }
 
 impl Cluster {
     pub fn new(tag: &str, n: usize) -> Cluster {
+        Cluster::with_env(tag, n, Vec::new())
+    }
+
+    /// The same, every node started with `env` too (it overrides the defaults below).
+    pub fn with_env(tag: &str, n: usize, env: Vec<(String, String)>) -> Cluster {
         let name = format!(
             "t{}_{}_{}",
             tag,
@@ -52,6 +58,7 @@ impl Cluster {
             platform_key,
             nodes: Vec::new(),
             root,
+            env,
         };
         for i in 0..n {
             let id = format!("n{}", i + 1);
@@ -105,6 +112,7 @@ impl Cluster {
             .env("CUSTODIAN_PROJECTIONS__INFLUX_ENABLED", "false")
             .env("CUSTODIAN_PROJECTIONS__SEARCH_ENABLED", "false")
             .env("RUST_LOG", "warn")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

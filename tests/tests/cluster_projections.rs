@@ -1,0 +1,140 @@
+//! The PostgreSQL read model in cluster mode: it runs under a lease (the ownership of shard 0), on one node
+//! at a time, the others standing by; when the holder is killed another node takes the lease and goes on
+//! from the model's checkpoint, and every reading is counted exactly once.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use custodian_tests::ReadModels;
+use custodian_tests::cluster::{Acks, Cluster, check_acked, load, register, terminals};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_postgres_model_runs_under_a_lease_and_counts_every_reading_once() {
+    let models = ReadModels::new("cluster");
+    let env = vec![
+        (
+            "CUSTODIAN_PROJECTIONS__POSTGRES_ENABLED".into(),
+            "true".into(),
+        ),
+        (
+            "CUSTODIAN_PROJECTIONS__POSTGRES_URL".into(),
+            models.postgres_url(),
+        ),
+        (
+            "CUSTODIAN_PROJECTIONS__BACKOFF_MAX_MS".into(),
+            "1000".into(),
+        ),
+    ];
+    let mut cluster = Cluster::with_env("proj", 3, env);
+    for i in 0..3 {
+        cluster.wait_ready(i).await;
+    }
+    cluster.wait_owned(Duration::from_secs(30)).await;
+    let ts = terminals(9);
+    register(&cluster, &ts).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let acks = Arc::new(Mutex::new(Acks::default()));
+    let urls: Vec<String> = (0..3).map(|i| cluster.url(i)).collect();
+    let load = load(urls, ts, stop.clone(), acks.clone());
+    tokio::time::sleep(Duration::from_secs(4)).await;
+
+    // Exactly one node runs the model; the others stand by.
+    let before = postgres_states(&cluster).await;
+    let holders: Vec<usize> = before
+        .iter()
+        .filter(|(_, s)| s != "standby")
+        .map(|(i, _)| *i)
+        .collect();
+    assert_eq!(holders.len(), 1, "postgres runs on one node: {before:?}");
+    let holder = holders[0];
+    let owned0 = cluster.healthz(holder).await.unwrap()["cluster"]["owned_shards"]
+        .as_array()
+        .unwrap()
+        .contains(&serde_json::json!(0));
+    assert!(owned0, "the holder owns shard 0");
+
+    // Kill it: another node takes the lease and goes on.
+    cluster.kill9(holder);
+    let at = Instant::now();
+    let taken = loop {
+        let now = postgres_states(&cluster).await;
+        if now.iter().any(|(_, s)| s != "standby") {
+            break at.elapsed();
+        }
+        assert!(
+            at.elapsed() < Duration::from_secs(20),
+            "nobody took the lease: {now:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    eprintln!("the postgres lease moved {taken:?} after its holder was killed");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop.store(true, Ordering::Relaxed);
+    for l in load {
+        l.await.unwrap();
+    }
+    let acks = std::mem::take(&mut *acks.lock().unwrap());
+    let log = cluster.logs_agree().await;
+    check_acked(&log, &acks);
+    let last = log.len() as u64;
+    // The model reaches the head of the log on the new holder.
+    let started = Instant::now();
+    loop {
+        let mut at_head = false;
+        for i in cluster.running() {
+            let p = cluster.client(i).projections().await.unwrap();
+            at_head |= p["projections"].as_array().unwrap().iter().any(|x| {
+                x["name"] == "postgres" && x["state"] == "running" && x["checkpoint"] == last
+            });
+        }
+        if at_head {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the model did not reach {last}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Every terminal's reading count equals the log's: nothing projected twice across the hand-over.
+    let mut want: std::collections::BTreeMap<String, i64> = Default::default();
+    for e in &log {
+        if e["type"] == "ReadingRecorded" {
+            *want
+                .entry(e["payload"]["terminal_id"].as_str().unwrap().to_owned())
+                .or_default() += 1;
+        }
+    }
+    let pool = models.pool().await;
+    let rows: Vec<(String, i64)> =
+        sqlx::query_as("SELECT id, readings::bigint FROM custodian_g1.terminals ORDER BY id")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    let got: std::collections::BTreeMap<String, i64> = rows.into_iter().collect();
+    assert_eq!(
+        got, want,
+        "readings per terminal: the model against the log"
+    );
+    pool.close().await;
+    drop(cluster);
+    models.drop_all().await;
+}
+
+/// (node, state of its postgres projection) for each running node.
+async fn postgres_states(c: &Cluster) -> Vec<(usize, String)> {
+    let mut out = Vec::new();
+    for i in c.running() {
+        let p = c.client(i).projections().await.unwrap();
+        let pg = p["projections"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["name"] == "postgres")
+            .cloned()
+            .unwrap();
+        out.push((i, pg["state"].as_str().unwrap().to_owned()));
+    }
+    out
+}

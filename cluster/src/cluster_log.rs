@@ -114,6 +114,8 @@ pub struct ClusterLog {
     seen: Arc<Mutex<Seen>>,
     follower: JoinHandle<()>,
     server: Mutex<Option<JoinHandle<()>>>,
+    /// Set while this node cannot hear itself on NATS (fenced by membership): appends fail at once.
+    isolated: std::sync::atomic::AtomicBool,
     clock: Arc<dyn Clock>,
     config: ClusterLogConfig,
     message_bytes_max: usize,
@@ -218,6 +220,7 @@ impl ClusterLog {
             seen,
             follower,
             server: Mutex::new(None),
+            isolated: std::sync::atomic::AtomicBool::new(false),
             clock,
             config,
             message_bytes_max,
@@ -330,6 +333,14 @@ impl ClusterLog {
         }
         .await;
         encode_answer(self.applied(), answer)
+    }
+
+    /// Marks this node cut off from the cluster (or back): while it is, every append fails at once with
+    /// `Unavailable`, so that a terminal tries another node instead of waiting for a forward that cannot
+    /// get through.
+    pub fn set_isolated(&self, isolated: bool) {
+        self.isolated
+            .store(isolated, std::sync::atomic::Ordering::Release);
     }
 
     /// The node's copy.
@@ -867,6 +878,12 @@ impl EventLog for ClusterLog {
                     len: batch.len(),
                     max: self.config.batch_events_max,
                 });
+            }
+            if self.isolated.load(std::sync::atomic::Ordering::Acquire) {
+                return Err(unavailable(format!(
+                    "node {} is cut off from the cluster (it does not hear its own heartbeats); send the request to another node",
+                    self.node
+                )));
             }
             let len = batch.len();
             // Each shard's part, shards in the order the batch first names them.

@@ -7,6 +7,7 @@
 //! placement's and the handoff's business). A suspected owner is not taken over; a dead one is.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -39,6 +40,7 @@ pub struct Coordinator {
     pub node: String,
     pub held: Arc<Mutex<Held>>,
     task: JoinHandle<()>,
+    fence_task: JoinHandle<()>,
 }
 
 /// The target owner of `shard` among the alive `nodes` (sorted ids): the same on every node that sees
@@ -75,6 +77,25 @@ impl Coordinator {
         let mut view = membership.watch();
         let node_id = node.to_owned();
         let held2 = held.clone();
+        // Self-fencing must not wait for a pass (whose NATS requests hang when the node is cut off):
+        // a task of its own drops every shard the moment the view says fenced.
+        let fenced = Arc::new(AtomicBool::new(true));
+        let fenced2 = fenced.clone();
+        let fence_task = {
+            let (mut view, held, node) = (membership.watch(), held.clone(), node.to_owned());
+            tokio::spawn(async move {
+                loop {
+                    let now = view.borrow_and_update().fenced;
+                    fenced.store(now, Ordering::Release);
+                    if now {
+                        drop_all(&node, &held);
+                    }
+                    if view.changed().await.is_err() {
+                        return;
+                    }
+                }
+            })
+        };
         let task = tokio::spawn(async move {
             let started = Instant::now();
             let (mut alive, mut stable_since) = (Vec::new(), Instant::now());
@@ -86,7 +107,16 @@ impl Coordinator {
                     stable_since = Instant::now();
                 }
                 let rebalance = take_unknown && stable_since.elapsed() >= REBALANCE_SETTLE;
-                pass(&node_id, &current, &shards, &held2, take_unknown, rebalance).await;
+                pass(
+                    &node_id,
+                    &current,
+                    &shards,
+                    &held2,
+                    take_unknown,
+                    rebalance,
+                    &fenced2,
+                )
+                .await;
                 tokio::select! {
                     changed = view.changed() => if changed.is_err() { return },
                     _ = tokio::time::sleep(every) => {}
@@ -97,6 +127,7 @@ impl Coordinator {
             node: node.to_owned(),
             held,
             task,
+            fence_task,
         }
     }
 
@@ -114,15 +145,27 @@ impl Coordinator {
     /// Stops at once, as a killed process would (nothing released).
     pub fn stop(&self) {
         self.task.abort();
+        self.fence_task.abort();
     }
 }
 
 impl Drop for Coordinator {
     fn drop(&mut self) {
         self.task.abort();
+        self.fence_task.abort();
     }
 }
 
+fn drop_all(node: &str, held: &Mutex<Held>) {
+    let mut h = held.lock().expect("held lock");
+    if !h.owned.is_empty() {
+        tracing::warn!(node, shards = h.owned.len(), "fenced: dropping every shard");
+        h.dropped += h.owned.len() as u64;
+        h.owned.clear();
+    }
+}
+
+/// One pass over every shard: the owner records are read together, the claims made together.
 async fn pass(
     node: &str,
     view: &View,
@@ -130,20 +173,18 @@ async fn pass(
     held: &Mutex<Held>,
     take_unknown: bool,
     rebalance: bool,
+    fenced: &AtomicBool,
 ) {
-    let mut handoffs = 0;
     if view.fenced {
-        let mut h = held.lock().expect("held lock");
-        if !h.owned.is_empty() {
-            tracing::warn!(node, shards = h.owned.len(), "fenced: dropping every shard");
-            h.dropped += h.owned.len() as u64;
-            h.owned.clear();
-        }
+        drop_all(node, held);
         return;
     }
     let alive = view.alive();
-    for shard in 0..SHARDS {
-        let record = match shards.owner(shard).await {
+    let records = futures_util::future::join_all((0..SHARDS).map(|s| shards.owner(s))).await;
+    let mut handoffs = 0;
+    let mut claims: Vec<(u16, Option<u64>)> = Vec::new();
+    for (shard, record) in (0..SHARDS).zip(records) {
+        let record = match record {
             Ok(r) => r,
             Err(e) => {
                 tracing::debug!(shard, error = %e, "cannot read the owner record");
@@ -207,7 +248,18 @@ async fn pass(
                 Some(*epoch)
             }
         };
-        match shards.claim(shard, node, seen).await {
+        claims.push((shard, seen));
+    }
+    let results = futures_util::future::join_all(
+        claims
+            .iter()
+            .map(|(shard, seen)| shards.claim(*shard, node, *seen)),
+    )
+    .await;
+    for ((shard, _), result) in claims.into_iter().zip(results) {
+        match result {
+            // Fenced meanwhile: the record names this node, which finishes the claim once unfenced.
+            Ok(_) if fenced.load(Ordering::Acquire) => {}
             Ok(owned) => {
                 let mut h = held.lock().expect("held lock");
                 h.claims += 1;

@@ -58,7 +58,13 @@ pub async fn connect(urls: &str) -> Result<async_nats::Client, String> {
                 .map_err(|e| format!("{u:?} is not a NATS URL: {e}"))
         })
         .collect::<Result<Vec<_>, _>>()?;
-    async_nats::connect(servers).await.map_err(|e| {
+    // Only the servers given: a node reaches the cluster the way its operator said (and a test's proxy
+    // in front of NATS is not bypassed by the servers' own advertisements).
+    async_nats::ConnectOptions::new()
+        .ignore_discovered_servers()
+        .connect(servers)
+        .await
+        .map_err(|e| {
         format!("cannot reach NATS at {urls} ({e}); is the cluster up (scripts/services nats-cluster up)?")
     })
 }
@@ -135,6 +141,21 @@ impl ClusterNode {
         )
         .await
         .map_err(|e| format!("cannot open this node's copy of the log: {e}"))?;
+        // A node that does not hear itself is cut off: its appends fail at once (after start-up, until it
+        // first hears itself, it is fenced too, but nothing was sent to it yet).
+        let mut view = membership.watch();
+        let weak = Arc::downgrade(&log);
+        tokio::spawn(async move {
+            loop {
+                let fenced = view.borrow_and_update().fenced;
+                let Some(log) = weak.upgrade() else { return };
+                log.set_isolated(fenced);
+                drop(log);
+                if view.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
         Ok(ClusterNode {
             node_id: settings.node_id.clone(),
             log,

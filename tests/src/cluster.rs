@@ -16,6 +16,8 @@ use crate::{ADMIN_TOKEN, NATS_CLUSTER, check_log, custodian_bin, free_port};
 
 /// One node process of the test cluster.
 pub struct ClusterNode {
+    /// The NATS servers this node is told (the cluster's, or a proxy in front of them).
+    pub nats: String,
     id: String,
     dir: PathBuf,
     port: u16,
@@ -40,6 +42,11 @@ impl Cluster {
 
     /// The same, every node started with `env` too (it overrides the defaults below).
     pub fn with_env(tag: &str, n: usize, env: Vec<(String, String)>) -> Cluster {
+        Cluster::custom(tag, n, env, Vec::new())
+    }
+
+    /// The same, node `i` told the NATS servers `nats[i]` (the cluster's when absent).
+    pub fn custom(tag: &str, n: usize, env: Vec<(String, String)>, nats: Vec<String>) -> Cluster {
         let name = format!(
             "t{}_{}_{}",
             tag,
@@ -64,6 +71,10 @@ impl Cluster {
             let id = format!("n{}", i + 1);
             let dir = c.root.join(&id);
             c.nodes.push(ClusterNode {
+                nats: nats
+                    .get(i)
+                    .cloned()
+                    .unwrap_or_else(|| NATS_CLUSTER.to_owned()),
                 id,
                 dir,
                 port: free_port(),
@@ -97,7 +108,7 @@ impl Cluster {
                 "--listen",
                 &format!("127.0.0.1:{}", n.port),
                 "--cluster",
-                NATS_CLUSTER,
+                &n.nats,
                 "--node-id",
                 &n.id,
                 "--data-dir",
@@ -193,6 +204,26 @@ impl Cluster {
                 self.root.display()
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until node `i` owns some shards (rebalancing moves them to a node once the alive set has
+    /// been stable for a few seconds); how many.
+    pub async fn wait_owns_some(&self, i: usize, within: Duration) -> usize {
+        let started = Instant::now();
+        loop {
+            if let Some(h) = self.healthz(i).await {
+                let n = h["cluster"]["owned_shards"].as_array().map_or(0, Vec::len);
+                if n > 0 {
+                    return n;
+                }
+            }
+            assert!(
+                started.elapsed() < within,
+                "{} owns no shard after {within:?}",
+                self.nodes[i].id
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
@@ -388,4 +419,64 @@ pub fn terminals(n: usize) -> Vec<SimTerminal> {
     (0..n)
         .map(|i| SimTerminal::new(format!("T-{i}"), 100 + i as u64))
         .collect()
+}
+
+/// A TCP proxy to one NATS server that can stop forwarding (both ways) without closing anything: a
+/// partition of whoever connects through it.
+pub struct Proxy {
+    pub url: String,
+    cut: Arc<AtomicBool>,
+}
+
+impl Proxy {
+    /// Listens on a free port and forwards to `target` (`127.0.0.1:4303`).
+    pub async fn start(target: &str) -> Proxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("nats://{}", listener.local_addr().unwrap());
+        let cut = Arc::new(AtomicBool::new(false));
+        let cut2 = cut.clone();
+        let target = target.to_owned();
+        tokio::spawn(async move {
+            while let Ok((inbound, _)) = listener.accept().await {
+                let Ok(outbound) = tokio::net::TcpStream::connect(&target).await else {
+                    continue;
+                };
+                let (ri, wi) = inbound.into_split();
+                let (ro, wo) = outbound.into_split();
+                tokio::spawn(pump(ri, wo, cut2.clone()));
+                tokio::spawn(pump(ro, wi, cut2.clone()));
+            }
+        });
+        Proxy { url, cut }
+    }
+
+    /// Cuts (true) or heals (false) the link.
+    pub fn cut(&self, cut: bool) {
+        self.cut.store(cut, Ordering::Release);
+    }
+}
+
+async fn pump(
+    mut r: impl tokio::io::AsyncRead + Unpin,
+    mut w: impl tokio::io::AsyncWrite + Unpin,
+    cut: Arc<AtomicBool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        while cut.load(Ordering::Acquire) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let n = match r.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        // Bytes read just before the cut wait for the heal, as a partition holds them.
+        while cut.load(Ordering::Acquire) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        if w.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
 }

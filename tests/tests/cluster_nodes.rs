@@ -115,7 +115,8 @@ async fn a_paused_node_is_fenced_and_a_rolling_restart_loses_nothing() {
     // The load goes through n1 and n2 only: n3 is paused and resumed under it.
     let urls: Vec<String> = (0..2).map(|i| cluster.url(i)).collect();
     let load = load(urls, ts, stop.clone(), acks.clone());
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    cluster.wait_owns_some(2, Duration::from_secs(30)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
     let before = cluster.healthz(2).await.unwrap();
     let n3_shards = before["cluster"]["owned_shards"].as_array().unwrap().len();
     assert!(n3_shards > 0, "n3 owns nothing: {before}");

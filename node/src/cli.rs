@@ -354,6 +354,31 @@ pub enum BenchCommand {
         #[arg(long, default_value = "bench/results")]
         report_dir: PathBuf,
     },
+    /// `custodian serve --cluster` processes on the three-node JetStream cluster (`scripts/services
+    /// nats-cluster up`): throughput of one node and of three side by side; `kill -9` of a node every
+    /// round under load (p50, p99, max until its shards are owned again and of the longest wait for an
+    /// acknowledgement); one NATS server killed; the whole log checked after each phase (fails on a
+    /// lost or doubled reading).
+    Cluster {
+        #[arg(long, default_value_t = 20)]
+        kills: usize,
+        /// Measured seconds of each throughput phase.
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+        /// Terminals of the throughput phases.
+        #[arg(long, default_value_t = 24)]
+        terminals: usize,
+        #[arg(
+            long,
+            default_value = "nats://127.0.0.1:4301,nats://127.0.0.1:4302,nats://127.0.0.1:4303"
+        )]
+        cluster: String,
+        #[arg(long, default_value = "bench/results")]
+        report_dir: PathBuf,
+        /// Do not kill a NATS server (`scripts/services nats-cluster kill 1`).
+        #[arg(long)]
+        skip_nats_kill: bool,
+    },
     /// Shard placement on a skewed, drifting workload: plain hashing, reactive bounded and predictive
     /// placement side by side (max/mean node load, overloads, moves). No services needed.
     Placement {
@@ -681,6 +706,41 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let file = report_dir.join(format!("failover-{}.md", crate::bench::stamp()));
             std::fs::write(&file, &markdown)?;
             println!("report written to {}", file.display());
+            Ok(())
+        }
+        Command::Bench(BenchCommand::Cluster {
+            kills,
+            seconds,
+            terminals,
+            cluster,
+            report_dir,
+            skip_nats_kill,
+        }) => {
+            for u in cluster.split(',') {
+                u.trim()
+                    .parse::<async_nats::ServerAddr>()
+                    .map_err(|e| anyhow::anyhow!("--cluster {u:?} is not a NATS URL: {e}"))?;
+            }
+            anyhow::ensure!(kills >= 1, "--kills must be 1 or more");
+            let options = crate::bench_cluster::ClusterBenchOptions {
+                kills,
+                seconds,
+                terminals,
+                cluster,
+                skip_nats_kill,
+            };
+            let report =
+                crate::bench_cluster::run(&options, &mut |line| eprintln!("{line}")).await?;
+            println!("{}", report.markdown);
+            std::fs::create_dir_all(&report_dir)?;
+            let file = report_dir.join(format!("cluster-{}.md", crate::bench::stamp()));
+            std::fs::write(&file, &report.markdown)?;
+            println!("report written to {}", file.display());
+            anyhow::ensure!(
+                report.problems.is_empty(),
+                "acknowledged readings lost or stored twice: {}",
+                report.problems.join("; ")
+            );
             Ok(())
         }
         Command::Bench(BenchCommand::Placement {

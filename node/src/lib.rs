@@ -17,6 +17,7 @@
 pub mod api;
 pub mod audit;
 pub mod bench;
+pub mod bench_cluster;
 pub mod bench_dataset;
 pub mod bench_detect;
 pub mod bench_edge;

@@ -1422,7 +1422,7 @@ fn render(
          is killed with SIGKILL; (i) the time from the kill until the survivors own all {SHARDS} shards \
          (`/healthz` polled every 50 ms); (ii) the outage: the longest any terminal waited after the kill \
          for its next acknowledgement (read {} s after the kill, later if a terminal still waited). Then \
-         the victim is started again on its data dir, answers `/healthz`, all shards are owned, 2 s settle.\n",
+         the victim is started again on its data dir, answers `/healthz`, all shards are owned, and the next round waits until the shards have rebalanced (every node owns some, nothing moved for 4 s).\n",
         FAILOVER_PAUSE.as_millis(),
         ATTEMPT_TIMEOUT.as_secs(),
         OUTAGE_READ_AFTER.as_secs()

@@ -232,10 +232,23 @@ struct Delta {
 impl Outbox {
     /// Opens (or makes) the outbox at `path`, holding at most `bytes_max` bytes.
     pub fn open(path: &std::path::Path, bytes_max: u64) -> Result<Outbox, sled::Error> {
-        let db = sled::Config::new()
+        let config = sled::Config::new()
             .path(path)
-            .cache_capacity(64 * 1024 * 1024)
-            .open()?;
+            .cache_capacity(64 * 1024 * 1024);
+        // sled lets go of a dropped database's file lock only when its background work gets round to
+        // it: reopening right after a drop (a restart within one process) waits for it a little.
+        let mut waited_ms = 0;
+        let db = loop {
+            match config.open() {
+                Err(sled::Error::Io(e))
+                    if e.to_string().contains("could not acquire lock") && waited_ms < 5_000 =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                    waited_ms += 20;
+                }
+                other => break other?,
+            }
+        };
         let tree = db.open_tree("outbox")?;
         let get = |name: &str| -> Result<u64, sled::Error> {
             Ok(u64_of(

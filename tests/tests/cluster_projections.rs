@@ -1,6 +1,8 @@
 //! The PostgreSQL read model in cluster mode: it runs under a lease (the ownership of shard 0), on one node
 //! at a time, the others standing by; when the holder is killed another node takes the lease and goes on
-//! from the model's checkpoint, and every reading is counted exactly once.
+//! from the model's checkpoint, and every reading is counted exactly once. Then a regulator's token issued
+//! by one node is good on every node, every node answers its queries, and a revocation made on one node
+//! holds on the others.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -118,6 +120,46 @@ async fn the_postgres_model_runs_under_a_lease_and_counts_every_reading_once() {
         "readings per terminal: the model against the log"
     );
     pool.close().await;
+
+    // Any node answers a regulator's query, with a token any node issued; a revocation made on one node
+    // holds on every node.
+    let nodes = cluster.running();
+    let (status, v) = cluster
+        .client(nodes[0])
+        .post_admin("/v1/admin/tokens", &serde_json::json!({"tier": "national"}))
+        .await
+        .unwrap();
+    assert_eq!(status, 201, "{v}");
+    let token = v["token"].as_str().unwrap().to_owned();
+    let id = v["id"].as_str().unwrap().to_owned();
+    for &i in &nodes {
+        let regulator =
+            custodian_node::client::NodeClient::new(cluster.url(i), Some(token.clone()));
+        let e = regulator.get_admin("/v1/enterprises").await.unwrap();
+        assert_eq!(e["items"][0]["id"], "E-0", "node {i}: {e}");
+        regulator.get_admin("/v1/anomalies").await.unwrap();
+    }
+    let (status, v) = cluster
+        .client(nodes[0])
+        .post_admin(
+            &format!("/v1/admin/tokens/{id}/revoke"),
+            &serde_json::json!({}),
+        )
+        .await
+        .unwrap();
+    assert!(status == 200 || status == 204, "revoking: {status} {v}");
+    let other = custodian_node::client::NodeClient::new(cluster.url(nodes[1]), Some(token));
+    let started = Instant::now();
+    loop {
+        match other.get_admin("/v1/enterprises").await {
+            Err(custodian_node::client::ClientError::Status { status: 401, .. }) => break,
+            r => assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "the revocation did not reach the other node: {r:?}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     drop(cluster);
     models.drop_all().await;
 }

@@ -21,6 +21,10 @@ use serde::{Deserialize, Serialize};
 /// takes 2-3 ms here (docs/nats-cluster.md); seconds mean the stream's leader is gone.
 pub const APPEND_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// How long a claim's or an owner read's request to JetStream waits (creating the stream and the bucket
+/// waits 10 s).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// The event a new owner appends first on a shard's subject.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OwnerChanged {
@@ -137,6 +141,13 @@ impl Shards {
             })
             .await
             .map_err(nats)?;
+        // Claims, owner reads and the copy's consumer go through a context with a short timeout: while
+        // JetStream elects a new leader they fail and are tried again on the next pass, instead of each
+        // waiting the 10 s that creating the stream and the bucket may need on a busy machine.
+        let mut fast = jetstream::new(client.clone());
+        fast.set_timeout(REQUEST_TIMEOUT);
+        let owners = fast.get_key_value(&config.bucket).await.unwrap_or(owners);
+        let stream = fast.get_stream(&config.stream).await.unwrap_or(stream);
         let mut append_js = jetstream::new(client.clone());
         append_js.set_timeout(APPEND_TIMEOUT);
         Ok(Shards {

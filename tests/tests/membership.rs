@@ -3,12 +3,9 @@
 //! TCP proxy that stops forwarding) fences itself before the others declare it dead, and comes back when
 //! the link heals.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use custodian_cluster::membership::{Change, Membership, Status, Thresholds};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const NATS: &str = "127.0.0.1:4222";
 
@@ -94,62 +91,13 @@ async fn a_stopped_node_is_suspected_then_dead_within_the_thresholds() {
     assert_eq!(a.view().alive(), vec!["a".to_owned(), "b".to_owned()]);
 }
 
-/// A TCP proxy to NATS that can stop forwarding (both ways) without closing anything: a partition.
-struct Proxy {
-    addr: String,
-    cut: Arc<AtomicBool>,
-}
-
-async fn pump(
-    mut r: impl tokio::io::AsyncRead + Unpin,
-    mut w: impl tokio::io::AsyncWrite + Unpin,
-    cut: Arc<AtomicBool>,
-) {
-    let mut buf = vec![0u8; 16 * 1024];
-    loop {
-        while cut.load(Ordering::Acquire) {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        let n = match r.read(&mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => n,
-        };
-        // Bytes read just before the cut wait for the heal, as a partition holds them.
-        while cut.load(Ordering::Acquire) {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        if w.write_all(&buf[..n]).await.is_err() {
-            return;
-        }
-    }
-}
-
-async fn proxy() -> Proxy {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    let cut = Arc::new(AtomicBool::new(false));
-    let cut2 = cut.clone();
-    tokio::spawn(async move {
-        while let Ok((inbound, _)) = listener.accept().await {
-            let Ok(outbound) = tokio::net::TcpStream::connect(NATS).await else {
-                continue;
-            };
-            let (ri, wi) = inbound.into_split();
-            let (ro, wo) = outbound.into_split();
-            tokio::spawn(pump(ri, wo, cut2.clone()));
-            tokio::spawn(pump(ro, wi, cut2.clone()));
-        }
-    });
-    Proxy { addr, cut }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_cut_off_fences_itself_before_the_others_declare_it_dead_and_comes_back() {
     let p = prefix("cut");
-    let link = proxy().await;
+    let link = custodian_tests::cluster::Proxy::start(NATS).await;
     let a = join(&p, "a", NATS).await;
     let b = join(&p, "b", NATS).await;
-    let c = join(&p, "c", &link.addr).await;
+    let c = join(&p, "c", &link.url).await;
     wait_until(
         "all see three alive, none fenced",
         Duration::from_secs(5),
@@ -162,7 +110,7 @@ async fn a_node_cut_off_fences_itself_before_the_others_declare_it_dead_and_come
     .await;
     let mut c_changes = c.changes();
     let mut a_changes = a.changes();
-    link.cut.store(true, Ordering::Release);
+    link.cut(true);
     let cut_at = Instant::now();
     let th = Thresholds::default();
     let fenced = tokio::spawn(async move {
@@ -201,7 +149,7 @@ async fn a_node_cut_off_fences_itself_before_the_others_declare_it_dead_and_come
     );
     assert!(c.view().fenced);
     // While cut off, c hears nobody: it suspects them too, and owns nothing.
-    link.cut.store(false, Ordering::Release);
+    link.cut(false);
     let healed = wait_until(
         "c unfenced and all alive again",
         Duration::from_secs(10),

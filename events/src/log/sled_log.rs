@@ -290,47 +290,7 @@ impl SledLog {
                     .into());
                 }
                 let env = Envelope::decode(seq, &record, keyring.as_deref())?;
-                if let Some(key) = env.event.dedupe_key() {
-                    let bkey = block_key(&key);
-                    if !blocks.contains_key(&bkey) {
-                        let b = load_block(&db, &key)?;
-                        blocks.insert(bkey.clone(), b);
-                    }
-                    let block = blocks.get_mut(&bkey).expect("just inserted");
-                    if block.contains_key(&block_offset(&key)) {
-                        return Err(CorruptRecord {
-                            seq,
-                            reason: format!(
-                                "a second {} with the identity of event {}: the log this came from never stores one twice",
-                                env.event_type,
-                                block[&block_offset(&key)].seq
-                            ),
-                        }
-                        .into());
-                    }
-                    block.insert(
-                        block_offset(&key),
-                        DedupeEntry {
-                            seq,
-                            fingerprint: env.fingerprint,
-                        },
-                    );
-                }
-                if let Event::ReadingConflicted(c) = &env.event {
-                    let attempt = Event::ReadingRecorded(c.reading.clone());
-                    let key = attempt.dedupe_key().expect("readings have identities");
-                    let fp = fingerprint(&attempt.canonical().to_bytes());
-                    batch.insert(conflict_key(&key, &fp), seq.to_be_bytes().to_vec());
-                }
-                if let Event::DataKeyIssued(k) = &env.event {
-                    batch.insert(
-                        data_key_index(&Keyring::key_id(&k.scope, k.generation)),
-                        &seq.to_be_bytes(),
-                    );
-                    if let Some(keyring) = &keyring {
-                        keyring.install(k)?;
-                    }
-                }
+                index_stored(&db, &mut blocks, &mut batch, keyring.as_deref(), &env)?;
                 pending.push(record);
                 next += 1;
                 batch_records += 1;
@@ -635,47 +595,14 @@ impl Writer {
             let seq = first_seq + i as u64;
             let record = Envelope::reseq(0, record, seq)?;
             let env = Envelope::decode(seq, &record, self.keyring.as_deref())?;
-            if let Some(key) = env.event.dedupe_key() {
-                let bkey = block_key(&key);
-                if !blocks.contains_key(&bkey) {
-                    let b = load_block(&self.db, &key)?;
-                    blocks.insert(bkey.clone(), b);
-                }
-                let block = blocks.get_mut(&bkey).expect("just inserted");
-                if let Some(e) = block.get(&block_offset(&key)) {
-                    return Err(CorruptRecord {
-                        seq,
-                        reason: format!(
-                            "a second {} with the identity of event {}: the source never stores one twice",
-                            env.event_type, e.seq
-                        ),
-                    }
-                    .into());
-                }
-                block.insert(
-                    block_offset(&key),
-                    DedupeEntry {
-                        seq,
-                        fingerprint: env.fingerprint,
-                    },
-                );
-            }
-            if let Event::ReadingConflicted(c) = &env.event {
-                let attempt = Event::ReadingRecorded(c.reading.clone());
-                let key = attempt.dedupe_key().expect("readings have identities");
-                let fp = fingerprint(&attempt.canonical().to_bytes());
-                batch.insert(conflict_key(&key, &fp), seq.to_be_bytes().to_vec());
-            }
-            if let Event::DataKeyIssued(k) = &env.event {
-                batch.insert(
-                    data_key_index(&Keyring::key_id(&k.scope, k.generation)),
-                    &seq.to_be_bytes(),
-                );
-                // Installed now: later records of the same call may be sealed with it.
-                if let Some(keyring) = &self.keyring {
-                    keyring.install(k)?;
-                }
-            }
+            // Data keys are installed as they pass: later records of the same call may be sealed with them.
+            index_stored(
+                &self.db,
+                &mut blocks,
+                &mut batch,
+                self.keyring.as_deref(),
+                &env,
+            )?;
             stored.push(record);
         }
         let mut seq = first_seq;
@@ -819,6 +746,60 @@ impl Writer {
         self.durable_tx.send_replace(last);
         Ok(outcomes)
     }
+}
+
+/// Indexes a record filed as it was decided elsewhere (an import, a cluster copy): its identity into
+/// `blocks` (a second one is corrupt: the source never stores a fact twice), a conflict's evidence and a
+/// data key into `batch`, and the data key into `keyring` at once (later records may be sealed with it).
+fn index_stored(
+    db: &sled::Db,
+    blocks: &mut BTreeMap<Vec<u8>, Block>,
+    batch: &mut sled::Batch,
+    keyring: Option<&Keyring>,
+    env: &Envelope,
+) -> Result<(), EventLogError> {
+    let seq = env.seq;
+    if let Some(key) = env.event.dedupe_key() {
+        let bkey = block_key(&key);
+        if !blocks.contains_key(&bkey) {
+            let b = load_block(db, &key)?;
+            blocks.insert(bkey.clone(), b);
+        }
+        let block = blocks.get_mut(&bkey).expect("just inserted");
+        if let Some(e) = block.get(&block_offset(&key)) {
+            return Err(CorruptRecord {
+                seq,
+                reason: format!(
+                    "a second {} with the identity of event {}: the log this came from never stores one twice",
+                    env.event_type, e.seq
+                ),
+            }
+            .into());
+        }
+        block.insert(
+            block_offset(&key),
+            DedupeEntry {
+                seq,
+                fingerprint: env.fingerprint,
+            },
+        );
+    }
+    if let Event::ReadingConflicted(c) = &env.event {
+        let attempt = Event::ReadingRecorded(c.reading.clone());
+        let key = attempt.dedupe_key().expect("readings have identities");
+        let fp = fingerprint(&attempt.canonical().to_bytes());
+        batch.insert(conflict_key(&key, &fp), seq.to_be_bytes().to_vec());
+    }
+    if let Event::DataKeyIssued(k) = &env.event {
+        batch.insert(
+            data_key_index(&Keyring::key_id(&k.scope, k.generation)),
+            &seq.to_be_bytes(),
+        );
+        if let Some(keyring) = keyring {
+            keyring.install(k)?;
+        }
+    }
+    Ok(())
 }
 
 /// How long opening waits for a previous holder of the same sled files in this process to let go.

@@ -208,6 +208,7 @@ impl ClusterLog {
             local.clone(),
             applied_tx,
             seen.clone(),
+            held.clone(),
         ));
         let message_bytes_max = shards.max_payload().saturating_sub(4096).max(64 * 1024);
         let log = Arc::new(ClusterLog {
@@ -631,6 +632,7 @@ async fn follow(
     local: Arc<SledLog>,
     applied: watch::Sender<u64>,
     seen: Arc<Mutex<Seen>>,
+    held: Arc<Mutex<Held>>,
 ) {
     loop {
         let from = *applied.borrow() + 1;
@@ -663,7 +665,7 @@ async fn follow(
                     }
                 }
             };
-            let (stream_seq, payload) = match next {
+            let (stream_seq, shard, payload) = match next {
                 Ok(m) => m,
                 Err(e) => {
                     tracing::warn!(error = %e, "cluster log: following the stream failed; resuming");
@@ -682,8 +684,10 @@ async fn follow(
                             return;
                         }
                     };
+                    let count = records.len() as u64;
                     match local.apply_replicated(records, stream_seq).await {
                         Ok(first) => {
+                            held.lock().expect("held lock").filed(shard, count);
                             let mut s = seen.lock().expect("seen lock");
                             s.firsts.insert(stream_seq, first);
                             while s.firsts.len() > FIRSTS_KEPT {

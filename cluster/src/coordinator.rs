@@ -3,8 +3,12 @@
 //! claims ([`crate::ownership`]) the shards it is the target of whose recorded owner is dead or absent,
 //! and drops everything the moment it is fenced or sees its record taken.
 //!
-//! Shards are sticky: a node joining takes no shard from a live owner here (moving live shards is the
-//! placement's and the handoff's business). A suspected owner is not taken over; a dead one is.
+//! Shards are sticky: a node joining takes no shard from a live owner by itself. Live shards move by the
+//! placement plan ([`crate::planner`]): the planner (the alive node with the smallest id) writes one every
+//! [`PLAN_EVERY`]; an owner hands off a shard the plan gives to another alive node, and that node claims
+//! it. A shard whose planned owner is not alive (or that no plan names yet) has the rendezvous target
+//! among the alive nodes, so failover never waits for a plan. A suspected owner is not taken over; a dead
+//! one is.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,9 +17,10 @@ use std::time::{Duration, Instant};
 
 use tokio::task::JoinHandle;
 
-use crate::membership::{Membership, Status, View};
+use crate::membership::{Load, Membership, Status, View};
 use crate::ownership::{Owned, OwnershipError, Shards};
 use crate::placement::{NodeView, SHARDS, plain_owner};
+use crate::planner::{Forecasts, PLAN_EVERY, PlanRecord};
 
 /// What a coordinator holds and did.
 #[derive(Debug, Default)]
@@ -26,6 +31,26 @@ pub struct Held {
     pub dropped: u64,
     /// Shards given up to their target (rebalancing), which then claims them.
     pub handed_off: u64,
+    /// Records this node's copy of the log has filed, per shard (the planner's rates).
+    pub filed: Vec<u64>,
+    /// Plans this node wrote as the planner.
+    pub plans: u64,
+    /// Voluntary moves those plans made.
+    pub planned_moves: u64,
+    /// The plan the last pass followed.
+    pub plan: Option<PlanRecord>,
+}
+
+impl Held {
+    /// Counts `records` filed for `shard`.
+    pub fn filed(&mut self, shard: u16, records: u64) {
+        if self.filed.len() < usize::from(SHARDS) {
+            self.filed.resize(usize::from(SHARDS), 0);
+        }
+        if let Some(n) = self.filed.get_mut(usize::from(shard)) {
+            *n += records;
+        }
+    }
 }
 
 /// Shards a node hands off to their targets in one pass, at most (placement's cap on moves).
@@ -41,10 +66,20 @@ pub struct Coordinator {
     pub held: Arc<Mutex<Held>>,
     task: JoinHandle<()>,
     fence_task: JoinHandle<()>,
+    planner_task: JoinHandle<()>,
 }
 
-/// The target owner of `shard` among the alive `nodes` (sorted ids): the same on every node that sees
-/// the same alive set.
+/// The target owner of `shard` among the alive `nodes` (sorted ids): the plan's owner when it is alive,
+/// else the rendezvous target.
+pub fn planned_target(shard: u16, nodes: &[String], plan: Option<&PlanRecord>) -> Option<String> {
+    match plan.and_then(|p| p.owner(shard)) {
+        Some(owner) if nodes.iter().any(|n| n == owner) => Some(owner.to_owned()),
+        _ => target(shard, nodes),
+    }
+}
+
+/// The rendezvous target owner of `shard` among the alive `nodes` (sorted ids): the same on every node
+/// that sees the same alive set.
 pub fn target(shard: u16, nodes: &[String]) -> Option<String> {
     if nodes.is_empty() {
         return None;
@@ -96,6 +131,13 @@ impl Coordinator {
                 }
             })
         };
+        let planner_task = tokio::spawn(run_planner(
+            node.to_owned(),
+            membership.watch(),
+            membership.load_table(),
+            shards.clone(),
+            held.clone(),
+        ));
         let task = tokio::spawn(async move {
             let started = Instant::now();
             let (mut alive, mut stable_since) = (Vec::new(), Instant::now());
@@ -128,6 +170,7 @@ impl Coordinator {
             held,
             task,
             fence_task,
+            planner_task,
         }
     }
 
@@ -146,6 +189,7 @@ impl Coordinator {
     pub fn stop(&self) {
         self.task.abort();
         self.fence_task.abort();
+        self.planner_task.abort();
     }
 }
 
@@ -153,6 +197,7 @@ impl Drop for Coordinator {
     fn drop(&mut self) {
         self.task.abort();
         self.fence_task.abort();
+        self.planner_task.abort();
     }
 }
 
@@ -180,6 +225,15 @@ async fn pass(
         return;
     }
     let alive = view.alive();
+    // The plan (none yet, or unreadable: rendezvous targets only).
+    let plan = match shards.plan().await {
+        Ok(Some(bytes)) => serde_json::from_slice::<PlanRecord>(&bytes)
+            .ok()
+            .filter(|p| p.owners.len() == usize::from(SHARDS)),
+        _ => held.lock().expect("held lock").plan.clone(),
+    };
+    held.lock().expect("held lock").plan = plan.clone();
+    let target = |shard: u16, alive: &[String]| planned_target(shard, alive, plan.as_ref());
     let records = futures_util::future::join_all((0..SHARDS).map(|s| shards.owner(s))).await;
     let mut handoffs = 0;
     let mut claims: Vec<(u16, Option<u64>)> = Vec::new();
@@ -267,6 +321,85 @@ async fn pass(
             }
             Err(OwnershipError::Lost { .. }) => held.lock().expect("held lock").lost += 1,
             Err(e) => tracing::warn!(shard, error = %e, "claim failed; the next pass retries"),
+        }
+    }
+}
+
+/// The planner's loop: every [`PLAN_EVERY`] it folds the records this node's copy filed per shard into
+/// the forecasts; while this node is the alive node with the smallest id (and the alive set has been the
+/// same for [`REBALANCE_SETTLE`]) it plans over the current owners and writes the plan when it changed.
+async fn run_planner(
+    node: String,
+    view: tokio::sync::watch::Receiver<View>,
+    node_loads: Arc<Mutex<BTreeMap<String, Load>>>,
+    shards: Shards,
+    held: Arc<Mutex<Held>>,
+) {
+    let mut forecasts = Forecasts::default();
+    let mut ticker = tokio::time::interval(PLAN_EVERY);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let (mut alive, mut stable_since) = (Vec::new(), Instant::now());
+    let mut round = 0u64;
+    let mut written: Option<PlanRecord> = None;
+    loop {
+        ticker.tick().await;
+        let counts = held.lock().expect("held lock").filed.clone();
+        if !forecasts.observe(&counts, Instant::now()) {
+            continue;
+        }
+        let current_view = view.borrow().clone();
+        if current_view.alive() != alive {
+            alive = current_view.alive();
+            stable_since = Instant::now();
+        }
+        if current_view.fenced
+            || alive.first() != Some(&node)
+            || stable_since.elapsed() < REBALANCE_SETTLE
+        {
+            written = None;
+            continue;
+        }
+        let records = futures_util::future::join_all((0..SHARDS).map(|s| shards.owner(s))).await;
+        let Ok(current) = records
+            .into_iter()
+            .map(|r| r.map(|o| o.map(|(owner, _)| owner)))
+            .collect::<Result<Vec<_>, _>>()
+        else {
+            continue;
+        };
+        let previous = written
+            .clone()
+            .or_else(|| held.lock().expect("held lock").plan.clone());
+        let loads = node_loads.lock().expect("loads lock").clone();
+        round += 1;
+        let Some(plan) = crate::planner::plan(
+            &node,
+            round,
+            forecasts.loads(),
+            &alive,
+            &loads,
+            &current,
+            previous.as_ref(),
+        ) else {
+            continue;
+        };
+        if previous.as_ref().is_some_and(|p| p.owners == plan.owners) && plan.moves == 0 {
+            continue;
+        }
+        match shards
+            .put_plan(serde_json::to_vec(&plan).expect("a plan serialises"))
+            .await
+        {
+            Ok(_) => {
+                let mut h = held.lock().expect("held lock");
+                h.plans += 1;
+                h.planned_moves += plan.moves as u64;
+                if plan.moves > 0 {
+                    tracing::info!(round, moves = plan.moves, "placement: a new plan");
+                }
+                written = Some(plan);
+            }
+            Err(e) => tracing::warn!(error = %e, "placement: cannot write the plan; next round"),
         }
     }
 }

@@ -13,7 +13,10 @@
 //! - [`ownership`]: owner records in a replicated KV bucket claimed by compare-and-set (the revision is the
 //!   shard's epoch) and appends fenced by the subject's expected last sequence (`docs/ownership.md`);
 //! - [`coordinator`]: failover of ownership: every node computes the same target per shard from the
-//!   alive set and claims the shards of dead owners it is the target of; a fenced node drops everything;
+//!   plan and the alive set and claims the shards of dead owners it is the target of; owners hand off
+//!   shards the plan moves; a fenced node drops everything;
+//! - [`planner`]: per-shard forecasts from each node's copy, one planner writing the placement plan to the
+//!   owner bucket; [`load`]: a node's CPU and memory from `/proc`, smoothed, carried in its heartbeats;
 //! - [`placement_sim`]: the placement simulator comparing it with plain hashing on a skewed, drifting
 //!   workload (`custodian bench placement`).
 //!
@@ -22,8 +25,10 @@
 pub mod cluster_log;
 pub mod coordinator;
 pub mod failover_bench;
+pub mod load;
 pub mod membership;
 pub mod node;
 pub mod ownership;
 pub mod placement;
 pub mod placement_sim;
+pub mod planner;

@@ -16,6 +16,7 @@
 //! it over a NATS client. Defaults and their reasoning: `docs/membership.md`.
 
 use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt as _;
@@ -66,7 +67,7 @@ impl Thresholds {
 }
 
 /// What a node publishes.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Heartbeat {
     pub node: String,
     /// Chosen at start: a restarted node has another.
@@ -75,6 +76,21 @@ pub struct Heartbeat {
     /// The node's last word when it stops gracefully: the others treat it as dead at once.
     #[serde(default)]
     pub leaving: bool,
+    /// The node's smoothed load, for placement (`None` until it has measured one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load: Option<Load>,
+}
+
+/// What a node says of its load in its heartbeats (smoothed by [`crate::load`]); placement weighs nodes
+/// by it (`docs/placement.md`).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Load {
+    /// Cores.
+    pub capacity: f64,
+    /// Fraction of the machine's CPU used by work other than this node's process.
+    pub cpu_other: f64,
+    /// Fraction of the machine's memory in use.
+    pub mem_used: f64,
 }
 
 /// A peer's status.
@@ -257,6 +273,22 @@ impl Tracker {
     }
 }
 
+/// Sets what a node's heartbeats say of its load; dead once its [`Membership`] is dropped.
+pub struct LoadHandle(std::sync::Weak<Mutex<Option<Load>>>);
+
+impl LoadHandle {
+    /// Whether the membership still lives (and took the load).
+    pub fn set_load(&self, load: Load) -> bool {
+        match self.0.upgrade() {
+            Some(l) => {
+                *l.lock().expect("load lock") = Some(load);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
 /// A node's membership over NATS: a task that heartbeats, listens and keeps the [`View`] current.
 pub struct Membership {
     client: async_nats::Client,
@@ -266,6 +298,10 @@ pub struct Membership {
     view: watch::Receiver<View>,
     changes: tokio::sync::broadcast::Sender<Change>,
     task: JoinHandle<()>,
+    /// What this node's next heartbeats say of its load.
+    own_load: Arc<Mutex<Option<Load>>>,
+    /// The last load each node's heartbeats said.
+    loads: Arc<Mutex<BTreeMap<String, Load>>>,
 }
 
 impl Membership {
@@ -293,6 +329,9 @@ impl Membership {
         let changes_tx = changes.clone();
         let node = node.to_owned();
         let (me, me_subject, me_client) = (node.clone(), subject.clone(), client.clone());
+        let own_load: Arc<Mutex<Option<Load>>> = Arc::default();
+        let loads: Arc<Mutex<BTreeMap<String, Load>>> = Arc::default();
+        let (own_load2, loads2) = (own_load.clone(), loads.clone());
         let task = tokio::spawn(async move {
             let mut ticker = tokio::time::interval(thresholds.interval);
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -301,7 +340,8 @@ impl Membership {
                 let changed = tokio::select! {
                     _ = ticker.tick() => {
                         seq += 1;
-                        let hb = Heartbeat { node: node.clone(), incarnation, seq, leaving: false };
+                        let load = *own_load2.lock().expect("load lock");
+                        let hb = Heartbeat { node: node.clone(), incarnation, seq, leaving: false, load };
                         let payload = serde_json::to_vec(&hb).expect("a heartbeat serialises");
                         if let Err(e) = client.publish(subject.clone(), payload.into()).await {
                             tracing::debug!(error = %e, "heartbeat not sent");
@@ -311,7 +351,12 @@ impl Membership {
                     msg = heartbeats.next() => {
                         let Some(msg) = msg else { break };
                         match serde_json::from_slice::<Heartbeat>(&msg.payload) {
-                            Ok(hb) => tracker.heard(&hb, Instant::now()),
+                            Ok(hb) => {
+                                if let Some(load) = hb.load {
+                                    loads2.lock().expect("loads lock").insert(hb.node.clone(), load);
+                                }
+                                tracker.heard(&hb, Instant::now())
+                            }
                             Err(e) => {
                                 tracing::warn!(error = %e, "a heartbeat that does not parse; ignored");
                                 Vec::new()
@@ -344,7 +389,29 @@ impl Membership {
             view,
             changes,
             task,
+            own_load,
+            loads,
         })
+    }
+
+    /// What this node's heartbeats say of its load from now on.
+    pub fn set_load(&self, load: Load) {
+        *self.own_load.lock().expect("load lock") = Some(load);
+    }
+
+    /// A handle that sets this node's load while the membership lives.
+    pub fn handle(&self) -> LoadHandle {
+        LoadHandle(Arc::downgrade(&self.own_load))
+    }
+
+    /// The table [`Membership::loads`] reads, shared (the planner keeps it).
+    pub fn load_table(&self) -> Arc<Mutex<BTreeMap<String, Load>>> {
+        self.loads.clone()
+    }
+
+    /// The last load each node (this one included) said in its heartbeats.
+    pub fn loads(&self) -> BTreeMap<String, Load> {
+        self.loads.lock().expect("loads lock").clone()
     }
 
     /// The current view.
@@ -372,6 +439,7 @@ impl Membership {
             incarnation: self.incarnation,
             seq: u64::MAX,
             leaving: true,
+            load: None,
         };
         let payload = serde_json::to_vec(&hb).expect("a heartbeat serialises");
         if let Err(e) = self
@@ -406,6 +474,7 @@ mod tests {
             incarnation,
             seq,
             leaving: false,
+            load: None,
         }
     }
 

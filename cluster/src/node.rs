@@ -76,6 +76,7 @@ pub struct ClusterNode {
     pub membership: Membership,
     pub coordinator: Coordinator,
     shards: Shards,
+    sampler: tokio::task::JoinHandle<()>,
 }
 
 impl ClusterNode {
@@ -124,6 +125,7 @@ impl ClusterNode {
             thresholds,
         )
         .await?;
+        let sampler = crate::load::start_sampler(&membership);
         let coordinator = Coordinator::start(
             &settings.node_id,
             &membership,
@@ -162,6 +164,7 @@ impl ClusterNode {
             membership,
             coordinator,
             shards,
+            sampler,
         })
     }
 
@@ -178,6 +181,19 @@ impl ClusterNode {
             "dropped": held.dropped,
             "stream_applied": self.log.applied(),
             "epoch_regressions": self.log.epoch_regressions().len(),
+            "load": self.membership.loads().get(&self.node_id),
+            "placement": {
+                "plans_written": held.plans,
+                "planned_moves": held.planned_moves,
+                "handed_off": held.handed_off,
+                "plan": held.plan.as_ref().map(|p| serde_json::json!({
+                    "by": p.by,
+                    "round": p.round,
+                    "moves": p.moves,
+                    "owners": p.owners,
+                    "loads": p.loads,
+                })),
+            },
         })
     }
 
@@ -200,6 +216,7 @@ impl ClusterNode {
         })
         .await;
         self.membership.stop();
+        self.sampler.abort();
         match taken {
             Some(_) => Ok(started.elapsed()),
             None => Err(format!(
@@ -207,5 +224,11 @@ impl ClusterNode {
                 owned.len()
             )),
         }
+    }
+}
+
+impl Drop for ClusterNode {
+    fn drop(&mut self) {
+        self.sampler.abort();
     }
 }

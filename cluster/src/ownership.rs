@@ -264,6 +264,25 @@ impl Shards {
             })
     }
 
+    /// The placement plan the planner wrote last (`crate::planner`), if any.
+    pub async fn plan(&self) -> Result<Option<Vec<u8>>, OwnershipError> {
+        Ok(self
+            .owners
+            .entry(crate::planner::PLAN_KEY)
+            .await
+            .map_err(nats)?
+            .filter(|e| e.operation == kv::Operation::Put)
+            .map(|e| e.value.to_vec()))
+    }
+
+    /// Writes the placement plan (last writer wins: only the planner writes it).
+    pub async fn put_plan(&self, plan: Vec<u8>) -> Result<u64, OwnershipError> {
+        self.owners
+            .put(crate::planner::PLAN_KEY, plan.into())
+            .await
+            .map_err(nats)
+    }
+
     /// The last sequence of the shard's subject, from the stream leader (0: none).
     pub async fn last_seq(&self, shard: u16) -> Result<u64, OwnershipError> {
         match self
@@ -324,14 +343,15 @@ impl Shards {
         self.client.server_info().max_payload
     }
 
-    /// Every message of the stream from `from_seq` on, in order, as (stream sequence, payload), through an
+    /// Every message of the stream from `from_seq` on, in order, as (stream sequence, shard, payload) — the
+    /// shard read from the message's subject, [`u16::MAX`] if it names none — through an
     /// ordered consumer (which recreates itself on a gap). Ends or fails when the servers go away; the
     /// caller resumes after the last sequence it got.
     pub async fn follow(
         &self,
         from_seq: u64,
     ) -> Result<
-        impl futures_util::Stream<Item = Result<(u64, bytes::Bytes), OwnershipError>> + use<>,
+        impl futures_util::Stream<Item = Result<(u64, u16, bytes::Bytes), OwnershipError>> + use<>,
         OwnershipError,
     > {
         use futures_util::StreamExt;
@@ -349,7 +369,14 @@ impl Shards {
         Ok(messages.map(|m| {
             let m = m.map_err(nats)?;
             let seq = m.info().map_err(nats)?.stream_sequence;
-            Ok((seq, m.message.payload.clone()))
+            let shard = m
+                .message
+                .subject
+                .rsplit('.')
+                .next()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(u16::MAX);
+            Ok((seq, shard, m.message.payload.clone()))
         }))
     }
 

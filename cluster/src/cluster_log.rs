@@ -256,12 +256,10 @@ impl ClusterLog {
         while started.elapsed() < FORWARD_WAIT {
             let answer = tokio::time::timeout(
                 FORWARD_TRY,
-                self.shards
-                    .client()
-                    .request(subject.clone(), payload.clone()),
+                self.shards.bus().request(subject.clone(), payload.clone()),
             )
             .await;
-            let msg = match answer {
+            let answer_payload = match answer {
                 Ok(Ok(m)) => m,
                 Ok(Err(e)) => {
                     last_problem = format!("no owner answered ({e})");
@@ -273,7 +271,7 @@ impl ClusterLog {
                     continue;
                 }
             };
-            match decode_answer(&msg.payload) {
+            match decode_answer(&answer_payload) {
                 Ok((applied, outcomes)) => {
                     if outcomes.len() != indexes.len() {
                         return Err(unavailable(format!(
@@ -753,7 +751,7 @@ async fn serve_forwarded(log: std::sync::Weak<ClusterLog>) {
             if serving.contains_key(&shard) {
                 continue;
             }
-            match l.shards.client().subscribe(l.forward_subject(shard)).await {
+            match l.shards.subscribe(l.forward_subject(shard)).await {
                 Ok(sub) => {
                     serving.insert(shard, tokio::spawn(serve_shard(log.clone(), shard, sub)));
                 }
@@ -773,7 +771,7 @@ async fn serve_forwarded(log: std::sync::Weak<ClusterLog>) {
 async fn serve_shard(
     log: std::sync::Weak<ClusterLog>,
     shard: u16,
-    mut requests: async_nats::Subscriber,
+    mut requests: crate::bus::BoxStream<crate::bus::Incoming>,
 ) {
     while let Some(msg) = requests.next().await {
         let Some(reply) = msg.reply.clone() else {
@@ -782,7 +780,7 @@ async fn serve_shard(
         let Some(log) = log.upgrade() else { return };
         tokio::spawn(async move {
             let answer = log.take_forwarded(shard, &msg.payload).await;
-            if let Err(e) = log.shards.client().publish(reply, answer.into()).await {
+            if let Err(e) = log.shards.bus().publish(reply, answer.into()).await {
                 tracing::debug!(error = %e, shard, "cannot answer a forwarded append; the sender retries");
             }
         });

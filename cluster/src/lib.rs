@@ -2,6 +2,7 @@
 //!
 //! Cluster mode over NATS (`docs/cluster.md`):
 //!
+//! - [`bus`]: what the cluster needs of NATS as one trait, and the real one on async-nats;
 //! - [`cluster_log`]: the `EventLog` on JetStream: only a shard's owner appends, fenced; every node keeps
 //!   a copy filled in stream order; any node takes any append and forwards it to the owner;
 //! - [`node`]: a node's part in a cluster (membership, coordinator and log together; graceful hand-off);
@@ -22,6 +23,7 @@
 //!
 //! Must not contain domain rules.
 
+pub mod bus;
 pub mod cluster_log;
 pub mod coordinator;
 pub mod failover_bench;

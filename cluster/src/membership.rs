@@ -20,6 +20,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt as _;
+
+use crate::bus::{Bus, NatsBus};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -291,7 +293,7 @@ impl LoadHandle {
 
 /// A node's membership over NATS: a task that heartbeats, listens and keeps the [`View`] current.
 pub struct Membership {
-    client: async_nats::Client,
+    client: Arc<dyn Bus>,
     subject: String,
     node: String,
     incarnation: u64,
@@ -308,6 +310,16 @@ impl Membership {
     /// Joins: subscribes to `{prefix}.heartbeat` and heartbeats as `node` every `thresholds.interval`.
     pub async fn start(
         client: async_nats::Client,
+        prefix: &str,
+        node: &str,
+        thresholds: Thresholds,
+    ) -> Result<Membership, String> {
+        Membership::start_on(Arc::new(NatsBus::core(client)), prefix, node, thresholds).await
+    }
+
+    /// The same on any bus (the simulator's).
+    pub async fn start_on(
+        client: Arc<dyn Bus>,
         prefix: &str,
         node: &str,
         thresholds: Thresholds,
@@ -449,7 +461,7 @@ impl Membership {
         {
             tracing::warn!(error = %e, "goodbye not sent; the others see this node die instead");
         }
-        let _ = self.client.flush().await;
+        self.client.flush().await;
     }
 
     /// Leaves at once (no goodbye: the others see it die).

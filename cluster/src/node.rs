@@ -12,6 +12,7 @@ use custodian_events::Clock;
 use custodian_events::keyring::Keyring;
 use custodian_events::log::SledLogConfig;
 
+use crate::bus::{Bus, NatsBus};
 use crate::cluster_log::{ClusterLog, ClusterLogConfig};
 use crate::coordinator::Coordinator;
 use crate::membership::{Membership, Thresholds};
@@ -103,9 +104,9 @@ impl ClusterNode {
         // Several nodes starting at once make the servers create the stream and the bucket at once,
         // which can time out on a busy machine: try again for a while.
         let started = std::time::Instant::now();
-        let shards = loop {
-            match Shards::open(client.clone(), &config).await {
-                Ok(s) => break s,
+        let bus = loop {
+            match NatsBus::open(client.clone(), &config).await {
+                Ok(b) => break b,
                 Err(e) if started.elapsed() < JOIN_WAIT => {
                     tracing::warn!(error = %e, "cannot open the owner bucket and the log stream yet; retrying");
                     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -117,9 +118,21 @@ impl ClusterNode {
                 }
             }
         };
+        ClusterNode::join_on(Arc::new(bus), settings, local, clock, keyring).await
+    }
+
+    /// Joins over any bus (the simulator's; [`ClusterNode::join`] opens the NATS one).
+    pub async fn join_on(
+        bus: Arc<dyn Bus>,
+        settings: &ClusterSettings,
+        local: SledLogConfig,
+        clock: Arc<dyn Clock>,
+        keyring: Option<Arc<Keyring>>,
+    ) -> Result<ClusterNode, String> {
+        let shards = Shards::on(bus.clone(), &settings.shards_config().subject);
         let thresholds = Thresholds::default();
-        let membership = Membership::start(
-            client,
+        let membership = Membership::start_on(
+            bus,
             &settings.members_prefix(),
             &settings.node_id,
             thresholds,

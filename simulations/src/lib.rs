@@ -21,12 +21,18 @@
 //!   hang-ups and crashes with torn writes — and the checkers; the `custodian-sim` binary runs seeds and
 //!   measures the simulation's speed. See `docs/simulation.md`.
 //!
+//! - [`net`] and [`cluster`]: the multi-node topology — the real cluster nodes on a simulated NATS that
+//!   pauses, partitions and stalls, nodes killed and restarted, and the checkers one writer per shard,
+//!   nothing lost, nothing doubled (`custodian-sim cluster`).
+//!
 //! The foundation's crash test of real processes lives in `tests/`. Must not contain production code paths
 //! of its own: the simulated log exists to be driven by a simulator, never to back a node.
 
+pub mod cluster;
 pub mod edge;
 pub mod http;
 pub mod memlog;
+pub mod net;
 pub mod oracle;
 pub mod sim;
 pub mod sink;

@@ -26,6 +26,7 @@ pub mod bench_query;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod dashboard;
 pub mod datadir;
 pub mod demo;
 pub mod edge;

@@ -152,7 +152,7 @@ pub async fn revoke_token(
 }
 
 /// The live PostgreSQL model's pool.
-fn pg(st: &AppState) -> Result<sqlx::PgPool, ApiError> {
+pub(crate) fn pg(st: &AppState) -> Result<sqlx::PgPool, ApiError> {
     st.live_model(
         "postgres",
         |p: &custodian_projections::postgres::PgProjection| Some(p.pool().clone()),

@@ -1,0 +1,308 @@
+//! The dashboard's two catalogues, zh-CN (the default) and English, and the locale's number formatting.
+//! A test checks that both catalogues have the same keys.
+
+/// A language the dashboard speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lang {
+    ZhCn,
+    En,
+}
+
+impl Lang {
+    /// From a `lang` cookie or query value; zh-CN for anything else.
+    pub fn parse(s: &str) -> Lang {
+        match s {
+            "en" => Lang::En,
+            _ => Lang::ZhCn,
+        }
+    }
+
+    /// The value of the `lang` attribute and of the cookie.
+    pub fn tag(self) -> &'static str {
+        match self {
+            Lang::ZhCn => "zh-CN",
+            Lang::En => "en",
+        }
+    }
+
+    /// The other language (the switch offers it).
+    pub fn other(self) -> Lang {
+        match self {
+            Lang::ZhCn => Lang::En,
+            Lang::En => Lang::ZhCn,
+        }
+    }
+
+    fn catalogue(self) -> &'static [(&'static str, &'static str)] {
+        match self {
+            Lang::ZhCn => ZH_CN,
+            Lang::En => EN,
+        }
+    }
+
+    /// The text of `key`; the key itself when missing (a test keeps that from happening).
+    pub fn t(self, key: &str) -> &'static str {
+        self.catalogue()
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| *v)
+            .unwrap_or_else(|| {
+                Lang::En
+                    .catalogue()
+                    .iter()
+                    .find(|(k, _)| *k == key)
+                    .map_or("?", |(_, v)| *v)
+            })
+    }
+
+    /// An integer with thousands separators (both locales group by three with a comma).
+    pub fn int(self, n: i64) -> String {
+        let digits = n.unsigned_abs().to_string();
+        let mut out = String::new();
+        for (i, c) in digits.chars().enumerate() {
+            if i > 0 && (digits.len() - i).is_multiple_of(3) {
+                out.push(',');
+            }
+            out.push(c);
+        }
+        if n < 0 { format!("-{out}") } else { out }
+    }
+
+    /// A number with one decimal and thousands separators.
+    pub fn dec1(self, x: f64) -> String {
+        let tenths = (x * 10.0).round() as i64;
+        let sign = if tenths < 0 { "-" } else { "" };
+        let tenths = tenths.abs();
+        format!("{sign}{}.{}", self.int(tenths / 10), tenths % 10)
+    }
+}
+
+const ZH_CN: &[(&str, &str)] = &[
+    ("app_name", "危险废物智能监管平台"),
+    ("skip_to_main", "跳到主要内容"),
+    ("breadcrumb", "位置"),
+    ("national", "全国"),
+    ("sign_in", "登录"),
+    ("sign_in_title", "监管人员登录"),
+    (
+        "sign_in_help",
+        "请输入监管部门签发的访问令牌。令牌保存在仅限本站的会话 Cookie 中，关闭浏览器即失效。",
+    ),
+    ("token", "访问令牌"),
+    ("sign_out", "退出登录"),
+    ("bad_token", "令牌无效、已过期或已被吊销。"),
+    ("signed_in_as", "当前身份"),
+    ("tier_admin", "平台管理员"),
+    ("tier_national", "全国监管"),
+    ("tier_province", "省级监管"),
+    ("tier_enterprise", "企业"),
+    ("overview", "总览"),
+    ("summary", "监管概况"),
+    ("enterprises", "企业数"),
+    ("terminals", "终端数"),
+    ("terminals_online", "在线终端"),
+    ("kg_in_storage", "贮存量（千克）"),
+    ("open_alarms", "未处理告警"),
+    ("open_alarms_by_kind", "未处理告警（按类型）"),
+    ("kind", "类型"),
+    ("count", "数量"),
+    ("no_open_alarms", "没有未处理的告警。"),
+    ("provinces", "各省情况"),
+    (
+        "provinces_help",
+        "每个省一格：企业数与未处理告警数。点击进入该省。",
+    ),
+    ("province", "省份"),
+    ("status_ok", "正常"),
+    ("status_alarm", "有告警"),
+    ("enterprise", "企业"),
+    ("enterprise_id", "企业编号"),
+    ("name", "名称"),
+    ("city", "城市代码"),
+    ("province_enterprises", "本省企业"),
+    ("not_found_title", "页面不存在"),
+    ("not_found", "找不到这个页面，或者您无权查看。"),
+    ("forbidden_title", "请求被拒绝"),
+    ("forbidden", "这个请求来自其他站点，已被拒绝。"),
+    ("unavailable_title", "暂时无法访问"),
+    ("unavailable", "业务数据库暂时无法访问，请稍后重试。"),
+    ("back_to_overview", "返回总览"),
+    ("language", "语言"),
+    ("switch_language", "English"),
+    ("kind_weight_fluctuation", "重量异常波动"),
+    ("kind_terminal_silent", "终端离线"),
+    ("kind_storage_overdue", "超期贮存"),
+    ("kind_over_capacity", "超出贮存能力"),
+    ("kind_tamper_suspected", "疑似篡改"),
+    ("kind_manifest_weight_mismatch", "联单重量不符"),
+];
+
+const EN: &[(&str, &str)] = &[
+    ("app_name", "Hazardous Waste Supervision"),
+    ("skip_to_main", "Skip to main content"),
+    ("breadcrumb", "Breadcrumb"),
+    ("national", "National"),
+    ("sign_in", "Sign in"),
+    ("sign_in_title", "Regulator sign-in"),
+    (
+        "sign_in_help",
+        "Enter the access token your bureau issued. It is kept in a session cookie for this site only and is gone when the browser closes.",
+    ),
+    ("token", "Access token"),
+    ("sign_out", "Sign out"),
+    (
+        "bad_token",
+        "The token is not valid, has expired or was revoked.",
+    ),
+    ("signed_in_as", "Signed in as"),
+    ("tier_admin", "Platform administrator"),
+    ("tier_national", "National regulator"),
+    ("tier_province", "Provincial regulator"),
+    ("tier_enterprise", "Enterprise"),
+    ("overview", "Overview"),
+    ("summary", "Summary"),
+    ("enterprises", "Enterprises"),
+    ("terminals", "Terminals"),
+    ("terminals_online", "Terminals online"),
+    ("kg_in_storage", "In storage (kg)"),
+    ("open_alarms", "Open alarms"),
+    ("open_alarms_by_kind", "Open alarms by kind"),
+    ("kind", "Kind"),
+    ("count", "Count"),
+    ("no_open_alarms", "No open alarms."),
+    ("provinces", "Provinces"),
+    (
+        "provinces_help",
+        "One tile per province: enterprises and open alarms. Select one to open it.",
+    ),
+    ("province", "Province"),
+    ("status_ok", "OK"),
+    ("status_alarm", "Alarms"),
+    ("enterprise", "Enterprise"),
+    ("enterprise_id", "Enterprise id"),
+    ("name", "Name"),
+    ("city", "City code"),
+    ("province_enterprises", "Enterprises in this province"),
+    ("not_found_title", "Page not found"),
+    (
+        "not_found",
+        "There is no such page, or it is not yours to see.",
+    ),
+    ("forbidden_title", "Request refused"),
+    (
+        "forbidden",
+        "This request came from another site and was refused.",
+    ),
+    ("unavailable_title", "Temporarily unavailable"),
+    (
+        "unavailable",
+        "The business database cannot be reached; try again shortly.",
+    ),
+    ("back_to_overview", "Back to the overview"),
+    ("language", "Language"),
+    ("switch_language", "中文"),
+    ("kind_weight_fluctuation", "Weight fluctuation"),
+    ("kind_terminal_silent", "Terminal silent"),
+    ("kind_storage_overdue", "Storage overdue"),
+    ("kind_over_capacity", "Over capacity"),
+    ("kind_tamper_suspected", "Tampering suspected"),
+    ("kind_manifest_weight_mismatch", "Manifest weight mismatch"),
+];
+
+/// Province-level divisions (GB/T 2260 codes) the grid shows: (code, 中文, English).
+pub const PROVINCES: &[(&str, &str, &str)] = &[
+    ("110000", "北京市", "Beijing"),
+    ("120000", "天津市", "Tianjin"),
+    ("130000", "河北省", "Hebei"),
+    ("140000", "山西省", "Shanxi"),
+    ("150000", "内蒙古自治区", "Inner Mongolia"),
+    ("210000", "辽宁省", "Liaoning"),
+    ("220000", "吉林省", "Jilin"),
+    ("230000", "黑龙江省", "Heilongjiang"),
+    ("310000", "上海市", "Shanghai"),
+    ("320000", "江苏省", "Jiangsu"),
+    ("330000", "浙江省", "Zhejiang"),
+    ("340000", "安徽省", "Anhui"),
+    ("350000", "福建省", "Fujian"),
+    ("360000", "江西省", "Jiangxi"),
+    ("370000", "山东省", "Shandong"),
+    ("410000", "河南省", "Henan"),
+    ("420000", "湖北省", "Hubei"),
+    ("430000", "湖南省", "Hunan"),
+    ("440000", "广东省", "Guangdong"),
+    ("450000", "广西壮族自治区", "Guangxi"),
+    ("460000", "海南省", "Hainan"),
+    ("500000", "重庆市", "Chongqing"),
+    ("510000", "四川省", "Sichuan"),
+    ("520000", "贵州省", "Guizhou"),
+    ("530000", "云南省", "Yunnan"),
+    ("540000", "西藏自治区", "Xizang"),
+    ("610000", "陕西省", "Shaanxi"),
+    ("620000", "甘肃省", "Gansu"),
+    ("630000", "青海省", "Qinghai"),
+    ("640000", "宁夏回族自治区", "Ningxia"),
+    ("650000", "新疆维吾尔自治区", "Xinjiang"),
+];
+
+/// A province's name in `lang` (the code itself when unknown).
+pub fn province_name(code: &str, lang: Lang) -> String {
+    PROVINCES
+        .iter()
+        .find(|(c, _, _)| *c == code)
+        .map(|(_, zh, en)| if lang == Lang::En { *en } else { *zh })
+        .unwrap_or(code)
+        .to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+
+    #[test]
+    fn both_catalogues_have_the_same_keys_once_each() {
+        let keys = |c: &[(&str, &str)]| -> BTreeSet<String> {
+            c.iter().map(|(k, _)| (*k).to_owned()).collect()
+        };
+        assert_eq!(keys(ZH_CN), keys(EN));
+        assert_eq!(keys(ZH_CN).len(), ZH_CN.len(), "a key twice in zh-CN");
+        assert_eq!(keys(EN).len(), EN.len(), "a key twice in en");
+        assert!(ZH_CN.iter().chain(EN).all(|(_, v)| !v.trim().is_empty()));
+    }
+
+    #[test]
+    fn every_anomaly_kind_has_a_label_in_both() {
+        use custodian_events::domain::AnomalyKind::*;
+        for kind in [
+            WeightFluctuation,
+            ManifestWeightMismatch,
+            StorageOverdue,
+            OverCapacity,
+            TerminalSilent,
+            TamperSuspected,
+        ] {
+            let key = format!("kind_{}", kind.name());
+            assert!(
+                ZH_CN.iter().any(|(k, _)| *k == key) && EN.iter().any(|(k, _)| *k == key),
+                "no label for {key}"
+            );
+        }
+    }
+
+    #[test]
+    fn numbers_group_by_three() {
+        assert_eq!(Lang::En.int(0), "0");
+        assert_eq!(Lang::En.int(1234567), "1,234,567");
+        assert_eq!(Lang::ZhCn.int(-1000), "-1,000");
+        assert_eq!(Lang::En.dec1(1234.56), "1,234.6");
+        assert_eq!(Lang::En.dec1(0.04), "0.0");
+    }
+
+    #[test]
+    fn the_mainland_provinces_are_all_there_with_names() {
+        assert_eq!(PROVINCES.len(), 31);
+        assert_eq!(province_name("440000", Lang::ZhCn), "广东省");
+        assert_eq!(province_name("320000", Lang::En), "Jiangsu");
+        assert_eq!(province_name("999999", Lang::En), "999999");
+    }
+}

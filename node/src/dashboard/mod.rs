@@ -1,0 +1,637 @@
+//! The regulators' dashboard in the browser (issue "Regulator dashboard", first part): server-rendered
+//! HTML (askama templates in `node/templates/dashboard/`), served by the node from its binary under
+//! `/ui`, with its own styles and the vendored htmx and uPlot (`assets/`), nothing from any other origin.
+//!
+//! - **Sign-in** with a regulator token (`/ui/sign-in`): verified exactly as the API verifies a bearer
+//!   token, then kept in the session cookie `custodian_session` (HttpOnly, SameSite=Strict, Path=/ui, no
+//!   expiry: gone with the browser session). Every page resolves the cookie the same way, so a revoked or
+//!   expired token signs the browser out on its next page.
+//! - **Scopes exactly as the API**: every page reads through the caller's scope (`Scope::binds`), and a
+//!   page outside it answers 404 like a page that does not exist.
+//! - **State-changing forms** (sign-in, sign-out) check `Origin` against the request's host: anything
+//!   else is refused 403 and changes nothing.
+//! - **Headers** on every `/ui` response: `Content-Security-Policy: default-src 'self'` (plus
+//!   `frame-ancestors 'none'`, `form-action 'self'`, `base-uri 'none'`), `X-Content-Type-Options:
+//!   nosniff`, `Referrer-Policy: no-referrer`.
+//! - **Languages**: zh-CN (default) and English, switched by `/ui/lang?to=en&back=/ui/...` (a cookie);
+//!   `lang` set on every page.
+//!
+//! Pages so far: the overview (national province grid, or the caller's own province), a province's
+//! enterprises. See `docs/dashboard.md`.
+
+pub mod assets;
+pub mod i18n;
+
+use std::sync::Arc;
+
+use askama::Template;
+use axum::Router;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+use sqlx::Row;
+
+use crate::api::AppState;
+use crate::tokens::{Caller, Scope, Tier};
+use i18n::{Lang, PROVINCES, province_name};
+
+/// The session cookie holding the signed-in token.
+pub const SESSION_COOKIE: &str = "custodian_session";
+/// The language cookie.
+pub const LANG_COOKIE: &str = "custodian_lang";
+
+/// Every `/ui` response carries these.
+pub const CSP: &str =
+    "default-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'";
+
+/// The dashboard's routes (merged into the node's router).
+pub fn routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/ui", get(overview))
+        .route("/ui/sign-in", get(sign_in_page).post(sign_in))
+        .route("/ui/sign-out", post(sign_out))
+        .route("/ui/lang", get(switch_language))
+        .route("/ui/provinces/{code}", get(province))
+        .route("/ui/assets/{*file}", get(assets::serve))
+}
+
+/// A breadcrumb step.
+pub struct Crumb {
+    pub label: String,
+    pub href: Option<String>,
+}
+
+/// What every page's frame shows.
+pub struct Chrome {
+    pub lang: Lang,
+    pub title: String,
+    /// Where the language switch comes back to.
+    pub back: String,
+    pub who: Option<String>,
+    pub crumbs: Vec<Crumb>,
+}
+
+#[derive(Template)]
+#[template(path = "dashboard/sign_in.html")]
+struct SignInPage {
+    chrome: Chrome,
+    failed: bool,
+}
+
+#[derive(Template)]
+#[template(path = "dashboard/error.html")]
+struct ErrorPage {
+    chrome: Chrome,
+    message: String,
+}
+
+struct KindRow {
+    label: String,
+    count: String,
+}
+
+struct ProvinceTile {
+    code: String,
+    name: String,
+    enterprises: String,
+    open: String,
+    /// `ok` or `alarm` (a class) — always with `state_label` and `mark`, never colour alone.
+    state: &'static str,
+    state_label: &'static str,
+    mark: &'static str,
+}
+
+#[derive(Template)]
+#[template(path = "dashboard/overview.html")]
+struct OverviewPage {
+    chrome: Chrome,
+    heading: String,
+    enterprises: String,
+    terminals: String,
+    online: String,
+    kg_in_storage: String,
+    open_total: String,
+    kinds: Vec<KindRow>,
+    provinces: Vec<ProvinceTile>,
+}
+
+struct EnterpriseRow {
+    id: String,
+    name: String,
+    city: String,
+    open: String,
+    state: &'static str,
+    mark: &'static str,
+}
+
+#[derive(Template)]
+#[template(path = "dashboard/province.html")]
+struct ProvincePage {
+    chrome: Chrome,
+    heading: String,
+    enterprises: Vec<EnterpriseRow>,
+}
+
+/// The value of cookie `name` in the request.
+fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+fn lang_of(headers: &HeaderMap) -> Lang {
+    cookie(headers, LANG_COOKIE).map_or(Lang::ZhCn, Lang::parse)
+}
+
+/// The signed-in caller, resolved from the session cookie exactly as the API resolves a bearer token.
+fn signed_in(st: &AppState, headers: &HeaderMap) -> Option<Caller> {
+    let token = cookie(headers, SESSION_COOKIE)?;
+    let mut bearer = HeaderMap::new();
+    bearer.insert(
+        header::AUTHORIZATION,
+        HeaderValue::from_str(&format!("Bearer {token}")).ok()?,
+    );
+    crate::api::caller(st, &bearer).ok()
+}
+
+fn who(caller: &Caller, lang: Lang) -> String {
+    match (&caller.scope, caller.tier) {
+        (_, Tier::Admin) => lang.t("tier_admin").to_owned(),
+        (Scope::All, _) => lang.t("tier_national").to_owned(),
+        (Scope::Province(p), _) => {
+            format!("{} · {}", lang.t("tier_province"), province_name(p, lang))
+        }
+        (Scope::Enterprise(e), _) => format!("{} · {e}", lang.t("tier_enterprise")),
+    }
+}
+
+/// Adds the headers every `/ui` response carries.
+pub fn secure(mut response: Response) -> Response {
+    let h = response.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CSP),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+fn html(status: StatusCode, page: &impl Template) -> Response {
+    match page.render() {
+        Ok(body) => secure(
+            (
+                status,
+                [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+                body,
+            )
+                .into_response(),
+        ),
+        Err(e) => secure(
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("the page could not be rendered: {e}"),
+            )
+                .into_response(),
+        ),
+    }
+}
+
+fn redirect(to: &str) -> Response {
+    secure(
+        (
+            StatusCode::SEE_OTHER,
+            [(header::LOCATION, HeaderValue::from_str(to).expect("a path"))],
+        )
+            .into_response(),
+    )
+}
+
+fn chrome(lang: Lang, title: &str, back: &str, caller: Option<&Caller>) -> Chrome {
+    Chrome {
+        lang,
+        title: title.to_owned(),
+        back: back.to_owned(),
+        who: caller.map(|c| who(c, lang)),
+        crumbs: Vec::new(),
+    }
+}
+
+fn error_page(status: StatusCode, lang: Lang, caller: Option<&Caller>) -> Response {
+    let (title, message) = match status {
+        StatusCode::FORBIDDEN => ("forbidden_title", "forbidden"),
+        StatusCode::SERVICE_UNAVAILABLE => ("unavailable_title", "unavailable"),
+        _ => ("not_found_title", "not_found"),
+    };
+    html(
+        status,
+        &ErrorPage {
+            chrome: chrome(lang, lang.t(title), "/ui", caller),
+            message: lang.t(message).to_owned(),
+        },
+    )
+}
+
+/// Whether a state-changing request comes from this site: its `Origin` is this host's.
+fn same_origin(headers: &HeaderMap) -> bool {
+    let (Some(origin), Some(host)) = (
+        headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()),
+        headers.get(header::HOST).and_then(|v| v.to_str().ok()),
+    ) else {
+        return false;
+    };
+    origin == format!("http://{host}") || origin == format!("https://{host}")
+}
+
+async fn sign_in_page(headers: HeaderMap) -> Response {
+    let lang = lang_of(&headers);
+    html(
+        StatusCode::OK,
+        &SignInPage {
+            chrome: chrome(lang, lang.t("sign_in_title"), "/ui/sign-in", None),
+            failed: false,
+        },
+    )
+}
+
+#[derive(Deserialize)]
+struct SignInForm {
+    token: String,
+}
+
+async fn sign_in(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    form: Result<axum::Form<SignInForm>, axum::extract::rejection::FormRejection>,
+) -> Response {
+    let lang = lang_of(&headers);
+    if !same_origin(&headers) {
+        return error_page(StatusCode::FORBIDDEN, lang, None);
+    }
+    let token = form
+        .map(|f| f.0.token.trim().to_owned())
+        .unwrap_or_default();
+    // A token is printable ASCII (`cst1.…`); anything else cannot be one and must not reach a cookie.
+    let plausible = !token.is_empty()
+        && token.len() <= 4096
+        && token
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && b != b';' && b != b',');
+    let mut bearer = HeaderMap::new();
+    let verified = plausible
+        && HeaderValue::from_str(&format!("Bearer {token}"))
+            .ok()
+            .map(|v| bearer.insert(header::AUTHORIZATION, v))
+            .is_some()
+        && crate::api::caller(&st, &bearer).is_ok();
+    if !verified {
+        return html(
+            StatusCode::UNAUTHORIZED,
+            &SignInPage {
+                chrome: chrome(lang, lang.t("sign_in_title"), "/ui/sign-in", None),
+                failed: true,
+            },
+        );
+    }
+    let mut response = redirect("/ui");
+    response.headers_mut().append(
+        header::SET_COOKIE,
+        HeaderValue::from_str(&format!(
+            "{SESSION_COOKIE}={token}; Path=/ui; HttpOnly; SameSite=Strict"
+        ))
+        .expect("a printable cookie"),
+    );
+    response
+}
+
+async fn sign_out(headers: HeaderMap) -> Response {
+    if !same_origin(&headers) {
+        return error_page(StatusCode::FORBIDDEN, lang_of(&headers), None);
+    }
+    let mut response = redirect("/ui/sign-in");
+    response.headers_mut().append(
+        header::SET_COOKIE,
+        HeaderValue::from_static(
+            "custodian_session=; Path=/ui; HttpOnly; SameSite=Strict; Max-Age=0",
+        ),
+    );
+    response
+}
+
+#[derive(Deserialize)]
+struct LangQuery {
+    to: Option<String>,
+    back: Option<String>,
+}
+
+async fn switch_language(Query(q): Query<LangQuery>) -> Response {
+    let lang = Lang::parse(q.to.as_deref().unwrap_or(""));
+    // Only back into the dashboard: never an open redirect.
+    let back = q
+        .back
+        .filter(|b| {
+            b.starts_with("/ui")
+                && !b.starts_with("//")
+                && b.bytes().all(|c| c.is_ascii_graphic() && c != b'\\')
+        })
+        .unwrap_or_else(|| "/ui".to_owned());
+    let mut response = redirect(&back);
+    response.headers_mut().append(
+        header::SET_COOKIE,
+        HeaderValue::from_str(&format!(
+            "{LANG_COOKIE}={}; Path=/ui; SameSite=Strict; Max-Age=31536000",
+            lang.tag()
+        ))
+        .expect("a printable cookie"),
+    );
+    response
+}
+
+fn alarm_state(open: i64, lang: Lang) -> (&'static str, &'static str, &'static str) {
+    if open > 0 {
+        ("alarm", lang.t("status_alarm"), "⚠")
+    } else {
+        ("ok", lang.t("status_ok"), "✓")
+    }
+}
+
+async fn overview(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    let lang = lang_of(&headers);
+    let Some(caller) = signed_in(&st, &headers) else {
+        return redirect("/ui/sign-in");
+    };
+    let Ok(pool) = crate::api::query::pg(&st) else {
+        return error_page(StatusCode::SERVICE_UNAVAILABLE, lang, Some(&caller));
+    };
+    let unavailable = || error_page(StatusCode::SERVICE_UNAVAILABLE, lang, Some(&caller));
+    let (sp, se) = caller.scope.binds();
+    let now_ns = st.clock.now_ns();
+    let scoped = "($1::text IS NULL OR e.province_code = $1) AND ($2::text IS NULL OR e.id = $2)";
+    let Ok(counts) = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT \
+           (SELECT count(*) FROM enterprises e WHERE {scoped}) AS enterprises, \
+           (SELECT count(*) FROM terminals t JOIN enterprises e ON e.id = t.enterprise_id WHERE {scoped}) AS terminals, \
+           (SELECT count(*) FROM terminals t JOIN enterprises e ON e.id = t.enterprise_id WHERE {scoped} \
+              AND t.last_measured_at >= ns_to_ts($3) - 3 * t.report_interval_s * INTERVAL '1 second') AS online, \
+           (SELECT coalesce(sum(c.last_weight_mg), 0)::int8 FROM containers c JOIN enterprises e ON e.id = c.enterprise_id \
+              WHERE {scoped} AND c.stage = 'storage_in') AS in_storage_mg"
+    )))
+    .bind(&sp)
+    .bind(&se)
+    .bind(now_ns)
+    .fetch_one(&pool)
+    .await
+    else {
+        return unavailable();
+    };
+    let open_filter = "($1::text IS NULL OR province_code = $1) AND ($2::text IS NULL OR enterprise_id = $2) \
+                       AND state <> 'resolved'";
+    let Ok(kinds) = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT kind, count(*) AS n FROM anomalies WHERE {open_filter} GROUP BY kind ORDER BY kind"
+    )))
+    .bind(&sp)
+    .bind(&se)
+    .fetch_all(&pool)
+    .await
+    else {
+        return unavailable();
+    };
+    let Ok(by_province) = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT p.code, \
+           (SELECT count(*) FROM enterprises e WHERE e.province_code = p.code AND {scoped}) AS enterprises, \
+           (SELECT count(*) FROM anomalies WHERE province_code = p.code AND {open_filter}) AS open \
+         FROM (SELECT DISTINCT province_code AS code FROM enterprises) p"
+    )))
+    .bind(&sp)
+    .bind(&se)
+    .fetch_all(&pool)
+    .await
+    else {
+        return unavailable();
+    };
+    let figures: std::collections::BTreeMap<String, (i64, i64)> = by_province
+        .iter()
+        .map(|r| {
+            (
+                r.get::<String, _>("code"),
+                (r.get::<i64, _>("enterprises"), r.get::<i64, _>("open")),
+            )
+        })
+        .collect();
+    // The grid: every province for the national tier; the caller's own otherwise.
+    let own_province = match &caller.scope {
+        Scope::All => None,
+        Scope::Province(p) => Some(p.clone()),
+        Scope::Enterprise(_) => figures
+            .iter()
+            .find(|(_, (n, _))| *n > 0)
+            .map(|(code, _)| code.clone()),
+    };
+    let mut codes: Vec<String> = match &own_province {
+        Some(p) => vec![p.clone()],
+        None => PROVINCES.iter().map(|(c, _, _)| (*c).to_owned()).collect(),
+    };
+    if own_province.is_none() {
+        // Codes with data that the list does not name (none, normally) still get a tile.
+        for code in figures.keys() {
+            if !codes.contains(code) {
+                codes.push(code.clone());
+            }
+        }
+    }
+    let provinces = codes
+        .into_iter()
+        .map(|code| {
+            let (n, open) = figures.get(&code).copied().unwrap_or((0, 0));
+            let (state, state_label, mark) = alarm_state(open, lang);
+            ProvinceTile {
+                name: province_name(&code, lang),
+                code,
+                enterprises: lang.int(n),
+                open: lang.int(open),
+                state,
+                state_label,
+                mark,
+            }
+        })
+        .collect();
+    let kinds: Vec<KindRow> = kinds
+        .iter()
+        .map(|r| {
+            let kind: String = r.get("kind");
+            let key = format!("kind_{kind}");
+            let label = match lang.t(&key) {
+                "?" => kind.clone(),
+                l => l.to_owned(),
+            };
+            KindRow {
+                label,
+                count: lang.int(r.get::<i64, _>("n")),
+            }
+        })
+        .collect();
+    let open_total: i64 = figures.values().map(|(_, o)| o).sum();
+    let heading = match &caller.scope {
+        Scope::All => lang.t("national").to_owned(),
+        Scope::Province(p) => province_name(p, lang),
+        Scope::Enterprise(e) => e.clone(),
+    };
+    let mut ch = chrome(lang, lang.t("overview"), "/ui", Some(&caller));
+    ch.crumbs.push(Crumb {
+        label: lang.t("overview").to_owned(),
+        href: None,
+    });
+    html(
+        StatusCode::OK,
+        &OverviewPage {
+            chrome: ch,
+            heading,
+            enterprises: lang.int(counts.get::<i64, _>("enterprises")),
+            terminals: lang.int(counts.get::<i64, _>("terminals")),
+            online: lang.int(counts.get::<i64, _>("online")),
+            kg_in_storage: lang.dec1(counts.get::<i64, _>("in_storage_mg") as f64 / 1e6),
+            open_total: lang.int(open_total),
+            kinds,
+            provinces,
+        },
+    )
+}
+
+async fn province(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(code): Path<String>,
+) -> Response {
+    let lang = lang_of(&headers);
+    let Some(caller) = signed_in(&st, &headers) else {
+        return redirect("/ui/sign-in");
+    };
+    let not_found = || error_page(StatusCode::NOT_FOUND, lang, Some(&caller));
+    // Another province's page answers like one that does not exist.
+    if let Scope::Province(p) = &caller.scope
+        && *p != code
+    {
+        return not_found();
+    }
+    let Ok(pool) = crate::api::query::pg(&st) else {
+        return error_page(StatusCode::SERVICE_UNAVAILABLE, lang, Some(&caller));
+    };
+    let (sp, se) = caller.scope.binds();
+    let Ok(rows) = sqlx::query(
+        "SELECT e.id, e.name, e.city_code, \
+           (SELECT count(*) FROM anomalies a WHERE a.enterprise_id = e.id AND a.state <> 'resolved') AS open \
+         FROM enterprises e \
+         WHERE e.province_code = $3 \
+           AND ($1::text IS NULL OR e.province_code = $1) AND ($2::text IS NULL OR e.id = $2) \
+         ORDER BY e.id",
+    )
+    .bind(&sp)
+    .bind(&se)
+    .bind(&code)
+    .fetch_all(&pool)
+    .await
+    else {
+        return error_page(StatusCode::SERVICE_UNAVAILABLE, lang, Some(&caller));
+    };
+    let known = PROVINCES.iter().any(|(c, _, _)| *c == code);
+    // Nothing in scope here: for an enterprise's token any other province; for anyone, a code that is
+    // neither a province nor has enterprises.
+    if rows.is_empty() && (!known || matches!(caller.scope, Scope::Enterprise(_))) {
+        return not_found();
+    }
+    let enterprises = rows
+        .iter()
+        .map(|r| {
+            let open: i64 = r.get("open");
+            let (state, _, mark) = alarm_state(open, lang);
+            EnterpriseRow {
+                id: r.get("id"),
+                name: r.get("name"),
+                city: r.get::<Option<String>, _>("city_code").unwrap_or_default(),
+                open: lang.int(open),
+                state,
+                mark,
+            }
+        })
+        .collect();
+    let heading = province_name(&code, lang);
+    let mut ch = chrome(
+        lang,
+        &heading,
+        &format!("/ui/provinces/{code}"),
+        Some(&caller),
+    );
+    ch.crumbs = vec![
+        Crumb {
+            label: lang.t("overview").to_owned(),
+            href: Some("/ui".into()),
+        },
+        Crumb {
+            label: heading.clone(),
+            href: None,
+        },
+    ];
+    html(
+        StatusCode::OK,
+        &ProvincePage {
+            chrome: ch,
+            heading,
+            enterprises,
+        },
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cookies_are_found_by_name_among_several_headers() {
+        let mut h = HeaderMap::new();
+        h.append(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; custodian_lang=en"),
+        );
+        h.append(
+            header::COOKIE,
+            HeaderValue::from_static("custodian_session=cst1.x.y"),
+        );
+        assert_eq!(cookie(&h, "custodian_lang"), Some("en"));
+        assert_eq!(cookie(&h, SESSION_COOKIE), Some("cst1.x.y"));
+        assert_eq!(cookie(&h, "b"), None);
+        assert_eq!(lang_of(&h), Lang::En);
+    }
+
+    #[test]
+    fn only_this_hosts_origin_may_post() {
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, HeaderValue::from_static("127.0.0.1:8080"));
+        assert!(!same_origin(&h), "no Origin");
+        h.insert(
+            header::ORIGIN,
+            HeaderValue::from_static("http://127.0.0.1:8080"),
+        );
+        assert!(same_origin(&h));
+        h.insert(
+            header::ORIGIN,
+            HeaderValue::from_static("http://evil.example"),
+        );
+        assert!(!same_origin(&h));
+        h.insert(header::ORIGIN, HeaderValue::from_static("null"));
+        assert!(!same_origin(&h));
+    }
+}

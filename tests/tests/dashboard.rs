@@ -1,0 +1,349 @@
+//! The dashboard over HTTP (no browser yet): sign-in into an HttpOnly, SameSite=Strict session cookie,
+//! Origin checks on forms, the security headers, the province grid and a province's page in exactly the
+//! API's scopes (another province's page answers like one that does not exist), the language switch
+//! without an open redirect, the embedded vendored assets, and a revoked token signing the browser out.
+
+use std::time::Duration;
+
+use custodian_node::terminal_sim::{terminal_body, terminal_key};
+use custodian_tests::*;
+use reqwest::header::{CONTENT_SECURITY_POLICY, COOKIE, HeaderMap, LOCATION, ORIGIN, SET_COOKIE};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+fn weighings(terminal: &str, container: &str) -> Vec<u8> {
+    // 100 kg, then 60 kg: a drop of 40 % flags weight_fluctuation.
+    let readings: Vec<Value> = [(1, 100.0), (2, 60.0)]
+        .iter()
+        .map(|(seq, kg)| {
+            json!({"seq": seq, "measured_at": format!("2026-11-20T08:00:0{seq}Z"), "kind": "weight",
+                   "value": kg, "unit": "kg", "container_id": container, "stage": "storage_in",
+                   "waste_code": "HW08"})
+        })
+        .collect();
+    serde_json::to_vec(&json!({"terminal_id": terminal, "readings": readings})).unwrap()
+}
+
+struct Browser {
+    http: reqwest::Client,
+    base: String,
+    cookies: Vec<String>,
+}
+
+struct Page {
+    status: u16,
+    headers: HeaderMap,
+    body: String,
+}
+
+impl Browser {
+    fn new(base: String) -> Browser {
+        Browser {
+            http: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .unwrap(),
+            base,
+            cookies: Vec::new(),
+        }
+    }
+
+    fn origin(&self) -> String {
+        self.base.clone()
+    }
+
+    async fn get(&self, path: &str) -> Page {
+        let mut req = self.http.get(format!("{}{path}", self.base));
+        if !self.cookies.is_empty() {
+            req = req.header(COOKIE, self.cookies.join("; "));
+        }
+        Page::of(req.send().await.unwrap()).await
+    }
+
+    async fn post(&self, path: &str, form: &[(&str, &str)], origin: Option<&str>) -> Page {
+        let body = form
+            .iter()
+            .map(|(k, v)| format!("{}={}", urlencode(k), urlencode(v)))
+            .collect::<Vec<_>>()
+            .join("&");
+        let mut req = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body);
+        if let Some(o) = origin {
+            req = req.header(ORIGIN, o);
+        }
+        if !self.cookies.is_empty() {
+            req = req.header(COOKIE, self.cookies.join("; "));
+        }
+        Page::of(req.send().await.unwrap()).await
+    }
+
+    /// Keeps the cookies a response sets (name=value), dropping those it clears.
+    fn keep(&mut self, page: &Page) {
+        for c in page.headers.get_all(SET_COOKIE) {
+            let c = c.to_str().unwrap();
+            let pair = c.split(';').next().unwrap().to_owned();
+            let name = pair.split('=').next().unwrap().to_owned();
+            self.cookies.retain(|k| !k.starts_with(&format!("{name}=")));
+            if !c.contains("Max-Age=0") {
+                self.cookies.push(pair);
+            }
+        }
+    }
+}
+
+impl Page {
+    async fn of(r: reqwest::Response) -> Page {
+        let status = r.status().as_u16();
+        let headers = r.headers().clone();
+        let body = r.text().await.unwrap();
+        Page {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    fn location(&self) -> &str {
+        self.headers.get(LOCATION).unwrap().to_str().unwrap()
+    }
+
+    fn title(&self) -> &str {
+        let start = self.body.find("<title>").unwrap() + 7;
+        &self.body[start..start + self.body[start..].find("</title>").unwrap()]
+    }
+
+    fn assert_secure(&self) {
+        let csp = self
+            .headers
+            .get(CONTENT_SECURITY_POLICY)
+            .expect("a Content-Security-Policy")
+            .to_str()
+            .unwrap();
+        assert!(csp.starts_with("default-src 'self'"), "{csp}");
+        assert_eq!(self.headers["x-content-type-options"], "nosniff");
+        // Nothing from another origin, no inline script or style.
+        for bad in [
+            "src=\"http",
+            "href=\"http",
+            "<script>",
+            "style=\"",
+            "<style",
+        ] {
+            assert!(!self.body.contains(bad), "{bad} in the page");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sign_in_scopes_language_and_assets() {
+    let dir = tempfile::tempdir().unwrap();
+    let models = ReadModels::new("dashboard");
+    let (node, admin) = start_node(dir.path(), |c| models.enable(c)).await;
+    for (id, province, city) in [
+        ("E-A", "440000", "440100"),
+        ("E-B", "440000", "440300"),
+        ("E-C", "320000", "320100"),
+    ] {
+        admin
+            .register(
+                "/v1/enterprises",
+                &json!({"id": id, "name": format!("{id} 危废处置"), "province_code": province,
+                        "city_code": city, "storage_capacity_kg": 100000.0}),
+            )
+            .await
+            .unwrap();
+    }
+    let mut keys = TerminalKeys::default();
+    for (t, e) in [("T-A", "E-A"), ("T-C", "E-C")] {
+        let key = terminal_key(t, 7);
+        let mut body = terminal_body(t, 0, Some(&key.public_key_pem()));
+        body["enterprise_id"] = json!(e);
+        admin.register("/v1/terminals", &body).await.unwrap();
+        keys.0.insert(t.to_owned(), std::sync::Arc::new(key));
+        keys.upload(&admin, t, weighings(t, &format!("{t}-C0")))
+            .await
+            .unwrap();
+    }
+    wait_projected(&admin, Duration::from_secs(60)).await;
+    let issue = |tier: &str, scope: Option<&str>| {
+        let admin = admin.clone();
+        let body = match scope {
+            Some(s) => json!({"tier": tier, "scope": s}),
+            None => json!({"tier": tier}),
+        };
+        async move {
+            let (status, v) = admin.post_admin("/v1/admin/tokens", &body).await.unwrap();
+            assert_eq!(status, 201, "{v}");
+            (
+                v["token"].as_str().unwrap().to_owned(),
+                v["id"].as_str().unwrap().to_owned(),
+            )
+        }
+    };
+    let (province, province_id) = issue("province", Some("440000")).await;
+    let (national, _) = issue("national", None).await;
+    let (enterprise, _) = issue("enterprise", Some("E-C")).await;
+
+    let mut b = Browser::new(node.url());
+    // Not signed in: every page sends the browser to sign in.
+    let p = b.get("/ui").await;
+    assert_eq!((p.status, p.location()), (303, "/ui/sign-in"));
+    p.assert_secure();
+    let p = b.get("/ui/provinces/440000").await;
+    assert_eq!((p.status, p.location()), (303, "/ui/sign-in"));
+    let p = b.get("/ui/sign-in").await;
+    assert_eq!(p.status, 200);
+    p.assert_secure();
+    assert!(p.body.contains("<html lang=\"zh-CN\">"));
+    assert!(p.body.contains("<label for=\"token\">"));
+
+    // Forms from anywhere but this site are refused, and change nothing.
+    let origin = b.origin();
+    for bad in [None, Some("http://evil.example"), Some("null")] {
+        let p = b.post("/ui/sign-in", &[("token", &province)], bad).await;
+        assert_eq!(p.status, 403, "Origin {bad:?}");
+        assert!(p.headers.get(SET_COOKIE).is_none());
+    }
+    // A wrong token: 401, said in words, no cookie.
+    for wrong in ["cst1.forged.token", "", "a;b=c", &format!("{province}x")] {
+        let p = b
+            .post("/ui/sign-in", &[("token", wrong)], Some(&origin))
+            .await;
+        assert_eq!(p.status, 401, "{wrong:?}");
+        assert!(p.body.contains("role=\"alert\""));
+        assert!(p.headers.get(SET_COOKIE).is_none());
+    }
+    // The province token: a session cookie, HttpOnly and SameSite=Strict, for /ui only.
+    let p = b
+        .post("/ui/sign-in", &[("token", &province)], Some(&origin))
+        .await;
+    assert_eq!((p.status, p.location()), (303, "/ui"));
+    let set = p.headers[SET_COOKIE].to_str().unwrap().to_owned();
+    for attr in [
+        "custodian_session=",
+        "HttpOnly",
+        "SameSite=Strict",
+        "Path=/ui",
+    ] {
+        assert!(set.contains(attr), "{set}");
+    }
+    assert!(
+        !set.contains("Max-Age") && !set.contains("Expires"),
+        "a session cookie: {set}"
+    );
+    b.keep(&p);
+
+    // The overview: its own province only.
+    let p = b.get("/ui").await;
+    assert_eq!(p.status, 200, "{}", p.body);
+    p.assert_secure();
+    assert!(p.body.contains("广东省"));
+    assert!(!p.body.contains("江苏省"), "another province's tile");
+    assert_eq!(p.body.matches("class=\"tile ").count(), 1);
+    assert!(
+        p.body.contains("重量异常波动"),
+        "the open alarm's kind, in words"
+    );
+    assert!(
+        p.body.contains("有告警"),
+        "alarm state said in words, not colour alone"
+    );
+    assert!(p.body.contains("<caption>"));
+    assert!(p.body.contains("aria-label=\"位置\""), "a breadcrumb");
+    // Its province's page lists its enterprises; another province's answers like a page that does not
+    // exist.
+    let p = b.get("/ui/provinces/440000").await;
+    assert_eq!(p.status, 200);
+    assert!(p.body.contains("E-A") && p.body.contains("E-B") && !p.body.contains("E-C"));
+    assert!(p.body.contains("aria-current=\"page\""));
+    let other = b.get("/ui/provinces/320000").await;
+    let absent = b.get("/ui/provinces/999999").await;
+    assert_eq!((other.status, absent.status), (404, 404));
+    assert_eq!(other.title(), absent.title());
+    assert!(!other.body.contains("E-C"));
+
+    // Language: switched by a cookie, back to the page it came from; never to another site.
+    let p = b.get("/ui/lang?to=en&back=/ui/provinces/440000").await;
+    assert_eq!((p.status, p.location()), (303, "/ui/provinces/440000"));
+    b.keep(&p);
+    let p = b.get("/ui/provinces/440000").await;
+    assert!(p.body.contains("<html lang=\"en\">"));
+    assert!(p.body.contains("Guangdong") && p.body.contains("Enterprises in this province"));
+    for evil in ["https://evil.example", "//evil.example", "/ui\\..\\x"] {
+        let p = b
+            .get(&format!("/ui/lang?to=en&back={}", urlencode(evil)))
+            .await;
+        assert_eq!(p.location(), "/ui", "{evil}");
+    }
+
+    // The vendored files come from the node itself, byte for byte as listed.
+    let js = b.get("/ui/assets/vendor/htmx-2.0.11.min.js").await;
+    assert_eq!(js.status, 200);
+    assert!(
+        js.headers["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/javascript")
+    );
+    assert_eq!(
+        hex::encode(Sha256::digest(js.body.as_bytes())),
+        "d6fdc75f204e6bdefa99b69bf1e6d4ac69b8a364f77929f45c13476b4000f717"
+    );
+    assert_eq!(b.get("/ui/assets/../Cargo.toml").await.status, 404);
+    assert_eq!(b.get("/ui/assets/vendor/nope.js").await.status, 404);
+
+    // The national token sees every province; an enterprise's token its own province only.
+    let mut n = Browser::new(node.url());
+    let p = n
+        .post("/ui/sign-in", &[("token", &national)], Some(&origin))
+        .await;
+    n.keep(&p);
+    let p = n.get("/ui").await;
+    assert_eq!(p.body.matches("class=\"tile ").count(), 31);
+    assert!(p.body.contains("江苏省") && p.body.contains("广东省"));
+    assert_eq!(n.get("/ui/provinces/320000").await.status, 200);
+    let mut e = Browser::new(node.url());
+    let p = e
+        .post("/ui/sign-in", &[("token", &enterprise)], Some(&origin))
+        .await;
+    e.keep(&p);
+    let p = e.get("/ui").await;
+    assert_eq!(p.body.matches("class=\"tile ").count(), 1);
+    assert!(p.body.contains("江苏省"));
+    assert_eq!(e.get("/ui/provinces/440000").await.status, 404);
+    let p = e.get("/ui/provinces/320000").await;
+    assert!(p.body.contains("E-C") && !p.body.contains("E-A"));
+
+    // Signing out needs this site's Origin too, and clears the cookie.
+    assert_eq!(n.post("/ui/sign-out", &[], None).await.status, 403);
+    let p = n.post("/ui/sign-out", &[], Some(&origin)).await;
+    assert_eq!((p.status, p.location()), (303, "/ui/sign-in"));
+    n.keep(&p);
+    assert_eq!(n.get("/ui").await.status, 303);
+
+    // A revoked token signs the browser out on its next page.
+    let (status, v) = admin
+        .post_admin(
+            &format!("/v1/admin/tokens/{province_id}/revoke"),
+            &json!({}),
+        )
+        .await
+        .unwrap();
+    assert!(status == 200 || status == 204, "{status} {v}");
+    let p = b.get("/ui").await;
+    assert_eq!((p.status, p.location()), (303, "/ui/sign-in"));
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|c| match c {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (c as char).to_string()
+            }
+            _ => format!("%{c:02X}"),
+        })
+        .collect()
+}

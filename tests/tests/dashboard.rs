@@ -317,6 +317,92 @@ async fn sign_in_scopes_language_and_assets() {
     let p = e.get("/ui/provinces/320000").await;
     assert!(p.body.contains("E-C") && !p.body.contains("E-A"));
 
+    // Alarms: acknowledge then resolve, shown with who and when, surviving reload, idempotent.
+    let p = n.get("/ui/alarms").await;
+    assert_eq!(p.status, 200);
+    p.assert_secure();
+    let rows = alarm_rows(&p.body);
+    assert_eq!(
+        rows.len(),
+        2,
+        "one weight_fluctuation per enterprise with a terminal"
+    );
+    let (a_alarm, c_alarm) = (
+        rows.iter().find(|(_, e)| e == "E-A").unwrap().0.clone(),
+        rows.iter().find(|(_, e)| e == "E-C").unwrap().0.clone(),
+    );
+    assert!(p.body.contains("重量异常波动") && p.body.contains("未处理"));
+    let handled = || async {
+        admin
+            .events(1, None, &["AnomalyHandled"])
+            .await
+            .unwrap()
+            .len()
+    };
+    let path = format!("/ui/alarms/{a_alarm}");
+    let ack = [("action", "acknowledge"), ("note", "现场已核查")];
+    assert_eq!(n.post(&path, &ack, None).await.status, 403);
+    assert_eq!(
+        n.post(&path, &ack, Some("http://evil.example"))
+            .await
+            .status,
+        403
+    );
+    assert_eq!(handled().await, 0, "refused forms change nothing");
+    let p = n.post(&path, &ack, Some(&origin)).await;
+    assert_eq!(
+        (p.status, p.location()),
+        (303, format!("/ui/alarms#a-{a_alarm}").as_str())
+    );
+    let p = n.get("/ui/alarms").await;
+    let row = alarm_row(&p.body, &a_alarm);
+    assert!(row.contains("已确认"), "{row}");
+    assert!(
+        row.contains(" · 20"),
+        "who and when (China Standard Time): {row}"
+    );
+    assert!(
+        !row.contains("value=\"acknowledge\""),
+        "no second acknowledge offered"
+    );
+    // Again: nothing new.
+    assert_eq!(n.post(&path, &ack, Some(&origin)).await.status, 303);
+    assert_eq!(handled().await, 1);
+    // Resolving needs a note.
+    let p = n
+        .post(
+            &path,
+            &[("action", "resolve"), ("note", "  ")],
+            Some(&origin),
+        )
+        .await;
+    assert_eq!(p.status, 422);
+    assert!(p.body.contains("role=\"alert\""));
+    assert_eq!(handled().await, 1);
+    let resolve = [("action", "resolve"), ("note", "已转运处置")];
+    assert_eq!(n.post(&path, &resolve, Some(&origin)).await.status, 303);
+    let p = n.get("/ui/alarms").await;
+    assert!(
+        !p.body.contains(&format!("id=\"a-{a_alarm}\"")),
+        "a resolved alarm leaves the open list"
+    );
+    let p = n.get("/ui/alarms?all=1").await;
+    assert!(alarm_row(&p.body, &a_alarm).contains("已解决"));
+    assert_eq!(n.post(&path, &resolve, Some(&origin)).await.status, 303);
+    assert_eq!(
+        handled().await,
+        2,
+        "resolved is final: resolving again changes nothing"
+    );
+    // Out of scope: like an alarm that does not exist.
+    let p = b
+        .post(&format!("/ui/alarms/{c_alarm}"), &ack, Some(&origin))
+        .await;
+    assert_eq!(p.status, 404);
+    assert_eq!(handled().await, 2);
+    let p = b.get("/ui/alarms?all=1").await;
+    assert!(p.body.contains(&a_alarm) && !p.body.contains(&c_alarm));
+
     // Signing out needs this site's Origin too, and clears the cookie.
     assert_eq!(n.post("/ui/sign-out", &[], None).await.status, 403);
     let p = n.post("/ui/sign-out", &[], Some(&origin)).await;
@@ -346,4 +432,30 @@ fn urlencode(s: &str) -> String {
             _ => format!("%{c:02X}"),
         })
         .collect()
+}
+
+/// (alarm id, enterprise) of every row of the alarms table.
+fn alarm_rows(body: &str) -> Vec<(String, String)> {
+    body.split("<tr id=\"a-")
+        .skip(1)
+        .map(|row| {
+            let id = row[..row.find('"').unwrap()].to_owned();
+            let enterprise = if row.contains("<td>E-A</td>") {
+                "E-A"
+            } else if row.contains("<td>E-C</td>") {
+                "E-C"
+            } else {
+                "?"
+            };
+            (id, enterprise.to_owned())
+        })
+        .collect()
+}
+
+fn alarm_row<'a>(body: &'a str, id: &str) -> &'a str {
+    let start = body
+        .find(&format!("<tr id=\"a-{id}\""))
+        .unwrap_or_else(|| panic!("no row for {id}"));
+    let rest = &body[start..];
+    &rest[..rest.find("</tr>").unwrap()]
 }

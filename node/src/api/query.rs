@@ -1187,10 +1187,28 @@ async fn handle_anomaly(
     body: Body,
     state: custodian_events::event::AnomalyState,
 ) -> Result<impl IntoResponse, ApiError> {
-    use custodian_events::event::{AnomalyHandled, NOTE_CHARS_MAX};
     let who = caller(&st, &headers)?;
     let raw: RawHandling = read_json(&headers, body, 32 * 1024).await?;
-    let note = raw.note.trim();
+    let seq = handle(&st, &who, &id, &raw.note, state).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        axum::Json(json!({ "anomaly_id": id, "state": state.name(), "event_seq": seq })),
+    ))
+}
+
+/// Acknowledges or resolves anomaly `id` for `who` with `note` (the API's and the dashboard's one way to
+/// do it): 404 out of scope or unknown, 409 when it is resolved already, 422 for an empty or long note.
+/// The sequence of the `AnomalyHandled` it appended.
+pub(crate) async fn handle(
+    st: &Arc<AppState>,
+    who: &crate::tokens::Caller,
+    id: &str,
+    note: &str,
+    state: custodian_events::event::AnomalyState,
+) -> Result<u64, ApiError> {
+    use custodian_events::event::{AnomalyHandled, NOTE_CHARS_MAX};
+    let id = id.to_owned();
+    let note = note.trim();
     if note.is_empty() || note.chars().count() > NOTE_CHARS_MAX {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -1206,7 +1224,7 @@ async fn handle_anomaly(
     .bind(sp)
     .bind(se)
     .bind(&id)
-    .fetch_optional(&pg(&st)?)
+    .fetch_optional(&pg(st)?)
     .await
     .map_err(db_error)?
     else {
@@ -1231,14 +1249,10 @@ async fn handle_anomaly(
         at_ns: st.clock.now_ns(),
     });
     let scope = enterprise.unwrap_or_else(|| custodian_events::keyring::PLATFORM_SCOPE.to_owned());
-    let p = crate::sealing::sealed(&st, &scope, event, Some(&who.token_id)).await?;
+    let p = crate::sealing::sealed(st, &scope, event, Some(&who.token_id)).await?;
     let outcome = st.log.append(vec![p]).await?;
-    let seq = match outcome.first() {
+    Ok(match outcome.first() {
         Some(custodian_events::log::AppendOutcome::Appended { seq }) => *seq,
         _ => 0,
-    };
-    Ok((
-        StatusCode::ACCEPTED,
-        axum::Json(json!({ "anomaly_id": id, "state": state.name(), "event_seq": seq })),
-    ))
+    })
 }

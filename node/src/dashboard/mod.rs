@@ -54,6 +54,8 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/ui/sign-out", post(sign_out))
         .route("/ui/lang", get(switch_language))
         .route("/ui/provinces/{code}", get(province))
+        .route("/ui/alarms", get(alarms))
+        .route("/ui/alarms/{id}", post(handle_alarm))
         .route("/ui/assets/{*file}", get(assets::serve))
 }
 
@@ -132,6 +134,30 @@ struct ProvincePage {
     chrome: Chrome,
     heading: String,
     enterprises: Vec<EnterpriseRow>,
+}
+
+struct AlarmRow {
+    id: String,
+    detected_at: String,
+    kind: String,
+    severity: String,
+    severity_label: &'static str,
+    severity_mark: &'static str,
+    enterprise: String,
+    description: String,
+    state: String,
+    state_label: &'static str,
+    handled: Option<String>,
+}
+
+#[derive(Template)]
+#[template(path = "dashboard/alarms.html")]
+struct AlarmsPage {
+    chrome: Chrome,
+    heading: String,
+    all: bool,
+    problem: Option<String>,
+    rows: Vec<AlarmRow>,
 }
 
 /// The value of cookie `name` in the request.
@@ -593,6 +619,215 @@ async fn province(
             enterprises,
         },
     )
+}
+
+/// How long handling an alarm waits for the PostgreSQL model to show it, so that the page it returns to
+/// (and any reload) shows the new state.
+const HANDLED_VISIBLE_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+#[derive(Deserialize)]
+struct AlarmsQuery {
+    all: Option<String>,
+}
+
+async fn alarms(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Query(q): Query<AlarmsQuery>,
+) -> Response {
+    alarms_page(&st, &headers, q.all.is_some(), None, StatusCode::OK).await
+}
+
+async fn alarms_page(
+    st: &Arc<AppState>,
+    headers: &HeaderMap,
+    all: bool,
+    problem: Option<String>,
+    status: StatusCode,
+) -> Response {
+    let lang = lang_of(headers);
+    let Some(caller) = signed_in(st, headers) else {
+        return redirect("/ui/sign-in");
+    };
+    let Ok(pool) = crate::api::query::pg(st) else {
+        return error_page(StatusCode::SERVICE_UNAVAILABLE, lang, Some(&caller));
+    };
+    let (sp, se) = caller.scope.binds();
+    let Ok(rows) = sqlx::query(
+        "SELECT anomaly_id, kind, severity, coalesce(enterprise_id, '') AS enterprise_id, description, state,            coalesce(state_by, '') AS state_by,            to_char(detected_at AT TIME ZONE 'Asia/Shanghai', 'YYYY-MM-DD HH24:MI:SS') AS detected,            to_char(state_at AT TIME ZONE 'Asia/Shanghai', 'YYYY-MM-DD HH24:MI:SS') AS handled_at          FROM anomalies          WHERE ($1::text IS NULL OR province_code = $1) AND ($2::text IS NULL OR enterprise_id = $2)            AND ($3 OR state <> 'resolved')          ORDER BY detected_at DESC, anomaly_id LIMIT 500",
+    )
+    .bind(&sp)
+    .bind(&se)
+    .bind(all)
+    .fetch_all(&pool)
+    .await
+    else {
+        return error_page(StatusCode::SERVICE_UNAVAILABLE, lang, Some(&caller));
+    };
+    let rows = rows
+        .iter()
+        .map(|r| {
+            let kind: String = r.get("kind");
+            let severity: String = r.get("severity");
+            let state: String = r.get("state");
+            let (severity_label, severity_mark) = match severity.as_str() {
+                "high" => (lang.t("severity_high"), "▲▲▲"),
+                "medium" => (lang.t("severity_medium"), "▲▲"),
+                _ => (lang.t("severity_low"), "▲"),
+            };
+            let state_label = match state.as_str() {
+                "acknowledged" => lang.t("state_acknowledged"),
+                "resolved" => lang.t("state_resolved"),
+                _ => lang.t("state_open"),
+            };
+            let by: String = r.get("state_by");
+            let handled = r
+                .get::<Option<String>, _>("handled_at")
+                .map(|at| format!("{by} · {at}"));
+            AlarmRow {
+                id: r.get("anomaly_id"),
+                detected_at: r.get::<Option<String>, _>("detected").unwrap_or_default(),
+                kind: match lang.t(&format!("kind_{kind}")) {
+                    "?" => kind.clone(),
+                    l => l.to_owned(),
+                },
+                severity,
+                severity_label,
+                severity_mark,
+                enterprise: r.get("enterprise_id"),
+                description: r.get("description"),
+                state,
+                state_label,
+                handled,
+            }
+        })
+        .collect();
+    let heading = lang
+        .t(if all { "alarms_all" } else { "alarms_open" })
+        .to_owned();
+    let back = if all {
+        "/ui/alarms?all=1"
+    } else {
+        "/ui/alarms"
+    };
+    let mut ch = chrome(lang, &heading, back, Some(&caller));
+    ch.crumbs = vec![
+        Crumb {
+            label: lang.t("overview").to_owned(),
+            href: Some("/ui".into()),
+        },
+        Crumb {
+            label: lang.t("alarms").to_owned(),
+            href: None,
+        },
+    ];
+    html(
+        status,
+        &AlarmsPage {
+            chrome: ch,
+            heading,
+            all,
+            problem,
+            rows,
+        },
+    )
+}
+
+#[derive(Deserialize)]
+struct HandleForm {
+    action: String,
+    note: String,
+}
+
+/// Acknowledges or resolves an alarm from the list's form, then shows the list again (303) once the
+/// model shows the new state. Handling it again into a state it is in already changes nothing.
+async fn handle_alarm(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    form: Result<axum::Form<HandleForm>, axum::extract::rejection::FormRejection>,
+) -> Response {
+    use custodian_events::event::AnomalyState;
+    let lang = lang_of(&headers);
+    if !same_origin(&headers) {
+        return error_page(StatusCode::FORBIDDEN, lang, None);
+    }
+    let Some(caller) = signed_in(&st, &headers) else {
+        return redirect("/ui/sign-in");
+    };
+    let Ok(axum::Form(form)) = form else {
+        return alarms_page(
+            &st,
+            &headers,
+            false,
+            Some(lang.t("note_required").to_owned()),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        )
+        .await;
+    };
+    let wanted = match form.action.as_str() {
+        "acknowledge" => AnomalyState::Acknowledged,
+        "resolve" => AnomalyState::Resolved,
+        _ => return error_page(StatusCode::NOT_FOUND, lang, Some(&caller)),
+    };
+    let Ok(pool) = crate::api::query::pg(&st) else {
+        return error_page(StatusCode::SERVICE_UNAVAILABLE, lang, Some(&caller));
+    };
+    let (sp, se) = caller.scope.binds();
+    let current = sqlx::query(
+        "SELECT state FROM anomalies WHERE anomaly_id = $3            AND ($1::text IS NULL OR province_code = $1) AND ($2::text IS NULL OR enterprise_id = $2)",
+    )
+    .bind(&sp)
+    .bind(&se)
+    .bind(&id)
+    .fetch_optional(&pool)
+    .await;
+    let current: String = match current {
+        Ok(Some(r)) => r.get("state"),
+        Ok(None) => return error_page(StatusCode::NOT_FOUND, lang, Some(&caller)),
+        Err(_) => return error_page(StatusCode::SERVICE_UNAVAILABLE, lang, Some(&caller)),
+    };
+    // Idempotent: already in that state (or resolved, which is final): nothing to do.
+    if current == wanted.name() || current == "resolved" {
+        return redirect(&format!("/ui/alarms#a-{id}"));
+    }
+    match crate::api::query::handle(&st, &caller, &id, &form.note, wanted).await {
+        Ok(seq) => {
+            wait_projected(&st, seq).await;
+            redirect(&format!("/ui/alarms#a-{id}"))
+        }
+        Err(e) if e.status == StatusCode::UNPROCESSABLE_ENTITY => {
+            alarms_page(
+                &st,
+                &headers,
+                false,
+                Some(lang.t("note_required").to_owned()),
+                StatusCode::UNPROCESSABLE_ENTITY,
+            )
+            .await
+        }
+        Err(e) if e.status == StatusCode::NOT_FOUND => {
+            error_page(StatusCode::NOT_FOUND, lang, Some(&caller))
+        }
+        Err(_) => error_page(StatusCode::SERVICE_UNAVAILABLE, lang, Some(&caller)),
+    }
+}
+
+/// Waits (up to [`HANDLED_VISIBLE_WAIT`]) until the PostgreSQL model has applied sequence `seq`.
+async fn wait_projected(st: &AppState, seq: u64) {
+    let started = std::time::Instant::now();
+    while started.elapsed() < HANDLED_VISIBLE_WAIT {
+        let done = st.projections.get().is_none_or(|runners| {
+            runners
+                .iter()
+                .filter(|r| r.name() == "postgres")
+                .all(|r| r.status().checkpoint >= seq)
+        });
+        if done {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 }
 
 #[cfg(test)]

@@ -12,16 +12,79 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 fn weighings(terminal: &str, container: &str) -> Vec<u8> {
-    // 100 kg, then 60 kg: a drop of 40 % flags weight_fluctuation.
-    let readings: Vec<Value> = [(1, 100.0), (2, 60.0)]
+    weighings_from(terminal, container, 1)
+}
+
+/// Readings `first` and `first + 1`: 100 kg, then 60 kg — a drop of 40 % flags weight_fluctuation.
+fn weighings_from(terminal: &str, container: &str, first: u64) -> Vec<u8> {
+    let readings: Vec<Value> = [(first, 100.0), (first + 1, 60.0)]
         .iter()
         .map(|(seq, kg)| {
-            json!({"seq": seq, "measured_at": format!("2026-11-20T08:00:0{seq}Z"), "kind": "weight",
+            json!({"seq": seq, "measured_at": format!("2026-11-20T08:00:{seq:02}Z"), "kind": "weight",
                    "value": kg, "unit": "kg", "container_id": container, "stage": "storage_in",
                    "waste_code": "HW08"})
         })
         .collect();
     serde_json::to_vec(&json!({"terminal_id": terminal, "readings": readings})).unwrap()
+}
+
+/// The dashboard's alarm feed as an EventSource reads it.
+struct Feed {
+    response: reqwest::Response,
+    buffer: String,
+}
+
+impl Feed {
+    async fn open(b: &Browser, last_event_id: Option<u64>) -> Feed {
+        let mut req = b
+            .http
+            .get(format!("{}/ui/alarms/feed", b.base))
+            .header(COOKIE, b.cookies.join("; "));
+        if let Some(id) = last_event_id {
+            req = req.header("last-event-id", id.to_string());
+        }
+        let response = req.send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        assert!(
+            response.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("text/event-stream")
+        );
+        Feed {
+            response,
+            buffer: String::new(),
+        }
+    }
+
+    /// The next `anomaly` event (id, data), or `None` after `within`.
+    async fn next(&mut self, within: Duration) -> Option<(u64, Value)> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            while let Some(end) = self.buffer.find("\n\n") {
+                let block: String = self.buffer.drain(..end + 2).collect();
+                let (mut event, mut id, mut data) = ("", None, None);
+                for line in block.lines() {
+                    if let Some(v) = line.strip_prefix("event:") {
+                        event = if v.trim() == "anomaly" { "anomaly" } else { "" };
+                    } else if let Some(v) = line.strip_prefix("id:") {
+                        id = v.trim().parse::<u64>().ok();
+                    } else if let Some(v) = line.strip_prefix("data:") {
+                        data = serde_json::from_str::<Value>(v.trim()).ok();
+                    }
+                }
+                if event == "anomaly"
+                    && let (Some(id), Some(data)) = (id, data)
+                {
+                    return Some((id, data));
+                }
+            }
+            match tokio::time::timeout_at(deadline, self.response.chunk()).await {
+                Ok(Ok(Some(bytes))) => self.buffer.push_str(&String::from_utf8_lossy(&bytes)),
+                _ => return None,
+            }
+        }
+    }
 }
 
 struct Browser {
@@ -402,6 +465,50 @@ async fn sign_in_scopes_language_and_assets() {
     assert_eq!(handled().await, 2);
     let p = b.get("/ui/alarms?all=1").await;
     assert!(p.body.contains(&a_alarm) && !p.body.contains(&c_alarm));
+
+    // The live feed: an alarm caused through the ingest API reaches the province's feed; E-C's never
+    // does; after a dropped connection, Last-Event-ID replays what was missed.
+    let p = b.get("/ui/alarms").await;
+    assert!(p.body.contains("aria-live=\"polite\"") && p.body.contains("id=\"kind-labels\""));
+    assert_eq!(
+        Browser::new(node.url()).get("/ui/alarms/feed").await.status,
+        401,
+        "no feed without a session"
+    );
+    let mut feed = Feed::open(&b, None).await;
+    keys.upload(&admin, "T-C", weighings_from("T-C", "T-C-C0", 3))
+        .await
+        .unwrap();
+    let sent = std::time::Instant::now();
+    keys.upload(&admin, "T-A", weighings_from("T-A", "T-A-C0", 3))
+        .await
+        .unwrap();
+    let (first_id, first) = feed
+        .next(Duration::from_secs(10))
+        .await
+        .expect("an alarm in the feed");
+    let latency = sent.elapsed();
+    eprintln!("ingest → alarm in the dashboard's feed: {latency:?}");
+    assert!(latency < Duration::from_secs(3), "{latency:?}");
+    assert_eq!(first["enterprise_id"], "E-A", "{first}");
+    let mut seen = vec![first_id];
+    while let Some((id, a)) = feed.next(Duration::from_millis(1500)).await {
+        assert_eq!(a["enterprise_id"], "E-A", "out of scope in the feed: {a}");
+        seen.push(id);
+    }
+    drop(feed);
+    // Missed while disconnected: replayed after the last id seen.
+    keys.upload(&admin, "T-A", weighings_from("T-A", "T-A-C0", 5))
+        .await
+        .unwrap();
+    let mut feed = Feed::open(&b, Some(*seen.last().unwrap())).await;
+    let (id, a) = feed
+        .next(Duration::from_secs(10))
+        .await
+        .expect("the missed alarm, replayed");
+    assert!(id > *seen.last().unwrap());
+    assert_eq!(a["enterprise_id"], "E-A");
+    drop(feed);
 
     // Signing out needs this site's Origin too, and clears the cookie.
     assert_eq!(n.post("/ui/sign-out", &[], None).await.status, 403);

@@ -14,6 +14,11 @@ pub const FILES: &[(&str, &str, &[u8])] = &[
         include_bytes!("../../../assets/dashboard.css"),
     ),
     (
+        "dashboard.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("../../../assets/dashboard.js"),
+    ),
+    (
         "vendor/htmx-2.0.11.min.js",
         "text/javascript; charset=utf-8",
         include_bytes!("../../../assets/vendor/htmx-2.0.11.min.js"),

@@ -56,6 +56,7 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/ui/provinces/{code}", get(province))
         .route("/ui/alarms", get(alarms))
         .route("/ui/alarms/{id}", post(handle_alarm))
+        .route("/ui/alarms/feed", get(alarm_feed))
         .route("/ui/assets/{*file}", get(assets::serve))
 }
 
@@ -158,6 +159,27 @@ struct AlarmsPage {
     all: bool,
     problem: Option<String>,
     rows: Vec<AlarmRow>,
+    /// The anomaly kinds' labels in this language, as JSON for the live feed's script (a data block,
+    /// not executed; `<` escaped so that it cannot close its element).
+    kind_labels: String,
+}
+
+/// Every anomaly kind's label in `lang`, as JSON safe inside a `<script type="application/json">`.
+fn kind_labels(lang: Lang) -> String {
+    let map: serde_json::Map<String, serde_json::Value> = [
+        "weight_fluctuation",
+        "manifest_weight_mismatch",
+        "storage_overdue",
+        "over_capacity",
+        "terminal_silent",
+        "tamper_suspected",
+    ]
+    .iter()
+    .map(|k| ((*k).to_owned(), lang.t(&format!("kind_{k}")).into()))
+    .collect();
+    serde_json::Value::Object(map)
+        .to_string()
+        .replace('<', "\\u003c")
 }
 
 /// The value of cookie `name` in the request.
@@ -729,8 +751,30 @@ async fn alarms_page(
             all,
             problem,
             rows,
+            kind_labels: kind_labels(lang),
         },
     )
+}
+
+/// `GET /ui/alarms/feed`: the API's anomaly feed (`/v1/anomalies/stream`) for the signed-in session —
+/// the same scope filter, the same `Last-Event-ID` replay — authenticated by the session cookie, which
+/// an `EventSource` sends where it could not send a header.
+async fn alarm_feed(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    let Some(token) = cookie(&headers, SESSION_COOKIE) else {
+        return secure((StatusCode::UNAUTHORIZED, "sign in first").into_response());
+    };
+    let mut api = HeaderMap::new();
+    match HeaderValue::from_str(&format!("Bearer {token}")) {
+        Ok(v) => api.insert(header::AUTHORIZATION, v),
+        Err(_) => return secure((StatusCode::UNAUTHORIZED, "sign in first").into_response()),
+    };
+    if let Some(last) = headers.get("last-event-id") {
+        api.insert("last-event-id", last.clone());
+    }
+    match crate::api::query::anomaly_stream(State(st), api).await {
+        Ok(stream) => secure(stream.into_response()),
+        Err(e) => secure(e.into_response()),
+    }
 }
 
 #[derive(Deserialize)]

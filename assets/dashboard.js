@@ -1,0 +1,39 @@
+// The dashboard's one script: the live alarm feed. New alarms in the signed-in scope arrive as
+// server-sent events from /ui/alarms/feed (the session cookie authenticates it; on a reconnect the browser
+// sends Last-Event-ID and the node replays what was missed) and are announced in a polite live region.
+(function () {
+  "use strict";
+  var region = document.getElementById("live-alarms");
+  if (!region || !window.EventSource) {
+    return;
+  }
+  var list = region.querySelector("ol");
+  var labels = {};
+  var labelsNode = document.getElementById("kind-labels");
+  if (labelsNode) {
+    try {
+      labels = JSON.parse(labelsNode.textContent);
+    } catch (e) {
+      labels = {};
+    }
+  }
+  var source = new EventSource("/ui/alarms/feed");
+  source.addEventListener("anomaly", function (e) {
+    var a;
+    try {
+      a = JSON.parse(e.data);
+    } catch (err) {
+      return;
+    }
+    var kind = a.anomaly && a.anomaly.kind ? String(a.anomaly.kind) : "";
+    var li = document.createElement("li");
+    li.setAttribute("data-seq", String(a.event_seq));
+    li.textContent = [labels[kind] || kind, a.enterprise_id || "", a.description || ""]
+      .filter(function (s) { return s; })
+      .join(" · ");
+    list.insertBefore(li, list.firstChild);
+    while (list.children.length > 50) {
+      list.removeChild(list.lastChild);
+    }
+  });
+})();

@@ -328,6 +328,51 @@ async fn sign_in_scopes_language_and_assets() {
     assert_eq!(other.title(), absent.title());
     assert!(!other.body.contains("E-C"));
 
+    // Drill-down by links: province → enterprise → container, with the custody chain's fingerprints as
+    // the log has them; out of scope, each answers like a page that does not exist.
+    let p = b.get("/ui/provinces/440000").await;
+    assert!(p.body.contains("href=\"/ui/enterprises/E-A\""));
+    let p = b.get("/ui/enterprises/E-A").await;
+    assert_eq!(p.status, 200, "{}", p.body);
+    p.assert_secure();
+    assert!(p.body.contains("E-A 危废处置"));
+    assert!(p.body.contains("href=\"/ui/terminals/T-A\""));
+    assert!(
+        p.body.contains("href=\"/ui/containers/T-A-C0\""),
+        "in storage: {}",
+        p.body
+    );
+    assert!(p.body.contains("60.0"), "its last weight in kg");
+    assert!(
+        p.body.contains("href=\"/ui/provinces/440000\""),
+        "breadcrumb back up"
+    );
+    let p = b.get("/ui/containers/T-A-C0").await;
+    assert_eq!(p.status, 200, "{}", p.body);
+    let logged = admin.events(1, None, &["ReadingRecorded"]).await.unwrap();
+    let fingerprints: Vec<&str> = logged
+        .iter()
+        .filter(|e| e["stream"] == "terminal:T-A")
+        .map(|e| e["fingerprint"].as_str().unwrap())
+        .collect();
+    assert_eq!(fingerprints.len(), 2);
+    for f in &fingerprints {
+        assert!(
+            p.body.contains(f),
+            "the custody chain shows fingerprint {f}"
+        );
+    }
+    for path in [
+        "/ui/enterprises/E-C",
+        "/ui/enterprises/E-Z",
+        "/ui/containers/T-C-C0",
+        "/ui/containers/nope",
+    ] {
+        let p = b.get(path).await;
+        assert_eq!(p.status, 404, "{path}");
+        assert_eq!(p.title(), absent.title(), "{path}");
+    }
+
     // Language: switched by a cookie, back to the page it came from; never to another site.
     let p = b.get("/ui/lang?to=en&back=/ui/provinces/440000").await;
     assert_eq!((p.status, p.location()), (303, "/ui/provinces/440000"));

@@ -54,6 +54,8 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/ui/sign-out", post(sign_out))
         .route("/ui/lang", get(switch_language))
         .route("/ui/provinces/{code}", get(province))
+        .route("/ui/enterprises/{id}", get(enterprise))
+        .route("/ui/containers/{id}", get(container))
         .route("/ui/alarms", get(alarms))
         .route("/ui/alarms/{id}", post(handle_alarm))
         .route("/ui/alarms/feed", get(alarm_feed))
@@ -180,6 +182,73 @@ fn kind_labels(lang: Lang) -> String {
     serde_json::Value::Object(map)
         .to_string()
         .replace('<', "\\u003c")
+}
+
+struct TerminalRow {
+    id: String,
+    kind: String,
+    state: &'static str,
+    state_label: &'static str,
+    mark: &'static str,
+    last: String,
+    readings: String,
+}
+
+struct ContainerRow {
+    id: String,
+    waste_code: String,
+    stage: String,
+    weight_kg: String,
+    last: String,
+}
+
+struct KpiRow {
+    day: String,
+    readings: String,
+    weighed_kg: String,
+    in_kg: String,
+    out_kg: String,
+    anomalies: String,
+}
+
+#[derive(Template)]
+#[template(path = "dashboard/enterprise.html")]
+struct EnterprisePage {
+    chrome: Chrome,
+    heading: String,
+    id: String,
+    province_code: String,
+    province: String,
+    city: String,
+    capacity_kg: String,
+    in_storage_kg: String,
+    open_alarms: String,
+    terminals: Vec<TerminalRow>,
+    containers: Vec<ContainerRow>,
+    kpis: Vec<KpiRow>,
+}
+
+struct CustodyStep {
+    at: String,
+    stage: String,
+    terminal: String,
+    weight_kg: String,
+    manifest: String,
+    seq: i64,
+    fingerprint: String,
+}
+
+#[derive(Template)]
+#[template(path = "dashboard/container.html")]
+struct ContainerPage {
+    chrome: Chrome,
+    heading: String,
+    id: String,
+    enterprise: String,
+    waste_code: String,
+    stage: String,
+    weight_kg: String,
+    steps: Vec<CustodyStep>,
 }
 
 /// The value of cookie `name` in the request.
@@ -639,6 +708,236 @@ async fn province(
             chrome: ch,
             heading,
             enterprises,
+        },
+    )
+}
+
+/// `time` in China Standard Time, as the pages show instants (SQL).
+const CST: &str = "'YYYY-MM-DD HH24:MI:SS'";
+
+async fn enterprise(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    let lang = lang_of(&headers);
+    let Some(caller) = signed_in(&st, &headers) else {
+        return redirect("/ui/sign-in");
+    };
+    let Ok(pool) = crate::api::query::pg(&st) else {
+        return error_page(StatusCode::SERVICE_UNAVAILABLE, lang, Some(&caller));
+    };
+    let unavailable = || error_page(StatusCode::SERVICE_UNAVAILABLE, lang, Some(&caller));
+    let (sp, se) = caller.scope.binds();
+    let e = match sqlx::query(
+        "SELECT id, name, province_code, city_code, storage_capacity_mg,            (SELECT coalesce(sum(last_weight_mg), 0)::int8 FROM containers c               WHERE c.enterprise_id = e.id AND c.stage = 'storage_in') AS in_storage_mg,            (SELECT count(*) FROM anomalies a WHERE a.enterprise_id = e.id AND a.state <> 'resolved') AS open          FROM enterprises e WHERE id = $3            AND ($1::text IS NULL OR province_code = $1) AND ($2::text IS NULL OR id = $2)",
+    )
+    .bind(&sp)
+    .bind(&se)
+    .bind(&id)
+    .fetch_optional(&pool)
+    .await
+    {
+        Ok(Some(e)) => e,
+        // Out of scope answers like an enterprise that does not exist.
+        Ok(None) => return error_page(StatusCode::NOT_FOUND, lang, Some(&caller)),
+        Err(_) => return unavailable(),
+    };
+    let now_ns = st.clock.now_ns();
+    let Ok(terminals) = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT id, kind, readings,            to_char(last_measured_at AT TIME ZONE 'Asia/Shanghai', {CST}) AS last,            coalesce(last_measured_at >= ns_to_ts($2) - 3 * report_interval_s * INTERVAL '1 second', false) AS online          FROM terminals WHERE enterprise_id = $1 ORDER BY id LIMIT 1000"
+    )))
+    .bind(&id)
+    .bind(now_ns)
+    .fetch_all(&pool)
+    .await
+    else {
+        return unavailable();
+    };
+    let Ok(containers) = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT id, coalesce(waste_code, '') AS waste_code, coalesce(stage, '') AS stage, last_weight_mg,            to_char(last_measured_at AT TIME ZONE 'Asia/Shanghai', {CST}) AS last          FROM containers WHERE enterprise_id = $1 AND stage = 'storage_in' ORDER BY id LIMIT 1000"
+    )))
+    .bind(&id)
+    .fetch_all(&pool)
+    .await
+    else {
+        return unavailable();
+    };
+    let Ok(kpis) = sqlx::query(
+        "SELECT day::text AS day, readings, weighed_mg, storage_in_mg, storage_out_mg, anomalies          FROM daily_kpis WHERE enterprise_id = $1 ORDER BY day DESC LIMIT 7",
+    )
+    .bind(&id)
+    .fetch_all(&pool)
+    .await
+    else {
+        return unavailable();
+    };
+    let kg = |mg: i64| lang.dec1(mg as f64 / 1e6);
+    let name: String = e.get("name");
+    let province_code: String = e.get("province_code");
+    let province = province_name(&province_code, lang);
+    let heading = format!("{name}（{id}）");
+    let mut ch = chrome(lang, &name, &format!("/ui/enterprises/{id}"), Some(&caller));
+    ch.crumbs = vec![
+        Crumb {
+            label: lang.t("overview").to_owned(),
+            href: Some("/ui".into()),
+        },
+        Crumb {
+            label: province.clone(),
+            href: Some(format!("/ui/provinces/{province_code}")),
+        },
+        Crumb {
+            label: name.clone(),
+            href: None,
+        },
+    ];
+    html(
+        StatusCode::OK,
+        &EnterprisePage {
+            chrome: ch,
+            heading,
+            id: id.clone(),
+            province,
+            province_code,
+            city: e.get("city_code"),
+            capacity_kg: kg(e.get("storage_capacity_mg")),
+            in_storage_kg: kg(e.get("in_storage_mg")),
+            open_alarms: lang.int(e.get("open")),
+            terminals: terminals
+                .iter()
+                .map(|t| {
+                    let online: bool = t.get("online");
+                    TerminalRow {
+                        id: t.get("id"),
+                        kind: t.get("kind"),
+                        state: if online { "online" } else { "offline" },
+                        state_label: lang.t(if online { "online" } else { "offline" }),
+                        mark: if online { "●" } else { "○" },
+                        last: t.get::<Option<String>, _>("last").unwrap_or_default(),
+                        readings: lang.int(t.get("readings")),
+                    }
+                })
+                .collect(),
+            containers: containers
+                .iter()
+                .map(|c| ContainerRow {
+                    id: c.get("id"),
+                    waste_code: c.get("waste_code"),
+                    stage: c.get("stage"),
+                    weight_kg: kg(c.get("last_weight_mg")),
+                    last: c.get::<Option<String>, _>("last").unwrap_or_default(),
+                })
+                .collect(),
+            kpis: kpis
+                .iter()
+                .map(|k| KpiRow {
+                    day: k.get("day"),
+                    readings: lang.int(k.get("readings")),
+                    weighed_kg: kg(k.get("weighed_mg")),
+                    in_kg: kg(k.get("storage_in_mg")),
+                    out_kg: kg(k.get("storage_out_mg")),
+                    anomalies: lang.int(k.get("anomalies")),
+                })
+                .collect(),
+        },
+    )
+}
+
+async fn container(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    let lang = lang_of(&headers);
+    let Some(caller) = signed_in(&st, &headers) else {
+        return redirect("/ui/sign-in");
+    };
+    let Ok(pool) = crate::api::query::pg(&st) else {
+        return error_page(StatusCode::SERVICE_UNAVAILABLE, lang, Some(&caller));
+    };
+    let unavailable = || error_page(StatusCode::SERVICE_UNAVAILABLE, lang, Some(&caller));
+    let (sp, se) = caller.scope.binds();
+    let c = match sqlx::query(
+        "SELECT c.id, c.enterprise_id, coalesce(c.waste_code, '') AS waste_code,            coalesce(c.stage, '') AS stage, c.last_weight_mg FROM containers c            JOIN enterprises e ON e.id = c.enterprise_id          WHERE c.id = $3 AND ($1::text IS NULL OR e.province_code = $1) AND ($2::text IS NULL OR e.id = $2)",
+    )
+    .bind(&sp)
+    .bind(&se)
+    .bind(&id)
+    .fetch_optional(&pool)
+    .await
+    {
+        Ok(Some(c)) => c,
+        Ok(None) => return error_page(StatusCode::NOT_FOUND, lang, Some(&caller)),
+        Err(_) => return unavailable(),
+    };
+    let enterprise: String = c.get("enterprise_id");
+    let Ok(chain) = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT event_seq, stage, terminal_id, weight_mg, coalesce(manifest_id, '') AS manifest_id,            to_char(measured_at AT TIME ZONE 'Asia/Shanghai', {CST}) AS at          FROM custody WHERE container_id = $1 AND enterprise_id = $2          ORDER BY measured_at, event_seq LIMIT 2000"
+    )))
+    .bind(&id)
+    .bind(&enterprise)
+    .fetch_all(&pool)
+    .await
+    else {
+        return unavailable();
+    };
+    // Each step's fingerprint, from the log itself: what a court would be shown.
+    let steps = chain
+        .iter()
+        .map(|r| {
+            let seq: i64 = r.get("event_seq");
+            let fingerprint = st
+                .log
+                .read(seq as u64, 1)
+                .ok()
+                .and_then(|e| e.into_iter().next())
+                .filter(|e| e.seq == seq as u64)
+                .map(|e| e.fingerprint_hex())
+                .unwrap_or_default();
+            CustodyStep {
+                at: r.get::<Option<String>, _>("at").unwrap_or_default(),
+                stage: r.get("stage"),
+                terminal: r.get("terminal_id"),
+                weight_kg: lang.dec1(r.get::<i64, _>("weight_mg") as f64 / 1e6),
+                manifest: r.get("manifest_id"),
+                seq,
+                fingerprint,
+            }
+        })
+        .collect();
+    let heading = format!("{}：{id}", lang.t("container"));
+    let mut ch = chrome(
+        lang,
+        &heading,
+        &format!("/ui/containers/{id}"),
+        Some(&caller),
+    );
+    ch.crumbs = vec![
+        Crumb {
+            label: lang.t("overview").to_owned(),
+            href: Some("/ui".into()),
+        },
+        Crumb {
+            label: enterprise.clone(),
+            href: Some(format!("/ui/enterprises/{enterprise}")),
+        },
+        Crumb {
+            label: id.clone(),
+            href: None,
+        },
+    ];
+    html(
+        StatusCode::OK,
+        &ContainerPage {
+            chrome: ch,
+            heading,
+            id: id.clone(),
+            enterprise,
+            waste_code: c.get("waste_code"),
+            stage: c.get("stage"),
+            weight_kg: lang.dec1(c.get::<i64, _>("last_weight_mg") as f64 / 1e6),
+            steps,
         },
     )
 }

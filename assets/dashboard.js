@@ -37,3 +37,30 @@
     }
   });
 })();
+
+// The weights chart of a terminal's page: the server already thinned the series to the pixels shown
+// (#weights-data: seconds and kilograms); uPlot draws it. The table beside it says the same in words.
+(function () {
+  "use strict";
+  var el = document.getElementById("weights-chart");
+  var dataNode = document.getElementById("weights-data");
+  if (!el || !dataNode || !window.uPlot) {
+    return;
+  }
+  var d;
+  try {
+    d = JSON.parse(dataNode.textContent);
+  } catch (e) {
+    return;
+  }
+  var width = Math.min(el.parentElement.clientWidth || d.width, d.width);
+  // uPlot shows times in the browser's zone; the pages are in China Standard Time.
+  var opts = {
+    width: width,
+    height: 320,
+    tzDate: function (ts) { return window.uPlot.tzDate(new Date(ts * 1000), "Asia/Shanghai"); },
+    series: [{}, { label: d.label, stroke: "#0969da", width: 1.5 }],
+    axes: [{}, { label: d.unit }]
+  };
+  new window.uPlot(opts, [d.t, d.v], el);
+})();

@@ -373,6 +373,31 @@ async fn sign_in_scopes_language_and_assets() {
         assert_eq!(p.title(), absent.title(), "{path}");
     }
 
+    // A terminal's weights: the chart's data and its table alternative, from InfluxDB through the
+    // API's own scoped query, in China Standard Time.
+    let p = b.get("/ui/terminals/T-A?days=1&until=2026-11-20").await;
+    assert_eq!(p.status, 200, "{}", p.body);
+    p.assert_secure();
+    assert!(p.body.contains("id=\"weights-chart\"") && p.body.contains("role=\"img\""));
+    assert!(
+        p.body
+            .contains("/ui/assets/vendor/uPlot-1.6.32.iife.min.js")
+    );
+    let data_start = p.body.find("id=\"weights-data\">").unwrap() + "id=\"weights-data\">".len();
+    let data: Value = serde_json::from_str(
+        &p.body[data_start..data_start + p.body[data_start..].find("</script>").unwrap()],
+    )
+    .unwrap();
+    assert_eq!(data["v"], json!([100.0, 60.0]), "{data}");
+    assert!(
+        p.body
+            .contains("<td>2026-11-20 16:00:01</td><td>100.0</td>"),
+        "CST table row"
+    );
+    assert!(p.body.contains("<td>2026-11-20 16:00:02</td><td>60.0</td>"));
+    assert_eq!(b.get("/ui/terminals/T-C").await.status, 404);
+    assert_eq!(b.get("/ui/terminals/T-Z").await.status, 404);
+
     // Language: switched by a cookie, back to the page it came from; never to another site.
     let p = b.get("/ui/lang?to=en&back=/ui/provinces/440000").await;
     assert_eq!((p.status, p.location()), (303, "/ui/provinces/440000"));

@@ -78,6 +78,21 @@ impl Lang {
 }
 
 const ZH_CN: &[(&str, &str)] = &[
+    ("range", "时间范围"),
+    ("range_day", "1 天"),
+    ("range_week", "7 天"),
+    ("range_month", "30 天"),
+    ("weights_chart", "重量曲线"),
+    ("no_readings", "这段时间没有读数。"),
+    ("as_table", "以表格查看"),
+    (
+        "thinned",
+        "共 {n} 个读数，按屏幕宽度保留每段的最大和最小值后显示 {m} 个点。",
+    ),
+    (
+        "readings_unavailable",
+        "时序数据库暂时无法访问，曲线无法显示。",
+    ),
     ("profile", "基本信息"),
     ("storage_capacity_kg", "贮存能力（千克）"),
     ("none", "暂无。"),
@@ -194,6 +209,21 @@ const ZH_CN: &[(&str, &str)] = &[
 ];
 
 const EN: &[(&str, &str)] = &[
+    ("range", "Range"),
+    ("range_day", "1 day"),
+    ("range_week", "7 days"),
+    ("range_month", "30 days"),
+    ("weights_chart", "Weights"),
+    ("no_readings", "No readings in this range."),
+    ("as_table", "Show as a table"),
+    (
+        "thinned",
+        "{n} readings, thinned to {m} points for the width shown (the highest and lowest of each slice kept).",
+    ),
+    (
+        "readings_unavailable",
+        "The time-series database cannot be reached; the chart cannot be shown.",
+    ),
     ("profile", "Profile"),
     ("storage_capacity_kg", "Storage capacity (kg)"),
     ("none", "None yet."),

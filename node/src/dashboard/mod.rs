@@ -56,6 +56,7 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/ui/provinces/{code}", get(province))
         .route("/ui/enterprises/{id}", get(enterprise))
         .route("/ui/containers/{id}", get(container))
+        .route("/ui/terminals/{id}", get(terminal))
         .route("/ui/alarms", get(alarms))
         .route("/ui/alarms/{id}", post(handle_alarm))
         .route("/ui/alarms/feed", get(alarm_feed))
@@ -249,6 +250,70 @@ struct ContainerPage {
     stage: String,
     weight_kg: String,
     steps: Vec<CustodyStep>,
+}
+
+struct RangeLink {
+    label: &'static str,
+    href: String,
+    current: bool,
+}
+
+struct PointRow {
+    at: String,
+    kg: String,
+}
+
+#[derive(Template)]
+#[template(path = "dashboard/terminal.html")]
+struct TerminalPage {
+    chrome: Chrome,
+    heading: String,
+    range_label: String,
+    ranges: Vec<RangeLink>,
+    problem: Option<String>,
+    thinned_note: String,
+    chart_label: String,
+    points: Vec<PointRow>,
+    /// `{"t": [seconds], "v": [kg], "width", "label", "unit"}` for the chart's script.
+    series_json: String,
+}
+
+/// The chart's width in pixels: the series is thinned to at most two points per pixel.
+pub const CHART_WIDTH_PX: usize = 720;
+
+/// Thins a time-ordered series to at most `2 · width` points: the span `from..to` is cut into `width`
+/// slices (one per pixel) and each slice keeps its lowest and its highest point, in time order — so
+/// every spike and every drop a regulator must see survives, whatever the density.
+pub fn thin(points: &[(i64, f64)], from_ns: i64, to_ns: i64, width: usize) -> Vec<(i64, f64)> {
+    if points.len() <= 2 * width || width == 0 || to_ns <= from_ns {
+        return points.to_vec();
+    }
+    let span = (to_ns - from_ns) as i128;
+    type Point = (i64, f64);
+    let mut slices: Vec<Option<(Point, Point)>> = vec![None; width];
+    for &(t, v) in points {
+        let k =
+            (((t - from_ns).max(0) as i128 * width as i128) / span).min(width as i128 - 1) as usize;
+        let slot = &mut slices[k];
+        *slot = Some(match *slot {
+            None => ((t, v), (t, v)),
+            Some((lo, hi)) => (
+                if v < lo.1 { (t, v) } else { lo },
+                if v > hi.1 { (t, v) } else { hi },
+            ),
+        });
+    }
+    let mut out = Vec::with_capacity(2 * width);
+    for (lo, hi) in slices.into_iter().flatten() {
+        if lo.0 == hi.0 {
+            out.push(lo);
+        } else if lo.0 < hi.0 {
+            out.extend([lo, hi]);
+        } else {
+            out.extend([hi, lo]);
+        }
+    }
+    out
 }
 
 /// The value of cookie `name` in the request.
@@ -942,6 +1007,205 @@ async fn container(
     )
 }
 
+#[derive(Deserialize)]
+struct TerminalQuery {
+    days: Option<u32>,
+    /// The range's last China Standard Time day (`YYYY-MM-DD`); today by default.
+    until: Option<String>,
+}
+
+fn cst_time(ns: i64) -> String {
+    let fmt = time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second]");
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ns))
+        .map(|t| t.to_offset(time::macros::offset!(+8)))
+        .ok()
+        .and_then(|t| t.format(&fmt).ok())
+        .unwrap_or_default()
+}
+
+async fn terminal(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Query(q): Query<TerminalQuery>,
+) -> Response {
+    let lang = lang_of(&headers);
+    let Some(caller) = signed_in(&st, &headers) else {
+        return redirect("/ui/sign-in");
+    };
+    let Ok(pool) = crate::api::query::pg(&st) else {
+        return error_page(StatusCode::SERVICE_UNAVAILABLE, lang, Some(&caller));
+    };
+    let (sp, se) = caller.scope.binds();
+    let t = match sqlx::query(
+        "SELECT t.id, t.enterprise_id, t.kind FROM terminals t JOIN enterprises e ON e.id = t.enterprise_id          WHERE t.id = $3 AND ($1::text IS NULL OR e.province_code = $1) AND ($2::text IS NULL OR e.id = $2)",
+    )
+    .bind(&sp)
+    .bind(&se)
+    .bind(&id)
+    .fetch_optional(&pool)
+    .await
+    {
+        Ok(Some(t)) => t,
+        Ok(None) => return error_page(StatusCode::NOT_FOUND, lang, Some(&caller)),
+        Err(_) => return error_page(StatusCode::SERVICE_UNAVAILABLE, lang, Some(&caller)),
+    };
+    let enterprise: String = t.get("enterprise_id");
+    let days = q.days.filter(|d| matches!(d, 1 | 7 | 30)).unwrap_or(7);
+    let cst = time::macros::offset!(+8);
+    let until = q
+        .until
+        .as_deref()
+        .and_then(|d| {
+            time::Date::parse(d, time::macros::format_description!("[year]-[month]-[day]")).ok()
+        })
+        .unwrap_or_else(|| {
+            time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(st.clock.now_ns()))
+                .map(|t| t.to_offset(cst).date())
+                .unwrap_or(time::macros::date!(2026 - 01 - 01))
+        });
+    let end = until
+        .next_day()
+        .unwrap_or(until)
+        .midnight()
+        .assume_offset(cst);
+    let start = end - time::Duration::days(i64::from(days));
+    let (from_ns, to_ns) = (
+        start.unix_timestamp_nanos() as i64,
+        end.unix_timestamp_nanos() as i64,
+    );
+    let rfc = |ns: i64| custodian_events::reading::format_utc_ns(ns);
+    // One day raw; longer ranges as hourly minima and maxima (the API's limit on raw points).
+    let calls: Vec<String> = if days == 1 {
+        vec![format!("from={}&to={}", rfc(from_ns), rfc(to_ns))]
+    } else {
+        ["min", "max"]
+            .iter()
+            .map(|agg| format!("from={}&to={}&every=1h&agg={agg}", rfc(from_ns), rfc(to_ns)))
+            .collect()
+    };
+    let mut raw: Vec<(i64, f64)> = Vec::new();
+    let mut problem = None;
+    for query in calls {
+        let mut bearer = HeaderMap::new();
+        if let Some(token) = cookie(&headers, SESSION_COOKIE)
+            && let Ok(v) = HeaderValue::from_str(&format!("Bearer {token}"))
+        {
+            bearer.insert(header::AUTHORIZATION, v);
+        }
+        let uri: axum::http::Uri = match format!("/?{}", query.replace('+', "%2B")).parse() {
+            Ok(u) => u,
+            Err(_) => continue,
+        };
+        let Ok(q) = Query::try_from_uri(&uri) else {
+            continue;
+        };
+        let answer = crate::api::query::terminal_readings(
+            State(st.clone()),
+            Path(id.clone()),
+            bearer,
+            Ok(q),
+        )
+        .await
+        .map(IntoResponse::into_response);
+        let body = match answer {
+            Ok(r) if r.status().is_success() => {
+                axum::body::to_bytes(r.into_body(), 16 * 1024 * 1024)
+                    .await
+                    .ok()
+            }
+            _ => None,
+        };
+        let Some(v) = body.and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        else {
+            problem = Some(lang.t("readings_unavailable").to_owned());
+            break;
+        };
+        for item in v["items"].as_array().into_iter().flatten() {
+            let at = item["time"]
+                .as_str()
+                .and_then(|s| {
+                    time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+                        .ok()
+                })
+                .map(|t| t.unix_timestamp_nanos() as i64);
+            if let (Some(at), Some(value)) = (at, item["value"].as_f64()) {
+                raw.push((at, value));
+            }
+        }
+    }
+    raw.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1)));
+    let points = thin(&raw, from_ns, to_ns, CHART_WIDTH_PX);
+    let range_label = format!(
+        "{} – {}",
+        cst_time(from_ns),
+        cst_time(to_ns - 1_000_000_000)
+    );
+    let ranges = [(1, "range_day"), (7, "range_week"), (30, "range_month")]
+        .iter()
+        .map(|(d, key)| RangeLink {
+            label: lang.t(key),
+            href: format!("/ui/terminals/{id}?days={d}&until={until}"),
+            current: *d == days,
+        })
+        .collect();
+    let chart_label = format!("{} {id} · {}", lang.t("weights_chart"), lang.t("weight_kg"));
+    let series_json = serde_json::json!({
+        "t": points.iter().map(|(t, _)| *t as f64 / 1e9).collect::<Vec<_>>(),
+        "v": points.iter().map(|(_, v)| *v).collect::<Vec<_>>(),
+        "width": CHART_WIDTH_PX,
+        "label": lang.t("weight_kg"),
+        "unit": "kg",
+    })
+    .to_string()
+    .replace('<', "\\u003c");
+    let thinned_note = lang
+        .t("thinned")
+        .replace("{n}", &lang.int(raw.len() as i64))
+        .replace("{m}", &lang.int(points.len() as i64));
+    let heading = format!("{}：{id}", lang.t("terminal"));
+    let mut ch = chrome(
+        lang,
+        &heading,
+        &format!("/ui/terminals/{id}?days={days}&until={until}"),
+        Some(&caller),
+    );
+    ch.crumbs = vec![
+        Crumb {
+            label: lang.t("overview").to_owned(),
+            href: Some("/ui".into()),
+        },
+        Crumb {
+            label: enterprise.clone(),
+            href: Some(format!("/ui/enterprises/{enterprise}")),
+        },
+        Crumb {
+            label: id.clone(),
+            href: None,
+        },
+    ];
+    html(
+        StatusCode::OK,
+        &TerminalPage {
+            chrome: ch,
+            heading,
+            range_label,
+            ranges,
+            problem,
+            thinned_note,
+            chart_label,
+            points: points
+                .iter()
+                .map(|(t, v)| PointRow {
+                    at: cst_time(*t),
+                    kg: lang.dec1(*v),
+                })
+                .collect(),
+            series_json,
+        },
+    )
+}
+
 /// How long handling an alarm waits for the PostgreSQL model to show it, so that the page it returns to
 /// (and any reload) shows the new state.
 const HANDLED_VISIBLE_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
@@ -1176,6 +1440,25 @@ async fn wait_projected(st: &AppState, seq: u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn thinning_keeps_every_slices_extremes_in_time_order_and_at_most_two_points_a_pixel() {
+        // 100,000 points over 1,000 s with one spike and one drop.
+        let mut pts: Vec<(i64, f64)> = (0..100_000)
+            .map(|i| (i as i64 * 10_000_000, 50.0 + ((i % 7) as f64)))
+            .collect();
+        pts[31_337].1 = 400.0;
+        pts[77_777].1 = -3.0;
+        let out = thin(&pts, 0, 1_000_000_000_000, 720);
+        assert!(out.len() <= 1440, "{}", out.len());
+        assert!(out.windows(2).all(|w| w[0].0 <= w[1].0), "time order");
+        assert!(out.contains(&pts[31_337]) && out.contains(&pts[77_777]));
+        let max = out.iter().map(|p| p.1).fold(f64::MIN, f64::max);
+        let min = out.iter().map(|p| p.1).fold(f64::MAX, f64::min);
+        assert_eq!((min, max), (-3.0, 400.0));
+        // Few points pass untouched.
+        assert_eq!(thin(&pts[..10], 0, 1_000, 720), pts[..10].to_vec());
+    }
 
     #[test]
     fn cookies_are_found_by_name_among_several_headers() {

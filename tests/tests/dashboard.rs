@@ -262,6 +262,11 @@ async fn sign_in_scopes_language_and_assets() {
     p.assert_secure();
     assert!(p.body.contains("<html lang=\"zh-CN\">"));
     assert!(p.body.contains("<label for=\"token\">"));
+    assert!(
+        p.body.contains("lang=\"en\">English</a>"),
+        "the switch offers English, in English"
+    );
+    assert_eq!(p.headers["referrer-policy"], "same-origin");
 
     // Forms from anywhere but this site are refused, and change nothing.
     let origin = b.origin();

@@ -12,7 +12,8 @@
 //!   else is refused 403 and changes nothing.
 //! - **Headers** on every `/ui` response: `Content-Security-Policy: default-src 'self'` (plus
 //!   `frame-ancestors 'none'`, `form-action 'self'`, `base-uri 'none'`), `X-Content-Type-Options:
-//!   nosniff`, `Referrer-Policy: no-referrer`.
+//!   nosniff`, `Referrer-Policy: same-origin` (not `no-referrer`, with which browsers send `Origin: null`
+//!   on form posts and the Origin check could not pass).
 //! - **Languages**: zh-CN (default) and English, switched by `/ui/lang?to=en&back=/ui/...` (a cookie);
 //!   `lang` set on every page.
 //!
@@ -367,7 +368,7 @@ pub fn secure(mut response: Response) -> Response {
     );
     h.insert(
         header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
+        HeaderValue::from_static("same-origin"),
     );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response

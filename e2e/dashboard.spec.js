@@ -143,6 +143,24 @@ test("an alarm caused through the ingest API appears in the live feed; nothing o
   await shot(page, "alarms-live");
 });
 
+test("search by keyboard, and a manifest", async ({ page }) => {
+  await signIn(page, "national");
+  await tabTo(page, 'a[href="/ui/search"]');
+  await page.keyboard.press("Enter");
+  await expect(page).toHaveURL(/\/ui\/search$/);
+  await page.getByLabel("关键词").fill("重量异常波动");
+  await page.getByLabel("关键词").press("Enter");
+  await expect(page.locator("ol.hits li")).not.toHaveCount(0);
+  await expect(page.locator("ol.hits")).toContainText("E-A");
+  await shot(page, "search");
+  await noSeriousAxeFindings(page, "the search page");
+  await page.goto(url("/ui/manifests/M-1"));
+  await expect(page.locator("h1")).toContainText("M-1");
+  await expect(page.getByRole("link", { name: "T-A-C0" })).toHaveCount(1);
+  await shot(page, "manifest");
+  await noSeriousAxeFindings(page, "the manifest page");
+});
+
 test("switching the language", async ({ page }) => {
   await signIn(page, "national");
   await expect(page.locator(".tile")).toHaveCount(31);

@@ -585,6 +585,54 @@ async fn sign_in_scopes_language_and_assets() {
     assert_eq!(a["enterprise_id"], "E-A");
     drop(feed);
 
+    // A manifest between the two provinces: visible from either side, each party linked only if in scope.
+    admin
+        .register(
+            "/v1/manifests",
+            &json!({"id": "M-1", "generator_id": "E-A", "receiver_id": "E-C", "waste_code": "HW08",
+                    "container_ids": ["T-A-C0"], "declared_kg": 100.0}),
+        )
+        .await
+        .unwrap();
+    wait_projected(&admin, Duration::from_secs(60)).await;
+    let p = n.get("/ui/manifests/M-1").await;
+    assert_eq!(p.status, 200, "{}", p.body);
+    p.assert_secure();
+    assert!(p.body.contains("已开具") && p.body.contains("100.0"));
+    assert!(p.body.contains("href=\"/ui/containers/T-A-C0\""));
+    assert!(p.body.contains("href=\"/ui/enterprises/E-C\""));
+    let p = b.get("/ui/manifests/M-1").await;
+    assert_eq!(p.status, 200);
+    assert!(p.body.contains("href=\"/ui/enterprises/E-A\""));
+    assert!(
+        !p.body.contains("href=\"/ui/enterprises/E-C\""),
+        "the other party is not in scope"
+    );
+    assert_eq!(
+        e.get("/ui/manifests/M-1").await.status,
+        200,
+        "the receiver's side"
+    );
+    assert_eq!(n.get("/ui/manifests/M-9").await.status, 404);
+
+    // Search: full text within the scope, each hit a link.
+    let q = urlencode("重量异常波动");
+    let p = n.get(&format!("/ui/search?q={q}")).await;
+    assert_eq!(p.status, 200, "{}", p.body);
+    p.assert_secure();
+    assert!(p.body.contains("role=\"search\""));
+    assert!(p.body.contains("href=\"/ui/alarms?all=1#a-"));
+    assert!(p.body.contains("E-A") && p.body.contains("E-C"));
+    let p = b.get(&format!("/ui/search?q={q}")).await;
+    assert_eq!(p.status, 200);
+    assert!(
+        p.body.contains("E-A") && !p.body.contains("E-C"),
+        "out of scope in the hits"
+    );
+    let p = b.get("/ui/search").await;
+    assert_eq!(p.status, 200);
+    assert!(!p.body.contains("class=\"hits\""));
+
     // Signing out needs this site's Origin too, and clears the cookie.
     assert_eq!(n.post("/ui/sign-out", &[], None).await.status, 403);
     let p = n.post("/ui/sign-out", &[], Some(&origin)).await;

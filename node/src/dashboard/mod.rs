@@ -58,6 +58,8 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/ui/enterprises/{id}", get(enterprise))
         .route("/ui/containers/{id}", get(container))
         .route("/ui/terminals/{id}", get(terminal))
+        .route("/ui/manifests/{id}", get(manifest))
+        .route("/ui/search", get(search))
         .route("/ui/alarms", get(alarms))
         .route("/ui/alarms/{id}", post(handle_alarm))
         .route("/ui/alarms/feed", get(alarm_feed))
@@ -315,6 +317,46 @@ pub fn thin(points: &[(i64, f64)], from_ns: i64, to_ns: i64, width: usize) -> Ve
         }
     }
     out
+}
+
+#[derive(Template)]
+#[template(path = "dashboard/manifest.html")]
+struct ManifestPage {
+    chrome: Chrome,
+    heading: String,
+    status: String,
+    generator: String,
+    generator_visible: bool,
+    receiver: String,
+    receiver_visible: bool,
+    waste_code: String,
+    declared_kg: String,
+    dispatched_kg: String,
+    received_kg: String,
+    opened_at: String,
+    dispatched_at: String,
+    received_at: String,
+    notes: String,
+    containers: Vec<String>,
+}
+
+struct Hit {
+    kind: String,
+    href: String,
+    text: String,
+    enterprise: String,
+    at: String,
+}
+
+#[derive(Template)]
+#[template(path = "dashboard/search.html")]
+struct SearchPage {
+    chrome: Chrome,
+    q: String,
+    searched: bool,
+    problem: Option<String>,
+    hits_heading: String,
+    hits: Vec<Hit>,
 }
 
 /// The value of cookie `name` in the request.
@@ -1205,6 +1247,187 @@ async fn terminal(
             series_json,
         },
     )
+}
+
+async fn manifest(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    let lang = lang_of(&headers);
+    let Some(caller) = signed_in(&st, &headers) else {
+        return redirect("/ui/sign-in");
+    };
+    let Ok(pool) = crate::api::query::pg(&st) else {
+        return error_page(StatusCode::SERVICE_UNAVAILABLE, lang, Some(&caller));
+    };
+    let (sp, se) = caller.scope.binds();
+    // Visible when either party is in scope, as in the API.
+    let visible = "EXISTS (SELECT 1 FROM enterprises e WHERE e.id = {party}                    AND ($1::text IS NULL OR e.province_code = $1) AND ($2::text IS NULL OR e.id = $2))";
+    let m = match sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT m.id, m.generator_id, m.receiver_id, m.waste_code, m.container_ids, m.declared_mg,            coalesce(m.notes, '') AS notes, m.status, m.dispatched_mg, m.received_mg,            to_char(m.opened_at AT TIME ZONE 'Asia/Shanghai', {CST}) AS opened_at,            to_char(m.dispatched_at AT TIME ZONE 'Asia/Shanghai', {CST}) AS dispatched_at,            to_char(m.received_at AT TIME ZONE 'Asia/Shanghai', {CST}) AS received_at,            {} AS generator_visible, {} AS receiver_visible          FROM manifests m WHERE m.id = $3",
+        visible.replace("{party}", "m.generator_id"),
+        visible.replace("{party}", "m.receiver_id"),
+    )))
+    .bind(&sp)
+    .bind(&se)
+    .bind(&id)
+    .fetch_optional(&pool)
+    .await
+    {
+        Ok(Some(m)) if m.get::<bool, _>("generator_visible") || m.get::<bool, _>("receiver_visible") => m,
+        Ok(_) => return error_page(StatusCode::NOT_FOUND, lang, Some(&caller)),
+        Err(_) => return error_page(StatusCode::SERVICE_UNAVAILABLE, lang, Some(&caller)),
+    };
+    let kg = |c: &str| {
+        m.get::<Option<i64>, _>(c)
+            .map(|v| lang.dec1(v as f64 / 1e6))
+            .unwrap_or_else(|| "—".into())
+    };
+    let status: String = m.get("status");
+    let status_label = match lang.t(&format!("status_{status}")) {
+        "?" => status.clone(),
+        l => l.to_owned(),
+    };
+    let heading = format!("{}：{id}", lang.t("manifest"));
+    let mut ch = chrome(
+        lang,
+        &heading,
+        &format!("/ui/manifests/{id}"),
+        Some(&caller),
+    );
+    ch.crumbs = vec![
+        Crumb {
+            label: lang.t("overview").to_owned(),
+            href: Some("/ui".into()),
+        },
+        Crumb {
+            label: id.clone(),
+            href: None,
+        },
+    ];
+    let dash = |v: Option<String>| v.unwrap_or_else(|| "—".into());
+    html(
+        StatusCode::OK,
+        &ManifestPage {
+            chrome: ch,
+            heading,
+            status: status_label,
+            generator: m.get("generator_id"),
+            generator_visible: m.get("generator_visible"),
+            receiver: m.get("receiver_id"),
+            receiver_visible: m.get("receiver_visible"),
+            waste_code: m.get("waste_code"),
+            declared_kg: lang.dec1(m.get::<i64, _>("declared_mg") as f64 / 1e6),
+            dispatched_kg: kg("dispatched_mg"),
+            received_kg: kg("received_mg"),
+            opened_at: dash(m.get("opened_at")),
+            dispatched_at: dash(m.get("dispatched_at")),
+            received_at: dash(m.get("received_at")),
+            notes: m.get("notes"),
+            containers: m.get("container_ids"),
+        },
+    )
+}
+
+#[derive(Deserialize)]
+struct SearchQuery {
+    q: Option<String>,
+}
+
+async fn search(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Query(q): Query<SearchQuery>,
+) -> Response {
+    let lang = lang_of(&headers);
+    let Some(caller) = signed_in(&st, &headers) else {
+        return redirect("/ui/sign-in");
+    };
+    let text = q.q.unwrap_or_default().trim().to_owned();
+    let mut hits = Vec::new();
+    let mut problem = None;
+    let searched = !text.is_empty();
+    if searched {
+        let (province, enterprise) = caller.scope.binds();
+        let filter = custodian_projections::search::SearchFilter {
+            enterprise_ids: enterprise.map(|e| vec![e]),
+            province_code: province,
+            kind: None,
+        };
+        match crate::api::run_search(&st, text.clone(), filter, Some(50)).await {
+            Ok(axum::Json(v)) => {
+                for h in v["hits"].as_array().into_iter().flatten() {
+                    let doc = &h["doc"];
+                    let kind = doc["kind"].as_str().unwrap_or("");
+                    let doc_id = doc["doc_id"].as_str().unwrap_or("");
+                    let enterprise = doc["enterprise_id"].as_str().unwrap_or("").to_owned();
+                    let href = match (kind, doc_id.split_once(':')) {
+                        ("anomaly", Some((_, hex))) => format!("/ui/alarms?all=1#a-{hex}"),
+                        ("manifest", Some((_, id))) => format!("/ui/manifests/{id}"),
+                        _ if !enterprise.is_empty() => format!("/ui/enterprises/{enterprise}"),
+                        _ => "/ui".to_owned(),
+                    };
+                    hits.push(Hit {
+                        kind: match lang.t(&format!("kind_doc_{kind}")) {
+                            "?" => kind.to_owned(),
+                            l => l.to_owned(),
+                        },
+                        href,
+                        text: doc["text"].as_str().unwrap_or("").to_owned(),
+                        enterprise,
+                        at: doc["at_ns"].as_i64().map(cst_time).unwrap_or_default(),
+                    });
+                }
+            }
+            Err(e) if e.status == StatusCode::BAD_REQUEST => problem = Some(e.message),
+            Err(_) => problem = Some(lang.t("search_unavailable").to_owned()),
+        }
+    }
+    let hits_heading = format!("{}（{}）", lang.t("hits"), lang.int(hits.len() as i64));
+    let back = if searched {
+        format!("/ui/search?q={}", percent(&text))
+    } else {
+        "/ui/search".to_owned()
+    };
+    let mut ch = chrome(lang, lang.t("search"), &back, Some(&caller));
+    ch.crumbs = vec![
+        Crumb {
+            label: lang.t("overview").to_owned(),
+            href: Some("/ui".into()),
+        },
+        Crumb {
+            label: lang.t("search").to_owned(),
+            href: None,
+        },
+    ];
+    html(
+        if problem.is_some() {
+            StatusCode::BAD_REQUEST
+        } else {
+            StatusCode::OK
+        },
+        &SearchPage {
+            chrome: ch,
+            q: text,
+            searched,
+            problem,
+            hits_heading,
+            hits,
+        },
+    )
+}
+
+/// Percent-encodes everything but unreserved characters (for a query value in a link).
+fn percent(s: &str) -> String {
+    s.bytes()
+        .map(|c| match c {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (c as char).to_string()
+            }
+            _ => format!("%{c:02X}"),
+        })
+        .collect()
 }
 
 /// How long handling an alarm waits for the PostgreSQL model to show it, so that the page it returns to

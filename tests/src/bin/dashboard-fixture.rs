@@ -1,6 +1,7 @@
 //! The dashboard's end-to-end fixture (`e2e/`, run by `scripts/e2e`): a node with PostgreSQL and InfluxDB
 //! read models (databases of its own on the shared servers), three enterprises in two provinces, two
-//! signing terminals whose weighings raised a `weight_fluctuation` each, and national, provincial
+//! signing terminals whose weighings raised a `weight_fluctuation` each, a manifest M-1 from E-A to E-C,
+//! and national, provincial
 //! (440000) and enterprise (E-C) tokens. It writes `{url, trigger, tokens}` as JSON to the path given,
 //! then serves `POST {trigger}/alarm/{terminal}`: a new signed weighing pair through the ingest API,
 //! which raises a new alarm (how the browser test causes one). It stops, dropping its databases, when
@@ -89,6 +90,14 @@ async fn main() {
             .await
             .expect("uploading");
     }
+    admin
+        .register(
+            "/v1/manifests",
+            &json!({"id": "M-1", "generator_id": "E-A", "receiver_id": "E-C", "waste_code": "HW08",
+                    "container_ids": ["T-A-C0"], "declared_kg": 100.0}),
+        )
+        .await
+        .expect("opening a manifest");
     wait_projected(&admin, Duration::from_secs(60)).await;
     let mut tokens = serde_json::Map::new();
     for (name, body) in [

@@ -107,6 +107,8 @@ test("acknowledge then resolve an alarm; both survive a reload", async ({ page }
   const id = await row.getAttribute("id");
   await row.getByLabel("处理说明").fill("现场已核查");
   await row.getByRole("button", { name: "确认" }).click();
+  // htmx swaps the row in place once the node has it.
+  await expect(page.locator(`tr#${id}`)).toContainText("已确认");
   await page.reload();
   const again = page.locator(`tr#${id}`);
   await expect(again).toContainText("已确认");
@@ -115,6 +117,7 @@ test("acknowledge then resolve an alarm; both survive a reload", async ({ page }
   await noSeriousAxeFindings(page, "the alarms page");
   await again.getByLabel("处理说明").fill("已转运处置");
   await again.getByRole("button", { name: "解决" }).click();
+  await expect(page.locator(`tr#${id}`)).toContainText("已解决");
   await page.reload();
   await expect(page.locator(`tr#${id}`)).toHaveCount(0);
   await page.goto(url("/ui/alarms?all=1"));

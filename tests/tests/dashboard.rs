@@ -124,6 +124,16 @@ impl Browser {
     }
 
     async fn post(&self, path: &str, form: &[(&str, &str)], origin: Option<&str>) -> Page {
+        self.post_with(path, form, origin, &[]).await
+    }
+
+    async fn post_with(
+        &self,
+        path: &str,
+        form: &[(&str, &str)],
+        origin: Option<&str>,
+        extra: &[(&str, &str)],
+    ) -> Page {
         let body = form
             .iter()
             .map(|(k, v)| format!("{}={}", urlencode(k), urlencode(v)))
@@ -136,6 +146,9 @@ impl Browser {
             .body(body);
         if let Some(o) = origin {
             req = req.header(ORIGIN, o);
+        }
+        for (k, v) in extra {
+            req = req.header(*k, *v);
         }
         if !self.cookies.is_empty() {
             req = req.header(COOKIE, self.cookies.join("; "));
@@ -532,12 +545,31 @@ async fn sign_in_scopes_language_and_assets() {
         2,
         "resolved is final: resolving again changes nothing"
     );
+    // From htmx (the list's forms carry hx-post): the alarm's row alone, as it is now, to swap in place.
+    let p = n
+        .post_with(
+            &format!("/ui/alarms/{c_alarm}"),
+            &ack,
+            Some(&origin),
+            &[("hx-request", "true")],
+        )
+        .await;
+    assert_eq!(p.status, 200);
+    assert!(
+        p.body
+            .trim_start()
+            .starts_with(&format!("<tr id=\"a-{c_alarm}\"")),
+        "{}",
+        p.body
+    );
+    assert!(p.body.contains("已确认") && !p.body.contains("<html"));
+    assert_eq!(handled().await, 3);
     // Out of scope: like an alarm that does not exist.
     let p = b
         .post(&format!("/ui/alarms/{c_alarm}"), &ack, Some(&origin))
         .await;
     assert_eq!(p.status, 404);
-    assert_eq!(handled().await, 2);
+    assert_eq!(handled().await, 3);
     let p = b.get("/ui/alarms?all=1").await;
     assert!(p.body.contains(&a_alarm) && !p.body.contains(&c_alarm));
 

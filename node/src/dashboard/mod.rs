@@ -359,6 +359,14 @@ struct SearchPage {
     hits: Vec<Hit>,
 }
 
+/// One row of the alarms table, alone: what htmx swaps in after acknowledge or resolve.
+#[derive(Template)]
+#[template(path = "dashboard/alarm_row.html")]
+struct AlarmRowPartial {
+    chrome: Chrome,
+    r: AlarmRow,
+}
+
 /// The value of cookie `name` in the request.
 fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers
@@ -1430,6 +1438,48 @@ fn percent(s: &str) -> String {
         .collect()
 }
 
+/// The columns an alarm row needs.
+const ALARM_COLUMNS: &str = "anomaly_id, kind, severity, coalesce(enterprise_id, '') AS enterprise_id, \
+    description, state, coalesce(state_by, '') AS state_by, \
+    to_char(detected_at AT TIME ZONE 'Asia/Shanghai', 'YYYY-MM-DD HH24:MI:SS') AS detected, \
+    to_char(state_at AT TIME ZONE 'Asia/Shanghai', 'YYYY-MM-DD HH24:MI:SS') AS handled_at";
+
+fn alarm_row(r: &sqlx::postgres::PgRow, lang: Lang) -> AlarmRow {
+    let kind: String = r.get("kind");
+    let severity: String = r.get("severity");
+    let state: String = r.get("state");
+    let (severity_label, severity_mark) = match severity.as_str() {
+        "high" => (lang.t("severity_high"), "▲▲▲"),
+        "medium" => (lang.t("severity_medium"), "▲▲"),
+        _ => (lang.t("severity_low"), "▲"),
+    };
+    let state_label = match state.as_str() {
+        "acknowledged" => lang.t("state_acknowledged"),
+        "resolved" => lang.t("state_resolved"),
+        _ => lang.t("state_open"),
+    };
+    let by: String = r.get("state_by");
+    let handled = r
+        .get::<Option<String>, _>("handled_at")
+        .map(|at| format!("{by} · {at}"));
+    AlarmRow {
+        id: r.get("anomaly_id"),
+        detected_at: r.get::<Option<String>, _>("detected").unwrap_or_default(),
+        kind: match lang.t(&format!("kind_{kind}")) {
+            "?" => kind.clone(),
+            l => l.to_owned(),
+        },
+        severity,
+        severity_label,
+        severity_mark,
+        enterprise: r.get("enterprise_id"),
+        description: r.get("description"),
+        state,
+        state_label,
+        handled,
+    }
+}
+
 /// How long handling an alarm waits for the PostgreSQL model to show it, so that the page it returns to
 /// (and any reload) shows the new state.
 const HANDLED_VISIBLE_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
@@ -1462,9 +1512,12 @@ async fn alarms_page(
         return error_page(StatusCode::SERVICE_UNAVAILABLE, lang, Some(&caller));
     };
     let (sp, se) = caller.scope.binds();
-    let Ok(rows) = sqlx::query(
-        "SELECT anomaly_id, kind, severity, coalesce(enterprise_id, '') AS enterprise_id, description, state,            coalesce(state_by, '') AS state_by,            to_char(detected_at AT TIME ZONE 'Asia/Shanghai', 'YYYY-MM-DD HH24:MI:SS') AS detected,            to_char(state_at AT TIME ZONE 'Asia/Shanghai', 'YYYY-MM-DD HH24:MI:SS') AS handled_at          FROM anomalies          WHERE ($1::text IS NULL OR province_code = $1) AND ($2::text IS NULL OR enterprise_id = $2)            AND ($3 OR state <> 'resolved')          ORDER BY detected_at DESC, anomaly_id LIMIT 500",
-    )
+    let Ok(rows) = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {ALARM_COLUMNS} FROM anomalies \
+         WHERE ($1::text IS NULL OR province_code = $1) AND ($2::text IS NULL OR enterprise_id = $2) \
+           AND ($3 OR state <> 'resolved') \
+         ORDER BY detected_at DESC, anomaly_id LIMIT 500"
+    )))
     .bind(&sp)
     .bind(&se)
     .bind(all)
@@ -1473,44 +1526,7 @@ async fn alarms_page(
     else {
         return error_page(StatusCode::SERVICE_UNAVAILABLE, lang, Some(&caller));
     };
-    let rows = rows
-        .iter()
-        .map(|r| {
-            let kind: String = r.get("kind");
-            let severity: String = r.get("severity");
-            let state: String = r.get("state");
-            let (severity_label, severity_mark) = match severity.as_str() {
-                "high" => (lang.t("severity_high"), "▲▲▲"),
-                "medium" => (lang.t("severity_medium"), "▲▲"),
-                _ => (lang.t("severity_low"), "▲"),
-            };
-            let state_label = match state.as_str() {
-                "acknowledged" => lang.t("state_acknowledged"),
-                "resolved" => lang.t("state_resolved"),
-                _ => lang.t("state_open"),
-            };
-            let by: String = r.get("state_by");
-            let handled = r
-                .get::<Option<String>, _>("handled_at")
-                .map(|at| format!("{by} · {at}"));
-            AlarmRow {
-                id: r.get("anomaly_id"),
-                detected_at: r.get::<Option<String>, _>("detected").unwrap_or_default(),
-                kind: match lang.t(&format!("kind_{kind}")) {
-                    "?" => kind.clone(),
-                    l => l.to_owned(),
-                },
-                severity,
-                severity_label,
-                severity_mark,
-                enterprise: r.get("enterprise_id"),
-                description: r.get("description"),
-                state,
-                state_label,
-                handled,
-            }
-        })
-        .collect();
+    let rows = rows.iter().map(|r| alarm_row(r, lang)).collect();
     let heading = lang
         .t(if all { "alarms_all" } else { "alarms_open" })
         .to_owned();
@@ -1620,12 +1636,12 @@ async fn handle_alarm(
     };
     // Idempotent: already in that state (or resolved, which is final): nothing to do.
     if current == wanted.name() || current == "resolved" {
-        return redirect(&format!("/ui/alarms#a-{id}"));
+        return handled(&pool, &headers, &caller, lang, &id).await;
     }
     match crate::api::query::handle(&st, &caller, &id, &form.note, wanted).await {
         Ok(seq) => {
             wait_projected(&st, seq).await;
-            redirect(&format!("/ui/alarms#a-{id}"))
+            handled(&pool, &headers, &caller, lang, &id).await
         }
         Err(e) if e.status == StatusCode::UNPROCESSABLE_ENTITY => {
             alarms_page(
@@ -1641,6 +1657,41 @@ async fn handle_alarm(
             error_page(StatusCode::NOT_FOUND, lang, Some(&caller))
         }
         Err(_) => error_page(StatusCode::SERVICE_UNAVAILABLE, lang, Some(&caller)),
+    }
+}
+
+/// The answer to a handled alarm: for htmx (`HX-Request`), the alarm's row as it is now, which it swaps
+/// in place; for a plain form, back to the list (303).
+async fn handled(
+    pool: &sqlx::PgPool,
+    headers: &HeaderMap,
+    caller: &Caller,
+    lang: Lang,
+    id: &str,
+) -> Response {
+    if headers.get("hx-request").is_none() {
+        return redirect(&format!("/ui/alarms#a-{id}"));
+    }
+    let (sp, se) = caller.scope.binds();
+    match sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT {ALARM_COLUMNS} FROM anomalies WHERE anomaly_id = $3 \
+           AND ($1::text IS NULL OR province_code = $1) AND ($2::text IS NULL OR enterprise_id = $2)"
+    )))
+    .bind(&sp)
+    .bind(&se)
+    .bind(id)
+    .fetch_optional(pool)
+    .await
+    {
+        Ok(Some(r)) => html(
+            StatusCode::OK,
+            &AlarmRowPartial {
+                chrome: chrome(lang, "", "/ui/alarms", Some(caller)),
+                r: alarm_row(&r, lang),
+            },
+        ),
+        Ok(None) => error_page(StatusCode::NOT_FOUND, lang, Some(caller)),
+        Err(_) => error_page(StatusCode::SERVICE_UNAVAILABLE, lang, Some(caller)),
     }
 }
 

@@ -95,7 +95,7 @@ test("a terminal's weights: the chart and its table", async ({ page }) => {
   await page.goto(url("/ui/terminals/T-A?days=1&until=2026-11-20"));
   await expect(page.locator("#weights-chart canvas")).toHaveCount(1);
   await page.locator("details summary").click();
-  await expect(page.locator("details table tbody tr").first()).toContainText("2026-11-20 16:00:01");
+  await expect(page.locator("details table tbody tr").first()).toContainText("2026年11月20日 16:00:01");
   await shot(page, "terminal");
   await noSeriousAxeFindings(page, "the terminal page");
 });

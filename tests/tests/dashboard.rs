@@ -407,12 +407,16 @@ async fn sign_in_scopes_language_and_assets() {
     )
     .unwrap();
     assert_eq!(data["v"], json!([100.0, 60.0]), "{data}");
+    // b reads zh-CN here: China Standard Time, written for the locale.
     assert!(
         p.body
-            .contains("<td>2026-11-20 16:00:01</td><td>100.0</td>"),
+            .contains("<td>2026年11月20日 16:00:01</td><td>100.0</td>"),
         "CST table row"
     );
-    assert!(p.body.contains("<td>2026-11-20 16:00:02</td><td>60.0</td>"));
+    assert!(
+        p.body
+            .contains("<td>2026年11月20日 16:00:02</td><td>60.0</td>")
+    );
     assert_eq!(b.get("/ui/terminals/T-C").await.status, 404);
     assert_eq!(b.get("/ui/terminals/T-Z").await.status, 404);
 
@@ -423,6 +427,12 @@ async fn sign_in_scopes_language_and_assets() {
     let p = b.get("/ui/provinces/440000").await;
     assert!(p.body.contains("<html lang=\"en\">"));
     assert!(p.body.contains("Guangdong") && p.body.contains("Enterprises in this province"));
+    let p = b.get("/ui/terminals/T-A?days=1&until=2026-11-20").await;
+    assert!(
+        p.body
+            .contains("<td>20 Nov 2026, 16:00:01</td><td>100.0</td>"),
+        "English dates"
+    );
     for evil in ["https://evil.example", "//evil.example", "/ui\\..\\x"] {
         let p = b
             .get(&format!("/ui/lang?to=en&back={}", urlencode(evil)))
@@ -509,7 +519,7 @@ async fn sign_in_scopes_language_and_assets() {
     let row = alarm_row(&p.body, &a_alarm);
     assert!(row.contains("已确认"), "{row}");
     assert!(
-        row.contains(" · 20"),
+        row.contains(" · 20") && row.contains("年"),
         "who and when (China Standard Time): {row}"
     );
     assert!(

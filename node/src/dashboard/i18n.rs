@@ -68,6 +68,26 @@ impl Lang {
         if n < 0 { format!("-{out}") } else { out }
     }
 
+    /// A China Standard Time instant given as `YYYY-MM-DD HH:MM:SS`, written for the locale:
+    /// `2026年11月20日 16:00:01` or `20 Nov 2026, 16:00:01`. Anything else is returned as it is.
+    pub fn cst(self, t: &str) -> String {
+        const MONTHS: [&str; 12] = [
+            "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+        ];
+        let parsed = (|| {
+            let (date, clock) = t.split_once(' ')?;
+            let mut d = date.split('-');
+            let (y, m, day) = (d.next()?, d.next()?, d.next()?);
+            let (m, day): (usize, u32) = (m.parse().ok()?, day.parse().ok()?);
+            (clock.len() == 8 && (1..=12).contains(&m)).then_some((y, m, day, clock))
+        })();
+        match (self, parsed) {
+            (_, None) => t.to_owned(),
+            (Lang::ZhCn, Some((y, m, d, clock))) => format!("{y}年{m}月{d}日 {clock}"),
+            (Lang::En, Some((y, m, d, clock))) => format!("{d} {} {y}, {clock}", MONTHS[m - 1]),
+        }
+    }
+
     /// A number with one decimal and thousands separators.
     pub fn dec1(self, x: f64) -> String {
         let tenths = (x * 10.0).round() as i64;
@@ -485,6 +505,18 @@ mod tests {
         assert_eq!(Lang::ZhCn.int(-1000), "-1,000");
         assert_eq!(Lang::En.dec1(1234.56), "1,234.6");
         assert_eq!(Lang::En.dec1(0.04), "0.0");
+    }
+
+    #[test]
+    fn instants_are_written_for_the_locale() {
+        assert_eq!(
+            Lang::ZhCn.cst("2026-11-20 16:00:01"),
+            "2026年11月20日 16:00:01"
+        );
+        assert_eq!(Lang::En.cst("2026-11-20 16:00:01"), "20 Nov 2026, 16:00:01");
+        assert_eq!(Lang::En.cst("2026-01-05 08:30:00"), "5 Jan 2026, 08:30:00");
+        assert_eq!(Lang::En.cst(""), "");
+        assert_eq!(Lang::ZhCn.cst("not a time"), "not a time");
     }
 
     #[test]

@@ -930,7 +930,7 @@ async fn enterprise(
                         state: if online { "online" } else { "offline" },
                         state_label: lang.t(if online { "online" } else { "offline" }),
                         mark: if online { "●" } else { "○" },
-                        last: t.get::<Option<String>, _>("last").unwrap_or_default(),
+                        last: lang.cst(&t.get::<Option<String>, _>("last").unwrap_or_default()),
                         readings: lang.int(t.get("readings")),
                     }
                 })
@@ -942,7 +942,7 @@ async fn enterprise(
                     waste_code: c.get("waste_code"),
                     stage: c.get("stage"),
                     weight_kg: kg(c.get("last_weight_mg")),
-                    last: c.get::<Option<String>, _>("last").unwrap_or_default(),
+                    last: lang.cst(&c.get::<Option<String>, _>("last").unwrap_or_default()),
                 })
                 .collect(),
             kpis: kpis
@@ -1012,7 +1012,7 @@ async fn container(
                 .map(|e| e.fingerprint_hex())
                 .unwrap_or_default();
             CustodyStep {
-                at: r.get::<Option<String>, _>("at").unwrap_or_default(),
+                at: lang.cst(&r.get::<Option<String>, _>("at").unwrap_or_default()),
                 stage: r.get("stage"),
                 terminal: r.get("terminal_id"),
                 weight_kg: lang.dec1(r.get::<i64, _>("weight_mg") as f64 / 1e6),
@@ -1189,8 +1189,8 @@ async fn terminal(
     let points = thin(&raw, from_ns, to_ns, CHART_WIDTH_PX);
     let range_label = format!(
         "{} – {}",
-        cst_time(from_ns),
-        cst_time(to_ns - 1_000_000_000)
+        lang.cst(&cst_time(from_ns)),
+        lang.cst(&cst_time(to_ns - 1_000_000_000))
     );
     let ranges = [(1, "range_day"), (7, "range_week"), (30, "range_month")]
         .iter()
@@ -1248,7 +1248,7 @@ async fn terminal(
             points: points
                 .iter()
                 .map(|(t, v)| PointRow {
-                    at: cst_time(*t),
+                    at: lang.cst(&cst_time(*t)),
                     kg: lang.dec1(*v),
                 })
                 .collect(),
@@ -1314,7 +1314,7 @@ async fn manifest(
             href: None,
         },
     ];
-    let dash = |v: Option<String>| v.unwrap_or_else(|| "—".into());
+    let dash = |v: Option<String>| v.map_or_else(|| "—".into(), |t| lang.cst(&t));
     html(
         StatusCode::OK,
         &ManifestPage {
@@ -1384,7 +1384,7 @@ async fn search(
                         href,
                         text: doc["text"].as_str().unwrap_or("").to_owned(),
                         enterprise,
-                        at: doc["at_ns"].as_i64().map(cst_time).unwrap_or_default(),
+                        at: lang.cst(&doc["at_ns"].as_i64().map(cst_time).unwrap_or_default()),
                     });
                 }
             }
@@ -1461,10 +1461,10 @@ fn alarm_row(r: &sqlx::postgres::PgRow, lang: Lang) -> AlarmRow {
     let by: String = r.get("state_by");
     let handled = r
         .get::<Option<String>, _>("handled_at")
-        .map(|at| format!("{by} · {at}"));
+        .map(|at| format!("{by} · {}", lang.cst(&at)));
     AlarmRow {
         id: r.get("anomaly_id"),
-        detected_at: r.get::<Option<String>, _>("detected").unwrap_or_default(),
+        detected_at: lang.cst(&r.get::<Option<String>, _>("detected").unwrap_or_default()),
         kind: match lang.t(&format!("kind_{kind}")) {
             "?" => kind.clone(),
             l => l.to_owned(),

@@ -88,6 +88,8 @@ pub struct ClusterSimConfig {
     /// The kinds it draws from (kills 30 %, pauses 25 %, partitions 25 %, stalls 20 %, among those
     /// given).
     pub kinds: Vec<FaultKind>,
+    /// How long a fault lasts, in milliseconds: drawn from `min..max` (500..4000).
+    pub fault_ms: (u64, u64),
     pub net: NetConfig,
 }
 
@@ -100,6 +102,7 @@ impl Default for ClusterSimConfig {
             seconds: 30,
             faults: true,
             kinds: FaultKind::ALL.to_vec(),
+            fault_ms: (500, 4_000),
             net: NetConfig::default(),
         }
     }
@@ -119,14 +122,23 @@ impl ClusterSimConfig {
                     .join(",")
             )
         };
+        let durations = if self.fault_ms == (500, 4_000) {
+            String::new()
+        } else {
+            format!(
+                " --fault-min-ms {} --fault-max-ms {}",
+                self.fault_ms.0, self.fault_ms.1
+            )
+        };
         format!(
-            "cargo run -p custodian-simulations --bin custodian-sim -- cluster --seed {} --nodes {} --terminals {} --seconds {}{}{}{}",
+            "cargo run -p custodian-simulations --bin custodian-sim -- cluster --seed {} --nodes {} --terminals {} --seconds {}{}{}{}{}",
             self.seed,
             self.nodes,
             self.terminals,
             self.seconds,
             if self.faults { "" } else { " --no-faults" },
             kinds,
+            durations,
             if self.net.fence_appends {
                 ""
             } else {
@@ -141,6 +153,8 @@ impl ClusterSimConfig {
 pub struct ClusterStats {
     pub kills: u64,
     pub pauses: u64,
+    /// Pauses that caught an append of the node in flight.
+    pub pauses_with_append_held: u64,
     pub partitions: u64,
     pub stalls: u64,
     pub batches_acked: u64,
@@ -352,7 +366,8 @@ async fn run_async(config: &ClusterSimConfig, progress: &mut dyn FnMut(String)) 
         tokio::time::sleep(gap).await;
         let i = rng.random_range(0..config.nodes);
         let id = topo.slots[i].id.clone();
-        let d = Duration::from_millis(rng.random_range(500..4_000));
+        let (lo, hi) = config.fault_ms;
+        let d = Duration::from_millis(rng.random_range(lo..hi.max(lo + 1)));
         let at = started.elapsed().as_secs_f64();
         let weights: Vec<(FaultKind, u32)> = [
             (FaultKind::Kill, 30),
@@ -394,8 +409,29 @@ async fn run_async(config: &ClusterSimConfig, progress: &mut dyn FnMut(String)) 
             }
             FaultKind::Pause => {
                 stats.pauses += 1;
-                progress(format!("{at:6.1}s  pause {id} for {d:?}"));
-                net.set_standing(&id, Standing::Paused);
+                // At the worst moment: as the node sends an append (which is then held and lands
+                // late, after another node may have taken its shards over), or in 200 ms at most.
+                net.arm_pause(&id);
+                let armed_at = Instant::now();
+                while net.standing(&id) != Standing::Paused
+                    && armed_at.elapsed() < Duration::from_millis(200)
+                {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                let in_flight = net.disarm_pause(&id);
+                if in_flight {
+                    stats.pauses_with_append_held += 1;
+                } else {
+                    net.set_standing(&id, Standing::Paused);
+                }
+                progress(format!(
+                    "{at:6.1}s  pause {id} for {d:?}{}",
+                    if in_flight {
+                        " (an append of its in flight)"
+                    } else {
+                        ""
+                    }
+                ));
                 tokio::time::sleep(d).await;
                 net.set_standing(&id, Standing::Up);
             }
@@ -738,7 +774,7 @@ fn copies(reach: &[Reach], ledger: &Ledger) -> Vec<Check> {
 pub fn report(outcome: &ClusterOutcome) -> String {
     let s = &outcome.stats;
     let mut out = format!(
-        "seed {} ({} nodes, {} terminals, {} s{}): {} in {:.1} s\n  faults: {} kills, {} pauses, {} partitions, {} JetStream stalls; network: {} acks lost, {} core messages lost, {} held then delivered, {} stalled writes dropped\n  {} readings acknowledged, {} resends, {} retries, longest wait {:?}; stream {} messages, {} owner changes, {} fenced appends, {} lost compare-and-sets\n",
+        "seed {} ({} nodes, {} terminals, {} s{}): {} in {:.1} s\n  faults: {} kills, {} pauses ({} with an append in flight), {} partitions, {} JetStream stalls; network: {} acks lost, {} core messages lost, {} held then delivered, {} stalled writes dropped\n  {} readings acknowledged, {} resends, {} retries, longest wait {:?}; stream {} messages, {} owner changes, {} fenced appends, {} lost compare-and-sets\n",
         outcome.config.seed,
         outcome.config.nodes,
         outcome.config.terminals,
@@ -752,6 +788,7 @@ pub fn report(outcome: &ClusterOutcome) -> String {
         outcome.real.as_secs_f64(),
         s.kills,
         s.pauses,
+        s.pauses_with_append_held,
         s.partitions,
         s.stalls,
         s.net.acks_lost,

@@ -6,7 +6,8 @@
 //!
 //! - **pause** of a node (SIGSTOP, or a proxy that stops forwarding with the TCP connection kept): every
 //!   operation it starts and every message to it is *held* and happens when it resumes — a write its
-//!   caller has long given up on lands late;
+//!   caller has long given up on lands late. The simulator pauses a node at the worst moment it can: as
+//!   it sends an append ([`SimNet::arm_pause`]), or after 200 ms if it sends none;
 //! - **partition** of a node (its connection gone): what it sends and what is sent to it is *lost*; its
 //!   operations fail at their deadline;
 //! - **kill** of a node: its connection closes (subscriptions gone, further operations refused);
@@ -96,6 +97,8 @@ struct State {
     closed: std::collections::BTreeSet<u64>,
     stalled: bool,
     replies: HashMap<String, oneshot::Sender<Bytes>>,
+    /// Nodes to pause the moment they next append (the worst moment: an append in flight).
+    pause_armed: std::collections::BTreeSet<String>,
 }
 
 /// What happened on the network (for the run's report).
@@ -168,6 +171,26 @@ impl SimNet {
         self.faults.send_modify(|n| *n += 1);
     }
 
+    /// Pauses `node` the moment it next sends an append — so that append is held and lands late, the
+    /// case fencing exists for. [`SimNet::standing`] tells when it happened.
+    pub fn arm_pause(&self, node: &str) {
+        self.state
+            .lock()
+            .expect("net lock")
+            .pause_armed
+            .insert(node.to_owned());
+    }
+
+    /// Disarms a pause that has not happened yet; whether it had.
+    pub fn disarm_pause(&self, node: &str) -> bool {
+        !self
+            .state
+            .lock()
+            .expect("net lock")
+            .pause_armed
+            .remove(node)
+    }
+
     pub fn set_stalled(&self, stalled: bool) {
         self.state.lock().expect("net lock").stalled = stalled;
         self.faults.send_modify(|n| *n += 1);
@@ -194,7 +217,7 @@ impl SimNet {
         }
     }
 
-    fn standing(&self, node: &str) -> Standing {
+    pub fn standing(&self, node: &str) -> Standing {
         *self
             .state
             .lock()
@@ -426,6 +449,17 @@ impl Bus for SimBus {
         let net = self.net.clone();
         let writer = self.writer();
         let fence = self.net.config.fence_appends;
+        let armed = {
+            let mut st = self.net.state.lock().expect("net lock");
+            let armed = st.pause_armed.remove(&self.node);
+            if armed {
+                st.standing.insert(self.node.clone(), Standing::Paused);
+            }
+            armed
+        };
+        if armed {
+            self.net.faults.send_modify(|n| *n += 1);
+        }
         Box::pin(async move {
             self.write(APPEND_TIMEOUT, move |s| {
                 let last = s.last_by_subject.get(&subject).copied().unwrap_or(0);

@@ -1,6 +1,7 @@
 //! The multi-node topology (`custodian-sim cluster`, docs/simulation.md): the real cluster nodes on the
 //! simulated NATS pass every checker under a seeded schedule of kills, pauses, partitions and JetStream
-//! stalls; and the checkers catch a JetStream that does not fence appends.
+//! stalls; long pauses that catch an append in flight have that late append fenced; and the same
+//! schedule on a JetStream that does not fence appends is caught by one_writer_per_shard.
 //!
 //! The runs take real time (about 20 s each); the tests take turns, so that two clusters do not share
 //! the two cores at once.
@@ -48,19 +49,31 @@ fn seeded_kills_pauses_partitions_and_stalls_lose_and_double_nothing() {
 #[test]
 fn the_checker_catches_a_jetstream_that_does_not_fence_appends() {
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    // A paused owner's held append lands after another node took the shard over. Which pause catches
-    // an append in flight depends on the run: up to three seeds.
+    // A paused owner's held append lands after another node took the shard over: pauses long enough
+    // for the others to declare it dead (2.5 s and more, against dead_after 1.5 s), each at the moment
+    // an append of it is in flight. Up to three seeds (the interleaving is not fixed).
+    let pauses = |seed, fence_appends| ClusterSimConfig {
+        seed,
+        seconds: 15,
+        kinds: vec![FaultKind::Pause],
+        fault_ms: (2_500, 4_000),
+        net: NetConfig {
+            fence_appends,
+            ..NetConfig::default()
+        },
+        ..ClusterSimConfig::default()
+    };
+    // The control: the same schedule on a fencing JetStream passes, the late appends refused.
+    let control = cluster::run(&pauses(1, true), &mut |_| {});
+    eprint!("{}", cluster::report(&control));
+    assert!(control.passed(), "{}", cluster::report(&control));
+    assert!(
+        control.stats.pauses_with_append_held > 0 && control.stats.net.fenced_appends > 0,
+        "no late append was fenced:\n{}",
+        cluster::report(&control)
+    );
     for seed in 1..=3 {
-        let config = ClusterSimConfig {
-            seed,
-            seconds: 15,
-            kinds: vec![FaultKind::Pause],
-            net: NetConfig {
-                fence_appends: false,
-                ..NetConfig::default()
-            },
-            ..ClusterSimConfig::default()
-        };
+        let config = pauses(seed, false);
         let outcome = cluster::run(&config, &mut |_| {});
         let caught = outcome
             .checks

@@ -133,6 +133,12 @@ enum Command {
         /// owner's late append gets in (one_writer_per_shard must fail).
         #[arg(long)]
         unfenced_appends: bool,
+        /// Shortest fault, in milliseconds.
+        #[arg(long, default_value_t = 500)]
+        fault_min_ms: u64,
+        /// Longest fault, in milliseconds.
+        #[arg(long, default_value_t = 4_000)]
+        fault_max_ms: u64,
     },
     /// Simulated over real time for `terminals` reporting every `heartbeat_s`, through the HTTP API with
     /// signature checks off and on (and straight into the log, for reference), side by side in one run.
@@ -198,6 +204,8 @@ fn main() -> ExitCode {
             no_faults,
             kinds,
             unfenced_appends,
+            fault_min_ms,
+            fault_max_ms,
         } => cluster(
             seed,
             seeds,
@@ -212,6 +220,7 @@ fn main() -> ExitCode {
                 } else {
                     kinds.into_iter().map(FaultKind::from).collect()
                 },
+                fault_ms: (fault_min_ms, fault_max_ms.max(fault_min_ms + 1)),
                 net: NetConfig {
                     fence_appends: !unfenced_appends,
                     ..NetConfig::default()

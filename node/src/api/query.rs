@@ -751,10 +751,47 @@ pub async fn overview(
 ) -> Result<impl IntoResponse, ApiError> {
     let who = caller(&st, &headers)?;
     query_of(q)?;
-    let (sp, se) = who.scope.binds();
     let pool = pg(&st)?;
+    let o = overview_counts(&pool, &who.scope, st.clock.now_ns())
+        .await
+        .map_err(db_error)?;
+    let by_kind: serde_json::Map<String, Value> = o
+        .open_by_kind
+        .iter()
+        .map(|(kind, n)| (kind.clone(), json!(n)))
+        .collect();
+    Ok(axum::Json(json!({
+        "scope": match &who.scope {
+            Scope::All => json!({"tier": who.tier.name()}),
+            Scope::Province(p) => json!({"tier": "province", "province_code": p}),
+            Scope::Enterprise(e) => json!({"tier": "enterprise", "enterprise_id": e}),
+        },
+        "enterprises": o.enterprises,
+        "terminals": o.terminals,
+        "terminals_online": o.online,
+        "open_anomalies_by_kind": by_kind,
+        "kg_in_storage": o.in_storage_mg as f64 / 1e6,
+    })))
+}
+
+/// The landing figures of a scope (`GET /v1/overview` and the dashboard's overview).
+pub(crate) struct OverviewCounts {
+    pub enterprises: i64,
+    pub terminals: i64,
+    /// Terminals that reported within three of their intervals.
+    pub online: i64,
+    pub in_storage_mg: i64,
+    /// Open (unresolved) anomalies per kind, by kind.
+    pub open_by_kind: Vec<(String, i64)>,
+}
+
+pub(crate) async fn overview_counts(
+    pool: &sqlx::PgPool,
+    scope: &Scope,
+    now_ns: i64,
+) -> Result<OverviewCounts, sqlx::Error> {
+    let (sp, se) = scope.binds();
     let scoped = "($1::text IS NULL OR e.province_code = $1) AND ($2::text IS NULL OR e.id = $2)";
-    let now_ns = st.clock.now_ns();
     let counts = sqlx::query(sqlx::AssertSqlSafe(format!(
         "SELECT \
            (SELECT count(*) FROM enterprises e WHERE {scoped}) AS enterprises, \
@@ -767,9 +804,8 @@ pub async fn overview(
     .bind(&sp)
     .bind(&se)
     .bind(now_ns)
-    .fetch_one(&pool)
-    .await
-    .map_err(db_error)?;
+    .fetch_one(pool)
+    .await?;
     let kinds = sqlx::query(
         "SELECT kind, count(*) AS n FROM anomalies \
          WHERE ($1::text IS NULL OR province_code = $1) AND ($2::text IS NULL OR enterprise_id = $2) \
@@ -778,25 +814,15 @@ pub async fn overview(
     )
     .bind(&sp)
     .bind(&se)
-    .fetch_all(&pool)
-    .await
-    .map_err(db_error)?;
-    let by_kind: serde_json::Map<String, Value> = kinds
-        .iter()
-        .map(|r| (r.get::<String, _>("kind"), json!(r.get::<i64, _>("n"))))
-        .collect();
-    Ok(axum::Json(json!({
-        "scope": match &who.scope {
-            Scope::All => json!({"tier": who.tier.name()}),
-            Scope::Province(p) => json!({"tier": "province", "province_code": p}),
-            Scope::Enterprise(e) => json!({"tier": "enterprise", "enterprise_id": e}),
-        },
-        "enterprises": counts.get::<i64, _>("enterprises"),
-        "terminals": counts.get::<i64, _>("terminals"),
-        "terminals_online": counts.get::<i64, _>("online"),
-        "open_anomalies_by_kind": by_kind,
-        "kg_in_storage": counts.get::<i64, _>("in_storage_mg") as f64 / 1e6,
-    })))
+    .fetch_all(pool)
+    .await?;
+    Ok(OverviewCounts {
+        enterprises: counts.get("enterprises"),
+        terminals: counts.get("terminals"),
+        online: counts.get("online"),
+        in_storage_mg: counts.get("in_storage_mg"),
+        open_by_kind: kinds.iter().map(|r| (r.get("kind"), r.get("n"))).collect(),
+    })
 }
 
 /// The regulators' reads the cache keeps (GET only).

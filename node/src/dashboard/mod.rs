@@ -612,37 +612,14 @@ async fn overview(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Respon
     };
     let unavailable = || error_page(StatusCode::SERVICE_UNAVAILABLE, lang, Some(&caller));
     let (sp, se) = caller.scope.binds();
-    let now_ns = st.clock.now_ns();
-    let scoped = "($1::text IS NULL OR e.province_code = $1) AND ($2::text IS NULL OR e.id = $2)";
-    let Ok(counts) = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "SELECT \
-           (SELECT count(*) FROM enterprises e WHERE {scoped}) AS enterprises, \
-           (SELECT count(*) FROM terminals t JOIN enterprises e ON e.id = t.enterprise_id WHERE {scoped}) AS terminals, \
-           (SELECT count(*) FROM terminals t JOIN enterprises e ON e.id = t.enterprise_id WHERE {scoped} \
-              AND t.last_measured_at >= ns_to_ts($3) - 3 * t.report_interval_s * INTERVAL '1 second') AS online, \
-           (SELECT coalesce(sum(c.last_weight_mg), 0)::int8 FROM containers c JOIN enterprises e ON e.id = c.enterprise_id \
-              WHERE {scoped} AND c.stage = 'storage_in') AS in_storage_mg"
-    )))
-    .bind(&sp)
-    .bind(&se)
-    .bind(now_ns)
-    .fetch_one(&pool)
-    .await
+    let Ok(counts) =
+        crate::api::query::overview_counts(&pool, &caller.scope, st.clock.now_ns()).await
     else {
         return unavailable();
     };
+    let scoped = "($1::text IS NULL OR e.province_code = $1) AND ($2::text IS NULL OR e.id = $2)";
     let open_filter = "($1::text IS NULL OR province_code = $1) AND ($2::text IS NULL OR enterprise_id = $2) \
                        AND state <> 'resolved'";
-    let Ok(kinds) = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "SELECT kind, count(*) AS n FROM anomalies WHERE {open_filter} GROUP BY kind ORDER BY kind"
-    )))
-    .bind(&sp)
-    .bind(&se)
-    .fetch_all(&pool)
-    .await
-    else {
-        return unavailable();
-    };
     let Ok(by_province) = sqlx::query(sqlx::AssertSqlSafe(format!(
         "SELECT p.code, \
            (SELECT count(*) FROM enterprises e WHERE e.province_code = p.code AND {scoped}) AS enterprises, \
@@ -702,19 +679,15 @@ async fn overview(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Respon
             }
         })
         .collect();
-    let kinds: Vec<KindRow> = kinds
+    let kinds: Vec<KindRow> = counts
+        .open_by_kind
         .iter()
-        .map(|r| {
-            let kind: String = r.get("kind");
-            let key = format!("kind_{kind}");
-            let label = match lang.t(&key) {
+        .map(|(kind, n)| KindRow {
+            label: match lang.t(&format!("kind_{kind}")) {
                 "?" => kind.clone(),
                 l => l.to_owned(),
-            };
-            KindRow {
-                label,
-                count: lang.int(r.get::<i64, _>("n")),
-            }
+            },
+            count: lang.int(*n),
         })
         .collect();
     let open_total: i64 = figures.values().map(|(_, o)| o).sum();
@@ -733,10 +706,10 @@ async fn overview(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Respon
         &OverviewPage {
             chrome: ch,
             heading,
-            enterprises: lang.int(counts.get::<i64, _>("enterprises")),
-            terminals: lang.int(counts.get::<i64, _>("terminals")),
-            online: lang.int(counts.get::<i64, _>("online")),
-            kg_in_storage: lang.dec1(counts.get::<i64, _>("in_storage_mg") as f64 / 1e6),
+            enterprises: lang.int(counts.enterprises),
+            terminals: lang.int(counts.terminals),
+            online: lang.int(counts.online),
+            kg_in_storage: lang.dec1(counts.in_storage_mg as f64 / 1e6),
             open_total: lang.int(open_total),
             kinds,
             provinces,

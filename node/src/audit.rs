@@ -57,9 +57,10 @@ impl Audit {
         self.tx.send_timeout(entry, AUDIT_WAIT).await.is_ok()
     }
 
-    /// Queues the record of a refused request if there is room now; false when it was dropped. A refusal
-    /// gave away no data, and waiting here would let a flood of bad tokens push back on every good read.
-    pub fn record_refusal(&self, entry: AuditEntry) -> bool {
+    /// Queues `entry` if there is room now; false when it was dropped. For what gave away no data (a
+    /// refusal) or whose effect is recorded elsewhere: waiting here would let a flood of bad tokens push
+    /// back on every good read.
+    pub fn try_record(&self, entry: AuditEntry) -> bool {
         self.tx.try_send(entry).is_ok()
     }
 

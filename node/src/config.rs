@@ -37,6 +37,7 @@ pub struct Config {
     pub query: QueryConfig,
     pub edge: EdgeConfig,
     pub cluster: ClusterConfig,
+    pub dashboard: DashboardConfig,
 }
 
 /// Cluster mode (`custodian serve --cluster URLS --node-id ID`); without `urls` the node runs alone on
@@ -117,6 +118,17 @@ impl Default for EdgeConfig {
             mqtt_url: None,
         }
     }
+}
+
+/// The regulators' dashboard in the browser (`/ui`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DashboardConfig {
+    /// Marks the dashboard's cookies `Secure`, so that a browser sends them over HTTPS only. Set it when
+    /// the node is reached through TLS (a terminating proxy): the node itself serves plain HTTP, where a
+    /// browser would not send a `Secure` cookie back and nobody could stay signed in.
+    /// `CUSTODIAN_DASHBOARD__SECURE_COOKIES=true`.
+    pub secure_cookies: bool,
 }
 
 /// The regulators' read endpoints.
@@ -290,6 +302,7 @@ impl Default for Config {
             query: QueryConfig::default(),
             edge: EdgeConfig::default(),
             cluster: ClusterConfig::default(),
+            dashboard: DashboardConfig::default(),
         }
     }
 }
@@ -319,7 +332,7 @@ impl Default for LogConfig {
 /// The top-level keys a `CUSTODIAN_*` environment variable may set. Other `CUSTODIAN_*` variables belong
 /// to other tools (`CUSTODIAN_NODE` to the CLI, `CUSTODIAN_PYTHON` to the tests, ...) and are ignored; a
 /// typo inside a section (`CUSTODIAN_INGEST__BATCH_READINGS`) is still refused.
-const CONFIG_KEYS: [&str; 13] = [
+const CONFIG_KEYS: [&str; 14] = [
     "listen",
     "data_dir",
     "admin_token",
@@ -333,6 +346,7 @@ const CONFIG_KEYS: [&str; 13] = [
     "projections",
     "query",
     "edge",
+    "dashboard",
 ];
 
 impl Config {

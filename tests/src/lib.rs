@@ -7,6 +7,7 @@
 
 pub mod cluster;
 pub mod private_services;
+pub mod scopes;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

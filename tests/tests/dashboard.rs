@@ -5,28 +5,11 @@
 
 use std::time::Duration;
 
-use custodian_node::terminal_sim::{terminal_body, terminal_key};
+use custodian_tests::scopes::{issue_token, register_enterprises, signing_terminal, weighings};
 use custodian_tests::*;
 use reqwest::header::{CONTENT_SECURITY_POLICY, COOKIE, HeaderMap, LOCATION, ORIGIN, SET_COOKIE};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
-
-fn weighings(terminal: &str, container: &str) -> Vec<u8> {
-    weighings_from(terminal, container, 1)
-}
-
-/// Readings `first` and `first + 1`: 100 kg, then 60 kg — a drop of 40 % flags weight_fluctuation.
-fn weighings_from(terminal: &str, container: &str, first: u64) -> Vec<u8> {
-    let readings: Vec<Value> = [(first, 100.0), (first + 1, 60.0)]
-        .iter()
-        .map(|(seq, kg)| {
-            json!({"seq": seq, "measured_at": format!("2026-11-20T08:00:{seq:02}Z"), "kind": "weight",
-                   "value": kg, "unit": "kg", "container_id": container, "stage": "storage_in",
-                   "waste_code": "HW08"})
-        })
-        .collect();
-    serde_json::to_vec(&json!({"terminal_id": terminal, "readings": readings})).unwrap()
-}
 
 /// The dashboard's alarm feed as an EventSource reads it.
 struct Feed {
@@ -218,50 +201,15 @@ async fn sign_in_scopes_language_and_assets() {
     let dir = tempfile::tempdir().unwrap();
     let models = ReadModels::new("dashboard");
     let (node, admin) = start_node(dir.path(), |c| models.enable(c)).await;
-    for (id, province, city) in [
-        ("E-A", "440000", "440100"),
-        ("E-B", "440000", "440300"),
-        ("E-C", "320000", "320100"),
-    ] {
-        admin
-            .register(
-                "/v1/enterprises",
-                &json!({"id": id, "name": format!("{id} 危废处置"), "province_code": province,
-                        "city_code": city, "storage_capacity_kg": 100000.0}),
-            )
-            .await
-            .unwrap();
-    }
+    register_enterprises(&admin).await;
     let mut keys = TerminalKeys::default();
     for (t, e) in [("T-A", "E-A"), ("T-C", "E-C")] {
-        let key = terminal_key(t, 7);
-        let mut body = terminal_body(t, 0, Some(&key.public_key_pem()));
-        body["enterprise_id"] = json!(e);
-        admin.register("/v1/terminals", &body).await.unwrap();
-        keys.0.insert(t.to_owned(), std::sync::Arc::new(key));
-        keys.upload(&admin, t, weighings(t, &format!("{t}-C0")))
-            .await
-            .unwrap();
+        signing_terminal(&admin, &mut keys, t, e).await;
     }
     wait_projected(&admin, Duration::from_secs(60)).await;
-    let issue = |tier: &str, scope: Option<&str>| {
-        let admin = admin.clone();
-        let body = match scope {
-            Some(s) => json!({"tier": tier, "scope": s}),
-            None => json!({"tier": tier}),
-        };
-        async move {
-            let (status, v) = admin.post_admin("/v1/admin/tokens", &body).await.unwrap();
-            assert_eq!(status, 201, "{v}");
-            (
-                v["token"].as_str().unwrap().to_owned(),
-                v["id"].as_str().unwrap().to_owned(),
-            )
-        }
-    };
-    let (province, province_id) = issue("province", Some("440000")).await;
-    let (national, _) = issue("national", None).await;
-    let (enterprise, _) = issue("enterprise", Some("E-C")).await;
+    let (province, province_id) = issue_token(&admin, "province", Some("440000")).await;
+    let (national, _) = issue_token(&admin, "national", None).await;
+    let (enterprise, _) = issue_token(&admin, "enterprise", Some("E-C")).await;
 
     let mut b = Browser::new(node.url());
     // Not signed in: every page sends the browser to sign in.
@@ -433,6 +381,20 @@ async fn sign_in_scopes_language_and_assets() {
             .contains("<td>20 Nov 2026, 16:00:01</td><td>100.0</td>"),
         "English dates"
     );
+    // The switch comes back to the page whole, its query included.
+    let back = "/ui/terminals/T-A?days=1&until=2026-11-20";
+    let link = format!("/ui/lang?to=zh-CN&amp;back={}", urlencode(back));
+    assert!(p.body.contains(&link), "{link} not in the page");
+    let p = b.get(&link.replace("&amp;", "&")).await;
+    assert_eq!((p.status, p.location()), (303, back));
+    let p = b.get(&format!("/ui/search?q={}", urlencode("危废"))).await;
+    let link = format!(
+        "/ui/lang?to=zh-CN&amp;back={}",
+        urlencode(&format!("/ui/search?q={}", urlencode("危废")))
+    );
+    assert!(p.body.contains(&link), "{link} not in the page");
+    let p = b.get(&link.replace("&amp;", "&")).await;
+    assert_eq!(p.location(), format!("/ui/search?q={}", urlencode("危废")));
     for evil in ["https://evil.example", "//evil.example", "/ui\\..\\x"] {
         let p = b
             .get(&format!("/ui/lang?to=en&back={}", urlencode(evil)))
@@ -593,11 +555,11 @@ async fn sign_in_scopes_language_and_assets() {
         "no feed without a session"
     );
     let mut feed = Feed::open(&b, None).await;
-    keys.upload(&admin, "T-C", weighings_from("T-C", "T-C-C0", 3))
+    keys.upload(&admin, "T-C", weighings("T-C", "T-C-C0", 3))
         .await
         .unwrap();
     let sent = std::time::Instant::now();
-    keys.upload(&admin, "T-A", weighings_from("T-A", "T-A-C0", 3))
+    keys.upload(&admin, "T-A", weighings("T-A", "T-A-C0", 3))
         .await
         .unwrap();
     let (first_id, first) = feed
@@ -615,7 +577,7 @@ async fn sign_in_scopes_language_and_assets() {
     }
     drop(feed);
     // Missed while disconnected: replayed after the last id seen.
-    keys.upload(&admin, "T-A", weighings_from("T-A", "T-A-C0", 5))
+    keys.upload(&admin, "T-A", weighings("T-A", "T-A-C0", 5))
         .await
         .unwrap();
     let mut feed = Feed::open(&b, Some(*seen.last().unwrap())).await;
@@ -675,6 +637,56 @@ async fn sign_in_scopes_language_and_assets() {
     assert_eq!(p.status, 200);
     assert!(!p.body.contains("class=\"hits\""));
 
+    // Every dashboard request is in the audit trail beside the API's reads: the session's token, the
+    // page, its status and how many rows it showed; requests without a session under no identity; the
+    // static assets not at all.
+    let pool = models.pool().await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let audited: Vec<(String, String, i32, i64)> = loop {
+        let rows: Vec<(String, String, i32, i64)> = sqlx::query_as(
+            "SELECT method, uri, status, rows FROM custodian_meta.audit \
+             WHERE token_id = $1 AND uri LIKE '/ui%' ORDER BY id",
+        )
+        .bind(&province_id)
+        .fetch_all(&pool)
+        .await
+        .unwrap_or_default();
+        if rows.iter().any(|r| r.1 == "/ui/search") || std::time::Instant::now() > deadline {
+            break rows;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let find = |uri: &str, status: i32| {
+        audited
+            .iter()
+            .find(|r| r.1 == uri && r.2 == status)
+            .unwrap_or_else(|| panic!("{uri} {status} not audited: {audited:?}"))
+    };
+    assert_eq!(find("/ui", 200).0, "GET");
+    find("/ui/provinces/320000", 404);
+    assert_eq!(find("/ui/provinces/440000", 200).3, 2, "E-A and E-B shown");
+    assert!(
+        find(&format!("/ui/search?q={q}"), 200).3 >= 1,
+        "the hits in scope are counted"
+    );
+    assert!(
+        audited.iter().all(|r| !r.1.starts_with("/ui/assets/")),
+        "assets are not audited: {audited:?}"
+    );
+    let anonymous: Vec<(String, i32)> = sqlx::query_as(
+        "SELECT uri, status FROM custodian_meta.audit WHERE token_id = '-' AND tier = 'none' \
+           AND uri LIKE '/ui%' ORDER BY id",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert!(
+        anonymous.contains(&("/ui".to_owned(), 303))
+            && anonymous.contains(&("/ui/sign-in".to_owned(), 401)),
+        "no session, and failed sign-ins: {anonymous:?}"
+    );
+    pool.close().await;
+
     // Signing out needs this site's Origin too, and clears the cookie.
     assert_eq!(n.post("/ui/sign-out", &[], None).await.status, 403);
     let p = n.post("/ui/sign-out", &[], Some(&origin)).await;
@@ -730,4 +742,24 @@ fn alarm_row<'a>(body: &'a str, id: &str) -> &'a str {
         .unwrap_or_else(|| panic!("no row for {id}"));
     let rest = &body[start..];
     &rest[..rest.find("</tr>").unwrap()]
+}
+
+/// Behind TLS (`dashboard.secure_cookies`), every cookie the dashboard sets is `Secure`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cookies_are_secure_when_configured() {
+    let dir = tempfile::tempdir().unwrap();
+    let (node, _admin) = start_node(dir.path(), |c| c.dashboard.secure_cookies = true).await;
+    let b = Browser::new(node.url());
+    let origin = b.origin();
+    let p = b
+        .post("/ui/sign-in", &[("token", ADMIN_TOKEN)], Some(&origin))
+        .await;
+    assert_eq!((p.status, p.location()), (303, "/ui"));
+    let p2 = b.post("/ui/sign-out", &[], Some(&origin)).await;
+    let p3 = b.get("/ui/lang?to=en&back=/ui").await;
+    for page in [&p, &p2, &p3] {
+        let set = page.headers[SET_COOKIE].to_str().unwrap();
+        assert!(set.ends_with("; Secure"), "{set}");
+    }
+    node.stop().await.unwrap();
 }

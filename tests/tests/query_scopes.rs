@@ -7,20 +7,12 @@ use std::time::Duration;
 
 use custodian_node::client::{ClientError, NodeClient};
 use custodian_node::terminal_sim::{terminal_body, terminal_key};
+use custodian_tests::scopes::{issue_token, register_enterprises, signing_terminal};
 use custodian_tests::*;
 use serde_json::{Value, json};
 
 fn weighings(terminal: &str, container: &str) -> Vec<u8> {
-    // 100 kg, then 60 kg: a drop of 40 % flags weight_fluctuation.
-    let readings: Vec<Value> = [(1, 100.0), (2, 60.0)]
-        .iter()
-        .map(|(seq, kg)| {
-            json!({"seq": seq, "measured_at": format!("2026-11-20T08:00:0{seq}Z"), "kind": "weight",
-                   "value": kg, "unit": "kg", "container_id": container, "stage": "storage_in",
-                   "waste_code": "HW08"})
-        })
-        .collect();
-    serde_json::to_vec(&json!({"terminal_id": terminal, "readings": readings})).unwrap()
+    custodian_tests::scopes::weighings(terminal, container, 1)
 }
 
 async fn get(client: &NodeClient, path: &str) -> Result<Value, (u16, Value)> {
@@ -48,31 +40,10 @@ async fn every_tier_sees_exactly_its_scope() {
     let dir = tempfile::tempdir().unwrap();
     let models = ReadModels::new("scopes");
     let (node, admin) = start_node(dir.path(), |c| models.enable(c)).await;
-    for (id, province, city) in [
-        ("E-A", "440000", "440100"),
-        ("E-B", "440000", "440300"),
-        ("E-C", "320000", "320100"),
-    ] {
-        admin
-            .register(
-                "/v1/enterprises",
-                &json!({"id": id, "name": format!("{id} 危废处置"), "province_code": province,
-                        "city_code": city, "storage_capacity_kg": 100000.0}),
-            )
-            .await
-            .unwrap();
-    }
+    register_enterprises(&admin).await;
     let mut keys = TerminalKeys::default();
     for (t, e) in [("T-A", "E-A"), ("T-B", "E-B"), ("T-C", "E-C")] {
-        let key = terminal_key(t, 7);
-        let mut body = terminal_body(t, 0, Some(&key.public_key_pem()));
-        body["enterprise_id"] = json!(e);
-        admin.register("/v1/terminals", &body).await.unwrap();
-        keys.0.insert(t.to_owned(), std::sync::Arc::new(key));
-        let container = format!("{t}-C0");
-        keys.upload(&admin, t, weighings(t, &container))
-            .await
-            .unwrap();
+        signing_terminal(&admin, &mut keys, t, e).await;
         let (status, _) = admin
             .post_admin(
                 "/v1/notes",
@@ -109,18 +80,7 @@ async fn every_tier_sees_exactly_its_scope() {
         national.starts_with("cst1."),
         "stdout holds the token alone: {national}"
     );
-    let issue = |tier: &str, scope: &str| {
-        let admin = admin.clone();
-        let body = json!({"tier": tier, "scope": scope});
-        async move {
-            let (status, v) = admin.post_admin("/v1/admin/tokens", &body).await.unwrap();
-            assert_eq!(status, 201, "{v}");
-            (
-                v["token"].as_str().unwrap().to_owned(),
-                v["id"].as_str().unwrap().to_owned(),
-            )
-        }
-    };
+    let issue = |tier: &'static str, scope: &'static str| issue_token(&admin, tier, Some(scope));
     let (province, province_id) = issue("province", "440000").await;
     let (enterprise, enterprise_id) = issue("enterprise", "E-A").await;
     for bad in [

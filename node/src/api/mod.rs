@@ -183,7 +183,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/v1/events", get(events::stream))
         .route("/v1/admin/log/export", get(events::export))
-        .merge(crate::dashboard::routes())
+        .merge(crate::dashboard::routes(state.clone()))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(

@@ -581,11 +581,11 @@ pub async fn search(
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReadingsQuery {
-    from: String,
-    to: String,
-    every: Option<String>,
-    agg: Option<String>,
-    kind: Option<String>,
+    pub(crate) from: String,
+    pub(crate) to: String,
+    pub(crate) every: Option<String>,
+    pub(crate) agg: Option<String>,
+    pub(crate) kind: Option<String>,
 }
 
 /// Most points one series answer holds; a wider range needs a coarser `every`.
@@ -602,7 +602,18 @@ pub async fn terminal_readings(
 ) -> Result<impl IntoResponse, ApiError> {
     let who = caller(&st, &headers)?;
     let q = query_of(q)?;
-    custodian_events::ids::check_id(&id).map_err(|e| invalid(format!("terminal id: {e}")))?;
+    Ok(axum::Json(readings(&st, &who, &id, &q).await?))
+}
+
+/// Terminal `id`'s readings for `who`, as `GET /v1/terminals/{id}/readings` answers them: the API's and
+/// the dashboard's one way to read them.
+pub(crate) async fn readings(
+    st: &AppState,
+    who: &crate::tokens::Caller,
+    id: &str,
+    q: &ReadingsQuery,
+) -> Result<Value, ApiError> {
+    custodian_events::ids::check_id(id).map_err(|e| invalid(format!("terminal id: {e}")))?;
     let (from, to) = (instant_ns(&q.from)?, instant_ns(&q.to)?);
     if to <= from {
         return Err(invalid("to must be after from"));
@@ -638,19 +649,19 @@ pub async fn terminal_readings(
     }
     // The terminal and its enterprise, in scope.
     let (sp, se) = who.scope.binds();
-    let pool = pg(&st)?;
+    let pool = pg(st)?;
     let Some(row) = sqlx::query(
         "SELECT t.enterprise_id, e.province_code FROM terminals t JOIN enterprises e ON e.id = t.enterprise_id \
          WHERE t.id = $3 AND ($1::text IS NULL OR e.province_code = $1) AND ($2::text IS NULL OR e.id = $2)",
     )
     .bind(&sp)
     .bind(&se)
-    .bind(&id)
+    .bind(id)
     .fetch_optional(&pool)
     .await
     .map_err(db_error)?
     else {
-        return Err(not_found("terminal", &id));
+        return Err(not_found("terminal", id));
     };
     let enterprise: String = row.get("enterprise_id");
     let influx = st
@@ -727,14 +738,14 @@ pub async fn terminal_readings(
             Value::Object(item)
         })
         .collect();
-    Ok(axum::Json(json!({
+    Ok(json!({
         "terminal_id": id,
         "kind": kind,
         "unit": custodian_events::ReadingKind::parse(kind).map(|k| k.base_unit()),
         "every": q.every,
         "agg": every_ns.map(|_| agg),
         "items": items,
-    })))
+    }))
 }
 
 /// `GET /v1/overview`: the landing view of the caller's scope — enterprises, terminals (and how many
@@ -886,7 +897,7 @@ pub async fn cache(
                     cached: false,
                     duration_us: started.elapsed().as_micros() as i64,
                 };
-                if !audit.record_refusal(entry) {
+                if !audit.try_record(entry) {
                     st.metrics
                         .audit_refusals_dropped
                         .fetch_add(1, Ordering::Relaxed);
@@ -1215,7 +1226,10 @@ async fn handle_anomaly(
 ) -> Result<impl IntoResponse, ApiError> {
     let who = caller(&st, &headers)?;
     let raw: RawHandling = read_json(&headers, body, 32 * 1024).await?;
-    let seq = handle(&st, &who, &id, &raw.note, state).await?;
+    // Not idempotent: every call is recorded, so `Some` always.
+    let seq = handle(&st, &who, &id, &raw.note, state, false)
+        .await?
+        .unwrap_or_default();
     Ok((
         StatusCode::ACCEPTED,
         axum::Json(json!({ "anomaly_id": id, "state": state.name(), "event_seq": seq })),
@@ -1224,23 +1238,31 @@ async fn handle_anomaly(
 
 /// Acknowledges or resolves anomaly `id` for `who` with `note` (the API's and the dashboard's one way to
 /// do it): 404 out of scope or unknown, 409 when it is resolved already, 422 for an empty or long note.
-/// The sequence of the `AnomalyHandled` it appended.
+/// The sequence of the `AnomalyHandled` it appended. With `idempotent` (the dashboard's forms, which a
+/// browser may post twice), an alarm already in `state`, or resolved, is left as it is and answers `None`
+/// whatever the note.
 pub(crate) async fn handle(
     st: &Arc<AppState>,
     who: &crate::tokens::Caller,
     id: &str,
     note: &str,
     state: custodian_events::event::AnomalyState,
-) -> Result<u64, ApiError> {
+    idempotent: bool,
+) -> Result<Option<u64>, ApiError> {
     use custodian_events::event::{AnomalyHandled, NOTE_CHARS_MAX};
     let id = id.to_owned();
     let note = note.trim();
-    if note.is_empty() || note.chars().count() > NOTE_CHARS_MAX {
-        return Err(ApiError::new(
+    let bad_note = (note.is_empty() || note.chars().count() > NOTE_CHARS_MAX).then(|| {
+        ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "value_out_of_range",
             format!("note must have 1 ..= {NOTE_CHARS_MAX} characters"),
-        ));
+        )
+    });
+    if let Some(e) = bad_note.clone()
+        && !idempotent
+    {
+        return Err(e);
     }
     let (sp, se) = who.scope.binds();
     let Some(row) = sqlx::query(
@@ -1256,7 +1278,14 @@ pub(crate) async fn handle(
     else {
         return Err(not_found("anomaly", &id));
     };
-    if row.get::<String, _>("state") == "resolved" {
+    let current: String = row.get("state");
+    if idempotent && (current == state.name() || current == "resolved") {
+        return Ok(None);
+    }
+    if let Some(e) = bad_note {
+        return Err(e);
+    }
+    if current == "resolved" {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             "already_resolved",
@@ -1277,8 +1306,8 @@ pub(crate) async fn handle(
     let scope = enterprise.unwrap_or_else(|| custodian_events::keyring::PLATFORM_SCOPE.to_owned());
     let p = crate::sealing::sealed(st, &scope, event, Some(&who.token_id)).await?;
     let outcome = st.log.append(vec![p]).await?;
-    Ok(match outcome.first() {
+    Ok(Some(match outcome.first() {
         Some(custodian_events::log::AppendOutcome::Appended { seq }) => *seq,
         _ => 0,
-    })
+    }))
 }

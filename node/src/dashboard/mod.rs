@@ -1,15 +1,17 @@
-//! The regulators' dashboard in the browser (issue "Regulator dashboard", first part): server-rendered
-//! HTML (askama templates in `node/templates/dashboard/`), served by the node from its binary under
-//! `/ui`, with its own styles and the vendored htmx and uPlot (`assets/`), nothing from any other origin.
+//! The regulators' dashboard in the browser: server-rendered HTML (askama templates in
+//! `node/templates/dashboard/`), served by the node from its binary under `/ui`, with its own styles and
+//! the vendored htmx and uPlot (`assets/`), nothing from any other origin.
 //!
 //! - **Sign-in** with a regulator token (`/ui/sign-in`): verified exactly as the API verifies a bearer
 //!   token, then kept in the session cookie `custodian_session` (HttpOnly, SameSite=Strict, Path=/ui, no
-//!   expiry: gone with the browser session). Every page resolves the cookie the same way, so a revoked or
-//!   expired token signs the browser out on its next page.
+//!   expiry: gone with the browser session; `Secure` with `dashboard.secure_cookies`). Every page
+//!   resolves the cookie the same way (the [`Session`] extractor), so a revoked or expired token signs
+//!   the browser out on its next page.
 //! - **Scopes exactly as the API**: every page reads through the caller's scope (`Scope::binds`), and a
 //!   page outside it answers 404 like a page that does not exist.
-//! - **State-changing forms** (sign-in, sign-out) check `Origin` against the request's host: anything
-//!   else is refused 403 and changes nothing.
+//! - **State-changing forms** (sign-in, sign-out, acknowledge, resolve) check `Origin` against the
+//!   request's host: anything else is refused 403 and changes nothing.
+//! - **Audit**: every request but the assets' is in the audit trail beside the API's reads ([`audited`]).
 //! - **Headers** on every `/ui` response: `Content-Security-Policy: default-src 'self'` (plus
 //!   `frame-ancestors 'none'`, `form-action 'self'`, `base-uri 'none'`), `X-Content-Type-Options:
 //!   nosniff`, `Referrer-Policy: same-origin` (not `no-referrer`, with which browsers send `Origin: null`
@@ -17,8 +19,8 @@
 //! - **Languages**: zh-CN (default) and English, switched by `/ui/lang?to=en&back=/ui/...` (a cookie);
 //!   `lang` set on every page.
 //!
-//! Pages so far: the overview (national province grid, or the caller's own province), a province's
-//! enterprises. See `docs/dashboard.md`.
+//! Pages: the overview, a province, an enterprise, a container's custody chain, a terminal's chart, a
+//! manifest, search, the alarms (with acknowledge/resolve and the live feed). See `docs/dashboard.md`.
 
 pub mod assets;
 pub mod i18n;
@@ -27,7 +29,8 @@ use std::sync::Arc;
 
 use askama::Template;
 use axum::Router;
-use axum::extract::{Path, Query, State};
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -47,8 +50,9 @@ pub const LANG_COOKIE: &str = "custodian_lang";
 pub const CSP: &str =
     "default-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'";
 
-/// The dashboard's routes (merged into the node's router).
-pub fn routes() -> Router<Arc<AppState>> {
+/// The dashboard's routes (merged into the node's router); every request but the assets' goes through
+/// [`audited`].
+pub fn routes(st: Arc<AppState>) -> Router<Arc<AppState>> {
     Router::new()
         .route("/ui", get(overview))
         .route("/ui/sign-in", get(sign_in_page).post(sign_in))
@@ -63,7 +67,146 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/ui/alarms", get(alarms))
         .route("/ui/alarms/{id}", post(handle_alarm))
         .route("/ui/alarms/feed", get(alarm_feed))
+        .layer(axum::middleware::from_fn_with_state(st, audited))
         .route("/ui/assets/{*file}", get(assets::serve))
+}
+
+/// The caller a request's session cookie names (`None`: no session, or one whose token is no longer
+/// valid), resolved once by [`audited`] and read by [`Session`].
+#[derive(Clone)]
+struct SignedIn(Option<Caller>);
+
+/// A signed-in page request: its language, who is asking (the session's token, verified exactly as the
+/// API verifies a bearer token) and the PostgreSQL read model's pool. Without a valid session the request
+/// is sent to the sign-in page; with the read model down it answers the 503 page.
+struct Session {
+    lang: Lang,
+    caller: Caller,
+    pool: sqlx::PgPool,
+}
+
+impl FromRequestParts<Arc<AppState>> for Session {
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        st: &Arc<AppState>,
+    ) -> Result<Self, Self::Rejection> {
+        let lang = lang_of(&parts.headers);
+        let caller = match parts.extensions.get::<SignedIn>() {
+            Some(SignedIn(c)) => c.clone(),
+            None => signed_in(st, &parts.headers),
+        };
+        let Some(caller) = caller else {
+            return Err(redirect("/ui/sign-in"));
+        };
+        match crate::api::query::pg(st) {
+            Ok(pool) => Ok(Session { lang, caller, pool }),
+            Err(_) => Err(error_page(
+                StatusCode::SERVICE_UNAVAILABLE,
+                lang,
+                Some(&caller),
+            )),
+        }
+    }
+}
+
+impl Session {
+    /// The caller's scope as the queries bind it: `(province, enterprise)`.
+    fn binds(&self) -> (Option<String>, Option<String>) {
+        self.caller.scope.binds()
+    }
+
+    fn error(&self, status: StatusCode) -> Response {
+        error_page(status, self.lang, Some(&self.caller))
+    }
+
+    /// Out of scope answers exactly like a page that does not exist.
+    fn not_found(&self) -> Response {
+        self.error(StatusCode::NOT_FOUND)
+    }
+
+    fn unavailable(&self) -> Response {
+        self.error(StatusCode::SERVICE_UNAVAILABLE)
+    }
+
+    fn chrome(&self, title: &str, back: &str) -> Chrome {
+        chrome(self.lang, title, back, Some(&self.caller))
+    }
+}
+
+/// How many rows a page showed, for the audit trail (a page that does not say counts as one).
+#[derive(Clone, Copy)]
+struct AuditRows(i64);
+
+fn with_rows(mut response: Response, rows: usize) -> Response {
+    response.extensions_mut().insert(AuditRows(rows as i64));
+    response
+}
+
+/// Middleware: the dashboard's requests in the audit trail, beside the API's reads (`crate::audit`) —
+/// who (the session's token, or `-`), which page, the status and how many rows it showed. As in the API,
+/// a signed-in read is never answered without its record: with no room in the audit queue for
+/// `AUDIT_WAIT` the page is replaced by the 503 page. Everything else (no session, a form's post, whose
+/// effect is in the event log already) is recorded when there is room at once, and counted in
+/// `/metrics` when there is not.
+async fn audited(
+    State(st): State<Arc<AppState>>,
+    mut req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    use std::sync::atomic::Ordering;
+    let started = std::time::Instant::now();
+    let method = req.method().clone();
+    let uri = req.uri().to_string();
+    let lang = lang_of(req.headers());
+    let caller = signed_in(&st, req.headers());
+    req.extensions_mut().insert(SignedIn(caller.clone()));
+    let response = next.run(req).await;
+    let Some(audit) = &st.audit else {
+        return response;
+    };
+    let status = response.status().as_u16();
+    let rows = response
+        .extensions()
+        .get::<AuditRows>()
+        .map_or(i64::from(status == 200), |r| r.0);
+    let (scope, token_id, tier) = match &caller {
+        Some(c) => {
+            let (province, enterprise) = c.scope.binds();
+            (province.or(enterprise), c.token_id.clone(), c.tier.name())
+        }
+        None => (None, "-".to_owned(), "none"),
+    };
+    let entry = crate::audit::AuditEntry {
+        at_ns: st.clock.now_ns(),
+        token_id,
+        tier,
+        scope,
+        method: method.to_string(),
+        uri,
+        status,
+        rows,
+        cached: false,
+        duration_us: started.elapsed().as_micros() as i64,
+    };
+    match &caller {
+        Some(c) if method == axum::http::Method::GET => {
+            if audit.record(entry).await {
+                response
+            } else {
+                error_page(StatusCode::SERVICE_UNAVAILABLE, lang, Some(c))
+            }
+        }
+        _ => {
+            if !audit.try_record(entry) {
+                st.metrics
+                    .audit_refusals_dropped
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            response
+        }
+    }
 }
 
 /// A breadcrumb step.
@@ -80,6 +223,14 @@ pub struct Chrome {
     pub back: String,
     pub who: Option<String>,
     pub crumbs: Vec<Crumb>,
+}
+
+impl Chrome {
+    /// `back` as a query value for the language switch's link: percent-encoded, so that its own query
+    /// (`?days=7&until=…`, a search's encoded text) comes back whole.
+    pub fn back_query(&self) -> String {
+        percent(&self.back)
+    }
 }
 
 #[derive(Template)]
@@ -544,23 +695,35 @@ async fn sign_in(
     response.headers_mut().append(
         header::SET_COOKIE,
         HeaderValue::from_str(&format!(
-            "{SESSION_COOKIE}={token}; Path=/ui; HttpOnly; SameSite=Strict"
+            "{SESSION_COOKIE}={token}; Path=/ui; HttpOnly; SameSite=Strict{}",
+            secure_attr(&st)
         ))
         .expect("a printable cookie"),
     );
     response
 }
 
-async fn sign_out(headers: HeaderMap) -> Response {
+/// `; Secure` when the dashboard is configured to be reached over HTTPS only (`dashboard.secure_cookies`).
+fn secure_attr(st: &AppState) -> &'static str {
+    if st.config.dashboard.secure_cookies {
+        "; Secure"
+    } else {
+        ""
+    }
+}
+
+async fn sign_out(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Response {
     if !same_origin(&headers) {
         return error_page(StatusCode::FORBIDDEN, lang_of(&headers), None);
     }
     let mut response = redirect("/ui/sign-in");
     response.headers_mut().append(
         header::SET_COOKIE,
-        HeaderValue::from_static(
-            "custodian_session=; Path=/ui; HttpOnly; SameSite=Strict; Max-Age=0",
-        ),
+        HeaderValue::from_str(&format!(
+            "{SESSION_COOKIE}=; Path=/ui; HttpOnly; SameSite=Strict; Max-Age=0{}",
+            secure_attr(&st)
+        ))
+        .expect("a printable cookie"),
     );
     response
 }
@@ -571,7 +734,7 @@ struct LangQuery {
     back: Option<String>,
 }
 
-async fn switch_language(Query(q): Query<LangQuery>) -> Response {
+async fn switch_language(State(st): State<Arc<AppState>>, Query(q): Query<LangQuery>) -> Response {
     let lang = Lang::parse(q.to.as_deref().unwrap_or(""));
     // Only back into the dashboard: never an open redirect.
     let back = q
@@ -586,8 +749,9 @@ async fn switch_language(Query(q): Query<LangQuery>) -> Response {
     response.headers_mut().append(
         header::SET_COOKIE,
         HeaderValue::from_str(&format!(
-            "{LANG_COOKIE}={}; Path=/ui; SameSite=Strict; Max-Age=31536000",
-            lang.tag()
+            "{LANG_COOKIE}={}; Path=/ui; SameSite=Strict; Max-Age=31536000{}",
+            lang.tag(),
+            secure_attr(&st)
         ))
         .expect("a printable cookie"),
     );
@@ -602,20 +766,13 @@ fn alarm_state(open: i64, lang: Lang) -> (&'static str, &'static str, &'static s
     }
 }
 
-async fn overview(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Response {
-    let lang = lang_of(&headers);
-    let Some(caller) = signed_in(&st, &headers) else {
-        return redirect("/ui/sign-in");
-    };
-    let Ok(pool) = crate::api::query::pg(&st) else {
-        return error_page(StatusCode::SERVICE_UNAVAILABLE, lang, Some(&caller));
-    };
-    let unavailable = || error_page(StatusCode::SERVICE_UNAVAILABLE, lang, Some(&caller));
-    let (sp, se) = caller.scope.binds();
+async fn overview(State(st): State<Arc<AppState>>, s: Session) -> Response {
+    let (lang, caller, pool) = (s.lang, &s.caller, &s.pool);
+    let (sp, se) = s.binds();
     let Ok(counts) =
-        crate::api::query::overview_counts(&pool, &caller.scope, st.clock.now_ns()).await
+        crate::api::query::overview_counts(pool, &caller.scope, st.clock.now_ns()).await
     else {
-        return unavailable();
+        return s.unavailable();
     };
     let scoped = "($1::text IS NULL OR e.province_code = $1) AND ($2::text IS NULL OR e.id = $2)";
     let open_filter = "($1::text IS NULL OR province_code = $1) AND ($2::text IS NULL OR enterprise_id = $2) \
@@ -628,10 +785,10 @@ async fn overview(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Respon
     )))
     .bind(&sp)
     .bind(&se)
-    .fetch_all(&pool)
+    .fetch_all(pool)
     .await
     else {
-        return unavailable();
+        return s.unavailable();
     };
     let figures: std::collections::BTreeMap<String, (i64, i64)> = by_province
         .iter()
@@ -696,7 +853,7 @@ async fn overview(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Respon
         Scope::Province(p) => province_name(p, lang),
         Scope::Enterprise(e) => e.clone(),
     };
-    let mut ch = chrome(lang, lang.t("overview"), "/ui", Some(&caller));
+    let mut ch = s.chrome(lang.t("overview"), "/ui");
     ch.crumbs.push(Crumb {
         label: lang.t("overview").to_owned(),
         href: None,
@@ -717,26 +874,15 @@ async fn overview(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Respon
     )
 }
 
-async fn province(
-    State(st): State<Arc<AppState>>,
-    headers: HeaderMap,
-    Path(code): Path<String>,
-) -> Response {
-    let lang = lang_of(&headers);
-    let Some(caller) = signed_in(&st, &headers) else {
-        return redirect("/ui/sign-in");
-    };
-    let not_found = || error_page(StatusCode::NOT_FOUND, lang, Some(&caller));
+async fn province(s: Session, Path(code): Path<String>) -> Response {
+    let lang = s.lang;
     // Another province's page answers like one that does not exist.
-    if let Scope::Province(p) = &caller.scope
+    if let Scope::Province(p) = &s.caller.scope
         && *p != code
     {
-        return not_found();
+        return s.not_found();
     }
-    let Ok(pool) = crate::api::query::pg(&st) else {
-        return error_page(StatusCode::SERVICE_UNAVAILABLE, lang, Some(&caller));
-    };
-    let (sp, se) = caller.scope.binds();
+    let (sp, se) = s.binds();
     let Ok(rows) = sqlx::query(
         "SELECT e.id, e.name, e.city_code, \
            (SELECT count(*) FROM anomalies a WHERE a.enterprise_id = e.id AND a.state <> 'resolved') AS open \
@@ -748,16 +894,16 @@ async fn province(
     .bind(&sp)
     .bind(&se)
     .bind(&code)
-    .fetch_all(&pool)
+    .fetch_all(&s.pool)
     .await
     else {
-        return error_page(StatusCode::SERVICE_UNAVAILABLE, lang, Some(&caller));
+        return s.unavailable();
     };
     let known = PROVINCES.iter().any(|(c, _, _)| *c == code);
     // Nothing in scope here: for an enterprise's token any other province; for anyone, a code that is
     // neither a province nor has enterprises.
-    if rows.is_empty() && (!known || matches!(caller.scope, Scope::Enterprise(_))) {
-        return not_found();
+    if rows.is_empty() && (!known || matches!(s.caller.scope, Scope::Enterprise(_))) {
+        return s.not_found();
     }
     let enterprises = rows
         .iter()
@@ -775,12 +921,7 @@ async fn province(
         })
         .collect();
     let heading = province_name(&code, lang);
-    let mut ch = chrome(
-        lang,
-        &heading,
-        &format!("/ui/provinces/{code}"),
-        Some(&caller),
-    );
+    let mut ch = s.chrome(&heading, &format!("/ui/provinces/{code}"));
     ch.crumbs = vec![
         Crumb {
             label: lang.t("overview").to_owned(),
@@ -791,13 +932,17 @@ async fn province(
             href: None,
         },
     ];
-    html(
-        StatusCode::OK,
-        &ProvincePage {
-            chrome: ch,
-            heading,
-            enterprises,
-        },
+    let shown = rows.len();
+    with_rows(
+        html(
+            StatusCode::OK,
+            &ProvincePage {
+                chrome: ch,
+                heading,
+                enterprises,
+            },
+        ),
+        shown,
     )
 }
 
@@ -806,31 +951,24 @@ const CST: &str = "'YYYY-MM-DD HH24:MI:SS'";
 
 async fn enterprise(
     State(st): State<Arc<AppState>>,
-    headers: HeaderMap,
+    s: Session,
     Path(id): Path<String>,
 ) -> Response {
-    let lang = lang_of(&headers);
-    let Some(caller) = signed_in(&st, &headers) else {
-        return redirect("/ui/sign-in");
-    };
-    let Ok(pool) = crate::api::query::pg(&st) else {
-        return error_page(StatusCode::SERVICE_UNAVAILABLE, lang, Some(&caller));
-    };
-    let unavailable = || error_page(StatusCode::SERVICE_UNAVAILABLE, lang, Some(&caller));
-    let (sp, se) = caller.scope.binds();
+    let (lang, pool) = (s.lang, &s.pool);
+    let (sp, se) = s.binds();
     let e = match sqlx::query(
         "SELECT id, name, province_code, city_code, storage_capacity_mg,            (SELECT coalesce(sum(last_weight_mg), 0)::int8 FROM containers c               WHERE c.enterprise_id = e.id AND c.stage = 'storage_in') AS in_storage_mg,            (SELECT count(*) FROM anomalies a WHERE a.enterprise_id = e.id AND a.state <> 'resolved') AS open          FROM enterprises e WHERE id = $3            AND ($1::text IS NULL OR province_code = $1) AND ($2::text IS NULL OR id = $2)",
     )
     .bind(&sp)
     .bind(&se)
     .bind(&id)
-    .fetch_optional(&pool)
+    .fetch_optional(pool)
     .await
     {
         Ok(Some(e)) => e,
         // Out of scope answers like an enterprise that does not exist.
-        Ok(None) => return error_page(StatusCode::NOT_FOUND, lang, Some(&caller)),
-        Err(_) => return unavailable(),
+        Ok(None) => return s.not_found(),
+        Err(_) => return s.unavailable(),
     };
     let now_ns = st.clock.now_ns();
     let Ok(terminals) = sqlx::query(sqlx::AssertSqlSafe(format!(
@@ -838,35 +976,35 @@ async fn enterprise(
     )))
     .bind(&id)
     .bind(now_ns)
-    .fetch_all(&pool)
+    .fetch_all(pool)
     .await
     else {
-        return unavailable();
+        return s.unavailable();
     };
     let Ok(containers) = sqlx::query(sqlx::AssertSqlSafe(format!(
         "SELECT id, coalesce(waste_code, '') AS waste_code, coalesce(stage, '') AS stage, last_weight_mg,            to_char(last_measured_at AT TIME ZONE 'Asia/Shanghai', {CST}) AS last          FROM containers WHERE enterprise_id = $1 AND stage = 'storage_in' ORDER BY id LIMIT 1000"
     )))
     .bind(&id)
-    .fetch_all(&pool)
+    .fetch_all(pool)
     .await
     else {
-        return unavailable();
+        return s.unavailable();
     };
     let Ok(kpis) = sqlx::query(
         "SELECT day::text AS day, readings, weighed_mg, storage_in_mg, storage_out_mg, anomalies          FROM daily_kpis WHERE enterprise_id = $1 ORDER BY day DESC LIMIT 7",
     )
     .bind(&id)
-    .fetch_all(&pool)
+    .fetch_all(pool)
     .await
     else {
-        return unavailable();
+        return s.unavailable();
     };
     let kg = |mg: i64| lang.dec1(mg as f64 / 1e6);
     let name: String = e.get("name");
     let province_code: String = e.get("province_code");
     let province = province_name(&province_code, lang);
     let heading = format!("{name}（{id}）");
-    let mut ch = chrome(lang, &name, &format!("/ui/enterprises/{id}"), Some(&caller));
+    let mut ch = s.chrome(&name, &format!("/ui/enterprises/{id}"));
     ch.crumbs = vec![
         Crumb {
             label: lang.t("overview").to_owned(),
@@ -935,30 +1073,23 @@ async fn enterprise(
 
 async fn container(
     State(st): State<Arc<AppState>>,
-    headers: HeaderMap,
+    s: Session,
     Path(id): Path<String>,
 ) -> Response {
-    let lang = lang_of(&headers);
-    let Some(caller) = signed_in(&st, &headers) else {
-        return redirect("/ui/sign-in");
-    };
-    let Ok(pool) = crate::api::query::pg(&st) else {
-        return error_page(StatusCode::SERVICE_UNAVAILABLE, lang, Some(&caller));
-    };
-    let unavailable = || error_page(StatusCode::SERVICE_UNAVAILABLE, lang, Some(&caller));
-    let (sp, se) = caller.scope.binds();
+    let (lang, pool) = (s.lang, &s.pool);
+    let (sp, se) = s.binds();
     let c = match sqlx::query(
         "SELECT c.id, c.enterprise_id, coalesce(c.waste_code, '') AS waste_code,            coalesce(c.stage, '') AS stage, c.last_weight_mg FROM containers c            JOIN enterprises e ON e.id = c.enterprise_id          WHERE c.id = $3 AND ($1::text IS NULL OR e.province_code = $1) AND ($2::text IS NULL OR e.id = $2)",
     )
     .bind(&sp)
     .bind(&se)
     .bind(&id)
-    .fetch_optional(&pool)
+    .fetch_optional(pool)
     .await
     {
         Ok(Some(c)) => c,
-        Ok(None) => return error_page(StatusCode::NOT_FOUND, lang, Some(&caller)),
-        Err(_) => return unavailable(),
+        Ok(None) => return s.not_found(),
+        Err(_) => return s.unavailable(),
     };
     let enterprise: String = c.get("enterprise_id");
     let Ok(chain) = sqlx::query(sqlx::AssertSqlSafe(format!(
@@ -966,10 +1097,10 @@ async fn container(
     )))
     .bind(&id)
     .bind(&enterprise)
-    .fetch_all(&pool)
+    .fetch_all(pool)
     .await
     else {
-        return unavailable();
+        return s.unavailable();
     };
     // Each step's fingerprint, from the log itself: what a court would be shown.
     let steps = chain
@@ -996,12 +1127,7 @@ async fn container(
         })
         .collect();
     let heading = format!("{}：{id}", lang.t("container"));
-    let mut ch = chrome(
-        lang,
-        &heading,
-        &format!("/ui/containers/{id}"),
-        Some(&caller),
-    );
+    let mut ch = s.chrome(&heading, &format!("/ui/containers/{id}"));
     ch.crumbs = vec![
         Crumb {
             label: lang.t("overview").to_owned(),
@@ -1016,18 +1142,22 @@ async fn container(
             href: None,
         },
     ];
-    html(
-        StatusCode::OK,
-        &ContainerPage {
-            chrome: ch,
-            heading,
-            id: id.clone(),
-            enterprise,
-            waste_code: c.get("waste_code"),
-            stage: c.get("stage"),
-            weight_kg: lang.dec1(c.get::<i64, _>("last_weight_mg") as f64 / 1e6),
-            steps,
-        },
+    let shown = chain.len();
+    with_rows(
+        html(
+            StatusCode::OK,
+            &ContainerPage {
+                chrome: ch,
+                heading,
+                id: id.clone(),
+                enterprise,
+                waste_code: c.get("waste_code"),
+                stage: c.get("stage"),
+                weight_kg: lang.dec1(c.get::<i64, _>("last_weight_mg") as f64 / 1e6),
+                steps,
+            },
+        ),
+        shown,
     )
 }
 
@@ -1049,30 +1179,24 @@ fn cst_time(ns: i64) -> String {
 
 async fn terminal(
     State(st): State<Arc<AppState>>,
-    headers: HeaderMap,
+    s: Session,
     Path(id): Path<String>,
     Query(q): Query<TerminalQuery>,
 ) -> Response {
-    let lang = lang_of(&headers);
-    let Some(caller) = signed_in(&st, &headers) else {
-        return redirect("/ui/sign-in");
-    };
-    let Ok(pool) = crate::api::query::pg(&st) else {
-        return error_page(StatusCode::SERVICE_UNAVAILABLE, lang, Some(&caller));
-    };
-    let (sp, se) = caller.scope.binds();
+    let lang = s.lang;
+    let (sp, se) = s.binds();
     let t = match sqlx::query(
         "SELECT t.id, t.enterprise_id, t.kind FROM terminals t JOIN enterprises e ON e.id = t.enterprise_id          WHERE t.id = $3 AND ($1::text IS NULL OR e.province_code = $1) AND ($2::text IS NULL OR e.id = $2)",
     )
     .bind(&sp)
     .bind(&se)
     .bind(&id)
-    .fetch_optional(&pool)
+    .fetch_optional(&s.pool)
     .await
     {
         Ok(Some(t)) => t,
-        Ok(None) => return error_page(StatusCode::NOT_FOUND, lang, Some(&caller)),
-        Err(_) => return error_page(StatusCode::SERVICE_UNAVAILABLE, lang, Some(&caller)),
+        Ok(None) => return s.not_found(),
+        Err(_) => return s.unavailable(),
     };
     let enterprise: String = t.get("enterprise_id");
     let days = q.days.filter(|d| matches!(d, 1 | 7 | 30)).unwrap_or(7);
@@ -1100,48 +1224,22 @@ async fn terminal(
     );
     let rfc = |ns: i64| custodian_events::reading::format_utc_ns(ns);
     // One day raw; longer ranges as hourly minima and maxima (the API's limit on raw points).
-    let calls: Vec<String> = if days == 1 {
-        vec![format!("from={}&to={}", rfc(from_ns), rfc(to_ns))]
+    let aggs: &[Option<&str>] = if days == 1 {
+        &[None]
     } else {
-        ["min", "max"]
-            .iter()
-            .map(|agg| format!("from={}&to={}&every=1h&agg={agg}", rfc(from_ns), rfc(to_ns)))
-            .collect()
+        &[Some("min"), Some("max")]
     };
     let mut raw: Vec<(i64, f64)> = Vec::new();
     let mut problem = None;
-    for query in calls {
-        let mut bearer = HeaderMap::new();
-        if let Some(token) = cookie(&headers, SESSION_COOKIE)
-            && let Ok(v) = HeaderValue::from_str(&format!("Bearer {token}"))
-        {
-            bearer.insert(header::AUTHORIZATION, v);
-        }
-        let uri: axum::http::Uri = match format!("/?{}", query.replace('+', "%2B")).parse() {
-            Ok(u) => u,
-            Err(_) => continue,
+    for agg in aggs {
+        let q = crate::api::query::ReadingsQuery {
+            from: rfc(from_ns),
+            to: rfc(to_ns),
+            every: agg.map(|_| "1h".to_owned()),
+            agg: agg.map(str::to_owned),
+            kind: None,
         };
-        let Ok(q) = Query::try_from_uri(&uri) else {
-            continue;
-        };
-        let answer = crate::api::query::terminal_readings(
-            State(st.clone()),
-            Path(id.clone()),
-            bearer,
-            Ok(q),
-        )
-        .await
-        .map(IntoResponse::into_response);
-        let body = match answer {
-            Ok(r) if r.status().is_success() => {
-                axum::body::to_bytes(r.into_body(), 16 * 1024 * 1024)
-                    .await
-                    .ok()
-            }
-            _ => None,
-        };
-        let Some(v) = body.and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-        else {
+        let Ok(v) = crate::api::query::readings(&st, &s.caller, &id, &q).await else {
             problem = Some(lang.t("readings_unavailable").to_owned());
             break;
         };
@@ -1188,11 +1286,9 @@ async fn terminal(
         .replace("{n}", &lang.int(raw.len() as i64))
         .replace("{m}", &lang.int(points.len() as i64));
     let heading = format!("{}：{id}", lang.t("terminal"));
-    let mut ch = chrome(
-        lang,
+    let mut ch = s.chrome(
         &heading,
         &format!("/ui/terminals/{id}?days={days}&until={until}"),
-        Some(&caller),
     );
     ch.crumbs = vec![
         Crumb {
@@ -1208,41 +1304,35 @@ async fn terminal(
             href: None,
         },
     ];
-    html(
-        StatusCode::OK,
-        &TerminalPage {
-            chrome: ch,
-            heading,
-            range_label,
-            ranges,
-            problem,
-            thinned_note,
-            chart_label,
-            points: points
-                .iter()
-                .map(|(t, v)| PointRow {
-                    at: lang.cst(&cst_time(*t)),
-                    kg: lang.dec1(*v),
-                })
-                .collect(),
-            series_json,
-        },
+    let shown = points.len();
+    with_rows(
+        html(
+            StatusCode::OK,
+            &TerminalPage {
+                chrome: ch,
+                heading,
+                range_label,
+                ranges,
+                problem,
+                thinned_note,
+                chart_label,
+                points: points
+                    .iter()
+                    .map(|(t, v)| PointRow {
+                        at: lang.cst(&cst_time(*t)),
+                        kg: lang.dec1(*v),
+                    })
+                    .collect(),
+                series_json,
+            },
+        ),
+        shown,
     )
 }
 
-async fn manifest(
-    State(st): State<Arc<AppState>>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-) -> Response {
-    let lang = lang_of(&headers);
-    let Some(caller) = signed_in(&st, &headers) else {
-        return redirect("/ui/sign-in");
-    };
-    let Ok(pool) = crate::api::query::pg(&st) else {
-        return error_page(StatusCode::SERVICE_UNAVAILABLE, lang, Some(&caller));
-    };
-    let (sp, se) = caller.scope.binds();
+async fn manifest(s: Session, Path(id): Path<String>) -> Response {
+    let lang = s.lang;
+    let (sp, se) = s.binds();
     // Visible when either party is in scope, as in the API.
     let visible = "EXISTS (SELECT 1 FROM enterprises e WHERE e.id = {party}                    AND ($1::text IS NULL OR e.province_code = $1) AND ($2::text IS NULL OR e.id = $2))";
     let m = match sqlx::query(sqlx::AssertSqlSafe(format!(
@@ -1253,12 +1343,12 @@ async fn manifest(
     .bind(&sp)
     .bind(&se)
     .bind(&id)
-    .fetch_optional(&pool)
+    .fetch_optional(&s.pool)
     .await
     {
         Ok(Some(m)) if m.get::<bool, _>("generator_visible") || m.get::<bool, _>("receiver_visible") => m,
-        Ok(_) => return error_page(StatusCode::NOT_FOUND, lang, Some(&caller)),
-        Err(_) => return error_page(StatusCode::SERVICE_UNAVAILABLE, lang, Some(&caller)),
+        Ok(_) => return s.not_found(),
+        Err(_) => return s.unavailable(),
     };
     let kg = |c: &str| {
         m.get::<Option<i64>, _>(c)
@@ -1271,12 +1361,7 @@ async fn manifest(
         l => l.to_owned(),
     };
     let heading = format!("{}：{id}", lang.t("manifest"));
-    let mut ch = chrome(
-        lang,
-        &heading,
-        &format!("/ui/manifests/{id}"),
-        Some(&caller),
-    );
+    let mut ch = s.chrome(&heading, &format!("/ui/manifests/{id}"));
     ch.crumbs = vec![
         Crumb {
             label: lang.t("overview").to_owned(),
@@ -1318,19 +1403,16 @@ struct SearchQuery {
 
 async fn search(
     State(st): State<Arc<AppState>>,
-    headers: HeaderMap,
+    s: Session,
     Query(q): Query<SearchQuery>,
 ) -> Response {
-    let lang = lang_of(&headers);
-    let Some(caller) = signed_in(&st, &headers) else {
-        return redirect("/ui/sign-in");
-    };
+    let lang = s.lang;
     let text = q.q.unwrap_or_default().trim().to_owned();
     let mut hits = Vec::new();
     let mut problem = None;
     let searched = !text.is_empty();
     if searched {
-        let (province, enterprise) = caller.scope.binds();
+        let (province, enterprise) = s.binds();
         let filter = custodian_projections::search::SearchFilter {
             enterprise_ids: enterprise.map(|e| vec![e]),
             province_code: province,
@@ -1371,7 +1453,7 @@ async fn search(
     } else {
         "/ui/search".to_owned()
     };
-    let mut ch = chrome(lang, lang.t("search"), &back, Some(&caller));
+    let mut ch = s.chrome(lang.t("search"), &back);
     ch.crumbs = vec![
         Crumb {
             label: lang.t("overview").to_owned(),
@@ -1382,20 +1464,24 @@ async fn search(
             href: None,
         },
     ];
-    html(
-        if problem.is_some() {
-            StatusCode::BAD_REQUEST
-        } else {
-            StatusCode::OK
-        },
-        &SearchPage {
-            chrome: ch,
-            q: text,
-            searched,
-            problem,
-            hits_heading,
-            hits,
-        },
+    let shown = hits.len();
+    with_rows(
+        html(
+            if problem.is_some() {
+                StatusCode::BAD_REQUEST
+            } else {
+                StatusCode::OK
+            },
+            &SearchPage {
+                chrome: ch,
+                q: text,
+                searched,
+                problem,
+                hits_heading,
+                hits,
+            },
+        ),
+        shown,
     )
 }
 
@@ -1462,29 +1548,18 @@ struct AlarmsQuery {
     all: Option<String>,
 }
 
-async fn alarms(
-    State(st): State<Arc<AppState>>,
-    headers: HeaderMap,
-    Query(q): Query<AlarmsQuery>,
-) -> Response {
-    alarms_page(&st, &headers, q.all.is_some(), None, StatusCode::OK).await
+async fn alarms(s: Session, Query(q): Query<AlarmsQuery>) -> Response {
+    alarms_page(&s, q.all.is_some(), None, StatusCode::OK).await
 }
 
 async fn alarms_page(
-    st: &Arc<AppState>,
-    headers: &HeaderMap,
+    s: &Session,
     all: bool,
     problem: Option<String>,
     status: StatusCode,
 ) -> Response {
-    let lang = lang_of(headers);
-    let Some(caller) = signed_in(st, headers) else {
-        return redirect("/ui/sign-in");
-    };
-    let Ok(pool) = crate::api::query::pg(st) else {
-        return error_page(StatusCode::SERVICE_UNAVAILABLE, lang, Some(&caller));
-    };
-    let (sp, se) = caller.scope.binds();
+    let lang = s.lang;
+    let (sp, se) = s.binds();
     let Ok(rows) = sqlx::query(sqlx::AssertSqlSafe(format!(
         "SELECT {ALARM_COLUMNS} FROM anomalies \
          WHERE ($1::text IS NULL OR province_code = $1) AND ($2::text IS NULL OR enterprise_id = $2) \
@@ -1494,12 +1569,12 @@ async fn alarms_page(
     .bind(&sp)
     .bind(&se)
     .bind(all)
-    .fetch_all(&pool)
+    .fetch_all(&s.pool)
     .await
     else {
-        return error_page(StatusCode::SERVICE_UNAVAILABLE, lang, Some(&caller));
+        return s.unavailable();
     };
-    let rows = rows.iter().map(|r| alarm_row(r, lang)).collect();
+    let rows: Vec<AlarmRow> = rows.iter().map(|r| alarm_row(r, lang)).collect();
     let heading = lang
         .t(if all { "alarms_all" } else { "alarms_open" })
         .to_owned();
@@ -1508,7 +1583,7 @@ async fn alarms_page(
     } else {
         "/ui/alarms"
     };
-    let mut ch = chrome(lang, &heading, back, Some(&caller));
+    let mut ch = s.chrome(&heading, back);
     ch.crumbs = vec![
         Crumb {
             label: lang.t("overview").to_owned(),
@@ -1519,16 +1594,20 @@ async fn alarms_page(
             href: None,
         },
     ];
-    html(
-        status,
-        &AlarmsPage {
-            chrome: ch,
-            heading,
-            all,
-            problem,
-            rows,
-            kind_labels: kind_labels(lang),
-        },
+    let shown = rows.len();
+    with_rows(
+        html(
+            status,
+            &AlarmsPage {
+                chrome: ch,
+                heading,
+                all,
+                problem,
+                rows,
+                kind_labels: kind_labels(lang),
+            },
+        ),
+        shown,
     )
 }
 
@@ -1564,88 +1643,55 @@ struct HandleForm {
 async fn handle_alarm(
     State(st): State<Arc<AppState>>,
     headers: HeaderMap,
+    s: Result<Session, Response>,
     Path(id): Path<String>,
     form: Result<axum::Form<HandleForm>, axum::extract::rejection::FormRejection>,
 ) -> Response {
     use custodian_events::event::AnomalyState;
-    let lang = lang_of(&headers);
+    // The Origin check first: a foreign post is refused before anything else is looked at.
     if !same_origin(&headers) {
-        return error_page(StatusCode::FORBIDDEN, lang, None);
+        return error_page(StatusCode::FORBIDDEN, lang_of(&headers), None);
     }
-    let Some(caller) = signed_in(&st, &headers) else {
-        return redirect("/ui/sign-in");
+    let s = match s {
+        Ok(s) => s,
+        Err(rejection) => return rejection,
     };
-    let Ok(axum::Form(form)) = form else {
-        return alarms_page(
-            &st,
-            &headers,
+    let note_required = || {
+        alarms_page(
+            &s,
             false,
-            Some(lang.t("note_required").to_owned()),
+            Some(s.lang.t("note_required").to_owned()),
             StatusCode::UNPROCESSABLE_ENTITY,
         )
-        .await;
+    };
+    let Ok(axum::Form(form)) = form else {
+        return note_required().await;
     };
     let wanted = match form.action.as_str() {
         "acknowledge" => AnomalyState::Acknowledged,
         "resolve" => AnomalyState::Resolved,
-        _ => return error_page(StatusCode::NOT_FOUND, lang, Some(&caller)),
+        _ => return s.not_found(),
     };
-    let Ok(pool) = crate::api::query::pg(&st) else {
-        return error_page(StatusCode::SERVICE_UNAVAILABLE, lang, Some(&caller));
-    };
-    let (sp, se) = caller.scope.binds();
-    let current = sqlx::query(
-        "SELECT state FROM anomalies WHERE anomaly_id = $3            AND ($1::text IS NULL OR province_code = $1) AND ($2::text IS NULL OR enterprise_id = $2)",
-    )
-    .bind(&sp)
-    .bind(&se)
-    .bind(&id)
-    .fetch_optional(&pool)
-    .await;
-    let current: String = match current {
-        Ok(Some(r)) => r.get("state"),
-        Ok(None) => return error_page(StatusCode::NOT_FOUND, lang, Some(&caller)),
-        Err(_) => return error_page(StatusCode::SERVICE_UNAVAILABLE, lang, Some(&caller)),
-    };
-    // Idempotent: already in that state (or resolved, which is final): nothing to do.
-    if current == wanted.name() || current == "resolved" {
-        return handled(&pool, &headers, &caller, lang, &id).await;
-    }
-    match crate::api::query::handle(&st, &caller, &id, &form.note, wanted).await {
-        Ok(seq) => {
-            wait_projected(&st, seq).await;
-            handled(&pool, &headers, &caller, lang, &id).await
+    match crate::api::query::handle(&st, &s.caller, &id, &form.note, wanted, true).await {
+        Ok(appended) => {
+            if let Some(seq) = appended {
+                wait_projected(&st, seq).await;
+            }
+            handled(&s, &headers, &id).await
         }
-        Err(e) if e.status == StatusCode::UNPROCESSABLE_ENTITY => {
-            alarms_page(
-                &st,
-                &headers,
-                false,
-                Some(lang.t("note_required").to_owned()),
-                StatusCode::UNPROCESSABLE_ENTITY,
-            )
-            .await
-        }
-        Err(e) if e.status == StatusCode::NOT_FOUND => {
-            error_page(StatusCode::NOT_FOUND, lang, Some(&caller))
-        }
-        Err(_) => error_page(StatusCode::SERVICE_UNAVAILABLE, lang, Some(&caller)),
+        Err(e) if e.status == StatusCode::UNPROCESSABLE_ENTITY => note_required().await,
+        Err(e) if e.status == StatusCode::NOT_FOUND => s.not_found(),
+        Err(_) => s.unavailable(),
     }
 }
 
 /// The answer to a handled alarm: for htmx (`HX-Request`), the alarm's row as it is now, which it swaps
 /// in place; for a plain form, back to the list (303).
-async fn handled(
-    pool: &sqlx::PgPool,
-    headers: &HeaderMap,
-    caller: &Caller,
-    lang: Lang,
-    id: &str,
-) -> Response {
+async fn handled(s: &Session, headers: &HeaderMap, id: &str) -> Response {
     if headers.get("hx-request").is_none() {
         return redirect(&format!("/ui/alarms#a-{id}"));
     }
-    let (sp, se) = caller.scope.binds();
+    let (sp, se) = s.binds();
     match sqlx::query(sqlx::AssertSqlSafe(format!(
         "SELECT {ALARM_COLUMNS} FROM anomalies WHERE anomaly_id = $3 \
            AND ($1::text IS NULL OR province_code = $1) AND ($2::text IS NULL OR enterprise_id = $2)"
@@ -1653,18 +1699,18 @@ async fn handled(
     .bind(&sp)
     .bind(&se)
     .bind(id)
-    .fetch_optional(pool)
+    .fetch_optional(&s.pool)
     .await
     {
         Ok(Some(r)) => html(
             StatusCode::OK,
             &AlarmRowPartial {
-                chrome: chrome(lang, "", "/ui/alarms", Some(caller)),
-                r: alarm_row(&r, lang),
+                chrome: s.chrome("", "/ui/alarms"),
+                r: alarm_row(&r, s.lang),
             },
         ),
-        Ok(None) => error_page(StatusCode::NOT_FOUND, lang, Some(caller)),
-        Err(_) => error_page(StatusCode::SERVICE_UNAVAILABLE, lang, Some(caller)),
+        Ok(None) => s.not_found(),
+        Err(_) => s.unavailable(),
     }
 }
 

@@ -13,22 +13,9 @@ use std::time::Duration;
 
 use axum::extract::{Path, State};
 use axum::routing::post;
-use custodian_node::terminal_sim::{terminal_body, terminal_key};
+use custodian_tests::scopes::{issue_token, register_enterprises, signing_terminal, weighings};
 use custodian_tests::{ReadModels, TerminalKeys, start_node, wait_projected};
-use serde_json::{Value, json};
-
-fn weighings(terminal: &str, container: &str, first: u64) -> Vec<u8> {
-    // 100 kg then 60 kg: a drop of 40 % raises weight_fluctuation.
-    let readings: Vec<Value> = [(first, 100.0), (first + 1, 60.0)]
-        .iter()
-        .map(|(seq, kg)| {
-            json!({"seq": seq, "measured_at": format!("2026-11-20T08:{:02}:{:02}Z", seq / 60, seq % 60),
-                   "kind": "weight", "value": kg, "unit": "kg", "container_id": container,
-                   "stage": "storage_in", "waste_code": "HW08"})
-        })
-        .collect();
-    serde_json::to_vec(&json!({"terminal_id": terminal, "readings": readings})).unwrap()
-}
+use serde_json::json;
 
 struct Trigger {
     admin: custodian_node::client::NodeClient,
@@ -62,33 +49,10 @@ async fn main() {
     let dir = tempfile::tempdir().expect("a temp dir");
     let models = ReadModels::new("e2e");
     let (node, admin) = start_node(dir.path(), |c| models.enable(c)).await;
-    for (id, province, city) in [
-        ("E-A", "440000", "440100"),
-        ("E-B", "440000", "440300"),
-        ("E-C", "320000", "320100"),
-    ] {
-        admin
-            .register(
-                "/v1/enterprises",
-                &json!({"id": id, "name": format!("{id} 危废处置"), "province_code": province,
-                        "city_code": city, "storage_capacity_kg": 100000.0}),
-            )
-            .await
-            .expect("registering an enterprise");
-    }
+    register_enterprises(&admin).await;
     let mut keys = TerminalKeys::default();
     for (t, e) in [("T-A", "E-A"), ("T-C", "E-C")] {
-        let key = terminal_key(t, 7);
-        let mut body = terminal_body(t, 0, Some(&key.public_key_pem()));
-        body["enterprise_id"] = json!(e);
-        admin
-            .register("/v1/terminals", &body)
-            .await
-            .expect("registering a terminal");
-        keys.0.insert(t.to_owned(), Arc::new(key));
-        keys.upload(&admin, t, weighings(t, &format!("{t}-C0"), 1))
-            .await
-            .expect("uploading");
+        signing_terminal(&admin, &mut keys, t, e).await;
     }
     admin
         .register(
@@ -100,17 +64,13 @@ async fn main() {
         .expect("opening a manifest");
     wait_projected(&admin, Duration::from_secs(60)).await;
     let mut tokens = serde_json::Map::new();
-    for (name, body) in [
-        ("national", json!({"tier": "national"})),
-        ("province", json!({"tier": "province", "scope": "440000"})),
-        ("enterprise", json!({"tier": "enterprise", "scope": "E-C"})),
+    for (tier, scope) in [
+        ("national", None),
+        ("province", Some("440000")),
+        ("enterprise", Some("E-C")),
     ] {
-        let (status, v) = admin
-            .post_admin("/v1/admin/tokens", &body)
-            .await
-            .expect("issuing a token");
-        assert_eq!(status, 201, "{v}");
-        tokens.insert(name.into(), v["token"].clone());
+        let (token, _) = issue_token(&admin, tier, scope).await;
+        tokens.insert(tier.into(), token.into());
     }
     let trigger = Arc::new(Trigger {
         admin: admin.clone(),

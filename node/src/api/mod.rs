@@ -181,6 +181,10 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/v1/edge/dead-letters/retry",
             post(crate::edge::api::retry_dead_letters),
         )
+        .route(
+            "/v1/edge/dead-letters/discard",
+            post(crate::edge::api::discard_dead_letters),
+        )
         .route("/v1/events", get(events::stream))
         .route("/v1/admin/log/export", get(events::export))
         .merge(crate::dashboard::routes(state.clone()))

@@ -1,10 +1,11 @@
 //! The edge's own endpoints (admin token): `GET /v1/edge/outbox`, `GET /v1/edge/dead-letters`,
-//! `POST /v1/edge/dead-letters/retry`; and its local anomalies, which `GET /v1/anomalies` answers from on an
+//! `POST /v1/edge/dead-letters/retry`, `POST /v1/edge/dead-letters/discard`; and its local anomalies, which `GET /v1/anomalies` answers from on an
 //! edge. On a platform node they answer 404 `not_an_edge`.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use axum::body::Body;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -108,6 +109,71 @@ pub async fn retry_dead_letters(
     let e = edge(&st)?;
     let moved = e.outbox.retry_dead_letters().map_err(storage)?;
     Ok(axum::Json(serde_json::json!({ "requeued": moved })).into_response())
+}
+
+/// Most dead letters one discard names.
+pub const DISCARD_SEQS_MAX: usize = 10_000;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiscardBody {
+    log_seqs: Option<Vec<u64>>,
+    all: Option<bool>,
+}
+
+/// `POST /v1/edge/dead-letters/discard` with `{"log_seqs": [..]}` (as `GET /v1/edge/dead-letters` lists
+/// them) or `{"all": true}`: drops those dead letters for good, for refusals nobody can fix (a terminal
+/// that was never this edge's, a decommissioned one). Dead letters count against the outbox's limit, so
+/// without this they would fill it in the end and the edge would refuse every upload. The readings stay
+/// in the edge's event log. Answers the sequences dropped; one that is not a dead letter is `not_found`
+/// and changes nothing, so asking twice is harmless.
+pub async fn discard_dead_letters(
+    State(st): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let who = crate::api::require_admin_caller(&st, &headers)?;
+    let e = edge(&st)?;
+    let b: DiscardBody = crate::api::read_json(&headers, body, 256 * 1024).await?;
+    let invalid = |m: String| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_body", m);
+    let seqs = match (b.log_seqs, b.all) {
+        (Some(seqs), None | Some(false)) if !seqs.is_empty() && seqs.len() <= DISCARD_SEQS_MAX => {
+            Some(seqs)
+        }
+        (Some(seqs), None | Some(false)) => {
+            return Err(invalid(format!(
+                "log_seqs has {} entries; name 1 ..= {DISCARD_SEQS_MAX} dead letters, or send {{\"all\": true}}",
+                seqs.len()
+            )));
+        }
+        (None, Some(true)) => None,
+        _ => {
+            return Err(invalid(
+                "name the dead letters to discard, {\"log_seqs\": [..]} as GET /v1/edge/dead-letters lists them, or send {\"all\": true}; not both"
+                    .into(),
+            ));
+        }
+    };
+    let dropped = e
+        .outbox
+        .discard_dead_letters(seqs.as_deref())
+        .map_err(storage)?;
+    let not_found: Vec<u64> = seqs
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|s| !dropped.contains(s))
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    if !dropped.is_empty() {
+        tracing::warn!(by = %who.token_id, count = dropped.len(), ?dropped, "edge: dead letters discarded");
+    }
+    Ok(axum::Json(serde_json::json!({
+        "discarded": dropped.len(),
+        "log_seqs": dropped,
+        "not_found": not_found,
+    }))
+    .into_response())
 }
 
 /// The edge's answer to `GET /v1/anomalies`: the anomalies it detected itself, newest first, in the

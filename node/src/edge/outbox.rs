@@ -577,6 +577,42 @@ impl Outbox {
         Ok(moved)
     }
 
+    /// Drops dead letters for good: those at `log_seqs`, or every one with `None`, freeing their bytes
+    /// (dead letters count against the outbox's limit, so letters nobody can fix would fill it in the
+    /// end). Their readings stay in the edge's event log; only the outbox lets go of them. Returns the log
+    /// sequences dropped, in order; a sequence that is not a dead letter (any more) is left out.
+    pub fn discard_dead_letters(&self, log_seqs: Option<&[u64]>) -> Result<Vec<u64>, sled::Error> {
+        let _w = self.write.lock().expect("outbox lock");
+        let mut batch = sled::Batch::default();
+        let mut d = Delta::default();
+        let mut dropped = Vec::new();
+        let mut drop = |k: &[u8], v: &[u8]| {
+            d.bytes -= (k.len() + v.len()) as i64;
+            d.dead -= 1;
+            batch.remove(k);
+            dropped.push(log_seq_of(k));
+        };
+        match log_seqs {
+            None => {
+                for kv in self.tree.scan_prefix(b"x") {
+                    let (k, v) = kv?;
+                    drop(&k, &v);
+                }
+            }
+            Some(seqs) => {
+                let wanted: std::collections::BTreeSet<u64> = seqs.iter().copied().collect();
+                for seq in wanted {
+                    let k = seq_key(b'x', seq);
+                    if let Some(v) = self.tree.get(&k)? {
+                        drop(&k, &v);
+                    }
+                }
+            }
+        }
+        self.commit(batch, d, None)?;
+        Ok(dropped)
+    }
+
     pub fn flush(&self) -> Result<(), sled::Error> {
         self.db.flush().map(|_| ())
     }

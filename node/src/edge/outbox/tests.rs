@@ -250,3 +250,60 @@ fn a_full_outbox_says_so() {
     .unwrap();
     assert!(ob.full());
 }
+
+#[test]
+fn discarding_dead_letters_frees_their_bytes_and_leaves_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let ob = Outbox::open(dir.path(), 1 << 30).unwrap();
+    let items: Vec<Fed> = (1..=4)
+        .map(|seq| Fed::Upload {
+            log_seq: seq,
+            entry: entry("T-1", &[seq]),
+        })
+        .collect();
+    ob.feed(&items, 4).unwrap();
+    let one_upload = ob.counts().bytes / 4;
+    for seq in 1..=3 {
+        ob.dead_letter(seq, "T-1", "terminal_out_of_scope", "not this edge's", 0)
+            .unwrap();
+    }
+    assert_eq!(ob.counts().dead_letters, 3);
+    // Chosen ones: an unknown sequence and one still waiting (4) are left alone; asking twice is once.
+    assert_eq!(ob.discard_dead_letters(Some(&[2, 9, 4, 2])).unwrap(), [2]);
+    let c = ob.counts();
+    assert_eq!((c.dead_letters, c.uploads), (2, 1));
+    assert_eq!(
+        ob.dead_letters(10)
+            .unwrap()
+            .iter()
+            .map(|l| l.log_seq)
+            .collect::<Vec<_>>(),
+        [1, 3]
+    );
+    assert_eq!(
+        ob.discard_dead_letters(Some(&[2])).unwrap(),
+        Vec::<u64>::new()
+    );
+    // The rest.
+    assert_eq!(ob.discard_dead_letters(None).unwrap(), [1, 3]);
+    let c = ob.counts();
+    assert_eq!((c.dead_letters, c.uploads), (0, 1));
+    assert!(
+        c.bytes <= one_upload + 16,
+        "only the waiting upload's bytes are left: {} of {}",
+        c.bytes,
+        one_upload
+    );
+    let all: Vec<(u64, &str)> = vec![(4, "T-1")];
+    ob.remove(&all, &[]).unwrap();
+    assert_eq!(ob.counts().bytes, 0, "every byte accounted for");
+    ob.flush().unwrap();
+    drop(ob);
+    let ob = Outbox::open(dir.path(), 1 << 30).unwrap();
+    let c = ob.counts();
+    assert_eq!(
+        (c.dead_letters, c.uploads, c.bytes),
+        (0, 0, 0),
+        "after reopening"
+    );
+}

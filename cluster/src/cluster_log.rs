@@ -574,9 +574,9 @@ impl ClusterLog {
         if from == records.len() {
             return Ok(());
         }
-        let payload = encode_records(&records[from..]);
+        let payload = bytes::Bytes::from(encode_records(&records[from..]));
         let epoch = owned.epoch;
-        let stream_seq = match self.shards.append(owned, payload).await {
+        let stream_seq = match self.shards.append(owned, payload.clone()).await {
             Ok(s) => s,
             Err(OwnershipError::Fenced { shard, expected }) => {
                 self.relinquish(shard, epoch, "fenced");
@@ -584,13 +584,22 @@ impl ClusterLog {
                     "shard {shard} has a newer owner than this node (expected last sequence {expected} is stale); nothing was stored, send the request again"
                 )));
             }
-            Err(e) => {
-                self.relinquish(owned.shard, epoch, "publish outcome unknown");
-                return Err(unavailable(format!(
-                    "publishing to shard {} failed ({e}); it may or may not be stored, and a retry is answered consistently",
-                    owned.shard
-                )));
-            }
+            // The answer was lost: if the message is in and surely ours, carry on from it.
+            Err(e) => match self.shards.landed(owned, &payload).await {
+                Some(seq) => {
+                    self.held.lock().expect("held lock").answers_recovered += 1;
+                    tracing::info!(node = %self.node, shard = owned.shard, seq, error = %e,
+                        "cluster log: an append's answer was lost, but it landed; carrying on");
+                    seq
+                }
+                None => {
+                    self.relinquish(owned.shard, epoch, "publish outcome unknown");
+                    return Err(unavailable(format!(
+                        "publishing to shard {} failed ({e}); it may or may not be stored, and a retry is answered consistently",
+                        owned.shard
+                    )));
+                }
+            },
         };
         // The next append of this shard continues from here.
         {

@@ -29,6 +29,9 @@ pub struct Held {
     pub claims: u64,
     pub lost: u64,
     pub dropped: u64,
+    /// Appends whose answer was lost but which had landed, so the owner carried on
+    /// ([`Shards::landed`]) instead of dropping the shard.
+    pub answers_recovered: u64,
     /// Shards given up to their target (rebalancing), which then claims them.
     pub handed_off: u64,
     /// Records this node's copy of the log has filed, per shard (the planner's rates).

@@ -192,6 +192,7 @@ impl ClusterNode {
             "owned_shards": held.owned.keys().collect::<Vec<_>>(),
             "claims": held.claims,
             "dropped": held.dropped,
+            "answers_recovered": held.answers_recovered,
             "stream_applied": self.log.applied(),
             "epoch_regressions": self.log.epoch_regressions().len(),
             "load": self.membership.loads().get(&self.node_id),

@@ -206,7 +206,11 @@ impl Shards {
 
     /// Appends `payload` to the shard as its owner: only if the subject's last sequence is still the one
     /// `owned` knows. Returns the new message's stream sequence (and moves `owned.last_seq` to it).
-    pub async fn append(&self, owned: &mut Owned, payload: Vec<u8>) -> Result<u64, OwnershipError> {
+    pub async fn append(
+        &self,
+        owned: &mut Owned,
+        payload: impl Into<Bytes>,
+    ) -> Result<u64, OwnershipError> {
         let seq = self
             .bus
             .append(self.subject_of(owned.shard), payload.into(), owned.last_seq)
@@ -220,6 +224,32 @@ impl Shards {
             })?;
         owned.last_seq = seq;
         Ok(seq)
+    }
+
+    /// After an append whose answer was lost (an error other than fencing: a timeout, a dropped
+    /// acknowledgement): the stream sequence `payload` landed at, when it surely is this owner's message.
+    /// That is, the owner record still names `owned`'s node at its epoch, and the subject's last message —
+    /// the one right after `owned.last_seq`, on which the append was fenced — is `payload` byte for byte.
+    /// Then the append did happen, and the owner carries on from there (`owned.last_seq` moves to it)
+    /// instead of letting the shard go and claiming it again. `None` when it has not landed (yet), or it
+    /// cannot be told; the caller then lets the shard go. A newer owner that claims the shard meanwhile is
+    /// fenced as always: its `OwnerChanged` and this owner's next append expect the same last sequence.
+    pub async fn landed(&self, owned: &mut Owned, payload: &Bytes) -> Option<u64> {
+        let (node, epoch) = self.owner(owned.shard).await.ok()??;
+        if node != owned.node || epoch != owned.epoch {
+            return None;
+        }
+        let subject = self.subject_of(owned.shard);
+        let last = self.bus.last_subject_seq(subject.clone()).await.ok()?;
+        if last <= owned.last_seq {
+            return None;
+        }
+        let (seq, on, body) = self.bus.stream_message(last).await.ok()??;
+        if seq != last || on != subject || body != *payload {
+            return None;
+        }
+        owned.last_seq = last;
+        Some(last)
     }
 
     /// The stream's last sequence, from its leader.

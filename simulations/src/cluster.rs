@@ -166,6 +166,9 @@ pub struct ClusterStats {
     pub longest_wait: Duration,
     pub stream_messages: u64,
     pub owner_changes: u64,
+    /// Appends whose answer was lost but which had landed, so their owner kept the shard
+    /// (`Shards::landed`), summed over every node's lives.
+    pub answers_recovered: u64,
     pub net: NetStats,
 }
 
@@ -218,6 +221,8 @@ struct Topology {
     settings: ClusterSettings,
     slots: Vec<Slot>,
     reach: Arc<Mutex<Vec<Option<Reach>>>>,
+    /// `answers_recovered` of the nodes' lives that ended.
+    answers_recovered: u64,
 }
 
 impl Topology {
@@ -260,6 +265,13 @@ impl Topology {
     fn kill(&mut self, i: usize) {
         self.reach.lock().expect("reach lock")[i] = None;
         if let Some(r) = self.slots[i].running.take() {
+            self.answers_recovered += r
+                .node
+                .coordinator
+                .held
+                .lock()
+                .expect("held lock")
+                .answers_recovered;
             let _ = r.killed.send(true);
             self.net.close(&r.bus);
             r.node.coordinator.stop();
@@ -314,6 +326,7 @@ async fn run_async(config: &ClusterSimConfig, progress: &mut dyn FnMut(String)) 
             })
             .collect(),
         reach: Arc::new(Mutex::new(vec![None; config.nodes])),
+        answers_recovered: 0,
     };
     let mut stats = ClusterStats::default();
     let mut checks = Vec::new();
@@ -522,6 +535,7 @@ async fn run_async(config: &ClusterSimConfig, progress: &mut dyn FnMut(String)) 
     for i in 0..config.nodes {
         topo.kill(i);
     }
+    stats.answers_recovered = topo.answers_recovered;
     drop(reach);
     let passed = checks.iter().all(|c| c.ok);
     if passed {
@@ -774,7 +788,7 @@ fn copies(reach: &[Reach], ledger: &Ledger) -> Vec<Check> {
 pub fn report(outcome: &ClusterOutcome) -> String {
     let s = &outcome.stats;
     let mut out = format!(
-        "seed {} ({} nodes, {} terminals, {} s{}): {} in {:.1} s\n  faults: {} kills, {} pauses ({} with an append in flight), {} partitions, {} JetStream stalls; network: {} acks lost, {} core messages lost, {} held then delivered, {} stalled writes dropped\n  {} readings acknowledged, {} resends, {} retries, longest wait {:?}; stream {} messages, {} owner changes, {} fenced appends, {} lost compare-and-sets\n",
+        "seed {} ({} nodes, {} terminals, {} s{}): {} in {:.1} s\n  faults: {} kills, {} pauses ({} with an append in flight), {} partitions, {} JetStream stalls; network: {} acks lost, {} core messages lost, {} held then delivered, {} stalled writes dropped\n  {} readings acknowledged, {} resends, {} retries, longest wait {:?}; stream {} messages, {} owner changes, {} fenced appends, {} lost compare-and-sets, {} lost answers recovered\n",
         outcome.config.seed,
         outcome.config.nodes,
         outcome.config.terminals,
@@ -803,6 +817,7 @@ pub fn report(outcome: &ClusterOutcome) -> String {
         s.owner_changes,
         s.net.fenced_appends,
         s.net.lost_compare_and_sets,
+        s.answers_recovered,
     );
     for c in &outcome.checks {
         out.push_str(&format!(

@@ -26,6 +26,16 @@ pub enum AnomalyKind {
 }
 
 impl AnomalyKind {
+    /// Every kind, in declaration order.
+    pub const ALL: [AnomalyKind; 6] = [
+        AnomalyKind::WeightFluctuation,
+        AnomalyKind::ManifestWeightMismatch,
+        AnomalyKind::StorageOverdue,
+        AnomalyKind::OverCapacity,
+        AnomalyKind::TerminalSilent,
+        AnomalyKind::TamperSuspected,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
             AnomalyKind::WeightFluctuation => "weight_fluctuation",
@@ -203,5 +213,26 @@ impl AnomalyDetected {
         .with_optional("current_value", self.current_value.map(Jcs::Int))
         .with_optional("change_ratio_ppm", self.change_ratio_ppm.map(Jcs::Int))
         .with_optional("limit_value", self.limit_value.map(Jcs::Int))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::AnomalyKind::{self, *};
+
+    #[test]
+    fn all_holds_every_kind_once_in_declaration_order() {
+        // Exhaustive: a new kind does not compile here until it has a place, and then in `ALL`.
+        let place = |k: AnomalyKind| match k {
+            WeightFluctuation => 0,
+            ManifestWeightMismatch => 1,
+            StorageOverdue => 2,
+            OverCapacity => 3,
+            TerminalSilent => 4,
+            TamperSuspected => 5,
+        };
+        for (i, k) in AnomalyKind::ALL.iter().enumerate() {
+            assert_eq!(place(*k), i, "{}", k.name());
+        }
     }
 }

@@ -481,15 +481,7 @@ mod tests {
 
     #[test]
     fn every_anomaly_kind_has_a_label_in_both() {
-        use custodian_events::domain::AnomalyKind::*;
-        for kind in [
-            WeightFluctuation,
-            ManifestWeightMismatch,
-            StorageOverdue,
-            OverCapacity,
-            TerminalSilent,
-            TamperSuspected,
-        ] {
+        for kind in custodian_events::domain::AnomalyKind::ALL {
             let key = format!("kind_{}", kind.name());
             assert!(
                 ZH_CN.iter().any(|(k, _)| *k == key) && EN.iter().any(|(k, _)| *k == key),

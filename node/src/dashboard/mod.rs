@@ -323,17 +323,16 @@ struct AlarmsPage {
 
 /// Every anomaly kind's label in `lang`, as JSON safe inside a `<script type="application/json">`.
 fn kind_labels(lang: Lang) -> String {
-    let map: serde_json::Map<String, serde_json::Value> = [
-        "weight_fluctuation",
-        "manifest_weight_mismatch",
-        "storage_overdue",
-        "over_capacity",
-        "terminal_silent",
-        "tamper_suspected",
-    ]
-    .iter()
-    .map(|k| ((*k).to_owned(), lang.t(&format!("kind_{k}")).into()))
-    .collect();
+    let map: serde_json::Map<String, serde_json::Value> =
+        custodian_events::domain::AnomalyKind::ALL
+            .iter()
+            .map(|k| {
+                (
+                    k.name().to_owned(),
+                    lang.t(&format!("kind_{}", k.name())).into(),
+                )
+            })
+            .collect();
     serde_json::Value::Object(map)
         .to_string()
         .replace('<', "\\u003c")

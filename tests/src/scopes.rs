@@ -71,6 +71,19 @@ pub async fn signing_terminal(
     .unwrap_or_else(|e| panic!("uploading {terminal}'s weighings: {e}"));
 }
 
+/// Opens manifest M-1 across the provinces: E-A (Guangdong) sends container T-A-C0, 100 kg declared, to
+/// E-C (Jiangsu).
+pub async fn open_cross_province_manifest(admin: &NodeClient) {
+    admin
+        .register(
+            "/v1/manifests",
+            &json!({"id": "M-1", "generator_id": "E-A", "receiver_id": "E-C", "waste_code": "HW08",
+                    "container_ids": ["T-A-C0"], "declared_kg": 100.0}),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("opening manifest M-1: {e}"));
+}
+
 /// Issues a regulator's token of `tier` (over `scope`, if any) through the admin API: `(token, id)`.
 pub async fn issue_token(admin: &NodeClient, tier: &str, scope: Option<&str>) -> (String, String) {
     let body = match scope {

@@ -5,7 +5,9 @@
 
 use std::time::Duration;
 
-use custodian_tests::scopes::{issue_token, register_enterprises, signing_terminal, weighings};
+use custodian_tests::scopes::{
+    issue_token, open_cross_province_manifest, register_enterprises, signing_terminal, weighings,
+};
 use custodian_tests::*;
 use reqwest::header::{CONTENT_SECURITY_POLICY, COOKIE, HeaderMap, LOCATION, ORIGIN, SET_COOKIE};
 use serde_json::{Value, json};
@@ -590,14 +592,7 @@ async fn sign_in_scopes_language_and_assets() {
     drop(feed);
 
     // A manifest between the two provinces: visible from either side, each party linked only if in scope.
-    admin
-        .register(
-            "/v1/manifests",
-            &json!({"id": "M-1", "generator_id": "E-A", "receiver_id": "E-C", "waste_code": "HW08",
-                    "container_ids": ["T-A-C0"], "declared_kg": 100.0}),
-        )
-        .await
-        .unwrap();
+    open_cross_province_manifest(&admin).await;
     wait_projected(&admin, Duration::from_secs(60)).await;
     let p = n.get("/ui/manifests/M-1").await;
     assert_eq!(p.status, 200, "{}", p.body);

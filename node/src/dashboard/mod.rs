@@ -226,6 +226,28 @@ pub struct Chrome {
 }
 
 impl Chrome {
+    /// The breadcrumb of a page below the overview: the overview, then each `(label, link)` of `via`,
+    /// then this page, `here`, unlinked.
+    fn trail(mut self, via: &[(&str, String)], here: &str) -> Chrome {
+        let overview = Crumb {
+            label: self.lang.t("overview").to_owned(),
+            href: Some("/ui".into()),
+        };
+        let via = via.iter().map(|(label, href)| Crumb {
+            label: (*label).to_owned(),
+            href: Some(href.clone()),
+        });
+        let here = Crumb {
+            label: here.to_owned(),
+            href: None,
+        };
+        self.crumbs = std::iter::once(overview)
+            .chain(via)
+            .chain(std::iter::once(here))
+            .collect();
+        self
+    }
+
     /// `back` as a query value for the language switch's link: percent-encoded, so that its own query
     /// (`?days=7&until=…`, a search's encoded text) comes back whole.
     pub fn back_query(&self) -> String {
@@ -920,17 +942,9 @@ async fn province(s: Session, Path(code): Path<String>) -> Response {
         })
         .collect();
     let heading = province_name(&code, lang);
-    let mut ch = s.chrome(&heading, &format!("/ui/provinces/{code}"));
-    ch.crumbs = vec![
-        Crumb {
-            label: lang.t("overview").to_owned(),
-            href: Some("/ui".into()),
-        },
-        Crumb {
-            label: heading.clone(),
-            href: None,
-        },
-    ];
+    let ch = s
+        .chrome(&heading, &format!("/ui/provinces/{code}"))
+        .trail(&[], &heading);
     let shown = rows.len();
     with_rows(
         html(
@@ -1003,21 +1017,10 @@ async fn enterprise(
     let province_code: String = e.get("province_code");
     let province = province_name(&province_code, lang);
     let heading = format!("{name}（{id}）");
-    let mut ch = s.chrome(&name, &format!("/ui/enterprises/{id}"));
-    ch.crumbs = vec![
-        Crumb {
-            label: lang.t("overview").to_owned(),
-            href: Some("/ui".into()),
-        },
-        Crumb {
-            label: province.clone(),
-            href: Some(format!("/ui/provinces/{province_code}")),
-        },
-        Crumb {
-            label: name.clone(),
-            href: None,
-        },
-    ];
+    let ch = s.chrome(&name, &format!("/ui/enterprises/{id}")).trail(
+        &[(&province, format!("/ui/provinces/{province_code}"))],
+        &name,
+    );
     html(
         StatusCode::OK,
         &EnterprisePage {
@@ -1126,21 +1129,10 @@ async fn container(
         })
         .collect();
     let heading = format!("{}：{id}", lang.t("container"));
-    let mut ch = s.chrome(&heading, &format!("/ui/containers/{id}"));
-    ch.crumbs = vec![
-        Crumb {
-            label: lang.t("overview").to_owned(),
-            href: Some("/ui".into()),
-        },
-        Crumb {
-            label: enterprise.clone(),
-            href: Some(format!("/ui/enterprises/{enterprise}")),
-        },
-        Crumb {
-            label: id.clone(),
-            href: None,
-        },
-    ];
+    let ch = s.chrome(&heading, &format!("/ui/containers/{id}")).trail(
+        &[(&enterprise, format!("/ui/enterprises/{enterprise}"))],
+        &id,
+    );
     let shown = chain.len();
     with_rows(
         html(
@@ -1285,24 +1277,15 @@ async fn terminal(
         .replace("{n}", &lang.int(raw.len() as i64))
         .replace("{m}", &lang.int(points.len() as i64));
     let heading = format!("{}：{id}", lang.t("terminal"));
-    let mut ch = s.chrome(
-        &heading,
-        &format!("/ui/terminals/{id}?days={days}&until={until}"),
-    );
-    ch.crumbs = vec![
-        Crumb {
-            label: lang.t("overview").to_owned(),
-            href: Some("/ui".into()),
-        },
-        Crumb {
-            label: enterprise.clone(),
-            href: Some(format!("/ui/enterprises/{enterprise}")),
-        },
-        Crumb {
-            label: id.clone(),
-            href: None,
-        },
-    ];
+    let ch = s
+        .chrome(
+            &heading,
+            &format!("/ui/terminals/{id}?days={days}&until={until}"),
+        )
+        .trail(
+            &[(&enterprise, format!("/ui/enterprises/{enterprise}"))],
+            &id,
+        );
     let shown = points.len();
     with_rows(
         html(
@@ -1360,17 +1343,9 @@ async fn manifest(s: Session, Path(id): Path<String>) -> Response {
         l => l.to_owned(),
     };
     let heading = format!("{}：{id}", lang.t("manifest"));
-    let mut ch = s.chrome(&heading, &format!("/ui/manifests/{id}"));
-    ch.crumbs = vec![
-        Crumb {
-            label: lang.t("overview").to_owned(),
-            href: Some("/ui".into()),
-        },
-        Crumb {
-            label: id.clone(),
-            href: None,
-        },
-    ];
+    let ch = s
+        .chrome(&heading, &format!("/ui/manifests/{id}"))
+        .trail(&[], &id);
     let dash = |v: Option<String>| v.map_or_else(|| "—".into(), |t| lang.cst(&t));
     html(
         StatusCode::OK,
@@ -1452,17 +1427,9 @@ async fn search(
     } else {
         "/ui/search".to_owned()
     };
-    let mut ch = s.chrome(lang.t("search"), &back);
-    ch.crumbs = vec![
-        Crumb {
-            label: lang.t("overview").to_owned(),
-            href: Some("/ui".into()),
-        },
-        Crumb {
-            label: lang.t("search").to_owned(),
-            href: None,
-        },
-    ];
+    let ch = s
+        .chrome(lang.t("search"), &back)
+        .trail(&[], lang.t("search"));
     let shown = hits.len();
     with_rows(
         html(
@@ -1582,17 +1549,7 @@ async fn alarms_page(
     } else {
         "/ui/alarms"
     };
-    let mut ch = s.chrome(&heading, back);
-    ch.crumbs = vec![
-        Crumb {
-            label: lang.t("overview").to_owned(),
-            href: Some("/ui".into()),
-        },
-        Crumb {
-            label: lang.t("alarms").to_owned(),
-            href: None,
-        },
-    ];
+    let ch = s.chrome(&heading, back).trail(&[], lang.t("alarms"));
     let shown = rows.len();
     with_rows(
         html(

@@ -13,7 +13,9 @@ use std::time::Duration;
 
 use axum::extract::{Path, State};
 use axum::routing::post;
-use custodian_tests::scopes::{issue_token, register_enterprises, signing_terminal, weighings};
+use custodian_tests::scopes::{
+    issue_token, open_cross_province_manifest, register_enterprises, signing_terminal, weighings,
+};
 use custodian_tests::{ReadModels, TerminalKeys, start_node, wait_projected};
 use serde_json::json;
 
@@ -54,14 +56,7 @@ async fn main() {
     for (t, e) in [("T-A", "E-A"), ("T-C", "E-C")] {
         signing_terminal(&admin, &mut keys, t, e).await;
     }
-    admin
-        .register(
-            "/v1/manifests",
-            &json!({"id": "M-1", "generator_id": "E-A", "receiver_id": "E-C", "waste_code": "HW08",
-                    "container_ids": ["T-A-C0"], "declared_kg": 100.0}),
-        )
-        .await
-        .expect("opening a manifest");
+    open_cross_province_manifest(&admin).await;
     wait_projected(&admin, Duration::from_secs(60)).await;
     let mut tokens = serde_json::Map::new();
     for (tier, scope) in [

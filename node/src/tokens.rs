@@ -136,15 +136,35 @@ impl Tokens {
                 )
             })?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                // Nodes sharing a data root may start at once: the key is written whole to a file of
+                // this process's own, then linked into place, which fails if another got there first —
+                // so no node ever reads a half-written key, and all end up with the first one made.
                 let key = Sm2KeyPair::generate(entropy);
+                let tmp = file.with_extension(format!(
+                    "tmp.{}.{}",
+                    std::process::id(),
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_nanos())
+                ));
                 let mut opts = std::fs::OpenOptions::new();
                 opts.write(true).create_new(true);
                 #[cfg(unix)]
                 std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-                let mut f = opts.open(file)?;
-                std::io::Write::write_all(&mut f, key.to_pkcs8_pem().as_bytes())?;
-                f.sync_all()?;
-                key
+                let written = (|| {
+                    let mut f = opts.open(&tmp)?;
+                    std::io::Write::write_all(&mut f, key.to_pkcs8_pem().as_bytes())?;
+                    f.sync_all()?;
+                    std::fs::hard_link(&tmp, file)
+                })();
+                let _ = std::fs::remove_file(&tmp);
+                match written {
+                    Ok(()) => key,
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                        return Tokens::open(file, entropy);
+                    }
+                    Err(e) => return Err(e.into()),
+                }
             }
             Err(e) => return Err(anyhow::anyhow!("cannot read {}: {e}", file.display())),
         };
@@ -296,6 +316,28 @@ mod tests {
             iat: 0,
             exp,
         }
+    }
+
+    #[test]
+    fn nodes_starting_at_once_share_one_whole_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("platform_signing.key");
+        let keys: Vec<Vec<u8>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..8)
+                .map(|_| {
+                    scope.spawn(|| {
+                        Tokens::open(&file, &OsEntropy)
+                            .expect("every node opens the key")
+                            .key()
+                            .public_key_der()
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert!(keys.windows(2).all(|w| w[0] == w[1]), "one key for all");
+        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(left.len(), 1, "no temporary file left behind");
     }
 
     #[test]

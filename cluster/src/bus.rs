@@ -81,6 +81,9 @@ pub trait Bus: Send + Sync + 'static {
     fn last_subject_seq(&self, subject: String) -> BoxFuture<'_, Result<u64, BusError>>;
     /// The stream's last sequence.
     fn stream_last_seq(&self) -> BoxFuture<'_, Result<u64, BusError>>;
+    /// What tells this stream from another incarnation of it (deleted and made again under the same
+    /// name): its name and creation time.
+    fn stream_id(&self) -> BoxFuture<'_, Result<String, BusError>>;
     /// One stream message by sequence (`None`: no such message).
     fn stream_message(&self, seq: u64) -> BoxFuture<'_, Result<Option<StreamMessage>, BusError>>;
     /// Every stream message from `from_seq` on, in order, then each new one as it comes. Ends or fails
@@ -318,6 +321,15 @@ impl Bus for NatsBus {
         Box::pin(async move {
             let mut stream = self.jet()?.stream.clone();
             Ok(stream.info().await.map_err(other)?.state.last_sequence)
+        })
+    }
+
+    fn stream_id(&self) -> BoxFuture<'_, Result<String, BusError>> {
+        Box::pin(async move {
+            let jet = self.jet()?;
+            let mut stream = jet.stream.clone();
+            let created = stream.info().await.map_err(other)?.created;
+            Ok(format!("{} created {created}", jet.stream_name))
         })
     }
 

@@ -201,6 +201,7 @@ impl ClusterLog {
                 .map_err(|e| unavailable(format!("opening the copy: {e}")))??,
         );
         let position = local.replicated_position()?;
+        check_stream(&local, &shards, position).await?;
         let (applied_tx, applied) = watch::channel(position);
         let seen = Arc::new(Mutex::new(Seen::default()));
         let follower = tokio::spawn(follow(
@@ -632,6 +633,46 @@ impl ClusterLog {
     }
 }
 
+/// Refuses a copy filed from another stream than this one (the stream deleted and made again under the
+/// same name, a data dir from another cluster of the same name): its sequences would not be the other
+/// copies', so every acknowledgement this node gave would name another event than every other node's
+/// answer for the same reading. Records the stream's identity in a copy that has none yet.
+async fn check_stream(
+    local: &SledLog,
+    shards: &Shards,
+    position: u64,
+) -> Result<(), EventLogError> {
+    let id = shards
+        .bus()
+        .stream_id()
+        .await
+        .map_err(|e| unavailable(format!("cannot ask the stream what it is: {e}")))?;
+    let path = local.path().display().to_string();
+    match local.replicated_stream()? {
+        Some(filed_from) if filed_from != id => {
+            return Err(EventLogError::Mismatch(format!(
+                "stream_mismatch: the copy of the log in {path} was filed from {filed_from}, but the                  cluster's stream is {id}; its events would stand at other sequences than on the other nodes.                  Move that data dir away and start the node with an empty one (it copies the stream again)"
+            )));
+        }
+        Some(_) => {}
+        None if position > 0 => {
+            // A copy from before the identity was recorded: it must at least not be ahead of the stream.
+            let last = shards
+                .stream_last_seq()
+                .await
+                .map_err(|e| unavailable(format!("cannot ask the stream how far it is: {e}")))?;
+            if last < position {
+                return Err(EventLogError::Mismatch(format!(
+                    "stream_mismatch: the copy of the log in {path} has filed the stream up to message                      {position}, but the cluster's stream ({id}) ends at {last}: it was filed from another                      stream. Move that data dir away and start the node with an empty one"
+                )));
+            }
+            local.set_replicated_stream(&id)?;
+        }
+        None => local.set_replicated_stream(&id)?,
+    }
+    Ok(())
+}
+
 /// Files the stream into the copy, in order, from where the copy stopped; restarts the consumer after
 /// errors.
 async fn follow(
@@ -679,8 +720,23 @@ async fn follow(
                     break;
                 }
             };
-            if stream_seq <= *applied.borrow() {
+            let expected = *applied.borrow() + 1;
+            if stream_seq < expected {
                 continue;
+            }
+            if stream_seq > expected {
+                // The delivery skipped messages (an ordered consumer can lose one: a slow consumer's
+                // dropped message, a consumer recreated past it). Filing this one anyway would put every
+                // later event at another sequence in this copy than in the others', so that what this
+                // node acknowledges names other events than what every other node answers. Follow again
+                // from the first missing message instead.
+                held.lock().expect("held lock").follow_gaps += 1;
+                tracing::warn!(
+                    expected,
+                    delivered = stream_seq,
+                    "cluster log: the stream's delivery skipped messages; following again from the first missing one"
+                );
+                break;
             }
             match payload.first() {
                 Some(&RECORDS_TAG) => {

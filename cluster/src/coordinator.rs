@@ -32,6 +32,9 @@ pub struct Held {
     /// Appends whose answer was lost but which had landed, so the owner carried on
     /// ([`Shards::landed`]) instead of dropping the shard.
     pub answers_recovered: u64,
+    /// Times this node's copy found the stream's delivery had skipped messages and followed again from
+    /// the first missing one (it never files past a gap).
+    pub follow_gaps: u64,
     /// Shards given up to their target (rebalancing), which then claims them.
     pub handed_off: u64,
     /// Records this node's copy of the log has filed, per shard (the planner's rates).

@@ -193,6 +193,7 @@ impl ClusterNode {
             "claims": held.claims,
             "dropped": held.dropped,
             "answers_recovered": held.answers_recovered,
+            "follow_gaps": held.follow_gaps,
             "stream_applied": self.log.applied(),
             "epoch_regressions": self.log.epoch_regressions().len(),
             "load": self.membership.loads().get(&self.node_id),

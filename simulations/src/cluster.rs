@@ -93,6 +93,9 @@ pub struct ClusterSimConfig {
     pub net: NetConfig,
 }
 
+/// How often a follower misses a stream message in the seeded runs: one delivery in 500.
+pub const DEFAULT_FOLLOW_SKIPS: f64 = 0.002;
+
 impl Default for ClusterSimConfig {
     fn default() -> Self {
         ClusterSimConfig {
@@ -103,7 +106,10 @@ impl Default for ClusterSimConfig {
             faults: true,
             kinds: FaultKind::ALL.to_vec(),
             fault_ms: (500, 4_000),
-            net: NetConfig::default(),
+            net: NetConfig {
+                p_follow_skipped: DEFAULT_FOLLOW_SKIPS,
+                ..NetConfig::default()
+            },
         }
     }
 }
@@ -130,8 +136,13 @@ impl ClusterSimConfig {
                 self.fault_ms.0, self.fault_ms.1
             )
         };
+        let skips = if self.net.p_follow_skipped == DEFAULT_FOLLOW_SKIPS {
+            String::new()
+        } else {
+            format!(" --follow-skips {}", self.net.p_follow_skipped)
+        };
         format!(
-            "cargo run -p custodian-simulations --bin custodian-sim -- cluster --seed {} --nodes {} --terminals {} --seconds {}{}{}{}{}",
+            "cargo run -p custodian-simulations --bin custodian-sim -- cluster --seed {} --nodes {} --terminals {} --seconds {}{}{}{}{}{}",
             self.seed,
             self.nodes,
             self.terminals,
@@ -143,7 +154,8 @@ impl ClusterSimConfig {
                 ""
             } else {
                 " --unfenced-appends"
-            }
+            },
+            skips
         )
     }
 }
@@ -788,7 +800,7 @@ fn copies(reach: &[Reach], ledger: &Ledger) -> Vec<Check> {
 pub fn report(outcome: &ClusterOutcome) -> String {
     let s = &outcome.stats;
     let mut out = format!(
-        "seed {} ({} nodes, {} terminals, {} s{}): {} in {:.1} s\n  faults: {} kills, {} pauses ({} with an append in flight), {} partitions, {} JetStream stalls; network: {} acks lost, {} core messages lost, {} held then delivered, {} stalled writes dropped\n  {} readings acknowledged, {} resends, {} retries, longest wait {:?}; stream {} messages, {} owner changes, {} fenced appends, {} lost compare-and-sets, {} lost answers recovered\n",
+        "seed {} ({} nodes, {} terminals, {} s{}): {} in {:.1} s\n  faults: {} kills, {} pauses ({} with an append in flight), {} partitions, {} JetStream stalls; network: {} acks lost, {} core messages lost, {} held then delivered, {} stalled writes dropped, {} stream deliveries skipped\n  {} readings acknowledged, {} resends, {} retries, longest wait {:?}; stream {} messages, {} owner changes, {} fenced appends, {} lost compare-and-sets, {} lost answers recovered\n",
         outcome.config.seed,
         outcome.config.nodes,
         outcome.config.terminals,
@@ -809,6 +821,7 @@ pub fn report(outcome: &ClusterOutcome) -> String {
         s.net.messages_lost,
         s.net.held_then_delivered,
         s.net.stalled_writes_dropped,
+        s.net.follow_skips,
         s.readings_acked,
         s.resends,
         s.retries,

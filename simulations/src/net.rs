@@ -56,6 +56,10 @@ pub struct NetConfig {
     /// Whether appends check their expected last subject sequence (always, but for testing the
     /// checkers: a JetStream that does not fence lets a late append of an old owner in).
     pub fence_appends: bool,
+    /// Probability that a follower's delivery skips the stream message due next, as a lossy ordered
+    /// consumer would (a message dropped on a slow consumer, a consumer recreated past it): the stream
+    /// holds it, the follower never sees it unless it asks again.
+    pub p_follow_skipped: f64,
 }
 
 impl Default for NetConfig {
@@ -65,6 +69,7 @@ impl Default for NetConfig {
             p_ack_lost: 0.01,
             p_message_lost: 0.005,
             fence_appends: true,
+            p_follow_skipped: 0.0,
         }
     }
 }
@@ -110,6 +115,8 @@ pub struct NetStats {
     pub stalled_writes_dropped: u64,
     pub fenced_appends: u64,
     pub lost_compare_and_sets: u64,
+    /// Stream messages a follower's delivery skipped (see [`NetConfig::p_follow_skipped`]).
+    pub follow_skips: u64,
 }
 
 /// The simulated NATS.
@@ -124,7 +131,12 @@ pub struct SimNet {
     next_conn: AtomicU64,
     next_inbox: AtomicU64,
     stats: Mutex<NetStats>,
+    /// The stream's identity: every `SimNet` is a stream made anew.
+    id: String,
 }
+
+/// Tells the streams of two `SimNet`s apart, within one process.
+static NETS_MADE: AtomicU64 = AtomicU64::new(0);
 
 impl SimNet {
     pub fn new(seed: u64, config: NetConfig) -> Arc<SimNet> {
@@ -137,6 +149,10 @@ impl SimNet {
             next_conn: AtomicU64::new(1),
             next_inbox: AtomicU64::new(1),
             stats: Mutex::new(NetStats::default()),
+            id: format!(
+                "simulated stream {} of seed {seed}",
+                NETS_MADE.fetch_add(1, Ordering::Relaxed) + 1
+            ),
         })
     }
 
@@ -492,6 +508,10 @@ impl Bus for SimBus {
         Box::pin(async move { self.read(|s| s.stream.len() as u64).await })
     }
 
+    fn stream_id(&self) -> BoxFuture<'_, Result<String, BusError>> {
+        Box::pin(async move { self.read(|_| ()).await.map(|()| self.net.id.clone()) })
+    }
+
     fn stream_message(&self, seq: u64) -> BoxFuture<'_, Result<Option<StreamMessage>, BusError>> {
         Box::pin(async move {
             self.read(|s| {
@@ -515,13 +535,18 @@ impl Bus for SimBus {
             let next = from_seq.max(1);
             let stream = futures_util::stream::unfold(
                 (net, node, conn, len, next),
-                |(net, node, conn, mut len, next)| async move {
+                |(net, node, conn, mut len, mut next)| async move {
                     loop {
                         // A partitioned follower ends (the caller recreates it); a paused one waits.
                         if !net.pass(&node, conn).await {
                             return None;
                         }
                         if *len.borrow_and_update() >= next {
+                            if net.chance(net.config.p_follow_skipped) {
+                                net.stats.lock().expect("stats lock").follow_skips += 1;
+                                next += 1;
+                                continue;
+                            }
                             let msg = {
                                 let s = net.state.lock().expect("net lock");
                                 let w = &s.stream[(next - 1) as usize];

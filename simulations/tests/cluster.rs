@@ -88,3 +88,30 @@ fn the_checker_catches_a_jetstream_that_does_not_fence_appends() {
         "three seeds of pauses over an unfenced JetStream and one_writer_per_shard never failed"
     );
 }
+
+#[test]
+fn a_follower_that_misses_stream_messages_follows_again_and_no_sequence_moves() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    // One delivery in fifty never reaches the copy that follows the stream (a lossy ordered consumer).
+    // Filing the next message anyway would give every later event another sequence on that node than
+    // on the others: an acknowledgement naming one event_seq and a resend to another node naming another.
+    // No other fault, so that any failure is this one.
+    let config = ClusterSimConfig {
+        seed: 5,
+        seconds: 10,
+        faults: false,
+        net: NetConfig {
+            p_follow_skipped: 0.02,
+            ..NetConfig::default()
+        },
+        ..ClusterSimConfig::default()
+    };
+    let outcome = cluster::run(&config, &mut |line| eprintln!("  {line}"));
+    let report = cluster::report(&outcome);
+    eprint!("{report}");
+    assert!(
+        outcome.stats.net.follow_skips > 10,
+        "too few skipped deliveries to prove anything:\n{report}"
+    );
+    assert!(outcome.passed(), "{report}");
+}

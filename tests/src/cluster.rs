@@ -233,24 +233,34 @@ impl Cluster {
             .collect()
     }
 
-    /// Every node's whole log, once they all agree on its length.
+    /// Every node's log as far as all of them have come, once each has come at least as far as the
+    /// longest was when this was called (a node's ticker or deriver may still be appending): the shorter
+    /// logs must be prefixes of the longer, event for event.
     pub async fn logs_agree(&self) -> Vec<Value> {
         let started = Instant::now();
+        let mut target = None;
         loop {
             let mut logs = Vec::new();
             for i in self.running() {
                 logs.push(self.client(i).all_events(1).await.unwrap());
             }
             let lens: Vec<usize> = logs.iter().map(Vec::len).collect();
-            if lens.iter().all(|l| *l == lens[0]) {
-                for l in &logs[1..] {
-                    assert!(l == &logs[0], "two nodes' logs differ");
-                }
-                return logs.swap_remove(0);
+            let shortest = *lens.iter().min().expect("a node is running");
+            let target = *target.get_or_insert(*lens.iter().max().expect("a node is running"));
+            for l in &logs[1..] {
+                assert!(
+                    l[..shortest] == logs[0][..shortest],
+                    "two nodes' logs differ within their first {shortest} events"
+                );
+            }
+            if shortest >= target {
+                let mut log = logs.swap_remove(0);
+                log.truncate(shortest);
+                return log;
             }
             assert!(
                 started.elapsed() < Duration::from_secs(30),
-                "the nodes' logs have lengths {lens:?}"
+                "the nodes' logs have lengths {lens:?}, short of {target}"
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -321,7 +331,46 @@ pub struct Acks {
     pub acked: BTreeMap<String, Vec<u64>>,
     /// When each acknowledgement came, per terminal.
     pub times: BTreeMap<String, Vec<Instant>>,
+    /// (terminal, reading seq) → the `event_seq` its acknowledgement named.
+    pub event_seqs: BTreeMap<(String, u64), u64>,
+    /// Every acknowledged upload, body and signature as sent, for resending.
+    pub uploads: Vec<(Vec<u8>, String)>,
     pub failures: u64,
+}
+
+impl Acks {
+    /// Notes an acknowledged upload; a reading acknowledged before must be named by the same `event_seq`.
+    pub fn note(&mut self, r: &custodian_node::api::UploadResponse, body: Vec<u8>, sig: String) {
+        for res in &r.results {
+            let (seq, event_seq) = acked(res);
+            let key = (r.terminal_id.clone(), seq);
+            if let Some(before) = self.event_seqs.insert(key.clone(), event_seq) {
+                assert_eq!(
+                    before, event_seq,
+                    "{key:?} was acknowledged as event {before}, then answered as event {event_seq}"
+                );
+            }
+            self.acked
+                .entry(r.terminal_id.clone())
+                .or_default()
+                .push(seq);
+        }
+        self.times
+            .entry(r.terminal_id.clone())
+            .or_default()
+            .push(Instant::now());
+        self.uploads.push((body, sig));
+    }
+}
+
+/// The reading seq and event seq of an accepted or duplicate reading (anything else fails the test).
+pub fn acked(res: &custodian_node::api::ReadingResult) -> (u64, u64) {
+    use custodian_node::api::ReadingResult;
+    match res {
+        ReadingResult::Accepted { seq, event_seq }
+        | ReadingResult::Duplicate { seq, event_seq } => (*seq, *event_seq),
+        other => panic!("an upload answered {other:?}"),
+    }
 }
 
 /// Terminals uploading 5 readings at a time through the nodes in turn; a failed upload is sent again,
@@ -359,22 +408,7 @@ pub fn load(
                         {
                             Ok(Ok(r)) => {
                                 assert_eq!(r.results.len(), seqs.len());
-                                for res in &r.results {
-                                    let v = serde_json::to_value(res).unwrap();
-                                    assert!(
-                                        v["status"] == "accepted" || v["status"] == "duplicate",
-                                        "{v}"
-                                    );
-                                }
-                                let mut a = acks.lock().unwrap();
-                                a.acked
-                                    .entry(r.terminal_id.clone())
-                                    .or_default()
-                                    .extend(&seqs);
-                                a.times
-                                    .entry(r.terminal_id)
-                                    .or_default()
-                                    .push(Instant::now());
+                                acks.lock().unwrap().note(&r, body, sig);
                                 break;
                             }
                             _ => {
@@ -390,17 +424,54 @@ pub fn load(
         .collect()
 }
 
-/// Every acknowledged reading is in the log exactly once.
+/// Every acknowledged reading is in the log exactly once, at the `event_seq` its acknowledgement named.
 pub fn check_acked(log: &[Value], acks: &Acks) -> usize {
     let stored = check_log(log);
     let mut n = 0;
     for (t, seqs) in &acks.acked {
         for s in seqs {
-            assert!(
-                stored.contains_key(&(t.clone(), *s)),
-                "{t} reading {s} was acknowledged but is not in the log"
-            );
+            let key = (t.clone(), *s);
+            let Some(at) = stored.get(&key) else {
+                panic!("{t} reading {s} was acknowledged but is not in the log")
+            };
+            if let Some(acked) = acks.event_seqs.get(&key) {
+                assert_eq!(
+                    acked, at,
+                    "{t} reading {s} was acknowledged as event {acked} but is event {at} in the log"
+                );
+            }
             n += 1;
+        }
+    }
+    n
+}
+
+/// Sends every acknowledged upload again to every running node: each reading must be answered
+/// `duplicate`, naming the `event_seq` its first acknowledgement named. Returns the readings resent.
+pub async fn check_resends(cluster: &Cluster, acks: &Acks) -> usize {
+    use custodian_node::api::ReadingResult;
+    let mut n = 0;
+    for i in cluster.running() {
+        let c = NodeClient::new(cluster.url(i), None);
+        for (body, sig) in &acks.uploads {
+            let r = c
+                .upload(body.clone(), Some(sig))
+                .await
+                .unwrap_or_else(|e| panic!("resending to n{}: {e}", i + 1));
+            for res in &r.results {
+                let ReadingResult::Duplicate { seq, event_seq } = res else {
+                    panic!("a resend to n{} answered {res:?}", i + 1)
+                };
+                let first = acks.event_seqs[&(r.terminal_id.clone(), *seq)];
+                assert_eq!(
+                    *event_seq,
+                    first,
+                    "{} reading {seq} was acknowledged as event {first}; resent to n{} it is a duplicate of event {event_seq}",
+                    r.terminal_id,
+                    i + 1
+                );
+                n += 1;
+            }
         }
     }
     n

@@ -29,8 +29,12 @@ use serde_json::Value;
 pub const ADMIN_TOKEN: &str = "integration-test-admin-token";
 
 /// The `custodian` binary built alongside the tests (`cargo build --workspace --bins` builds it; so does
-/// `cargo test --workspace`).
+/// `cargo test --workspace`), or the one `CUSTODIAN_BIN` names.
 pub fn custodian_bin() -> PathBuf {
+    // Another build of it (e.g. a release build, to load a cluster as an operator would) when asked.
+    if let Some(bin) = std::env::var_os("CUSTODIAN_BIN") {
+        return PathBuf::from(bin);
+    }
     let exe = std::env::current_exe().expect("the test's own path");
     let dir = exe
         .parent()

@@ -330,3 +330,44 @@ async fn copies_agree_only_owners_append_and_dedupe_survives_failover() {
     drop(a);
     b.shards.clone().delete(&config).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_of_a_deleted_and_recreated_stream_refuses_to_open() {
+    // The stream deleted and made again under the same name (or another cluster of the same name): a
+    // copy filed from the old one would file the new stream after its old records, every event at
+    // another sequence than on the nodes that start afresh. On real JetStream, where a stream's identity
+    // is its name and creation time.
+    let config = shards_config("stale");
+    let dir = tempfile::tempdir().unwrap();
+    let node = open_node("node-a", &config, dir.path(), None).await;
+    claim_all(&node, "node-a").await;
+    let acked = node
+        .log
+        .append(vec![contract::reading("T-1", 1, 5)])
+        .await
+        .unwrap();
+    let shards = node.shards.clone();
+    drop(node);
+    shards.delete(&config).await.unwrap();
+    // The same names, a new stream.
+    let shards = Shards::open(custodian_tests::nats_cluster().await, &config)
+        .await
+        .unwrap();
+    let refused = ClusterLog::open(
+        ClusterLogConfig::new(SledLogConfig::new(dir.path())),
+        "node-a",
+        shards.clone(),
+        Arc::new(Mutex::new(Held::default())),
+        Arc::new(FixedClock(1_700_000_000_000_000_000)),
+        None,
+    )
+    .await;
+    match refused {
+        Err(EventLogError::Mismatch(m)) => assert!(m.contains("stream_mismatch"), "{m}"),
+        Err(other) => panic!("expected stream_mismatch, got {other}"),
+        Ok(_) => {
+            panic!("the copy of a deleted stream opened on its successor (acknowledged {acked:?})")
+        }
+    }
+    shards.delete(&config).await.unwrap();
+}

@@ -1,8 +1,12 @@
 //! Three `custodian serve --cluster` processes on the three-server JetStream cluster
 //! (`scripts/services nats-cluster up`), with terminals uploading through whichever node answers:
-//! - any node takes any upload and every node's copy of the log is the same;
+//! - any node takes any upload and every node's copy of the log is the same; the `event_seq` each
+//!   acknowledgement names is where every node's log holds the reading, and every node answers a resend
+//!   as a duplicate of that very event (forwarded to the owner or not);
 //! - `kill -9` of a node every few seconds, and its restart: no acknowledged reading lost, none stored
-//!   twice; the time each kill kept some terminal from being acknowledged is printed;
+//!   twice, none moved from the `event_seq` it was acknowledged with (on every node, resent to every
+//!   node, after the acknowledging nodes were killed); the time each kill kept some terminal from being
+//!   acknowledged is printed;
 //! - SIGSTOP of a node: its shards move, and when it is resumed its late appends are fenced;
 //! - a graceful stop hands the node's shards off, and a rolling restart loses and doubles nothing.
 
@@ -12,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use custodian_node::terminal_sim::now_rfc3339;
 use custodian_tests::cluster::{
-    Acks, Cluster, check_acked, load, outage_after, register, terminals,
+    Acks, Cluster, check_acked, check_resends, load, outage_after, register, terminals,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -33,17 +37,21 @@ async fn any_node_takes_any_upload_and_the_copies_agree() {
             let sig = t.sign(&body);
             let r = cluster
                 .client((k + round) % 3)
-                .upload(body, Some(&sig))
+                .upload(body.clone(), Some(&sig))
                 .await
                 .unwrap();
+            assert_eq!(r.results.len(), seqs.len());
             for res in &r.results {
                 assert_eq!(serde_json::to_value(res).unwrap()["status"], "accepted");
             }
-            acks.acked.entry(r.terminal_id).or_default().extend(seqs);
+            acks.note(&r, body, sig);
         }
     }
     let log = cluster.logs_agree().await;
     assert_eq!(check_acked(&log, &acks), 12 * 3 * 4);
+    // The event_seq an acknowledgement names is the reading's identity on every node: a resend to any
+    // node (forwarded to the owner or not) is a duplicate of that very event.
+    assert_eq!(check_resends(&cluster, &acks).await, 3 * 12 * 3 * 4);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -88,8 +96,9 @@ async fn kill9_every_few_seconds_loses_and_doubles_nothing() {
     let acks = std::mem::take(&mut *acks.lock().unwrap());
     let log = cluster.logs_agree().await;
     let n = check_acked(&log, &acks);
+    let resent = check_resends(&cluster, &acks).await;
     eprintln!(
-        "{n} acknowledged readings, all stored exactly once; {} failed tries resent; {rounds} kills",
+        "{n} acknowledged readings, all stored exactly once at the event_seq acknowledged; {resent} resends answered duplicate of it on every node; {} failed tries resent; {rounds} kills",
         acks.failures
     );
     assert!(n > 0);

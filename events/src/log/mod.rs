@@ -227,6 +227,10 @@ pub enum EventLogError {
     /// a retry, here later or at the shard's owner, is answered consistently.
     #[error("the event log cannot take this append now: {0}")]
     Unavailable(String),
+    /// The log on disk does not belong with what it is opened against (a cluster node's copy filed from
+    /// another incarnation of the stream, say). Opening refuses rather than serve or extend it.
+    #[error("{0}")]
+    Mismatch(String),
 }
 
 impl From<sled::Error> for EventLogError {

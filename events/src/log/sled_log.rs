@@ -107,6 +107,8 @@ enum Job {
 
 /// The key of the position a replicated copy has reached in its source.
 const REPLICATED_POSITION_KEY: &[u8] = b"m/replicated-position";
+/// Which stream a replicated copy is filed from (see [`SledLog::replicated_stream`]).
+const REPLICATED_STREAM_KEY: &[u8] = b"m/replicated-stream";
 
 /// The embedded, single-node event log.
 pub struct SledLog {
@@ -236,6 +238,28 @@ impl SledLog {
             .db
             .get(REPLICATED_POSITION_KEY)?
             .map_or(0, |v| be_u64(&v)))
+    }
+
+    /// The folder the log lives in.
+    pub fn path(&self) -> &std::path::Path {
+        &self.config.path
+    }
+
+    /// The identity of the stream this copy is filed from (its name and creation time), once recorded.
+    /// A copy must only ever be filed from one incarnation of one stream: filed from another, its
+    /// sequences would not be the other copies' (see `custodian_cluster::cluster_log`).
+    pub fn replicated_stream(&self) -> Result<Option<String>, EventLogError> {
+        Ok(self
+            .db
+            .get(REPLICATED_STREAM_KEY)?
+            .map(|v| String::from_utf8_lossy(&v).into_owned()))
+    }
+
+    /// Records the identity of the stream this copy is filed from, durably.
+    pub fn set_replicated_stream(&self, id: &str) -> Result<(), EventLogError> {
+        self.db.insert(REPLICATED_STREAM_KEY, id.as_bytes())?;
+        self.db.flush()?;
+        Ok(())
     }
 
     /// The sequence of the conflict evidence stored for `key` with content `fp`, if any.

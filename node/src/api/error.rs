@@ -50,6 +50,11 @@ impl From<EventLogError> for ApiError {
                 "corrupt_index",
                 format!("{e}; stop the node and run `custodian log verify --data-dir DIR`"),
             ),
+            EventLogError::Mismatch(_) => ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "log_mismatch",
+                e.to_string(),
+            ),
             EventLogError::Keyring(_) => ApiError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "key_unavailable",

@@ -10,7 +10,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use custodian_simulations::cluster::{ClusterSimConfig, FaultKind};
+use custodian_simulations::cluster::{ClusterSimConfig, DEFAULT_FOLLOW_SKIPS, FaultKind};
 use custodian_simulations::http::Signatures;
 use custodian_simulations::net::NetConfig;
 use custodian_simulations::sim::{self, Ingest, SimConfig, SimOutcome};
@@ -139,6 +139,10 @@ enum Command {
         /// Longest fault, in milliseconds.
         #[arg(long, default_value_t = 4_000)]
         fault_max_ms: u64,
+        /// Probability that a node's follower misses the stream message due next (a lossy ordered
+        /// consumer); the copy must notice the gap and follow again from it.
+        #[arg(long, default_value_t = DEFAULT_FOLLOW_SKIPS)]
+        follow_skips: f64,
     },
     /// Simulated over real time for `terminals` reporting every `heartbeat_s`, through the HTTP API with
     /// signature checks off and on (and straight into the log, for reference), side by side in one run.
@@ -206,6 +210,7 @@ fn main() -> ExitCode {
             unfenced_appends,
             fault_min_ms,
             fault_max_ms,
+            follow_skips,
         } => cluster(
             seed,
             seeds,
@@ -223,6 +228,7 @@ fn main() -> ExitCode {
                 fault_ms: (fault_min_ms, fault_max_ms.max(fault_min_ms + 1)),
                 net: NetConfig {
                     fence_appends: !unfenced_appends,
+                    p_follow_skipped: follow_skips.clamp(0.0, 1.0),
                     ..NetConfig::default()
                 },
             },

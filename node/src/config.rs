@@ -173,6 +173,20 @@ pub struct ProjectionsConfig {
     pub batch_events_max: usize,
     /// The longest wait between retries of a failing backend, in ms (the wait doubles from 200 ms).
     pub backoff_max_ms: u64,
+    /// What a node does with a read model that was built from another event log (a database shared with
+    /// another node, or left from an earlier log): never serve it (queries answer 503
+    /// `read_model_unavailable`). `refuse` (the default) leaves it to the operator; `rebuild` builds this
+    /// log's own model in a generation of its own beside it, never touching the other log's.
+    pub on_foreign_log: OnForeignLog,
+}
+
+/// See [`ProjectionsConfig::on_foreign_log`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnForeignLog {
+    #[default]
+    Refuse,
+    Rebuild,
 }
 
 impl Default for ProjectionsConfig {
@@ -187,6 +201,7 @@ impl Default for ProjectionsConfig {
             search_enabled: true,
             batch_events_max: 5_000,
             backoff_max_ms: 10_000,
+            on_foreign_log: OnForeignLog::Refuse,
         }
     }
 }

@@ -399,6 +399,7 @@ async fn start_projections(
     let config = RunnerConfig {
         batch_events_max: c.batch_events_max,
         backoff_max: std::time::Duration::from_millis(c.backoff_max_ms.max(200)),
+        rebuild_foreign: c.on_foreign_log == crate::config::OnForeignLog::Rebuild,
         ..Default::default()
     };
     Ok(families

@@ -15,7 +15,7 @@ use custodian_events::event::{ManifestStatus, TerminalKind};
 use custodian_events::reading::{ReadingKind, Stage};
 use custodian_events::{Envelope, Event};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
-use sqlx::{ConnectOptions as _, Connection as _, Executor as _, Row as _};
+use sqlx::{ConnectOptions as _, Connection as _, Executor as _};
 
 use crate::describe::anomaly_description;
 use crate::directory::{Directory, SharedDirectory};
@@ -174,9 +174,14 @@ impl PgFamily {
         Ok(pool)
     }
 
-    /// The key of this model in `custodian_meta.active`.
-    fn meta_key(&self) -> String {
-        format!("postgres:{}", self.schema_prefix)
+    /// The key of this model in `custodian_meta.active`: per log once its genesis is known (so that the
+    /// models of two logs in one database each have their own live generation), else the shared default
+    /// row every model had before.
+    fn meta_key(&self, genesis: Option<&str>) -> String {
+        match genesis {
+            Some(g) => format!("postgres:{}@{g}", self.schema_prefix),
+            None => format!("postgres:{}", self.schema_prefix),
+        }
     }
 }
 
@@ -199,21 +204,38 @@ impl Family for PgFamily {
         "postgres"
     }
 
-    fn active_generation(&self) -> BoxFuture<'_, Result<u32, ProjectionError>> {
+    fn active_generation(
+        &self,
+        genesis: Option<&str>,
+    ) -> BoxFuture<'_, Result<u32, ProjectionError>> {
+        let genesis = genesis.map(str::to_owned);
         Box::pin(async move {
             let pool = self.meta().await?;
-            let row = sqlx::query(
-                "WITH ins AS (INSERT INTO custodian_meta.active (projection, generation) VALUES ($1, 1) \
-                 ON CONFLICT (projection) DO NOTHING RETURNING generation) \
-                 SELECT generation FROM ins UNION ALL \
-                 SELECT generation FROM custodian_meta.active WHERE projection = $1",
-            )
-            .bind(self.meta_key())
-            .fetch_one(&pool)
-            .await
-            .map_err(|e| pg_error("reading custodian_meta.active", e))?;
+            let own = match &genesis {
+                Some(_) => sqlx::query_scalar::<_, i32>(
+                    "SELECT generation FROM custodian_meta.active WHERE projection = $1",
+                )
+                .bind(self.meta_key(genesis.as_deref()))
+                .fetch_optional(&pool)
+                .await
+                .map_err(|e| pg_error("reading custodian_meta.active", e))?,
+                None => None,
+            };
+            let generation = match own {
+                Some(g) => g,
+                None => sqlx::query_scalar::<_, i32>(
+                    "WITH ins AS (INSERT INTO custodian_meta.active (projection, generation) VALUES ($1, 1) \
+                     ON CONFLICT (projection) DO NOTHING RETURNING generation) \
+                     SELECT generation FROM ins UNION ALL \
+                     SELECT generation FROM custodian_meta.active WHERE projection = $1",
+                )
+                .bind(self.meta_key(None))
+                .fetch_one(&pool)
+                .await
+                .map_err(|e| pg_error("reading custodian_meta.active", e))?,
+            };
             pool.close().await;
-            Ok(row.get::<i32, _>(0) as u32)
+            Ok(generation as u32)
         })
     }
 
@@ -228,14 +250,19 @@ impl Family for PgFamily {
         })
     }
 
-    fn promote(&self, generation: u32) -> BoxFuture<'_, Result<(), ProjectionError>> {
+    fn promote(
+        &self,
+        generation: u32,
+        genesis: Option<&str>,
+    ) -> BoxFuture<'_, Result<(), ProjectionError>> {
+        let key = self.meta_key(genesis);
         Box::pin(async move {
             let pool = self.meta().await?;
             sqlx::query(
                 "INSERT INTO custodian_meta.active (projection, generation) VALUES ($1, $2) \
                  ON CONFLICT (projection) DO UPDATE SET generation = $2, swapped_at = now()",
             )
-            .bind(self.meta_key())
+            .bind(key)
             .bind(generation as i32)
             .execute(&pool)
             .await
@@ -356,17 +383,29 @@ impl Projection for PgProjection {
                 .execute(&mut *tx)
                 .await
                 .map_err(|e| pg_error("setting up the transaction", e))?;
-            let checkpoint: i64 = sqlx::query_scalar(
-                "SELECT seq FROM checkpoints WHERE projection = 'postgres' FOR UPDATE",
+            let (checkpoint, stored_genesis): (i64, Option<String>) = sqlx::query_as(
+                "SELECT seq, log_genesis FROM checkpoints WHERE projection = 'postgres' FOR UPDATE",
             )
             .fetch_one(&mut *tx)
             .await
             .map_err(|e| pg_error("locking the checkpoint", e))?;
+            let genesis = self.genesis.lock().expect("genesis lock").clone();
+            // The runner checked whose model this is before it fed it; checked again under the lock, so
+            // that another log's node that took the same (then empty) generation meanwhile is never
+            // written over.
+            if let (Some(stored), Some(mine)) = (&stored_genesis, &genesis)
+                && stored != mine
+            {
+                return Err(ProjectionError::Failed(format!(
+                    "{} now holds the model of another event log (first event {stored}, this log's {mine}); \
+                     nothing written",
+                    self.schema
+                )));
+            }
             let checkpoint = checkpoint as u64;
             if checkpoint >= upto {
                 return Ok(());
             }
-            let genesis = self.genesis.lock().expect("genesis lock").clone();
             let fresh: Vec<&Envelope> = events.iter().filter(|e| e.seq > checkpoint).collect();
             let rows = {
                 let dir = self.family.directory.read().expect("directory lock");

@@ -121,7 +121,10 @@ impl Family for InfluxFamily {
         "influx"
     }
 
-    fn active_generation(&self) -> BoxFuture<'_, Result<u32, ProjectionError>> {
+    fn active_generation(
+        &self,
+        _genesis: Option<&str>,
+    ) -> BoxFuture<'_, Result<u32, ProjectionError>> {
         Box::pin(async move { crate::pointer::live(&self.pointer) })
     }
 
@@ -136,7 +139,11 @@ impl Family for InfluxFamily {
         })
     }
 
-    fn promote(&self, generation: u32) -> BoxFuture<'_, Result<(), ProjectionError>> {
+    fn promote(
+        &self,
+        generation: u32,
+        _genesis: Option<&str>,
+    ) -> BoxFuture<'_, Result<(), ProjectionError>> {
         Box::pin(async move { crate::pointer::promote(&self.pointer, generation) })
     }
 

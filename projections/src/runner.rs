@@ -92,13 +92,26 @@ pub struct Prepared {
 }
 
 /// The generations of one read model and which of them is live.
+///
+/// A model belongs to one event log (the fingerprint of its first event, its *genesis*): where several
+/// logs' models share a backend (one PostgreSQL database, one InfluxDB server), each log has its own live
+/// generation, and a generation holding another log's model is never served nor written.
 pub trait Family: Send + Sync + 'static {
     fn name(&self) -> &'static str;
-    /// The live generation (1 for a model never rebuilt).
-    fn active_generation(&self) -> BoxFuture<'_, Result<u32, ProjectionError>>;
+    /// The live generation of the log whose genesis is `genesis` (1 for a model never rebuilt; for a log
+    /// whose genesis is not known yet, or not recorded here yet, the family's default pointer).
+    fn active_generation(
+        &self,
+        genesis: Option<&str>,
+    ) -> BoxFuture<'_, Result<u32, ProjectionError>>;
     fn open(&self, generation: u32) -> Arc<dyn Projection>;
-    /// Makes `generation` the live one, in one step queries observe atomically.
-    fn promote(&self, generation: u32) -> BoxFuture<'_, Result<(), ProjectionError>>;
+    /// Makes `generation` the live one of the log whose genesis is `genesis`, in one step queries observe
+    /// atomically.
+    fn promote(
+        &self,
+        generation: u32,
+        genesis: Option<&str>,
+    ) -> BoxFuture<'_, Result<(), ProjectionError>>;
     /// Removes what `generation` holds (a replaced model, or a shadow left by an interrupted rebuild).
     fn discard(&self, generation: u32) -> BoxFuture<'_, Result<(), ProjectionError>>;
 }
@@ -113,6 +126,11 @@ pub struct RunnerConfig {
     /// stands by (state `standby`), and when it gets the lease it reads the model's checkpoint again (the
     /// previous holder moved it). `None`: always run.
     pub lease: Option<tokio::sync::watch::Receiver<bool>>,
+    /// What to do when the live model turns out to have been built from another event log (a database
+    /// shared with another node, or left from an earlier log): never serve it, and with this set build
+    /// this log's own in a free generation beside it (`projections.on_foreign_log = "rebuild"`); without,
+    /// stay `foreign_log` until the operator acts.
+    pub rebuild_foreign: bool,
 }
 
 impl Default for RunnerConfig {
@@ -122,6 +140,7 @@ impl Default for RunnerConfig {
             backoff_min: Duration::from_millis(200),
             backoff_max: Duration::from_secs(10),
             lease: None,
+            rebuild_foreign: false,
         }
     }
 }
@@ -291,7 +310,26 @@ struct Feed {
     prefetch: Option<(u64, JoinHandle<ReadResult>)>,
     /// Whether the model knows which log feeds it.
     genesis_set: bool,
+    /// Set when the model turned out to be another log's.
+    foreign: Option<Foreign>,
+    /// Whether this log's pointer to the generation has been written this run.
+    pointer_recorded: bool,
 }
+
+/// Why a model is not this log's.
+#[derive(Debug, Clone)]
+struct Foreign {
+    /// Whether this log has a first event (so could have a model of its own): while it is empty, a model
+    /// of another log is refused but nothing is built (a cluster node's copy may simply not have caught
+    /// up yet).
+    decided: bool,
+}
+
+/// The state a model of another log is shown in.
+pub const FOREIGN_LOG: &str = "foreign_log";
+
+/// Generations looked at for one this log may take, past the live one.
+const GENERATIONS_PROBED_MAX: u32 = 64;
 
 type ReadResult = Result<Batch, ProjectionError>;
 
@@ -302,6 +340,8 @@ impl Feed {
             checkpoint: None,
             prefetch: None,
             genesis_set: false,
+            foreign: None,
+            pointer_recorded: false,
         }
     }
 }
@@ -370,14 +410,21 @@ fn now_ns() -> i64 {
 impl Runner {
     async fn run(mut self) {
         let generation = loop {
-            match self.family.active_generation().await {
+            let genesis = match self.genesis().await {
+                Ok(g) => g,
+                Err(e) => {
+                    self.failed("reading the event log", e).await;
+                    continue;
+                }
+            };
+            match self.family.active_generation(genesis.as_deref()).await {
                 Ok(g) => break g,
                 Err(e) => self.failed("finding the live generation", e).await,
             }
         };
+        // Queries read the model only once it is known to be this log's (`verify`).
         let mut live = Feed::new(self.family.open(generation));
         let target = live.model.target();
-        *self.stats.live.lock().expect("stats lock") = Some(live.model.clone());
         self.stats.update(|s| {
             s.generation = generation;
             s.target = target;
@@ -389,10 +436,21 @@ impl Runner {
             while let Ok(cmd) = self.commands.try_recv() {
                 self.command(cmd, &live, &mut shadow).await;
             }
+            if live.foreign.as_ref().is_some_and(|f| f.decided) && self.config.rebuild_foreign {
+                live = self.adopt_free_generation(live).await;
+                continue;
+            }
             if let Some(lease) = lease.as_mut()
                 && !*lease.borrow_and_update()
             {
                 // Another node holds the lease: stand by, and start again from the model's checkpoint.
+                // The model is still checked to be this log's, so this node's queries can read it.
+                if self.stats.live.lock().expect("stats lock").is_none() {
+                    self.verify(&mut live, true).await;
+                    if live.foreign.is_some() {
+                        continue;
+                    }
+                }
                 live.checkpoint = None;
                 if let Some((_, read)) = live.prefetch.take() {
                     read.abort();
@@ -458,7 +516,14 @@ impl Runner {
                     )));
                     return;
                 }
-                let generation = live.model.generation() + 1;
+                // The next generation this log may take: never one holding another log's model.
+                let generation = match self.free_generation(live.model.generation()).await {
+                    Ok(g) => g,
+                    Err(e) => {
+                        let _ = reply.send(Err(format!("cannot rebuild: {e}")));
+                        return;
+                    }
+                };
                 // A shadow left by an interrupted rebuild starts over.
                 if let Err(e) = self.family.discard(generation).await {
                     let _ = reply.send(Err(format!(
@@ -493,7 +558,8 @@ impl Runner {
     async fn swap(&mut self, old: Feed, new: Shadow) -> Feed {
         let generation = new.feed.model.generation();
         loop {
-            match self.family.promote(generation).await {
+            let genesis = self.genesis.clone();
+            match self.family.promote(generation, genesis.as_deref()).await {
                 Ok(()) => break,
                 Err(e) => self.failed("switching to the rebuilt model", e).await,
             }
@@ -533,51 +599,141 @@ impl Runner {
         new.feed
     }
 
+    /// Prepares `feed`'s model and checks that it is this log's (or blank); answers its checkpoint. A
+    /// model of another log is never fed nor served: `feed.foreign` says why, and the caller decides.
+    async fn verify(&mut self, feed: &mut Feed, live: bool) -> Option<u64> {
+        let Prepared {
+            checkpoint: c,
+            log_genesis,
+        } = match feed.model.prepare().await {
+            Ok(p) => p,
+            Err(e) => {
+                self.failed("preparing the model", e).await;
+                return None;
+            }
+        };
+        let mine = match self.genesis().await {
+            Ok(g) => g,
+            Err(e) => {
+                self.failed("reading the event log", e).await;
+                return None;
+            }
+        };
+        if c > 0 || log_genesis.is_some() {
+            let stored = log_genesis.as_deref().unwrap_or("");
+            if mine.as_deref() != Some(stored) {
+                let why = format!(
+                    "{} holds a read model built from another event log (first event {}, this log's {}, \
+                     checkpoint {c}); this node does not serve it. Point projections at another database, \
+                     drop that one, or set projections.on_foreign_log = \"rebuild\" to build this log's own \
+                     generation beside it (the other log's stays untouched)",
+                    feed.model.target(),
+                    if stored.is_empty() { "unknown" } else { stored },
+                    mine.as_deref().unwrap_or("none yet: the log is empty"),
+                );
+                feed.foreign = Some(Foreign {
+                    // Only a log with a first event can have a model of its own.
+                    decided: mine.is_some(),
+                });
+                if live {
+                    *self.stats.live.lock().expect("stats lock") = None;
+                }
+                let state = if live { FOREIGN_LOG } else { "failing" };
+                self.failed_in(
+                    state,
+                    "checking the read model",
+                    ProjectionError::Failed(why),
+                )
+                .await;
+                return None;
+            }
+        }
+        feed.foreign = None;
+        self.recovered();
+        if live {
+            if let Some(g) = mine.as_deref()
+                && !feed.pointer_recorded
+            {
+                // This log's own pointer to its live generation, beside other logs' in a shared backend.
+                match self.family.promote(feed.model.generation(), Some(g)).await {
+                    Ok(()) => feed.pointer_recorded = true,
+                    Err(e) => {
+                        self.failed("recording the live generation", e).await;
+                        return None;
+                    }
+                }
+            }
+            *self.stats.live.lock().expect("stats lock") = Some(feed.model.clone());
+            let (generation, target) = (feed.model.generation(), feed.model.target());
+            self.stats.update(|s| {
+                s.checkpoint = c;
+                s.state = "running".into();
+                s.generation = generation;
+                s.target = target;
+            });
+        }
+        Some(c)
+    }
+
+    /// The first generation after `after` that this log may take: one that holds nothing (no checkpoint,
+    /// no log) or this log's own. Another log's generation is skipped, never written.
+    async fn free_generation(&mut self, after: u32) -> Result<u32, ProjectionError> {
+        let mine = self.genesis().await?;
+        for generation in after + 1..=after + GENERATIONS_PROBED_MAX {
+            let p = self.family.open(generation).prepare().await?;
+            let blank = p.checkpoint == 0 && p.log_genesis.is_none();
+            if blank || (p.log_genesis.is_some() && p.log_genesis == mine) {
+                return Ok(generation);
+            }
+        }
+        Err(ProjectionError::Failed(format!(
+            "generations {} to {} all hold other event logs' models; drop some of them",
+            after + 1,
+            after + GENERATIONS_PROBED_MAX
+        )))
+    }
+
+    /// The live model is another log's and the operator allows building this log's own: takes a free
+    /// generation (this log's own, or an empty one) as the live one instead.
+    async fn adopt_free_generation(&mut self, live: Feed) -> Feed {
+        let from = live.model.generation();
+        let generation = match self.free_generation(from).await {
+            Ok(g) => g,
+            Err(e) => {
+                self.failed("finding a generation for this log", e).await;
+                return live;
+            }
+        };
+        let model = self.family.open(generation);
+        tracing::warn!(
+            projection = self.family.name(),
+            foreign = %live.model.target(),
+            own = %model.target(),
+            "the read model was built from another event log; building this log's own beside it \
+             (projections.on_foreign_log = \"rebuild\"); the other log's stays untouched"
+        );
+        if let Some((_, read)) = live.prefetch {
+            read.abort();
+        }
+        let target = model.target();
+        self.stats.update(|s| {
+            s.generation = generation;
+            s.target = target;
+            s.state = "starting".into();
+        });
+        Feed::new(model)
+    }
+
     /// Feeds one batch to `feed` if it is behind `head`; answers whether there was anything to do.
     async fn step(&mut self, feed: &mut Feed, head: u64, live: bool) -> bool {
         let checkpoint = match feed.checkpoint {
             Some(c) => c,
-            None => match feed.model.prepare().await {
-                Ok(Prepared {
-                    checkpoint: c,
-                    log_genesis,
-                }) => {
-                    if c > 0 || log_genesis.is_some() {
-                        let mine = match self.genesis().await {
-                            Ok(g) => g,
-                            Err(e) => {
-                                self.failed("reading the event log", e).await;
-                                return true;
-                            }
-                        };
-                        let stored = log_genesis.as_deref().unwrap_or("");
-                        if mine.as_deref() != Some(stored) {
-                            let e = ProjectionError::Failed(format!(
-                                "{} holds a read model built from another event log (first event {}, \
-                                 this log's {}, checkpoint {c}); point the node at another database or \
-                                 directory, or drop that one to have it rebuilt from this log",
-                                feed.model.target(),
-                                if stored.is_empty() { "unknown" } else { stored },
-                                mine.as_deref().unwrap_or("none: the log is empty"),
-                            ));
-                            self.failed("checking the read model", e).await;
-                            return true;
-                        }
-                    }
-                    self.recovered();
+            None => match self.verify(feed, live).await {
+                Some(c) => {
                     feed.checkpoint = Some(c);
-                    if live {
-                        self.stats.update(|s| {
-                            s.checkpoint = c;
-                            s.state = "running".into();
-                        });
-                    }
                     c
                 }
-                Err(e) => {
-                    self.failed("preparing the model", e).await;
-                    return true;
-                }
+                None => return true,
             },
         };
         if live {
@@ -719,6 +875,11 @@ impl Runner {
 
     /// Logs the first failure of a run of failures (not every retry), then waits out the backoff.
     async fn failed(&mut self, doing: &str, e: ProjectionError) {
+        self.failed_in("failing", doing, e).await
+    }
+
+    /// [`Runner::failed`], showing the model in `state` meanwhile.
+    async fn failed_in(&mut self, state: &str, doing: &str, e: ProjectionError) {
         let name = self.family.name();
         if self.health.failing_since.is_none() {
             self.health.failing_since = Some(Instant::now());
@@ -737,7 +898,7 @@ impl Runner {
         self.health.attempts += 1;
         let since = self.health.failing_since;
         self.stats.update(|s| {
-            s.state = "failing".into();
+            s.state = state.into();
             s.failures_total += 1;
             s.last_error = Some(format!("{doing}: {e}"));
             s.failing_for_s = since.map(|t| t.elapsed().as_secs_f64());

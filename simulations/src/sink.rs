@@ -83,7 +83,7 @@ impl SimModel {
                 batch_events_max,
                 backoff_min: Duration::from_millis(1),
                 backoff_max: Duration::from_millis(20),
-                lease: None,
+                ..RunnerConfig::default()
             },
         )
     }
@@ -96,7 +96,10 @@ impl Family for SimFamily {
         "simulated"
     }
 
-    fn active_generation(&self) -> BoxFuture<'_, Result<u32, ProjectionError>> {
+    fn active_generation(
+        &self,
+        _genesis: Option<&str>,
+    ) -> BoxFuture<'_, Result<u32, ProjectionError>> {
         Box::pin(async { Ok(1) })
     }
 
@@ -104,11 +107,19 @@ impl Family for SimFamily {
         self.0.clone()
     }
 
-    fn promote(&self, _generation: u32) -> BoxFuture<'_, Result<(), ProjectionError>> {
-        Box::pin(async {
-            Err(ProjectionError::Failed(
-                "the simulated model has one generation".into(),
-            ))
+    fn promote(
+        &self,
+        generation: u32,
+        _genesis: Option<&str>,
+    ) -> BoxFuture<'_, Result<(), ProjectionError>> {
+        Box::pin(async move {
+            if generation == 1 {
+                Ok(())
+            } else {
+                Err(ProjectionError::Failed(
+                    "the simulated model has one generation".into(),
+                ))
+            }
         })
     }
 

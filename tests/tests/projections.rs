@@ -563,8 +563,22 @@ async fn an_influx_outage_keeps_ingest_going_and_loses_nothing() {
     drop(influx);
 }
 
+/// `GET path` with the admin token: status and JSON body.
+async fn get_status(client: &NodeClient, path: &str) -> (u16, Value) {
+    let resp = reqwest::Client::new()
+        .get(format!("{}{path}", client.base()))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    (
+        resp.status().as_u16(),
+        resp.json().await.unwrap_or(Value::Null),
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_model_built_from_another_log_is_left_alone() {
+async fn a_model_built_from_another_log_is_never_served_and_rebuilt_beside_it_if_allowed() {
     let models = ReadModels::new("other");
     let first = tempfile::tempdir().unwrap();
     let (node, client) = start_node(first.path(), |c| models.enable(c)).await;
@@ -573,13 +587,14 @@ async fn a_model_built_from_another_log_is_left_alone() {
     wait_projected(&client, Duration::from_secs(30)).await;
     node.stop().await.unwrap();
 
-    // A second node with a log of its own, pointed at the same databases.
+    // A second node with a log of its own, pointed at the same databases, default settings: the models
+    // are the first log's, so nothing of them is served and nothing written.
     let second = tempfile::tempdir().unwrap();
     let (node, client) = start_node(second.path(), |c| models.enable(c)).await;
     let keys = register_terminals(&client, &["T-1"]).await;
     upload_run(&client, &keys, 1, 60).await;
     for name in ["postgres", "influx"] {
-        let p = wait_state(&client, name, "failing").await;
+        let p = wait_state(&client, name, "foreign_log").await;
         assert!(
             p["last_error"]
                 .as_str()
@@ -588,12 +603,73 @@ async fn a_model_built_from_another_log_is_left_alone() {
             "{p}"
         );
     }
+    for path in [
+        "/v1/enterprises",
+        "/v1/anomalies",
+        "/v1/overview",
+        "/v1/terminals/T-1/readings?from=2026-11-19T00:00:00Z&to=2026-11-22T00:00:00Z",
+    ] {
+        let (status, body) = get_status(&client, path).await;
+        assert_eq!(status, 503, "{path}: {body}");
+        assert_eq!(body["code"], "read_model_unavailable", "{path}: {body}");
+        let m = body["message"].as_str().unwrap();
+        assert!(
+            m.contains("another event log") && m.contains("on_foreign_log"),
+            "{path}: the answer says what to do: {m}"
+        );
+    }
     let pool = models.pool().await;
     let n: i64 = sqlx::query_scalar("SELECT readings FROM custodian_g1.terminals WHERE id = 'T-1'")
         .fetch_one(&pool)
         .await
         .unwrap();
     assert_eq!(n, 20, "the first log's model is untouched");
+    node.stop().await.unwrap();
+
+    // The same node allowed to build its own: a generation of its own beside the first log's.
+    let (node, client) = start_node(second.path(), |c| {
+        models.enable(c);
+        c.projections.on_foreign_log = custodian_node::config::OnForeignLog::Rebuild;
+    })
+    .await;
+    let p = wait_projected(&client, Duration::from_secs(60)).await;
+    for m in p["projections"].as_array().unwrap() {
+        if m["name"] != "search" {
+            assert_eq!(m["generation"], 2, "{m}");
+            assert_eq!(m["state"], "running", "{m}");
+        }
+    }
+    let (status, body) = get_status(
+        &client,
+        "/v1/terminals/T-1/readings?from=2026-11-19T00:00:00Z&to=2026-11-22T00:00:00Z",
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let n: i64 = sqlx::query_scalar("SELECT readings FROM custodian_g2.terminals WHERE id = 'T-1'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(n, 60, "the second log's own model");
+    let n: i64 = sqlx::query_scalar("SELECT readings FROM custodian_g1.terminals WHERE id = 'T-1'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(n, 20, "the first log's model is still untouched");
+    node.stop().await.unwrap();
+
+    // The first node again: it finds its own generation (the pointers are per log) and serves it.
+    let (node, client) = start_node(first.path(), |c| models.enable(c)).await;
+    let p = wait_projected(&client, Duration::from_secs(60)).await;
+    let pg = p["projections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "postgres")
+        .unwrap()
+        .clone();
+    assert_eq!(pg["generation"], 1, "{pg}");
+    let (status, body) = get_status(&client, "/v1/enterprises").await;
+    assert_eq!(status, 200, "{body}");
     pool.close().await;
     node.stop().await.unwrap();
     models.drop_all().await;

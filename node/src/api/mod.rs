@@ -121,6 +121,34 @@ impl AppState {
             .live()?;
         get(live.as_any().downcast_ref::<T>()?)
     }
+
+    /// Why the read model `name` cannot be read now (`what` names it for people): disabled, still starting,
+    /// or built from another event log (which is never served).
+    pub fn model_unavailable(&self, name: &str, what: &str, code: &'static str) -> ApiError {
+        let status = self
+            .projections
+            .get()
+            .into_iter()
+            .flatten()
+            .find(|p| p.name() == name)
+            .map(|p| p.status());
+        let message = match status {
+            None => format!("the {what} is disabled on this node"),
+            Some(s) if s.state == custodian_projections::runner::FOREIGN_LOG => format!(
+                "the {what} is not served: {}",
+                s.last_error
+                    .as_deref()
+                    .unwrap_or("it was built from another event log")
+            ),
+            Some(s) => format!(
+                "the {what} is not ready ({}); see GET /v1/admin/projections",
+                s.last_error
+                    .map(|e| format!("{}: {e}", s.state))
+                    .unwrap_or(s.state)
+            ),
+        };
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, code, message)
+    }
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
@@ -342,13 +370,7 @@ pub(crate) async fn run_search(
     }
     let index = st
         .live_model("search", custodian_projections::text::TextProjection::index)
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "search_unavailable",
-                "the search index is not open (disabled, or still starting); see GET /v1/admin/projections",
-            )
-        })?;
+        .ok_or_else(|| st.model_unavailable("search", "search index", "search_unavailable"))?;
     let hits = tokio::task::spawn_blocking(move || index.search(&text, &filter, limit))
         .await
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?

@@ -158,12 +158,12 @@ pub(crate) fn pg(st: &AppState) -> Result<sqlx::PgPool, ApiError> {
         |p: &custodian_projections::postgres::PgProjection| Some(p.pool().clone()),
     )
     .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "read_model_unavailable",
-                "the PostgreSQL read model is disabled or still starting; see GET /v1/admin/projections",
-            )
-        })
+        st.model_unavailable(
+            "postgres",
+            "PostgreSQL read model",
+            "read_model_unavailable",
+        )
+    })
 }
 
 fn db_error(e: sqlx::Error) -> ApiError {
@@ -670,11 +670,7 @@ pub(crate) async fn readings(
             |p: &custodian_projections::readings::InfluxProjection| Some(p.client().clone()),
         )
         .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "read_model_unavailable",
-                "the InfluxDB read model is disabled or still starting; see GET /v1/admin/projections",
-            )
+            st.model_unavailable("influx", "InfluxDB read model", "read_model_unavailable")
         })?;
     // Ids match [A-Za-z0-9._-] and codes are digits: safe inside single quotes.
     let mut filter = format!(

@@ -496,3 +496,99 @@ async fn dedupe_holds_across_a_restart() {
     assert_eq!(v[1]["event_seq"], first_seq.as_u64().unwrap() + 2);
     node.stop().await.unwrap();
 }
+
+/// Writes a whole request (headers and the `body_len` bytes of its body) before reading a byte of the
+/// answer, as Python's `urllib` and many terminal firmwares do, on a blocking socket; returns what came
+/// back, or how writing or reading failed.
+fn send_all_then_read(
+    addr: std::net::SocketAddr,
+    head: &str,
+    body_len: usize,
+) -> Result<String, String> {
+    use std::io::{Read, Write};
+    let mut sock = std::net::TcpStream::connect(addr).map_err(|e| e.to_string())?;
+    sock.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    sock.write_all(head.as_bytes())
+        .map_err(|e| format!("writing the headers: {e}"))?;
+    let chunk = vec![b' '; 64 * 1024];
+    let mut left = body_len;
+    while left > 0 {
+        let n = left.min(chunk.len());
+        sock.write_all(&chunk[..n]).map_err(|e| {
+            format!(
+                "writing the body, {} of {body_len} bytes sent: {e}",
+                body_len - left
+            )
+        })?;
+        left -= n;
+    }
+    let mut resp = Vec::new();
+    sock.read_to_end(&mut resp)
+        .map_err(|e| format!("reading the answer: {e}"))?;
+    Ok(String::from_utf8_lossy(&resp).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_sends_the_whole_oversized_body_first_gets_the_413() {
+    // Proves: the node reads (and throws away) the rest of a body it refuses, so a client that writes its
+    // whole body before reading sees the 413 and its JSON instead of a broken pipe or a reset. Also for
+    // a refusal that never reads the body (401 without the admin token), and for `/`.
+    let dir = tempfile::tempdir().unwrap();
+    let (node, _client) = start_node(dir.path(), |c| c.ingest.body_bytes_max = 64 * 1024).await;
+    let addr = node.addr;
+    let len = 4 * 1024 * 1024;
+    for (path, status, code) in [
+        ("/v1/uploads", "413", "body_too_large"),
+        ("/v1/enterprises", "401", "missing_token"),
+    ] {
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n"
+        );
+        let answer = tokio::task::spawn_blocking(move || send_all_then_read(addr, &head, len))
+            .await
+            .unwrap()
+            .unwrap_or_else(|e| panic!("{path}: {e}"));
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status}")),
+            "{path}: {answer}"
+        );
+        let json = answer.split("\r\n\r\n").nth(1).unwrap_or("");
+        let v: Value =
+            serde_json::from_str(json).unwrap_or_else(|e| panic!("{path}: {e}: {answer}"));
+        assert_eq!(v["code"], code, "{path}: {answer}");
+    }
+    // Past the bound it reads no further: the answer says the connection closes.
+    let head = format!(
+        "POST /v1/uploads HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        64 * 1024 * 1024
+    );
+    let resp = tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Write};
+        let mut sock = std::net::TcpStream::connect(addr).unwrap();
+        sock.write_all(head.as_bytes()).unwrap();
+        let mut buf = vec![0u8; 4096];
+        let n = sock.read(&mut buf).unwrap();
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    })
+    .await
+    .unwrap();
+    assert!(resp.starts_with("HTTP/1.1 413"), "{resp}");
+    assert!(
+        resp.to_ascii_lowercase().contains("connection: close"),
+        "{resp}"
+    );
+
+    // A browser pointed at the node's address lands on the dashboard.
+    let resp = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+        .get(node.url())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 303);
+    assert_eq!(resp.headers()["location"], "/ui");
+    node.stop().await.unwrap();
+}

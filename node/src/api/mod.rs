@@ -1,5 +1,6 @@
 //! The HTTP API: ingest, registration, the event feed, health and metrics.
 
+mod drain;
 pub mod edge;
 mod error;
 mod events;
@@ -153,6 +154,7 @@ impl AppState {
 
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
+        .route("/", get(root))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route(
@@ -222,6 +224,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             state.clone(),
             query::cache,
         ))
+        .layer(axum::middleware::from_fn(drain::drain_unread_body))
         .with_state(state)
 }
 
@@ -419,6 +422,11 @@ pub const OPENAPI: &str = include_str!("openapi.json");
 /// `GET /v1/openapi.json` (no token needed).
 async fn openapi() -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "application/json")], OPENAPI)
+}
+
+/// `GET /`: a browser pointed at the node's address lands on the dashboard.
+async fn root() -> axum::response::Redirect {
+    axum::response::Redirect::to("/ui")
 }
 
 async fn not_found() -> ApiError {

@@ -32,6 +32,66 @@ pub struct ClusterSettings {
     pub name: String,
     /// Replicas of the log stream and the owner bucket (3 on the test cluster).
     pub replicas: usize,
+    /// Check values (never the secrets) of what every node of the cluster must share — name → value,
+    /// e.g. `master_key` → a keyed hash of the master key. The first node records them in the owner
+    /// bucket; a node whose values differ is refused before it takes part (see [`agree_on_secrets`]).
+    pub secrets: std::collections::BTreeMap<String, String>,
+}
+
+/// The owner bucket's key holding the cluster's secret check values.
+const SECRETS_KEY: &str = "secrets";
+
+/// Compares this node's secret check values with the cluster's, recording them when the cluster has
+/// none yet. `Err` names every secret that differs: such a node would seal what the others cannot open,
+/// or issue tokens the others refuse, so it must not join (let alone report itself healthy).
+pub async fn agree_on_secrets(
+    bus: &dyn Bus,
+    mine: &std::collections::BTreeMap<String, String>,
+) -> Result<(), String> {
+    if mine.is_empty() {
+        return Ok(());
+    }
+    let payload =
+        bytes::Bytes::from(serde_json::to_vec(mine).expect("a map of strings serialises"));
+    let mut last_problem = String::new();
+    for _ in 0..5 {
+        match bus.kv_get(SECRETS_KEY.into()).await {
+            Ok(Some((theirs, _))) => {
+                let theirs: std::collections::BTreeMap<String, String> =
+                    serde_json::from_slice(&theirs).map_err(|e| {
+                        format!(
+                            "the cluster's record of its secrets ({SECRETS_KEY}) is unreadable: {e}"
+                        )
+                    })?;
+                let differ: Vec<&str> = mine
+                    .iter()
+                    .filter(|(name, value)| theirs.get(*name).is_some_and(|t| t != *value))
+                    .map(|(name, _)| name.as_str())
+                    .collect();
+                if differ.is_empty() {
+                    return Ok(());
+                }
+                return Err(format!(
+                    "secret_mismatch: this node's {} differ{} from the cluster's; every node of a cluster \
+                     shares the master key (CUSTODIAN_MASTER_KEY), the platform's token key \
+                     (CUSTODIAN_PLATFORM_KEY_FILE) and the admin token (CUSTODIAN_ADMIN_TOKEN): start it \
+                     with the cluster's (docs/cluster.md)",
+                    differ.join(", "),
+                    if differ.len() == 1 { "s" } else { "" }
+                ));
+            }
+            Ok(None) => match bus.kv_create(SECRETS_KEY.into(), payload.clone()).await {
+                Ok(_) => return Ok(()),
+                // Another node recorded them first: compare with its.
+                Err(e) => last_problem = e.to_string(),
+            },
+            Err(e) => last_problem = e.to_string(),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Err(format!(
+        "cannot read or record the cluster's secret check values: {last_problem}"
+    ))
 }
 
 impl ClusterSettings {
@@ -129,6 +189,8 @@ impl ClusterNode {
         clock: Arc<dyn Clock>,
         keyring: Option<Arc<Keyring>>,
     ) -> Result<ClusterNode, String> {
+        // Before anything else: a node that does not share the cluster's secrets takes no part.
+        agree_on_secrets(bus.as_ref(), &settings.secrets).await?;
         let shards = Shards::on(bus.clone(), &settings.shards_config().subject);
         let thresholds = Thresholds::default();
         let membership = Membership::start_on(

@@ -128,6 +128,22 @@ pub fn key_fingerprint(spki_der: &[u8]) -> Fingerprint {
     fingerprint(spki_der)
 }
 
+/// HMAC-SM3 (RFC 2104 over SM3, GB/T 15852.2) of `data` under `key`: keyed hashes for what must be looked
+/// up but not read (index keys at rest), and check values of secrets that may be compared but not shown.
+pub fn hmac_sm3(key: &[u8], data: &[u8]) -> [u8; 32] {
+    use hmac::{KeyInit as _, Mac as _};
+    let mut mac =
+        hmac::Hmac::<sm3::Sm3>::new_from_slice(key).expect("HMAC takes a key of any length");
+    mac.update(data);
+    mac.finalize().into_bytes().into()
+}
+
+/// A check value of a secret: 16 bytes of HMAC-SM3 under the secret of a label naming what it checks, as
+/// hex. Two parties with the same secret get the same value; the value tells nothing of the secret.
+pub fn check_value(secret: &[u8], label: &str) -> String {
+    hex::encode(&hmac_sm3(secret, label.as_bytes())[..16])
+}
+
 /// An SM2 key pair.
 #[derive(Clone)]
 pub struct Sm2KeyPair {
@@ -367,6 +383,20 @@ mod tests {
             );
         }
         assert!(sm4_gcm_open(&key, &nonce, b"other aad", &sealed).is_err());
+    }
+
+    #[test]
+    fn hmac_sm3_matches_openssl() {
+        // `printf 'what do ya want for nothing?' | openssl dgst -sm3 -hmac Jefe` (OpenSSL 3.0), the same in
+        // Python's `hmac.new(b"Jefe", …, "sm3")`: RFC 2202's second test case over SM3.
+        assert_eq!(
+            hex::encode(hmac_sm3(b"Jefe", b"what do ya want for nothing?")),
+            "2e87f1d16862e6d964b50a5200bf2b10b764faa9680a296a2405f24bec39f882"
+        );
+        // A key longer than SM3's 64-byte block is hashed first, as RFC 2104 says.
+        assert_ne!(hmac_sm3(&[7; 65], b"x"), hmac_sm3(&[7; 64], b"x"));
+        assert_eq!(check_value(b"k", "label").len(), 32);
+        assert_ne!(check_value(b"k", "label"), check_value(b"k", "other"));
     }
 
     #[test]

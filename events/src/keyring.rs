@@ -77,6 +77,12 @@ impl Keyring {
         }
     }
 
+    /// A check value of the master key (HMAC-SM3 under it of a fixed label): what nodes compare to know
+    /// they share one master key, without showing it.
+    pub fn master_check(&self) -> String {
+        crate::crypto::check_value(&self.master, "custodian master key check v1")
+    }
+
     pub fn key_id(scope: &str, generation: u32) -> String {
         format!("{scope}/{generation}")
     }

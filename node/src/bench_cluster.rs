@@ -521,6 +521,7 @@ async fn delete_nats_names(nats: &str, name: &str) -> Result<(), String> {
         node_id: "bench".into(),
         name: name.to_owned(),
         replicas: 3,
+        secrets: Default::default(),
     };
     let names = settings.shards_config();
     let js = async_nats::jetstream::new(custodian_cluster::node::connect(nats).await?);
@@ -542,6 +543,7 @@ async fn log_leader(nats: &str, name: &str) -> Option<String> {
         node_id: "bench".into(),
         name: name.to_owned(),
         replicas: 3,
+        secrets: Default::default(),
     };
     let client = custodian_cluster::node::connect(nats).await.ok()?;
     let js = async_nats::jetstream::new(client);
@@ -556,6 +558,7 @@ async fn stream_leaders(nats: &str, name: &str) -> String {
         node_id: "bench".into(),
         name: name.to_owned(),
         replicas: 3,
+        secrets: Default::default(),
     };
     let names = settings.shards_config();
     let Ok(client) = custodian_cluster::node::connect(nats).await else {

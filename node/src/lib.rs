@@ -34,6 +34,7 @@ pub mod keys_cli;
 pub mod log_cli;
 pub mod metrics;
 pub mod sealing;
+pub mod secrets;
 pub mod server;
 pub mod snapshots;
 pub mod terminal_client;

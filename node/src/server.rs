@@ -79,7 +79,19 @@ impl Node {
             cache_capacity_bytes: config.log.cache_capacity_bytes,
             ..SledLogConfig::new(data_dir.log_path())
         };
-        let (log, cluster): (Arc<dyn EventLog>, _) = match cluster_settings(&config)? {
+        let platform_key = config
+            .platform_key_file
+            .clone()
+            .unwrap_or_else(|| data_dir.path().join("platform_signing.key"));
+        let tokens =
+            crate::tokens::Tokens::open(&platform_key, entropy.as_ref()).with_context(|| {
+                format!(
+                    "cannot read or make the platform's token signing key {}",
+                    platform_key.display()
+                )
+            })?;
+        let secrets = crate::secrets::SecretChecks::of(&keyring, &tokens, &admin_token);
+        let (log, cluster): (Arc<dyn EventLog>, _) = match cluster_settings(&config, &secrets)? {
             Some(settings) => {
                 let node = custodian_cluster::node::ClusterNode::join(
                     &settings,
@@ -111,17 +123,9 @@ impl Node {
             }
         };
         tracing::info!(last_seq = log.last_seq(), "event log open");
-        let platform_key = config
-            .platform_key_file
-            .clone()
-            .unwrap_or_else(|| data_dir.path().join("platform_signing.key"));
-        let tokens =
-            crate::tokens::Tokens::open(&platform_key, entropy.as_ref()).with_context(|| {
-                format!(
-                    "cannot read or make the platform's token signing key {}",
-                    platform_key.display()
-                )
-            })?;
+        // The log opened with these keys (its data keys unwrapped): from now on they are the data dir's,
+        // and a later start with others is refused.
+        secrets.check_data_dir(&data_dir)?;
         tokens
             .load_revoked(log.as_ref())
             .context("cannot read the token revocations from the event log")?;
@@ -284,6 +288,7 @@ impl Node {
 /// The cluster this node joins, if `cluster.urls` is set.
 fn cluster_settings(
     config: &Config,
+    secrets: &crate::secrets::SecretChecks,
 ) -> anyhow::Result<Option<custodian_cluster::node::ClusterSettings>> {
     let Some(urls) = &config.cluster.urls else {
         return Ok(None);
@@ -296,6 +301,7 @@ fn cluster_settings(
         node_id,
         name: config.cluster.name.clone(),
         replicas: config.cluster.replicas.max(1),
+        secrets: secrets.for_cluster(),
     }))
 }
 

@@ -191,6 +191,14 @@ impl Tokens {
         &self.key
     }
 
+    /// A check value of the token-signing key: the hex SHA-256 fingerprint of its public half (public
+    /// anyway), what nodes compare to know they sign and verify tokens with one key.
+    pub fn key_check(&self) -> String {
+        hex::encode(custodian_events::crypto::key_fingerprint(
+            &self.key.public_key_der(),
+        ))
+    }
+
     /// Signs `claims` into a token.
     pub fn issue(&self, claims: &Claims) -> String {
         let body = format!(

@@ -329,6 +329,7 @@ async fn run_async(config: &ClusterSimConfig, progress: &mut dyn FnMut(String)) 
             node_id: String::new(),
             name: "sim".into(),
             replicas: 3,
+            secrets: Default::default(),
         },
         slots: (0..config.nodes)
             .map(|i| Slot {

@@ -29,6 +29,7 @@ fn settings() -> ClusterSettings {
         node_id: "n1".into(),
         name: "sim".into(),
         replicas: 1,
+        secrets: Default::default(),
     }
 }
 

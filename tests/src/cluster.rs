@@ -96,13 +96,20 @@ impl Cluster {
     }
 
     pub fn start(&mut self, i: usize) {
+        self.start_with(i, &[], &[]);
+    }
+
+    /// Starts node `i` with `set` added to its environment and `unset` taken out of it (a node whose
+    /// secrets are not the cluster's, say).
+    pub fn start_with(&mut self, i: usize, set: &[(&str, &str)], unset: &[&str]) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.root.join(format!("{}.log", self.nodes[i].id)))
             .unwrap();
         let n = &self.nodes[i];
-        let child = Command::new(custodian_bin())
+        let mut command = Command::new(custodian_bin());
+        command
             .args([
                 "serve",
                 "--listen",
@@ -124,11 +131,38 @@ impl Cluster {
             .env("CUSTODIAN_PROJECTIONS__SEARCH_ENABLED", "false")
             .env("RUST_LOG", "warn")
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .envs(set.iter().copied())
             .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawning custodian serve --cluster");
+            .stderr(log);
+        for k in unset {
+            command.env_remove(k);
+        }
+        let child = command.spawn().expect("spawning custodian serve --cluster");
         self.nodes[i].child = Some(child);
+    }
+
+    /// Waits up to `within` for node `i`'s process to end on its own; its exit status, if it did.
+    pub async fn wait_exit(
+        &mut self,
+        i: usize,
+        within: Duration,
+    ) -> Option<std::process::ExitStatus> {
+        let started = Instant::now();
+        while started.elapsed() < within {
+            let child = self.nodes[i].child.as_mut().expect("started");
+            if let Some(status) = child.try_wait().unwrap() {
+                self.nodes[i].child = None;
+                return Some(status);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        None
+    }
+
+    /// What node `i` wrote to its log so far.
+    pub fn node_log(&self, i: usize) -> String {
+        std::fs::read_to_string(self.root.join(format!("{}.log", self.nodes[i].id)))
+            .unwrap_or_default()
     }
 
     /// Waits for node `i` to answer: it answers once it has joined (which takes long on a busy machine).
@@ -291,6 +325,7 @@ impl Drop for Cluster {
                 node_id: String::new(),
                 name: self.name.clone(),
                 replicas: 3,
+                secrets: Default::default(),
             };
             let _ = std::thread::spawn(move || {
                 let rt = tokio::runtime::Builder::new_current_thread()

@@ -193,3 +193,62 @@ async fn a_paused_node_is_fenced_and_a_rolling_restart_loses_nothing() {
         assert_eq!(h["cluster"]["epoch_regressions"], 0, "{h}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_secrets_are_not_the_clusters_refuses_to_start() {
+    // A node with a master key, token key or admin token other than the cluster's would join, report
+    // itself healthy and then fail every filing (or issue tokens nobody else accepts). It must refuse to
+    // start, naming what differs, and never answer /healthz.
+    let mut cluster = Cluster::new("secrets", 3);
+    for i in 0..3 {
+        cluster.wait_ready(i).await;
+    }
+    cluster.kill9(2);
+    let other_key = cluster.root.join("other_platform.key");
+    let other_key = other_key.to_str().unwrap().to_owned();
+    type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, Vec<&'a str>);
+    let cases: [Case; 3] = [
+        // No master key given: the node makes one for its empty copy, which is not the cluster's.
+        ("master_key", vec![], vec!["CUSTODIAN_MASTER_KEY"]),
+        (
+            "platform_key",
+            vec![("CUSTODIAN_PLATFORM_KEY_FILE", other_key.as_str())],
+            vec![],
+        ),
+        (
+            "admin_token",
+            vec![("CUSTODIAN_ADMIN_TOKEN", "not-the-clusters-token")],
+            vec![],
+        ),
+    ];
+    for (name, set, unset) in cases {
+        let _ = std::fs::remove_dir_all(cluster.root.join("n3"));
+        let before = cluster.node_log(2).len();
+        cluster.start_with(2, &set, &unset);
+        let started = Instant::now();
+        let status = loop {
+            assert!(
+                cluster.healthz(2).await.is_none(),
+                "n3 with another {name} answered /healthz"
+            );
+            if let Some(s) = cluster.wait_exit(2, Duration::from_millis(200)).await {
+                break s;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "n3 with another {name} is still running after 60 s"
+            );
+        };
+        assert!(!status.success(), "n3 with another {name} exited {status}");
+        let log = cluster.node_log(2)[before..].to_owned();
+        assert!(
+            log.contains("secret_mismatch") && log.contains(name),
+            "n3 with another {name} said: {log}"
+        );
+    }
+    // With the cluster's secrets it joins.
+    let _ = std::fs::remove_dir_all(cluster.root.join("n3"));
+    cluster.start(2);
+    cluster.wait_ready(2).await;
+    cluster.wait_owned(Duration::from_secs(30)).await;
+}

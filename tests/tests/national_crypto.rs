@@ -337,3 +337,43 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+#[tokio::test]
+async fn a_data_dir_refuses_keys_other_than_its_own_even_with_an_empty_log() {
+    // Proves: a data dir remembers the check values of the master key and the token key it was made with
+    // (DATA_DIR/secrets.check), so a node started on it with others refuses to start, naming the
+    // mismatch — also while its log holds nothing sealed yet, where no data key could tell.
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("node");
+    let (node, _client) = start_node(&data_dir, |_| {}).await;
+    node.stop().await.unwrap();
+    assert!(data_dir.join("secrets.check").exists());
+    let check = std::fs::read_to_string(data_dir.join("secrets.check")).unwrap();
+    let master = std::fs::read_to_string(data_dir.join("master.key")).unwrap();
+    assert!(
+        !check.contains(master.trim()),
+        "the check file holds the key itself"
+    );
+
+    let err = start_err(&data_dir, Some("11".repeat(16))).await;
+    assert!(err.contains("master_key_mismatch"), "{err}");
+
+    let other_key = dir.path().join("other_platform.key");
+    let config = Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: data_dir.clone(),
+        admin_token: Some(ADMIN_TOKEN.into()),
+        platform_key_file: Some(other_key),
+        ..Config::default()
+    };
+    let err = match Node::start(config).await {
+        Ok(_) => panic!("the node started with another token key"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(err.contains("token_key_mismatch"), "{err}");
+
+    // Its own keys open it as before.
+    let (node, client) = start_node(&data_dir, |_| {}).await;
+    client.healthz().await.unwrap();
+    node.stop().await.unwrap();
+}

@@ -464,6 +464,8 @@ impl ClusterLog {
                 }
                 continue;
             };
+            // The copy's index may keep fingerprints as keyed hashes: compare like with like.
+            let index_fp = self.local.index_fingerprint(&p.fingerprint);
             let known = match keys.get(&key) {
                 Some(k) => Some(*k),
                 None => self
@@ -473,7 +475,7 @@ impl ClusterLog {
             };
             match known {
                 None => {
-                    let fp = p.fingerprint;
+                    let fp = index_fp;
                     let rec = p.into_record(0, recorded_at_ns);
                     bytes += rec.len() + 4;
                     records.push(rec);
@@ -481,7 +483,7 @@ impl ClusterLog {
                     keys.insert(key, (loc, fp));
                     pending.push((i, Pending::Appended(loc)));
                 }
-                Some((loc, fp)) if fp == p.fingerprint => {
+                Some((loc, fp)) if fp == index_fp => {
                     pending.push((i, Pending::Duplicate(loc)));
                 }
                 Some((mut original, _)) => {

@@ -1,7 +1,12 @@
 //! The versioned envelope every event is stored in, its on-disk record format and its checks.
 //!
-//! A record is `[format: u8 = 2][crc32 of the rest: u32 little-endian][rkyv bytes of Envelope]`; format 1
-//! records (written before events carried the token that caused them) are still read. Reading a
+//! A record is `[format: u8][crc32 of the rest: u32 little-endian][rkyv bytes of the stored envelope]`.
+//! Format 3 (every sealed record) keeps nothing identifying in the clear: the stream (`terminal:T-1`) and
+//! the fingerprint are stored as keyed hashes ([`HeaderTags`], HMAC-SM3 under a key derived from the
+//! master key), the payload names its data key by an opaque id, and the payload is sealed; after opening,
+//! the event's own stream and fingerprint must hash to the stored tags. Format 2 (plain payloads: a log
+//! without a keyring) keeps the stream and fingerprint in the clear; format 1 (before events carried the
+//! token that caused them) and format 2 records are still read. Reading a
 //! record checks, in order: the format byte, the CRC (catches any flipped bit, also in the header fields),
 //! rkyv's structural validation (catches what a CRC collision would let through), that the sequence in the
 //! envelope is the one it was stored under, and that the SHA-256 of the payload's canonical JSON equals the
@@ -12,10 +17,13 @@ use rkyv::{Archive, Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::event::{Event, SCHEMA_VERSION};
-use crate::keyring::{Keyring, SealedPayload};
+use crate::keyring::{Keyring, SealedPayload, Tag};
 
-/// The record format written today: 2 added `caused_by` to the header.
+/// The record format of a plain payload: 2 added `caused_by` to the header.
 pub const RECORD_FORMAT: u8 = 2;
+
+/// The record format of a sealed payload: stream and fingerprint as keyed hashes.
+pub const RECORD_FORMAT_KEYED: u8 = 3;
 
 /// The first record format, without `caused_by`; still read.
 const RECORD_FORMAT_V1: u8 = 1;
@@ -67,6 +75,57 @@ struct StoredEnvelope {
     fingerprint: Fingerprint,
     caused_by: Option<String>,
     payload: StoredPayload,
+}
+
+/// What a format 3 record stores: the same header with the stream and the fingerprint as tags.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+struct StoredEnvelopeKeyed {
+    seq: u64,
+    stream_tag: Tag,
+    event_type: String,
+    schema_version: u16,
+    recorded_at_ns: i64,
+    fingerprint_tag: Tag,
+    caused_by: Option<String>,
+    payload: SealedPayload,
+}
+
+/// The keyed hashes a format 3 record keeps of its stream and its fingerprint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeaderTags {
+    pub stream: Tag,
+    pub fingerprint: Tag,
+}
+
+impl HeaderTags {
+    pub fn of(keyring: &Keyring, stream: &str, fp: &Fingerprint) -> HeaderTags {
+        HeaderTags {
+            stream: keyring.tag(&[b"stream\0", stream.as_bytes()].concat()),
+            fingerprint: keyring.tag(&[b"fingerprint\0".as_slice(), fp].concat()),
+        }
+    }
+}
+
+/// The associated data of a format 3 sealed payload: what its header stores.
+pub fn seal_aad_keyed(
+    tags: &HeaderTags,
+    event_type: &str,
+    key_id: &str,
+    caused_by: Option<&str>,
+) -> Vec<u8> {
+    let mut aad =
+        Vec::with_capacity(40 + event_type.len() + key_id.len() + caused_by.map_or(0, str::len));
+    aad.extend_from_slice(b"custodian record v3\0");
+    aad.extend_from_slice(&tags.stream);
+    aad.extend_from_slice(event_type.as_bytes());
+    aad.push(0);
+    aad.extend_from_slice(&tags.fingerprint);
+    aad.extend_from_slice(key_id.as_bytes());
+    if let Some(c) = caused_by {
+        aad.push(0);
+        aad.extend_from_slice(c.as_bytes());
+    }
+    aad
 }
 
 /// What format 1 stored: the same without `caused_by`.
@@ -144,6 +203,8 @@ impl Envelope {
 
     /// Encodes a record for `seq`: the event in the clear, or `sealed` (made by [`Keyring::seal`] over
     /// [`event_bytes`] with [`seal_aad`], given the same `caused_by`) in its place.
+    ///
+    /// With `tags` (and `sealed`, made over [`seal_aad_keyed`]), a format 3 record.
     pub fn encode(
         seq: u64,
         recorded_at_ns: i64,
@@ -151,7 +212,23 @@ impl Envelope {
         event: Event,
         sealed: Option<SealedPayload>,
         caused_by: Option<String>,
+        tags: Option<HeaderTags>,
     ) -> Vec<u8> {
+        if let (Some(tags), Some(sealed)) = (tags, &sealed) {
+            let stored = StoredEnvelopeKeyed {
+                seq,
+                stream_tag: tags.stream,
+                event_type: event.event_type().to_owned(),
+                schema_version: SCHEMA_VERSION,
+                recorded_at_ns,
+                fingerprint_tag: tags.fingerprint,
+                caused_by,
+                payload: sealed.clone(),
+            };
+            let body = rkyv::to_bytes::<rkyv::rancor::Error>(&stored)
+                .expect("serialising an in-memory envelope cannot fail");
+            return framed(RECORD_FORMAT_KEYED, &body);
+        }
         let stored = StoredEnvelope {
             seq,
             stream: event.stream(),
@@ -167,11 +244,7 @@ impl Envelope {
         };
         let body = rkyv::to_bytes::<rkyv::rancor::Error>(&stored)
             .expect("serialising an in-memory envelope cannot fail");
-        let mut out = Vec::with_capacity(HEADER_LEN + body.len());
-        out.push(RECORD_FORMAT);
-        out.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
-        out.extend_from_slice(&body);
-        out
+        framed(RECORD_FORMAT, &body)
     }
 
     /// Decodes, opens and checks a record stored under `seq`. A sealed payload needs `keyring`.
@@ -197,7 +270,7 @@ impl Envelope {
             return Err(corrupt(format!("record is {} bytes long", record.len())));
         }
         let format = record[0];
-        if format != RECORD_FORMAT && format != RECORD_FORMAT_V1 {
+        if format != RECORD_FORMAT && format != RECORD_FORMAT_V1 && format != RECORD_FORMAT_KEYED {
             return Err(corrupt(format!("unknown record format {format}")));
         }
         let crc = u32::from_le_bytes(record[1..HEADER_LEN].try_into().expect("4 bytes"));
@@ -206,6 +279,12 @@ impl Envelope {
             return Err(corrupt("CRC mismatch: the record's bytes changed".into()));
         }
         let invalid = |e: rkyv::rancor::Error| corrupt(format!("invalid encoding: {e}"));
+        if format == RECORD_FORMAT_KEYED {
+            let stored =
+                rkyv::from_bytes::<StoredEnvelopeKeyed, rkyv::rancor::Error>(&aligned(body))
+                    .map_err(invalid)?;
+            return Self::open_keyed(seq, stored, keyring, want);
+        }
         let stored = if format == RECORD_FORMAT_V1 {
             rkyv::from_bytes::<StoredEnvelopeV1, rkyv::rancor::Error>(&aligned(body))
                 .map_err(invalid)?
@@ -273,24 +352,111 @@ impl Envelope {
 }
 
 impl Envelope {
-    /// The sealed payload of a record stored under `seq`, as stored (not opened), if it is sealed. Only the
-    /// framing is checked here; [`Envelope::decode`] checks the rest.
-    pub fn sealed_part(seq: u64, record: &[u8]) -> Result<Option<SealedPayload>, CorruptRecord> {
+    /// The rest of [`Envelope::decode_if`] for a format 3 record.
+    fn open_keyed(
+        seq: u64,
+        stored: StoredEnvelopeKeyed,
+        keyring: Option<&Keyring>,
+        want: &dyn Fn(&str) -> bool,
+    ) -> Result<Option<Envelope>, CorruptRecord> {
         let corrupt = |reason: String| CorruptRecord { seq, reason };
-        if record.len() < HEADER_LEN || record[0] != RECORD_FORMAT {
+        if stored.seq != seq {
+            return Err(corrupt(format!("envelope says seq {}", stored.seq)));
+        }
+        if !want(&stored.event_type) {
+            return Ok(None);
+        }
+        let keyring = keyring.ok_or_else(|| {
+            corrupt("a sealed record, but this reader has no keyring (no master key)".into())
+        })?;
+        let tags = HeaderTags {
+            stream: stored.stream_tag,
+            fingerprint: stored.fingerprint_tag,
+        };
+        let aad = seal_aad_keyed(
+            &tags,
+            &stored.event_type,
+            &stored.payload.key_id,
+            stored.caused_by.as_deref(),
+        );
+        let key = keyring.get(&stored.payload.key_id).ok_or_else(|| {
+            corrupt(format!(
+                "sealed with data key {}, which is not known to this node",
+                stored.payload.key_id
+            ))
+        })?;
+        let plain = keyring
+            .open(&stored.payload, &aad)
+            .map_err(|e| corrupt(e.to_string()))?;
+        let event = rkyv::from_bytes::<Event, rkyv::rancor::Error>(&aligned(&plain))
+            .map_err(|e| corrupt(format!("invalid sealed payload: {e}")))?;
+        let stream = event.stream();
+        let fp = fingerprint(&event.canonical().to_bytes());
+        if stored.event_type != event.event_type() {
             return Err(corrupt(format!(
-                "not a record of format {RECORD_FORMAT} ({} bytes)",
-                record.len()
+                "header ({}) does not match the payload ({})",
+                stored.event_type,
+                event.event_type()
             )));
         }
-        let stored = rkyv::from_bytes::<StoredEnvelope, rkyv::rancor::Error>(&aligned(
-            &record[HEADER_LEN..],
-        ))
-        .map_err(|e| corrupt(format!("invalid encoding: {e}")))?;
-        Ok(match stored.payload {
-            StoredPayload::Plain(_) => None,
-            StoredPayload::Sealed(s) => Some(s),
-        })
+        let mine = HeaderTags::of(keyring, &stream, &fp);
+        if mine.stream != tags.stream {
+            return Err(corrupt(format!(
+                "the header's stream is not the payload's ({stream})"
+            )));
+        }
+        if mine.fingerprint != tags.fingerprint {
+            return Err(corrupt(
+                "fingerprint mismatch: the payload is not what was recorded".into(),
+            ));
+        }
+        Ok(Some(Envelope {
+            seq,
+            stream,
+            event_type: stored.event_type,
+            schema_version: stored.schema_version,
+            recorded_at_ns: stored.recorded_at_ns,
+            fingerprint: fp,
+            key_id: Some(key.id.clone()),
+            caused_by: stored.caused_by,
+            event,
+        }))
+    }
+
+    /// The sealed payload of a record stored under `seq`, as stored (not opened), if it is sealed, with the
+    /// tags of a format 3 record. Only the framing is checked here; [`Envelope::decode`] checks the rest.
+    pub fn sealed_part(
+        seq: u64,
+        record: &[u8],
+    ) -> Result<Option<(SealedPayload, Option<HeaderTags>)>, CorruptRecord> {
+        let corrupt = |reason: String| CorruptRecord { seq, reason };
+        let invalid = |e: rkyv::rancor::Error| corrupt(format!("invalid encoding: {e}"));
+        if record.len() < HEADER_LEN {
+            return Err(corrupt(format!("record is {} bytes long", record.len())));
+        }
+        let body = aligned(&record[HEADER_LEN..]);
+        match record[0] {
+            RECORD_FORMAT => {
+                let stored = rkyv::from_bytes::<StoredEnvelope, rkyv::rancor::Error>(&body)
+                    .map_err(invalid)?;
+                Ok(match stored.payload {
+                    StoredPayload::Plain(_) => None,
+                    StoredPayload::Sealed(s) => Some((s, None)),
+                })
+            }
+            RECORD_FORMAT_KEYED => {
+                let stored = rkyv::from_bytes::<StoredEnvelopeKeyed, rkyv::rancor::Error>(&body)
+                    .map_err(invalid)?;
+                let tags = HeaderTags {
+                    stream: stored.stream_tag,
+                    fingerprint: stored.fingerprint_tag,
+                };
+                Ok(Some((stored.payload, Some(tags))))
+            }
+            other => Err(corrupt(format!(
+                "not a record of format {RECORD_FORMAT} or {RECORD_FORMAT_KEYED} (format {other})"
+            ))),
+        }
     }
 
     /// The same record stored under `seq` instead of `from_seq` (a cluster log's owner publishes records
@@ -305,10 +471,10 @@ impl Envelope {
         if record.len() < HEADER_LEN {
             return Err(corrupt(format!("record is {} bytes long", record.len())));
         }
-        if record[0] != RECORD_FORMAT {
+        let format = record[0];
+        if format != RECORD_FORMAT && format != RECORD_FORMAT_KEYED {
             return Err(corrupt(format!(
-                "record format {} cannot be re-sequenced (only {RECORD_FORMAT})",
-                record[0]
+                "record format {format} cannot be re-sequenced (only {RECORD_FORMAT} and {RECORD_FORMAT_KEYED})"
             )));
         }
         let crc = u32::from_le_bytes(record[1..HEADER_LEN].try_into().expect("4 bytes"));
@@ -316,20 +482,39 @@ impl Envelope {
         if crc32fast::hash(body) != crc {
             return Err(corrupt("CRC mismatch: the record's bytes changed".into()));
         }
-        let mut stored = rkyv::from_bytes::<StoredEnvelope, rkyv::rancor::Error>(&aligned(body))
-            .map_err(|e| corrupt(format!("invalid encoding: {e}")))?;
-        if stored.seq != from_seq {
-            return Err(corrupt(format!("envelope says seq {}", stored.seq)));
+        let invalid = |e: rkyv::rancor::Error| corrupt(format!("invalid encoding: {e}"));
+        let wrong_seq = |s: u64| corrupt(format!("envelope says seq {s}"));
+        let body = if format == RECORD_FORMAT_KEYED {
+            let mut stored =
+                rkyv::from_bytes::<StoredEnvelopeKeyed, rkyv::rancor::Error>(&aligned(body))
+                    .map_err(invalid)?;
+            if stored.seq != from_seq {
+                return Err(wrong_seq(stored.seq));
+            }
+            stored.seq = seq;
+            rkyv::to_bytes::<rkyv::rancor::Error>(&stored)
+        } else {
+            let mut stored =
+                rkyv::from_bytes::<StoredEnvelope, rkyv::rancor::Error>(&aligned(body))
+                    .map_err(invalid)?;
+            if stored.seq != from_seq {
+                return Err(wrong_seq(stored.seq));
+            }
+            stored.seq = seq;
+            rkyv::to_bytes::<rkyv::rancor::Error>(&stored)
         }
-        stored.seq = seq;
-        let body = rkyv::to_bytes::<rkyv::rancor::Error>(&stored)
-            .expect("serialising an in-memory envelope cannot fail");
-        let mut out = Vec::with_capacity(HEADER_LEN + body.len());
-        out.push(RECORD_FORMAT);
-        out.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
-        out.extend_from_slice(&body);
-        Ok(out)
+        .expect("serialising an in-memory envelope cannot fail");
+        Ok(framed(format, &body))
     }
+}
+
+/// `[format][crc32 of body][body]`.
+fn framed(format: u8, body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEADER_LEN + body.len());
+    out.push(format);
+    out.extend_from_slice(&crc32fast::hash(body).to_le_bytes());
+    out.extend_from_slice(body);
+    out
 }
 
 /// sled does not promise alignment; rkyv needs it.
@@ -372,7 +557,7 @@ mod tests {
 
     fn record(seq: u64, event: &Event) -> Vec<u8> {
         let fp = fingerprint(&event.canonical().to_bytes());
-        Envelope::encode(seq, RECORDED_AT_NS, fp, event.clone(), None, None)
+        Envelope::encode(seq, RECORDED_AT_NS, fp, event.clone(), None, None, None)
     }
 
     fn sealed_record(seq: u64, event: &Event, ring: &Keyring) -> Vec<u8> {
@@ -387,7 +572,8 @@ mod tests {
     ) -> Vec<u8> {
         let fp = fingerprint(&event.canonical().to_bytes());
         let key = ring.current("E-1").unwrap();
-        let aad = seal_aad(&event.stream(), event.event_type(), &fp, &key.id, caused_by);
+        let tags = HeaderTags::of(ring, &event.stream(), &fp);
+        let aad = seal_aad_keyed(&tags, event.event_type(), &key.opaque_id, caused_by);
         let sealed = ring.seal(&key, &aad, &event_bytes(event));
         Envelope::encode(
             seq,
@@ -396,7 +582,78 @@ mod tests {
             event.clone(),
             Some(sealed),
             caused_by.map(str::to_owned),
+            Some(tags),
         )
+    }
+
+    /// A sealed record as format 2 wrote it: the stream, fingerprint and key id in the clear.
+    fn sealed_record_v2(seq: u64, event: &Event, ring: &Keyring) -> Vec<u8> {
+        let fp = fingerprint(&event.canonical().to_bytes());
+        let key = ring.current("E-1").unwrap();
+        let aad = seal_aad(&event.stream(), event.event_type(), &fp, &key.id, None);
+        let mut sealed = ring.seal(&key, &aad, &event_bytes(event));
+        sealed.key_id = key.id.clone();
+        Envelope::encode(
+            seq,
+            RECORDED_AT_NS,
+            fp,
+            event.clone(),
+            Some(sealed),
+            None,
+            None,
+        )
+    }
+
+    #[test]
+    fn format_2_sealed_records_are_still_read() {
+        let event = reading(3, 152_300_000, Some("C-9"));
+        let ring = ring();
+        let record = sealed_record_v2(5, &event, &ring);
+        assert_eq!(record[0], RECORD_FORMAT);
+        let env = Envelope::decode(5, &record, Some(&ring)).unwrap();
+        assert_eq!(env.event, event);
+        assert_eq!(env.key_id.as_deref(), Some("E-1/1"));
+        assert_eq!(Envelope::reseq(5, &record, 6).unwrap()[0], RECORD_FORMAT);
+    }
+
+    #[test]
+    fn a_keyed_record_names_neither_its_stream_nor_its_key_nor_its_fingerprint() {
+        let event = reading(3, 152_300_000, Some("C-9"));
+        let ring = ring();
+        let record = sealed_record(9, &event, &ring);
+        assert_eq!(record[0], RECORD_FORMAT_KEYED);
+        let fp = fingerprint(&event.canonical().to_bytes());
+        for needle in [
+            b"T-1".as_slice(),
+            b"terminal:",
+            b"E-1",
+            b"E-1/1",
+            fp.as_slice(),
+        ] {
+            assert!(
+                !record.windows(needle.len()).any(|w| w == needle),
+                "{:?} in the record",
+                String::from_utf8_lossy(needle)
+            );
+        }
+        // Opened, it says what it is: the stream, the readable key id, the public fingerprint.
+        let env = Envelope::decode(9, &record, Some(&ring)).unwrap();
+        assert_eq!(env.stream, "terminal:T-1");
+        assert_eq!(env.key_id.as_deref(), Some("E-1/1"));
+        assert_eq!(env.fingerprint, fp);
+        // A header moved onto another record's payload does not open: the tags are bound into it.
+        let other = reading(4, 152_300_000, Some("C-9"));
+        let mut stored = rkyv::from_bytes::<StoredEnvelopeKeyed, rkyv::rancor::Error>(&aligned(
+            &sealed_record(9, &other, &ring)[HEADER_LEN..],
+        ))
+        .unwrap();
+        let mine = rkyv::from_bytes::<StoredEnvelopeKeyed, rkyv::rancor::Error>(&aligned(
+            &record[HEADER_LEN..],
+        ))
+        .unwrap();
+        stored.fingerprint_tag = mine.fingerprint_tag;
+        let body = rkyv::to_bytes::<rkyv::rancor::Error>(&stored).unwrap();
+        assert!(Envelope::decode(9, &framed(RECORD_FORMAT_KEYED, &body), Some(&ring)).is_err());
     }
 
     /// A record as format 1 wrote it, before `caused_by`.
@@ -437,13 +694,8 @@ mod tests {
         // The same payload, re-labelled with another cause (CRC made to match): refused.
         let fp = fingerprint(&event.canonical().to_bytes());
         let key = ring.current("E-1").unwrap();
-        let aad = seal_aad(
-            &event.stream(),
-            event.event_type(),
-            &fp,
-            &key.id,
-            Some(token),
-        );
+        let tags = HeaderTags::of(&ring, &event.stream(), &fp);
+        let aad = seal_aad_keyed(&tags, event.event_type(), &key.opaque_id, Some(token));
         let sealed = ring.seal(&key, &aad, &event_bytes(&event));
         let relabelled = Envelope::encode(
             2,
@@ -452,6 +704,7 @@ mod tests {
             event.clone(),
             Some(sealed),
             Some("bootstrap".into()),
+            Some(tags),
         );
         assert!(Envelope::decode(2, &relabelled, Some(&ring)).is_err());
         let none = sealed_record_by(2, &event, &ring, None);
@@ -538,8 +791,12 @@ mod tests {
         let event = reading(3, 1, None);
         let mut fp = fingerprint(&event.canonical().to_bytes());
         fp[0] ^= 1;
-        let err =
-            Envelope::decode(1, &Envelope::encode(1, 0, fp, event, None, None), None).unwrap_err();
+        let err = Envelope::decode(
+            1,
+            &Envelope::encode(1, 0, fp, event, None, None, None),
+            None,
+        )
+        .unwrap_err();
         assert!(err.reason.contains("fingerprint"), "{err}");
     }
 

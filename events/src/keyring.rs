@@ -16,7 +16,8 @@ use std::sync::{Arc, RwLock};
 use rkyv::{Archive, Deserialize, Serialize};
 
 use crate::crypto::{
-    CryptoError, Entropy, GCM_NONCE_LEN, SM4_KEY_LEN, Sm4GcmKey, sm4_gcm_open, sm4_gcm_seal,
+    CryptoError, Entropy, GCM_NONCE_LEN, SM4_KEY_LEN, Sm4GcmKey, hmac_sm3, sm4_gcm_open,
+    sm4_gcm_seal,
 };
 use crate::event::DataKeyIssued;
 
@@ -26,13 +27,24 @@ pub const MASTER_KEY_LEN: usize = SM4_KEY_LEN;
 /// The scope of events that belong to no enterprise.
 pub const PLATFORM_SCOPE: &str = "platform";
 
+/// The key id of the log's own key: derived from the master key, it seals what must open before any data
+/// key is known (the `DataKeyIssued` events themselves).
+pub const META_KEY_ID: &str = "meta";
+
 /// An SM4 data key, unwrapped.
 pub struct DataKey {
     pub id: String,
+    /// The id a sealed payload names at rest: a keyed hash of `id`, so that a record does not say which
+    /// enterprise it belongs to ([`Keyring::opaque_id`]).
+    pub opaque_id: String,
     pub scope: String,
     pub generation: u32,
     cipher: Sm4GcmKey,
 }
+
+/// A keyed hash (HMAC-SM3 under a key derived from the master key, 16 bytes) of something that must be
+/// looked up or checked at rest but not read there: an index key, a record's stream, its fingerprint.
+pub type Tag = [u8; 16];
 
 /// An event payload sealed with a data key.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
@@ -63,18 +75,71 @@ pub enum KeyringError {
 pub struct Keyring {
     master: [u8; MASTER_KEY_LEN],
     entropy: Arc<dyn Entropy>,
+    /// By id and by opaque id.
     keys: RwLock<BTreeMap<String, Arc<DataKey>>>,
     current: RwLock<BTreeMap<String, Arc<DataKey>>>,
+    /// The key of [`Keyring::tag`].
+    index: [u8; 32],
+    meta: Arc<DataKey>,
 }
 
 impl Keyring {
     pub fn new(master: [u8; MASTER_KEY_LEN], entropy: Arc<dyn Entropy>) -> Self {
+        let index = hmac_sm3(&master, b"custodian index key v1");
+        let meta_key: [u8; SM4_KEY_LEN] = hmac_sm3(&master, b"custodian meta key v1")
+            [..SM4_KEY_LEN]
+            .try_into()
+            .expect("16 bytes");
+        let meta = Arc::new(DataKey {
+            id: META_KEY_ID.to_owned(),
+            opaque_id: opaque(&index, META_KEY_ID),
+            scope: META_KEY_ID.to_owned(),
+            generation: 0,
+            cipher: Sm4GcmKey::new(&meta_key),
+        });
+        let keys = BTreeMap::from([
+            (meta.id.clone(), meta.clone()),
+            (meta.opaque_id.clone(), meta.clone()),
+        ]);
         Keyring {
             master,
             entropy,
-            keys: RwLock::default(),
+            keys: RwLock::new(keys),
             current: RwLock::default(),
+            index,
+            meta,
         }
+    }
+
+    /// A key of its own for `purpose` (HMAC-SM3 of it under the master key), for stores beside the log
+    /// that seal or hash under the master key (the edge's outbox).
+    pub fn derive(&self, purpose: &str) -> [u8; 32] {
+        hmac_sm3(
+            &self.master,
+            format!("custodian derived key: {purpose}").as_bytes(),
+        )
+    }
+
+    /// The log's own key (see [`META_KEY_ID`]).
+    pub fn meta_key(&self) -> Arc<DataKey> {
+        self.meta.clone()
+    }
+
+    /// The keyed hash of `data` (see [`Tag`]); the same on every node with this master key.
+    pub fn tag(&self, data: &[u8]) -> Tag {
+        hmac_sm3(&self.index, data)[..16]
+            .try_into()
+            .expect("16 bytes")
+    }
+
+    /// The whole 32-byte keyed hash of `data` (for what replaces a 32-byte fingerprint at rest).
+    pub fn tag_long(&self, data: &[u8]) -> [u8; 32] {
+        hmac_sm3(&self.index, data)
+    }
+
+    /// The id a payload sealed with data key `key_id` names at rest.
+    pub fn opaque_id(&self, key_id: &str) -> String {
+        opaque(&self.index, key_id)
     }
 
     /// A check value of the master key (HMAC-SM3 under it of a fixed label): what nodes compare to know
@@ -143,14 +208,16 @@ impl Keyring {
         .map_err(|_| mismatch())?;
         let key = Arc::new(DataKey {
             id: id.clone(),
+            opaque_id: self.opaque_id(&id),
             scope: issued.scope.clone(),
             generation: issued.generation,
             cipher: Sm4GcmKey::new(&key.try_into().expect("16 bytes")),
         });
-        self.keys
-            .write()
-            .expect("keyring lock")
-            .insert(id, key.clone());
+        {
+            let mut keys = self.keys.write().expect("keyring lock");
+            keys.insert(key.opaque_id.clone(), key.clone());
+            keys.insert(id, key.clone());
+        }
         let mut current = self.current.write().expect("keyring lock");
         if current
             .get(&issued.scope)
@@ -161,12 +228,12 @@ impl Keyring {
         Ok(key)
     }
 
-    /// Seals `plaintext` under `key` with a fresh nonce.
+    /// Seals `plaintext` under `key` with a fresh nonce; the payload names the key by its opaque id.
     pub fn seal(&self, key: &DataKey, aad: &[u8], plaintext: &[u8]) -> SealedPayload {
         let mut nonce = [0u8; GCM_NONCE_LEN];
         self.entropy.fill(&mut nonce);
         SealedPayload {
-            key_id: key.id.clone(),
+            key_id: key.opaque_id.clone(),
             nonce,
             ciphertext: key.cipher.seal(&nonce, aad, plaintext),
         }
@@ -186,6 +253,13 @@ impl Keyring {
                 source,
             })
     }
+}
+
+/// `k` and the hex of the key id's tag: what a sealed payload names at rest.
+fn opaque(index: &[u8; 32], key_id: &str) -> String {
+    let mut data = b"key id\0".to_vec();
+    data.extend_from_slice(key_id.as_bytes());
+    format!("k{}", hex::encode(&hmac_sm3(index, &data)[..16]))
 }
 
 fn wrap_aad(key_id: &str) -> Vec<u8> {

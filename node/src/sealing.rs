@@ -52,10 +52,7 @@ async fn issue(
     caused_by: Option<&str>,
 ) -> Result<AppendOutcome, ApiError> {
     let issued = st.keyring.issue(scope, st.keyring.next_generation(scope));
-    let mut proposed = Proposed::new(Event::DataKeyIssued(issued));
-    if let Some(token_id) = caused_by {
-        proposed = proposed.caused_by(token_id);
-    }
+    let proposed = Proposed::data_key(issued, &st.keyring, caused_by);
     let out = st.log.append(vec![proposed]).await?;
     Ok(out[0])
 }

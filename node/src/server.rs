@@ -396,10 +396,17 @@ async fn start_projections(
         ));
     }
     if c.search_enabled {
+        // The index rests sealed: it holds enterprise ids, note texts and weights.
+        let secret = state.keyring.derive("search index");
+        let key = custodian_projections::sealed_dir::SealKey::new(
+            secret[..16].try_into().expect("16 bytes"),
+            state.entropy.clone(),
+        );
         families.push(Arc::new(custodian_projections::text::SearchFamily::new(
             data_dir.join("search"),
             &state_dir,
             directory.clone(),
+            key,
         )));
     }
     let config = RunnerConfig {

@@ -1,6 +1,8 @@
 //! The deriver's snapshots on disk: a sled database of its own in `DATA_DIR/derive`, every value sealed
-//! with SM4-GCM under a key derived from the master key (SHA-256 of a label and the master key, first 16
-//! bytes), with the sled key as associated data so a value cannot be moved to another key.
+//! with SM4-GCM under a key derived from the master key (HMAC-SM3 of a label under it, first 16 bytes),
+//! with the sled key as associated data so a value cannot be moved to another key. An aggregate's state
+//! is stored under `a/` and a keyed hash of its name (`terminal:T-1` names a terminal: it must not rest in
+//! the clear), the name itself inside the sealed value.
 //!
 //! Snapshots are a cache of what the log already says: losing them costs a replay, never data. A
 //! snapshot ahead of the log (the log was replaced) is discarded at start.
@@ -10,17 +12,21 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use custodian_actors::SnapshotStore;
-use custodian_events::crypto::{Entropy, GCM_NONCE_LEN, Sm4GcmKey};
+use custodian_events::crypto::{Entropy, GCM_NONCE_LEN, Sm4GcmKey, hmac_sm3};
 use custodian_events::domain::AggregateKey;
 use custodian_events::keyring::MASTER_KEY_LEN;
-use sha2::Digest as _;
 
 const META: &[u8] = b"meta";
-const STATE_PREFIX: &str = "a/";
+const STATE_PREFIX: &[u8] = b"a/";
+/// Marks a store of this layout (keyed names); a store without it is an older one and is discarded.
+const LAYOUT: &[u8] = b"layout";
+const LAYOUT_KEYED: &[u8] = b"keyed-v2";
 
 pub struct SledSnapshots {
     db: sled::Db,
     key: Sm4GcmKey,
+    /// The key of the aggregate names' hashes.
+    names: [u8; 32],
     entropy: Arc<dyn Entropy>,
 }
 
@@ -32,14 +38,36 @@ impl SledSnapshots {
         entropy: Arc<dyn Entropy>,
         log_last_seq: u64,
     ) -> anyhow::Result<Self> {
-        let db = custodian_events::log::open_sled(sled::Config::new().path(path))
-            .with_context(|| format!("cannot open the deriver snapshots in {}", path.display()))?;
-        let digest = sha2::Sha256::new()
-            .chain_update(b"custodian/deriver-snapshots/v1")
-            .chain_update(master)
-            .finalize();
-        let key = Sm4GcmKey::new(digest[..16].try_into().expect("16 bytes"));
-        let store = SledSnapshots { db, key, entropy };
+        let open = || {
+            custodian_events::log::open_sled(sled::Config::new().path(path))
+                .with_context(|| format!("cannot open the deriver snapshots in {}", path.display()))
+        };
+        let mut db = open()?;
+        if db.get(LAYOUT)?.as_deref() != Some(LAYOUT_KEYED) {
+            // An older store (names in the clear, if any): the files go, not just the keys — sled keeps
+            // old versions of values in its files until it reclaims them. It is a cache: a replay
+            // rebuilds it.
+            if !db.is_empty() {
+                tracing::warn!(
+                    path = %path.display(),
+                    "deriver snapshots of an older layout; discarding them (the log is replayed)"
+                );
+                drop(db);
+                std::fs::remove_dir_all(path)
+                    .with_context(|| format!("cannot remove {}", path.display()))?;
+                db = open()?;
+            }
+            db.insert(LAYOUT, LAYOUT_KEYED)?;
+        }
+        let seal_key = hmac_sm3(master, b"custodian deriver snapshots seal v2");
+        let key = Sm4GcmKey::new(seal_key[..16].try_into().expect("16 bytes"));
+        let names = hmac_sm3(master, b"custodian deriver snapshots names v2");
+        let store = SledSnapshots {
+            db,
+            key,
+            names,
+            entropy,
+        };
         match store.load_meta() {
             Ok(Some((seq, _))) if seq > log_last_seq => {
                 tracing::warn!(
@@ -47,15 +75,21 @@ impl SledSnapshots {
                     log_last_seq,
                     "deriver snapshot is ahead of the log; discarding it and replaying the log"
                 );
-                store.db.clear()?;
+                store.clear()?;
             }
             Err(e) => {
                 tracing::warn!(error = %e, "deriver snapshot unreadable; discarding it and replaying the log");
-                store.db.clear()?;
+                store.clear()?;
             }
             _ => {}
         }
         Ok(store)
+    }
+
+    fn clear(&self) -> anyhow::Result<()> {
+        self.db.clear()?;
+        self.db.insert(LAYOUT, LAYOUT_KEYED)?;
+        Ok(())
     }
 
     fn seal(&self, aad: &[u8], plain: &[u8]) -> Vec<u8> {
@@ -76,8 +110,35 @@ impl SledSnapshots {
             .map_err(|e| format!("snapshot value does not open ({e}); wrong master key or damage"))
     }
 
-    fn state_key(key: &AggregateKey) -> Vec<u8> {
-        format!("{STATE_PREFIX}{key}").into_bytes()
+    /// `a/` and the keyed hash of the aggregate's name.
+    fn state_key(&self, key: &AggregateKey) -> Vec<u8> {
+        let mut k = STATE_PREFIX.to_vec();
+        k.extend_from_slice(&hmac_sm3(&self.names, key.to_string().as_bytes())[..16]);
+        k
+    }
+
+    /// What a state's sealed value holds: the aggregate's name (u16 length first), then its state.
+    fn named(key: &AggregateKey, state: &[u8]) -> Vec<u8> {
+        let name = key.to_string();
+        let mut out = Vec::with_capacity(2 + name.len() + state.len());
+        out.extend_from_slice(&(name.len() as u16).to_le_bytes());
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(state);
+        out
+    }
+
+    fn unnamed(plain: &[u8]) -> Result<(AggregateKey, &[u8]), String> {
+        let len = plain
+            .get(..2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]) as usize)
+            .ok_or("snapshot value too short")?;
+        let name = plain
+            .get(2..2 + len)
+            .and_then(|n| std::str::from_utf8(n).ok())
+            .ok_or("snapshot value with a broken name")?;
+        let key = AggregateKey::of_subject(name)
+            .ok_or_else(|| format!("unknown aggregate {name:?} in snapshots"))?;
+        Ok((key, &plain[2 + len..]))
     }
 }
 
@@ -95,10 +156,17 @@ impl SnapshotStore for SledSnapshots {
     }
 
     fn get(&self, key: &AggregateKey) -> Result<Option<Vec<u8>>, String> {
-        let k = Self::state_key(key);
+        let k = self.state_key(key);
         match self.db.get(&k).map_err(|e| e.to_string())? {
             None => Ok(None),
-            Some(v) => self.open_value(&k, &v).map(Some),
+            Some(v) => {
+                let plain = self.open_value(&k, &v)?;
+                let (named, state) = Self::unnamed(&plain)?;
+                if named != *key {
+                    return Err(format!("the snapshot of {key} holds {named}'s state"));
+                }
+                Ok(Some(state.to_vec()))
+            }
         }
     }
 
@@ -106,10 +174,9 @@ impl SnapshotStore for SledSnapshots {
         let mut out = Vec::new();
         for kv in self.db.scan_prefix(STATE_PREFIX) {
             let (k, v) = kv.map_err(|e| e.to_string())?;
-            let name = std::str::from_utf8(&k[STATE_PREFIX.len()..]).map_err(|e| e.to_string())?;
-            let key = AggregateKey::of_subject(name)
-                .ok_or_else(|| format!("unknown aggregate key {name:?} in snapshots"))?;
-            out.push((key, self.open_value(&k, &v)?));
+            let plain = self.open_value(&k, &v)?;
+            let (key, state) = Self::unnamed(&plain)?;
+            out.push((key, state.to_vec()));
         }
         Ok(out)
     }
@@ -122,8 +189,8 @@ impl SnapshotStore for SledSnapshots {
     ) -> Result<(), String> {
         let mut batch = sled::Batch::default();
         for (key, bytes) in states {
-            let k = Self::state_key(&key);
-            let v = self.seal(&k, &bytes);
+            let k = self.state_key(&key);
+            let v = self.seal(&k, &Self::named(&key, &bytes));
             batch.insert(k, v);
         }
         let mut meta = checkpoint.to_be_bytes().to_vec();

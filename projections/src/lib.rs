@@ -13,5 +13,6 @@ pub mod pointer;
 pub mod postgres;
 pub mod readings;
 pub mod runner;
+pub mod sealed_dir;
 pub mod search;
 pub mod text;

@@ -52,6 +52,8 @@ use anyhow::{Context, anyhow, bail};
 use serde::{Deserialize, Serialize};
 use tantivy::collector::TopDocs;
 use tantivy::directory::MmapDirectory;
+
+use crate::sealed_dir::{SealKey, SealedDirectory};
 use tantivy::query::{
     BooleanQuery, ConstScoreQuery, Occur, PhraseQuery, Query, RegexQuery, TermQuery, TermSetQuery,
 };
@@ -232,12 +234,27 @@ impl SearchIndex {
     ///
     /// Fails if another writer (in this or another process) holds the index, or if the directory holds an
     /// index with a different schema (delete the directory: the index is rebuilt from the log).
-    pub fn open(dir: &Path) -> anyhow::Result<SearchIndex> {
+    ///
+    /// Every file rests sealed with `key` ([`crate::sealed_dir`]). An index of the older, unsealed layout
+    /// is removed first (it is rebuilt from the log): its files hold ids and texts in the clear.
+    pub fn open(dir: &Path, key: SealKey) -> anyhow::Result<SearchIndex> {
+        let meta = dir.join("meta.json");
+        if let Ok(bytes) = std::fs::read(&meta)
+            && !bytes.starts_with(b"CSA1")
+        {
+            tracing::warn!(
+                dir = %dir.display(),
+                "the search index is of the older, unsealed layout; removing it (it is rebuilt from the log)"
+            );
+            std::fs::remove_dir_all(dir)
+                .with_context(|| format!("removing the unsealed search index {}", dir.display()))?;
+        }
         std::fs::create_dir_all(dir)
             .with_context(|| format!("creating search index directory {}", dir.display()))?;
         let (schema, fields) = Fields::schema();
         let directory = MmapDirectory::open(dir)
             .with_context(|| format!("opening search index directory {}", dir.display()))?;
+        let directory = SealedDirectory::new(directory, key);
         let index = Index::builder()
             .schema(schema)
             .open_or_create(directory)
@@ -653,6 +670,13 @@ fn is_cjk(c: char) -> bool {
 
 #[cfg(test)]
 mod tests {
+    fn test_key() -> crate::sealed_dir::SealKey {
+        crate::sealed_dir::SealKey::new(
+            &[3; 16],
+            std::sync::Arc::new(custodian_events::crypto::OsEntropy),
+        )
+    }
+
     use super::*;
     use proptest::prelude::*;
     use tantivy::tokenizer::TextAnalyzer;
@@ -799,7 +823,7 @@ mod tests {
     #[test]
     fn finds_chinese_words_inside_longer_text_but_not_other_words() {
         let dir = tempfile::tempdir().unwrap();
-        let index = SearchIndex::open(dir.path()).unwrap();
+        let index = SearchIndex::open(dir.path(), test_key()).unwrap();
         index.apply(&corpus(), 10).unwrap();
 
         assert_eq!(find(&index, "危险废物"), ["anomaly:01"]);
@@ -828,7 +852,7 @@ mod tests {
     #[test]
     fn english_search_is_case_insensitive() {
         let dir = tempfile::tempdir().unwrap();
-        let index = SearchIndex::open(dir.path()).unwrap();
+        let index = SearchIndex::open(dir.path(), test_key()).unwrap();
         index.apply(&corpus(), 10).unwrap();
 
         assert_eq!(find(&index, "weight"), ["note:9"]);
@@ -841,7 +865,7 @@ mod tests {
     #[test]
     fn hits_carry_the_stored_doc_and_a_score() {
         let dir = tempfile::tempdir().unwrap();
-        let index = SearchIndex::open(dir.path()).unwrap();
+        let index = SearchIndex::open(dir.path(), test_key()).unwrap();
         let docs = corpus();
         index.apply(&docs, 10).unwrap();
 
@@ -895,7 +919,7 @@ mod tests {
     #[test]
     fn filters_by_enterprise_province_and_kind() {
         let dir = tempfile::tempdir().unwrap();
-        let index = SearchIndex::open(dir.path()).unwrap();
+        let index = SearchIndex::open(dir.path(), test_key()).unwrap();
         let docs = vec![
             doc("anomaly:a", Some("E-1"), Some("330100"), "泄漏报警"),
             doc("anomaly:b", Some("E-2"), Some("330100"), "泄漏报警"),
@@ -944,7 +968,7 @@ mod tests {
     #[test]
     fn applying_a_batch_twice_equals_applying_it_once() {
         let dir = tempfile::tempdir().unwrap();
-        let index = SearchIndex::open(dir.path()).unwrap();
+        let index = SearchIndex::open(dir.path(), test_key()).unwrap();
         let docs = corpus();
         index.apply(&docs, 10).unwrap();
         let once = (
@@ -990,7 +1014,7 @@ mod tests {
     fn checkpoint_commits_with_the_docs_and_survives_reopen() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let index = SearchIndex::open(dir.path()).unwrap();
+            let index = SearchIndex::open(dir.path(), test_key()).unwrap();
             assert_eq!(index.checkpoint(), 0);
             assert_eq!(index.num_docs(), 0);
             assert!(find(&index, "危险").is_empty());
@@ -998,7 +1022,7 @@ mod tests {
             assert_eq!(index.checkpoint(), 42);
         }
         {
-            let index = SearchIndex::open(dir.path()).unwrap();
+            let index = SearchIndex::open(dir.path(), test_key()).unwrap();
             assert_eq!(index.checkpoint(), 42);
             assert_eq!(index.num_docs(), 4);
             // The tokenizer is registered again on reopen.
@@ -1014,7 +1038,7 @@ mod tests {
             assert_eq!(index.checkpoint(), 50);
             assert_eq!(index.num_docs(), 5);
         }
-        let index = SearchIndex::open(dir.path()).unwrap();
+        let index = SearchIndex::open(dir.path(), test_key()).unwrap();
         assert_eq!(index.checkpoint(), 50);
         assert_eq!(index.num_docs(), 5);
         assert_eq!(find(&index, "迟到"), ["note:60"]);
@@ -1023,7 +1047,7 @@ mod tests {
     #[test]
     fn query_language_is_not_interpreted() {
         let dir = tempfile::tempdir().unwrap();
-        let index = SearchIndex::open(dir.path()).unwrap();
+        let index = SearchIndex::open(dir.path(), test_key()).unwrap();
         let mut docs = corpus();
         docs.push(doc(
             "note:30",
@@ -1059,7 +1083,7 @@ mod tests {
     #[test]
     fn empty_query_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
-        let index = SearchIndex::open(dir.path()).unwrap();
+        let index = SearchIndex::open(dir.path(), test_key()).unwrap();
         for query in ["", "   ", "\t\n "] {
             let err = index
                 .search(query, &SearchFilter::default(), 10)
@@ -1071,7 +1095,7 @@ mod tests {
     #[test]
     fn rejects_docs_without_an_id() {
         let dir = tempfile::tempdir().unwrap();
-        let index = SearchIndex::open(dir.path()).unwrap();
+        let index = SearchIndex::open(dir.path(), test_key()).unwrap();
         let err = index.apply(&[doc("", None, None, "x")], 1).unwrap_err();
         assert!(err.to_string().contains("doc_id"), "{err}");
         assert_eq!(index.checkpoint(), 0);

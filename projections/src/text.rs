@@ -11,6 +11,7 @@ use custodian_events::{Envelope, Event};
 use crate::describe::anomaly_description;
 use crate::directory::SharedDirectory;
 use crate::runner::{BoxFuture, Family, Prepared, Projection, ProjectionError};
+use crate::sealed_dir::SealKey;
 use crate::search::{SearchDoc, SearchIndex};
 
 /// How far the stored checkpoint may trail when batches bring no documents.
@@ -21,15 +22,22 @@ pub struct SearchFamily {
     root: PathBuf,
     pointer: PathBuf,
     directory: SharedDirectory,
+    key: SealKey,
 }
 
 impl SearchFamily {
-    /// Indexes under `root` (`DATA_DIR/search`), the pointer under `state_dir`.
-    pub fn new(root: PathBuf, state_dir: &std::path::Path, directory: SharedDirectory) -> Self {
+    /// Indexes under `root` (`DATA_DIR/search`), sealed with `key`; the pointer under `state_dir`.
+    pub fn new(
+        root: PathBuf,
+        state_dir: &std::path::Path,
+        directory: SharedDirectory,
+        key: SealKey,
+    ) -> Self {
         SearchFamily {
             pointer: crate::pointer::path(state_dir, "search"),
             root,
             directory,
+            key,
         }
     }
 
@@ -53,6 +61,7 @@ impl Family for SearchFamily {
     fn open(&self, generation: u32) -> Arc<dyn Projection> {
         Arc::new(TextProjection {
             dir: self.dir_of(generation),
+            key: self.key.clone(),
             generation,
             index: OnceLock::new(),
             directory: self.directory.clone(),
@@ -84,6 +93,7 @@ impl Family for SearchFamily {
 
 pub struct TextProjection {
     dir: PathBuf,
+    key: SealKey,
     generation: u32,
     index: OnceLock<Arc<SearchIndex>>,
     directory: SharedDirectory,
@@ -194,8 +204,8 @@ impl Projection for TextProjection {
             if let Some(i) = self.index.get() {
                 return Ok(prepared(i));
             }
-            let dir = self.dir.clone();
-            let index = tokio::task::spawn_blocking(move || SearchIndex::open(&dir))
+            let (dir, key) = (self.dir.clone(), self.key.clone());
+            let index = tokio::task::spawn_blocking(move || SearchIndex::open(&dir, key))
                 .await
                 .map_err(|e| ProjectionError::Failed(e.to_string()))?
                 .map_err(|e| {

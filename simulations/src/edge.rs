@@ -234,6 +234,7 @@ impl Topology {
         let public = Sm2PublicKey::from_der(&platform_key.public_key_der())
             .map_err(|e| format!("the platform key: {e}"))?;
         let derived_seq = Arc::new(AtomicU64::new(0));
+        let outbox_secret = keyring.derive("edge outbox");
         let platform = HttpNode::start(
             log.clone(),
             clock.clone(),
@@ -263,6 +264,10 @@ impl Topology {
         let outbox = Outbox::open(
             &dir.join("outbox"),
             custodian_node::edge::OUTBOX_BYTES_DEFAULT,
+            custodian_node::edge::outbox::OutboxKeys::new(
+                &outbox_secret,
+                Arc::new(SeededEntropy::new(seed ^ 0x9147_0000_0000_0007)),
+            ),
         )
         .map_err(|e| format!("cannot open the outbox in {}: {e}", dir.display()))?;
         let enterprises: Vec<String> = world

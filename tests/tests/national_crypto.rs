@@ -300,8 +300,8 @@ async fn events_rest_sealed_and_the_master_key_is_checked_at_start() {
         .collect();
     assert_eq!(data_keys.len(), 2);
     assert!(
-        data_keys.iter().all(|e| e["key_id"].is_null()),
-        "data keys rest wrapped, not sealed"
+        data_keys.iter().all(|e| e["key_id"] == "meta"),
+        "data keys rest wrapped, and sealed under the log's own key (derived from the master key)"
     );
     node.stop().await.unwrap();
 }

@@ -275,7 +275,7 @@ mod tests {
             at_ns: seq as i64 * 1_000_000_000,
         });
         let fp = crate::fingerprint(&event.canonical().to_bytes());
-        Envelope::encode(seq, 7, fp, event, None, None)
+        Envelope::encode(seq, 7, fp, event, None, None, None)
     }
 
     fn export(n: u64) -> Vec<u8> {

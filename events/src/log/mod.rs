@@ -23,7 +23,9 @@ use std::sync::Arc;
 
 pub use sled_log::{SledLog, SledLogConfig, open_sled};
 
-use crate::envelope::{CorruptRecord, Envelope, Fingerprint, event_bytes, fingerprint, seal_aad};
+use crate::envelope::{
+    CorruptRecord, Envelope, Fingerprint, HeaderTags, event_bytes, fingerprint, seal_aad_keyed,
+};
 use crate::event::{DedupeKey, Event};
 use crate::keyring::{DataKey, Keyring, KeyringError, SealedPayload};
 
@@ -41,6 +43,8 @@ pub struct Proposed {
     pub sealed: Option<SealedPayload>,
     /// The token whose request proposes it (see [`Envelope::caused_by`]).
     pub caused_by: Option<String>,
+    /// The keyed hashes of the stream and fingerprint a sealed record stores instead of them.
+    pub tags: Option<HeaderTags>,
 }
 
 impl Proposed {
@@ -51,7 +55,23 @@ impl Proposed {
             event,
             sealed: None,
             caused_by: None,
+            tags: None,
         }
+    }
+
+    /// A `DataKeyIssued`, sealed under the log's own key (derived from the master key, so it opens before
+    /// any data key is known): its scope names an enterprise, which must not rest in the clear.
+    /// `caused_by` as in [`Proposed::caused_by`].
+    pub fn data_key(
+        issued: crate::event::DataKeyIssued,
+        keyring: &Keyring,
+        caused_by: Option<&str>,
+    ) -> Self {
+        let mut p = Proposed::new(Event::DataKeyIssued(issued));
+        if let Some(token_id) = caused_by {
+            p = p.caused_by(token_id);
+        }
+        p.sealed_with(keyring, &keyring.meta_key())
     }
 
     /// Records the token whose request caused the event. Before [`Proposed::sealed_with`]: the cause is
@@ -84,13 +104,17 @@ impl Proposed {
         keyring: Option<&Keyring>,
     ) -> Result<Proposed, CorruptRecord> {
         let env = Envelope::decode(seq, record, keyring)?;
-        let sealed = Envelope::sealed_part(seq, record)?;
+        let (sealed, tags) = match Envelope::sealed_part(seq, record)? {
+            Some((s, t)) => (Some(s), t),
+            None => (None, None),
+        };
         Ok(Proposed {
             dedupe_key: env.event.dedupe_key(),
             fingerprint: env.fingerprint,
             event: env.event,
             sealed,
             caused_by: env.caused_by,
+            tags,
         })
     }
 
@@ -103,6 +127,7 @@ impl Proposed {
             self.event,
             self.sealed,
             self.caused_by,
+            self.tags,
         )
     }
 
@@ -116,23 +141,18 @@ impl Proposed {
         recorded_at_ns: i64,
     ) -> Result<Vec<u8>, EventLogError> {
         let fp = fingerprint(&evidence.canonical().to_bytes());
-        let sealed = match (&self.sealed, keyring) {
+        let (sealed, tags) = match (&self.sealed, keyring) {
             (Some(sealed), Some(keyring)) => {
                 let key = keyring
                     .get(&sealed.key_id)
                     .ok_or_else(|| KeyringError::UnknownKey {
                         key_id: sealed.key_id.clone(),
                     })?;
-                let aad = seal_aad(
-                    &evidence.stream(),
-                    evidence.event_type(),
-                    &fp,
-                    &key.id,
-                    self.caused_by.as_deref(),
-                );
-                Some(keyring.seal(&key, &aad, &event_bytes(&evidence)))
+                let (sealed, tags) =
+                    seal_keyed(keyring, &key, &evidence, &fp, self.caused_by.as_deref());
+                (Some(sealed), Some(tags))
             }
-            _ => None,
+            _ => (None, None),
         };
         Ok(Envelope::encode(
             seq,
@@ -141,21 +161,38 @@ impl Proposed {
             evidence,
             sealed,
             self.caused_by.clone(),
+            tags,
         ))
     }
 
     /// Seals the payload at rest with `key` (on the caller's thread: sealing is the costly part).
+    /// The record stores it in format 3: the stream and the fingerprint as keyed hashes, the key by its
+    /// opaque id.
     pub fn sealed_with(mut self, keyring: &Keyring, key: &DataKey) -> Self {
-        let aad = seal_aad(
-            &self.event.stream(),
-            self.event.event_type(),
+        let (sealed, tags) = seal_keyed(
+            keyring,
+            key,
+            &self.event,
             &self.fingerprint,
-            &key.id,
             self.caused_by.as_deref(),
         );
-        self.sealed = Some(keyring.seal(key, &aad, &event_bytes(&self.event)));
+        self.sealed = Some(sealed);
+        self.tags = Some(tags);
         self
     }
+}
+
+/// Seals `event` for a format 3 record: its payload and the tags its header stores.
+fn seal_keyed(
+    keyring: &Keyring,
+    key: &DataKey,
+    event: &Event,
+    fp: &Fingerprint,
+    caused_by: Option<&str>,
+) -> (SealedPayload, HeaderTags) {
+    let tags = HeaderTags::of(keyring, &event.stream(), fp);
+    let aad = seal_aad_keyed(&tags, event.event_type(), &key.opaque_id, caused_by);
+    (keyring.seal(key, &aad, &event_bytes(event)), tags)
 }
 
 /// What became of one proposed event.

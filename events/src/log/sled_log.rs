@@ -119,6 +119,7 @@ pub struct SledLog {
     commits: Arc<AtomicU64>,
     writer: std::sync::Mutex<Option<JoinHandle<()>>>,
     keyring: Option<Arc<Keyring>>,
+    index: Index,
     config: SledLogConfig,
 }
 
@@ -147,7 +148,8 @@ impl SledLog {
                 .path(&config.path)
                 .cache_capacity(config.cache_capacity_bytes),
         )?;
-        install_data_keys(&db, keyring.as_deref())?;
+        let index = Index::open(&db, keyring.clone())?;
+        install_data_keys(&db, &index, keyring.as_deref())?;
         let last_seq = match db.scan_prefix([PREFIX_EVENT]).next_back() {
             None => 0,
             Some(kv) => {
@@ -168,6 +170,7 @@ impl SledLog {
             commits: commits.clone(),
             clock,
             keyring: keyring.clone(),
+            index: index.clone(),
             group_events_max: config.group_events_max,
         };
         let log = SledLog {
@@ -178,6 +181,7 @@ impl SledLog {
             commits,
             writer: std::sync::Mutex::new(None),
             keyring,
+            index,
             config,
         };
         Ok((log, writer, rx))
@@ -240,6 +244,12 @@ impl SledLog {
             .map_or(0, |v| be_u64(&v)))
     }
 
+    /// What [`EventLog::lookup`] answers as a key's fingerprint for an event of fingerprint `fp`: the
+    /// fingerprint itself, or its keyed hash where the log's indexes are keyed. Compare with this.
+    pub fn index_fingerprint(&self, fp: &Fingerprint) -> Fingerprint {
+        self.index.entry_fingerprint(fp)
+    }
+
     /// The folder the log lives in.
     pub fn path(&self) -> &std::path::Path {
         &self.config.path
@@ -268,7 +278,10 @@ impl SledLog {
         key: &DedupeKey,
         fp: &Fingerprint,
     ) -> Result<Option<u64>, EventLogError> {
-        Ok(self.db.get(conflict_key(key, fp))?.map(|v| be_u64(&v)))
+        Ok(self
+            .db
+            .get(self.index.conflict_key(key, fp))?
+            .map(|v| be_u64(&v)))
     }
 
     /// Fills an empty log at `config.path` with `records` — `(seq, record)` as [`EventLog::read_raw`] gave
@@ -286,6 +299,7 @@ impl SledLog {
     ) -> Result<SledLog, EventLogError> {
         {
             let db = open_sled(sled::Config::new().path(&config.path))?;
+            let index = Index::open(&db, keyring.clone())?;
             if db.scan_prefix([PREFIX_EVENT]).next().is_some() {
                 return Err(EventLogError::IndexCorrupt(format!(
                     "{} already holds a log; import only into an empty data dir",
@@ -314,7 +328,14 @@ impl SledLog {
                     .into());
                 }
                 let env = Envelope::decode(seq, &record, keyring.as_deref())?;
-                index_stored(&db, &mut blocks, &mut batch, keyring.as_deref(), &env)?;
+                index_stored(
+                    &db,
+                    &index,
+                    &mut blocks,
+                    &mut batch,
+                    keyring.as_deref(),
+                    &env,
+                )?;
                 pending.push(record);
                 next += 1;
                 batch_records += 1;
@@ -487,7 +508,7 @@ impl EventLog for SledLog {
     }
 
     fn lookup(&self, key: &DedupeKey) -> Result<Option<DedupeEntry>, EventLogError> {
-        let block = load_block(&self.db, key)?;
+        let block = load_block(&self.db, &self.index, key)?;
         Ok(block.get(&block_offset(key)).copied())
     }
 
@@ -553,6 +574,7 @@ struct Writer {
     commits: Arc<AtomicU64>,
     clock: Arc<dyn Clock>,
     keyring: Option<Arc<Keyring>>,
+    index: Index,
     group_events_max: usize,
 }
 
@@ -622,6 +644,7 @@ impl Writer {
             // Data keys are installed as they pass: later records of the same call may be sealed with them.
             index_stored(
                 &self.db,
+                &self.index,
                 &mut blocks,
                 &mut batch,
                 self.keyring.as_deref(),
@@ -669,11 +692,12 @@ impl Writer {
                     out.push(AppendOutcome::Appended { seq });
                     continue;
                 };
-                let bkey = block_key(&key);
+                let bkey = self.index.block_key(&key);
+                let entry_fp = self.index.entry_fingerprint(&p.fingerprint);
                 let (block, dirty) = match blocks.get_mut(&bkey) {
                     Some(b) => b,
                     None => {
-                        let b = load_block(&self.db, &key)?;
+                        let b = load_block(&self.db, &self.index, &key)?;
                         blocks.entry(bkey).or_insert((b, false))
                     }
                 };
@@ -683,7 +707,7 @@ impl Writer {
                             block_offset(&key),
                             DedupeEntry {
                                 seq,
-                                fingerprint: p.fingerprint,
+                                fingerprint: entry_fp,
                             },
                         );
                         *dirty = true;
@@ -693,14 +717,14 @@ impl Writer {
                         records.push(p.into_record(seq, recorded_at_ns));
                         out.push(AppendOutcome::Appended { seq });
                     }
-                    Some(e) if e.fingerprint == p.fingerprint => {
+                    Some(e) if e.fingerprint == entry_fp => {
                         out.push(AppendOutcome::Duplicate { seq: e.seq });
                     }
                     Some(e) => {
                         let evidence_seq = match p.event.conflict_evidence(e.seq) {
                             None => None,
                             Some(ev) => {
-                                let ckey = conflict_key(&key, &p.fingerprint);
+                                let ckey = self.index.conflict_key(&key, &p.fingerprint);
                                 let known = match evidence.get(&ckey) {
                                     Some((s, _)) => Some(*s),
                                     None => self.db.get(&ckey)?.map(|v| be_u64(&v)),
@@ -748,7 +772,8 @@ impl Writer {
             }
             for (s, k) in &data_keys {
                 batch.insert(
-                    data_key_index(&Keyring::key_id(&k.scope, k.generation)),
+                    self.index
+                        .data_key_index(&Keyring::key_id(&k.scope, k.generation)),
                     &s.to_be_bytes(),
                 );
             }
@@ -777,6 +802,7 @@ impl Writer {
 /// data key into `batch`, and the data key into `keyring` at once (later records may be sealed with it).
 fn index_stored(
     db: &sled::Db,
+    index: &Index,
     blocks: &mut BTreeMap<Vec<u8>, Block>,
     batch: &mut sled::Batch,
     keyring: Option<&Keyring>,
@@ -784,9 +810,9 @@ fn index_stored(
 ) -> Result<(), EventLogError> {
     let seq = env.seq;
     if let Some(key) = env.event.dedupe_key() {
-        let bkey = block_key(&key);
+        let bkey = index.block_key(&key);
         if !blocks.contains_key(&bkey) {
-            let b = load_block(db, &key)?;
+            let b = load_block(db, index, &key)?;
             blocks.insert(bkey.clone(), b);
         }
         let block = blocks.get_mut(&bkey).expect("just inserted");
@@ -804,7 +830,7 @@ fn index_stored(
             block_offset(&key),
             DedupeEntry {
                 seq,
-                fingerprint: env.fingerprint,
+                fingerprint: index.entry_fingerprint(&env.fingerprint),
             },
         );
     }
@@ -812,11 +838,11 @@ fn index_stored(
         let attempt = Event::ReadingRecorded(c.reading.clone());
         let key = attempt.dedupe_key().expect("readings have identities");
         let fp = fingerprint(&attempt.canonical().to_bytes());
-        batch.insert(conflict_key(&key, &fp), seq.to_be_bytes().to_vec());
+        batch.insert(index.conflict_key(&key, &fp), seq.to_be_bytes().to_vec());
     }
     if let Event::DataKeyIssued(k) = &env.event {
         batch.insert(
-            data_key_index(&Keyring::key_id(&k.scope, k.generation)),
+            index.data_key_index(&Keyring::key_id(&k.scope, k.generation)),
             &seq.to_be_bytes(),
         );
         if let Some(keyring) = keyring {
@@ -848,22 +874,23 @@ pub fn open_sled(config: sled::Config) -> Result<sled::Db, EventLogError> {
     }
 }
 
-fn data_key_index(key_id: &str) -> Vec<u8> {
-    let mut k = Vec::with_capacity(1 + key_id.len());
-    k.push(PREFIX_DATA_KEY);
-    k.extend_from_slice(key_id.as_bytes());
-    k
-}
-
 /// Unwraps every data key the log holds into `keyring`; without a keyring, a log holding keys is refused.
-fn install_data_keys(db: &sled::Db, keyring: Option<&Keyring>) -> Result<(), EventLogError> {
+fn install_data_keys(
+    db: &sled::Db,
+    index: &Index,
+    keyring: Option<&Keyring>,
+) -> Result<(), EventLogError> {
     for kv in db.scan_prefix([PREFIX_DATA_KEY]) {
         let (k, v) = kv?;
-        let key_id = String::from_utf8_lossy(&k[1..]).into_owned();
+        let seq = be_u64(&v);
+        // In the keyed layout the index key is a hash: the key is named by its event.
+        let key_id = match index.keyring {
+            Some(_) => format!("of event {seq}"),
+            None => String::from_utf8_lossy(&k[1..]).into_owned(),
+        };
         let Some(keyring) = keyring else {
             return Err(EventLogError::Keyring(KeyringError::UnknownKey { key_id }));
         };
-        let seq = be_u64(&v);
         let (first, segment) = db
             .range(event_key(0)..=event_key(seq))
             .next_back()
@@ -879,7 +906,19 @@ fn install_data_keys(db: &sled::Db, keyring: Option<&Keyring>) -> Result<(), Eve
                 seq,
                 reason: format!("data key {key_id} points outside its segment"),
             })?;
-        match Envelope::decode(seq, record, None)?.event {
+        // Sealed under the log's own key (derived from the master key), or plain in older logs.
+        // A record that does not open under the meta key of this master key: another master key (a
+        // corrupt record fails its CRC first).
+        let env = Envelope::decode(seq, record, Some(keyring)).map_err(|e| {
+            if e.reason.contains("not known to this node") || e.reason.contains("fails its check") {
+                EventLogError::Keyring(KeyringError::MasterKeyMismatch {
+                    key_id: format!("{key_id} (sealed under the log's own key)"),
+                })
+            } else {
+                e.into()
+            }
+        })?;
+        match env.event {
             Event::DataKeyIssued(issued) => {
                 keyring.install(&issued)?;
             }
@@ -942,25 +981,17 @@ fn segment_records(first_seq: u64, bytes: &[u8]) -> Result<Vec<&[u8]>, CorruptRe
     Ok(out)
 }
 
-fn block_key(key: &DedupeKey) -> Vec<u8> {
-    let mut k = Vec::with_capacity(1 + key.space.len() + 8);
-    k.push(PREFIX_DEDUPE);
-    k.extend_from_slice(&key.space);
-    k.extend_from_slice(&(key.slot / BLOCK_SLOTS).to_be_bytes());
-    k
-}
-
 fn block_offset(key: &DedupeKey) -> u8 {
     (key.slot % BLOCK_SLOTS) as u8
 }
 
-fn load_block(db: &sled::Db, key: &DedupeKey) -> Result<Block, EventLogError> {
-    match db.get(block_key(key))? {
+fn load_block(db: &sled::Db, index: &Index, key: &DedupeKey) -> Result<Block, EventLogError> {
+    match db.get(index.block_key(key))? {
         None => Ok(Block::new()),
         Some(v) => decode_block(&v).ok_or_else(|| {
             EventLogError::IndexCorrupt(format!(
-                "dedupe block {:?}/{} fails its check",
-                String::from_utf8_lossy(&key.space),
+                "dedupe block {}/{} fails its check",
+                index.space_name(key),
                 key.slot / BLOCK_SLOTS
             ))
         }),
@@ -1015,13 +1046,102 @@ fn be_u64(b: &[u8]) -> u64 {
     u64::from_be_bytes(b[..8].try_into().expect("8 bytes of sequence"))
 }
 
-fn conflict_key(key: &DedupeKey, fp: &Fingerprint) -> Vec<u8> {
-    let mut k = Vec::with_capacity(1 + key.space.len() + 8 + 32);
-    k.push(PREFIX_CONFLICT);
-    k.extend_from_slice(&key.space);
-    k.extend_from_slice(&key.slot.to_be_bytes());
-    k.extend_from_slice(fp);
-    k
+/// What marks a log whose index keys are keyed hashes.
+const INDEX_LAYOUT_KEY: &[u8] = b"m/index-layout";
+const INDEX_LAYOUT_KEYED: &[u8] = b"keyed-v1";
+
+/// How the log's index keys are made. With a keyring (the layout of every log made with one): the dedupe
+/// space, a conflicting fingerprint and a data key id are keyed hashes ([`Keyring::tag`]), and the
+/// fingerprints in dedupe blocks are too, so that no index key names a terminal, an enterprise, a
+/// manifest or a container, and no stored fingerprint can be matched against a guessed reading. Without
+/// (a log without a master key, or one made before this layout), they are in the clear.
+#[derive(Clone)]
+struct Index {
+    keyring: Option<Arc<Keyring>>,
+}
+
+impl Index {
+    /// The layout of the log in `db`: keyed when it says so, or when it is new and a keyring is given
+    /// (then recorded); in the clear for a log made without one.
+    fn open(db: &sled::Db, keyring: Option<Arc<Keyring>>) -> Result<Index, EventLogError> {
+        let Some(keyring) = keyring else {
+            return Ok(Index { keyring: None });
+        };
+        if db.get(INDEX_LAYOUT_KEY)?.as_deref() == Some(INDEX_LAYOUT_KEYED) {
+            return Ok(Index {
+                keyring: Some(keyring),
+            });
+        }
+        if db.scan_prefix([PREFIX_EVENT]).next().is_some() {
+            tracing::warn!(
+                "this event log was made before its index keys were keyed hashes: they name terminals and \
+                 enterprises in the clear. Export it and import it into an empty data dir \
+                 (`custodian log export`, `custodian log import`) to rewrite them"
+            );
+            return Ok(Index { keyring: None });
+        }
+        db.insert(INDEX_LAYOUT_KEY, INDEX_LAYOUT_KEYED)?;
+        Ok(Index {
+            keyring: Some(keyring),
+        })
+    }
+
+    /// The dedupe space as stored.
+    fn space(&self, key: &DedupeKey) -> Vec<u8> {
+        match &self.keyring {
+            Some(k) => k
+                .tag(&[b"dedupe space\0".as_slice(), &key.space].concat())
+                .to_vec(),
+            None => key.space.clone(),
+        }
+    }
+
+    /// The space for messages: itself in the clear, its hash otherwise.
+    fn space_name(&self, key: &DedupeKey) -> String {
+        match &self.keyring {
+            Some(_) => format!("#{}", hex::encode(self.space(key))),
+            None => format!("{:?}", String::from_utf8_lossy(&key.space)),
+        }
+    }
+
+    fn block_key(&self, key: &DedupeKey) -> Vec<u8> {
+        let space = self.space(key);
+        let mut k = Vec::with_capacity(1 + space.len() + 8);
+        k.push(PREFIX_DEDUPE);
+        k.extend_from_slice(&space);
+        k.extend_from_slice(&(key.slot / BLOCK_SLOTS).to_be_bytes());
+        k
+    }
+
+    fn conflict_key(&self, key: &DedupeKey, fp: &Fingerprint) -> Vec<u8> {
+        let space = self.space(key);
+        let mut k = Vec::with_capacity(1 + space.len() + 8 + 32);
+        k.push(PREFIX_CONFLICT);
+        k.extend_from_slice(&space);
+        k.extend_from_slice(&key.slot.to_be_bytes());
+        match &self.keyring {
+            Some(r) => k.extend_from_slice(&r.tag(&[b"conflict\0".as_slice(), fp].concat())),
+            None => k.extend_from_slice(fp),
+        }
+        k
+    }
+
+    fn data_key_index(&self, key_id: &str) -> Vec<u8> {
+        let mut k = vec![PREFIX_DATA_KEY];
+        match &self.keyring {
+            Some(r) => k.extend_from_slice(&r.tag(&[b"data key\0", key_id.as_bytes()].concat())),
+            None => k.extend_from_slice(key_id.as_bytes()),
+        }
+        k
+    }
+
+    /// What a dedupe block stores for a fingerprint.
+    fn entry_fingerprint(&self, fp: &Fingerprint) -> Fingerprint {
+        match &self.keyring {
+            Some(r) => r.tag_long(&[b"dedupe fingerprint\0".as_slice(), fp].concat()),
+            None => *fp,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -162,14 +162,17 @@ impl EdgeRuntime {
         );
         let outbox_dir = data_dir.join("outbox");
         let bytes_max = config.outbox_bytes_max;
-        let outbox = tokio::task::spawn_blocking(move || Outbox::open(&outbox_dir, bytes_max))
-            .await?
-            .with_context(|| {
-                format!(
-                    "cannot open the outbox in {}",
-                    data_dir.join("outbox").display()
-                )
-            })?;
+        let keys =
+            outbox::OutboxKeys::new(&state.keyring.derive("edge outbox"), state.entropy.clone());
+        let outbox =
+            tokio::task::spawn_blocking(move || Outbox::open(&outbox_dir, bytes_max, keys))
+                .await?
+                .with_context(|| {
+                    format!(
+                        "cannot open the outbox in {}",
+                        data_dir.join("outbox").display()
+                    )
+                })?;
         let pinned_key_file = data_dir.join("upstream_public_key.pem");
         let upstream_key = match &config.upstream_public_key_file {
             Some(f) => Some(read_public_key(f)?),

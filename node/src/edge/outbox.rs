@@ -7,19 +7,25 @@
 //!
 //! | key | value |
 //! |---|---|
-//! | `m` + name | counters: `checkpoint`, `bytes`, `uploads`, `anomalies`, `dead` (u64 BE) |
-//! | `q` + terminal + `0x00` + log seq (u64 BE) | a waiting upload: the signed body, the signature, the seqs the edge accepted |
+//! | `m` + name | counters: `checkpoint`, `bytes`, `uploads`, `anomalies`, `dead` (u64 BE); `mlayout` |
+//! | `q` + terminal's name hash (16 bytes) + log seq (u64 BE) | a waiting upload: the signed body, the signature, the seqs the edge accepted |
 //! | `a` + log seq | a waiting anomaly (rkyv `AnomalyDetected`) |
 //! | `x` + log seq | a dead letter: an upload the platform refused, with its reason |
 //! | `l` + log seq | a local anomaly, for `GET /v1/anomalies` at the edge (the newest `LOCAL_ANOMALIES_MAX`) |
 //!
+//! Nothing in it is readable without the master key: a terminal is named by a keyed hash of its id
+//! (HMAC-SM3 under a key derived from the master key), and every `q`, `a`, `x` and `l` value is sealed
+//! (SM4-GCM, the sled key as associated data, [`OutboxKeys`]). An outbox of the older layout (terminal ids
+//! and values in the clear) is rewritten into this one when it is opened.
+//!
 //! Per terminal the `q` keys sort by log sequence: a FIFO per terminal. Every change is one atomic sled
 //! batch, counters included.
 
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use custodian_events::Event;
+use custodian_events::crypto::{Entropy, GCM_NONCE_LEN, Sm4GcmKey, hmac_sm3};
 use custodian_events::domain::AnomalyDetected;
 use custodian_events::envelope::Envelope;
 use serde::{Deserialize, Serialize};
@@ -170,9 +176,67 @@ pub struct Counts {
     pub dead_letters: u64,
 }
 
+/// The keys the outbox seals its values and hashes terminal ids with, derived from one secret (the
+/// edge derives it from its master key, [`custodian_events::keyring::Keyring::derive`]).
+pub struct OutboxKeys {
+    seal: Sm4GcmKey,
+    names: [u8; 32],
+    entropy: Arc<dyn Entropy>,
+}
+
+impl OutboxKeys {
+    pub fn new(secret: &[u8; 32], entropy: Arc<dyn Entropy>) -> OutboxKeys {
+        let seal = hmac_sm3(secret, b"outbox seal");
+        OutboxKeys {
+            seal: Sm4GcmKey::new(seal[..16].try_into().expect("16 bytes")),
+            names: hmac_sm3(secret, b"outbox names"),
+            entropy,
+        }
+    }
+
+    /// `nonce ‖ SM4-GCM(plain)`, bound to `key`.
+    fn seal(&self, key: &[u8], plain: &[u8]) -> Vec<u8> {
+        let mut nonce = [0u8; GCM_NONCE_LEN];
+        self.entropy.fill(&mut nonce);
+        let mut out = nonce.to_vec();
+        out.extend(self.seal.seal(&nonce, key, plain));
+        out
+    }
+
+    fn open(&self, key: &[u8], sealed: &[u8]) -> Result<Vec<u8>, sled::Error> {
+        let bad = |why: &str| {
+            sled::Error::Unsupported(format!(
+                "an outbox value does not open ({why}): a wrong master key, or damage"
+            ))
+        };
+        if sealed.len() < GCM_NONCE_LEN {
+            return Err(bad("too short"));
+        }
+        let (nonce, body) = sealed.split_at(GCM_NONCE_LEN);
+        self.seal
+            .open(nonce.try_into().expect("12 bytes"), key, body)
+            .map_err(|e| bad(&e.to_string()))
+    }
+
+    /// The 16 bytes a terminal is named by.
+    fn terminal(&self, terminal: &str) -> [u8; NAME_LEN] {
+        hmac_sm3(&self.names, terminal.as_bytes())[..NAME_LEN]
+            .try_into()
+            .expect("16 bytes")
+    }
+}
+
+/// Bytes of a terminal's name hash in a `q` key.
+const NAME_LEN: usize = 16;
+
+/// Marks an outbox of this layout.
+const LAYOUT_KEY: &[u8] = b"mlayout";
+const LAYOUT_SEALED: &[u8] = b"sealed-v1";
+
 pub struct Outbox {
     db: sled::Db,
     tree: sled::Tree,
+    keys: OutboxKeys,
     bytes_max: u64,
     /// Serialises writers, so that the counters move with the entries.
     write: Mutex<()>,
@@ -192,11 +256,11 @@ fn u64_of(v: Option<sled::IVec>) -> u64 {
         .unwrap_or(0)
 }
 
-fn upload_key(terminal: &str, log_seq: u64) -> Vec<u8> {
-    let mut k = Vec::with_capacity(terminal.len() + 10);
+/// An upload's key: `q`, the terminal's name hash, the log sequence.
+fn upload_key(name: &[u8; NAME_LEN], log_seq: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + NAME_LEN + 8);
     k.push(b'q');
-    k.extend_from_slice(terminal.as_bytes());
-    k.push(0);
+    k.extend_from_slice(name);
     k.extend_from_slice(&log_seq.to_be_bytes());
     k
 }
@@ -230,8 +294,13 @@ struct Delta {
 }
 
 impl Outbox {
-    /// Opens (or makes) the outbox at `path`, holding at most `bytes_max` bytes.
-    pub fn open(path: &std::path::Path, bytes_max: u64) -> Result<Outbox, sled::Error> {
+    /// Opens (or makes) the outbox at `path`, holding at most `bytes_max` bytes, its values sealed with
+    /// `keys`.
+    pub fn open(
+        path: &std::path::Path,
+        bytes_max: u64,
+        keys: OutboxKeys,
+    ) -> Result<Outbox, sled::Error> {
         let config = sled::Config::new()
             .path(path)
             .cache_capacity(64 * 1024 * 1024);
@@ -250,6 +319,9 @@ impl Outbox {
             }
         };
         let tree = db.open_tree("outbox")?;
+        if tree.get(LAYOUT_KEY)?.as_deref() != Some(LAYOUT_SEALED) {
+            rewrite_clear_layout(&tree, &keys)?;
+        }
         let get = |name: &str| -> Result<u64, sled::Error> {
             Ok(u64_of(
                 tree.get([b"m".as_slice(), name.as_bytes()].concat())?,
@@ -263,6 +335,7 @@ impl Outbox {
             dead: AtomicU64::new(get("dead")?),
             db,
             tree,
+            keys,
             bytes_max,
             write: Mutex::new(()),
             cursor: Mutex::new(Vec::new()),
@@ -333,11 +406,11 @@ impl Outbox {
         for item in items {
             match item {
                 Fed::Upload { log_seq, entry } => {
-                    let key = upload_key(&entry.terminal_id, *log_seq);
+                    let key = upload_key(&self.keys.terminal(&entry.terminal_id), *log_seq);
                     if self.tree.contains_key(&key)? {
                         continue;
                     }
-                    let value = encode(entry);
+                    let value = self.keys.seal(&key, &encode(entry));
                     d.bytes += (key.len() + value.len()) as i64;
                     d.uploads += 1;
                     batch.insert(key, value);
@@ -351,9 +424,11 @@ impl Outbox {
                     if self.tree.contains_key(&key)? {
                         continue;
                     }
-                    let value = rkyv::to_bytes::<rkyv::rancor::Error>(anomaly)
-                        .expect("an anomaly encodes")
-                        .to_vec();
+                    let value = self.keys.seal(
+                        &key,
+                        &rkyv::to_bytes::<rkyv::rancor::Error>(anomaly)
+                            .expect("an anomaly encodes"),
+                    );
                     d.bytes += (key.len() + value.len()) as i64;
                     d.anomalies += 1;
                     batch.insert(key, value);
@@ -369,10 +444,11 @@ impl Outbox {
                         description: custodian_projections::describe::anomaly_description(anomaly),
                         detected_at_ns: *recorded_at_ns,
                     };
-                    batch.insert(
-                        seq_key(b'l', *log_seq),
-                        serde_json::to_vec(&local).expect("json"),
-                    );
+                    let lkey = seq_key(b'l', *log_seq);
+                    let lvalue = self
+                        .keys
+                        .seal(&lkey, &serde_json::to_vec(&local).expect("json"));
+                    batch.insert(lkey, lvalue);
                     locals += 1;
                 }
             }
@@ -413,8 +489,8 @@ impl Outbox {
         let end = seq_key(b'l', before.unwrap_or(u64::MAX));
         let mut out = Vec::new();
         for kv in self.tree.range(b"l".to_vec()..end).rev() {
-            let (_, v) = kv?;
-            if let Ok(a) = serde_json::from_slice::<LocalAnomaly>(&v) {
+            let (k, v) = kv?;
+            if let Ok(a) = serde_json::from_slice::<LocalAnomaly>(&self.keys.open(&k, &v)?) {
                 out.push(a);
             }
             if out.len() >= limit {
@@ -430,6 +506,7 @@ impl Outbox {
         let mut batch = Batch::default();
         for kv in self.tree.scan_prefix(b"a").take(limits.anomalies_max) {
             let (k, v) = kv?;
+            let v = self.keys.open(&k, &v)?;
             let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(v.len());
             aligned.extend_from_slice(&v);
             let a = rkyv::from_bytes::<AnomalyDetected, rkyv::rancor::Error>(&aligned).map_err(
@@ -438,7 +515,8 @@ impl Outbox {
             batch.anomalies.push((log_seq_of(&k), a));
         }
         let cursor = self.cursor.lock().expect("cursor lock").clone();
-        let after = |terminal: &[u8]| [b"q".as_slice(), terminal, &[1u8]].concat();
+        // Past every key of a terminal (they are all `q` + name + 8 bytes).
+        let after = |terminal: &[u8]| [b"q".as_slice(), terminal, &[0xff; 9]].concat();
         let mut from = if cursor.is_empty() {
             b"q".to_vec()
         } else {
@@ -461,13 +539,17 @@ impl Outbox {
                     continue;
                 }
             };
-            let end = key.iter().position(|b| *b == 0).unwrap_or(key.len());
-            let terminal = key[1..end].to_vec();
+            let Some(terminal) = key.get(1..1 + NAME_LEN).map(<[u8]>::to_vec) else {
+                return Err(sled::Error::Unsupported(format!(
+                    "an outbox key of {} bytes",
+                    key.len()
+                )));
+            };
             if first.as_deref() == Some(terminal.as_slice()) {
                 break;
             }
             first.get_or_insert_with(|| terminal.clone());
-            let prefix = [b"q".as_slice(), &terminal, &[0u8]].concat();
+            let prefix = [b"q".as_slice(), &terminal].concat();
             for kv in self.tree.scan_prefix(&prefix).take(limits.per_terminal_max) {
                 let (k, v) = kv?;
                 if batch.uploads.len() >= limits.uploads_max
@@ -476,7 +558,9 @@ impl Outbox {
                     break 'terminals;
                 }
                 bytes += v.len();
-                batch.uploads.push((log_seq_of(&k), decode::<Entry>(&v)?));
+                batch
+                    .uploads
+                    .push((log_seq_of(&k), decode::<Entry>(&self.keys.open(&k, &v)?)?));
                 last_served = terminal.clone();
             }
             from = after(&terminal);
@@ -491,7 +575,7 @@ impl Outbox {
         let mut batch = sled::Batch::default();
         let mut d = Delta::default();
         for (log_seq, terminal) in uploads {
-            let key = upload_key(terminal, *log_seq);
+            let key = upload_key(&self.keys.terminal(terminal), *log_seq);
             if let Some(v) = self.tree.get(&key)? {
                 d.bytes -= (key.len() + v.len()) as i64;
                 d.uploads -= 1;
@@ -519,19 +603,22 @@ impl Outbox {
         at_ns: i64,
     ) -> Result<(), sled::Error> {
         let _w = self.write.lock().expect("outbox lock");
-        let key = upload_key(terminal, log_seq);
+        let key = upload_key(&self.keys.terminal(terminal), log_seq);
         let Some(v) = self.tree.get(&key)? else {
             return Ok(());
         };
-        let entry: Entry = decode(&v)?;
-        let letter = encode(&DeadLetter {
-            log_seq,
-            entry,
-            code: code.to_owned(),
-            message: message.to_owned(),
-            at_ns,
-        });
+        let entry: Entry = decode(&self.keys.open(&key, &v)?)?;
         let dkey = seq_key(b'x', log_seq);
+        let letter = self.keys.seal(
+            &dkey,
+            &encode(&DeadLetter {
+                log_seq,
+                entry,
+                code: code.to_owned(),
+                message: message.to_owned(),
+                at_ns,
+            }),
+        );
         let mut batch = sled::Batch::default();
         let d = Delta {
             bytes: (dkey.len() + letter.len()) as i64 - (key.len() + v.len()) as i64,
@@ -549,7 +636,10 @@ impl Outbox {
         self.tree
             .scan_prefix(b"x")
             .take(limit)
-            .map(|kv| decode::<DeadLetter>(&kv?.1))
+            .map(|kv| {
+                let (k, v) = kv?;
+                decode::<DeadLetter>(&self.keys.open(&k, &v)?)
+            })
             .collect()
     }
 
@@ -560,9 +650,12 @@ impl Outbox {
         let mut d = Delta::default();
         for kv in self.tree.scan_prefix(b"x") {
             let (k, v) = kv?;
-            let letter: DeadLetter = decode(&v)?;
-            let key = upload_key(&letter.entry.terminal_id, letter.log_seq);
-            let value = encode(&letter.entry);
+            let letter: DeadLetter = decode(&self.keys.open(&k, &v)?)?;
+            let key = upload_key(
+                &self.keys.terminal(&letter.entry.terminal_id),
+                letter.log_seq,
+            );
+            let value = self.keys.seal(&key, &encode(&letter.entry));
             d.bytes += (key.len() + value.len()) as i64 - (k.len() + v.len()) as i64;
             d.uploads += 1;
             d.dead -= 1;
@@ -621,6 +714,46 @@ impl Outbox {
     pub fn size_on_disk(&self) -> u64 {
         self.db.size_on_disk().unwrap_or(0)
     }
+}
+
+/// Rewrites an outbox of the older layout (`q` + terminal id + `0x00` + seq, values in the clear) into
+/// this one, in one atomic batch, and marks it. What waits is kept: it is not yet acknowledged. (sled
+/// may keep the old bytes in its files until it reclaims them.)
+fn rewrite_clear_layout(tree: &sled::Tree, keys: &OutboxKeys) -> Result<(), sled::Error> {
+    let mut batch = sled::Batch::default();
+    let mut rewritten = 0u64;
+    let mut bytes: i64 = 0;
+    for kv in tree.iter() {
+        let (k, v) = kv?;
+        let new_key = match k.first() {
+            Some(b'q') => {
+                let entry: Entry = decode(&v)?;
+                upload_key(&keys.terminal(&entry.terminal_id), log_seq_of(&k))
+            }
+            Some(b'a' | b'x' | b'l') => k.to_vec(),
+            _ => continue,
+        };
+        let value = keys.seal(&new_key, &v);
+        bytes += (new_key.len() + value.len()) as i64 - (k.len() + v.len()) as i64;
+        batch.remove(k);
+        batch.insert(new_key, value);
+        rewritten += 1;
+    }
+    if rewritten > 0 {
+        let held = u64_of(tree.get(b"mbytes")?) as i64;
+        batch.insert(
+            b"mbytes".as_slice(),
+            &((held + bytes).max(0) as u64).to_be_bytes(),
+        );
+        tracing::warn!(
+            entries = rewritten,
+            "the edge's outbox was of the older layout (terminal ids and uploads in the clear); rewritten sealed"
+        );
+    }
+    batch.insert(LAYOUT_KEY, LAYOUT_SEALED);
+    tree.apply_batch(batch)?;
+    tree.flush()?;
+    Ok(())
 }
 
 #[cfg(test)]

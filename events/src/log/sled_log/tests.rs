@@ -273,9 +273,10 @@ fn broken_segment_framing_is_reported_and_a_corrupt_index_refused() {
         v[1] = 9; // the segment now claims nine records
         db.insert(event_key(1), v).unwrap();
         let key = crate::event::dedupe_key_reading(&TerminalId::parse("T-1").unwrap(), 3);
-        let mut b = db.get(block_key(&key)).unwrap().unwrap().to_vec();
+        let index = Index { keyring: None };
+        let mut b = db.get(index.block_key(&key)).unwrap().unwrap().to_vec();
         b[6] ^= 1;
-        db.insert(block_key(&key), b).unwrap();
+        db.insert(index.block_key(&key), b).unwrap();
         db.flush().unwrap();
     }
     let log = open(dir.path());

@@ -122,7 +122,7 @@ fn limits(per_terminal: usize, uploads: usize) -> BatchLimits {
 #[test]
 fn batches_serve_terminals_round_robin_each_in_order_anomalies_first() {
     let dir = tempfile::tempdir().unwrap();
-    let ob = Outbox::open(dir.path(), 1 << 30).unwrap();
+    let ob = Outbox::open(dir.path(), 1 << 30, keys()).unwrap();
     let mut items = Vec::new();
     // T-A has a long backlog; T-B and T-C a little live data.
     for i in 0..10 {
@@ -159,8 +159,11 @@ fn batches_serve_terminals_round_robin_each_in_order_anomalies_first() {
         .iter()
         .map(|(s, e)| (*s, e.terminal_id.clone()))
         .collect();
+    // Terminals come in the order of their keyed names, each one's readings together and in order.
+    let mut sorted = got.clone();
+    sorted.sort_by(|a, b| a.1.cmp(&b.1).then(a.0.cmp(&b.0)));
     assert_eq!(
-        got,
+        sorted,
         vec![
             (100, "T-A".into()),
             (101, "T-A".into()),
@@ -168,8 +171,19 @@ fn batches_serve_terminals_round_robin_each_in_order_anomalies_first() {
             (300, "T-C".into()),
             (301, "T-C".into())
         ],
-        "two of T-A's backlog, then the others"
+        "two of T-A's backlog, and the others"
     );
+    for t in ["T-A", "T-B", "T-C"] {
+        let at: Vec<usize> = (0..got.len()).filter(|i| got[*i].1 == t).collect();
+        assert!(
+            at.windows(2).all(|w| w[1] == w[0] + 1),
+            "{t} together: {got:?}"
+        );
+        assert!(
+            at.windows(2).all(|w| got[w[0]].0 < got[w[1]].0),
+            "{t} in order: {got:?}"
+        );
+    }
     let done: Vec<(u64, &str)> = b
         .uploads
         .iter()
@@ -206,7 +220,7 @@ fn counters_survive_reopen_feeding_twice_counts_once_and_dead_letters_go_back() 
         },
     ];
     {
-        let ob = Outbox::open(dir.path(), 1 << 30).unwrap();
+        let ob = Outbox::open(dir.path(), 1 << 30, keys()).unwrap();
         ob.feed(&items, 2).unwrap();
         ob.feed(&items, 2).unwrap(); // after a crash, the feeder reads the log again
         assert_eq!(ob.counts().uploads, 2);
@@ -214,7 +228,7 @@ fn counters_survive_reopen_feeding_twice_counts_once_and_dead_letters_go_back() 
             .unwrap();
         ob.flush().unwrap();
     }
-    let ob = Outbox::open(dir.path(), 1 << 30).unwrap();
+    let ob = Outbox::open(dir.path(), 1 << 30, keys()).unwrap();
     let c = ob.counts();
     assert_eq!((c.uploads, c.dead_letters, c.checkpoint), (1, 1, 2));
     assert!(c.bytes > 0);
@@ -234,7 +248,7 @@ fn counters_survive_reopen_feeding_twice_counts_once_and_dead_letters_go_back() 
 #[test]
 fn a_full_outbox_says_so() {
     let dir = tempfile::tempdir().unwrap();
-    let ob = Outbox::open(dir.path(), 100).unwrap();
+    let ob = Outbox::open(dir.path(), 100, keys()).unwrap();
     assert!(!ob.full());
     let big = Entry {
         body: vec![b'x'; 200],
@@ -254,7 +268,7 @@ fn a_full_outbox_says_so() {
 #[test]
 fn discarding_dead_letters_frees_their_bytes_and_leaves_the_rest() {
     let dir = tempfile::tempdir().unwrap();
-    let ob = Outbox::open(dir.path(), 1 << 30).unwrap();
+    let ob = Outbox::open(dir.path(), 1 << 30, keys()).unwrap();
     let items: Vec<Fed> = (1..=4)
         .map(|seq| Fed::Upload {
             log_seq: seq,
@@ -299,11 +313,50 @@ fn discarding_dead_letters_frees_their_bytes_and_leaves_the_rest() {
     assert_eq!(ob.counts().bytes, 0, "every byte accounted for");
     ob.flush().unwrap();
     drop(ob);
-    let ob = Outbox::open(dir.path(), 1 << 30).unwrap();
+    let ob = Outbox::open(dir.path(), 1 << 30, keys()).unwrap();
     let c = ob.counts();
     assert_eq!(
         (c.dead_letters, c.uploads, c.bytes),
         (0, 0, 0),
         "after reopening"
     );
+}
+
+fn keys() -> OutboxKeys {
+    OutboxKeys::new(
+        &[9; 32],
+        std::sync::Arc::new(custodian_events::crypto::OsEntropy),
+    )
+}
+
+#[test]
+fn an_outbox_of_the_clear_layout_is_rewritten_sealed_and_keeps_what_waits() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        // What an outbox held before it was sealed: the terminal id in the key, the upload in the clear.
+        let db = sled::open(dir.path()).unwrap();
+        let tree = db.open_tree("outbox").unwrap();
+        let mut k = b"qT-CLEAR-1\0".to_vec();
+        k.extend_from_slice(&7u64.to_be_bytes());
+        tree.insert(k, encode(&entry("T-CLEAR-1", &[1, 2])))
+            .unwrap();
+        tree.insert(b"muploads", &1u64.to_be_bytes()).unwrap();
+        db.flush().unwrap();
+    }
+    let ob = Outbox::open(dir.path(), 1 << 30, keys()).unwrap();
+    let b = ob.next_batch(limits(10, 10)).unwrap();
+    assert_eq!(b.uploads.len(), 1);
+    assert_eq!(b.uploads[0].0, 7);
+    assert_eq!(b.uploads[0].1, entry("T-CLEAR-1", &[1, 2]));
+    for kv in ob.tree.iter() {
+        let (k, v) = kv.unwrap();
+        for bytes in [&k[..], &v[..]] {
+            assert!(
+                !bytes.windows(9).any(|w| w == b"T-CLEAR-1"),
+                "the terminal id rests in the clear"
+            );
+        }
+    }
+    ob.remove(&[(7, "T-CLEAR-1")], &[]).unwrap();
+    assert_eq!(ob.counts().uploads, 0);
 }

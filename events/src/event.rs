@@ -17,6 +17,35 @@ pub const SCHEMA_VERSION: u16 = 1;
 /// The longest enterprise name accepted, in characters.
 pub const NAME_CHARS_MAX: usize = 200;
 
+/// Why a free text is refused ([`check_text`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TextError {
+    #[error("must have 1 ..= {max} characters")]
+    Length { max: usize },
+    #[error(
+        "contains the control character U+{0:04X}; only tab and line breaks are allowed in text"
+    )]
+    Control(u32),
+}
+
+/// Checks a free text a person typed (a name, a note, an author): 1 ..= `max` characters after trimming,
+/// and no control characters but tab, line feed and carriage return (and none of those where `one_line`).
+/// NUL in particular: PostgreSQL's `text` cannot hold it, so an event carrying one would stall the read
+/// model that stores it.
+pub fn check_text(s: &str, max: usize, one_line: bool) -> Result<(), TextError> {
+    let n = s.chars().count();
+    if n == 0 || n > max {
+        return Err(TextError::Length { max });
+    }
+    match s
+        .chars()
+        .find(|&c| c.is_control() && (one_line || !matches!(c, '\t' | '\n' | '\r')))
+    {
+        Some(c) => Err(TextError::Control(c as u32)),
+        None => Ok(()),
+    }
+}
+
 /// The largest capacity a terminal or enterprise may register, in kg (a million tonnes).
 pub const CAPACITY_KG_MAX: f64 = 1.0e9;
 
@@ -771,11 +800,8 @@ impl EnterpriseRegistered {
         let id = EnterpriseId::parse(&raw.id)
             .map_err(|e| Rejection::new("invalid_id", format!("id {:?}: {e}", raw.id)))?;
         let name = raw.name.trim();
-        if name.is_empty() || name.chars().count() > NAME_CHARS_MAX {
-            return Err(Rejection::new(
-                "invalid_name",
-                format!("name must have 1 ..= {NAME_CHARS_MAX} characters"),
-            ));
+        if let Err(e) = check_text(name, NAME_CHARS_MAX, true) {
+            return Err(Rejection::new("invalid_name", format!("name {e}")));
         }
         if !is_division_code(&raw.province_code) || !raw.province_code.ends_with("0000") {
             return Err(Rejection::new(

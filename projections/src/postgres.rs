@@ -26,6 +26,13 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 /// China Standard Time, the offset of the days KPIs are kept by.
 pub const DAY_OFFSET_S: i64 = 8 * 3600;
 
+/// A text as PostgreSQL's `text` can hold it: NUL, which it cannot, as U+FFFD. The API refuses control
+/// characters in text (`check_text`), but a log written before it did may hold one; the read model must
+/// not stall on it.
+fn pg_text(s: &str) -> String {
+    s.replace('\0', "\u{FFFD}")
+}
+
 /// The CST day (days since 1970-01-01) of an instant.
 pub fn day_of(ns: i64) -> i32 {
     (ns.div_euclid(1_000_000_000) + DAY_OFFSET_S).div_euclid(86_400) as i32
@@ -588,7 +595,7 @@ impl Rows {
             match &env.event {
                 Event::EnterpriseRegistered(e) => rows.enterprises.push((
                     e.id.to_string(),
-                    e.name.clone(),
+                    pg_text(&e.name),
                     e.province_code.clone(),
                     e.city_code.clone(),
                     e.storage_capacity_mg,
@@ -757,7 +764,7 @@ impl Rows {
                             .collect::<Vec<_>>()
                             .join(","),
                         declared_mg: m.declared_mg,
-                        notes: m.notes.clone(),
+                        notes: m.notes.as_deref().map(pg_text),
                         seq,
                         at_ns: at,
                     });
@@ -777,8 +784,8 @@ impl Rows {
                         seq,
                         n.enterprise_id.to_string(),
                         n.container_id.as_ref().map(ToString::to_string),
-                        n.author.clone(),
-                        n.text.clone(),
+                        pg_text(&n.author),
+                        pg_text(&n.text),
                         n.filed_at_ns,
                     ));
                 }
@@ -791,7 +798,7 @@ impl Rows {
                 Event::AnomalyHandled(h) => rows.handled.push((
                     h.anomaly_id.clone(),
                     h.state.name(),
-                    h.note.clone(),
+                    pg_text(&h.note),
                     h.by.clone(),
                     h.at_ns,
                 )),

@@ -397,6 +397,62 @@ async fn every_tier_sees_exactly_its_scope() {
         get(&n, "/v1/anomalies?from=yesterday").await.unwrap_err().0,
         400
     );
+    // Bad input is the caller's error (4xx), never the read model's (5xx) or a panic: a NUL byte anywhere
+    // in the URL (PostgreSQL's text cannot hold one), days and instants out of range, a huge Last-Event-ID.
+    for path in [
+        "/v1/anomalies?kind=%00weight_fluctuation",
+        "/v1/anomalies?province_code=%00",
+        "/v1/anomalies?enterprise_id=E-A%00",
+        "/v1/enterprises?province_code=%0044",
+        "/v1/enterprises?city_code=%00&cursor=%00",
+        "/v1/enterprises/E-A%00",
+        "/v1/enterprises/%00/kpis",
+        "/v1/containers/C%00",
+        "/v1/manifests/%00",
+    ] {
+        let (status, v) = get(&n, path).await.unwrap_err();
+        assert_eq!(
+            (status, v["code"].as_str()),
+            (400, Some("invalid_url")),
+            "{path}: {v}"
+        );
+    }
+    for path in [
+        "/v1/enterprises/E-A/kpis?from=-9999-01-01",
+        "/v1/enterprises/E-A/kpis?from=9999-12-31T16:00:00Z",
+        "/v1/enterprises/E-A/kpis?to=9999-12-31T23:59:59-23:59",
+        "/v1/anomalies?from=9999-12-31T00:00:00Z",
+        "/v1/terminals/T-A/readings?from=1700-01-01T00:00:00Z&to=2200-01-01T00:00:00Z&every=1d",
+        "/v1/terminals/T-A/readings?from=0001-01-01T00:00:00Z&to=9999-01-01T00:00:00Z",
+    ] {
+        let (status, v) = get(&n, path).await.unwrap_err();
+        assert_eq!(status, 400, "{path}: {v}");
+    }
+    let resp = reqwest::Client::new()
+        .get(format!("{}/v1/anomalies/stream", node.url()))
+        .bearer_auth(&national)
+        .header("last-event-id", u64::MAX.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 400, "Last-Event-ID u64::MAX");
+    for (path, body) in [
+        (
+            "/v1/notes",
+            json!({"enterprise_id": "E-A", "author": "x", "text": "a\u{0}b"}),
+        ),
+        (
+            "/v1/notes",
+            json!({"enterprise_id": "E-A", "author": "x\u{0}", "text": "b"}),
+        ),
+        (
+            "/v1/enterprises",
+            json!({"id": "E-NUL", "name": "N\u{0}", "province_code": "440000", "city_code": "440100", "storage_capacity_kg": 1.0}),
+        ),
+    ] {
+        let (status, v) = admin.post_admin(path, &body).await.unwrap();
+        assert_eq!(status, 422, "{path} {body}: {v}");
+    }
     let (status, v) = get(&as_("cst1.forged.token"), "/v1/enterprises")
         .await
         .unwrap_err();

@@ -89,16 +89,12 @@ impl ManifestOpened {
         }
         let notes = match raw.notes.as_deref().map(str::trim) {
             None | Some("") => None,
-            Some(n) if n.chars().count() > crate::event::NOTE_CHARS_MAX => {
-                return Err(Rejection::new(
-                    "value_out_of_range",
-                    format!(
-                        "notes has more than {} characters",
-                        crate::event::NOTE_CHARS_MAX
-                    ),
-                ));
-            }
-            Some(n) => Some(n.to_owned()),
+            Some(n) => match crate::event::check_text(n, crate::event::NOTE_CHARS_MAX, false) {
+                Ok(()) => Some(n.to_owned()),
+                Err(e) => {
+                    return Err(Rejection::new("value_out_of_range", format!("notes {e}")));
+                }
+            },
         };
         Ok(ManifestOpened {
             notes,

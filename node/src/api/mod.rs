@@ -7,6 +7,7 @@ mod events;
 pub mod ingest;
 pub mod query;
 pub mod registry;
+mod url_check;
 
 use std::sync::Arc;
 
@@ -224,6 +225,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             state.clone(),
             query::cache,
         ))
+        .layer(axum::middleware::from_fn(url_check::refuse_nul))
         .layer(axum::middleware::from_fn(drain::drain_unread_body))
         .with_state(state)
 }

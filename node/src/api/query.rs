@@ -308,15 +308,23 @@ pub struct KpisQuery {
     to: Option<String>,
 }
 
+/// The first and last day `from` and `to` of the KPIs may name.
+const KPI_DAY_FIRST: time::Date = time::macros::date!(1970 - 01 - 01);
+const KPI_DAY_LAST: time::Date = time::macros::date!(9999 - 12 - 31);
+
 /// A `YYYY-MM-DD` day, or the China Standard Time day of an RFC 3339 instant.
 fn day(s: &str) -> Result<time::Date, ApiError> {
     let fmt = time::macros::format_description!("[year]-[month]-[day]");
     if let Ok(d) = time::Date::parse(s, &fmt) {
         return Ok(d);
     }
+    // `time` parses years of 4 digits only; an instant's day may still be out of the read model's range,
+    // checked by the caller.
     time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
-        .map(|t| t.to_offset(time::macros::offset!(+8)).date())
-        .map_err(|_| {
+        .ok()
+        .and_then(|t| t.checked_to_offset(time::macros::offset!(+8)))
+        .map(|t| t.date())
+        .ok_or_else(|| {
             invalid(format!(
                 "{s:?} is neither YYYY-MM-DD nor an RFC 3339 instant"
             ))
@@ -334,6 +342,13 @@ pub async fn enterprise_kpis(
     let q = query_of(q)?;
     let from = q.from.as_deref().map(day).transpose()?;
     let to = q.to.as_deref().map(day).transpose()?;
+    for d in from.iter().chain(&to) {
+        if !(KPI_DAY_FIRST..=KPI_DAY_LAST).contains(d) {
+            return Err(invalid(format!(
+                "{d} lies outside {KPI_DAY_FIRST} ..= {KPI_DAY_LAST}, the days KPIs are kept for"
+            )));
+        }
+    }
     let pool = pg(&st)?;
     if enterprise_in_scope(&pool, &who.scope, &id).await?.is_none() {
         return Err(not_found("enterprise", &id));
@@ -391,10 +406,15 @@ pub struct AnomaliesQuery {
     cursor: Option<String>,
 }
 
+/// An RFC 3339 instant as Unix nanoseconds: within 1677-09-21 .. 2262-04-11, what 64 bits of them hold.
 fn instant_ns(s: &str) -> Result<i64, ApiError> {
-    time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
-        .map(|t| t.unix_timestamp_nanos() as i64)
-        .map_err(|_| invalid(format!("{s:?} is not an RFC 3339 instant")))
+    let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+        .map_err(|_| invalid(format!("{s:?} is not an RFC 3339 instant")))?;
+    i64::try_from(t.unix_timestamp_nanos()).map_err(|_| {
+        invalid(format!(
+            "{s:?} lies outside 1677-09-21 .. 2262-04-11, the instants this API keeps"
+        ))
+    })
 }
 
 /// `GET /v1/anomalies?kind=&province_code=&enterprise_id=&from=&to=&limit=&cursor=`: newest first, in scope.
@@ -636,7 +656,9 @@ pub(crate) async fn readings(
         return Err(invalid(format!("kind {kind:?} is not a reading kind")));
     }
     let step = every_ns.map_or(60_000_000_000, |(ns, _)| ns);
-    let points = (to - from + step - 1) / step;
+    let points = ((to as i128 - from as i128 + step as i128 - 1) / step as i128)
+        .try_into()
+        .unwrap_or(i64::MAX);
     if points > SERIES_POINTS_MAX {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -1049,13 +1071,12 @@ pub async fn anomaly_stream(
     use axum::response::sse::{KeepAlive, Sse};
     let who = caller(&st, &headers)?;
     let from = match headers.get("last-event-id") {
-        Some(v) => {
-            v.to_str()
-                .ok()
-                .and_then(|s| s.trim().parse::<u64>().ok())
-                .ok_or_else(|| invalid("Last-Event-ID must be an event sequence this feed sent"))?
-                + 1
-        }
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .and_then(|seq| seq.checked_add(1))
+            .ok_or_else(|| invalid("Last-Event-ID must be an event sequence this feed sent"))?,
         None => st.log.last_seq() + 1,
     };
     let feed = Feed {
@@ -1245,14 +1266,14 @@ pub(crate) async fn handle(
     state: custodian_events::event::AnomalyState,
     idempotent: bool,
 ) -> Result<Option<u64>, ApiError> {
-    use custodian_events::event::{AnomalyHandled, NOTE_CHARS_MAX};
+    use custodian_events::event::{AnomalyHandled, NOTE_CHARS_MAX, check_text};
     let id = id.to_owned();
     let note = note.trim();
-    let bad_note = (note.is_empty() || note.chars().count() > NOTE_CHARS_MAX).then(|| {
+    let bad_note = check_text(note, NOTE_CHARS_MAX, false).err().map(|e| {
         ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "value_out_of_range",
-            format!("note must have 1 ..= {NOTE_CHARS_MAX} characters"),
+            format!("note {e}"),
         )
     });
     if let Some(e) = bad_note.clone()

@@ -218,7 +218,7 @@ pub async fn file_note(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    use custodian_events::event::{AUTHOR_CHARS_MAX, NOTE_CHARS_MAX, NoteFiled};
+    use custodian_events::event::{AUTHOR_CHARS_MAX, NOTE_CHARS_MAX, NoteFiled, check_text};
     use custodian_events::ids::{ContainerId, EnterpriseId};
     let caller = require_admin_caller(&st, &headers)?;
     let raw: RawNote = read_json(&headers, body, NOTE_BODY_BYTES_MAX).await?;
@@ -240,17 +240,11 @@ pub async fn file_note(
     };
     let author = raw.author.trim();
     let text = raw.text.trim();
-    if author.is_empty() || author.chars().count() > AUTHOR_CHARS_MAX {
-        return Err(bad(
-            "value_out_of_range",
-            format!("author must have 1 ..= {AUTHOR_CHARS_MAX} characters"),
-        ));
+    if let Err(e) = check_text(author, AUTHOR_CHARS_MAX, true) {
+        return Err(bad("value_out_of_range", format!("author {e}")));
     }
-    if text.is_empty() || text.chars().count() > NOTE_CHARS_MAX {
-        return Err(bad(
-            "value_out_of_range",
-            format!("text must have 1 ..= {NOTE_CHARS_MAX} characters"),
-        ));
+    if let Err(e) = check_text(text, NOTE_CHARS_MAX, false) {
+        return Err(bad("value_out_of_range", format!("text {e}")));
     }
     if st
         .log

@@ -612,6 +612,36 @@ mod openapi_tests {
         out
     }
 
+    /// Every `{name}` in a path is declared as a path parameter of each of its operations (openapi-spec-
+    /// validator refuses the document otherwise, and Schemathesis then skips most of its phases).
+    #[test]
+    fn every_path_parameter_is_declared() {
+        let doc: serde_json::Value =
+            serde_json::from_str(super::OPENAPI).expect("openapi.json is JSON");
+        let mut missing = Vec::new();
+        for (path, ops) in doc["paths"].as_object().expect("paths") {
+            let templated: BTreeSet<&str> = path
+                .split('{')
+                .skip(1)
+                .filter_map(|s| s.split('}').next())
+                .collect();
+            for (method, op) in ops.as_object().expect("operations") {
+                let declared: BTreeSet<&str> = op["parameters"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .chain(ops["parameters"].as_array().into_iter().flatten())
+                    .filter(|p| p["in"] == "path" && p["required"] == true)
+                    .filter_map(|p| p["name"].as_str())
+                    .collect();
+                if templated != declared {
+                    missing.push(format!("{method} {path}: {templated:?} vs {declared:?}"));
+                }
+            }
+        }
+        assert!(missing.is_empty(), "path parameters: {missing:?}");
+    }
+
     #[test]
     fn the_openapi_document_lists_exactly_the_routes() {
         let (doc, routes) = (documented(), routed());

@@ -21,6 +21,9 @@ use tokio::task::JoinHandle;
 
 use crate::directory::SharedDirectory;
 
+/// How long a replaced model stays after a rebuilt one went live, for the queries still reading it.
+pub const REPLACED_MODEL_GRACE: Duration = Duration::from_secs(2);
+
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// Why a step of a projection failed. Every failure is retried with backoff; the kinds differ in what the
@@ -565,15 +568,6 @@ impl Runner {
             }
         }
         self.recovered();
-        let old_generation = old.model.generation();
-        if let Err(e) = self.family.discard(old_generation).await {
-            tracing::warn!(
-                projection = self.family.name(),
-                generation = old_generation,
-                error = %e,
-                "the rebuilt model is live, but the replaced one could not be removed; remove it by hand"
-            );
-        }
         let took = new.started.elapsed().as_secs_f64();
         let checkpoint = new.feed.checkpoint.unwrap_or(0);
         tracing::info!(
@@ -585,6 +579,18 @@ impl Runner {
         );
         let target = new.feed.model.target();
         *self.stats.live.lock().expect("stats lock") = Some(new.feed.model.clone());
+        // Queries read the new model from here on; those already reading the replaced one finish within
+        // the grace before it is dropped (dropped first, they failed with "relation does not exist").
+        tokio::time::sleep(REPLACED_MODEL_GRACE).await;
+        let old_generation = old.model.generation();
+        if let Err(e) = self.family.discard(old_generation).await {
+            tracing::warn!(
+                projection = self.family.name(),
+                generation = old_generation,
+                error = %e,
+                "the rebuilt model is live, but the replaced one could not be removed; remove it by hand"
+            );
+        }
         self.stats.update(|s| {
             s.generation = generation;
             s.target = target;

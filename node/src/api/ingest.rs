@@ -323,7 +323,12 @@ pub async fn ingest_signed(
     let mut proposed = Vec::with_capacity(upload.readings.len());
     let mut proposed_at = Vec::with_capacity(upload.readings.len());
     for (i, raw) in upload.readings.iter().enumerate() {
-        match serde_json::from_str::<RawReading>(raw.get()) {
+        let as_object = if raw.get().trim_start().starts_with('{') {
+            serde_json::from_str::<RawReading>(raw.get())
+        } else {
+            Err(serde::de::Error::custom("a reading must be a JSON object"))
+        };
+        match as_object {
             Err(e) => {
                 st.metrics.rejected("invalid_reading");
                 results.push(Some(ReadingResult::rejected(

@@ -562,6 +562,17 @@ pub async fn read_body(
 
 /// Parses JSON: 400 `malformed_json` (not JSON at all) or 422 `invalid_body` (the wrong shape).
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    // serde's derived structs also take an array of their fields in order; every body here is an object.
+    if let Some(&first) = bytes.iter().find(|b| !b.is_ascii_whitespace())
+        && first != b'{'
+        && serde_json::from_slice::<serde::de::IgnoredAny>(bytes).is_ok()
+    {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_body",
+            "the body must be a JSON object",
+        ));
+    }
     serde_json::from_slice(bytes).map_err(|e| match e.classify() {
         serde_json::error::Category::Data => ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,

@@ -28,7 +28,8 @@
     var kind = a.anomaly && a.anomaly.kind ? String(a.anomaly.kind) : "";
     var li = document.createElement("li");
     li.setAttribute("data-seq", String(a.event_seq));
-    li.textContent = [labels[kind] || kind, a.enterprise_id || "", a.description || ""]
+    // `text`: the description in the page's language, which the dashboard's feed adds to each event.
+    li.textContent = [labels[kind] || kind, a.enterprise_id || "", a.text || ""]
       .filter(function (s) { return s; })
       .join(" · ");
     list.insertBefore(li, list.firstChild);
@@ -39,7 +40,10 @@
 })();
 
 // The weights chart of a terminal's page: the server already thinned the series to the pixels shown
-// (#weights-data: seconds and kilograms); uPlot draws it. The table beside it says the same in words.
+// (#weights-data: seconds and kilograms, and the range `from`..`to` in seconds); uPlot draws it on a time
+// axis fixed to that range — never one derived from the points, which may all share one instant (a
+// zero-width range uPlot would widen by years). The table beside it says the same in words. The uPlot
+// instance is left on the element (`.uplot`) for the browser tests to read the axis.
 (function () {
   "use strict";
   var el = document.getElementById("weights-chart");
@@ -59,8 +63,19 @@
     width: width,
     height: 320,
     tzDate: function (ts) { return window.uPlot.tzDate(new Date(ts * 1000), "Asia/Shanghai"); },
-    series: [{}, { label: d.label, stroke: "#0969da", width: 1.5 }],
+    scales: {
+      x: {
+        time: true,
+        range: function () { return [d.from, d.to]; }
+      }
+    },
+    series: [{ label: d.time_label }, { label: d.label, stroke: "#0969da", width: 1.5 }],
     axes: [{}, { label: d.unit }]
   };
-  new window.uPlot(opts, [d.t, d.v], el);
+  el.uplot = new window.uPlot(opts, [d.t, d.v], el);
+  // uPlot's legend is a table of its own: it gets a name like every other table on the page.
+  var legend = el.querySelector("table.u-legend");
+  if (legend && d.legend) {
+    legend.setAttribute("aria-label", d.legend);
+  }
 })();

@@ -1,7 +1,13 @@
 // The dashboard in Debian's chromium, against the fixture node of global-setup.js: scopes, a tampered URL,
-// keyboard-only drill-down to a container, acknowledge then resolve with reloads, an alarm caused through
-// the ingest API appearing in the live feed, the language switch, axe (no serious or critical findings),
-// and screenshots of the main pages (artifacts/screenshots, kept by CI).
+// keyboard-only drill-down to a container, a terminal's chart (its time axis, its default range, an empty
+// range), the enterprise page's last 7 days, alarm descriptions in each language, tables named by their
+// headings, acknowledge then resolve with reloads, an alarm caused through the ingest API appearing in
+// the live feed, the language switch, axe (no serious or critical findings), and screenshots of the main
+// pages (artifacts/screenshots, kept by CI).
+//
+// The fixture's readings are placed relative to the wall clock the node's pages read (see
+// tests/src/bin/dashboard-fixture.rs): `fixture().clock` names the days — `today` and `last_reading_day`
+// (China Standard Time, YYYY-MM-DD), `last_reading_days_ago` — so no test computes them itself.
 import { test, expect } from "@playwright/test";
 import AxeBuilder from "@axe-core/playwright";
 import { mkdirSync, readFileSync } from "node:fs";
@@ -13,6 +19,31 @@ const shots = path.join(here, "artifacts", "screenshots");
 mkdirSync(shots, { recursive: true });
 const fixture = () => JSON.parse(readFileSync(path.join(here, ".fixture.json"), "utf8"));
 const url = (p) => fixture().url + p;
+const clock = () => fixture().clock;
+const DAY_S = 86_400;
+/** A China Standard Time day (YYYY-MM-DD) as the zh-CN pages write it: 2026年11月20日. */
+const zhDay = (iso) => {
+  const [y, m, d] = iso.split("-").map(Number);
+  return `${y}年${m}月${d}日`;
+};
+/** The start of a China Standard Time day (YYYY-MM-DD), in seconds since 1970. */
+const cstMidnightS = (iso) => Date.parse(`${iso}T00:00:00+08:00`) / 1000;
+/** A China Standard Time day `n` days after `iso` (YYYY-MM-DD). */
+const addDays = (iso, n) => new Date((cstMidnightS(iso) + n * DAY_S + 8 * 3600) * 1000).toISOString().slice(0, 10);
+/** What an alarm's description must never show: the API's codes and raw subjects. */
+const RAW_CODES = [
+  "weight_fluctuation", "manifest_weight_mismatch", "storage_overdue", "over_capacity", "terminal_silent",
+  "tamper_suspected", "(low)", "(medium)", "(high)", "container:", "terminal:", "manifest:", "enterprise:",
+];
+
+/** The weights chart's time axis (uPlot's x scale, in seconds) and the points' times it was given. */
+async function chartAxis(page) {
+  await page.waitForFunction(() => document.getElementById("weights-chart")?.uplot?.scales?.x?.max != null);
+  return page.evaluate(() => {
+    const u = document.getElementById("weights-chart").uplot;
+    return { min: u.scales.x.min, max: u.scales.x.max, times: Array.from(u.data[0]) };
+  });
+}
 
 async function signIn(page, tier) {
   await page.goto(url("/ui"));
@@ -92,12 +123,166 @@ test("keyboard only: overview → province → enterprise → container", async 
 
 test("a terminal's weights: the chart and its table", async ({ page }) => {
   await signIn(page, "province");
-  await page.goto(url("/ui/terminals/T-A?days=1&until=2026-11-20"));
+  const last = clock().last_reading_day;
+  await page.goto(url(`/ui/terminals/T-A?days=1&until=${last}`));
   await expect(page.locator("#weights-chart canvas")).toHaveCount(1);
   await page.locator("details summary").click();
-  await expect(page.locator("details table tbody tr").first()).toContainText("2026年11月20日 16:00:01");
+  await expect(page.locator("details table tbody tr").first()).toContainText(`${zhDay(last)} 16:00:01`);
   await shot(page, "terminal");
   await noSeriousAxeFindings(page, "the terminal page");
+});
+
+test("the chart's time axis is the range chosen, in seconds, and holds the readings' times", async ({ page }) => {
+  await signIn(page, "province");
+  const until = clock().last_reading_day;
+  for (const days of [1, 7, 30]) {
+    await page.goto(url(`/ui/terminals/T-A?days=${days}&until=${until}`));
+    const axis = await chartAxis(page);
+    // The range asked for: `days` China Standard Time days ending with `until`.
+    const to = cstMidnightS(until) + DAY_S;
+    const from = to - days * DAY_S;
+    expect(axis.min, `${days} days: the axis starts where the range does`).toBeCloseTo(from, 3);
+    expect(axis.max, `${days} days: the axis ends where the range does`).toBeCloseTo(to, 3);
+    // And every point drawn lies on it, on the readings' day (16:00 China Standard Time).
+    expect(axis.times.length, `${days} days: points`).toBeGreaterThan(0);
+    for (const t of axis.times) {
+      expect(t).toBeGreaterThanOrEqual(axis.min);
+      expect(t).toBeLessThanOrEqual(axis.max);
+      expect(t).toBeGreaterThanOrEqual(cstMidnightS(until) + 16 * 3600);
+      expect(t).toBeLessThan(cstMidnightS(until) + 17 * 3600);
+    }
+  }
+  await shot(page, "terminal-30-days");
+});
+
+test("a terminal opens on its latest readings; an empty range says when the last was and links to it", async ({ page }) => {
+  await signIn(page, "province");
+  const { last_reading_day: last, last_reading_days_ago: ago, today } = clock();
+  // No range asked for: the last reading is older than the default 7 days, so the page shows the 7 days
+  // that end on its day, and says so.
+  await page.goto(url("/ui/terminals/T-A"));
+  await expect(page.locator("#range-moved")).toContainText("最近 7 天没有读数");
+  await expect(page.locator("#range-moved")).toContainText(`最近一次读数在 ${zhDay(last)} 16:00:0`);
+  await expect(page.locator("#range-moved")).toContainText(`${ago} 天前`);
+  await expect(page.locator("#no-readings")).toHaveCount(0);
+  const axis = await chartAxis(page);
+  expect(axis.max).toBeCloseTo(cstMidnightS(last) + DAY_S, 3);
+  await page.locator("details summary").click();
+  await expect(page.locator("details table tbody tr").first()).toContainText(zhDay(last));
+  await shot(page, "terminal-default-range");
+
+  // A range chosen without readings (the 7 days up to today): said, with the last reading and a link
+  // to a range that shows it.
+  await page.goto(url(`/ui/terminals/T-A?days=7&until=${today}`));
+  const empty = page.locator("#no-readings");
+  await expect(empty).toContainText("这段时间没有读数");
+  await expect(empty).toContainText(`最近一次读数在 ${zhDay(last)} 16:00:0`);
+  await expect(empty).toContainText(`${ago} 天前`);
+  await expect(page.locator("#range-moved")).toHaveCount(0);
+  await shot(page, "terminal-empty-range");
+  await noSeriousAxeFindings(page, "a terminal page without readings");
+  await empty.getByRole("link").click();
+  await expect(page).toHaveURL(new RegExp(`/ui/terminals/T-A\\?days=7&until=${last}$`));
+  await expect(page.locator("#weights-chart canvas")).toHaveCount(1);
+  await page.locator("details summary").click();
+  await expect(page.locator("details table tbody tr").first()).toContainText(zhDay(last));
+});
+
+test("the enterprise page's KPIs are the last 7 days by the page's clock, and say so when there are none", async ({ page }) => {
+  await signIn(page, "province");
+  const { today, last_reading_day: last } = clock();
+  const first = addDays(today, -6);
+  await page.goto(url("/ui/enterprises/E-A"));
+  const section = page.locator('section[aria-labelledby="kpis-h"]');
+  await expect(section.locator("#kpis-range")).toHaveText(`${zhDay(first)} – ${zhDay(today)}`);
+  // E-A's readings (and their KPI day) are older; its alarms and manifest were recorded today.
+  const days = await section.locator("table time").evaluateAll((ts) => ts.map((t) => t.getAttribute("datetime")));
+  expect(days.length, "today's figures (alarms, a manifest)").toBeGreaterThan(0);
+  for (const d of days) {
+    expect(d >= first && d <= today, `${d} within ${first} – ${today}`).toBeTruthy();
+  }
+  expect(days).not.toContain(last);
+  await expect(section).not.toContainText(zhDay(last));
+  // E-B has no figures at all: said in words.
+  await page.goto(url("/ui/enterprises/E-B"));
+  const none = page.locator('section[aria-labelledby="kpis-h"]');
+  await expect(none.locator("table")).toHaveCount(0);
+  await expect(none).toContainText("这 7 天没有任何指标记录");
+  await expect(none.locator("#kpis-range")).toHaveText(`${zhDay(first)} – ${zhDay(today)}`);
+});
+
+test("alarm descriptions are in the page's language, with their values and no raw codes", async ({ page }) => {
+  await signIn(page, "national");
+  await page.goto(url("/ui/alarms?all=1"));
+  const cells = page.locator("table.alarms tbody tr td:nth-child(5)");
+  await expect(cells).not.toHaveCount(0);
+  const zh = await cells.allTextContents();
+  for (const d of zh) {
+    for (const code of RAW_CODES) {
+      expect(d, `zh-CN description`).not.toContain(code);
+    }
+    expect(d).not.toMatch(/\bkg\b/);
+  }
+  const first = page.locator("table.alarms tbody tr", { hasText: "T-A-C0" }).first();
+  await expect(first.locator("td:nth-child(5)")).toContainText("容器 T-A-C0 的重量由 100.0 千克变为 60.0 千克（变化 40.00%）");
+  await expect(first.locator("td:nth-child(3)")).toHaveText(/[高中低]$/);
+  await page.getByRole("link", { name: "English" }).click();
+  await expect(page.locator("html")).toHaveAttribute("lang", "en");
+  const en = await cells.allTextContents();
+  for (const d of en) {
+    for (const code of RAW_CODES) {
+      expect(d, `English description`).not.toContain(code);
+    }
+    expect(d, "no Chinese in the English description").not.toMatch(/[\u4e00-\u9fff]/);
+  }
+  await expect(first.locator("td:nth-child(5)")).toContainText(
+    "Container T-A-C0 went from 100.0 kg to 60.0 kg (a change of 40.00%), weighed by terminal T-A.",
+  );
+  await expect(first.locator("td:nth-child(3)")).toHaveText(/(High|Medium|Low)$/);
+  await shot(page, "alarms-en");
+});
+
+test("no table caption repeats the heading above it, and every table has an accessible name", async ({ page }) => {
+  await signIn(page, "national");
+  const last = clock().last_reading_day;
+  for (const p of [
+    "/ui",
+    "/ui/provinces/440000",
+    "/ui/enterprises/E-A",
+    "/ui/containers/T-A-C0",
+    `/ui/terminals/T-A?days=1&until=${last}`,
+    "/ui/manifests/M-1",
+    "/ui/alarms?all=1",
+  ]) {
+    await page.goto(url(p));
+    for (const d of await page.locator("details").all()) {
+      await d.evaluate((el) => { el.open = true; });
+    }
+    const tables = await page.locator("table").all();
+    expect(tables.length, `${p}: tables`).toBeGreaterThan(0);
+    for (const table of tables) {
+      const t = await table.evaluate((el) => {
+        const words = (n) => (n?.textContent ?? "").replace(/\s+/g, " ").trim();
+        // The nearest heading before the table in document order.
+        const all = Array.from(document.querySelectorAll("h1, h2, h3, h4, h5, h6"));
+        const before = all.filter((h) => h.compareDocumentPosition(el) & Node.DOCUMENT_POSITION_FOLLOWING);
+        const labelledby = (el.getAttribute("aria-labelledby") ?? "").split(/\s+/).filter(Boolean);
+        return {
+          caption: el.caption ? words(el.caption) : null,
+          heading: words(before[before.length - 1]),
+          labelledby: labelledby.map((id) => words(document.getElementById(id))),
+        };
+      });
+      if (t.caption !== null) {
+        expect(t.caption.includes(t.heading), `${p}: caption "${t.caption}" repeats heading "${t.heading}"`).toBe(false);
+      }
+      await expect(table, `${p}: a table without a name`).toHaveAccessibleName(/\S/);
+      if (t.labelledby.length) {
+        expect(t.labelledby.every((w) => w.length > 0), `${p}: aria-labelledby names a missing or empty element`).toBe(true);
+        await expect(table).toHaveAccessibleName(t.labelledby.join(" "));
+      }
+    }
+  }
 });
 
 test("acknowledge then resolve an alarm; both survive a reload", async ({ page }) => {
@@ -141,6 +326,11 @@ test("an alarm caused through the ingest API appears in the live feed; nothing o
   const latency = Date.now() - t0;
   console.log(`ingest → alarm in the browser's live feed: ${latency} ms`);
   await expect(page.locator("#live-alarms li").first()).toContainText("E-A");
+  // In the page's language, from the typed fields, like the table's descriptions.
+  await expect(page.locator("#live-alarms li").first()).toContainText("容器 T-A-C0 的重量由");
+  for (const code of RAW_CODES) {
+    await expect(page.locator("#live-alarms li").first()).not.toContainText(code);
+  }
   await page.waitForTimeout(1500);
   await expect(page.locator("#live-alarms li", { hasText: "E-C" })).toHaveCount(0);
   await expect(page.locator("#live-alarms")).toHaveAttribute("aria-live", "polite");

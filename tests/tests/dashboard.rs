@@ -2,6 +2,8 @@
 //! Origin checks on forms, the security headers, the province grid and a province's page in exactly the
 //! API's scopes (another province's page answers like one that does not exist), the language switch
 //! without an open redirect, the embedded vendored assets, and a revoked token signing the browser out.
+//! The fixture's readings are dated 2026-11-20 (`scopes::weighings`) while the pages read the wall
+//! clock: what is said here about "the last 7 days" holds on any day after 2026-11-26.
 
 use std::time::Duration;
 
@@ -282,7 +284,15 @@ async fn sign_in_scopes_language_and_assets() {
         p.body.contains("有告警"),
         "alarm state said in words, not colour alone"
     );
-    assert!(p.body.contains("<caption>"));
+    // Tables are named by the heading above them, not by a caption repeating it.
+    assert!(
+        !p.body.contains("<caption>"),
+        "a caption repeating its heading"
+    );
+    assert!(
+        p.body
+            .contains("<table class=\"figures\" aria-labelledby=\"summary-h\">")
+    );
     assert!(p.body.contains("aria-label=\"位置\""), "a breadcrumb");
     // Its province's page lists its enterprises; another province's answers like a page that does not
     // exist.
@@ -311,6 +321,12 @@ async fn sign_in_scopes_language_and_assets() {
         p.body
     );
     assert!(p.body.contains("60.0"), "its last weight in kg");
+    // The KPIs are the last 7 days by the page's clock: the readings' day (2026-11-20) is not among them.
+    assert!(p.body.contains("id=\"kpis-range\""));
+    assert!(
+        !p.body.contains("datetime=\"2026-11-20\""),
+        "a KPI day outside the last 7 days"
+    );
     assert!(
         p.body.contains("href=\"/ui/provinces/440000\""),
         "breadcrumb back up"
@@ -357,6 +373,12 @@ async fn sign_in_scopes_language_and_assets() {
     )
     .unwrap();
     assert_eq!(data["v"], json!([100.0, 60.0]), "{data}");
+    // The chart's time axis is the range asked for (seconds), whatever the points.
+    assert_eq!(
+        (data["from"].as_f64(), data["to"].as_f64()),
+        (Some(1_795_104_000.0), Some(1_795_190_400.0)),
+        "2026-11-20 in China Standard Time"
+    );
     // b reads zh-CN here: China Standard Time, written for the locale.
     assert!(
         p.body
@@ -366,6 +388,36 @@ async fn sign_in_scopes_language_and_assets() {
     assert!(
         p.body
             .contains("<td>2026年11月20日 16:00:02</td><td>60.0</td>")
+    );
+    // No range asked for: the readings are older than the default 7 days, so the page opens on the 7
+    // days that end on the day of the last one, and says so.
+    let p = b.get("/ui/terminals/T-A").await;
+    assert_eq!(p.status, 200, "{}", p.body);
+    assert!(p.body.contains("id=\"range-moved\""), "{}", p.body);
+    // Hourly minima and maxima beyond a day: both at the hour's start.
+    assert!(
+        p.body
+            .contains("<td>2026年11月20日 16:00:00</td><td>60.0</td>")
+    );
+    assert!(
+        p.body
+            .contains("href=\"/ui/terminals/T-A?days=7&#38;until=2026-11-20\"")
+    );
+    // A range without readings says when the last one was and links to a range that shows it.
+    let p = b.get("/ui/terminals/T-A?days=1&until=2026-11-25").await;
+    assert!(p.body.contains("这段时间没有读数"), "{}", p.body);
+    assert!(
+        p.body.contains("最近一次读数在 2026年11月20日 16:00:02（"),
+        "{}",
+        p.body
+    );
+    assert!(
+        p.body
+            .contains("href=\"/ui/terminals/T-A?days=1&#38;until=2026-11-20\"")
+    );
+    assert!(
+        !p.body.contains("id=\"range-moved\""),
+        "a range asked for is kept"
     );
     assert_eq!(b.get("/ui/terminals/T-C").await.status, 404);
     assert_eq!(b.get("/ui/terminals/T-Z").await.status, 404);
@@ -457,6 +509,17 @@ async fn sign_in_scopes_language_and_assets() {
         rows.iter().find(|(_, e)| e == "E-C").unwrap().0.clone(),
     );
     assert!(p.body.contains("重量异常波动") && p.body.contains("未处理"));
+    // Descriptions in the page's language, from the typed fields: no codes, no raw subjects.
+    let row = alarm_row(&p.body, &a_alarm);
+    assert!(
+        row.contains(
+            "容器 T-A-C0 的重量由 100.0 千克变为 60.0 千克（变化 40.00%），称重终端 T-A。"
+        ),
+        "{row}"
+    );
+    for code in ["weight_fluctuation", "(medium)", "container:", " kg"] {
+        assert!(!row.contains(code), "{code} in {row}");
+    }
     let handled = || async {
         admin
             .events(1, None, &["AnomalyHandled"])
@@ -572,6 +635,22 @@ async fn sign_in_scopes_language_and_assets() {
     eprintln!("ingest → alarm in the dashboard's feed: {latency:?}");
     assert!(latency < Duration::from_secs(3), "{latency:?}");
     assert_eq!(first["enterprise_id"], "E-A", "{first}");
+    // b reads English by now: the feed's text is the description in English, from the typed fields.
+    let text = first["text"].as_str().unwrap_or_default();
+    assert!(
+        text.starts_with("Container T-A-C0 went from ")
+            && text.ends_with(", weighed by terminal T-A."),
+        "{first}"
+    );
+    for code in [
+        "weight_fluctuation",
+        "container:",
+        "(high)",
+        "(medium)",
+        "终端",
+    ] {
+        assert!(!text.contains(code), "{code} in {text}");
+    }
     let mut seen = vec![first_id];
     while let Some((id, a)) = feed.next(Duration::from_millis(1500)).await {
         assert_eq!(a["enterprise_id"], "E-A", "out of scope in the feed: {a}");

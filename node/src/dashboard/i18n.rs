@@ -88,6 +88,33 @@ impl Lang {
         }
     }
 
+    /// A duration of `s` seconds in words, its two largest units: `31 天 1 小时`, `2 hours 5 minutes`,
+    /// `45 seconds`.
+    pub fn duration(self, s: i64) -> String {
+        let s = s.max(0);
+        let parts = [
+            (s / 86_400, "unit_day", "unit_days"),
+            (s % 86_400 / 3_600, "unit_hour", "unit_hours"),
+            (s % 3_600 / 60, "unit_minute", "unit_minutes"),
+            (s % 60, "unit_second", "unit_seconds"),
+        ];
+        let words: Vec<String> = parts
+            .iter()
+            .skip_while(|(n, _, _)| *n == 0)
+            .take(2)
+            .filter(|(n, _, _)| *n > 0)
+            .map(|(n, one, many)| {
+                self.t(if *n == 1 { one } else { many })
+                    .replace("{n}", &self.int(*n))
+            })
+            .collect();
+        if words.is_empty() {
+            self.t("unit_seconds").replace("{n}", "0")
+        } else {
+            words.join(" ")
+        }
+    }
+
     /// A number with one decimal and thousands separators.
     pub fn dec1(self, x: f64) -> String {
         let tenths = (x * 10.0).round() as i64;
@@ -126,7 +153,19 @@ const ZH_CN: &[(&str, &str)] = &[
     ("range_month", "30 天"),
     ("weights_chart", "重量曲线"),
     ("no_readings", "这段时间没有读数。"),
+    ("no_readings_ever", "这个终端还没有任何读数。"),
+    ("last_reading", "最近一次读数在 {at}（{ago}）。"),
+    ("show_last", "查看截至 {day} 的 {range}"),
+    (
+        "range_moved",
+        "最近 {range}没有读数，这里显示截至最近一次读数那天的 {range}：{last}",
+    ),
+    ("today", "今天"),
+    ("day_ago", "1 天前"),
+    ("days_ago", "{n} 天前"),
+    ("no_kpis", "这 7 天没有任何指标记录。"),
     ("as_table", "以表格查看"),
+    ("chart_legend", "曲线图例"),
     (
         "thinned",
         "共 {n} 个读数，按屏幕宽度保留每段的最大和最小值后显示 {m} 个点。",
@@ -248,6 +287,42 @@ const ZH_CN: &[(&str, &str)] = &[
     ("kind_over_capacity", "超出贮存能力"),
     ("kind_tamper_suspected", "疑似篡改"),
     ("kind_manifest_weight_mismatch", "联单重量不符"),
+    ("desc_container", "容器 {id}"),
+    ("desc_terminal", "终端 {id}"),
+    ("desc_by_terminal", "称重终端 {id}"),
+    ("desc_manifest", "联单 {id}"),
+    ("desc_enterprise", "企业 {id}"),
+    (
+        "desc_weight_fluctuation",
+        "{what} 的重量由 {from} 千克变为 {to} 千克{ratio}",
+    ),
+    ("desc_change", "（变化 {pct}%）"),
+    ("desc_apart", "（相差 {pct}%）"),
+    (
+        "desc_manifest_weight_mismatch",
+        "联单 {manifest} 发运 {from} 千克、接收 {to} 千克{ratio}",
+    ),
+    ("desc_storage_overdue", "{what} 已贮存 {held}"),
+    ("desc_over_capacity", "贮存量由 {from} 千克增至 {to} 千克"),
+    ("desc_terminal_silent", "{what} 已 {held} 没有上报"),
+    (
+        "desc_tamper_suspected",
+        "{what} 以用过的序号上报了内容不同的读数",
+    ),
+    ("desc_limit_kg", "，超过贮存能力 {limit} 千克"),
+    ("desc_limit_time", "，超过允许的 {limit}"),
+    ("desc_limit_pct", "，允许相差 {limit}%"),
+    ("desc_where", "，{where}"),
+    ("desc_list_sep", "，"),
+    ("desc_end", "。"),
+    ("unit_day", "{n} 天"),
+    ("unit_days", "{n} 天"),
+    ("unit_hour", "{n} 小时"),
+    ("unit_hours", "{n} 小时"),
+    ("unit_minute", "{n} 分钟"),
+    ("unit_minutes", "{n} 分钟"),
+    ("unit_second", "{n} 秒"),
+    ("unit_seconds", "{n} 秒"),
 ];
 
 const EN: &[(&str, &str)] = &[
@@ -282,7 +357,19 @@ const EN: &[(&str, &str)] = &[
     ("range_month", "30 days"),
     ("weights_chart", "Weights"),
     ("no_readings", "No readings in this range."),
+    ("no_readings_ever", "This terminal has no readings yet."),
+    ("last_reading", "The last reading was at {at} ({ago})."),
+    ("show_last", "Show the {range} up to {day}"),
+    (
+        "range_moved",
+        "No readings in the last {range}; shown are the {range} up to the day of the last reading. {last}",
+    ),
+    ("today", "today"),
+    ("day_ago", "1 day ago"),
+    ("days_ago", "{n} days ago"),
+    ("no_kpis", "No figures for these 7 days."),
     ("as_table", "Show as a table"),
+    ("chart_legend", "Chart legend"),
     (
         "thinned",
         "{n} readings, thinned to {m} points for the width shown (the highest and lowest of each slice kept).",
@@ -416,6 +503,48 @@ const EN: &[(&str, &str)] = &[
     ("kind_over_capacity", "Over capacity"),
     ("kind_tamper_suspected", "Tampering suspected"),
     ("kind_manifest_weight_mismatch", "Manifest weight mismatch"),
+    ("desc_container", "container {id}"),
+    ("desc_terminal", "terminal {id}"),
+    ("desc_by_terminal", "weighed by terminal {id}"),
+    ("desc_manifest", "manifest {id}"),
+    ("desc_enterprise", "enterprise {id}"),
+    (
+        "desc_weight_fluctuation",
+        "{what} went from {from} kg to {to} kg{ratio}",
+    ),
+    ("desc_change", " (a change of {pct}%)"),
+    ("desc_apart", " ({pct}% apart)"),
+    (
+        "desc_manifest_weight_mismatch",
+        "manifest {manifest}: {from} kg dispatched, {to} kg received{ratio}",
+    ),
+    (
+        "desc_storage_overdue",
+        "{what} has been in storage for {held}",
+    ),
+    (
+        "desc_over_capacity",
+        "storage went from {from} kg to {to} kg",
+    ),
+    ("desc_terminal_silent", "{what} has sent nothing for {held}"),
+    (
+        "desc_tamper_suspected",
+        "{what} sent a different reading under a number it had used before",
+    ),
+    ("desc_limit_kg", ", over the capacity of {limit} kg"),
+    ("desc_limit_time", ", longer than the {limit} allowed"),
+    ("desc_limit_pct", ", {limit}% allowed"),
+    ("desc_where", ", {where}"),
+    ("desc_list_sep", ", "),
+    ("desc_end", "."),
+    ("unit_day", "{n} day"),
+    ("unit_days", "{n} days"),
+    ("unit_hour", "{n} hour"),
+    ("unit_hours", "{n} hours"),
+    ("unit_minute", "{n} minute"),
+    ("unit_minutes", "{n} minutes"),
+    ("unit_second", "{n} second"),
+    ("unit_seconds", "{n} seconds"),
 ];
 
 /// Province-level divisions (GB/T 2260 codes) the grid shows: (code, 中文, English).
@@ -509,6 +638,15 @@ mod tests {
         assert_eq!(Lang::En.cst("2026-01-05 08:30:00"), "5 Jan 2026, 08:30:00");
         assert_eq!(Lang::En.cst(""), "");
         assert_eq!(Lang::ZhCn.cst("not a time"), "not a time");
+    }
+
+    #[test]
+    fn durations_are_their_two_largest_units() {
+        assert_eq!(Lang::ZhCn.duration(31 * 86_400 + 3_600 + 5), "31 天 1 小时");
+        assert_eq!(Lang::En.duration(86_400 + 59), "1 day");
+        assert_eq!(Lang::En.duration(2 * 3_600 + 5 * 60), "2 hours 5 minutes");
+        assert_eq!(Lang::En.duration(45), "45 seconds");
+        assert_eq!(Lang::En.duration(0), "0 seconds");
     }
 
     #[test]

@@ -19,10 +19,16 @@
 //! - **Languages**: zh-CN (default) and English, switched by `/ui/lang?to=en&back=/ui/...` (a cookie);
 //!   `lang` set on every page.
 //!
+//! - **Alarm descriptions** are written in the page's language from the anomaly's typed fields
+//!   ([`describe`]), in the table and in the live feed alike.
+//! - **Time**: "today" and "the last 7 days" are China Standard Time days by the node's clock
+//!   (`AppState::clock`).
+//!
 //! Pages: the overview, a province, an enterprise, a container's custody chain, a terminal's chart, a
 //! manifest, search, the alarms (with acknowledge/resolve and the live feed). See `docs/dashboard.md`.
 
 pub mod assets;
+pub mod describe;
 pub mod i18n;
 
 use std::sync::Arc;
@@ -379,7 +385,9 @@ struct ContainerRow {
 }
 
 struct KpiRow {
+    /// The day in words, and as `YYYY-MM-DD` for the `<time>` element.
     day: String,
+    day_iso: String,
     readings: String,
     weighed_kg: String,
     in_kg: String,
@@ -402,6 +410,8 @@ struct EnterprisePage {
     terminals: Vec<TerminalRow>,
     containers: Vec<ContainerRow>,
     kpis: Vec<KpiRow>,
+    /// The days the KPIs cover, in words (`2026年12月1日 – 2026年12月7日`).
+    kpi_range: String,
 }
 
 struct CustodyStep {
@@ -419,7 +429,6 @@ struct CustodyStep {
 struct ContainerPage {
     chrome: Chrome,
     heading: String,
-    id: String,
     enterprise: String,
     waste_code: String,
     stage: String,
@@ -438,6 +447,15 @@ struct PointRow {
     kg: String,
 }
 
+/// A terminal's newest reading (`terminals.last_measured_at`), for a range without readings.
+struct LastReading {
+    /// When, in words, and how long ago (`2026年11月20日 16:00:02（17 天前）`).
+    said: String,
+    /// A range of the same length that ends on its day, and that link's words.
+    href: String,
+    link: String,
+}
+
 #[derive(Template)]
 #[template(path = "dashboard/terminal.html")]
 struct TerminalPage {
@@ -449,8 +467,14 @@ struct TerminalPage {
     thinned_note: String,
     chart_label: String,
     points: Vec<PointRow>,
-    /// `{"t": [seconds], "v": [kg], "width", "label", "unit"}` for the chart's script.
+    /// `{"t": [seconds], "v": [kg], "from", "to" (the range, seconds), "width", "label", "legend" (the
+    /// legend table's name), "time_label", "unit"}` for the chart's script, which fixes the time axis to `from..to`.
     series_json: String,
+    /// Set when no range was asked for and the default one was moved back to end on the day of the
+    /// newest reading (older than the default range): says so.
+    moved_note: Option<String>,
+    /// The newest reading, shown when the range has none; `None` when the terminal has none at all.
+    last: Option<LastReading>,
 }
 
 /// The chart's width in pixels: the series is thinned to at most two points per pixel.
@@ -959,6 +983,24 @@ async fn province(s: Session, Path(code): Path<String>) -> Response {
     )
 }
 
+/// How many China Standard Time days the enterprise page's KPIs cover, today included.
+const KPI_DAYS: i64 = 7;
+
+/// The China Standard Time day of an instant.
+fn cst_date(ns: i64) -> time::Date {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ns))
+        .map(|t| t.to_offset(time::macros::offset!(+8)).date())
+        .unwrap_or(time::Date::MIN)
+}
+
+/// A China Standard Time day as the pages write it (`2026年12月7日`, `7 Dec 2026`).
+fn day_words(lang: Lang, day: time::Date) -> String {
+    lang.cst(&format!("{day} 00:00:00"))
+        .trim_end_matches(" 00:00:00")
+        .trim_end_matches(',')
+        .to_owned()
+}
+
 /// `time` in China Standard Time, as the pages show instants (SQL).
 const CST: &str = "'YYYY-MM-DD HH24:MI:SS'";
 
@@ -1003,10 +1045,18 @@ async fn enterprise(
     else {
         return s.unavailable();
     };
+    // The last 7 China Standard Time days by the page's clock, today included — not the 7 latest days
+    // that have figures, however old.
+    let today = cst_date(now_ns);
+    let first_day = today - time::Duration::days(KPI_DAYS - 1);
     let Ok(kpis) = sqlx::query(
-        "SELECT day::text AS day, readings, weighed_mg, storage_in_mg, storage_out_mg, anomalies          FROM daily_kpis WHERE enterprise_id = $1 ORDER BY day DESC LIMIT 7",
+        "SELECT day::text AS day, readings, weighed_mg, storage_in_mg, storage_out_mg, anomalies \
+         FROM daily_kpis WHERE enterprise_id = $1 AND day BETWEEN $2::date AND $3::date \
+         ORDER BY day DESC LIMIT 7",
     )
     .bind(&id)
+    .bind(first_day.to_string())
+    .bind(today.to_string())
     .fetch_all(pool)
     .await
     else {
@@ -1058,10 +1108,20 @@ async fn enterprise(
                     last: lang.cst(&c.get::<Option<String>, _>("last").unwrap_or_default()),
                 })
                 .collect(),
+            kpi_range: format!(
+                "{} – {}",
+                day_words(lang, first_day),
+                day_words(lang, today)
+            ),
             kpis: kpis
                 .iter()
                 .map(|k| KpiRow {
-                    day: k.get("day"),
+                    day: {
+                        let iso: String = k.get("day");
+                        let fmt = time::macros::format_description!("[year]-[month]-[day]");
+                        time::Date::parse(&iso, fmt).map_or(iso, |d| day_words(lang, d))
+                    },
+                    day_iso: k.get("day"),
                     readings: lang.int(k.get("readings")),
                     weighed_kg: kg(k.get("weighed_mg")),
                     in_kg: kg(k.get("storage_in_mg")),
@@ -1140,7 +1200,6 @@ async fn container(
             &ContainerPage {
                 chrome: ch,
                 heading,
-                id: id.clone(),
                 enterprise,
                 waste_code: c.get("waste_code"),
                 stage: c.get("stage"),
@@ -1157,6 +1216,24 @@ struct TerminalQuery {
     days: Option<u32>,
     /// The range's last China Standard Time day (`YYYY-MM-DD`); today by default.
     until: Option<String>,
+}
+
+/// The last day of a terminal's range, and whether it was moved back from today: the day asked for;
+/// else today — unless the newest reading (`last_day`) is older than the `days` days ending today,
+/// when the range ends on that reading's day, so the page opens on the latest readings rather than on
+/// an empty chart.
+fn range_end(
+    asked: Option<time::Date>,
+    last_day: Option<time::Date>,
+    today: time::Date,
+    days: u32,
+) -> (time::Date, bool) {
+    let window_start = today - time::Duration::days(i64::from(days) - 1);
+    match (asked, last_day) {
+        (Some(d), _) => (d, false),
+        (None, Some(d)) if d < window_start => (d, true),
+        _ => (today, false),
+    }
 }
 
 fn cst_time(ns: i64) -> String {
@@ -1176,9 +1253,12 @@ async fn terminal(
 ) -> Response {
     let lang = s.lang;
     let (sp, se) = s.binds();
-    let t = match sqlx::query(
-        "SELECT t.id, t.enterprise_id, t.kind FROM terminals t JOIN enterprises e ON e.id = t.enterprise_id          WHERE t.id = $3 AND ($1::text IS NULL OR e.province_code = $1) AND ($2::text IS NULL OR e.id = $2)",
-    )
+    let t = match sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT t.id, t.enterprise_id, t.kind, \
+           to_char(t.last_measured_at AT TIME ZONE 'Asia/Shanghai', {CST}) AS last \
+         FROM terminals t JOIN enterprises e ON e.id = t.enterprise_id \
+         WHERE t.id = $3 AND ($1::text IS NULL OR e.province_code = $1) AND ($2::text IS NULL OR e.id = $2)"
+    )))
     .bind(&sp)
     .bind(&se)
     .bind(&id)
@@ -1192,17 +1272,18 @@ async fn terminal(
     let enterprise: String = t.get("enterprise_id");
     let days = q.days.filter(|d| matches!(d, 1 | 7 | 30)).unwrap_or(7);
     let cst = time::macros::offset!(+8);
-    let until = q
+    let ymd = time::macros::format_description!("[year]-[month]-[day]");
+    let today = cst_date(st.clock.now_ns());
+    // The newest reading (China Standard Time), and its day.
+    let last_at: Option<String> = t.get("last");
+    let last_day = last_at
+        .as_deref()
+        .and_then(|at| time::Date::parse(at.get(..10)?, ymd).ok());
+    let asked = q
         .until
         .as_deref()
-        .and_then(|d| {
-            time::Date::parse(d, time::macros::format_description!("[year]-[month]-[day]")).ok()
-        })
-        .unwrap_or_else(|| {
-            time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(st.clock.now_ns()))
-                .map(|t| t.to_offset(cst).date())
-                .unwrap_or(time::macros::date!(2026 - 01 - 01))
-        });
+        .and_then(|d| time::Date::parse(d, ymd).ok());
+    let (until, moved) = range_end(asked, last_day, today, days);
     let end = until
         .next_day()
         .unwrap_or(until)
@@ -1262,12 +1343,56 @@ async fn terminal(
             current: *d == days,
         })
         .collect();
+    let range_name = |d: u32| match d {
+        1 => lang.t("range_day"),
+        30 => lang.t("range_month"),
+        _ => lang.t("range_week"),
+    };
+    // How long ago, in China Standard Time calendar days by the page's clock.
+    let said = |at: &str, day: time::Date| {
+        let ago = (today - day).whole_days().max(0);
+        let ago = match ago {
+            0 => lang.t("today").to_owned(),
+            1 => lang.t("day_ago").to_owned(),
+            n => lang.t("days_ago").replace("{n}", &lang.int(n)),
+        };
+        lang.t("last_reading")
+            .replace("{at}", &lang.cst(at))
+            .replace("{ago}", &ago)
+    };
+    let last = last_at
+        .as_deref()
+        .zip(last_day)
+        .map(|(at, day)| LastReading {
+            said: said(at, day),
+            href: format!("/ui/terminals/{id}?days={days}&until={day}"),
+            link: lang
+                .t("show_last")
+                .replace("{range}", range_name(days))
+                .replace("{day}", &day_words(lang, day)),
+        });
+    let moved_note = last_at
+        .as_deref()
+        .zip(last_day)
+        .filter(|_| moved)
+        .map(|(at, day)| {
+            lang.t("range_moved")
+                .replace("{range}", range_name(days))
+                .replace("{last}", &said(at, day))
+        });
     let chart_label = format!("{} {id} · {}", lang.t("weights_chart"), lang.t("weight_kg"));
+    // Times in seconds (uPlot's default unit), and the range itself: uPlot must not derive the time
+    // axis from the points, which may all fall in one instant (an hour's minimum and maximum), a
+    // zero-width range it would widen by years.
     let series_json = serde_json::json!({
         "t": points.iter().map(|(t, _)| *t as f64 / 1e9).collect::<Vec<_>>(),
         "v": points.iter().map(|(_, v)| *v).collect::<Vec<_>>(),
+        "from": from_ns as f64 / 1e9,
+        "to": to_ns as f64 / 1e9,
         "width": CHART_WIDTH_PX,
         "label": lang.t("weight_kg"),
+        "legend": lang.t("chart_legend"),
+        "time_label": lang.t("measured_at"),
         "unit": "kg",
     })
     .to_string()
@@ -1306,6 +1431,8 @@ async fn terminal(
                     })
                     .collect(),
                 series_json,
+                moved_note,
+                last,
             },
         ),
         shown,
@@ -1465,7 +1592,8 @@ fn percent(s: &str) -> String {
 
 /// The columns an alarm row needs.
 const ALARM_COLUMNS: &str = "anomaly_id, kind, severity, coalesce(enterprise_id, '') AS enterprise_id, \
-    description, state, coalesce(state_by, '') AS state_by, \
+    subject, terminal_id, container_id, manifest_id, previous_value, current_value, change_ratio_ppm, \
+    limit_value, state, coalesce(state_by, '') AS state_by, \
     to_char(detected_at AT TIME ZONE 'Asia/Shanghai', 'YYYY-MM-DD HH24:MI:SS') AS detected, \
     to_char(state_at AT TIME ZONE 'Asia/Shanghai', 'YYYY-MM-DD HH24:MI:SS') AS handled_at";
 
@@ -1498,7 +1626,21 @@ fn alarm_row(r: &sqlx::postgres::PgRow, lang: Lang) -> AlarmRow {
         severity_label,
         severity_mark,
         enterprise: r.get("enterprise_id"),
-        description: r.get("description"),
+        // In this language from the typed columns, not the stored mixed-language line.
+        description: describe::describe(
+            lang,
+            &describe::AnomalyFacts {
+                kind: kind.clone(),
+                subject: r.get("subject"),
+                terminal_id: r.get("terminal_id"),
+                container_id: r.get("container_id"),
+                manifest_id: r.get("manifest_id"),
+                previous_value: r.get("previous_value"),
+                current_value: r.get("current_value"),
+                change_ratio_ppm: r.get("change_ratio_ppm"),
+                limit_value: r.get("limit_value"),
+            },
+        ),
         state,
         state_label,
         handled,
@@ -1569,8 +1711,11 @@ async fn alarms_page(
 
 /// `GET /ui/alarms/feed`: the API's anomaly feed (`/v1/anomalies/stream`) for the signed-in session —
 /// the same scope filter, the same `Last-Event-ID` replay — authenticated by the session cookie, which
-/// an `EventSource` sends where it could not send a header.
+/// an `EventSource` sends where it could not send a header. Each event gains `text`, its description in
+/// the session's language ([`describe::describe`]), which the page shows instead of the API's
+/// mixed-language `description`.
 async fn alarm_feed(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    let lang = lang_of(&headers);
     let Some(token) = cookie(&headers, SESSION_COOKIE) else {
         return secure((StatusCode::UNAUTHORIZED, "sign in first").into_response());
     };
@@ -1583,9 +1728,67 @@ async fn alarm_feed(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Resp
         api.insert("last-event-id", last.clone());
     }
     match crate::api::query::anomaly_stream(State(st), api).await {
-        Ok(stream) => secure(stream.into_response()),
+        Ok(stream) => {
+            let (parts, body) = stream.into_response().into_parts();
+            let events = in_words(body.into_data_stream(), lang);
+            secure(Response::from_parts(
+                parts,
+                axum::body::Body::from_stream(events),
+            ))
+        }
         Err(e) => secure(e.into_response()),
     }
+}
+
+/// The most a feed event may hold before it is passed on as it is (an API event is well under 4 KiB).
+const FEED_EVENT_BYTES_MAX: usize = 64 * 1024;
+
+/// The API's server-sent events with `text` added to each `anomaly` event's JSON: its description in
+/// `lang`. Events are cut at the blank line that ends each; anything that is not an anomaly's JSON (the
+/// keep-alive comments) passes unchanged, and so does an event longer than [`FEED_EVENT_BYTES_MAX`].
+fn in_words<S, E>(body: S, lang: Lang) -> impl futures_util::Stream<Item = Result<bytes::Bytes, E>>
+where
+    S: futures_util::Stream<Item = Result<bytes::Bytes, E>> + Send + 'static,
+{
+    use futures_util::StreamExt;
+    let mut pending: Vec<u8> = Vec::new();
+    body.map(move |chunk| {
+        let chunk = chunk?;
+        pending.extend_from_slice(&chunk);
+        let mut out = Vec::with_capacity(pending.len() + 256);
+        while let Some(end) = pending.windows(2).position(|w| w == b"\n\n") {
+            let event: Vec<u8> = pending.drain(..end + 2).collect();
+            out.extend_from_slice(&with_text(&event, lang));
+        }
+        if pending.len() > FEED_EVENT_BYTES_MAX {
+            out.append(&mut pending);
+        }
+        Ok(bytes::Bytes::from(out))
+    })
+}
+
+/// One server-sent event (ending in a blank line) with `text` added to its `data:` JSON, if it has one.
+fn with_text(event: &[u8], lang: Lang) -> Vec<u8> {
+    let Ok(text) = std::str::from_utf8(event) else {
+        return event.to_vec();
+    };
+    let mut out = String::with_capacity(text.len() + 256);
+    for line in text.split_inclusive('\n') {
+        let data = line
+            .strip_prefix("data:")
+            .and_then(|d| serde_json::from_str::<serde_json::Value>(d.trim()).ok());
+        match data {
+            Some(mut v) if v["anomaly"].is_object() => {
+                let facts = describe::AnomalyFacts::from_json(&v["anomaly"]);
+                v["text"] = describe::describe(lang, &facts).into();
+                out.push_str("data: ");
+                out.push_str(&v.to_string());
+                out.push('\n');
+            }
+            _ => out.push_str(line),
+        }
+    }
+    out.into_bytes()
 }
 
 #[derive(Deserialize)]
@@ -1708,6 +1911,66 @@ mod tests {
         assert_eq!((min, max), (-3.0, 400.0));
         // Few points pass untouched.
         assert_eq!(thin(&pts[..10], 0, 1_000, 720), pts[..10].to_vec());
+    }
+
+    #[test]
+    fn a_terminals_default_range_ends_on_its_newest_reading_when_that_is_older() {
+        use time::macros::date;
+        let today = date!(2026 - 12 - 07);
+        let old = Some(date!(2026 - 11 - 20));
+        assert_eq!(
+            range_end(None, old, today, 7),
+            (date!(2026 - 11 - 20), true)
+        );
+        assert_eq!(
+            range_end(None, old, today, 30),
+            (today, false),
+            "inside 30 days"
+        );
+        // Six days ago is inside the 7 days ending today; seven is not.
+        assert_eq!(
+            range_end(None, Some(date!(2026 - 12 - 01)), today, 7),
+            (today, false)
+        );
+        assert!(range_end(None, Some(date!(2026 - 11 - 30)), today, 7).1);
+        assert_eq!(range_end(None, None, today, 7), (today, false));
+        // A range asked for is never moved.
+        assert_eq!(range_end(Some(today), old, today, 7), (today, false));
+    }
+
+    #[tokio::test]
+    async fn the_feeds_anomaly_events_gain_their_text_and_nothing_else_changes() {
+        use futures_util::StreamExt;
+        let data = serde_json::json!({"event_seq": 9, "enterprise_id": "E-A",
+            "description": "重量异常波动 weight_fluctuation (medium) container:C-1",
+            "anomaly": {"kind": "weight_fluctuation", "subject": "container:C-1", "container_id": "C-1",
+                        "previous_value": 100_000_000, "current_value": 60_000_000,
+                        "change_ratio_ppm": 400_000}});
+        let event = format!("event: anomaly\nid: 9\ndata: {data}\n\n");
+        // Cut anywhere, a keep-alive between.
+        let whole = format!(":\n\n{event}");
+        let (a, b) = whole.split_at(17);
+        let chunks = vec![
+            Ok::<_, std::convert::Infallible>(bytes::Bytes::from(a.to_owned())),
+            Ok(bytes::Bytes::from(b.to_owned())),
+        ];
+        let out: Vec<u8> = in_words(futures_util::stream::iter(chunks), Lang::En)
+            .map(|c| c.unwrap().to_vec())
+            .concat()
+            .await;
+        let out = String::from_utf8(out).unwrap();
+        assert!(
+            out.starts_with(":\n\nevent: anomaly\nid: 9\ndata: {"),
+            "{out}"
+        );
+        assert!(out.ends_with("}\n\n"), "{out}");
+        let line = out.lines().find(|l| l.starts_with("data:")).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&line[5..]).unwrap();
+        assert_eq!(
+            v["text"],
+            "Container C-1 went from 100.0 kg to 60.0 kg (a change of 40.00%)."
+        );
+        assert_eq!(v["event_seq"], 9);
     }
 
     #[test]

@@ -767,22 +767,51 @@ pub struct RawEnterprise {
     pub storage_capacity_kg: f64,
 }
 
+/// The city must lie in the province: one branch per province (`openapi::enterprise_body`).
+#[cfg(feature = "openapi")]
+impl utoipa::PartialSchema for RawEnterprise {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        crate::openapi::enterprise_body()
+    }
+}
+
+#[cfg(feature = "openapi")]
+impl utoipa::ToSchema for RawEnterprise {}
+
 /// `POST /v1/terminals` as sent.
 #[derive(SerdeDeserialize, Debug, Clone)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RawTerminal {
+    #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::id))]
     pub id: String,
+    #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::id))]
     pub enterprise_id: String,
+    #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::terminal_kind))]
     pub kind: String,
+    #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::kilograms))]
     pub capacity_kg: f64,
+    #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::report_interval_s))]
+    #[serde(deserialize_with = "crate::json_int::u32")]
     pub report_interval_s: u32,
     /// An SM2 public key as SubjectPublicKeyInfo PEM (`openssl pkey -pubout`).
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::optional_public_key_pem))]
     pub public_key_pem: Option<String>,
 }
 
 fn is_division_code(s: &str) -> bool {
     s.len() == 6 && s.bytes().all(|b| b.is_ascii_digit()) && !s.starts_with('0')
+}
+
+/// A province's 6-digit division code (GB/T 2260): not starting with 0, ending in 0000 (`440000`).
+pub fn is_province_code(s: &str) -> bool {
+    is_division_code(s) && s.ends_with("0000")
+}
+
+/// A 6-digit division code below a province (`440100`): not starting with 0, not ending in 0000.
+pub fn is_city_code(s: &str) -> bool {
+    is_division_code(s) && !s.ends_with("0000")
 }
 
 fn capacity_mg(field: &str, kg: f64) -> Result<i64, Rejection> {
@@ -803,7 +832,7 @@ impl EnterpriseRegistered {
         if let Err(e) = check_text(name, NAME_CHARS_MAX, true) {
             return Err(Rejection::new("invalid_name", format!("name {e}")));
         }
-        if !is_division_code(&raw.province_code) || !raw.province_code.ends_with("0000") {
+        if !is_province_code(&raw.province_code) {
             return Err(Rejection::new(
                 "invalid_province_code",
                 format!(
@@ -812,10 +841,7 @@ impl EnterpriseRegistered {
                 ),
             ));
         }
-        if !is_division_code(&raw.city_code)
-            || raw.city_code[..2] != raw.province_code[..2]
-            || raw.city_code == raw.province_code
-        {
+        if !is_city_code(&raw.city_code) || raw.city_code[..2] != raw.province_code[..2] {
             return Err(Rejection::new(
                 "invalid_city_code",
                 format!(

@@ -26,8 +26,11 @@ pub mod domain;
 pub mod envelope;
 pub mod event;
 pub mod ids;
+pub mod json_int;
 pub mod keyring;
 pub mod log;
+#[cfg(feature = "openapi")]
+pub mod openapi;
 pub mod reading;
 pub mod replay;
 pub mod terminal_keys;

@@ -200,22 +200,36 @@ impl Stage {
 }
 
 /// A reading as a terminal sends it, before validation. Unknown fields are refused.
+/// Which units a kind takes and the range of its values are in the table above (`unknown_unit`,
+/// `value_out_of_range` per reading).
 #[derive(SerdeDeserialize, Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RawReading {
+    #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::reading_seq))]
+    #[serde(deserialize_with = "crate::json_int::u64")]
     pub seq: u64,
+    /// RFC 3339 with an offset, from 2000-01-01 to the node's clock plus the allowed skew.
+    #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::instant))]
     pub measured_at: String,
+    #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::reading_kind))]
     pub kind: String,
     pub value: f64,
+    /// One of the kind's units: weight g, kg, t, lb; level mm, cm, m; temperature degC, C, K, degF, F;
+    /// humidity %, %RH.
     pub unit: String,
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::optional_id))]
     pub container_id: Option<String>,
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::optional_stage))]
     pub stage: Option<String>,
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::optional_waste_code))]
     pub waste_code: Option<String>,
     /// The manifest (transfer order) a `transfer_out` / `transfer_in` weighing belongs to.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::optional_id))]
     pub manifest_id: Option<String>,
 }
 

@@ -294,9 +294,7 @@ pub fn check_scope(tier: Tier, scope: Option<&str>) -> Result<Scope, String> {
         (Tier::National | Tier::Admin, Some(_)) => {
             Err(format!("a {} token takes no scope", tier.name()))
         }
-        (Tier::Province, Some(p))
-            if p.len() == 6 && p.bytes().all(|b| b.is_ascii_digit()) && p.ends_with("0000") =>
-        {
+        (Tier::Province, Some(p)) if custodian_events::event::is_province_code(p) => {
             Ok(Scope::Province(p.to_owned()))
         }
         (Tier::Province, _) => Err(

@@ -92,6 +92,9 @@ pub struct SearchDoc {
     pub at_ns: i64,
 }
 
+/// The kinds of documents the index holds (`SearchFilter::kind`).
+pub const DOC_KINDS: [&str; 3] = ["anomaly", "manifest", "note"];
+
 /// Restricts a search. Every condition that is set must hold (AND); `None` means "any".
 #[derive(Debug, Clone, Default)]
 pub struct SearchFilter {
@@ -398,7 +401,10 @@ impl SearchIndex {
         if query.trim().is_empty() {
             bail!("the search query is empty: enter at least one word");
         }
-        let text_query = self.text_query(query)?;
+        // Punctuation or symbols only: nothing to look for, so nothing is found.
+        let Some(text_query) = self.text_query(query)? else {
+            return Ok(Vec::new());
+        };
         if limit == 0 {
             return Ok(Vec::new());
         }
@@ -449,12 +455,12 @@ impl SearchIndex {
     }
 
     /// The query on the `text` field: every token required, each CJK run of the query as a phrase of its
-    /// bigrams.
-    fn text_query(&self, query: &str) -> anyhow::Result<Box<dyn Query>> {
+    /// bigrams; `None` when the query holds no word at all.
+    fn text_query(&self, query: &str) -> anyhow::Result<Option<Box<dyn Query>>> {
         let field = self.fields.text;
         let pieces = analyze(query);
         if pieces.is_empty() {
-            bail!("the search query {query:?} contains no searchable words");
+            return Ok(None);
         }
         let mut clauses: Vec<(Occur, Box<dyn Query>)> = Vec::new();
         let mut seen_words = std::collections::HashSet::new();
@@ -494,7 +500,7 @@ impl SearchIndex {
             };
             clauses.push((Occur::Must, clause));
         }
-        Ok(Box::new(BooleanQuery::new(clauses)))
+        Ok(Some(Box::new(BooleanQuery::new(clauses))))
     }
 
     /// Number of docs.
@@ -1073,11 +1079,11 @@ mod tests {
                 .search(query, &SearchFilter::default(), 10)
                 .unwrap_or_else(|e| panic!("{query:?}: {e}"));
         }
-        // Punctuation only: nothing to search for.
-        let err = index
-            .search("*:*", &SearchFilter::default(), 10)
-            .unwrap_err();
-        assert!(err.to_string().contains("no searchable words"), "{err}");
+        // Punctuation only: nothing to search for, nothing found (not a refusal: the words were valid).
+        for query in ["*:*", "`", ".\u{9c}", "\u{84}"] {
+            let hits = index.search(query, &SearchFilter::default(), 10).unwrap();
+            assert!(hits.is_empty(), "{query:?}: {hits:?}");
+        }
     }
 
     #[test]

@@ -417,16 +417,46 @@ async fn every_tier_sees_exactly_its_scope() {
             "{path}: {v}"
         );
     }
+    // Days and instants beyond what is kept bound a range as its ends do (the OpenAPI document takes
+    // every RFC 3339 date and instant); a range too wide for one answer is refused with its own code.
     for path in [
         "/v1/enterprises/E-A/kpis?from=-9999-01-01",
+        "/v1/enterprises/E-A/kpis?from=0001-01-01&to=1969-12-31",
         "/v1/enterprises/E-A/kpis?from=9999-12-31T16:00:00Z",
         "/v1/enterprises/E-A/kpis?to=9999-12-31T23:59:59-23:59",
         "/v1/anomalies?from=9999-12-31T00:00:00Z",
+        "/v1/anomalies?from=0001-01-01T00:00:00Z&to=9999-12-31T23:59:59-23:59",
+    ] {
+        get(&n, path)
+            .await
+            .unwrap_or_else(|e| panic!("{path}: {e:?}"));
+    }
+    for path in [
         "/v1/terminals/T-A/readings?from=1700-01-01T00:00:00Z&to=2200-01-01T00:00:00Z&every=1d",
         "/v1/terminals/T-A/readings?from=0001-01-01T00:00:00Z&to=9999-01-01T00:00:00Z",
     ] {
         let (status, v) = get(&n, path).await.unwrap_err();
-        assert_eq!(status, 400, "{path}: {v}");
+        assert_eq!(
+            (status, v["code"].as_str()),
+            (400, Some("range_too_large")),
+            "{path}: {v}"
+        );
+    }
+    // Filters outside what the document states are refused, not answered with nothing.
+    for path in [
+        "/v1/anomalies?kind=bogus",
+        "/v1/anomalies?province_code=44",
+        "/v1/anomalies?cursor=-1",
+        "/v1/enterprises?province_code=440100",
+        "/v1/enterprises?city_code=440000",
+        "/v1/search?q=x&kind=bogus",
+    ] {
+        let (status, v) = get(&n, path).await.unwrap_err();
+        assert_eq!(
+            (status, v["code"].as_str()),
+            (400, Some("invalid_query")),
+            "{path}: {v}"
+        );
     }
     let resp = reqwest::Client::new()
         .get(format!("{}/v1/anomalies/stream", node.url()))
@@ -436,6 +466,15 @@ async fn every_tier_sees_exactly_its_scope() {
         .await
         .unwrap();
     assert_eq!(resp.status().as_u16(), 400, "Last-Event-ID u64::MAX");
+    // Integers may be written as JSON numbers with a zero fraction (JSON Schema's `integer`).
+    let (status, v) = admin
+        .post_admin(
+            "/v1/admin/tokens",
+            &json!({"tier": "national", "ttl_s": 600.0}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 201, "{v}");
     for (path, body) in [
         (
             "/v1/notes",
@@ -481,7 +520,11 @@ async fn every_tier_sees_exactly_its_scope() {
         .events(1, None, &["TokenIssued", "TokenRevoked"])
         .await
         .unwrap();
-    assert_eq!(events.len(), 6, "5 issued, 1 revoked");
+    assert_eq!(
+        events.len(),
+        7,
+        "5 issued, 1 issued with a ttl_s of 600.0, 1 revoked"
+    );
     assert!(
         events
             .iter()

@@ -23,16 +23,26 @@ use crate::reading::{ReadingKind, Stage, is_waste_code};
 pub const MANIFEST_CONTAINERS_MAX: usize = 1_000;
 
 /// `POST /v1/manifests` as sent.
+/// `generator_id` and `receiver_id` differ (`same_generator_and_receiver`): no schema can say so.
 #[derive(serde::Deserialize, Debug, Clone)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RawManifest {
+    #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::id))]
     pub id: String,
+    #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::id))]
     pub generator_id: String,
+    #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::id))]
     pub receiver_id: String,
+    #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::waste_code))]
     pub waste_code: String,
+    #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::container_ids))]
     pub container_ids: Vec<String>,
+    #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::kilograms))]
     pub declared_kg: f64,
+    /// Free text, up to 4,000 characters; empty or white space is no notes.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::manifest_notes))]
     pub notes: Option<String>,
 }
 

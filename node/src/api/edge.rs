@@ -25,12 +25,25 @@ use crate::edge::wire::{
 };
 use crate::sealing;
 
-#[derive(Deserialize)]
+/// Each enterprise must be registered (`unknown_enterprise`), which no schema can say.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct RawEdge {
+    #[schema(schema_with = custodian_events::openapi::id)]
     id: String,
+    #[schema(schema_with = custodian_events::openapi::public_key_pem)]
     public_key_pem: String,
+    /// The enterprises the edge serves: 1 ..= 1,000 ids.
+    #[schema(schema_with = edge_enterprises)]
     enterprise_ids: Vec<String>,
+}
+
+fn edge_enterprises() -> utoipa::openapi::schema::Array {
+    utoipa::openapi::schema::ArrayBuilder::new()
+        .items(custodian_events::openapi::id())
+        .min_items(Some(1))
+        .max_items(Some(EDGE_ENTERPRISES_MAX))
+        .build()
 }
 
 fn unprocessable(code: &'static str, message: String) -> ApiError {
@@ -39,6 +52,26 @@ fn unprocessable(code: &'static str, message: String) -> ApiError {
 
 /// `POST /v1/edges` (admin): 201 registered, 200 the same registration again, 409 `edge_exists` when the id
 /// is taken with other content.
+#[utoipa::path(
+    post,
+    path = "/v1/edges",
+    operation_id = "register_edge",
+    tag = "edge",
+    summary = "Register an edge node (admin)",
+    request_body = RawEdge,
+    responses(
+        (status = 200, description = "Already registered with the same content: unchanged, nothing stored", body = serde_json::Value),
+        (status = 201, description = "OK", body = serde_json::Value),
+        (status = 400, description = "The URL or query is malformed (`invalid_url`, `invalid_query`, …)", body = crate::api::openapi::ErrorBody),
+        (status = 401, description = "No token, or one that is invalid or expired (`unauthorized`)", body = crate::api::openapi::ErrorBody),
+        (status = 403, description = "The token may not do this (`forbidden`)", body = crate::api::openapi::ErrorBody),
+        (status = 409, description = "Conflicts with what is recorded", body = crate::api::openapi::ErrorBody),
+        (status = 413, description = "The body is larger than this operation takes (`body_too_large`)", body = crate::api::openapi::ErrorBody),
+        (status = 415, description = "The body is not `application/json` (`unsupported_media_type`)", body = crate::api::openapi::ErrorBody),
+        (status = 422, description = "The body or a path value breaks a rule (its `code` names which)", body = crate::api::openapi::ErrorBody),
+        (status = 503, description = "A backend this operation needs is down or behind; retry later", body = crate::api::openapi::ErrorBody),
+    ),
+)]
 pub async fn register_edge(
     State(st): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -107,6 +140,18 @@ pub async fn register_edge(
 }
 
 /// `GET /v1/edge/public-key`: the platform's SM2 public key, which edges seal their batches to (and pin).
+#[utoipa::path(
+    get,
+    path = "/v1/edge/public-key",
+    operation_id = "public_key",
+    tag = "edge",
+    summary = "The platform's SM2 public key, which edges seal to and pin",
+    security(()),
+    responses(
+        (status = 200, description = "OK", body = serde_json::Value),
+        (status = 400, description = "The URL or query is malformed (`invalid_url`, `invalid_query`, …)", body = crate::api::openapi::ErrorBody),
+    ),
+)]
 pub async fn public_key(State(st): State<Arc<AppState>>) -> Response {
     axum::Json(serde_json::json!({
         "public_key_pem": st.tokens.key().public_key_pem(),
@@ -184,6 +229,24 @@ async fn open_request(
 /// terminal's own signature checked again), then the answer per upload and per reading. Each terminal's
 /// uploads go in order, terminals side by side; after a terminal's first upload the platform cannot take
 /// now (503), that terminal's later uploads answer `retry`, so that its readings never overtake each other.
+#[utoipa::path(
+    post,
+    path = "/v1/edge/batches",
+    operation_id = "batches",
+    tag = "edge",
+    summary = "Forwarded uploads and anomalies from an edge (SM2/SM4 digital envelope, X-Custodian-Edge names the edge); one outcome per upload and reading",
+    security(()),
+    params(crate::api::openapi::EdgeHeaders),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "the sealed JSON {edge_id, anomalies:[{id,anomaly_b64}], uploads:[{id,body_b64,signature}]}"),
+    responses(
+        (status = 200, description = "OK", body = serde_json::Value),
+        (status = 400, description = "The URL or query is malformed (`invalid_url`, `invalid_query`, …)", body = crate::api::openapi::ErrorBody),
+        (status = 401, description = "No token, or one that is invalid or expired (`unauthorized`)", body = crate::api::openapi::ErrorBody),
+        (status = 413, description = "The body is larger than this operation takes (`body_too_large`)", body = crate::api::openapi::ErrorBody),
+        (status = 422, description = "The body or a path value breaks a rule (its `code` names which)", body = crate::api::openapi::ErrorBody),
+        (status = 503, description = "A backend this operation needs is down or behind; retry later", body = crate::api::openapi::ErrorBody),
+    ),
+)]
 pub async fn batches(
     State(st): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -413,6 +476,24 @@ fn registrations_of(st: &AppState, edge: &EdgeRegistered) -> Result<Registration
 
 /// `POST /v1/edge/registrations`: a sealed `{edge_id, at_ns}` from the edge; the answer is sealed to the
 /// edge's key.
+#[utoipa::path(
+    post,
+    path = "/v1/edge/registrations",
+    operation_id = "registrations",
+    tag = "edge",
+    summary = "An edge fetches its enterprises' registrations (sealed request {edge_id, at_ns}; the answer is sealed to the edge)",
+    security(()),
+    params(crate::api::openapi::EdgeHeaders),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "the sealed JSON {edge_id, at_ns}"),
+    responses(
+        (status = 200, description = "OK", body = serde_json::Value),
+        (status = 400, description = "The URL or query is malformed (`invalid_url`, `invalid_query`, …)", body = crate::api::openapi::ErrorBody),
+        (status = 401, description = "No token, or one that is invalid or expired (`unauthorized`)", body = crate::api::openapi::ErrorBody),
+        (status = 413, description = "The body is larger than this operation takes (`body_too_large`)", body = crate::api::openapi::ErrorBody),
+        (status = 422, description = "The body or a path value breaks a rule (its `code` names which)", body = crate::api::openapi::ErrorBody),
+        (status = 503, description = "A backend this operation needs is down or behind; retry later", body = crate::api::openapi::ErrorBody),
+    ),
+)]
 pub async fn registrations(
     State(st): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -455,6 +536,22 @@ pub async fn registrations(
 
 /// `GET /v1/admin/edges/{id}/registrations` (admin): the same registrations in the clear, the file an edge
 /// that has never reached the platform is seeded from (`custodian edge --seed-registrations FILE`).
+#[utoipa::path(
+    get,
+    path = "/v1/admin/edges/{id}/registrations",
+    operation_id = "registrations_file",
+    tag = "edge",
+    summary = "An edge's registrations in the clear: the seed file of an edge that has never reached the platform (admin)",
+    params(crate::api::openapi::EdgePath),
+    responses(
+        (status = 200, description = "OK", body = serde_json::Value),
+        (status = 400, description = "The URL or query is malformed (`invalid_url`, `invalid_query`, …)", body = crate::api::openapi::ErrorBody),
+        (status = 401, description = "No token, or one that is invalid or expired (`unauthorized`)", body = crate::api::openapi::ErrorBody),
+        (status = 403, description = "The token may not do this (`forbidden`)", body = crate::api::openapi::ErrorBody),
+        (status = 404, description = "Unknown, or outside the caller's scope (`not_found`)", body = crate::api::openapi::ErrorBody),
+        (status = 503, description = "A backend this operation needs is down or behind; retry later", body = crate::api::openapi::ErrorBody),
+    ),
+)]
 pub async fn registrations_file(
     State(st): State<Arc<AppState>>,
     headers: HeaderMap,

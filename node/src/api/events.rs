@@ -25,17 +25,49 @@ use super::{ApiError, AppState, require_admin};
 /// Events read from the log per step of the stream.
 const STEP_EVENTS: usize = 500;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct EventsQuery {
+    /// The first sequence to send (default 1).
     #[serde(default)]
-    from_seq: Option<u64>,
+    #[param(minimum = 0)]
+    from_seq: Option<i64>,
+    /// Only these event types, separated by commas.
     #[serde(default)]
+    #[param(value_type = Option<crate::api::openapi::EventTypes>, inline)]
     types: Option<String>,
+    /// Keep the stream open and send new events as they become durable.
     #[serde(default)]
     follow: Option<bool>,
+    /// At most this many events.
     #[serde(default)]
-    limit: Option<u64>,
+    #[param(minimum = 0)]
+    limit: Option<i64>,
+}
+
+/// `types` as the handler reads it: names of `Event::TYPES` separated by commas, white space around each
+/// and empty entries ignored.
+pub(crate) fn types_schema() -> utoipa::openapi::schema::Object {
+    let one = format!("({})", Event::TYPES.join("|"));
+    utoipa::openapi::schema::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .pattern(Some(format!("^\\s*{one}?\\s*(,\\s*{one}?\\s*)*$")))
+        .build()
+}
+
+/// A count or sequence of the query: 0 ..= i64::MAX, as the document states (int64).
+fn non_negative(name: &str, v: Option<i64>) -> Result<Option<u64>, ApiError> {
+    v.map(|n| {
+        u64::try_from(n).map_err(|_| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_query",
+                format!("{name} must not be negative"),
+            )
+        })
+    })
+    .transpose()
 }
 
 struct Cursor {
@@ -48,6 +80,22 @@ struct Cursor {
     durable: tokio::sync::watch::Receiver<u64>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/events",
+    operation_id = "stream",
+    tag = "audit",
+    summary = "The log as NDJSON (follow=true keeps it open)",
+    params(EventsQuery),
+    responses(
+        (status = 200, description = "OK", body = String, content_type = "application/x-ndjson"),
+        (status = 400, description = "The URL or query is malformed (`invalid_url`, `invalid_query`, …)", body = crate::api::openapi::ErrorBody),
+        (status = 401, description = "No token, or one that is invalid or expired (`unauthorized`)", body = crate::api::openapi::ErrorBody),
+        (status = 403, description = "The token may not do this (`forbidden`)", body = crate::api::openapi::ErrorBody),
+        (status = 500, description = "The node failed (`internal`)", body = crate::api::openapi::ErrorBody),
+        (status = 503, description = "A backend this operation needs is down or behind; retry later", body = crate::api::openapi::ErrorBody),
+    ),
+)]
 pub async fn stream(
     State(st): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -77,9 +125,9 @@ pub async fn stream(
         }
     };
     let cursor = Cursor {
-        from: q.from_seq.unwrap_or(1).max(1),
+        from: non_negative("from_seq", q.from_seq)?.unwrap_or(1).max(1),
         end: (!q.follow.unwrap_or(false)).then(|| st.log.last_seq()),
-        left: q.limit.unwrap_or(u64::MAX),
+        left: non_negative("limit", q.limit)?.unwrap_or(u64::MAX),
         types,
         durable: st.log.subscribe(),
         st,
@@ -168,6 +216,20 @@ struct ExportCursor {
 /// `GET /v1/admin/log/export` (admin): the whole log up to its last durable event when the request came,
 /// as a log export file (`docs/log-export.md`): records as stored, sealed payloads still sealed, with a
 /// SHA-256 trailer. `custodian log export` saves it; `custodian log import` restores it.
+#[utoipa::path(
+    get,
+    path = "/v1/admin/log/export",
+    operation_id = "export",
+    tag = "audit",
+    summary = "The whole log as a log export file (records as stored, sealed payloads sealed, SHA-256 trailer; docs/log-export.md)",
+    responses(
+        (status = 200, description = "OK", body = Vec<u8>, content_type = "application/octet-stream"),
+        (status = 400, description = "The URL or query is malformed (`invalid_url`, `invalid_query`, …)", body = crate::api::openapi::ErrorBody),
+        (status = 401, description = "No token, or one that is invalid or expired (`unauthorized`)", body = crate::api::openapi::ErrorBody),
+        (status = 403, description = "The token may not do this (`forbidden`)", body = crate::api::openapi::ErrorBody),
+        (status = 503, description = "A backend this operation needs is down or behind; retry later", body = crate::api::openapi::ErrorBody),
+    ),
+)]
 pub async fn export(
     State(st): State<Arc<AppState>>,
     headers: HeaderMap,

@@ -156,10 +156,16 @@ fn key_covers(
 
 /// An upload as sent. Readings are parsed one by one, so that one malformed reading is rejected alone and
 /// the good ones beside it are still accepted.
-#[derive(Deserialize)]
+///
+/// The body's bytes are what `X-Custodian-Signature` signs, so the terminal and its key must be known and
+/// the signature verify (401) before any reading is looked at; each reading's outcome is in the answer.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct RawUpload {
+    #[schema(schema_with = custodian_events::openapi::id)]
     terminal_id: String,
+    /// 1 ..= `ingest.batch_readings_max` readings (default 1,000; more answer 413 `batch_too_large`).
+    #[schema(value_type = Vec<custodian_events::reading::RawReading>, min_items = 1, max_items = 1000)]
     readings: Vec<Box<RawValue>>,
 }
 
@@ -204,6 +210,25 @@ impl ReadingResult {
     }
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/uploads",
+    operation_id = "upload",
+    tag = "ingest",
+    summary = "Upload a terminal's readings (SM2-signed body in X-Custodian-Signature)",
+    security(()),
+    params(crate::api::openapi::UploadHeaders),
+    request_body = RawUpload,
+    responses(
+        (status = 200, description = "OK", body = serde_json::Value),
+        (status = 400, description = "The URL or query is malformed (`invalid_url`, `invalid_query`, …)", body = crate::api::openapi::ErrorBody),
+        (status = 401, description = "No token, or one that is invalid or expired (`unauthorized`)", body = crate::api::openapi::ErrorBody),
+        (status = 413, description = "The body is larger than this operation takes (`body_too_large`)", body = crate::api::openapi::ErrorBody),
+        (status = 415, description = "The body is not `application/json` (`unsupported_media_type`)", body = crate::api::openapi::ErrorBody),
+        (status = 422, description = "The body or a path value breaks a rule (its `code` names which)", body = crate::api::openapi::ErrorBody),
+        (status = 503, description = "A backend this operation needs is down or behind; retry later", body = crate::api::openapi::ErrorBody),
+    ),
+)]
 pub async fn upload(State(st): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
     let result = handle(&st, &headers, body).await;
     let status = match &result {

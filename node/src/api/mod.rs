@@ -5,6 +5,7 @@ pub mod edge;
 mod error;
 mod events;
 pub mod ingest;
+pub mod openapi;
 pub mod query;
 pub mod registry;
 mod url_check;
@@ -230,6 +231,18 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    operation_id = "healthz",
+    tag = "operations",
+    summary = "Liveness and log/deriver figures",
+    security(()),
+    responses(
+        (status = 200, description = "OK", body = serde_json::Value),
+        (status = 400, description = "The URL or query is malformed (`invalid_url`, `invalid_query`, …)", body = crate::api::openapi::ErrorBody),
+    ),
+)]
 async fn healthz(State(st): State<Arc<AppState>>) -> impl IntoResponse {
     axum::Json(serde_json::json!({
         "status": "ok",
@@ -251,6 +264,18 @@ async fn healthz(State(st): State<Arc<AppState>>) -> impl IntoResponse {
     }))
 }
 
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    operation_id = "metrics",
+    tag = "operations",
+    summary = "Prometheus metrics (ingest, log, projections, query cache)",
+    security(()),
+    responses(
+        (status = 200, description = "OK", body = String, content_type = "text/plain"),
+        (status = 400, description = "The URL or query is malformed (`invalid_url`, `invalid_query`, …)", body = crate::api::openapi::ErrorBody),
+    ),
+)]
 async fn metrics(State(st): State<Arc<AppState>>) -> impl IntoResponse {
     let size = st.log.size_on_disk().ok();
     let mut text = st.metrics.render(st.log.last_seq(), size);
@@ -269,6 +294,22 @@ async fn metrics(State(st): State<Arc<AppState>>) -> impl IntoResponse {
 }
 
 /// `POST /v1/admin/data-keys/{scope}/rotate`: new events of `scope` are sealed with a new data key.
+#[utoipa::path(
+    post,
+    path = "/v1/admin/data-keys/{scope}/rotate",
+    operation_id = "rotate_data_key",
+    tag = "admin",
+    summary = "Rotate a data key",
+    params(crate::api::openapi::DataKeyPath),
+    responses(
+        (status = 201, description = "OK", body = serde_json::Value),
+        (status = 400, description = "The URL or query is malformed (`invalid_url`, `invalid_query`, …)", body = crate::api::openapi::ErrorBody),
+        (status = 401, description = "No token, or one that is invalid or expired (`unauthorized`)", body = crate::api::openapi::ErrorBody),
+        (status = 403, description = "The token may not do this (`forbidden`)", body = crate::api::openapi::ErrorBody),
+        (status = 422, description = "The body or a path value breaks a rule (its `code` names which)", body = crate::api::openapi::ErrorBody),
+        (status = 503, description = "A backend this operation needs is down or behind; retry later", body = crate::api::openapi::ErrorBody),
+    ),
+)]
 async fn rotate_data_key(
     State(st): State<Arc<AppState>>,
     axum::extract::Path(scope): axum::extract::Path<String>,
@@ -292,6 +333,20 @@ async fn rotate_data_key(
 }
 
 /// `GET /v1/admin/projections`: checkpoint, lag, state and any rebuild of each read model.
+#[utoipa::path(
+    get,
+    path = "/v1/admin/projections",
+    operation_id = "projections_status",
+    tag = "admin",
+    summary = "Status of each read model",
+    responses(
+        (status = 200, description = "OK", body = serde_json::Value),
+        (status = 400, description = "The URL or query is malformed (`invalid_url`, `invalid_query`, …)", body = crate::api::openapi::ErrorBody),
+        (status = 401, description = "No token, or one that is invalid or expired (`unauthorized`)", body = crate::api::openapi::ErrorBody),
+        (status = 403, description = "The token may not do this (`forbidden`)", body = crate::api::openapi::ErrorBody),
+        (status = 503, description = "A backend this operation needs is down or behind; retry later", body = crate::api::openapi::ErrorBody),
+    ),
+)]
 async fn projections_status(
     State(st): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -310,18 +365,45 @@ async fn projections_status(
     })))
 }
 
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct SearchQuery {
+    /// Words to find (Chinese too).
+    #[param(value_type = crate::api::openapi::SearchText, inline)]
     q: String,
+    /// Only documents of this enterprise.
     #[serde(default)]
+    #[param(value_type = Option<custodian_events::openapi::Id>, inline)]
     enterprise_id: Option<String>,
+    /// Only documents of this province.
     #[serde(default)]
+    #[param(value_type = Option<custodian_events::openapi::ProvinceCode>, inline)]
     province_code: Option<String>,
+    /// Only documents of this kind.
     #[serde(default)]
+    #[param(value_type = Option<crate::api::openapi::SearchKind>, inline)]
     kind: Option<String>,
+    /// Hits to answer.
     #[serde(default)]
+    #[param(minimum = 1, maximum = 200, default = 20)]
     limit: Option<usize>,
+}
+
+/// Search words: at least one character that is not white space, and no NUL (which no URL may carry).
+pub(crate) fn search_text() -> utoipa::openapi::schema::Object {
+    utoipa::openapi::schema::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .pattern(Some("^[^\\u0000]*[^\\s\\u0000][^\\u0000]*$"))
+        .build()
+}
+
+/// The kinds of documents the search index holds.
+pub(crate) fn search_kind() -> utoipa::openapi::schema::Object {
+    utoipa::openapi::schema::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .enum_values(Some(custodian_projections::search::DOC_KINDS))
+        .build()
 }
 
 /// The most hits one search answers.
@@ -330,6 +412,21 @@ const SEARCH_LIMIT_MAX: usize = 200;
 /// `GET /v1/admin/search?q=…&enterprise_id=…&province_code=…&kind=…&limit=…` (admin): full-text search of
 /// anomaly descriptions, manifest notes and inspection notes, Chinese words included. Regulators' scoped
 /// search is part of the query API.
+#[utoipa::path(
+    get,
+    path = "/v1/admin/search",
+    operation_id = "admin_search",
+    tag = "admin",
+    summary = "Full-text search over everything",
+    params(SearchQuery),
+    responses(
+        (status = 200, description = "OK", body = serde_json::Value),
+        (status = 400, description = "The URL or query is malformed (`invalid_url`, `invalid_query`, …)", body = crate::api::openapi::ErrorBody),
+        (status = 401, description = "No token, or one that is invalid or expired (`unauthorized`)", body = crate::api::openapi::ErrorBody),
+        (status = 403, description = "The token may not do this (`forbidden`)", body = crate::api::openapi::ErrorBody),
+        (status = 503, description = "A backend this operation needs is down or behind; retry later", body = crate::api::openapi::ErrorBody),
+    ),
+)]
 async fn search(
     State(st): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -338,6 +435,17 @@ async fn search(
     require_admin(&st, &headers)?;
     let axum::extract::Query(q) = query
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))?;
+    let bad = |m: String| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", m);
+    if let Some(e) = &q.enterprise_id {
+        custodian_events::ids::check_id(e).map_err(|err| bad(format!("enterprise_id: {err}")))?;
+    }
+    if let Some(p) = &q.province_code
+        && !custodian_events::event::is_province_code(p)
+    {
+        return Err(bad(format!(
+            "province_code {p:?} is not a province's 6-digit code ending in 0000"
+        )));
+    }
     run_search(
         &st,
         q.q,
@@ -365,6 +473,18 @@ pub(crate) async fn run_search(
             "q must hold at least one word",
         ));
     }
+    if let Some(k) = &filter.kind
+        && !custodian_projections::search::DOC_KINDS.contains(&k.as_str())
+    {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+            format!(
+                "kind {k:?} is not one of {}",
+                custodian_projections::search::DOC_KINDS.join(", ")
+            ),
+        ));
+    }
     let limit = limit.unwrap_or(20);
     if !(1..=SEARCH_LIMIT_MAX).contains(&limit) {
         return Err(ApiError::new(
@@ -386,6 +506,23 @@ pub(crate) async fn run_search(
 /// `POST /v1/admin/projections/{name}/rebuild`: 202 with the new generation; it fills a shadow copy from
 /// sequence 0 and replaces the live model once caught up. 404 for an unknown or disabled model, 409 while a
 /// rebuild of it runs.
+#[utoipa::path(
+    post,
+    path = "/v1/admin/projections/{name}/rebuild",
+    operation_id = "rebuild_projection",
+    tag = "admin",
+    summary = "Rebuild a read model into a shadow copy, then swap",
+    params(crate::api::openapi::ProjectionPath),
+    responses(
+        (status = 202, description = "OK", body = serde_json::Value),
+        (status = 400, description = "The URL or query is malformed (`invalid_url`, `invalid_query`, …)", body = crate::api::openapi::ErrorBody),
+        (status = 401, description = "No token, or one that is invalid or expired (`unauthorized`)", body = crate::api::openapi::ErrorBody),
+        (status = 403, description = "The token may not do this (`forbidden`)", body = crate::api::openapi::ErrorBody),
+        (status = 404, description = "Unknown, or outside the caller's scope (`not_found`)", body = crate::api::openapi::ErrorBody),
+        (status = 409, description = "Conflicts with what is recorded", body = crate::api::openapi::ErrorBody),
+        (status = 503, description = "A backend this operation needs is down or behind; retry later", body = crate::api::openapi::ErrorBody),
+    ),
+)]
 async fn rebuild_projection(
     State(st): State<Arc<AppState>>,
     axum::extract::Path(name): axum::extract::Path<String>,
@@ -418,15 +555,38 @@ async fn rebuild_projection(
     ))
 }
 
-/// The OpenAPI 3 document of the whole API.
-pub const OPENAPI: &str = include_str!("openapi.json");
-
 /// `GET /v1/openapi.json` (no token needed).
+#[utoipa::path(
+    get,
+    path = "/v1/openapi.json",
+    operation_id = "openapi",
+    tag = "operations",
+    summary = "This document",
+    security(()),
+    responses(
+        (status = 200, description = "OK", body = serde_json::Value),
+        (status = 400, description = "The URL or query is malformed (`invalid_url`, `invalid_query`, …)", body = crate::api::openapi::ErrorBody),
+    ),
+)]
 async fn openapi() -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "application/json")], OPENAPI)
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        openapi::DOCUMENT.as_str(),
+    )
 }
 
 /// `GET /`: a browser pointed at the node's address lands on the dashboard.
+#[utoipa::path(
+    get,
+    path = "/",
+    operation_id = "root",
+    summary = "Redirects a browser to the dashboard at /ui.",
+    security(()),
+    responses(
+        (status = 303, description = "See Other: Location /ui"),
+        (status = 400, description = "The URL or query is malformed (`invalid_url`, `invalid_query`, …)", body = crate::api::openapi::ErrorBody),
+    ),
+)]
 async fn root() -> axum::response::Redirect {
     axum::response::Redirect::to("/ui")
 }
@@ -593,8 +753,7 @@ mod openapi_tests {
 
     /// (method, path) of every operation in the OpenAPI document.
     fn documented() -> BTreeSet<(String, String)> {
-        let doc: serde_json::Value =
-            serde_json::from_str(super::OPENAPI).expect("openapi.json is JSON");
+        let doc = super::openapi::document();
         let mut out = BTreeSet::new();
         for (path, ops) in doc["paths"].as_object().expect("paths") {
             for method in ops.as_object().expect("operations").keys() {
@@ -627,8 +786,7 @@ mod openapi_tests {
     /// validator refuses the document otherwise, and Schemathesis then skips most of its phases).
     #[test]
     fn every_path_parameter_is_declared() {
-        let doc: serde_json::Value =
-            serde_json::from_str(super::OPENAPI).expect("openapi.json is JSON");
+        let doc = super::openapi::document();
         let mut missing = Vec::new();
         for (path, ops) in doc["paths"].as_object().expect("paths") {
             let templated: BTreeSet<&str> = path

@@ -10,9 +10,11 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use custodian_events::Event;
 use custodian_events::event::{TokenIssued, TokenRevoked};
+use custodian_events::openapi as schema;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sqlx::Row as _;
+use utoipa::IntoParams;
 
 use super::{ApiError, AppState, caller, read_json, require_admin_caller};
 use crate::tokens::{Caller, Claims, Scope, TTL_S_MAX, Tier, check_scope};
@@ -28,11 +30,70 @@ pub struct RawToken {
     #[serde(default)]
     scope: Option<String>,
     /// Seconds; default 8 h, at most 30 days.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "custodian_events::json_int::option_u64")]
     ttl_s: Option<u64>,
 }
 
+/// One branch per tier, as `check_scope` takes them; an enterprise scope must be registered too
+/// (`unknown_enterprise`), which no schema can say.
+impl utoipa::PartialSchema for RawToken {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{AdditionalProperties, AnyOfBuilder, ObjectBuilder, Type};
+        let ttl = ObjectBuilder::new()
+            .schema_type(Type::Integer)
+            .minimum(Some(1))
+            .maximum(Some(TTL_S_MAX))
+            .description(Some("Seconds; default 8 h (28800), at most 30 days"))
+            .build();
+        let branch = |tiers: &[&str], scope: Option<utoipa::openapi::schema::Object>| {
+            let mut o = ObjectBuilder::new()
+                .property(
+                    "tier",
+                    ObjectBuilder::new()
+                        .schema_type(Type::String)
+                        .enum_values(Some(tiers.iter().copied())),
+                )
+                .property("ttl_s", schema::or_null(ttl.clone()))
+                .required("tier")
+                .additional_properties(Some(AdditionalProperties::FreeForm(false)));
+            o = match scope {
+                Some(s) => o.property("scope", s).required("scope"),
+                None => o.property("scope", ObjectBuilder::new().schema_type(Type::Null)),
+            };
+            o.build()
+        };
+        AnyOfBuilder::new()
+            .item(branch(&["national", "admin"], None))
+            .item(branch(&["province"], Some(schema::province_code())))
+            .item(branch(&["enterprise"], Some(schema::id())))
+            .description(Some(
+                "A token's tier and scope: none for national and admin, a province code for province, an enterprise id for enterprise",
+            ))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for RawToken {}
+
 /// `POST /v1/admin/tokens` (admin): issues a token; 201 `{"token", "id", "tier", "scope", "expires_at"}`.
+#[utoipa::path(
+    post,
+    path = "/v1/admin/tokens",
+    operation_id = "issue_token",
+    tag = "admin",
+    summary = "Issue a regulator's or admin's token",
+    request_body = RawToken,
+    responses(
+        (status = 201, description = "OK", body = serde_json::Value),
+        (status = 400, description = "The URL or query is malformed (`invalid_url`, `invalid_query`, …)", body = crate::api::openapi::ErrorBody),
+        (status = 401, description = "No token, or one that is invalid or expired (`unauthorized`)", body = crate::api::openapi::ErrorBody),
+        (status = 403, description = "The token may not do this (`forbidden`)", body = crate::api::openapi::ErrorBody),
+        (status = 413, description = "The body is larger than this operation takes (`body_too_large`)", body = crate::api::openapi::ErrorBody),
+        (status = 415, description = "The body is not `application/json` (`unsupported_media_type`)", body = crate::api::openapi::ErrorBody),
+        (status = 422, description = "The body or a path value breaks a rule (its `code` names which)", body = crate::api::openapi::ErrorBody),
+        (status = 503, description = "A backend this operation needs is down or behind; retry later", body = crate::api::openapi::ErrorBody),
+    ),
+)]
 pub async fn issue_token(
     State(st): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -110,6 +171,23 @@ pub async fn issue_token(
 }
 
 /// `POST /v1/admin/tokens/{id}/revoke` (admin): the token opens nothing from now on.
+#[utoipa::path(
+    post,
+    path = "/v1/admin/tokens/{id}/revoke",
+    operation_id = "revoke_token",
+    tag = "admin",
+    summary = "Revoke a token",
+    params(crate::api::openapi::TokenPath),
+    responses(
+        (status = 200, description = "OK", body = serde_json::Value),
+        (status = 400, description = "The URL or query is malformed (`invalid_url`, `invalid_query`, …)", body = crate::api::openapi::ErrorBody),
+        (status = 401, description = "No token, or one that is invalid or expired (`unauthorized`)", body = crate::api::openapi::ErrorBody),
+        (status = 403, description = "The token may not do this (`forbidden`)", body = crate::api::openapi::ErrorBody),
+        (status = 404, description = "Unknown, or outside the caller's scope (`not_found`)", body = crate::api::openapi::ErrorBody),
+        (status = 422, description = "The body or a path value breaks a rule (its `code` names which)", body = crate::api::openapi::ErrorBody),
+        (status = 503, description = "A backend this operation needs is down or behind; retry later", body = crate::api::openapi::ErrorBody),
+    ),
+)]
 pub async fn revoke_token(
     State(st): State<Arc<AppState>>,
     Path(id): Path<String>,
@@ -200,14 +278,43 @@ fn query_of<T>(
     q.map(|Query(q)| q).map_err(|e| invalid(e.body_text()))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct EnterprisesQuery {
+    /// Only the enterprises of this province.
+    #[param(value_type = Option<schema::ProvinceCode>, inline)]
     province_code: Option<String>,
+    /// Only the enterprises of this city.
+    #[param(value_type = Option<schema::CityCode>, inline)]
     city_code: Option<String>,
+    /// Enterprises per page.
+    #[param(minimum = 1, maximum = 500, default = 50)]
     limit: Option<i64>,
+    /// The `next_cursor` of the page before (an enterprise id).
+    #[param(value_type = Option<schema::Id>, inline)]
     cursor: Option<String>,
 }
+
+/// A filter's value checked as the document states it.
+fn filter<'a>(
+    name: &str,
+    value: &'a Option<String>,
+    ok: fn(&str) -> bool,
+    what: &str,
+) -> Result<Option<&'a str>, ApiError> {
+    match value.as_deref() {
+        Some(v) if !ok(v) => Err(invalid(format!("{name} {v:?} is not {what}"))),
+        v => Ok(v),
+    }
+}
+
+fn is_id(s: &str) -> bool {
+    custodian_events::ids::check_id(s).is_ok()
+}
+
+const PROVINCE: &str = "a province's 6-digit code ending in 0000 (e.g. 440000)";
+const CITY: &str = "a city's 6-digit code (e.g. 440100)";
 
 const ENTERPRISE_COLUMNS: &str =
     "id, name, province_code, city_code, storage_capacity_mg, registered_seq";
@@ -224,6 +331,20 @@ fn enterprise_json(r: &sqlx::postgres::PgRow) -> Value {
 }
 
 /// `GET /v1/enterprises?province_code=&city_code=&limit=&cursor=`: the enterprises in the caller's scope.
+#[utoipa::path(
+    get,
+    path = "/v1/enterprises",
+    operation_id = "enterprises",
+    tag = "query",
+    summary = "Enterprises in the caller's scope",
+    params(EnterprisesQuery),
+    responses(
+        (status = 200, description = "OK", body = serde_json::Value),
+        (status = 400, description = "The URL or query is malformed (`invalid_url`, `invalid_query`, …)", body = crate::api::openapi::ErrorBody),
+        (status = 401, description = "No token, or one that is invalid or expired (`unauthorized`)", body = crate::api::openapi::ErrorBody),
+        (status = 503, description = "A backend this operation needs is down or behind; retry later", body = crate::api::openapi::ErrorBody),
+    ),
+)]
 pub async fn enterprises(
     State(st): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -232,6 +353,19 @@ pub async fn enterprises(
     let who = caller(&st, &headers)?;
     let q = query_of(q)?;
     let limit = page(q.limit)?;
+    filter(
+        "province_code",
+        &q.province_code,
+        custodian_events::event::is_province_code,
+        PROVINCE,
+    )?;
+    filter(
+        "city_code",
+        &q.city_code,
+        custodian_events::event::is_city_code,
+        CITY,
+    )?;
+    filter("cursor", &q.cursor, is_id, "one this API gave")?;
     let (sp, se) = who.scope.binds();
     let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
         "SELECT {ENTERPRISE_COLUMNS} FROM enterprises \
@@ -288,6 +422,21 @@ async fn enterprise_in_scope(
 }
 
 /// `GET /v1/enterprises/{id}`: 404 alike for unknown and out of scope.
+#[utoipa::path(
+    get,
+    path = "/v1/enterprises/{id}",
+    operation_id = "enterprise",
+    tag = "query",
+    summary = "One enterprise (404 when out of scope)",
+    params(crate::api::openapi::EnterprisePath),
+    responses(
+        (status = 200, description = "OK", body = serde_json::Value),
+        (status = 400, description = "The URL or query is malformed (`invalid_url`, `invalid_query`, …)", body = crate::api::openapi::ErrorBody),
+        (status = 401, description = "No token, or one that is invalid or expired (`unauthorized`)", body = crate::api::openapi::ErrorBody),
+        (status = 404, description = "Unknown, or outside the caller's scope (`not_found`)", body = crate::api::openapi::ErrorBody),
+        (status = 503, description = "A backend this operation needs is down or behind; retry later", body = crate::api::openapi::ErrorBody),
+    ),
+)]
 pub async fn enterprise(
     State(st): State<Arc<AppState>>,
     Path(id): Path<String>,
@@ -301,14 +450,33 @@ pub async fn enterprise(
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct KpisQuery {
+    /// The first day: `YYYY-MM-DD`, or the China Standard Time day of an RFC 3339 instant.
+    #[param(value_type = Option<crate::api::openapi::Day>, inline)]
     from: Option<String>,
+    /// The last day (included), as `from`.
+    #[param(value_type = Option<crate::api::openapi::Day>, inline)]
     to: Option<String>,
 }
 
-/// The first and last day `from` and `to` of the KPIs may name.
+/// A day as `day` takes it.
+pub(crate) fn day_schema() -> utoipa::openapi::schema::Schema {
+    use utoipa::openapi::schema::{AnyOfBuilder, KnownFormat, ObjectBuilder, SchemaFormat, Type};
+    AnyOfBuilder::new()
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .format(Some(SchemaFormat::KnownFormat(KnownFormat::Date))),
+        )
+        .item(schema::instant())
+        .build()
+        .into()
+}
+
+/// The first and last day the KPIs are kept for: `from` and `to` beyond them are taken as them.
 const KPI_DAY_FIRST: time::Date = time::macros::date!(1970 - 01 - 01);
 const KPI_DAY_LAST: time::Date = time::macros::date!(9999 - 12 - 31);
 
@@ -320,10 +488,13 @@ fn day(s: &str) -> Result<time::Date, ApiError> {
     }
     // `time` parses years of 4 digits only; an instant's day may still be out of the read model's range,
     // checked by the caller.
+    // An instant whose CST day lies beyond what `time` holds is beyond the kept days too.
     time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
         .ok()
-        .and_then(|t| t.checked_to_offset(time::macros::offset!(+8)))
-        .map(|t| t.date())
+        .map(|t| {
+            t.checked_to_offset(time::macros::offset!(+8))
+                .map_or(KPI_DAY_LAST, |t| t.date())
+        })
         .ok_or_else(|| {
             invalid(format!(
                 "{s:?} is neither YYYY-MM-DD nor an RFC 3339 instant"
@@ -332,6 +503,21 @@ fn day(s: &str) -> Result<time::Date, ApiError> {
 }
 
 /// `GET /v1/enterprises/{id}/kpis?from=&to=`: the enterprise's daily KPIs (CST days, both ends included).
+#[utoipa::path(
+    get,
+    path = "/v1/enterprises/{id}/kpis",
+    operation_id = "enterprise_kpis",
+    tag = "query",
+    summary = "Daily KPIs of an enterprise (China Standard Time days)",
+    params(crate::api::openapi::EnterprisePath, KpisQuery),
+    responses(
+        (status = 200, description = "OK", body = serde_json::Value),
+        (status = 400, description = "The URL or query is malformed (`invalid_url`, `invalid_query`, …)", body = crate::api::openapi::ErrorBody),
+        (status = 401, description = "No token, or one that is invalid or expired (`unauthorized`)", body = crate::api::openapi::ErrorBody),
+        (status = 404, description = "Unknown, or outside the caller's scope (`not_found`)", body = crate::api::openapi::ErrorBody),
+        (status = 503, description = "A backend this operation needs is down or behind; retry later", body = crate::api::openapi::ErrorBody),
+    ),
+)]
 pub async fn enterprise_kpis(
     State(st): State<Arc<AppState>>,
     Path(id): Path<String>,
@@ -340,15 +526,9 @@ pub async fn enterprise_kpis(
 ) -> Result<impl IntoResponse, ApiError> {
     let who = caller(&st, &headers)?;
     let q = query_of(q)?;
-    let from = q.from.as_deref().map(day).transpose()?;
-    let to = q.to.as_deref().map(day).transpose()?;
-    for d in from.iter().chain(&to) {
-        if !(KPI_DAY_FIRST..=KPI_DAY_LAST).contains(d) {
-            return Err(invalid(format!(
-                "{d} lies outside {KPI_DAY_FIRST} ..= {KPI_DAY_LAST}, the days KPIs are kept for"
-            )));
-        }
-    }
+    let clamp = |d: time::Date| d.clamp(KPI_DAY_FIRST, KPI_DAY_LAST);
+    let from = q.from.as_deref().map(day).transpose()?.map(clamp);
+    let to = q.to.as_deref().map(day).transpose()?.map(clamp);
     let pool = pg(&st)?;
     if enterprise_in_scope(&pool, &who.scope, &id).await?.is_none() {
         return Err(not_found("enterprise", &id));
@@ -393,31 +573,92 @@ pub async fn enterprise_kpis(
     ))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct AnomaliesQuery {
+    /// Only anomalies of this kind.
+    #[param(value_type = Option<crate::api::openapi::AnomalyKindName>, inline)]
     kind: Option<String>,
+    /// Only anomalies in this state.
+    #[param(value_type = Option<crate::api::openapi::AnomalyStateName>, inline)]
     state: Option<String>,
+    /// Only anomalies of this province.
+    #[param(value_type = Option<schema::ProvinceCode>, inline)]
     province_code: Option<String>,
+    /// Only anomalies of this enterprise.
+    #[param(value_type = Option<schema::Id>, inline)]
     enterprise_id: Option<String>,
+    /// Detected at or after this instant.
+    #[param(value_type = Option<schema::Instant>, inline)]
     from: Option<String>,
+    /// Detected before this instant.
+    #[param(value_type = Option<schema::Instant>, inline)]
     to: Option<String>,
+    /// Anomalies per page.
+    #[param(minimum = 1, maximum = 500, default = 50)]
     limit: Option<i64>,
+    /// The `next_cursor` of the page before.
+    #[param(value_type = Option<crate::api::openapi::AnomalyCursor>, inline)]
     cursor: Option<String>,
 }
 
-/// An RFC 3339 instant as Unix nanoseconds: within 1677-09-21 .. 2262-04-11, what 64 bits of them hold.
+const ANOMALY_STATES: [&str; 3] = ["open", "acknowledged", "resolved"];
+
+pub(crate) fn anomaly_kind() -> utoipa::openapi::schema::Object {
+    use custodian_events::domain::anomaly::AnomalyKind;
+    utoipa::openapi::schema::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .enum_values(Some(AnomalyKind::ALL.map(AnomalyKind::name)))
+        .build()
+}
+
+fn is_anomaly_kind(s: &str) -> bool {
+    use custodian_events::domain::anomaly::AnomalyKind;
+    AnomalyKind::ALL.iter().any(|k| k.name() == s)
+}
+
+pub(crate) fn anomaly_state() -> utoipa::openapi::schema::Object {
+    utoipa::openapi::schema::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .enum_values(Some(ANOMALY_STATES))
+        .build()
+}
+
+/// A page cursor of the anomalies: an event sequence, 1 ..= 18 digits.
+const CURSOR_PATTERN: &str = "^[0-9]{1,18}$";
+
+pub(crate) fn cursor_schema() -> utoipa::openapi::schema::Object {
+    utoipa::openapi::schema::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .pattern(Some(CURSOR_PATTERN))
+        .build()
+}
+
+/// An RFC 3339 instant as Unix nanoseconds. Instants beyond what 64 bits of them hold (1677-09-21 ..
+/// 2262-04-11) bound a range exactly as its ends do: no event lies beyond them.
 fn instant_ns(s: &str) -> Result<i64, ApiError> {
     let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
         .map_err(|_| invalid(format!("{s:?} is not an RFC 3339 instant")))?;
-    i64::try_from(t.unix_timestamp_nanos()).map_err(|_| {
-        invalid(format!(
-            "{s:?} lies outside 1677-09-21 .. 2262-04-11, the instants this API keeps"
-        ))
-    })
+    let ns = t.unix_timestamp_nanos();
+    Ok(ns.clamp(i64::MIN as i128, i64::MAX as i128) as i64)
 }
 
 /// `GET /v1/anomalies?kind=&province_code=&enterprise_id=&from=&to=&limit=&cursor=`: newest first, in scope.
+#[utoipa::path(
+    get,
+    path = "/v1/anomalies",
+    operation_id = "anomalies",
+    tag = "query",
+    summary = "Anomalies in scope, newest first",
+    params(AnomaliesQuery),
+    responses(
+        (status = 200, description = "OK", body = serde_json::Value),
+        (status = 400, description = "The URL or query is malformed (`invalid_url`, `invalid_query`, …)", body = crate::api::openapi::ErrorBody),
+        (status = 401, description = "No token, or one that is invalid or expired (`unauthorized`)", body = crate::api::openapi::ErrorBody),
+        (status = 503, description = "A backend this operation needs is down or behind; retry later", body = crate::api::openapi::ErrorBody),
+    ),
+)]
 pub async fn anomalies(
     State(st): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -426,12 +667,22 @@ pub async fn anomalies(
     let who = caller(&st, &headers)?;
     let q = query_of(q)?;
     let limit = page(q.limit)?;
+    filter("kind", &q.kind, is_anomaly_kind, "an anomaly kind")?;
+    filter(
+        "province_code",
+        &q.province_code,
+        custodian_events::event::is_province_code,
+        PROVINCE,
+    )?;
+    filter("enterprise_id", &q.enterprise_id, is_id, "an enterprise id")?;
     let cursor = q
         .cursor
         .as_deref()
         .map(|c| {
-            c.parse::<i64>()
-                .map_err(|_| invalid("cursor is not one this API gave"))
+            (c.len() <= 18 && c.bytes().all(|b| b.is_ascii_digit()))
+                .then(|| c.parse::<i64>().ok())
+                .flatten()
+                .ok_or_else(|| invalid("cursor is not one this API gave"))
         })
         .transpose()?;
     let from = q.from.as_deref().map(instant_ns).transpose()?;
@@ -448,7 +699,7 @@ pub async fn anomalies(
     }
     let state = q.state;
     if let Some(s) = &state
-        && !matches!(s.as_str(), "open" | "acknowledged" | "resolved")
+        && !ANOMALY_STATES.contains(&s.as_str())
     {
         return Err(invalid(format!(
             "state {s:?} is not one of open, acknowledged, resolved"
@@ -514,6 +765,21 @@ pub async fn anomalies(
 }
 
 /// `GET /v1/containers/{id}`: the container and its custody chain, if its enterprise is in scope.
+#[utoipa::path(
+    get,
+    path = "/v1/containers/{id}",
+    operation_id = "container",
+    tag = "query",
+    summary = "A container and its custody chain",
+    params(crate::api::openapi::ContainerPath),
+    responses(
+        (status = 200, description = "OK", body = serde_json::Value),
+        (status = 400, description = "The URL or query is malformed (`invalid_url`, `invalid_query`, …)", body = crate::api::openapi::ErrorBody),
+        (status = 401, description = "No token, or one that is invalid or expired (`unauthorized`)", body = crate::api::openapi::ErrorBody),
+        (status = 404, description = "Unknown, or outside the caller's scope (`not_found`)", body = crate::api::openapi::ErrorBody),
+        (status = 503, description = "A backend this operation needs is down or behind; retry later", body = crate::api::openapi::ErrorBody),
+    ),
+)]
 pub async fn container(
     State(st): State<Arc<AppState>>,
     Path(id): Path<String>,
@@ -567,16 +833,37 @@ pub async fn container(
     })))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct SearchQuery {
+    /// Words to find (Chinese too).
+    #[param(value_type = crate::api::openapi::SearchText, inline)]
     q: String,
+    /// Only documents of this kind.
+    #[param(value_type = Option<crate::api::openapi::SearchKind>, inline)]
     kind: Option<String>,
+    /// Hits to answer.
+    #[param(minimum = 1, maximum = 200, default = 20)]
     limit: Option<usize>,
 }
 
 /// `GET /v1/search?q=&kind=&limit=`: full text, within the caller's scope (the filter is part of the
 /// index query, so counts and hits never include what the caller may not see).
+#[utoipa::path(
+    get,
+    path = "/v1/search",
+    operation_id = "search",
+    tag = "query",
+    summary = "Full-text search in scope (Chinese words too)",
+    params(SearchQuery),
+    responses(
+        (status = 200, description = "OK", body = serde_json::Value),
+        (status = 400, description = "The URL or query is malformed (`invalid_url`, `invalid_query`, …)", body = crate::api::openapi::ErrorBody),
+        (status = 401, description = "No token, or one that is invalid or expired (`unauthorized`)", body = crate::api::openapi::ErrorBody),
+        (status = 503, description = "A backend this operation needs is down or behind; retry later", body = crate::api::openapi::ErrorBody),
+    ),
+)]
 pub async fn search(
     State(st): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -598,14 +885,43 @@ pub async fn search(
     .await
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ReadingsQuery {
+    /// The range's start (included). At most 10,000 points a range: minutes raw, else `every`s
+    /// (`range_too_large`); `to` after `from` (`empty_range`).
+    #[param(value_type = schema::Instant, inline)]
     pub(crate) from: String,
+    /// The range's end (excluded).
+    #[param(value_type = schema::Instant, inline)]
     pub(crate) to: String,
+    /// Aggregate per interval (days in China Standard Time); raw readings without.
+    #[param(value_type = Option<crate::api::openapi::Every>, inline)]
     pub(crate) every: Option<String>,
+    /// The aggregate, with `every` (default mean).
+    #[param(value_type = Option<crate::api::openapi::Aggregate>, inline)]
     pub(crate) agg: Option<String>,
+    /// The reading kind (default weight).
+    #[param(value_type = Option<schema::ReadingKindName>, inline)]
     pub(crate) kind: Option<String>,
+}
+
+const EVERY: [&str; 3] = ["1m", "1h", "1d"];
+const AGGREGATES: [&str; 5] = ["mean", "min", "max", "sum", "count"];
+
+pub(crate) fn every_schema() -> utoipa::openapi::schema::Object {
+    utoipa::openapi::schema::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .enum_values(Some(EVERY))
+        .build()
+}
+
+pub(crate) fn agg_schema() -> utoipa::openapi::schema::Object {
+    utoipa::openapi::schema::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .enum_values(Some(AGGREGATES))
+        .build()
 }
 
 /// Most points one series answer holds; a wider range needs a coarser `every`.
@@ -614,6 +930,21 @@ const SERIES_POINTS_MAX: i64 = 10_000;
 /// `GET /v1/terminals/{id}/readings?from=&to=&every=1m|1h|1d&agg=mean|min|max|sum|count&kind=` (InfluxDB):
 /// the terminal's readings, raw or aggregated per interval (days in China Standard Time). The scope is part
 /// of the InfluxQL query (`enterprise_id`, `province_code` tags) as well as of the terminal check.
+#[utoipa::path(
+    get,
+    path = "/v1/terminals/{id}/readings",
+    operation_id = "terminal_readings",
+    tag = "query",
+    summary = "A terminal's readings from InfluxDB, raw or per 1m/1h/1d",
+    params(crate::api::openapi::TerminalPath, ReadingsQuery),
+    responses(
+        (status = 200, description = "OK", body = serde_json::Value),
+        (status = 400, description = "The URL or query is malformed (`invalid_url`, `invalid_query`, …)", body = crate::api::openapi::ErrorBody),
+        (status = 401, description = "No token, or one that is invalid or expired (`unauthorized`)", body = crate::api::openapi::ErrorBody),
+        (status = 404, description = "Unknown, or outside the caller's scope (`not_found`)", body = crate::api::openapi::ErrorBody),
+        (status = 503, description = "A backend this operation needs is down or behind; retry later", body = crate::api::openapi::ErrorBody),
+    ),
+)]
 pub async fn terminal_readings(
     State(st): State<Arc<AppState>>,
     Path(id): Path<String>,
@@ -636,7 +967,11 @@ pub(crate) async fn readings(
     custodian_events::ids::check_id(id).map_err(|e| invalid(format!("terminal id: {e}")))?;
     let (from, to) = (instant_ns(&q.from)?, instant_ns(&q.to)?);
     if to <= from {
-        return Err(invalid("to must be after from"));
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "empty_range",
+            "to must be after from",
+        ));
     }
     let every_ns: Option<(i64, &str)> = match q.every.as_deref() {
         None => None,
@@ -646,7 +981,7 @@ pub(crate) async fn readings(
         Some(other) => return Err(invalid(format!("every {other:?} is not one of 1m, 1h, 1d"))),
     };
     let agg = q.agg.as_deref().unwrap_or("mean");
-    if !matches!(agg, "mean" | "min" | "max" | "sum" | "count") {
+    if !AGGREGATES.contains(&agg) {
         return Err(invalid(format!(
             "agg {agg:?} is not one of mean, min, max, sum, count"
         )));
@@ -773,6 +1108,19 @@ pub(crate) async fn readings(
 #[serde(deny_unknown_fields)]
 pub struct OverviewQuery {}
 
+#[utoipa::path(
+    get,
+    path = "/v1/overview",
+    operation_id = "overview",
+    tag = "query",
+    summary = "The landing view of the caller's scope",
+    responses(
+        (status = 200, description = "OK", body = serde_json::Value),
+        (status = 400, description = "The URL or query is malformed (`invalid_url`, `invalid_query`, …)", body = crate::api::openapi::ErrorBody),
+        (status = 401, description = "No token, or one that is invalid or expired (`unauthorized`)", body = crate::api::openapi::ErrorBody),
+        (status = 503, description = "A backend this operation needs is down or behind; retry later", body = crate::api::openapi::ErrorBody),
+    ),
+)]
 pub async fn overview(
     State(st): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -1007,6 +1355,21 @@ pub async fn cache(
 }
 
 /// `GET /v1/manifests/{id}`: a transfer order, if its generator or its receiver is in scope.
+#[utoipa::path(
+    get,
+    path = "/v1/manifests/{id}",
+    operation_id = "manifest",
+    tag = "query",
+    summary = "A manifest, if either party is in scope",
+    params(crate::api::openapi::ManifestPath),
+    responses(
+        (status = 200, description = "OK", body = serde_json::Value),
+        (status = 400, description = "The URL or query is malformed (`invalid_url`, `invalid_query`, …)", body = crate::api::openapi::ErrorBody),
+        (status = 401, description = "No token, or one that is invalid or expired (`unauthorized`)", body = crate::api::openapi::ErrorBody),
+        (status = 404, description = "Unknown, or outside the caller's scope (`not_found`)", body = crate::api::openapi::ErrorBody),
+        (status = 503, description = "A backend this operation needs is down or behind; retry later", body = crate::api::openapi::ErrorBody),
+    ),
+)]
 pub async fn manifest(
     State(st): State<Arc<AppState>>,
     Path(id): Path<String>,
@@ -1064,6 +1427,20 @@ struct Feed {
 /// `event: anomaly`, `id: <event_seq>`, `data: {"event_seq", "recorded_at", "enterprise_id",
 /// "province_code", "description", "anomaly": <canonical payload>}`. A reconnecting client sends
 /// `Last-Event-ID` and resumes after it. Comments keep the connection alive.
+#[utoipa::path(
+    get,
+    path = "/v1/anomalies/stream",
+    operation_id = "anomaly_stream",
+    tag = "query",
+    summary = "Server-sent events: new anomalies in scope (Last-Event-ID resumes)",
+    params(crate::api::openapi::StreamHeaders),
+    responses(
+        (status = 200, description = "OK: one event per anomaly, comments to keep the connection alive", body = crate::api::openapi::AnomalyFeedEvent, content_type = "text/event-stream"),
+        (status = 400, description = "The URL or query is malformed (`invalid_url`, `invalid_query`, …)", body = crate::api::openapi::ErrorBody),
+        (status = 401, description = "No token, or one that is invalid or expired (`unauthorized`)", body = crate::api::openapi::ErrorBody),
+        (status = 503, description = "A backend this operation needs is down or behind; retry later", body = crate::api::openapi::ErrorBody),
+    ),
+)]
 pub async fn anomaly_stream(
     State(st): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -1074,8 +1451,8 @@ pub async fn anomaly_stream(
         Some(v) => v
             .to_str()
             .ok()
-            .and_then(|s| s.trim().parse::<u64>().ok())
-            .and_then(|seq| seq.checked_add(1))
+            .and_then(crate::api::openapi::sequence_header_value)
+            .map(|seq| seq + 1)
             .ok_or_else(|| invalid("Last-Event-ID must be an event sequence this feed sent"))?,
         None => st.log.last_seq() + 1,
     };
@@ -1193,15 +1570,37 @@ fn place(
     known(st)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawHandling {
+    /// What was done or found (1 ..= 4,000 characters).
+    #[schema(schema_with = schema::note)]
     note: String,
 }
 
 /// `POST /v1/anomalies/{id}/acknowledge` and `/resolve` with `{"note"}`: by anyone whose scope holds the
 /// anomaly (regulators included). 202 with the event's sequence: the read models show the new state once
 /// they have caught up. 404 out of scope or unknown, 409 `already_resolved`.
+#[utoipa::path(
+    post,
+    path = "/v1/anomalies/{id}/acknowledge",
+    operation_id = "acknowledge_anomaly",
+    tag = "query",
+    summary = "Acknowledge an anomaly",
+    params(crate::api::openapi::AnomalyPath),
+    request_body = RawHandling,
+    responses(
+        (status = 202, description = "OK", body = serde_json::Value),
+        (status = 400, description = "The URL or query is malformed (`invalid_url`, `invalid_query`, …)", body = crate::api::openapi::ErrorBody),
+        (status = 401, description = "No token, or one that is invalid or expired (`unauthorized`)", body = crate::api::openapi::ErrorBody),
+        (status = 404, description = "Unknown, or outside the caller's scope (`not_found`)", body = crate::api::openapi::ErrorBody),
+        (status = 409, description = "Conflicts with what is recorded", body = crate::api::openapi::ErrorBody),
+        (status = 413, description = "The body is larger than this operation takes (`body_too_large`)", body = crate::api::openapi::ErrorBody),
+        (status = 415, description = "The body is not `application/json` (`unsupported_media_type`)", body = crate::api::openapi::ErrorBody),
+        (status = 422, description = "The body or a path value breaks a rule (its `code` names which)", body = crate::api::openapi::ErrorBody),
+        (status = 503, description = "A backend this operation needs is down or behind; retry later", body = crate::api::openapi::ErrorBody),
+    ),
+)]
 pub async fn acknowledge_anomaly(
     st: State<Arc<AppState>>,
     id: Path<String>,
@@ -1218,6 +1617,26 @@ pub async fn acknowledge_anomaly(
     .await
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/anomalies/{id}/resolve",
+    operation_id = "resolve_anomaly",
+    tag = "query",
+    summary = "Resolve an anomaly (final)",
+    params(crate::api::openapi::AnomalyPath),
+    request_body = RawHandling,
+    responses(
+        (status = 202, description = "OK", body = serde_json::Value),
+        (status = 400, description = "The URL or query is malformed (`invalid_url`, `invalid_query`, …)", body = crate::api::openapi::ErrorBody),
+        (status = 401, description = "No token, or one that is invalid or expired (`unauthorized`)", body = crate::api::openapi::ErrorBody),
+        (status = 404, description = "Unknown, or outside the caller's scope (`not_found`)", body = crate::api::openapi::ErrorBody),
+        (status = 409, description = "Conflicts with what is recorded", body = crate::api::openapi::ErrorBody),
+        (status = 413, description = "The body is larger than this operation takes (`body_too_large`)", body = crate::api::openapi::ErrorBody),
+        (status = 415, description = "The body is not `application/json` (`unsupported_media_type`)", body = crate::api::openapi::ErrorBody),
+        (status = 422, description = "The body or a path value breaks a rule (its `code` names which)", body = crate::api::openapi::ErrorBody),
+        (status = 503, description = "A backend this operation needs is down or behind; retry later", body = crate::api::openapi::ErrorBody),
+    ),
+)]
 pub async fn resolve_anomaly(
     st: State<Arc<AppState>>,
     id: Path<String>,

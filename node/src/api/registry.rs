@@ -109,6 +109,26 @@ pub(crate) fn read_event(
         .map(|e| e.event))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/enterprises",
+    operation_id = "register_enterprise",
+    tag = "registration",
+    summary = "Register an enterprise",
+    request_body = custodian_events::event::RawEnterprise,
+    responses(
+        (status = 200, description = "Already registered with the same content: unchanged, nothing stored", body = serde_json::Value),
+        (status = 201, description = "OK", body = serde_json::Value),
+        (status = 400, description = "The URL or query is malformed (`invalid_url`, `invalid_query`, …)", body = crate::api::openapi::ErrorBody),
+        (status = 401, description = "No token, or one that is invalid or expired (`unauthorized`)", body = crate::api::openapi::ErrorBody),
+        (status = 403, description = "The token may not do this (`forbidden`)", body = crate::api::openapi::ErrorBody),
+        (status = 409, description = "Conflicts with what is recorded", body = crate::api::openapi::ErrorBody),
+        (status = 413, description = "The body is larger than this operation takes (`body_too_large`)", body = crate::api::openapi::ErrorBody),
+        (status = 415, description = "The body is not `application/json` (`unsupported_media_type`)", body = crate::api::openapi::ErrorBody),
+        (status = 422, description = "The body or a path value breaks a rule (its `code` names which)", body = crate::api::openapi::ErrorBody),
+        (status = 503, description = "A backend this operation needs is down or behind; retry later", body = crate::api::openapi::ErrorBody),
+    ),
+)]
 pub async fn register_enterprise(
     State(st): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -128,6 +148,26 @@ pub async fn register_enterprise(
     register(&st, proposed, "enterprise", &id).await
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/terminals",
+    operation_id = "register_terminal",
+    tag = "registration",
+    summary = "Register a terminal",
+    request_body = custodian_events::event::RawTerminal,
+    responses(
+        (status = 200, description = "Already registered with the same content: unchanged, nothing stored", body = serde_json::Value),
+        (status = 201, description = "OK", body = serde_json::Value),
+        (status = 400, description = "The URL or query is malformed (`invalid_url`, `invalid_query`, …)", body = crate::api::openapi::ErrorBody),
+        (status = 401, description = "No token, or one that is invalid or expired (`unauthorized`)", body = crate::api::openapi::ErrorBody),
+        (status = 403, description = "The token may not do this (`forbidden`)", body = crate::api::openapi::ErrorBody),
+        (status = 409, description = "Conflicts with what is recorded", body = crate::api::openapi::ErrorBody),
+        (status = 413, description = "The body is larger than this operation takes (`body_too_large`)", body = crate::api::openapi::ErrorBody),
+        (status = 415, description = "The body is not `application/json` (`unsupported_media_type`)", body = crate::api::openapi::ErrorBody),
+        (status = 422, description = "The body or a path value breaks a rule (its `code` names which)", body = crate::api::openapi::ErrorBody),
+        (status = 503, description = "A backend this operation needs is down or behind; retry later", body = crate::api::openapi::ErrorBody),
+    ),
+)]
 pub async fn register_terminal(
     State(st): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -165,6 +205,26 @@ pub async fn register_terminal(
 /// `POST /v1/manifests` (admin): opens a transfer order. 201 when opened, 200 for the same request
 /// again, 409 `already_registered` when the id is taken by a different manifest, 422 when a party is
 /// not a registered enterprise.
+#[utoipa::path(
+    post,
+    path = "/v1/manifests",
+    operation_id = "open_manifest",
+    tag = "registration",
+    summary = "Open a transfer manifest",
+    request_body = custodian_events::domain::manifest::RawManifest,
+    responses(
+        (status = 200, description = "Already registered with the same content: unchanged, nothing stored", body = serde_json::Value),
+        (status = 201, description = "OK", body = serde_json::Value),
+        (status = 400, description = "The URL or query is malformed (`invalid_url`, `invalid_query`, …)", body = crate::api::openapi::ErrorBody),
+        (status = 401, description = "No token, or one that is invalid or expired (`unauthorized`)", body = crate::api::openapi::ErrorBody),
+        (status = 403, description = "The token may not do this (`forbidden`)", body = crate::api::openapi::ErrorBody),
+        (status = 409, description = "Conflicts with what is recorded", body = crate::api::openapi::ErrorBody),
+        (status = 413, description = "The body is larger than this operation takes (`body_too_large`)", body = crate::api::openapi::ErrorBody),
+        (status = 415, description = "The body is not `application/json` (`unsupported_media_type`)", body = crate::api::openapi::ErrorBody),
+        (status = 422, description = "The body or a path value breaks a rule (its `code` names which)", body = crate::api::openapi::ErrorBody),
+        (status = 503, description = "A backend this operation needs is down or behind; retry later", body = crate::api::openapi::ErrorBody),
+    ),
+)]
 pub async fn open_manifest(
     State(st): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -201,18 +261,47 @@ pub async fn open_manifest(
     register(&st, proposed, "manifest", &id).await
 }
 
-#[derive(Deserialize)]
+/// The enterprise must be registered (`unknown_enterprise`), which no schema can say.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawNote {
+    #[schema(schema_with = custodian_events::openapi::id)]
     enterprise_id: String,
     #[serde(default)]
+    #[schema(schema_with = custodian_events::openapi::optional_id)]
     container_id: Option<String>,
+    /// Who filed it: one line, 1 ..= 200 characters.
+    #[schema(schema_with = author)]
     author: String,
+    /// 1 ..= 4,000 characters.
+    #[schema(schema_with = custodian_events::openapi::note)]
     text: String,
+}
+
+fn author() -> utoipa::openapi::schema::Object {
+    custodian_events::openapi::text(custodian_events::event::AUTHOR_CHARS_MAX, true)
 }
 
 /// `POST /v1/notes` (admin): files an inspection note about an enterprise (and optionally one of its
 /// containers). 201 with the note's `event_seq`; every call files a new note.
+#[utoipa::path(
+    post,
+    path = "/v1/notes",
+    operation_id = "file_note",
+    tag = "registration",
+    summary = "File an inspection note",
+    request_body = RawNote,
+    responses(
+        (status = 201, description = "OK", body = serde_json::Value),
+        (status = 400, description = "The URL or query is malformed (`invalid_url`, `invalid_query`, …)", body = crate::api::openapi::ErrorBody),
+        (status = 401, description = "No token, or one that is invalid or expired (`unauthorized`)", body = crate::api::openapi::ErrorBody),
+        (status = 403, description = "The token may not do this (`forbidden`)", body = crate::api::openapi::ErrorBody),
+        (status = 413, description = "The body is larger than this operation takes (`body_too_large`)", body = crate::api::openapi::ErrorBody),
+        (status = 415, description = "The body is not `application/json` (`unsupported_media_type`)", body = crate::api::openapi::ErrorBody),
+        (status = 422, description = "The body or a path value breaks a rule (its `code` names which)", body = crate::api::openapi::ErrorBody),
+        (status = 503, description = "A backend this operation needs is down or behind; retry later", body = crate::api::openapi::ErrorBody),
+    ),
+)]
 pub async fn file_note(
     State(st): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -322,14 +411,37 @@ async fn register(
         .into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawKeyRotation {
+    #[schema(schema_with = custodian_events::openapi::public_key_pem)]
     public_key_pem: String,
 }
 
 /// `POST /v1/terminals/{id}/keys`: rotate to a new key. 201 when rotated, 200 when it already is the
 /// current key.
+#[utoipa::path(
+    post,
+    path = "/v1/terminals/{id}/keys",
+    operation_id = "rotate_terminal_key",
+    tag = "registration",
+    summary = "Rotate a terminal's SM2 key",
+    params(crate::api::openapi::TerminalPath),
+    request_body = RawKeyRotation,
+    responses(
+        (status = 200, description = "Already registered with the same content: unchanged, nothing stored", body = serde_json::Value),
+        (status = 201, description = "OK", body = serde_json::Value),
+        (status = 400, description = "The URL or query is malformed (`invalid_url`, `invalid_query`, …)", body = crate::api::openapi::ErrorBody),
+        (status = 401, description = "No token, or one that is invalid or expired (`unauthorized`)", body = crate::api::openapi::ErrorBody),
+        (status = 403, description = "The token may not do this (`forbidden`)", body = crate::api::openapi::ErrorBody),
+        (status = 404, description = "Unknown, or outside the caller's scope (`not_found`)", body = crate::api::openapi::ErrorBody),
+        (status = 409, description = "Conflicts with what is recorded", body = crate::api::openapi::ErrorBody),
+        (status = 413, description = "The body is larger than this operation takes (`body_too_large`)", body = crate::api::openapi::ErrorBody),
+        (status = 415, description = "The body is not `application/json` (`unsupported_media_type`)", body = crate::api::openapi::ErrorBody),
+        (status = 422, description = "The body or a path value breaks a rule (its `code` names which)", body = crate::api::openapi::ErrorBody),
+        (status = 503, description = "A backend this operation needs is down or behind; retry later", body = crate::api::openapi::ErrorBody),
+    ),
+)]
 pub async fn rotate_terminal_key(
     State(st): State<Arc<AppState>>,
     Path(id): Path<String>,
@@ -357,6 +469,24 @@ pub async fn rotate_terminal_key(
 }
 
 /// `POST /v1/terminals/{id}/keys/{fingerprint}/revoke`: the key verifies nothing from now on.
+#[utoipa::path(
+    post,
+    path = "/v1/terminals/{id}/keys/{fingerprint}/revoke",
+    operation_id = "revoke_terminal_key",
+    tag = "registration",
+    summary = "Revoke a terminal key",
+    params(crate::api::openapi::TerminalKeyPath),
+    responses(
+        (status = 200, description = "OK", body = serde_json::Value),
+        (status = 400, description = "The URL or query is malformed (`invalid_url`, `invalid_query`, …)", body = crate::api::openapi::ErrorBody),
+        (status = 401, description = "No token, or one that is invalid or expired (`unauthorized`)", body = crate::api::openapi::ErrorBody),
+        (status = 403, description = "The token may not do this (`forbidden`)", body = crate::api::openapi::ErrorBody),
+        (status = 404, description = "Unknown, or outside the caller's scope (`not_found`)", body = crate::api::openapi::ErrorBody),
+        (status = 409, description = "Conflicts with what is recorded", body = crate::api::openapi::ErrorBody),
+        (status = 422, description = "The body or a path value breaks a rule (its `code` names which)", body = crate::api::openapi::ErrorBody),
+        (status = 503, description = "A backend this operation needs is down or behind; retry later", body = crate::api::openapi::ErrorBody),
+    ),
+)]
 pub async fn revoke_terminal_key(
     State(st): State<Arc<AppState>>,
     Path((id, fingerprint)): Path<(String, String)>,

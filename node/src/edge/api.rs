@@ -33,6 +33,21 @@ fn storage(e: sled::Error) -> ApiError {
 }
 
 /// `GET /v1/edge/outbox`: what waits, the limit, and how forwarding goes.
+#[utoipa::path(
+    get,
+    path = "/v1/edge/outbox",
+    operation_id = "outbox",
+    tag = "edge",
+    summary = "At an edge: what waits in the outbox, its limit, and how forwarding goes (admin)",
+    responses(
+        (status = 200, description = "OK", body = serde_json::Value),
+        (status = 400, description = "The URL or query is malformed (`invalid_url`, `invalid_query`, …)", body = crate::api::openapi::ErrorBody),
+        (status = 401, description = "No token, or one that is invalid or expired (`unauthorized`)", body = crate::api::openapi::ErrorBody),
+        (status = 403, description = "The token may not do this (`forbidden`)", body = crate::api::openapi::ErrorBody),
+        (status = 404, description = "Unknown, or outside the caller's scope (`not_found`)", body = crate::api::openapi::ErrorBody),
+        (status = 503, description = "A backend this operation needs is down or behind; retry later", body = crate::api::openapi::ErrorBody),
+    ),
+)]
 pub async fn outbox(
     State(st): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -65,13 +80,31 @@ pub async fn outbox(
     .into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct LimitQuery {
+    /// At most this many (default 100; more than 1,000 is 1,000).
     limit: Option<usize>,
 }
 
 /// `GET /v1/edge/dead-letters?limit=N`: uploads the platform refused, oldest first, with the reason.
+#[utoipa::path(
+    get,
+    path = "/v1/edge/dead-letters",
+    operation_id = "dead_letters",
+    tag = "edge",
+    summary = "At an edge: uploads the platform refused, with the reason (admin)",
+    params(LimitQuery),
+    responses(
+        (status = 200, description = "OK", body = serde_json::Value),
+        (status = 400, description = "The URL or query is malformed (`invalid_url`, `invalid_query`, …)", body = crate::api::openapi::ErrorBody),
+        (status = 401, description = "No token, or one that is invalid or expired (`unauthorized`)", body = crate::api::openapi::ErrorBody),
+        (status = 403, description = "The token may not do this (`forbidden`)", body = crate::api::openapi::ErrorBody),
+        (status = 404, description = "Unknown, or outside the caller's scope (`not_found`)", body = crate::api::openapi::ErrorBody),
+        (status = 503, description = "A backend this operation needs is down or behind; retry later", body = crate::api::openapi::ErrorBody),
+    ),
+)]
 pub async fn dead_letters(
     State(st): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -101,6 +134,21 @@ pub async fn dead_letters(
 
 /// `POST /v1/edge/dead-letters/retry`: every dead letter back into its terminal's queue (after an operator
 /// fixed the cause: registered the terminal, rotated its key in).
+#[utoipa::path(
+    post,
+    path = "/v1/edge/dead-letters/retry",
+    operation_id = "retry_dead_letters",
+    tag = "edge",
+    summary = "At an edge: put every dead letter back in its terminal's queue (admin)",
+    responses(
+        (status = 200, description = "OK", body = serde_json::Value),
+        (status = 400, description = "The URL or query is malformed (`invalid_url`, `invalid_query`, …)", body = crate::api::openapi::ErrorBody),
+        (status = 401, description = "No token, or one that is invalid or expired (`unauthorized`)", body = crate::api::openapi::ErrorBody),
+        (status = 403, description = "The token may not do this (`forbidden`)", body = crate::api::openapi::ErrorBody),
+        (status = 404, description = "Unknown, or outside the caller's scope (`not_found`)", body = crate::api::openapi::ErrorBody),
+        (status = 503, description = "A backend this operation needs is down or behind; retry later", body = crate::api::openapi::ErrorBody),
+    ),
+)]
 pub async fn retry_dead_letters(
     State(st): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -114,9 +162,15 @@ pub async fn retry_dead_letters(
 /// Most dead letters one discard names.
 pub const DISCARD_SEQS_MAX: usize = 10_000;
 
-#[derive(Deserialize)]
+/// Either `log_seqs` (1 ..= 10,000 of them) or `all: true`, not both.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DiscardBody {
+    #[schema(min_items = 1, max_items = 10000)]
+    #[serde(
+        default,
+        deserialize_with = "custodian_events::json_int::option_vec_u64"
+    )]
     log_seqs: Option<Vec<u64>>,
     all: Option<bool>,
 }
@@ -127,6 +181,25 @@ pub struct DiscardBody {
 /// without this they would fill it in the end and the edge would refuse every upload. The readings stay
 /// in the edge's event log. Answers the sequences dropped; one that is not a dead letter is `not_found`
 /// and changes nothing, so asking twice is harmless.
+#[utoipa::path(
+    post,
+    path = "/v1/edge/dead-letters/discard",
+    operation_id = "discard_dead_letters",
+    tag = "edge",
+    summary = "At an edge: drop dead letters for good, by log_seqs or all (admin); their readings stay in the edge's log",
+    request_body = DiscardBody,
+    responses(
+        (status = 200, description = "The dead letters dropped, and the sequences that were none", body = serde_json::Value),
+        (status = 400, description = "The URL or query is malformed (`invalid_url`, `invalid_query`, …)", body = crate::api::openapi::ErrorBody),
+        (status = 401, description = "No token, or one that is invalid or expired (`unauthorized`)", body = crate::api::openapi::ErrorBody),
+        (status = 403, description = "The token may not do this (`forbidden`)", body = crate::api::openapi::ErrorBody),
+        (status = 404, description = "Unknown, or outside the caller's scope (`not_found`)", body = crate::api::openapi::ErrorBody),
+        (status = 413, description = "The body is larger than this operation takes (`body_too_large`)", body = crate::api::openapi::ErrorBody),
+        (status = 415, description = "The body is not `application/json` (`unsupported_media_type`)", body = crate::api::openapi::ErrorBody),
+        (status = 422, description = "The body or a path value breaks a rule (its `code` names which)", body = crate::api::openapi::ErrorBody),
+        (status = 503, description = "A backend this operation needs is down or behind; retry later", body = crate::api::openapi::ErrorBody),
+    ),
+)]
 pub async fn discard_dead_letters(
     State(st): State<Arc<AppState>>,
     headers: HeaderMap,

@@ -26,7 +26,7 @@ use sm2::pke::{DecryptingKey, EncryptingKey};
 use sm2::{PublicKey, SecretKey};
 
 use crate::Rejection;
-use crate::envelope::{Fingerprint, fingerprint};
+use crate::fingerprint::{Fingerprint, fingerprint};
 
 /// The SM2 user id (distinguishing identifier) every Custodian signature uses: the standard default.
 /// OpenSSL 3's own default is the empty string, so OpenSSL needs `-pkeyopt distid:1234567812345678`.

@@ -14,7 +14,6 @@
 
 use rkyv::util::AlignedVec;
 use rkyv::{Archive, Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use crate::event::{Event, SCHEMA_VERSION};
 use crate::keyring::{Keyring, SealedPayload, Tag};
@@ -33,13 +32,7 @@ pub const CAUSED_BY_BYTES_MAX: usize = 64;
 
 const HEADER_LEN: usize = 5;
 
-/// A SHA-256 fingerprint of an event's canonical bytes.
-pub type Fingerprint = [u8; 32];
-
-/// SHA-256 of `bytes`.
-pub fn fingerprint(bytes: &[u8]) -> Fingerprint {
-    Sha256::digest(bytes).into()
-}
+pub use crate::fingerprint::{Fingerprint, fingerprint};
 
 /// An event as the log holds it, opened and checked.
 #[derive(Debug, Clone, PartialEq, Eq)]

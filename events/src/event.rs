@@ -8,14 +8,14 @@ use crate::canonical::Jcs;
 use crate::domain::AnomalyDetected;
 use crate::domain::anomaly::ReadingRef;
 use crate::ids::{ContainerId, EnterpriseId, ManifestId, TerminalId};
+pub use crate::limits::{
+    AUTHOR_CHARS_MAX, CAPACITY_KG_MAX, NAME_CHARS_MAX, NOTE_CHARS_MAX, REPORT_INTERVAL_S_MAX,
+};
 use crate::reading::{Reading, ReadingKind, format_utc_ns};
 
 /// The schema version of every event type defined here. Bump it for a type whose fields change, and keep
 /// reading the old version.
 pub const SCHEMA_VERSION: u16 = 1;
-
-/// The longest enterprise name accepted, in characters.
-pub const NAME_CHARS_MAX: usize = 200;
 
 /// Why a free text is refused ([`check_text`]).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -45,12 +45,6 @@ pub fn check_text(s: &str, max: usize, one_line: bool) -> Result<(), TextError> 
         None => Ok(()),
     }
 }
-
-/// The largest capacity a terminal or enterprise may register, in kg (a million tonnes).
-pub const CAPACITY_KG_MAX: f64 = 1.0e9;
-
-/// The longest report interval a terminal may register: one day.
-pub const REPORT_INTERVAL_S_MAX: u32 = 86_400;
 
 /// Every fact the platform records.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
@@ -189,12 +183,6 @@ pub struct ManifestOpened {
     /// Free text the administrator filed with the order (searchable), at most `NOTE_CHARS_MAX` characters.
     pub notes: Option<String>,
 }
-
-/// The longest note or manifest remark accepted, in characters.
-pub const NOTE_CHARS_MAX: usize = 4_000;
-
-/// The longest author name of a note, in characters.
-pub const AUTHOR_CHARS_MAX: usize = 200;
 
 /// An inspection note filed by a person about an enterprise, optionally about one of its containers
 /// (`POST /v1/notes`). Notes are facts like any other: kept in the log, sealed under the enterprise's data

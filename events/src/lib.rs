@@ -25,9 +25,11 @@ pub mod digital_envelope;
 pub mod domain;
 pub mod envelope;
 pub mod event;
+pub mod fingerprint;
 pub mod ids;
 pub mod json_int;
 pub mod keyring;
+pub mod limits;
 pub mod log;
 #[cfg(feature = "openapi")]
 pub mod openapi;

@@ -11,12 +11,11 @@ use utoipa::openapi::schema::{
     SchemaFormat, SchemaType, Type,
 };
 
-use crate::domain::manifest::MANIFEST_CONTAINERS_MAX;
-use crate::event::{
-    CAPACITY_KG_MAX, NAME_CHARS_MAX, NOTE_CHARS_MAX, REPORT_INTERVAL_S_MAX, TerminalKind,
-};
 use crate::ids::ID_LEN_MAX;
-use crate::reading::{ReadingKind, Stage};
+use crate::limits::{
+    CAPACITY_KG_MAX, MANIFEST_CONTAINERS_MAX, NAME_CHARS_MAX, NOTE_CHARS_MAX, READING_KINDS,
+    READING_SEQ_MAX, REPORT_INTERVAL_S_MAX, STAGES, TERMINAL_KINDS,
+};
 
 /// Names a schema function as a type, for `#[param(value_type = …, inline)]` and `value_type` in bodies:
 /// utoipa drops `required` and the doc comment of a parameter given by `schema_with`, and keeps both for
@@ -149,7 +148,7 @@ pub fn reading_seq() -> Object {
     ObjectBuilder::new()
         .schema_type(Type::Integer)
         .minimum(Some(1))
-        .maximum(Some(crate::reading::READING_SEQ_MAX))
+        .maximum(Some(READING_SEQ_MAX))
         .build()
 }
 
@@ -212,23 +211,17 @@ pub fn instant() -> Object {
 
 /// A terminal kind.
 pub fn terminal_kind() -> Object {
-    string()
-        .enum_values(Some(TerminalKind::ALL.map(TerminalKind::name)))
-        .build()
+    string().enum_values(Some(TERMINAL_KINDS)).build()
 }
 
 /// A reading kind.
 pub fn reading_kind() -> Object {
-    string()
-        .enum_values(Some(ReadingKind::ALL.map(ReadingKind::name)))
-        .build()
+    string().enum_values(Some(READING_KINDS)).build()
 }
 
 /// A custody stage.
 pub fn stage() -> Object {
-    string()
-        .enum_values(Some(Stage::ALL.map(Stage::name)))
-        .build()
+    string().enum_values(Some(STAGES)).build()
 }
 
 /// A terminal's report interval in seconds: 1 ..= `REPORT_INTERVAL_S_MAX`.

@@ -22,11 +22,9 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use crate::Rejection;
-use crate::canonical::{JSON_INT_ABS_MAX, Jcs};
+use crate::canonical::Jcs;
 use crate::ids::{ContainerId, ManifestId, TerminalId};
-
-/// The largest `seq` a terminal may use: sequence numbers must stay exact in every JSON reader.
-pub const READING_SEQ_MAX: u64 = JSON_INT_ABS_MAX as u64;
+pub use crate::limits::READING_SEQ_MAX;
 
 /// Readings measured before this instant (2000-01-01T00:00:00Z) are refused as a broken terminal clock.
 pub const MEASURED_AT_MIN_NS: i64 = 946_684_800_000_000_000;

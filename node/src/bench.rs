@@ -14,11 +14,11 @@ use custodian_events::log::{EventLog, Proposed, SledLog, SledLogConfig};
 use custodian_events::{Event, RawReading, Reading, ReadingCheck, TerminalId};
 use hdrhistogram::Histogram;
 
-use crate::api::ReadingResult;
 use crate::client::NodeClient;
 use crate::config::Config;
 use crate::server::{Node, SystemClock};
 use crate::terminal_sim::{self, SimTerminal};
+use crate::upload::ReadingResult;
 
 #[derive(Debug, Clone)]
 pub struct IngestBenchOptions {

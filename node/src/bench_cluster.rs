@@ -24,9 +24,9 @@ use anyhow::Context as _;
 use hdrhistogram::Histogram;
 use serde_json::Value;
 
-use crate::api::ReadingResult;
 use crate::client::NodeClient;
 use crate::terminal_sim::{SimTerminal, enterprise_body, now_rfc3339};
+use crate::upload::ReadingResult;
 
 /// The three-node JetStream cluster of `scripts/services nats-cluster up`.
 pub const NATS_CLUSTER_DEFAULT: &str =

@@ -242,13 +242,13 @@ pub async fn dataset(opts: DatasetOptions) -> anyhow::Result<String> {
                                 let mut dup = 0;
                                 for x in &r.results {
                                     match x {
-                                        crate::api::ReadingResult::Duplicate { .. } => dup += 1,
-                                        crate::api::ReadingResult::Rejected { code, message, .. } => {
+                                        crate::upload::ReadingResult::Duplicate { .. } => dup += 1,
+                                        crate::upload::ReadingResult::Rejected { code, message, .. } => {
                                             return Err(anyhow::anyhow!(
                                                 "the node rejected a dataset reading: {code}: {message}"
                                             ));
                                         }
-                                        crate::api::ReadingResult::Accepted { .. } => {}
+                                        crate::upload::ReadingResult::Accepted { .. } => {}
                                     }
                                 }
                                 duplicates.fetch_add(dup, Ordering::Relaxed);

@@ -10,10 +10,12 @@ use custodian_events::crypto::OsEntropy;
 use custodian_events::keyring::Keyring;
 use custodian_events::log::{EventLog, SledLog, SledLogConfig};
 
-use crate::client::NodeClient;
+use crate::client::{NodeArgs, NodeClient};
 use crate::config::Config;
 use crate::datadir::DataDir;
+use crate::keys_cli::{EnvelopeCommand, KeysCommand};
 use crate::server::{Node, SystemClock};
+use crate::terminal_client::TerminalArgs;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -64,42 +66,6 @@ pub enum Command {
     /// A reference terminal: upload readings (from a file, or simulated) in signed batches, retrying at
     /// most 30 s apart; or make a terminal key with `--keygen`.
     Terminal(TerminalArgs),
-}
-
-#[derive(Args, Debug)]
-pub struct TerminalArgs {
-    /// Make a new SM2 private key at --key (PKCS#8 PEM, owner-only; the file must not exist yet), print
-    /// its public key PEM (to register the terminal with) and exit.
-    #[arg(long)]
-    pub keygen: bool,
-    /// The node's (or an edge's) API.
-    #[arg(long, default_value = "http://127.0.0.1:8080")]
-    pub url: String,
-    /// The terminal's id, as registered.
-    #[arg(long, required_unless_present = "keygen")]
-    pub id: Option<String>,
-    /// The terminal's SM2 private key, PKCS#8 PEM (`openssl genpkey -algorithm SM2` writes one).
-    #[arg(long)]
-    pub key: PathBuf,
-    /// Readings to upload, one JSON object per line (`-` for stdin); `seq` may be left out.
-    #[arg(long, conflicts_with_all = ["simulate", "keygen"], required_unless_present_any = ["simulate", "keygen"])]
-    pub readings: Option<PathBuf>,
-    /// Upload N simulated weighings instead (container C-<id>, stage generation, waste code HW08, measured
-    /// now).
-    #[arg(long, value_name = "N", conflicts_with = "keygen")]
-    pub simulate: Option<u64>,
-    /// Seconds between simulated weighings (0: all at once).
-    #[arg(long, default_value_t = 0.0)]
-    pub interval_s: f64,
-    /// The seq of the first reading that has none.
-    #[arg(long, default_value_t = 1)]
-    pub first_seq: u64,
-    /// Readings per upload.
-    #[arg(long, default_value_t = crate::terminal_client::BATCH_READINGS_DEFAULT)]
-    pub batch: usize,
-    /// Give up when a batch has not gone through for this many seconds (default: retry forever).
-    #[arg(long = "give-up-after", value_name = "SECS")]
-    pub give_up_after_s: Option<u64>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -167,69 +133,6 @@ pub enum ProjectionsCommand {
     },
 }
 
-#[derive(Subcommand, Debug)]
-pub enum KeysCommand {
-    /// Make an SM2 key pair: PKCS#8 and SubjectPublicKeyInfo PEM, as OpenSSL writes them.
-    Generate {
-        /// Write PREFIX.key.pem (owner-only) and PREFIX.pub.pem instead of printing both.
-        #[arg(long)]
-        out: Option<PathBuf>,
-    },
-    /// The fingerprint of a key (SHA-256 of its SubjectPublicKeyInfo DER), from a public or private PEM.
-    Fingerprint { file: PathBuf },
-    /// Print a fresh master key (32 hex digits) for CUSTODIAN_MASTER_KEY or a master key file.
-    Master,
-    /// Rotate a terminal's signing key (the old key keeps verifying readings measured before now).
-    RotateTerminal {
-        #[command(flatten)]
-        node: NodeArgs,
-        #[arg(long)]
-        terminal: String,
-        /// The new SM2 public key, SubjectPublicKeyInfo PEM.
-        #[arg(long)]
-        public_key: PathBuf,
-    },
-    /// Revoke a terminal key: it verifies nothing from now on.
-    RevokeTerminal {
-        #[command(flatten)]
-        node: NodeArgs,
-        #[arg(long)]
-        terminal: String,
-        /// The key's fingerprint (`custodian keys fingerprint`).
-        #[arg(long)]
-        fingerprint: String,
-    },
-    /// Seal new events of a scope (an enterprise id, or `platform`) with a new data key.
-    RotateDataKey {
-        #[command(flatten)]
-        node: NodeArgs,
-        #[arg(long)]
-        scope: String,
-    },
-}
-
-#[derive(Subcommand, Debug)]
-pub enum EnvelopeCommand {
-    /// Seal stdin for a recipient, signed by the sender; the envelope goes to stdout.
-    Seal {
-        /// The recipient's SM2 public key (SubjectPublicKeyInfo PEM).
-        #[arg(long)]
-        to: PathBuf,
-        /// The sender's SM2 private key (PKCS#8 PEM).
-        #[arg(long)]
-        sign_with: PathBuf,
-    },
-    /// Check the sender's signature and open an envelope from stdin; the payload goes to stdout.
-    Open {
-        /// The recipient's SM2 private key (PKCS#8 PEM).
-        #[arg(long)]
-        key: PathBuf,
-        /// The sender's SM2 public key (SubjectPublicKeyInfo PEM).
-        #[arg(long)]
-        from: PathBuf,
-    },
-}
-
 #[derive(Args, Debug)]
 pub struct ServeArgs {
     /// Address for the HTTP API [default: 127.0.0.1:8080].
@@ -290,16 +193,6 @@ pub struct EdgeArgs {
     /// A TOML file with settings (section [edge] and the node's); flags override it.
     #[arg(long)]
     pub config: Option<PathBuf>,
-}
-
-#[derive(Args, Debug, Clone)]
-pub struct NodeArgs {
-    /// The running node's API.
-    #[arg(long, env = "CUSTODIAN_NODE", default_value = "http://127.0.0.1:8080")]
-    pub node: String,
-    /// The node's admin token.
-    #[arg(long, env = "CUSTODIAN_ADMIN_TOKEN", hide_env_values = true)]
-    pub admin_token: Option<String>,
 }
 
 #[derive(Args, Debug)]

@@ -5,7 +5,19 @@ use std::time::Duration;
 use anyhow::Context as _;
 use serde_json::Value;
 
-use crate::api::UploadResponse;
+use clap::Args;
+
+use crate::upload::UploadResponse;
+
+#[derive(Args, Debug, Clone)]
+pub struct NodeArgs {
+    /// The running node's API.
+    #[arg(long, env = "CUSTODIAN_NODE", default_value = "http://127.0.0.1:8080")]
+    pub node: String,
+    /// The node's admin token.
+    #[arg(long, env = "CUSTODIAN_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+}
 
 /// How long one request may take before the client gives up on it.
 pub const REQUEST_TIMEOUT_S: u64 = 30;
@@ -193,7 +205,7 @@ impl NodeClient {
             .post(format!("{}/v1/uploads", self.base))
             .header(reqwest::header::CONTENT_TYPE, "application/json");
         if let Some(sig) = signature {
-            req = req.header(crate::api::SIGNATURE_HEADER, sig);
+            req = req.header(crate::upload::SIGNATURE_HEADER, sig);
         }
         let resp = req.body(body).send().await?;
         let status = resp.status().as_u16();

@@ -8,6 +8,19 @@ use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
+/// Bytes one buffered reading costs in the outbox (keys and values as counted against the limit) when each
+/// upload carries one reading, the worst case: 314 measured by `custodian bench edge`
+/// (bench/results/edge-20261127-024724.md), rounded up. sled's files take about 2.6 times that on disk.
+pub const OUTBOX_BYTES_PER_READING: u64 = 320;
+
+/// 72 hours of 1,000 terminals reporting every 10 s: 25,920,000 readings at `OUTBOX_BYTES_PER_READING`,
+/// rounded up to whole GiB.
+pub const OUTBOX_BYTES_DEFAULT: u64 = {
+    let readings = 72 * 3600 / 10 * 1_000;
+    let bytes = readings * OUTBOX_BYTES_PER_READING;
+    bytes.div_ceil(1 << 30) * (1 << 30)
+};
+
 /// Everything a node can be told.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -108,7 +121,7 @@ impl Default for EdgeConfig {
             upstream: None,
             upstream_public_key_file: None,
             seed_registrations_file: None,
-            outbox_bytes_max: crate::edge::OUTBOX_BYTES_DEFAULT,
+            outbox_bytes_max: OUTBOX_BYTES_DEFAULT,
             batch_uploads_max: 500,
             batch_bytes_max: 4 * 1024 * 1024,
             per_terminal_uploads_max: 16,

@@ -11,12 +11,12 @@ use anyhow::Context as _;
 use rand::Rng;
 use tokio::sync::Mutex;
 
-use crate::api::ReadingResult;
 use crate::client::NodeClient;
 use crate::config::Config;
 use crate::metrics::sample;
 use crate::server::Node;
 use crate::terminal_sim::{self, SimTerminal};
+use crate::upload::ReadingResult;
 
 #[derive(Debug, Clone)]
 pub struct DemoOptions {
@@ -305,7 +305,7 @@ async fn send_times(
     signature: &str,
     sends: usize,
     tally: &Tally,
-) -> Vec<Option<crate::api::UploadResponse>> {
+) -> Vec<Option<crate::upload::UploadResponse>> {
     if sends == 2 {
         let (a, b) = tokio::join!(
             send(client, body, signature, tally),
@@ -323,7 +323,7 @@ async fn send(
     body: &[u8],
     signature: &str,
     tally: &Tally,
-) -> Option<crate::api::UploadResponse> {
+) -> Option<crate::upload::UploadResponse> {
     for _ in 0..20 {
         match client.upload(body.to_vec(), Some(signature)).await {
             Ok(r) => return Some(r),
@@ -345,7 +345,7 @@ async fn record(
     codes: &Mutex<BTreeMap<String, u64>>,
     acked: &Mutex<BTreeMap<(String, u64), u64>>,
     terminal: &str,
-    resp: crate::api::UploadResponse,
+    resp: crate::upload::UploadResponse,
 ) {
     tally.batches.fetch_add(1, Ordering::Relaxed);
     for r in resp.results {

@@ -7,8 +7,11 @@ use anyhow::Context as _;
 use custodian_events::crypto::{OsEntropy, Sm2KeyPair, Sm2PublicKey, key_fingerprint};
 use custodian_events::digital_envelope::{self, PAYLOAD_BYTES_MAX};
 
-use crate::cli::{EnvelopeCommand, KeysCommand, NodeArgs};
-use crate::client::NodeClient;
+use std::path::PathBuf;
+
+use clap::Subcommand;
+
+use crate::client::{NodeArgs, NodeClient};
 
 pub async fn run(cmd: KeysCommand) -> anyhow::Result<()> {
     match cmd {
@@ -136,4 +139,67 @@ pub(crate) fn write_private(path: &Path, pem: &str) -> anyhow::Result<()> {
     opts.open(path)
         .and_then(|mut f| f.write_all(pem.as_bytes()))
         .with_context(|| format!("cannot create {} (it must not exist yet)", path.display()))
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KeysCommand {
+    /// Make an SM2 key pair: PKCS#8 and SubjectPublicKeyInfo PEM, as OpenSSL writes them.
+    Generate {
+        /// Write PREFIX.key.pem (owner-only) and PREFIX.pub.pem instead of printing both.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// The fingerprint of a key (SHA-256 of its SubjectPublicKeyInfo DER), from a public or private PEM.
+    Fingerprint { file: PathBuf },
+    /// Print a fresh master key (32 hex digits) for CUSTODIAN_MASTER_KEY or a master key file.
+    Master,
+    /// Rotate a terminal's signing key (the old key keeps verifying readings measured before now).
+    RotateTerminal {
+        #[command(flatten)]
+        node: NodeArgs,
+        #[arg(long)]
+        terminal: String,
+        /// The new SM2 public key, SubjectPublicKeyInfo PEM.
+        #[arg(long)]
+        public_key: PathBuf,
+    },
+    /// Revoke a terminal key: it verifies nothing from now on.
+    RevokeTerminal {
+        #[command(flatten)]
+        node: NodeArgs,
+        #[arg(long)]
+        terminal: String,
+        /// The key's fingerprint (`custodian keys fingerprint`).
+        #[arg(long)]
+        fingerprint: String,
+    },
+    /// Seal new events of a scope (an enterprise id, or `platform`) with a new data key.
+    RotateDataKey {
+        #[command(flatten)]
+        node: NodeArgs,
+        #[arg(long)]
+        scope: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum EnvelopeCommand {
+    /// Seal stdin for a recipient, signed by the sender; the envelope goes to stdout.
+    Seal {
+        /// The recipient's SM2 public key (SubjectPublicKeyInfo PEM).
+        #[arg(long)]
+        to: PathBuf,
+        /// The sender's SM2 private key (PKCS#8 PEM).
+        #[arg(long)]
+        sign_with: PathBuf,
+    },
+    /// Check the sender's signature and open an envelope from stdin; the payload goes to stdout.
+    Open {
+        /// The recipient's SM2 private key (PKCS#8 PEM).
+        #[arg(long)]
+        key: PathBuf,
+        /// The sender's SM2 public key (SubjectPublicKeyInfo PEM).
+        #[arg(long)]
+        from: PathBuf,
+    },
 }

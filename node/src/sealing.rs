@@ -8,7 +8,8 @@ use custodian_events::event::Event;
 use custodian_events::keyring::DataKey;
 use custodian_events::log::{AppendOutcome, Proposed};
 
-use crate::api::{ApiError, AppState};
+use crate::api::error::ApiError;
+use crate::state::AppState;
 
 /// Issuing a key can lose a race to another request issuing the same generation; then the winner's key is
 /// used. More losses than this in a row mean something else is wrong.

@@ -12,9 +12,10 @@ use custodian_events::log::{EventLog, SledLog, SledLogConfig};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use crate::api::{self, AppState};
+use crate::api;
 use crate::config::Config;
 use crate::datadir::DataDir;
+use crate::state::AppState;
 
 /// The wall clock, read only here at the edge of the system.
 pub struct SystemClock;
@@ -145,7 +146,7 @@ impl Node {
         .context("cannot read the registrations from the event log")?;
         let directory = Arc::new(std::sync::RwLock::new(directory));
         let derived_seq = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let state = Arc::new(AppState::new(crate::api::StateParts {
+        let state = Arc::new(AppState::new(crate::state::StateParts {
             log,
             config,
             clock,

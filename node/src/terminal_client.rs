@@ -16,17 +16,20 @@
 
 use std::collections::VecDeque;
 use std::io::BufRead as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use clap::Args;
 use custodian_events::crypto::{OsEntropy, Sm2KeyPair, key_fingerprint};
 use rand::rngs::SmallRng;
 use rand::{Rng as _, SeedableRng as _};
 use serde::{Deserialize, Serialize};
 
-use crate::api::{ReadingResult, SIGNATURE_HEADER, UploadResponse};
 use crate::terminal_sim::{now_rfc3339, signature_header};
+use crate::upload::ReadingResult;
+use crate::upload::SIGNATURE_HEADER;
+use crate::upload::UploadResponse;
 
 /// The backoff the client waits with between attempts: the same type, and the same 30 s cap, as the edge's
 /// forwarder.
@@ -632,8 +635,44 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 /// the scale waits.
 const SIMULATED_QUEUE_MAX: usize = 1_024;
 
+#[derive(Args, Debug)]
+pub struct TerminalArgs {
+    /// Make a new SM2 private key at --key (PKCS#8 PEM, owner-only; the file must not exist yet), print
+    /// its public key PEM (to register the terminal with) and exit.
+    #[arg(long)]
+    pub keygen: bool,
+    /// The node's (or an edge's) API.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    pub url: String,
+    /// The terminal's id, as registered.
+    #[arg(long, required_unless_present = "keygen")]
+    pub id: Option<String>,
+    /// The terminal's SM2 private key, PKCS#8 PEM (`openssl genpkey -algorithm SM2` writes one).
+    #[arg(long)]
+    pub key: PathBuf,
+    /// Readings to upload, one JSON object per line (`-` for stdin); `seq` may be left out.
+    #[arg(long, conflicts_with_all = ["simulate", "keygen"], required_unless_present_any = ["simulate", "keygen"])]
+    pub readings: Option<PathBuf>,
+    /// Upload N simulated weighings instead (container C-<id>, stage generation, waste code HW08, measured
+    /// now).
+    #[arg(long, value_name = "N", conflicts_with = "keygen")]
+    pub simulate: Option<u64>,
+    /// Seconds between simulated weighings (0: all at once).
+    #[arg(long, default_value_t = 0.0)]
+    pub interval_s: f64,
+    /// The seq of the first reading that has none.
+    #[arg(long, default_value_t = 1)]
+    pub first_seq: u64,
+    /// Readings per upload.
+    #[arg(long, default_value_t = BATCH_READINGS_DEFAULT)]
+    pub batch: usize,
+    /// Give up when a batch has not gone through for this many seconds (default: retry forever).
+    #[arg(long = "give-up-after", value_name = "SECS")]
+    pub give_up_after_s: Option<u64>,
+}
+
 /// Runs `custodian terminal`.
-pub async fn run_command(args: crate::cli::TerminalArgs) -> anyhow::Result<()> {
+pub async fn run_command(args: TerminalArgs) -> anyhow::Result<()> {
     if args.keygen {
         return keygen(&args.key);
     }

@@ -37,13 +37,13 @@ use custodian_events::crypto::{Entropy, Sm2KeyPair, Sm2PublicKey};
 use custodian_events::keyring::{Keyring, MASTER_KEY_LEN};
 use custodian_events::log::EventLog;
 use custodian_events::{Envelope, Event, Fingerprint, TerminalId};
-use custodian_node::api::AppState;
+use custodian_node::edge::forward::{ForwardOnce, forward_once};
 use custodian_node::edge::outbox::Outbox;
+use custodian_node::edge::run::feed_once;
 use custodian_node::edge::wire::EDGE_HEADER;
-use custodian_node::edge::{
-    EdgeRuntime, ForwardOnce, Upstream, UpstreamAnswer, feed_once, forward_once,
-};
+use custodian_node::edge::{EdgeRuntime, Upstream, UpstreamAnswer};
 use custodian_node::sealing::NodeSink;
+use custodian_node::state::AppState;
 use custodian_node::terminal_sim::SeededEntropy;
 use rand::Rng;
 use rand::rngs::SmallRng;

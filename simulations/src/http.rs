@@ -31,9 +31,9 @@ use custodian_events::event::{EnterpriseRegistered, ManifestOpened, TerminalRegi
 use custodian_events::keyring::Keyring;
 use custodian_events::log::{AppendOutcome, EventLog};
 use custodian_events::{Clock, Event, Reading, ReadingKind, TerminalId};
-use custodian_node::api::ingest::{ReadingResult, SIGNATURE_HEADER, UploadResponse};
-use custodian_node::api::{AppState, StateParts};
 use custodian_node::config::Config;
+use custodian_node::state::{AppState, StateParts};
+use custodian_node::upload::{ReadingResult, SIGNATURE_HEADER, UploadResponse};
 use serde_json::{Value, json};
 use tower::ServiceExt as _;
 

@@ -710,6 +710,15 @@ async fn every_event_an_administrator_causes_names_the_token() {
         .await
         .unwrap();
     assert_eq!(status, 201, "{v}");
+    let (status, v) = bootstrap
+        .post_admin("/v1/admin/data-keys/NOPE/rotate", &json!({}))
+        .await
+        .unwrap();
+    assert_eq!(
+        (status, v["code"].as_str()),
+        (404, Some("unknown_scope")),
+        "{v}"
+    );
     keys.upload(&bootstrap, "T-A1", weighings("T-A1", "T-A1-C0"))
         .await
         .unwrap();

@@ -17,10 +17,8 @@ use crate::domain::{At, Rules};
 use crate::envelope::Fingerprint;
 use crate::event::{CAPACITY_KG_MAX, Event, ManifestOpened, ManifestProgressed, ManifestStatus};
 use crate::ids::{ContainerId, EnterpriseId, ManifestId};
+pub use crate::limits::MANIFEST_CONTAINERS_MAX;
 use crate::reading::{ReadingKind, Stage, is_waste_code};
-
-/// The most containers one manifest may list.
-pub const MANIFEST_CONTAINERS_MAX: usize = 1_000;
 
 /// `POST /v1/manifests` as sent.
 /// `generator_id` and `receiver_id` differ (`same_generator_and_receiver`): no schema can say so.

@@ -11,8 +11,10 @@
 //!   error naming its sequence, never an event.
 //! - `subscribe` tells tailers the last durable sequence as it moves.
 //!
-//! [`contract`] holds these promises as checks that every implementation runs.
+//! `contract` (feature `log-contract`, and in this crate's tests) holds these promises as checks that every
+//! implementation runs; the production build does not carry it.
 
+#[cfg(any(test, feature = "log-contract"))]
 pub mod contract;
 pub mod export;
 mod sled_log;

@@ -17,13 +17,16 @@ use custodian_events::log::AppendOutcome;
 use custodian_events::{EnterpriseId, Event, TerminalId};
 use serde::Deserialize;
 
-use super::registry::{TERMINAL_KEY_CHANGES_MAX, read_event};
-use super::{ApiError, AppState, read_json, require_admin_caller};
+use crate::api::auth::require_admin_caller;
+use crate::api::body::read_json;
+use crate::api::error::ApiError;
 use crate::edge::wire::{
     AnomalyOutcome, BATCH_BYTES_MAX, EDGE_HEADER, ForwardAnswer, ForwardBatch, REQUEST_SKEW_S_MAX,
     Registrations, RegistrationsRequest, UploadOutcome, encode_event, unb64,
 };
 use crate::sealing;
+use crate::state::AppState;
+use crate::terminals::{TERMINAL_KEY_CHANGES_MAX, read_event};
 
 /// Each enterprise must be registered (`unknown_enterprise`), which no schema can say.
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -62,14 +65,14 @@ fn unprocessable(code: &'static str, message: String) -> ApiError {
     responses(
         (status = 200, description = "Already registered with the same content: unchanged, nothing stored", body = serde_json::Value),
         (status = 201, description = "OK", body = serde_json::Value),
-        (status = 400, description = "The URL or query is malformed (`invalid_url`, `invalid_query`, …)", body = crate::api::openapi::ErrorBody),
-        (status = 401, description = "No token, or one that is invalid or expired (`unauthorized`)", body = crate::api::openapi::ErrorBody),
-        (status = 403, description = "The token may not do this (`forbidden`)", body = crate::api::openapi::ErrorBody),
-        (status = 409, description = "Conflicts with what is recorded", body = crate::api::openapi::ErrorBody),
-        (status = 413, description = "The body is larger than this operation takes (`body_too_large`)", body = crate::api::openapi::ErrorBody),
-        (status = 415, description = "The body is not `application/json` (`unsupported_media_type`)", body = crate::api::openapi::ErrorBody),
-        (status = 422, description = "The body or a path value breaks a rule (its `code` names which)", body = crate::api::openapi::ErrorBody),
-        (status = 503, description = "A backend this operation needs is down or behind; retry later", body = crate::api::openapi::ErrorBody),
+        (status = 400, description = "The URL or query is malformed (`invalid_url`, `invalid_query`, …)", body = crate::api::schema::ErrorBody),
+        (status = 401, description = "No token, or one that is invalid or expired (`unauthorized`)", body = crate::api::schema::ErrorBody),
+        (status = 403, description = "The token may not do this (`forbidden`)", body = crate::api::schema::ErrorBody),
+        (status = 409, description = "Conflicts with what is recorded", body = crate::api::schema::ErrorBody),
+        (status = 413, description = "The body is larger than this operation takes (`body_too_large`)", body = crate::api::schema::ErrorBody),
+        (status = 415, description = "The body is not `application/json` (`unsupported_media_type`)", body = crate::api::schema::ErrorBody),
+        (status = 422, description = "The body or a path value breaks a rule (its `code` names which)", body = crate::api::schema::ErrorBody),
+        (status = 503, description = "A backend this operation needs is down or behind; retry later", body = crate::api::schema::ErrorBody),
     ),
 )]
 pub async fn register_edge(
@@ -149,7 +152,7 @@ pub async fn register_edge(
     security(()),
     responses(
         (status = 200, description = "OK", body = serde_json::Value),
-        (status = 400, description = "The URL or query is malformed (`invalid_url`, `invalid_query`, …)", body = crate::api::openapi::ErrorBody),
+        (status = 400, description = "The URL or query is malformed (`invalid_url`, `invalid_query`, …)", body = crate::api::schema::ErrorBody),
     ),
 )]
 pub async fn public_key(State(st): State<Arc<AppState>>) -> Response {
@@ -236,15 +239,15 @@ async fn open_request(
     tag = "edge",
     summary = "Forwarded uploads and anomalies from an edge (SM2/SM4 digital envelope, X-Custodian-Edge names the edge); one outcome per upload and reading",
     security(()),
-    params(crate::api::openapi::EdgeHeaders),
+    params(crate::api::schema::EdgeHeaders),
     request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "the sealed JSON {edge_id, anomalies:[{id,anomaly_b64}], uploads:[{id,body_b64,signature}]}"),
     responses(
         (status = 200, description = "OK", body = serde_json::Value),
-        (status = 400, description = "The URL or query is malformed (`invalid_url`, `invalid_query`, …)", body = crate::api::openapi::ErrorBody),
-        (status = 401, description = "No token, or one that is invalid or expired (`unauthorized`)", body = crate::api::openapi::ErrorBody),
-        (status = 413, description = "The body is larger than this operation takes (`body_too_large`)", body = crate::api::openapi::ErrorBody),
-        (status = 422, description = "The body or a path value breaks a rule (its `code` names which)", body = crate::api::openapi::ErrorBody),
-        (status = 503, description = "A backend this operation needs is down or behind; retry later", body = crate::api::openapi::ErrorBody),
+        (status = 400, description = "The URL or query is malformed (`invalid_url`, `invalid_query`, …)", body = crate::api::schema::ErrorBody),
+        (status = 401, description = "No token, or one that is invalid or expired (`unauthorized`)", body = crate::api::schema::ErrorBody),
+        (status = 413, description = "The body is larger than this operation takes (`body_too_large`)", body = crate::api::schema::ErrorBody),
+        (status = 422, description = "The body or a path value breaks a rule (its `code` names which)", body = crate::api::schema::ErrorBody),
+        (status = 503, description = "A backend this operation needs is down or behind; retry later", body = crate::api::schema::ErrorBody),
     ),
 )]
 pub async fn batches(
@@ -253,7 +256,7 @@ pub async fn batches(
     body: Body,
 ) -> Result<Response, ApiError> {
     let (edge, plain) = open_request(&st, &headers, body).await?;
-    let batch: ForwardBatch = super::parse_json(&plain)?;
+    let batch: ForwardBatch = crate::api::body::parse_json(&plain)?;
     let id = &edge.registration.id;
     if &batch.edge_id != id {
         return Err(ApiError::new(
@@ -483,15 +486,15 @@ fn registrations_of(st: &AppState, edge: &EdgeRegistered) -> Result<Registration
     tag = "edge",
     summary = "An edge fetches its enterprises' registrations (sealed request {edge_id, at_ns}; the answer is sealed to the edge)",
     security(()),
-    params(crate::api::openapi::EdgeHeaders),
+    params(crate::api::schema::EdgeHeaders),
     request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "the sealed JSON {edge_id, at_ns}"),
     responses(
         (status = 200, description = "OK", body = serde_json::Value),
-        (status = 400, description = "The URL or query is malformed (`invalid_url`, `invalid_query`, …)", body = crate::api::openapi::ErrorBody),
-        (status = 401, description = "No token, or one that is invalid or expired (`unauthorized`)", body = crate::api::openapi::ErrorBody),
-        (status = 413, description = "The body is larger than this operation takes (`body_too_large`)", body = crate::api::openapi::ErrorBody),
-        (status = 422, description = "The body or a path value breaks a rule (its `code` names which)", body = crate::api::openapi::ErrorBody),
-        (status = 503, description = "A backend this operation needs is down or behind; retry later", body = crate::api::openapi::ErrorBody),
+        (status = 400, description = "The URL or query is malformed (`invalid_url`, `invalid_query`, …)", body = crate::api::schema::ErrorBody),
+        (status = 401, description = "No token, or one that is invalid or expired (`unauthorized`)", body = crate::api::schema::ErrorBody),
+        (status = 413, description = "The body is larger than this operation takes (`body_too_large`)", body = crate::api::schema::ErrorBody),
+        (status = 422, description = "The body or a path value breaks a rule (its `code` names which)", body = crate::api::schema::ErrorBody),
+        (status = 503, description = "A backend this operation needs is down or behind; retry later", body = crate::api::schema::ErrorBody),
     ),
 )]
 pub async fn registrations(
@@ -500,7 +503,7 @@ pub async fn registrations(
     body: Body,
 ) -> Result<Response, ApiError> {
     let (edge, plain) = open_request(&st, &headers, body).await?;
-    let req: RegistrationsRequest = super::parse_json(&plain)?;
+    let req: RegistrationsRequest = crate::api::body::parse_json(&plain)?;
     // `abs_diff`: an `at_ns` as far off as an i64 goes must not overflow (it is refused like any other).
     let skew_s = st.clock.now_ns().abs_diff(req.at_ns) / 1_000_000_000;
     if req.edge_id != edge.registration.id || skew_s > REQUEST_SKEW_S_MAX.unsigned_abs() {
@@ -542,14 +545,14 @@ pub async fn registrations(
     operation_id = "registrations_file",
     tag = "edge",
     summary = "An edge's registrations in the clear: the seed file of an edge that has never reached the platform (admin)",
-    params(crate::api::openapi::EdgePath),
+    params(crate::api::schema::EdgePath),
     responses(
         (status = 200, description = "OK", body = serde_json::Value),
-        (status = 400, description = "The URL or query is malformed (`invalid_url`, `invalid_query`, …)", body = crate::api::openapi::ErrorBody),
-        (status = 401, description = "No token, or one that is invalid or expired (`unauthorized`)", body = crate::api::openapi::ErrorBody),
-        (status = 403, description = "The token may not do this (`forbidden`)", body = crate::api::openapi::ErrorBody),
-        (status = 404, description = "Unknown, or outside the caller's scope (`not_found`)", body = crate::api::openapi::ErrorBody),
-        (status = 503, description = "A backend this operation needs is down or behind; retry later", body = crate::api::openapi::ErrorBody),
+        (status = 400, description = "The URL or query is malformed (`invalid_url`, `invalid_query`, …)", body = crate::api::schema::ErrorBody),
+        (status = 401, description = "No token, or one that is invalid or expired (`unauthorized`)", body = crate::api::schema::ErrorBody),
+        (status = 403, description = "The token may not do this (`forbidden`)", body = crate::api::schema::ErrorBody),
+        (status = 404, description = "Unknown, or outside the caller's scope (`not_found`)", body = crate::api::schema::ErrorBody),
+        (status = 503, description = "A backend this operation needs is down or behind; retry later", body = crate::api::schema::ErrorBody),
     ),
 )]
 pub async fn registrations_file(

@@ -20,7 +20,9 @@ use custodian_events::{Envelope, Event};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{ApiError, AppState, require_admin};
+use crate::api::auth::require_admin;
+use crate::api::error::ApiError;
+use crate::state::AppState;
 
 /// Events read from the log per step of the stream.
 const STEP_EVENTS: usize = 500;
@@ -35,7 +37,7 @@ pub struct EventsQuery {
     from_seq: Option<i64>,
     /// Only these event types, separated by commas.
     #[serde(default)]
-    #[param(value_type = Option<crate::api::openapi::EventTypes>, inline)]
+    #[param(value_type = Option<crate::api::schema::EventTypes>, inline)]
     types: Option<String>,
     /// Keep the stream open and send new events as they become durable.
     #[serde(default)]
@@ -44,16 +46,6 @@ pub struct EventsQuery {
     #[serde(default)]
     #[param(minimum = 0)]
     limit: Option<i64>,
-}
-
-/// `types` as the handler reads it: names of `Event::TYPES` separated by commas, white space around each
-/// and empty entries ignored.
-pub(crate) fn types_schema() -> utoipa::openapi::schema::Object {
-    let one = format!("({})", Event::TYPES.join("|"));
-    utoipa::openapi::schema::ObjectBuilder::new()
-        .schema_type(utoipa::openapi::schema::Type::String)
-        .pattern(Some(format!("^\\s*{one}?\\s*(,\\s*{one}?\\s*)*$")))
-        .build()
 }
 
 /// A count or sequence of the query: 0 ..= i64::MAX, as the document states (int64).
@@ -89,11 +81,11 @@ struct Cursor {
     params(EventsQuery),
     responses(
         (status = 200, description = "OK", body = String, content_type = "application/x-ndjson"),
-        (status = 400, description = "The URL or query is malformed (`invalid_url`, `invalid_query`, …)", body = crate::api::openapi::ErrorBody),
-        (status = 401, description = "No token, or one that is invalid or expired (`unauthorized`)", body = crate::api::openapi::ErrorBody),
-        (status = 403, description = "The token may not do this (`forbidden`)", body = crate::api::openapi::ErrorBody),
-        (status = 500, description = "The node failed (`internal`)", body = crate::api::openapi::ErrorBody),
-        (status = 503, description = "A backend this operation needs is down or behind; retry later", body = crate::api::openapi::ErrorBody),
+        (status = 400, description = "The URL or query is malformed (`invalid_url`, `invalid_query`, …)", body = crate::api::schema::ErrorBody),
+        (status = 401, description = "No token, or one that is invalid or expired (`unauthorized`)", body = crate::api::schema::ErrorBody),
+        (status = 403, description = "The token may not do this (`forbidden`)", body = crate::api::schema::ErrorBody),
+        (status = 500, description = "The node failed (`internal`)", body = crate::api::schema::ErrorBody),
+        (status = 503, description = "A backend this operation needs is down or behind; retry later", body = crate::api::schema::ErrorBody),
     ),
 )]
 pub async fn stream(
@@ -224,10 +216,10 @@ struct ExportCursor {
     summary = "The whole log as a log export file (records as stored, sealed payloads sealed, SHA-256 trailer; docs/log-export.md)",
     responses(
         (status = 200, description = "OK", body = Vec<u8>, content_type = "application/octet-stream"),
-        (status = 400, description = "The URL or query is malformed (`invalid_url`, `invalid_query`, …)", body = crate::api::openapi::ErrorBody),
-        (status = 401, description = "No token, or one that is invalid or expired (`unauthorized`)", body = crate::api::openapi::ErrorBody),
-        (status = 403, description = "The token may not do this (`forbidden`)", body = crate::api::openapi::ErrorBody),
-        (status = 503, description = "A backend this operation needs is down or behind; retry later", body = crate::api::openapi::ErrorBody),
+        (status = 400, description = "The URL or query is malformed (`invalid_url`, `invalid_query`, …)", body = crate::api::schema::ErrorBody),
+        (status = 401, description = "No token, or one that is invalid or expired (`unauthorized`)", body = crate::api::schema::ErrorBody),
+        (status = 403, description = "The token may not do this (`forbidden`)", body = crate::api::schema::ErrorBody),
+        (status = 503, description = "A backend this operation needs is down or behind; retry later", body = crate::api::schema::ErrorBody),
     ),
 )]
 pub async fn export(

@@ -11,16 +11,16 @@ use axum::response::{IntoResponse, Response};
 use custodian_events::event::UploadSigned;
 use custodian_events::log::{AppendOutcome, Proposed};
 use custodian_events::{Event, RawReading, Reading, ReadingCheck, TerminalId};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use super::{ApiError, AppState, parse_json, read_body};
-use crate::api::registry::TerminalEntry;
+use crate::api::body::parse_json;
+use crate::api::body::read_body;
+use crate::api::error::ApiError;
 use crate::sealing;
-
-/// The header carrying the terminal's signature: base64 of the DER SM2 signature (SM3, user id
-/// 1234567812345678) over the exact request body.
-pub const SIGNATURE_HEADER: &str = "x-custodian-signature";
+use crate::state::AppState;
+use crate::terminals::TerminalEntry;
+use crate::upload::{ReadingResult, SIGNATURE_HEADER, UploadResponse};
 
 /// A verified signature: which key made it, and the signature itself (kept as evidence).
 struct Signed {
@@ -169,47 +169,6 @@ struct RawUpload {
     readings: Vec<Box<RawValue>>,
 }
 
-/// The answer to an upload: one result per reading, in the order sent.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct UploadResponse {
-    pub terminal_id: String,
-    pub results: Vec<ReadingResult>,
-}
-
-/// What became of one reading.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(tag = "status", rename_all = "snake_case")]
-pub enum ReadingResult {
-    /// Stored now, durable, as event `event_seq`.
-    Accepted { seq: u64, event_seq: u64 },
-    /// Stored before, as event `event_seq`.
-    Duplicate { seq: u64, event_seq: u64 },
-    /// Not stored. `seq` is absent when the reading was too malformed to have one. For `seq_conflict`,
-    /// `event_seq` names the original event and `evidence_event_seq` where this attempt is kept.
-    Rejected {
-        #[serde(skip_serializing_if = "Option::is_none")]
-        seq: Option<u64>,
-        code: String,
-        message: String,
-        #[serde(skip_serializing_if = "Option::is_none", default)]
-        event_seq: Option<u64>,
-        #[serde(skip_serializing_if = "Option::is_none", default)]
-        evidence_event_seq: Option<u64>,
-    },
-}
-
-impl ReadingResult {
-    fn rejected(seq: Option<u64>, code: &str, message: String) -> Self {
-        ReadingResult::Rejected {
-            seq,
-            code: code.to_owned(),
-            message,
-            event_seq: None,
-            evidence_event_seq: None,
-        }
-    }
-}
-
 #[utoipa::path(
     post,
     path = "/v1/uploads",
@@ -217,16 +176,16 @@ impl ReadingResult {
     tag = "ingest",
     summary = "Upload a terminal's readings (SM2-signed body in X-Custodian-Signature)",
     security(()),
-    params(crate::api::openapi::UploadHeaders),
+    params(crate::api::schema::UploadHeaders),
     request_body = RawUpload,
     responses(
         (status = 200, description = "OK", body = serde_json::Value),
-        (status = 400, description = "The URL or query is malformed (`invalid_url`, `invalid_query`, …)", body = crate::api::openapi::ErrorBody),
-        (status = 401, description = "No token, or one that is invalid or expired (`unauthorized`)", body = crate::api::openapi::ErrorBody),
-        (status = 413, description = "The body is larger than this operation takes (`body_too_large`)", body = crate::api::openapi::ErrorBody),
-        (status = 415, description = "The body is not `application/json` (`unsupported_media_type`)", body = crate::api::openapi::ErrorBody),
-        (status = 422, description = "The body or a path value breaks a rule (its `code` names which)", body = crate::api::openapi::ErrorBody),
-        (status = 503, description = "A backend this operation needs is down or behind; retry later", body = crate::api::openapi::ErrorBody),
+        (status = 400, description = "The URL or query is malformed (`invalid_url`, `invalid_query`, …)", body = crate::api::schema::ErrorBody),
+        (status = 401, description = "No token, or one that is invalid or expired (`unauthorized`)", body = crate::api::schema::ErrorBody),
+        (status = 413, description = "The body is larger than this operation takes (`body_too_large`)", body = crate::api::schema::ErrorBody),
+        (status = 415, description = "The body is not `application/json` (`unsupported_media_type`)", body = crate::api::schema::ErrorBody),
+        (status = 422, description = "The body or a path value breaks a rule (its `code` names which)", body = crate::api::schema::ErrorBody),
+        (status = 503, description = "A backend this operation needs is down or behind; retry later", body = crate::api::schema::ErrorBody),
     ),
 )]
 pub async fn upload(State(st): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {

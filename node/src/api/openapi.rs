@@ -1,8 +1,7 @@
 //! The OpenAPI 3.1 document of the HTTP API, generated (utoipa) from the handlers' `#[utoipa::path]`
 //! attributes and from the very types that parse and validate requests: the `Raw*` bodies and `*Query`
 //! parameter structs derive `ToSchema` / `IntoParams`, and their constraints come from
-//! `custodian_events::openapi`, built from the validators' own constants. The path and header parameters
-//! below exist for the document only: handlers take them as `Path<String>` and `HeaderMap`.
+//! `custodian_events::openapi` and `api::schema`, built from the validators' own constants.
 //!
 //! `scripts/api-contract` checks the served document with openapi-spec-validator and runs Schemathesis
 //! against a live node, so that a limit the code keeps and the document does not state (or the reverse)
@@ -10,187 +9,30 @@
 
 use std::sync::LazyLock;
 
-use custodian_events::openapi as schema;
+use axum::http::header;
+use axum::response::IntoResponse;
+use utoipa::openapi::ServerBuilder;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::openapi::{ServerBuilder, schema::ObjectBuilder, schema::Type};
-use utoipa::{IntoParams, Modify, OpenApi, ToSchema};
+use utoipa::{Modify, OpenApi};
 
-/// Every error's body.
-#[derive(ToSchema)]
-#[allow(
-    dead_code,
-    reason = "described, never built: errors are written by ApiError"
+/// `GET /v1/openapi.json` (no token needed).
+#[utoipa::path(
+    get,
+    path = "/v1/openapi.json",
+    operation_id = "openapi",
+    tag = "operations",
+    summary = "This document",
+    security(()),
+    responses(
+        (status = 200, description = "OK", body = serde_json::Value),
+        (status = 400, description = "The URL or query is malformed (`invalid_url`, `invalid_query`, …)", body = crate::api::schema::ErrorBody),
+    ),
 )]
-pub struct ErrorBody {
-    /// What went wrong, for programs (`invalid_query`, `not_found`, …; docs/api/errors.md).
-    code: String,
-    /// What went wrong and what to do about it, for people.
-    message: String,
-}
-
-macro_rules! path_params {
-    ($($(#[$doc:meta])* $name:ident { $($(#[$fdoc:meta])* $field:ident: $with:ty),+ $(,)? })+) => {$(
-        $(#[$doc])*
-        #[derive(IntoParams)]
-        #[into_params(parameter_in = Path)]
-        #[allow(dead_code, reason = "described, never built: handlers take Path<String>")]
-        pub struct $name {
-            $($(#[$fdoc])* #[param(value_type = $with, inline)] $field: String,)+
-        }
-    )+};
-}
-
-path_params! {
-    EnterprisePath {
-        /// The enterprise's id.
-        id: schema::Id,
-    }
-    TerminalPath {
-        /// The terminal's id.
-        id: schema::Id,
-    }
-    TerminalKeyPath {
-        /// The terminal's id.
-        id: schema::Id,
-        /// The key's fingerprint (`custodian keys fingerprint`).
-        fingerprint: schema::Fingerprint,
-    }
-    ManifestPath {
-        /// The manifest's id.
-        id: schema::Id,
-    }
-    AnomalyPath {
-        /// The anomaly's id (as `/v1/anomalies` lists it).
-        id: schema::Id,
-    }
-    ContainerPath {
-        /// The container's id.
-        id: schema::Id,
-    }
-    DataKeyPath {
-        /// The key's scope: an enterprise's id, or `platform` for the platform's own events.
-        scope: schema::Id,
-    }
-    ProjectionPath {
-        /// The read model: `postgres`, `influx` or `search` (404 for one this node does not run).
-        name: schema::Id,
-    }
-    TokenPath {
-        /// The token's id (`tok-…`, as issued).
-        id: schema::Id,
-    }
-    EdgePath {
-        /// The edge's id, as registered with POST /v1/edges.
-        id: schema::Id,
-    }
-}
-
-/// One event of the anomaly feed (`text/event-stream`).
-#[derive(ToSchema)]
-#[allow(
-    dead_code,
-    reason = "described, never built: the feed writes axum's sse::Event"
-)]
-pub struct AnomalyFeedEvent {
-    /// Always `anomaly`.
-    #[schema(pattern = "^anomaly$")]
-    event: String,
-    /// The anomaly event's sequence: send it back as `Last-Event-ID` to resume after it.
-    #[schema(pattern = "^[0-9]{1,19}$")]
-    id: String,
-    /// JSON: `{event_seq, recorded_at, enterprise_id, province_code, description, anomaly}`.
-    data: String,
-}
-
-/// `X-Custodian-Signature` of an upload.
-#[derive(IntoParams)]
-#[into_params(parameter_in = Header)]
-#[allow(
-    dead_code,
-    reason = "described, never built: the handler reads HeaderMap"
-)]
-pub struct UploadHeaders {
-    /// The terminal's SM2 signature of the exact body bytes, DER, base64 (`custodian terminal` signs).
-    #[param(rename = "X-Custodian-Signature", value_type = Signature, inline)]
-    signature: String,
-}
-
-/// `X-Custodian-Edge` of an edge's sealed request.
-#[derive(IntoParams)]
-#[into_params(parameter_in = Header)]
-#[allow(
-    dead_code,
-    reason = "described, never built: the handler reads HeaderMap"
-)]
-pub struct EdgeHeaders {
-    /// The edge's id, as registered with POST /v1/edges.
-    #[param(rename = "X-Custodian-Edge", value_type = schema::Id, inline)]
-    edge: String,
-}
-
-/// `Last-Event-ID` of the anomaly feed.
-#[derive(IntoParams)]
-#[into_params(parameter_in = Header)]
-#[allow(
-    dead_code,
-    reason = "described, never built: the handler reads HeaderMap"
-)]
-pub struct StreamHeaders {
-    /// The last event's id this client saw (an event sequence): the feed resumes after it.
-    #[param(rename = "Last-Event-ID", value_type = SequenceHeader, required = false, inline)]
-    last_event_id: Option<String>,
-}
-
-custodian_events::openapi_schema_type! {
-    /// Search words.
-    SearchText => super::search_text;
-    /// A kind of search document.
-    SearchKind => super::search_kind;
-    /// A day or an instant.
-    Day => super::query::day_schema;
-    /// An anomaly kind.
-    AnomalyKindName => super::query::anomaly_kind;
-    /// An anomaly state.
-    AnomalyStateName => super::query::anomaly_state;
-    /// A page cursor of the anomalies.
-    AnomalyCursor => super::query::cursor_schema;
-    /// An aggregation interval.
-    Every => super::query::every_schema;
-    /// An aggregate.
-    Aggregate => super::query::agg_schema;
-    /// Event types.
-    EventTypes => super::events::types_schema;
-    /// An event sequence in a header.
-    SequenceHeader => sequence_header;
-    /// A base64 signature.
-    Signature => signature;
-}
-
-/// A base64 signature: its shape; whether it verifies is the upload's answer (401 `invalid_signature`).
-fn signature() -> utoipa::openapi::schema::Object {
-    ObjectBuilder::new()
-        .schema_type(Type::String)
-        .pattern(Some("^[A-Za-z0-9+/]+={0,2}$"))
-        .max_length(Some(256))
-        .build()
-}
-
-/// `^[0-9]{1,19}$`: an event sequence in a header, what `sequence_header_value` takes.
-pub const SEQUENCE_HEADER_PATTERN: &str = "^[0-9]{1,19}$";
-
-fn sequence_header() -> utoipa::openapi::schema::Object {
-    ObjectBuilder::new()
-        .schema_type(Type::String)
-        .pattern(Some(SEQUENCE_HEADER_PATTERN))
-        .build()
-}
-
-/// An event sequence as a header holds it: 1 ..= 19 decimal digits (always within u64, so one more fits).
-pub fn sequence_header_value(s: &str) -> Option<u64> {
-    if s.is_empty() || s.len() > 19 || !s.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    s.parse().ok()
+pub async fn openapi() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        DOCUMENT.as_str(),
+    )
 }
 
 /// The bearer scheme every operation needs unless it says otherwise.
@@ -218,10 +60,10 @@ impl Modify for Security {
     security(("bearer" = [])),
     modifiers(&Security),
     paths(
-        super::root,
-        super::healthz,
-        super::metrics,
-        super::openapi,
+        super::ops::root,
+        super::ops::healthz,
+        super::ops::metrics,
+        openapi,
         super::registry::register_enterprise,
         super::query::enterprises,
         super::query::enterprise,
@@ -242,10 +84,10 @@ impl Modify for Security {
         super::query::container,
         super::query::search,
         super::query::overview,
-        super::rotate_data_key,
-        super::projections_status,
-        super::rebuild_projection,
-        super::search,
+        super::admin::rotate_data_key,
+        super::admin::projections_status,
+        super::admin::rebuild_projection,
+        super::admin::search,
         super::query::issue_token,
         super::query::revoke_token,
         super::events::export,

@@ -16,7 +16,12 @@ use serde_json::{Value, json};
 use sqlx::Row as _;
 use utoipa::IntoParams;
 
-use super::{ApiError, AppState, caller, read_json, require_admin_caller};
+use crate::api::auth::caller;
+use crate::api::auth::require_admin_caller;
+use crate::api::body::read_json;
+use crate::api::error::ApiError;
+use crate::api::schema::{AGGREGATES, ANOMALY_STATES};
+use crate::state::AppState;
 use crate::tokens::{Caller, Claims, Scope, TTL_S_MAX, Tier, check_scope};
 
 /// Default and largest page of a list.
@@ -85,13 +90,13 @@ impl utoipa::ToSchema for RawToken {}
     request_body = RawToken,
     responses(
         (status = 201, description = "OK", body = serde_json::Value),
-        (status = 400, description = "The URL or query is malformed (`invalid_url`, `invalid_query`, …)", body = crate::api::openapi::ErrorBody),
-        (status = 401, description = "No token, or one that is invalid or expired (`unauthorized`)", body = crate::api::openapi::ErrorBody),
-        (status = 403, description = "The token may not do this (`forbidden`)", body = crate::api::openapi::ErrorBody),
-        (status = 413, description = "The body is larger than this operation takes (`body_too_large`)", body = crate::api::openapi::ErrorBody),
-        (status = 415, description = "The body is not `application/json` (`unsupported_media_type`)", body = crate::api::openapi::ErrorBody),
-        (status = 422, description = "The body or a path value breaks a rule (its `code` names which)", body = crate::api::openapi::ErrorBody),
-        (status = 503, description = "A backend this operation needs is down or behind; retry later", body = crate::api::openapi::ErrorBody),
+        (status = 400, description = "The URL or query is malformed (`invalid_url`, `invalid_query`, …)", body = crate::api::schema::ErrorBody),
+        (status = 401, description = "No token, or one that is invalid or expired (`unauthorized`)", body = crate::api::schema::ErrorBody),
+        (status = 403, description = "The token may not do this (`forbidden`)", body = crate::api::schema::ErrorBody),
+        (status = 413, description = "The body is larger than this operation takes (`body_too_large`)", body = crate::api::schema::ErrorBody),
+        (status = 415, description = "The body is not `application/json` (`unsupported_media_type`)", body = crate::api::schema::ErrorBody),
+        (status = 422, description = "The body or a path value breaks a rule (its `code` names which)", body = crate::api::schema::ErrorBody),
+        (status = 503, description = "A backend this operation needs is down or behind; retry later", body = crate::api::schema::ErrorBody),
     ),
 )]
 pub async fn issue_token(
@@ -177,15 +182,15 @@ pub async fn issue_token(
     operation_id = "revoke_token",
     tag = "admin",
     summary = "Revoke a token",
-    params(crate::api::openapi::TokenPath),
+    params(crate::api::schema::TokenPath),
     responses(
         (status = 200, description = "OK", body = serde_json::Value),
-        (status = 400, description = "The URL or query is malformed (`invalid_url`, `invalid_query`, …)", body = crate::api::openapi::ErrorBody),
-        (status = 401, description = "No token, or one that is invalid or expired (`unauthorized`)", body = crate::api::openapi::ErrorBody),
-        (status = 403, description = "The token may not do this (`forbidden`)", body = crate::api::openapi::ErrorBody),
-        (status = 404, description = "Unknown, or outside the caller's scope (`not_found`)", body = crate::api::openapi::ErrorBody),
-        (status = 422, description = "The body or a path value breaks a rule (its `code` names which)", body = crate::api::openapi::ErrorBody),
-        (status = 503, description = "A backend this operation needs is down or behind; retry later", body = crate::api::openapi::ErrorBody),
+        (status = 400, description = "The URL or query is malformed (`invalid_url`, `invalid_query`, …)", body = crate::api::schema::ErrorBody),
+        (status = 401, description = "No token, or one that is invalid or expired (`unauthorized`)", body = crate::api::schema::ErrorBody),
+        (status = 403, description = "The token may not do this (`forbidden`)", body = crate::api::schema::ErrorBody),
+        (status = 404, description = "Unknown, or outside the caller's scope (`not_found`)", body = crate::api::schema::ErrorBody),
+        (status = 422, description = "The body or a path value breaks a rule (its `code` names which)", body = crate::api::schema::ErrorBody),
+        (status = 503, description = "A backend this operation needs is down or behind; retry later", body = crate::api::schema::ErrorBody),
     ),
 )]
 pub async fn revoke_token(
@@ -340,9 +345,9 @@ fn enterprise_json(r: &sqlx::postgres::PgRow) -> Value {
     params(EnterprisesQuery),
     responses(
         (status = 200, description = "OK", body = serde_json::Value),
-        (status = 400, description = "The URL or query is malformed (`invalid_url`, `invalid_query`, …)", body = crate::api::openapi::ErrorBody),
-        (status = 401, description = "No token, or one that is invalid or expired (`unauthorized`)", body = crate::api::openapi::ErrorBody),
-        (status = 503, description = "A backend this operation needs is down or behind; retry later", body = crate::api::openapi::ErrorBody),
+        (status = 400, description = "The URL or query is malformed (`invalid_url`, `invalid_query`, …)", body = crate::api::schema::ErrorBody),
+        (status = 401, description = "No token, or one that is invalid or expired (`unauthorized`)", body = crate::api::schema::ErrorBody),
+        (status = 503, description = "A backend this operation needs is down or behind; retry later", body = crate::api::schema::ErrorBody),
     ),
 )]
 pub async fn enterprises(
@@ -428,13 +433,13 @@ async fn enterprise_in_scope(
     operation_id = "enterprise",
     tag = "query",
     summary = "One enterprise (404 when out of scope)",
-    params(crate::api::openapi::EnterprisePath),
+    params(crate::api::schema::EnterprisePath),
     responses(
         (status = 200, description = "OK", body = serde_json::Value),
-        (status = 400, description = "The URL or query is malformed (`invalid_url`, `invalid_query`, …)", body = crate::api::openapi::ErrorBody),
-        (status = 401, description = "No token, or one that is invalid or expired (`unauthorized`)", body = crate::api::openapi::ErrorBody),
-        (status = 404, description = "Unknown, or outside the caller's scope (`not_found`)", body = crate::api::openapi::ErrorBody),
-        (status = 503, description = "A backend this operation needs is down or behind; retry later", body = crate::api::openapi::ErrorBody),
+        (status = 400, description = "The URL or query is malformed (`invalid_url`, `invalid_query`, …)", body = crate::api::schema::ErrorBody),
+        (status = 401, description = "No token, or one that is invalid or expired (`unauthorized`)", body = crate::api::schema::ErrorBody),
+        (status = 404, description = "Unknown, or outside the caller's scope (`not_found`)", body = crate::api::schema::ErrorBody),
+        (status = 503, description = "A backend this operation needs is down or behind; retry later", body = crate::api::schema::ErrorBody),
     ),
 )]
 pub async fn enterprise(
@@ -455,25 +460,11 @@ pub async fn enterprise(
 #[into_params(parameter_in = Query)]
 pub struct KpisQuery {
     /// The first day: `YYYY-MM-DD`, or the China Standard Time day of an RFC 3339 instant.
-    #[param(value_type = Option<crate::api::openapi::Day>, inline)]
+    #[param(value_type = Option<crate::api::schema::Day>, inline)]
     from: Option<String>,
     /// The last day (included), as `from`.
-    #[param(value_type = Option<crate::api::openapi::Day>, inline)]
+    #[param(value_type = Option<crate::api::schema::Day>, inline)]
     to: Option<String>,
-}
-
-/// A day as `day` takes it.
-pub(crate) fn day_schema() -> utoipa::openapi::schema::Schema {
-    use utoipa::openapi::schema::{AnyOfBuilder, KnownFormat, ObjectBuilder, SchemaFormat, Type};
-    AnyOfBuilder::new()
-        .item(
-            ObjectBuilder::new()
-                .schema_type(Type::String)
-                .format(Some(SchemaFormat::KnownFormat(KnownFormat::Date))),
-        )
-        .item(schema::instant())
-        .build()
-        .into()
 }
 
 /// The first and last day the KPIs are kept for: `from` and `to` beyond them are taken as them.
@@ -509,13 +500,13 @@ fn day(s: &str) -> Result<time::Date, ApiError> {
     operation_id = "enterprise_kpis",
     tag = "query",
     summary = "Daily KPIs of an enterprise (China Standard Time days)",
-    params(crate::api::openapi::EnterprisePath, KpisQuery),
+    params(crate::api::schema::EnterprisePath, KpisQuery),
     responses(
         (status = 200, description = "OK", body = serde_json::Value),
-        (status = 400, description = "The URL or query is malformed (`invalid_url`, `invalid_query`, …)", body = crate::api::openapi::ErrorBody),
-        (status = 401, description = "No token, or one that is invalid or expired (`unauthorized`)", body = crate::api::openapi::ErrorBody),
-        (status = 404, description = "Unknown, or outside the caller's scope (`not_found`)", body = crate::api::openapi::ErrorBody),
-        (status = 503, description = "A backend this operation needs is down or behind; retry later", body = crate::api::openapi::ErrorBody),
+        (status = 400, description = "The URL or query is malformed (`invalid_url`, `invalid_query`, …)", body = crate::api::schema::ErrorBody),
+        (status = 401, description = "No token, or one that is invalid or expired (`unauthorized`)", body = crate::api::schema::ErrorBody),
+        (status = 404, description = "Unknown, or outside the caller's scope (`not_found`)", body = crate::api::schema::ErrorBody),
+        (status = 503, description = "A backend this operation needs is down or behind; retry later", body = crate::api::schema::ErrorBody),
     ),
 )]
 pub async fn enterprise_kpis(
@@ -578,10 +569,10 @@ pub async fn enterprise_kpis(
 #[into_params(parameter_in = Query)]
 pub struct AnomaliesQuery {
     /// Only anomalies of this kind.
-    #[param(value_type = Option<crate::api::openapi::AnomalyKindName>, inline)]
+    #[param(value_type = Option<crate::api::schema::AnomalyKindName>, inline)]
     kind: Option<String>,
     /// Only anomalies in this state.
-    #[param(value_type = Option<crate::api::openapi::AnomalyStateName>, inline)]
+    #[param(value_type = Option<crate::api::schema::AnomalyStateName>, inline)]
     state: Option<String>,
     /// Only anomalies of this province.
     #[param(value_type = Option<schema::ProvinceCode>, inline)]
@@ -599,40 +590,13 @@ pub struct AnomaliesQuery {
     #[param(minimum = 1, maximum = 500, default = 50)]
     limit: Option<i64>,
     /// The `next_cursor` of the page before.
-    #[param(value_type = Option<crate::api::openapi::AnomalyCursor>, inline)]
+    #[param(value_type = Option<crate::api::schema::AnomalyCursor>, inline)]
     cursor: Option<String>,
-}
-
-const ANOMALY_STATES: [&str; 3] = ["open", "acknowledged", "resolved"];
-
-pub(crate) fn anomaly_kind() -> utoipa::openapi::schema::Object {
-    use custodian_events::domain::anomaly::AnomalyKind;
-    utoipa::openapi::schema::ObjectBuilder::new()
-        .schema_type(utoipa::openapi::schema::Type::String)
-        .enum_values(Some(AnomalyKind::ALL.map(AnomalyKind::name)))
-        .build()
 }
 
 fn is_anomaly_kind(s: &str) -> bool {
     use custodian_events::domain::anomaly::AnomalyKind;
     AnomalyKind::ALL.iter().any(|k| k.name() == s)
-}
-
-pub(crate) fn anomaly_state() -> utoipa::openapi::schema::Object {
-    utoipa::openapi::schema::ObjectBuilder::new()
-        .schema_type(utoipa::openapi::schema::Type::String)
-        .enum_values(Some(ANOMALY_STATES))
-        .build()
-}
-
-/// A page cursor of the anomalies: an event sequence, 1 ..= 18 digits.
-const CURSOR_PATTERN: &str = "^[0-9]{1,18}$";
-
-pub(crate) fn cursor_schema() -> utoipa::openapi::schema::Object {
-    utoipa::openapi::schema::ObjectBuilder::new()
-        .schema_type(utoipa::openapi::schema::Type::String)
-        .pattern(Some(CURSOR_PATTERN))
-        .build()
 }
 
 /// An RFC 3339 instant as Unix nanoseconds. Instants beyond what 64 bits of them hold (1677-09-21 ..
@@ -654,9 +618,9 @@ fn instant_ns(s: &str) -> Result<i64, ApiError> {
     params(AnomaliesQuery),
     responses(
         (status = 200, description = "OK", body = serde_json::Value),
-        (status = 400, description = "The URL or query is malformed (`invalid_url`, `invalid_query`, …)", body = crate::api::openapi::ErrorBody),
-        (status = 401, description = "No token, or one that is invalid or expired (`unauthorized`)", body = crate::api::openapi::ErrorBody),
-        (status = 503, description = "A backend this operation needs is down or behind; retry later", body = crate::api::openapi::ErrorBody),
+        (status = 400, description = "The URL or query is malformed (`invalid_url`, `invalid_query`, …)", body = crate::api::schema::ErrorBody),
+        (status = 401, description = "No token, or one that is invalid or expired (`unauthorized`)", body = crate::api::schema::ErrorBody),
+        (status = 503, description = "A backend this operation needs is down or behind; retry later", body = crate::api::schema::ErrorBody),
     ),
 )]
 pub async fn anomalies(
@@ -771,13 +735,13 @@ pub async fn anomalies(
     operation_id = "container",
     tag = "query",
     summary = "A container and its custody chain",
-    params(crate::api::openapi::ContainerPath),
+    params(crate::api::schema::ContainerPath),
     responses(
         (status = 200, description = "OK", body = serde_json::Value),
-        (status = 400, description = "The URL or query is malformed (`invalid_url`, `invalid_query`, …)", body = crate::api::openapi::ErrorBody),
-        (status = 401, description = "No token, or one that is invalid or expired (`unauthorized`)", body = crate::api::openapi::ErrorBody),
-        (status = 404, description = "Unknown, or outside the caller's scope (`not_found`)", body = crate::api::openapi::ErrorBody),
-        (status = 503, description = "A backend this operation needs is down or behind; retry later", body = crate::api::openapi::ErrorBody),
+        (status = 400, description = "The URL or query is malformed (`invalid_url`, `invalid_query`, …)", body = crate::api::schema::ErrorBody),
+        (status = 401, description = "No token, or one that is invalid or expired (`unauthorized`)", body = crate::api::schema::ErrorBody),
+        (status = 404, description = "Unknown, or outside the caller's scope (`not_found`)", body = crate::api::schema::ErrorBody),
+        (status = 503, description = "A backend this operation needs is down or behind; retry later", body = crate::api::schema::ErrorBody),
     ),
 )]
 pub async fn container(
@@ -838,10 +802,10 @@ pub async fn container(
 #[into_params(parameter_in = Query)]
 pub struct SearchQuery {
     /// Words to find (Chinese too).
-    #[param(value_type = crate::api::openapi::SearchText, inline)]
+    #[param(value_type = crate::api::schema::SearchText, inline)]
     q: String,
     /// Only documents of this kind.
-    #[param(value_type = Option<crate::api::openapi::SearchKind>, inline)]
+    #[param(value_type = Option<crate::api::schema::SearchKind>, inline)]
     kind: Option<String>,
     /// Hits to answer.
     #[param(minimum = 1, maximum = 200, default = 20)]
@@ -859,9 +823,9 @@ pub struct SearchQuery {
     params(SearchQuery),
     responses(
         (status = 200, description = "OK", body = serde_json::Value),
-        (status = 400, description = "The URL or query is malformed (`invalid_url`, `invalid_query`, …)", body = crate::api::openapi::ErrorBody),
-        (status = 401, description = "No token, or one that is invalid or expired (`unauthorized`)", body = crate::api::openapi::ErrorBody),
-        (status = 503, description = "A backend this operation needs is down or behind; retry later", body = crate::api::openapi::ErrorBody),
+        (status = 400, description = "The URL or query is malformed (`invalid_url`, `invalid_query`, …)", body = crate::api::schema::ErrorBody),
+        (status = 401, description = "No token, or one that is invalid or expired (`unauthorized`)", body = crate::api::schema::ErrorBody),
+        (status = 503, description = "A backend this operation needs is down or behind; retry later", body = crate::api::schema::ErrorBody),
     ),
 )]
 pub async fn search(
@@ -872,7 +836,7 @@ pub async fn search(
     let who: Caller = caller(&st, &headers)?;
     let q = query_of(q)?;
     let (province, enterprise) = who.scope.binds();
-    super::run_search(
+    crate::api::search::run_search(
         &st,
         q.q,
         custodian_projections::search::SearchFilter {
@@ -897,31 +861,14 @@ pub struct ReadingsQuery {
     #[param(value_type = schema::Instant, inline)]
     pub(crate) to: String,
     /// Aggregate per interval (days in China Standard Time); raw readings without.
-    #[param(value_type = Option<crate::api::openapi::Every>, inline)]
+    #[param(value_type = Option<crate::api::schema::Every>, inline)]
     pub(crate) every: Option<String>,
     /// The aggregate, with `every` (default mean).
-    #[param(value_type = Option<crate::api::openapi::Aggregate>, inline)]
+    #[param(value_type = Option<crate::api::schema::Aggregate>, inline)]
     pub(crate) agg: Option<String>,
     /// The reading kind (default weight).
     #[param(value_type = Option<schema::ReadingKindName>, inline)]
     pub(crate) kind: Option<String>,
-}
-
-const EVERY: [&str; 3] = ["1m", "1h", "1d"];
-const AGGREGATES: [&str; 5] = ["mean", "min", "max", "sum", "count"];
-
-pub(crate) fn every_schema() -> utoipa::openapi::schema::Object {
-    utoipa::openapi::schema::ObjectBuilder::new()
-        .schema_type(utoipa::openapi::schema::Type::String)
-        .enum_values(Some(EVERY))
-        .build()
-}
-
-pub(crate) fn agg_schema() -> utoipa::openapi::schema::Object {
-    utoipa::openapi::schema::ObjectBuilder::new()
-        .schema_type(utoipa::openapi::schema::Type::String)
-        .enum_values(Some(AGGREGATES))
-        .build()
 }
 
 /// Most points one series answer holds; a wider range needs a coarser `every`.
@@ -936,13 +883,13 @@ const SERIES_POINTS_MAX: i64 = 10_000;
     operation_id = "terminal_readings",
     tag = "query",
     summary = "A terminal's readings from InfluxDB, raw or per 1m/1h/1d",
-    params(crate::api::openapi::TerminalPath, ReadingsQuery),
+    params(crate::api::schema::TerminalPath, ReadingsQuery),
     responses(
         (status = 200, description = "OK", body = serde_json::Value),
-        (status = 400, description = "The URL or query is malformed (`invalid_url`, `invalid_query`, …)", body = crate::api::openapi::ErrorBody),
-        (status = 401, description = "No token, or one that is invalid or expired (`unauthorized`)", body = crate::api::openapi::ErrorBody),
-        (status = 404, description = "Unknown, or outside the caller's scope (`not_found`)", body = crate::api::openapi::ErrorBody),
-        (status = 503, description = "A backend this operation needs is down or behind; retry later", body = crate::api::openapi::ErrorBody),
+        (status = 400, description = "The URL or query is malformed (`invalid_url`, `invalid_query`, …)", body = crate::api::schema::ErrorBody),
+        (status = 401, description = "No token, or one that is invalid or expired (`unauthorized`)", body = crate::api::schema::ErrorBody),
+        (status = 404, description = "Unknown, or outside the caller's scope (`not_found`)", body = crate::api::schema::ErrorBody),
+        (status = 503, description = "A backend this operation needs is down or behind; retry later", body = crate::api::schema::ErrorBody),
     ),
 )]
 pub async fn terminal_readings(
@@ -1116,9 +1063,9 @@ pub struct OverviewQuery {}
     summary = "The landing view of the caller's scope",
     responses(
         (status = 200, description = "OK", body = serde_json::Value),
-        (status = 400, description = "The URL or query is malformed (`invalid_url`, `invalid_query`, …)", body = crate::api::openapi::ErrorBody),
-        (status = 401, description = "No token, or one that is invalid or expired (`unauthorized`)", body = crate::api::openapi::ErrorBody),
-        (status = 503, description = "A backend this operation needs is down or behind; retry later", body = crate::api::openapi::ErrorBody),
+        (status = 400, description = "The URL or query is malformed (`invalid_url`, `invalid_query`, …)", body = crate::api::schema::ErrorBody),
+        (status = 401, description = "No token, or one that is invalid or expired (`unauthorized`)", body = crate::api::schema::ErrorBody),
+        (status = 503, description = "A backend this operation needs is down or behind; retry later", body = crate::api::schema::ErrorBody),
     ),
 )]
 pub async fn overview(
@@ -1361,13 +1308,13 @@ pub async fn cache(
     operation_id = "manifest",
     tag = "query",
     summary = "A manifest, if either party is in scope",
-    params(crate::api::openapi::ManifestPath),
+    params(crate::api::schema::ManifestPath),
     responses(
         (status = 200, description = "OK", body = serde_json::Value),
-        (status = 400, description = "The URL or query is malformed (`invalid_url`, `invalid_query`, …)", body = crate::api::openapi::ErrorBody),
-        (status = 401, description = "No token, or one that is invalid or expired (`unauthorized`)", body = crate::api::openapi::ErrorBody),
-        (status = 404, description = "Unknown, or outside the caller's scope (`not_found`)", body = crate::api::openapi::ErrorBody),
-        (status = 503, description = "A backend this operation needs is down or behind; retry later", body = crate::api::openapi::ErrorBody),
+        (status = 400, description = "The URL or query is malformed (`invalid_url`, `invalid_query`, …)", body = crate::api::schema::ErrorBody),
+        (status = 401, description = "No token, or one that is invalid or expired (`unauthorized`)", body = crate::api::schema::ErrorBody),
+        (status = 404, description = "Unknown, or outside the caller's scope (`not_found`)", body = crate::api::schema::ErrorBody),
+        (status = 503, description = "A backend this operation needs is down or behind; retry later", body = crate::api::schema::ErrorBody),
     ),
 )]
 pub async fn manifest(
@@ -1433,12 +1380,12 @@ struct Feed {
     operation_id = "anomaly_stream",
     tag = "query",
     summary = "Server-sent events: new anomalies in scope (Last-Event-ID resumes)",
-    params(crate::api::openapi::StreamHeaders),
+    params(crate::api::schema::StreamHeaders),
     responses(
-        (status = 200, description = "OK: one event per anomaly, comments to keep the connection alive", body = crate::api::openapi::AnomalyFeedEvent, content_type = "text/event-stream"),
-        (status = 400, description = "The URL or query is malformed (`invalid_url`, `invalid_query`, …)", body = crate::api::openapi::ErrorBody),
-        (status = 401, description = "No token, or one that is invalid or expired (`unauthorized`)", body = crate::api::openapi::ErrorBody),
-        (status = 503, description = "A backend this operation needs is down or behind; retry later", body = crate::api::openapi::ErrorBody),
+        (status = 200, description = "OK: one event per anomaly, comments to keep the connection alive", body = crate::api::schema::AnomalyFeedEvent, content_type = "text/event-stream"),
+        (status = 400, description = "The URL or query is malformed (`invalid_url`, `invalid_query`, …)", body = crate::api::schema::ErrorBody),
+        (status = 401, description = "No token, or one that is invalid or expired (`unauthorized`)", body = crate::api::schema::ErrorBody),
+        (status = 503, description = "A backend this operation needs is down or behind; retry later", body = crate::api::schema::ErrorBody),
     ),
 )]
 pub async fn anomaly_stream(
@@ -1451,7 +1398,7 @@ pub async fn anomaly_stream(
         Some(v) => v
             .to_str()
             .ok()
-            .and_then(crate::api::openapi::sequence_header_value)
+            .and_then(crate::api::schema::sequence_header_value)
             .map(|seq| seq + 1)
             .ok_or_else(|| invalid("Last-Event-ID must be an event sequence this feed sent"))?,
         None => st.log.last_seq() + 1,
@@ -1587,18 +1534,18 @@ pub struct RawHandling {
     operation_id = "acknowledge_anomaly",
     tag = "query",
     summary = "Acknowledge an anomaly",
-    params(crate::api::openapi::AnomalyPath),
+    params(crate::api::schema::AnomalyPath),
     request_body = RawHandling,
     responses(
         (status = 202, description = "OK", body = serde_json::Value),
-        (status = 400, description = "The URL or query is malformed (`invalid_url`, `invalid_query`, …)", body = crate::api::openapi::ErrorBody),
-        (status = 401, description = "No token, or one that is invalid or expired (`unauthorized`)", body = crate::api::openapi::ErrorBody),
-        (status = 404, description = "Unknown, or outside the caller's scope (`not_found`)", body = crate::api::openapi::ErrorBody),
-        (status = 409, description = "Conflicts with what is recorded", body = crate::api::openapi::ErrorBody),
-        (status = 413, description = "The body is larger than this operation takes (`body_too_large`)", body = crate::api::openapi::ErrorBody),
-        (status = 415, description = "The body is not `application/json` (`unsupported_media_type`)", body = crate::api::openapi::ErrorBody),
-        (status = 422, description = "The body or a path value breaks a rule (its `code` names which)", body = crate::api::openapi::ErrorBody),
-        (status = 503, description = "A backend this operation needs is down or behind; retry later", body = crate::api::openapi::ErrorBody),
+        (status = 400, description = "The URL or query is malformed (`invalid_url`, `invalid_query`, …)", body = crate::api::schema::ErrorBody),
+        (status = 401, description = "No token, or one that is invalid or expired (`unauthorized`)", body = crate::api::schema::ErrorBody),
+        (status = 404, description = "Unknown, or outside the caller's scope (`not_found`)", body = crate::api::schema::ErrorBody),
+        (status = 409, description = "Conflicts with what is recorded", body = crate::api::schema::ErrorBody),
+        (status = 413, description = "The body is larger than this operation takes (`body_too_large`)", body = crate::api::schema::ErrorBody),
+        (status = 415, description = "The body is not `application/json` (`unsupported_media_type`)", body = crate::api::schema::ErrorBody),
+        (status = 422, description = "The body or a path value breaks a rule (its `code` names which)", body = crate::api::schema::ErrorBody),
+        (status = 503, description = "A backend this operation needs is down or behind; retry later", body = crate::api::schema::ErrorBody),
     ),
 )]
 pub async fn acknowledge_anomaly(
@@ -1623,18 +1570,18 @@ pub async fn acknowledge_anomaly(
     operation_id = "resolve_anomaly",
     tag = "query",
     summary = "Resolve an anomaly (final)",
-    params(crate::api::openapi::AnomalyPath),
+    params(crate::api::schema::AnomalyPath),
     request_body = RawHandling,
     responses(
         (status = 202, description = "OK", body = serde_json::Value),
-        (status = 400, description = "The URL or query is malformed (`invalid_url`, `invalid_query`, …)", body = crate::api::openapi::ErrorBody),
-        (status = 401, description = "No token, or one that is invalid or expired (`unauthorized`)", body = crate::api::openapi::ErrorBody),
-        (status = 404, description = "Unknown, or outside the caller's scope (`not_found`)", body = crate::api::openapi::ErrorBody),
-        (status = 409, description = "Conflicts with what is recorded", body = crate::api::openapi::ErrorBody),
-        (status = 413, description = "The body is larger than this operation takes (`body_too_large`)", body = crate::api::openapi::ErrorBody),
-        (status = 415, description = "The body is not `application/json` (`unsupported_media_type`)", body = crate::api::openapi::ErrorBody),
-        (status = 422, description = "The body or a path value breaks a rule (its `code` names which)", body = crate::api::openapi::ErrorBody),
-        (status = 503, description = "A backend this operation needs is down or behind; retry later", body = crate::api::openapi::ErrorBody),
+        (status = 400, description = "The URL or query is malformed (`invalid_url`, `invalid_query`, …)", body = crate::api::schema::ErrorBody),
+        (status = 401, description = "No token, or one that is invalid or expired (`unauthorized`)", body = crate::api::schema::ErrorBody),
+        (status = 404, description = "Unknown, or outside the caller's scope (`not_found`)", body = crate::api::schema::ErrorBody),
+        (status = 409, description = "Conflicts with what is recorded", body = crate::api::schema::ErrorBody),
+        (status = 413, description = "The body is larger than this operation takes (`body_too_large`)", body = crate::api::schema::ErrorBody),
+        (status = 415, description = "The body is not `application/json` (`unsupported_media_type`)", body = crate::api::schema::ErrorBody),
+        (status = 422, description = "The body or a path value breaks a rule (its `code` names which)", body = crate::api::schema::ErrorBody),
+        (status = 503, description = "A backend this operation needs is down or behind; retry later", body = crate::api::schema::ErrorBody),
     ),
 )]
 pub async fn resolve_anomaly(

@@ -7,107 +7,25 @@ use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use custodian_events::crypto::Sm2PublicKey;
 use custodian_events::envelope::Fingerprint;
 use custodian_events::event::{
     EnterpriseRegistered, RawEnterprise, RawTerminal, TerminalRegistered, dedupe_key_enterprise,
-    dedupe_key_terminal, dedupe_key_terminal_keys,
 };
-use custodian_events::log::{AppendOutcome, EventLog, EventLogError, Proposed};
-use custodian_events::terminal_keys::TerminalKeys;
+use custodian_events::log::{AppendOutcome, Proposed};
 use custodian_events::{Event, TerminalId};
 use serde::Deserialize;
 
-use super::{ApiError, AppState, read_json, require_admin_caller};
+use crate::api::auth::require_admin_caller;
+use crate::api::body::read_json;
+use crate::api::error::ApiError;
 use crate::sealing;
+use crate::state::AppState;
+use crate::terminals::TerminalEntry;
 
 /// Registration bodies are small; this bound is independent of the upload limit.
 const REGISTRATION_BODY_BYTES_MAX: usize = 16 * 1024;
 /// A manifest lists up to 1,000 containers.
 const MANIFEST_BODY_BYTES_MAX: usize = 256 * 1024;
-
-/// Key changes one terminal may have (rotations and revocations). Far beyond any real rotation schedule;
-/// it bounds the probe of the log when a terminal is loaded.
-pub const TERMINAL_KEY_CHANGES_MAX: u64 = 1024;
-
-/// What the upload path needs to know about a terminal.
-pub struct TerminalEntry {
-    pub registration: TerminalRegistered,
-    pub keys: TerminalKeys,
-    /// Parsed verifying keys, by fingerprint, for the usable keys (newest first).
-    pub verifiers: Vec<(Fingerprint, Sm2PublicKey)>,
-}
-
-/// Terminals for the upload path, read from the log on first use and kept in a bounded cache. A key
-/// change on this node invalidates the terminal's entry.
-pub struct Registry {
-    terminals: moka::sync::Cache<TerminalId, Arc<TerminalEntry>>,
-}
-
-impl Registry {
-    pub fn new(entries_max: u64) -> Self {
-        Registry {
-            terminals: moka::sync::Cache::new(entries_max),
-        }
-    }
-
-    pub fn invalidate(&self, id: &TerminalId) {
-        self.terminals.invalidate(id);
-    }
-
-    /// The terminal `id` with its keys, if the log holds its registration.
-    pub fn terminal(
-        &self,
-        log: &dyn EventLog,
-        id: &TerminalId,
-    ) -> Result<Option<Arc<TerminalEntry>>, EventLogError> {
-        if let Some(t) = self.terminals.get(id) {
-            return Ok(Some(t));
-        }
-        let Some(registration) = read_event(log, &dedupe_key_terminal(id))? else {
-            return Ok(None);
-        };
-        let Event::TerminalRegistered(registration) = registration else {
-            return Ok(None);
-        };
-        let mut changes = Vec::new();
-        for change in 1..=TERMINAL_KEY_CHANGES_MAX {
-            match read_event(log, &dedupe_key_terminal_keys(id, change))? {
-                Some(e) => changes.push(e),
-                None => break,
-            }
-        }
-        let keys = TerminalKeys::from_history(&registration, &changes);
-        let verifiers = keys
-            .usable()
-            .filter_map(|k| Some((k.fingerprint, Sm2PublicKey::from_der(&k.public_key).ok()?)))
-            .collect();
-        let entry = Arc::new(TerminalEntry {
-            registration,
-            keys,
-            verifiers,
-        });
-        self.terminals.insert(id.clone(), entry.clone());
-        Ok(Some(entry))
-    }
-}
-
-/// The durable event stored under `key`, if any.
-pub(crate) fn read_event(
-    log: &dyn EventLog,
-    key: &custodian_events::event::DedupeKey,
-) -> Result<Option<Event>, EventLogError> {
-    let Some(entry) = log.lookup(key)? else {
-        return Ok(None);
-    };
-    // The index may run ahead of durability by one group commit; until then the event is not there.
-    Ok(log
-        .read(entry.seq, 1)?
-        .into_iter()
-        .next()
-        .filter(|e| e.seq == entry.seq)
-        .map(|e| e.event))
-}
 
 #[utoipa::path(
     post,
@@ -119,14 +37,14 @@ pub(crate) fn read_event(
     responses(
         (status = 200, description = "Already registered with the same content: unchanged, nothing stored", body = serde_json::Value),
         (status = 201, description = "OK", body = serde_json::Value),
-        (status = 400, description = "The URL or query is malformed (`invalid_url`, `invalid_query`, …)", body = crate::api::openapi::ErrorBody),
-        (status = 401, description = "No token, or one that is invalid or expired (`unauthorized`)", body = crate::api::openapi::ErrorBody),
-        (status = 403, description = "The token may not do this (`forbidden`)", body = crate::api::openapi::ErrorBody),
-        (status = 409, description = "Conflicts with what is recorded", body = crate::api::openapi::ErrorBody),
-        (status = 413, description = "The body is larger than this operation takes (`body_too_large`)", body = crate::api::openapi::ErrorBody),
-        (status = 415, description = "The body is not `application/json` (`unsupported_media_type`)", body = crate::api::openapi::ErrorBody),
-        (status = 422, description = "The body or a path value breaks a rule (its `code` names which)", body = crate::api::openapi::ErrorBody),
-        (status = 503, description = "A backend this operation needs is down or behind; retry later", body = crate::api::openapi::ErrorBody),
+        (status = 400, description = "The URL or query is malformed (`invalid_url`, `invalid_query`, …)", body = crate::api::schema::ErrorBody),
+        (status = 401, description = "No token, or one that is invalid or expired (`unauthorized`)", body = crate::api::schema::ErrorBody),
+        (status = 403, description = "The token may not do this (`forbidden`)", body = crate::api::schema::ErrorBody),
+        (status = 409, description = "Conflicts with what is recorded", body = crate::api::schema::ErrorBody),
+        (status = 413, description = "The body is larger than this operation takes (`body_too_large`)", body = crate::api::schema::ErrorBody),
+        (status = 415, description = "The body is not `application/json` (`unsupported_media_type`)", body = crate::api::schema::ErrorBody),
+        (status = 422, description = "The body or a path value breaks a rule (its `code` names which)", body = crate::api::schema::ErrorBody),
+        (status = 503, description = "A backend this operation needs is down or behind; retry later", body = crate::api::schema::ErrorBody),
     ),
 )]
 pub async fn register_enterprise(
@@ -158,14 +76,14 @@ pub async fn register_enterprise(
     responses(
         (status = 200, description = "Already registered with the same content: unchanged, nothing stored", body = serde_json::Value),
         (status = 201, description = "OK", body = serde_json::Value),
-        (status = 400, description = "The URL or query is malformed (`invalid_url`, `invalid_query`, …)", body = crate::api::openapi::ErrorBody),
-        (status = 401, description = "No token, or one that is invalid or expired (`unauthorized`)", body = crate::api::openapi::ErrorBody),
-        (status = 403, description = "The token may not do this (`forbidden`)", body = crate::api::openapi::ErrorBody),
-        (status = 409, description = "Conflicts with what is recorded", body = crate::api::openapi::ErrorBody),
-        (status = 413, description = "The body is larger than this operation takes (`body_too_large`)", body = crate::api::openapi::ErrorBody),
-        (status = 415, description = "The body is not `application/json` (`unsupported_media_type`)", body = crate::api::openapi::ErrorBody),
-        (status = 422, description = "The body or a path value breaks a rule (its `code` names which)", body = crate::api::openapi::ErrorBody),
-        (status = 503, description = "A backend this operation needs is down or behind; retry later", body = crate::api::openapi::ErrorBody),
+        (status = 400, description = "The URL or query is malformed (`invalid_url`, `invalid_query`, …)", body = crate::api::schema::ErrorBody),
+        (status = 401, description = "No token, or one that is invalid or expired (`unauthorized`)", body = crate::api::schema::ErrorBody),
+        (status = 403, description = "The token may not do this (`forbidden`)", body = crate::api::schema::ErrorBody),
+        (status = 409, description = "Conflicts with what is recorded", body = crate::api::schema::ErrorBody),
+        (status = 413, description = "The body is larger than this operation takes (`body_too_large`)", body = crate::api::schema::ErrorBody),
+        (status = 415, description = "The body is not `application/json` (`unsupported_media_type`)", body = crate::api::schema::ErrorBody),
+        (status = 422, description = "The body or a path value breaks a rule (its `code` names which)", body = crate::api::schema::ErrorBody),
+        (status = 503, description = "A backend this operation needs is down or behind; retry later", body = crate::api::schema::ErrorBody),
     ),
 )]
 pub async fn register_terminal(
@@ -215,14 +133,14 @@ pub async fn register_terminal(
     responses(
         (status = 200, description = "Already registered with the same content: unchanged, nothing stored", body = serde_json::Value),
         (status = 201, description = "OK", body = serde_json::Value),
-        (status = 400, description = "The URL or query is malformed (`invalid_url`, `invalid_query`, …)", body = crate::api::openapi::ErrorBody),
-        (status = 401, description = "No token, or one that is invalid or expired (`unauthorized`)", body = crate::api::openapi::ErrorBody),
-        (status = 403, description = "The token may not do this (`forbidden`)", body = crate::api::openapi::ErrorBody),
-        (status = 409, description = "Conflicts with what is recorded", body = crate::api::openapi::ErrorBody),
-        (status = 413, description = "The body is larger than this operation takes (`body_too_large`)", body = crate::api::openapi::ErrorBody),
-        (status = 415, description = "The body is not `application/json` (`unsupported_media_type`)", body = crate::api::openapi::ErrorBody),
-        (status = 422, description = "The body or a path value breaks a rule (its `code` names which)", body = crate::api::openapi::ErrorBody),
-        (status = 503, description = "A backend this operation needs is down or behind; retry later", body = crate::api::openapi::ErrorBody),
+        (status = 400, description = "The URL or query is malformed (`invalid_url`, `invalid_query`, …)", body = crate::api::schema::ErrorBody),
+        (status = 401, description = "No token, or one that is invalid or expired (`unauthorized`)", body = crate::api::schema::ErrorBody),
+        (status = 403, description = "The token may not do this (`forbidden`)", body = crate::api::schema::ErrorBody),
+        (status = 409, description = "Conflicts with what is recorded", body = crate::api::schema::ErrorBody),
+        (status = 413, description = "The body is larger than this operation takes (`body_too_large`)", body = crate::api::schema::ErrorBody),
+        (status = 415, description = "The body is not `application/json` (`unsupported_media_type`)", body = crate::api::schema::ErrorBody),
+        (status = 422, description = "The body or a path value breaks a rule (its `code` names which)", body = crate::api::schema::ErrorBody),
+        (status = 503, description = "A backend this operation needs is down or behind; retry later", body = crate::api::schema::ErrorBody),
     ),
 )]
 pub async fn open_manifest(
@@ -293,13 +211,13 @@ fn author() -> utoipa::openapi::schema::Object {
     request_body = RawNote,
     responses(
         (status = 201, description = "OK", body = serde_json::Value),
-        (status = 400, description = "The URL or query is malformed (`invalid_url`, `invalid_query`, …)", body = crate::api::openapi::ErrorBody),
-        (status = 401, description = "No token, or one that is invalid or expired (`unauthorized`)", body = crate::api::openapi::ErrorBody),
-        (status = 403, description = "The token may not do this (`forbidden`)", body = crate::api::openapi::ErrorBody),
-        (status = 413, description = "The body is larger than this operation takes (`body_too_large`)", body = crate::api::openapi::ErrorBody),
-        (status = 415, description = "The body is not `application/json` (`unsupported_media_type`)", body = crate::api::openapi::ErrorBody),
-        (status = 422, description = "The body or a path value breaks a rule (its `code` names which)", body = crate::api::openapi::ErrorBody),
-        (status = 503, description = "A backend this operation needs is down or behind; retry later", body = crate::api::openapi::ErrorBody),
+        (status = 400, description = "The URL or query is malformed (`invalid_url`, `invalid_query`, …)", body = crate::api::schema::ErrorBody),
+        (status = 401, description = "No token, or one that is invalid or expired (`unauthorized`)", body = crate::api::schema::ErrorBody),
+        (status = 403, description = "The token may not do this (`forbidden`)", body = crate::api::schema::ErrorBody),
+        (status = 413, description = "The body is larger than this operation takes (`body_too_large`)", body = crate::api::schema::ErrorBody),
+        (status = 415, description = "The body is not `application/json` (`unsupported_media_type`)", body = crate::api::schema::ErrorBody),
+        (status = 422, description = "The body or a path value breaks a rule (its `code` names which)", body = crate::api::schema::ErrorBody),
+        (status = 503, description = "A backend this operation needs is down or behind; retry later", body = crate::api::schema::ErrorBody),
     ),
 )]
 pub async fn file_note(
@@ -426,20 +344,20 @@ pub struct RawKeyRotation {
     operation_id = "rotate_terminal_key",
     tag = "registration",
     summary = "Rotate a terminal's SM2 key",
-    params(crate::api::openapi::TerminalPath),
+    params(crate::api::schema::TerminalPath),
     request_body = RawKeyRotation,
     responses(
         (status = 200, description = "Already registered with the same content: unchanged, nothing stored", body = serde_json::Value),
         (status = 201, description = "OK", body = serde_json::Value),
-        (status = 400, description = "The URL or query is malformed (`invalid_url`, `invalid_query`, …)", body = crate::api::openapi::ErrorBody),
-        (status = 401, description = "No token, or one that is invalid or expired (`unauthorized`)", body = crate::api::openapi::ErrorBody),
-        (status = 403, description = "The token may not do this (`forbidden`)", body = crate::api::openapi::ErrorBody),
-        (status = 404, description = "Unknown, or outside the caller's scope (`not_found`)", body = crate::api::openapi::ErrorBody),
-        (status = 409, description = "Conflicts with what is recorded", body = crate::api::openapi::ErrorBody),
-        (status = 413, description = "The body is larger than this operation takes (`body_too_large`)", body = crate::api::openapi::ErrorBody),
-        (status = 415, description = "The body is not `application/json` (`unsupported_media_type`)", body = crate::api::openapi::ErrorBody),
-        (status = 422, description = "The body or a path value breaks a rule (its `code` names which)", body = crate::api::openapi::ErrorBody),
-        (status = 503, description = "A backend this operation needs is down or behind; retry later", body = crate::api::openapi::ErrorBody),
+        (status = 400, description = "The URL or query is malformed (`invalid_url`, `invalid_query`, …)", body = crate::api::schema::ErrorBody),
+        (status = 401, description = "No token, or one that is invalid or expired (`unauthorized`)", body = crate::api::schema::ErrorBody),
+        (status = 403, description = "The token may not do this (`forbidden`)", body = crate::api::schema::ErrorBody),
+        (status = 404, description = "Unknown, or outside the caller's scope (`not_found`)", body = crate::api::schema::ErrorBody),
+        (status = 409, description = "Conflicts with what is recorded", body = crate::api::schema::ErrorBody),
+        (status = 413, description = "The body is larger than this operation takes (`body_too_large`)", body = crate::api::schema::ErrorBody),
+        (status = 415, description = "The body is not `application/json` (`unsupported_media_type`)", body = crate::api::schema::ErrorBody),
+        (status = 422, description = "The body or a path value breaks a rule (its `code` names which)", body = crate::api::schema::ErrorBody),
+        (status = 503, description = "A backend this operation needs is down or behind; retry later", body = crate::api::schema::ErrorBody),
     ),
 )]
 pub async fn rotate_terminal_key(
@@ -475,16 +393,16 @@ pub async fn rotate_terminal_key(
     operation_id = "revoke_terminal_key",
     tag = "registration",
     summary = "Revoke a terminal key",
-    params(crate::api::openapi::TerminalKeyPath),
+    params(crate::api::schema::TerminalKeyPath),
     responses(
         (status = 200, description = "OK", body = serde_json::Value),
-        (status = 400, description = "The URL or query is malformed (`invalid_url`, `invalid_query`, …)", body = crate::api::openapi::ErrorBody),
-        (status = 401, description = "No token, or one that is invalid or expired (`unauthorized`)", body = crate::api::openapi::ErrorBody),
-        (status = 403, description = "The token may not do this (`forbidden`)", body = crate::api::openapi::ErrorBody),
-        (status = 404, description = "Unknown, or outside the caller's scope (`not_found`)", body = crate::api::openapi::ErrorBody),
-        (status = 409, description = "Conflicts with what is recorded", body = crate::api::openapi::ErrorBody),
-        (status = 422, description = "The body or a path value breaks a rule (its `code` names which)", body = crate::api::openapi::ErrorBody),
-        (status = 503, description = "A backend this operation needs is down or behind; retry later", body = crate::api::openapi::ErrorBody),
+        (status = 400, description = "The URL or query is malformed (`invalid_url`, `invalid_query`, …)", body = crate::api::schema::ErrorBody),
+        (status = 401, description = "No token, or one that is invalid or expired (`unauthorized`)", body = crate::api::schema::ErrorBody),
+        (status = 403, description = "The token may not do this (`forbidden`)", body = crate::api::schema::ErrorBody),
+        (status = 404, description = "Unknown, or outside the caller's scope (`not_found`)", body = crate::api::schema::ErrorBody),
+        (status = 409, description = "Conflicts with what is recorded", body = crate::api::schema::ErrorBody),
+        (status = 422, description = "The body or a path value breaks a rule (its `code` names which)", body = crate::api::schema::ErrorBody),
+        (status = 503, description = "A backend this operation needs is down or behind; retry later", body = crate::api::schema::ErrorBody),
     ),
 )]
 pub async fn revoke_terminal_key(

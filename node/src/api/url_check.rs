@@ -7,7 +7,7 @@ use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
-use super::ApiError;
+use crate::api::error::ApiError;
 
 /// Whether `s` (a raw, percent-encoded path or query) decodes to something holding NUL.
 fn holds_nul(s: &str) -> bool {

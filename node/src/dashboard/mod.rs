@@ -43,7 +43,7 @@ use axum::routing::{get, post};
 use serde::Deserialize;
 use sqlx::Row;
 
-use crate::api::AppState;
+use crate::state::AppState;
 use crate::tokens::{Caller, Scope, Tier};
 use i18n::{Lang, PROVINCES, province_name};
 
@@ -587,7 +587,7 @@ fn signed_in(st: &AppState, headers: &HeaderMap) -> Option<Caller> {
         header::AUTHORIZATION,
         HeaderValue::from_str(&format!("Bearer {token}")).ok()?,
     );
-    crate::api::caller(st, &bearer).ok()
+    crate::api::auth::caller(st, &bearer).ok()
 }
 
 fn who(caller: &Caller, lang: Lang) -> String {
@@ -726,7 +726,7 @@ async fn sign_in(
             .ok()
             .map(|v| bearer.insert(header::AUTHORIZATION, v))
             .is_some()
-        && crate::api::caller(&st, &bearer).is_ok();
+        && crate::api::auth::caller(&st, &bearer).is_ok();
     if !verified {
         return html(
             StatusCode::UNAUTHORIZED,
@@ -1519,7 +1519,7 @@ async fn search(
             province_code: province,
             kind: None,
         };
-        match crate::api::run_search(&st, text.clone(), filter, Some(50)).await {
+        match crate::api::search::run_search(&st, text.clone(), filter, Some(50)).await {
             Ok(axum::Json(v)) => {
                 for h in v["hits"].as_array().into_iter().flatten() {
                     let doc = &h["doc"];

@@ -14,7 +14,7 @@ use super::wire::{
     encode_anomaly,
 };
 use super::{EdgeRuntime, Failure};
-use crate::api::ReadingResult;
+use crate::upload::ReadingResult;
 
 /// Anomalies per batch (they are small; they go before any upload).
 const ANOMALIES_PER_BATCH_MAX: usize = 200;

@@ -12,7 +12,7 @@ use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS};
 use serde::Deserialize;
 use tokio::task::JoinHandle;
 
-use crate::api::AppState;
+use crate::state::AppState;
 
 pub const UPLOADS_FILTER: &str = "custodian/v1/terminals/+/uploads";
 
@@ -150,14 +150,14 @@ async fn ingest(
     st: &AppState,
     topic_terminal: &str,
     payload: &[u8],
-) -> Result<crate::api::UploadResponse, crate::api::ApiError> {
+) -> Result<crate::upload::UploadResponse, crate::api::error::ApiError> {
     use axum::http::StatusCode;
     if let Some(e) = st.edge.get() {
         e.admit()?;
     }
-    let m: MqttUpload = crate::api::parse_json(payload)?;
+    let m: MqttUpload = crate::api::body::parse_json(payload)?;
     let body = super::wire::unb64(&m.body_b64).map_err(|e| {
-        crate::api::ApiError::new(
+        crate::api::error::ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid_body",
             format!("body_b64 {e}"),
@@ -170,7 +170,7 @@ async fn ingest(
     if let Ok(t) = serde_json::from_slice::<TerminalOnly>(&body)
         && t.terminal_id != topic_terminal
     {
-        return Err(crate::api::ApiError::new(
+        return Err(crate::api::error::ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "topic_mismatch",
             format!(

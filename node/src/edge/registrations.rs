@@ -12,7 +12,7 @@ use custodian_events::log::AppendOutcome;
 use super::EdgeRuntime;
 use super::backoff::Backoff;
 use super::wire::{Registrations, RegistrationsRequest, decode_event};
-use crate::api::AppState;
+use crate::state::AppState;
 
 /// Appends the registrations the edge does not hold yet (the log deduplicates the rest); returns how many
 /// were new.

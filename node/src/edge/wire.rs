@@ -5,7 +5,7 @@
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
-use crate::api::ReadingResult;
+use crate::upload::ReadingResult;
 
 /// The header naming the edge that sealed a request.
 pub const EDGE_HEADER: &str = "x-custodian-edge";

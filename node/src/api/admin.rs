@@ -21,12 +21,9 @@ use crate::state::AppState;
     params(crate::api::schema::DataKeyPath),
     responses(
         (status = 201, description = "OK", body = serde_json::Value),
-        (status = 400, description = "The URL or query is malformed (`invalid_url`, `invalid_query`, …)", body = crate::api::schema::ErrorBody),
-        (status = 401, description = "No token, or one that is invalid or expired (`unauthorized`)", body = crate::api::schema::ErrorBody),
-        (status = 403, description = "The token may not do this (`forbidden`)", body = crate::api::schema::ErrorBody),
+        crate::api::schema::E400, crate::api::schema::E401, crate::api::schema::E403,
         (status = 404, description = "No such scope: neither `platform` nor a registered enterprise (`unknown_scope`)", body = crate::api::schema::ErrorBody),
-        (status = 422, description = "The body or a path value breaks a rule (its `code` names which)", body = crate::api::schema::ErrorBody),
-        (status = 503, description = "A backend this operation needs is down or behind; retry later", body = crate::api::schema::ErrorBody),
+        crate::api::schema::E422, crate::api::schema::E503,
     ),
 )]
 pub async fn rotate_data_key(
@@ -78,10 +75,7 @@ pub async fn rotate_data_key(
     summary = "Status of each read model",
     responses(
         (status = 200, description = "OK", body = serde_json::Value),
-        (status = 400, description = "The URL or query is malformed (`invalid_url`, `invalid_query`, …)", body = crate::api::schema::ErrorBody),
-        (status = 401, description = "No token, or one that is invalid or expired (`unauthorized`)", body = crate::api::schema::ErrorBody),
-        (status = 403, description = "The token may not do this (`forbidden`)", body = crate::api::schema::ErrorBody),
-        (status = 503, description = "A backend this operation needs is down or behind; retry later", body = crate::api::schema::ErrorBody),
+        crate::api::schema::E400, crate::api::schema::E401, crate::api::schema::E403, crate::api::schema::E503,
     ),
 )]
 pub async fn projections_status(
@@ -139,10 +133,7 @@ pub struct SearchQuery {
     params(SearchQuery),
     responses(
         (status = 200, description = "OK", body = serde_json::Value),
-        (status = 400, description = "The URL or query is malformed (`invalid_url`, `invalid_query`, …)", body = crate::api::schema::ErrorBody),
-        (status = 401, description = "No token, or one that is invalid or expired (`unauthorized`)", body = crate::api::schema::ErrorBody),
-        (status = 403, description = "The token may not do this (`forbidden`)", body = crate::api::schema::ErrorBody),
-        (status = 503, description = "A backend this operation needs is down or behind; retry later", body = crate::api::schema::ErrorBody),
+        crate::api::schema::E400, crate::api::schema::E401, crate::api::schema::E403, crate::api::schema::E503,
     ),
 )]
 pub async fn search(
@@ -189,12 +180,7 @@ pub async fn search(
     params(crate::api::schema::ProjectionPath),
     responses(
         (status = 202, description = "OK", body = serde_json::Value),
-        (status = 400, description = "The URL or query is malformed (`invalid_url`, `invalid_query`, …)", body = crate::api::schema::ErrorBody),
-        (status = 401, description = "No token, or one that is invalid or expired (`unauthorized`)", body = crate::api::schema::ErrorBody),
-        (status = 403, description = "The token may not do this (`forbidden`)", body = crate::api::schema::ErrorBody),
-        (status = 404, description = "Unknown, or outside the caller's scope (`not_found`)", body = crate::api::schema::ErrorBody),
-        (status = 409, description = "Conflicts with what is recorded", body = crate::api::schema::ErrorBody),
-        (status = 503, description = "A backend this operation needs is down or behind; retry later", body = crate::api::schema::ErrorBody),
+        crate::api::schema::E400, crate::api::schema::E401, crate::api::schema::E403, crate::api::schema::E404, crate::api::schema::E409, crate::api::schema::E503,
     ),
 )]
 pub async fn rebuild_projection(

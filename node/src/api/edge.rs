@@ -65,14 +65,7 @@ fn unprocessable(code: &'static str, message: String) -> ApiError {
     responses(
         (status = 200, description = "Already registered with the same content: unchanged, nothing stored", body = serde_json::Value),
         (status = 201, description = "OK", body = serde_json::Value),
-        (status = 400, description = "The URL or query is malformed (`invalid_url`, `invalid_query`, …)", body = crate::api::schema::ErrorBody),
-        (status = 401, description = "No token, or one that is invalid or expired (`unauthorized`)", body = crate::api::schema::ErrorBody),
-        (status = 403, description = "The token may not do this (`forbidden`)", body = crate::api::schema::ErrorBody),
-        (status = 409, description = "Conflicts with what is recorded", body = crate::api::schema::ErrorBody),
-        (status = 413, description = "The body is larger than this operation takes (`body_too_large`)", body = crate::api::schema::ErrorBody),
-        (status = 415, description = "The body is not `application/json` (`unsupported_media_type`)", body = crate::api::schema::ErrorBody),
-        (status = 422, description = "The body or a path value breaks a rule (its `code` names which)", body = crate::api::schema::ErrorBody),
-        (status = 503, description = "A backend this operation needs is down or behind; retry later", body = crate::api::schema::ErrorBody),
+        crate::api::schema::E400, crate::api::schema::E401, crate::api::schema::E403, crate::api::schema::E409, crate::api::schema::E413, crate::api::schema::E415, crate::api::schema::E422, crate::api::schema::E503,
     ),
 )]
 pub async fn register_edge(
@@ -152,7 +145,7 @@ pub async fn register_edge(
     security(()),
     responses(
         (status = 200, description = "OK", body = serde_json::Value),
-        (status = 400, description = "The URL or query is malformed (`invalid_url`, `invalid_query`, …)", body = crate::api::schema::ErrorBody),
+        crate::api::schema::E400,
     ),
 )]
 pub async fn public_key(State(st): State<Arc<AppState>>) -> Response {
@@ -243,11 +236,7 @@ async fn open_request(
     request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "the sealed JSON {edge_id, anomalies:[{id,anomaly_b64}], uploads:[{id,body_b64,signature}]}"),
     responses(
         (status = 200, description = "OK", body = serde_json::Value),
-        (status = 400, description = "The URL or query is malformed (`invalid_url`, `invalid_query`, …)", body = crate::api::schema::ErrorBody),
-        (status = 401, description = "No token, or one that is invalid or expired (`unauthorized`)", body = crate::api::schema::ErrorBody),
-        (status = 413, description = "The body is larger than this operation takes (`body_too_large`)", body = crate::api::schema::ErrorBody),
-        (status = 422, description = "The body or a path value breaks a rule (its `code` names which)", body = crate::api::schema::ErrorBody),
-        (status = 503, description = "A backend this operation needs is down or behind; retry later", body = crate::api::schema::ErrorBody),
+        crate::api::schema::E400, crate::api::schema::E401, crate::api::schema::E413, crate::api::schema::E422, crate::api::schema::E503,
     ),
 )]
 pub async fn batches(
@@ -490,11 +479,7 @@ fn registrations_of(st: &AppState, edge: &EdgeRegistered) -> Result<Registration
     request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "the sealed JSON {edge_id, at_ns}"),
     responses(
         (status = 200, description = "OK", body = serde_json::Value),
-        (status = 400, description = "The URL or query is malformed (`invalid_url`, `invalid_query`, …)", body = crate::api::schema::ErrorBody),
-        (status = 401, description = "No token, or one that is invalid or expired (`unauthorized`)", body = crate::api::schema::ErrorBody),
-        (status = 413, description = "The body is larger than this operation takes (`body_too_large`)", body = crate::api::schema::ErrorBody),
-        (status = 422, description = "The body or a path value breaks a rule (its `code` names which)", body = crate::api::schema::ErrorBody),
-        (status = 503, description = "A backend this operation needs is down or behind; retry later", body = crate::api::schema::ErrorBody),
+        crate::api::schema::E400, crate::api::schema::E401, crate::api::schema::E413, crate::api::schema::E422, crate::api::schema::E503,
     ),
 )]
 pub async fn registrations(
@@ -548,11 +533,7 @@ pub async fn registrations(
     params(crate::api::schema::EdgePath),
     responses(
         (status = 200, description = "OK", body = serde_json::Value),
-        (status = 400, description = "The URL or query is malformed (`invalid_url`, `invalid_query`, …)", body = crate::api::schema::ErrorBody),
-        (status = 401, description = "No token, or one that is invalid or expired (`unauthorized`)", body = crate::api::schema::ErrorBody),
-        (status = 403, description = "The token may not do this (`forbidden`)", body = crate::api::schema::ErrorBody),
-        (status = 404, description = "Unknown, or outside the caller's scope (`not_found`)", body = crate::api::schema::ErrorBody),
-        (status = 503, description = "A backend this operation needs is down or behind; retry later", body = crate::api::schema::ErrorBody),
+        crate::api::schema::E400, crate::api::schema::E401, crate::api::schema::E403, crate::api::schema::E404, crate::api::schema::E503,
     ),
 )]
 pub async fn registrations_file(

@@ -81,11 +81,9 @@ struct Cursor {
     params(EventsQuery),
     responses(
         (status = 200, description = "OK", body = String, content_type = "application/x-ndjson"),
-        (status = 400, description = "The URL or query is malformed (`invalid_url`, `invalid_query`, …)", body = crate::api::schema::ErrorBody),
-        (status = 401, description = "No token, or one that is invalid or expired (`unauthorized`)", body = crate::api::schema::ErrorBody),
-        (status = 403, description = "The token may not do this (`forbidden`)", body = crate::api::schema::ErrorBody),
+        crate::api::schema::E400, crate::api::schema::E401, crate::api::schema::E403,
         (status = 500, description = "The node failed (`internal`)", body = crate::api::schema::ErrorBody),
-        (status = 503, description = "A backend this operation needs is down or behind; retry later", body = crate::api::schema::ErrorBody),
+        crate::api::schema::E503,
     ),
 )]
 pub async fn stream(
@@ -216,10 +214,7 @@ struct ExportCursor {
     summary = "The whole log as a log export file (records as stored, sealed payloads sealed, SHA-256 trailer; docs/log-export.md)",
     responses(
         (status = 200, description = "OK", body = Vec<u8>, content_type = "application/octet-stream"),
-        (status = 400, description = "The URL or query is malformed (`invalid_url`, `invalid_query`, …)", body = crate::api::schema::ErrorBody),
-        (status = 401, description = "No token, or one that is invalid or expired (`unauthorized`)", body = crate::api::schema::ErrorBody),
-        (status = 403, description = "The token may not do this (`forbidden`)", body = crate::api::schema::ErrorBody),
-        (status = 503, description = "A backend this operation needs is down or behind; retry later", body = crate::api::schema::ErrorBody),
+        crate::api::schema::E400, crate::api::schema::E401, crate::api::schema::E403, crate::api::schema::E503,
     ),
 )]
 pub async fn export(

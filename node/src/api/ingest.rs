@@ -180,12 +180,7 @@ struct RawUpload {
     request_body = RawUpload,
     responses(
         (status = 200, description = "OK", body = serde_json::Value),
-        (status = 400, description = "The URL or query is malformed (`invalid_url`, `invalid_query`, …)", body = crate::api::schema::ErrorBody),
-        (status = 401, description = "No token, or one that is invalid or expired (`unauthorized`)", body = crate::api::schema::ErrorBody),
-        (status = 413, description = "The body is larger than this operation takes (`body_too_large`)", body = crate::api::schema::ErrorBody),
-        (status = 415, description = "The body is not `application/json` (`unsupported_media_type`)", body = crate::api::schema::ErrorBody),
-        (status = 422, description = "The body or a path value breaks a rule (its `code` names which)", body = crate::api::schema::ErrorBody),
-        (status = 503, description = "A backend this operation needs is down or behind; retry later", body = crate::api::schema::ErrorBody),
+        crate::api::schema::E400, crate::api::schema::E401, crate::api::schema::E413, crate::api::schema::E415, crate::api::schema::E422, crate::api::schema::E503,
     ),
 )]
 pub async fn upload(State(st): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {

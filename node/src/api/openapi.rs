@@ -25,7 +25,7 @@ use utoipa::{Modify, OpenApi};
     security(()),
     responses(
         (status = 200, description = "OK", body = serde_json::Value),
-        (status = 400, description = "The URL or query is malformed (`invalid_url`, `invalid_query`, …)", body = crate::api::schema::ErrorBody),
+        crate::api::schema::E400,
     ),
 )]
 pub async fn openapi() -> impl IntoResponse {
@@ -58,6 +58,7 @@ impl Modify for Security {
         description = "Hazardous-waste and environmental IoT supervision. Writing endpoints need the admin role; regulators' tokens (national, province, enterprise) read within their scope. Errors are {code, message}; see docs/api/errors.md."
     ),
     security(("bearer" = [])),
+    components(schemas(crate::api::schema::ErrorBody)),
     modifiers(&Security),
     paths(
         super::ops::root,

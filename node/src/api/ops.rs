@@ -17,7 +17,7 @@ use crate::state::AppState;
     security(()),
     responses(
         (status = 200, description = "OK", body = serde_json::Value),
-        (status = 400, description = "The URL or query is malformed (`invalid_url`, `invalid_query`, …)", body = crate::api::schema::ErrorBody),
+        crate::api::schema::E400,
     ),
 )]
 pub async fn healthz(State(st): State<Arc<AppState>>) -> impl IntoResponse {
@@ -50,7 +50,7 @@ pub async fn healthz(State(st): State<Arc<AppState>>) -> impl IntoResponse {
     security(()),
     responses(
         (status = 200, description = "OK", body = String, content_type = "text/plain"),
-        (status = 400, description = "The URL or query is malformed (`invalid_url`, `invalid_query`, …)", body = crate::api::schema::ErrorBody),
+        crate::api::schema::E400,
     ),
 )]
 pub async fn metrics(State(st): State<Arc<AppState>>) -> impl IntoResponse {
@@ -79,7 +79,7 @@ pub async fn metrics(State(st): State<Arc<AppState>>) -> impl IntoResponse {
     security(()),
     responses(
         (status = 303, description = "See Other: Location /ui"),
-        (status = 400, description = "The URL or query is malformed (`invalid_url`, `invalid_query`, …)", body = crate::api::schema::ErrorBody),
+        crate::api::schema::E400,
     ),
 )]
 pub async fn root() -> axum::response::Redirect {

@@ -90,13 +90,7 @@ impl utoipa::ToSchema for RawToken {}
     request_body = RawToken,
     responses(
         (status = 201, description = "OK", body = serde_json::Value),
-        (status = 400, description = "The URL or query is malformed (`invalid_url`, `invalid_query`, …)", body = crate::api::schema::ErrorBody),
-        (status = 401, description = "No token, or one that is invalid or expired (`unauthorized`)", body = crate::api::schema::ErrorBody),
-        (status = 403, description = "The token may not do this (`forbidden`)", body = crate::api::schema::ErrorBody),
-        (status = 413, description = "The body is larger than this operation takes (`body_too_large`)", body = crate::api::schema::ErrorBody),
-        (status = 415, description = "The body is not `application/json` (`unsupported_media_type`)", body = crate::api::schema::ErrorBody),
-        (status = 422, description = "The body or a path value breaks a rule (its `code` names which)", body = crate::api::schema::ErrorBody),
-        (status = 503, description = "A backend this operation needs is down or behind; retry later", body = crate::api::schema::ErrorBody),
+        crate::api::schema::E400, crate::api::schema::E401, crate::api::schema::E403, crate::api::schema::E413, crate::api::schema::E415, crate::api::schema::E422, crate::api::schema::E503,
     ),
 )]
 pub async fn issue_token(
@@ -185,12 +179,7 @@ pub async fn issue_token(
     params(crate::api::schema::TokenPath),
     responses(
         (status = 200, description = "OK", body = serde_json::Value),
-        (status = 400, description = "The URL or query is malformed (`invalid_url`, `invalid_query`, …)", body = crate::api::schema::ErrorBody),
-        (status = 401, description = "No token, or one that is invalid or expired (`unauthorized`)", body = crate::api::schema::ErrorBody),
-        (status = 403, description = "The token may not do this (`forbidden`)", body = crate::api::schema::ErrorBody),
-        (status = 404, description = "Unknown, or outside the caller's scope (`not_found`)", body = crate::api::schema::ErrorBody),
-        (status = 422, description = "The body or a path value breaks a rule (its `code` names which)", body = crate::api::schema::ErrorBody),
-        (status = 503, description = "A backend this operation needs is down or behind; retry later", body = crate::api::schema::ErrorBody),
+        crate::api::schema::E400, crate::api::schema::E401, crate::api::schema::E403, crate::api::schema::E404, crate::api::schema::E422, crate::api::schema::E503,
     ),
 )]
 pub async fn revoke_token(
@@ -345,9 +334,7 @@ fn enterprise_json(r: &sqlx::postgres::PgRow) -> Value {
     params(EnterprisesQuery),
     responses(
         (status = 200, description = "OK", body = serde_json::Value),
-        (status = 400, description = "The URL or query is malformed (`invalid_url`, `invalid_query`, …)", body = crate::api::schema::ErrorBody),
-        (status = 401, description = "No token, or one that is invalid or expired (`unauthorized`)", body = crate::api::schema::ErrorBody),
-        (status = 503, description = "A backend this operation needs is down or behind; retry later", body = crate::api::schema::ErrorBody),
+        crate::api::schema::E400, crate::api::schema::E401, crate::api::schema::E503,
     ),
 )]
 pub async fn enterprises(
@@ -436,10 +423,7 @@ async fn enterprise_in_scope(
     params(crate::api::schema::EnterprisePath),
     responses(
         (status = 200, description = "OK", body = serde_json::Value),
-        (status = 400, description = "The URL or query is malformed (`invalid_url`, `invalid_query`, …)", body = crate::api::schema::ErrorBody),
-        (status = 401, description = "No token, or one that is invalid or expired (`unauthorized`)", body = crate::api::schema::ErrorBody),
-        (status = 404, description = "Unknown, or outside the caller's scope (`not_found`)", body = crate::api::schema::ErrorBody),
-        (status = 503, description = "A backend this operation needs is down or behind; retry later", body = crate::api::schema::ErrorBody),
+        crate::api::schema::E400, crate::api::schema::E401, crate::api::schema::E404, crate::api::schema::E503,
     ),
 )]
 pub async fn enterprise(
@@ -503,10 +487,7 @@ fn day(s: &str) -> Result<time::Date, ApiError> {
     params(crate::api::schema::EnterprisePath, KpisQuery),
     responses(
         (status = 200, description = "OK", body = serde_json::Value),
-        (status = 400, description = "The URL or query is malformed (`invalid_url`, `invalid_query`, …)", body = crate::api::schema::ErrorBody),
-        (status = 401, description = "No token, or one that is invalid or expired (`unauthorized`)", body = crate::api::schema::ErrorBody),
-        (status = 404, description = "Unknown, or outside the caller's scope (`not_found`)", body = crate::api::schema::ErrorBody),
-        (status = 503, description = "A backend this operation needs is down or behind; retry later", body = crate::api::schema::ErrorBody),
+        crate::api::schema::E400, crate::api::schema::E401, crate::api::schema::E404, crate::api::schema::E503,
     ),
 )]
 pub async fn enterprise_kpis(
@@ -618,9 +599,7 @@ fn instant_ns(s: &str) -> Result<i64, ApiError> {
     params(AnomaliesQuery),
     responses(
         (status = 200, description = "OK", body = serde_json::Value),
-        (status = 400, description = "The URL or query is malformed (`invalid_url`, `invalid_query`, …)", body = crate::api::schema::ErrorBody),
-        (status = 401, description = "No token, or one that is invalid or expired (`unauthorized`)", body = crate::api::schema::ErrorBody),
-        (status = 503, description = "A backend this operation needs is down or behind; retry later", body = crate::api::schema::ErrorBody),
+        crate::api::schema::E400, crate::api::schema::E401, crate::api::schema::E503,
     ),
 )]
 pub async fn anomalies(
@@ -738,10 +717,7 @@ pub async fn anomalies(
     params(crate::api::schema::ContainerPath),
     responses(
         (status = 200, description = "OK", body = serde_json::Value),
-        (status = 400, description = "The URL or query is malformed (`invalid_url`, `invalid_query`, …)", body = crate::api::schema::ErrorBody),
-        (status = 401, description = "No token, or one that is invalid or expired (`unauthorized`)", body = crate::api::schema::ErrorBody),
-        (status = 404, description = "Unknown, or outside the caller's scope (`not_found`)", body = crate::api::schema::ErrorBody),
-        (status = 503, description = "A backend this operation needs is down or behind; retry later", body = crate::api::schema::ErrorBody),
+        crate::api::schema::E400, crate::api::schema::E401, crate::api::schema::E404, crate::api::schema::E503,
     ),
 )]
 pub async fn container(
@@ -823,9 +799,7 @@ pub struct SearchQuery {
     params(SearchQuery),
     responses(
         (status = 200, description = "OK", body = serde_json::Value),
-        (status = 400, description = "The URL or query is malformed (`invalid_url`, `invalid_query`, …)", body = crate::api::schema::ErrorBody),
-        (status = 401, description = "No token, or one that is invalid or expired (`unauthorized`)", body = crate::api::schema::ErrorBody),
-        (status = 503, description = "A backend this operation needs is down or behind; retry later", body = crate::api::schema::ErrorBody),
+        crate::api::schema::E400, crate::api::schema::E401, crate::api::schema::E503,
     ),
 )]
 pub async fn search(
@@ -886,10 +860,7 @@ const SERIES_POINTS_MAX: i64 = 10_000;
     params(crate::api::schema::TerminalPath, ReadingsQuery),
     responses(
         (status = 200, description = "OK", body = serde_json::Value),
-        (status = 400, description = "The URL or query is malformed (`invalid_url`, `invalid_query`, …)", body = crate::api::schema::ErrorBody),
-        (status = 401, description = "No token, or one that is invalid or expired (`unauthorized`)", body = crate::api::schema::ErrorBody),
-        (status = 404, description = "Unknown, or outside the caller's scope (`not_found`)", body = crate::api::schema::ErrorBody),
-        (status = 503, description = "A backend this operation needs is down or behind; retry later", body = crate::api::schema::ErrorBody),
+        crate::api::schema::E400, crate::api::schema::E401, crate::api::schema::E404, crate::api::schema::E503,
     ),
 )]
 pub async fn terminal_readings(
@@ -1063,9 +1034,7 @@ pub struct OverviewQuery {}
     summary = "The landing view of the caller's scope",
     responses(
         (status = 200, description = "OK", body = serde_json::Value),
-        (status = 400, description = "The URL or query is malformed (`invalid_url`, `invalid_query`, …)", body = crate::api::schema::ErrorBody),
-        (status = 401, description = "No token, or one that is invalid or expired (`unauthorized`)", body = crate::api::schema::ErrorBody),
-        (status = 503, description = "A backend this operation needs is down or behind; retry later", body = crate::api::schema::ErrorBody),
+        crate::api::schema::E400, crate::api::schema::E401, crate::api::schema::E503,
     ),
 )]
 pub async fn overview(
@@ -1311,10 +1280,7 @@ pub async fn cache(
     params(crate::api::schema::ManifestPath),
     responses(
         (status = 200, description = "OK", body = serde_json::Value),
-        (status = 400, description = "The URL or query is malformed (`invalid_url`, `invalid_query`, …)", body = crate::api::schema::ErrorBody),
-        (status = 401, description = "No token, or one that is invalid or expired (`unauthorized`)", body = crate::api::schema::ErrorBody),
-        (status = 404, description = "Unknown, or outside the caller's scope (`not_found`)", body = crate::api::schema::ErrorBody),
-        (status = 503, description = "A backend this operation needs is down or behind; retry later", body = crate::api::schema::ErrorBody),
+        crate::api::schema::E400, crate::api::schema::E401, crate::api::schema::E404, crate::api::schema::E503,
     ),
 )]
 pub async fn manifest(
@@ -1383,9 +1349,7 @@ struct Feed {
     params(crate::api::schema::StreamHeaders),
     responses(
         (status = 200, description = "OK: one event per anomaly, comments to keep the connection alive", body = crate::api::schema::AnomalyFeedEvent, content_type = "text/event-stream"),
-        (status = 400, description = "The URL or query is malformed (`invalid_url`, `invalid_query`, …)", body = crate::api::schema::ErrorBody),
-        (status = 401, description = "No token, or one that is invalid or expired (`unauthorized`)", body = crate::api::schema::ErrorBody),
-        (status = 503, description = "A backend this operation needs is down or behind; retry later", body = crate::api::schema::ErrorBody),
+        crate::api::schema::E400, crate::api::schema::E401, crate::api::schema::E503,
     ),
 )]
 pub async fn anomaly_stream(
@@ -1538,14 +1502,7 @@ pub struct RawHandling {
     request_body = RawHandling,
     responses(
         (status = 202, description = "OK", body = serde_json::Value),
-        (status = 400, description = "The URL or query is malformed (`invalid_url`, `invalid_query`, …)", body = crate::api::schema::ErrorBody),
-        (status = 401, description = "No token, or one that is invalid or expired (`unauthorized`)", body = crate::api::schema::ErrorBody),
-        (status = 404, description = "Unknown, or outside the caller's scope (`not_found`)", body = crate::api::schema::ErrorBody),
-        (status = 409, description = "Conflicts with what is recorded", body = crate::api::schema::ErrorBody),
-        (status = 413, description = "The body is larger than this operation takes (`body_too_large`)", body = crate::api::schema::ErrorBody),
-        (status = 415, description = "The body is not `application/json` (`unsupported_media_type`)", body = crate::api::schema::ErrorBody),
-        (status = 422, description = "The body or a path value breaks a rule (its `code` names which)", body = crate::api::schema::ErrorBody),
-        (status = 503, description = "A backend this operation needs is down or behind; retry later", body = crate::api::schema::ErrorBody),
+        crate::api::schema::E400, crate::api::schema::E401, crate::api::schema::E404, crate::api::schema::E409, crate::api::schema::E413, crate::api::schema::E415, crate::api::schema::E422, crate::api::schema::E503,
     ),
 )]
 pub async fn acknowledge_anomaly(
@@ -1574,14 +1531,7 @@ pub async fn acknowledge_anomaly(
     request_body = RawHandling,
     responses(
         (status = 202, description = "OK", body = serde_json::Value),
-        (status = 400, description = "The URL or query is malformed (`invalid_url`, `invalid_query`, …)", body = crate::api::schema::ErrorBody),
-        (status = 401, description = "No token, or one that is invalid or expired (`unauthorized`)", body = crate::api::schema::ErrorBody),
-        (status = 404, description = "Unknown, or outside the caller's scope (`not_found`)", body = crate::api::schema::ErrorBody),
-        (status = 409, description = "Conflicts with what is recorded", body = crate::api::schema::ErrorBody),
-        (status = 413, description = "The body is larger than this operation takes (`body_too_large`)", body = crate::api::schema::ErrorBody),
-        (status = 415, description = "The body is not `application/json` (`unsupported_media_type`)", body = crate::api::schema::ErrorBody),
-        (status = 422, description = "The body or a path value breaks a rule (its `code` names which)", body = crate::api::schema::ErrorBody),
-        (status = 503, description = "A backend this operation needs is down or behind; retry later", body = crate::api::schema::ErrorBody),
+        crate::api::schema::E400, crate::api::schema::E401, crate::api::schema::E404, crate::api::schema::E409, crate::api::schema::E413, crate::api::schema::E415, crate::api::schema::E422, crate::api::schema::E503,
     ),
 )]
 pub async fn resolve_anomaly(

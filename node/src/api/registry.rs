@@ -37,14 +37,7 @@ const MANIFEST_BODY_BYTES_MAX: usize = 256 * 1024;
     responses(
         (status = 200, description = "Already registered with the same content: unchanged, nothing stored", body = serde_json::Value),
         (status = 201, description = "OK", body = serde_json::Value),
-        (status = 400, description = "The URL or query is malformed (`invalid_url`, `invalid_query`, …)", body = crate::api::schema::ErrorBody),
-        (status = 401, description = "No token, or one that is invalid or expired (`unauthorized`)", body = crate::api::schema::ErrorBody),
-        (status = 403, description = "The token may not do this (`forbidden`)", body = crate::api::schema::ErrorBody),
-        (status = 409, description = "Conflicts with what is recorded", body = crate::api::schema::ErrorBody),
-        (status = 413, description = "The body is larger than this operation takes (`body_too_large`)", body = crate::api::schema::ErrorBody),
-        (status = 415, description = "The body is not `application/json` (`unsupported_media_type`)", body = crate::api::schema::ErrorBody),
-        (status = 422, description = "The body or a path value breaks a rule (its `code` names which)", body = crate::api::schema::ErrorBody),
-        (status = 503, description = "A backend this operation needs is down or behind; retry later", body = crate::api::schema::ErrorBody),
+        crate::api::schema::E400, crate::api::schema::E401, crate::api::schema::E403, crate::api::schema::E409, crate::api::schema::E413, crate::api::schema::E415, crate::api::schema::E422, crate::api::schema::E503,
     ),
 )]
 pub async fn register_enterprise(
@@ -76,14 +69,7 @@ pub async fn register_enterprise(
     responses(
         (status = 200, description = "Already registered with the same content: unchanged, nothing stored", body = serde_json::Value),
         (status = 201, description = "OK", body = serde_json::Value),
-        (status = 400, description = "The URL or query is malformed (`invalid_url`, `invalid_query`, …)", body = crate::api::schema::ErrorBody),
-        (status = 401, description = "No token, or one that is invalid or expired (`unauthorized`)", body = crate::api::schema::ErrorBody),
-        (status = 403, description = "The token may not do this (`forbidden`)", body = crate::api::schema::ErrorBody),
-        (status = 409, description = "Conflicts with what is recorded", body = crate::api::schema::ErrorBody),
-        (status = 413, description = "The body is larger than this operation takes (`body_too_large`)", body = crate::api::schema::ErrorBody),
-        (status = 415, description = "The body is not `application/json` (`unsupported_media_type`)", body = crate::api::schema::ErrorBody),
-        (status = 422, description = "The body or a path value breaks a rule (its `code` names which)", body = crate::api::schema::ErrorBody),
-        (status = 503, description = "A backend this operation needs is down or behind; retry later", body = crate::api::schema::ErrorBody),
+        crate::api::schema::E400, crate::api::schema::E401, crate::api::schema::E403, crate::api::schema::E409, crate::api::schema::E413, crate::api::schema::E415, crate::api::schema::E422, crate::api::schema::E503,
     ),
 )]
 pub async fn register_terminal(
@@ -133,14 +119,7 @@ pub async fn register_terminal(
     responses(
         (status = 200, description = "Already registered with the same content: unchanged, nothing stored", body = serde_json::Value),
         (status = 201, description = "OK", body = serde_json::Value),
-        (status = 400, description = "The URL or query is malformed (`invalid_url`, `invalid_query`, …)", body = crate::api::schema::ErrorBody),
-        (status = 401, description = "No token, or one that is invalid or expired (`unauthorized`)", body = crate::api::schema::ErrorBody),
-        (status = 403, description = "The token may not do this (`forbidden`)", body = crate::api::schema::ErrorBody),
-        (status = 409, description = "Conflicts with what is recorded", body = crate::api::schema::ErrorBody),
-        (status = 413, description = "The body is larger than this operation takes (`body_too_large`)", body = crate::api::schema::ErrorBody),
-        (status = 415, description = "The body is not `application/json` (`unsupported_media_type`)", body = crate::api::schema::ErrorBody),
-        (status = 422, description = "The body or a path value breaks a rule (its `code` names which)", body = crate::api::schema::ErrorBody),
-        (status = 503, description = "A backend this operation needs is down or behind; retry later", body = crate::api::schema::ErrorBody),
+        crate::api::schema::E400, crate::api::schema::E401, crate::api::schema::E403, crate::api::schema::E409, crate::api::schema::E413, crate::api::schema::E415, crate::api::schema::E422, crate::api::schema::E503,
     ),
 )]
 pub async fn open_manifest(
@@ -211,13 +190,7 @@ fn author() -> utoipa::openapi::schema::Object {
     request_body = RawNote,
     responses(
         (status = 201, description = "OK", body = serde_json::Value),
-        (status = 400, description = "The URL or query is malformed (`invalid_url`, `invalid_query`, …)", body = crate::api::schema::ErrorBody),
-        (status = 401, description = "No token, or one that is invalid or expired (`unauthorized`)", body = crate::api::schema::ErrorBody),
-        (status = 403, description = "The token may not do this (`forbidden`)", body = crate::api::schema::ErrorBody),
-        (status = 413, description = "The body is larger than this operation takes (`body_too_large`)", body = crate::api::schema::ErrorBody),
-        (status = 415, description = "The body is not `application/json` (`unsupported_media_type`)", body = crate::api::schema::ErrorBody),
-        (status = 422, description = "The body or a path value breaks a rule (its `code` names which)", body = crate::api::schema::ErrorBody),
-        (status = 503, description = "A backend this operation needs is down or behind; retry later", body = crate::api::schema::ErrorBody),
+        crate::api::schema::E400, crate::api::schema::E401, crate::api::schema::E403, crate::api::schema::E413, crate::api::schema::E415, crate::api::schema::E422, crate::api::schema::E503,
     ),
 )]
 pub async fn file_note(
@@ -349,15 +322,7 @@ pub struct RawKeyRotation {
     responses(
         (status = 200, description = "Already registered with the same content: unchanged, nothing stored", body = serde_json::Value),
         (status = 201, description = "OK", body = serde_json::Value),
-        (status = 400, description = "The URL or query is malformed (`invalid_url`, `invalid_query`, …)", body = crate::api::schema::ErrorBody),
-        (status = 401, description = "No token, or one that is invalid or expired (`unauthorized`)", body = crate::api::schema::ErrorBody),
-        (status = 403, description = "The token may not do this (`forbidden`)", body = crate::api::schema::ErrorBody),
-        (status = 404, description = "Unknown, or outside the caller's scope (`not_found`)", body = crate::api::schema::ErrorBody),
-        (status = 409, description = "Conflicts with what is recorded", body = crate::api::schema::ErrorBody),
-        (status = 413, description = "The body is larger than this operation takes (`body_too_large`)", body = crate::api::schema::ErrorBody),
-        (status = 415, description = "The body is not `application/json` (`unsupported_media_type`)", body = crate::api::schema::ErrorBody),
-        (status = 422, description = "The body or a path value breaks a rule (its `code` names which)", body = crate::api::schema::ErrorBody),
-        (status = 503, description = "A backend this operation needs is down or behind; retry later", body = crate::api::schema::ErrorBody),
+        crate::api::schema::E400, crate::api::schema::E401, crate::api::schema::E403, crate::api::schema::E404, crate::api::schema::E409, crate::api::schema::E413, crate::api::schema::E415, crate::api::schema::E422, crate::api::schema::E503,
     ),
 )]
 pub async fn rotate_terminal_key(
@@ -396,13 +361,7 @@ pub async fn rotate_terminal_key(
     params(crate::api::schema::TerminalKeyPath),
     responses(
         (status = 200, description = "OK", body = serde_json::Value),
-        (status = 400, description = "The URL or query is malformed (`invalid_url`, `invalid_query`, …)", body = crate::api::schema::ErrorBody),
-        (status = 401, description = "No token, or one that is invalid or expired (`unauthorized`)", body = crate::api::schema::ErrorBody),
-        (status = 403, description = "The token may not do this (`forbidden`)", body = crate::api::schema::ErrorBody),
-        (status = 404, description = "Unknown, or outside the caller's scope (`not_found`)", body = crate::api::schema::ErrorBody),
-        (status = 409, description = "Conflicts with what is recorded", body = crate::api::schema::ErrorBody),
-        (status = 422, description = "The body or a path value breaks a rule (its `code` names which)", body = crate::api::schema::ErrorBody),
-        (status = 503, description = "A backend this operation needs is down or behind; retry later", body = crate::api::schema::ErrorBody),
+        crate::api::schema::E400, crate::api::schema::E401, crate::api::schema::E403, crate::api::schema::E404, crate::api::schema::E409, crate::api::schema::E422, crate::api::schema::E503,
     ),
 )]
 pub async fn revoke_terminal_key(

@@ -268,3 +268,41 @@ pub(crate) fn types_schema() -> utoipa::openapi::schema::Object {
         .pattern(Some(format!("^\\s*{one}?\\s*(,\\s*{one}?\\s*)*$")))
         .build()
 }
+
+/// One error status of an operation, as `responses(…)` lists it: `E404` is "404, `{code, message}`". Every
+/// operation names the ones it can answer; the description says what each means in general, the `code`
+/// in the body which case it is (docs/api/errors.md).
+macro_rules! error_responses {
+    ($($name:ident $status:literal $description:literal;)+) => {$(
+        #[doc = concat!("`", $status, "`: ", $description)]
+        pub struct $name;
+
+        impl utoipa::IntoResponses for $name {
+            fn responses() -> std::collections::BTreeMap<
+                String,
+                utoipa::openapi::RefOr<utoipa::openapi::response::Response>,
+            > {
+                let content = utoipa::openapi::ContentBuilder::new()
+                    .schema(Some(utoipa::openapi::Ref::from_schema_name("ErrorBody")))
+                    .build();
+                let response = utoipa::openapi::ResponseBuilder::new()
+                    .description($description)
+                    .content("application/json", content)
+                    .build();
+                [($status.to_owned(), response.into())].into()
+            }
+        }
+    )+};
+}
+
+error_responses! {
+    E400 "400" "The URL or query is malformed (`invalid_url`, `invalid_query`, …)";
+    E401 "401" "No token, or one that is invalid or expired (`unauthorized`)";
+    E403 "403" "The token may not do this (`forbidden`)";
+    E404 "404" "Unknown, or outside the caller's scope (`not_found`)";
+    E409 "409" "Conflicts with what is recorded";
+    E413 "413" "The body is larger than this operation takes (`body_too_large`)";
+    E415 "415" "The body is not `application/json` (`unsupported_media_type`)";
+    E422 "422" "The body or a path value breaks a rule (its `code` names which)";
+    E503 "503" "A backend this operation needs is down or behind; retry later";
+}

@@ -43,11 +43,7 @@ fn storage(e: sled::Error) -> ApiError {
     summary = "At an edge: what waits in the outbox, its limit, and how forwarding goes (admin)",
     responses(
         (status = 200, description = "OK", body = serde_json::Value),
-        (status = 400, description = "The URL or query is malformed (`invalid_url`, `invalid_query`, …)", body = crate::api::schema::ErrorBody),
-        (status = 401, description = "No token, or one that is invalid or expired (`unauthorized`)", body = crate::api::schema::ErrorBody),
-        (status = 403, description = "The token may not do this (`forbidden`)", body = crate::api::schema::ErrorBody),
-        (status = 404, description = "Unknown, or outside the caller's scope (`not_found`)", body = crate::api::schema::ErrorBody),
-        (status = 503, description = "A backend this operation needs is down or behind; retry later", body = crate::api::schema::ErrorBody),
+        crate::api::schema::E400, crate::api::schema::E401, crate::api::schema::E403, crate::api::schema::E404, crate::api::schema::E503,
     ),
 )]
 pub async fn outbox(
@@ -100,11 +96,7 @@ pub struct LimitQuery {
     params(LimitQuery),
     responses(
         (status = 200, description = "OK", body = serde_json::Value),
-        (status = 400, description = "The URL or query is malformed (`invalid_url`, `invalid_query`, …)", body = crate::api::schema::ErrorBody),
-        (status = 401, description = "No token, or one that is invalid or expired (`unauthorized`)", body = crate::api::schema::ErrorBody),
-        (status = 403, description = "The token may not do this (`forbidden`)", body = crate::api::schema::ErrorBody),
-        (status = 404, description = "Unknown, or outside the caller's scope (`not_found`)", body = crate::api::schema::ErrorBody),
-        (status = 503, description = "A backend this operation needs is down or behind; retry later", body = crate::api::schema::ErrorBody),
+        crate::api::schema::E400, crate::api::schema::E401, crate::api::schema::E403, crate::api::schema::E404, crate::api::schema::E503,
     ),
 )]
 pub async fn dead_letters(
@@ -144,11 +136,7 @@ pub async fn dead_letters(
     summary = "At an edge: put every dead letter back in its terminal's queue (admin)",
     responses(
         (status = 200, description = "OK", body = serde_json::Value),
-        (status = 400, description = "The URL or query is malformed (`invalid_url`, `invalid_query`, …)", body = crate::api::schema::ErrorBody),
-        (status = 401, description = "No token, or one that is invalid or expired (`unauthorized`)", body = crate::api::schema::ErrorBody),
-        (status = 403, description = "The token may not do this (`forbidden`)", body = crate::api::schema::ErrorBody),
-        (status = 404, description = "Unknown, or outside the caller's scope (`not_found`)", body = crate::api::schema::ErrorBody),
-        (status = 503, description = "A backend this operation needs is down or behind; retry later", body = crate::api::schema::ErrorBody),
+        crate::api::schema::E400, crate::api::schema::E401, crate::api::schema::E403, crate::api::schema::E404, crate::api::schema::E503,
     ),
 )]
 pub async fn retry_dead_letters(
@@ -192,14 +180,7 @@ pub struct DiscardBody {
     request_body = DiscardBody,
     responses(
         (status = 200, description = "The dead letters dropped, and the sequences that were none", body = serde_json::Value),
-        (status = 400, description = "The URL or query is malformed (`invalid_url`, `invalid_query`, …)", body = crate::api::schema::ErrorBody),
-        (status = 401, description = "No token, or one that is invalid or expired (`unauthorized`)", body = crate::api::schema::ErrorBody),
-        (status = 403, description = "The token may not do this (`forbidden`)", body = crate::api::schema::ErrorBody),
-        (status = 404, description = "Unknown, or outside the caller's scope (`not_found`)", body = crate::api::schema::ErrorBody),
-        (status = 413, description = "The body is larger than this operation takes (`body_too_large`)", body = crate::api::schema::ErrorBody),
-        (status = 415, description = "The body is not `application/json` (`unsupported_media_type`)", body = crate::api::schema::ErrorBody),
-        (status = 422, description = "The body or a path value breaks a rule (its `code` names which)", body = crate::api::schema::ErrorBody),
-        (status = 503, description = "A backend this operation needs is down or behind; retry later", body = crate::api::schema::ErrorBody),
+        crate::api::schema::E400, crate::api::schema::E401, crate::api::schema::E403, crate::api::schema::E404, crate::api::schema::E413, crate::api::schema::E415, crate::api::schema::E422, crate::api::schema::E503,
     ),
 )]
 pub async fn discard_dead_letters(

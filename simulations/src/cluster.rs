@@ -39,8 +39,8 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use tokio::sync::watch;
 
+use crate::harness::Check;
 use crate::net::{NetConfig, NetStats, SimBus, SimNet, Standing};
-use crate::sim::Check;
 
 /// Probability that an acknowledged batch is sent again later (a terminal that missed the answer).
 const P_RESEND: f64 = 0.15;

@@ -50,9 +50,9 @@ use rand::rngs::SmallRng;
 use sha2::{Digest, Sha256};
 use tower::ServiceExt as _;
 
+use crate::harness::{Check, SimClock};
 use crate::http::{ADMIN_TOKEN, HttpNode, Pending, Signatures, TerminalKeys};
 use crate::memlog::{MemLog, MemLogConfig, SyncMode};
-use crate::sim::{Check, SimClock};
 use crate::workload::{self, Payload};
 
 /// The edge's id at the platform.
@@ -341,7 +341,7 @@ impl Topology {
                 }
                 _ => continue,
             };
-            if let Err(e) = crate::sim::drive(&self.log, &mut call, ROUND_POLLS_MAX) {
+            if let Err(e) = crate::harness::drive(&self.log, &mut call, ROUND_POLLS_MAX) {
                 failures.push(format!("the platform's administrator call failed: {e}"));
             }
         }
@@ -494,7 +494,7 @@ impl Topology {
 
     async fn settle(&self) -> Result<(), String> {
         match &self.deriver {
-            Some(d) => crate::sim::settle(&self.log, d)
+            Some(d) => crate::harness::settle(&self.log, d)
                 .await
                 .map_err(|e| format!("the platform: {e}")),
             None => Ok(()),
@@ -540,7 +540,7 @@ impl Topology {
             check_forwarded(edge_envs, &envs, &self.attach.outbox, problems),
             check_anomalies_reached(edge_envs, &envs),
         ];
-        let (c, d, _) = crate::sim::check_replay(&envs, &live, workload::rules());
+        let (c, d, _) = crate::harness::check_replay(&envs, &live, workload::rules());
         checks.push(Check {
             name: "(c, platform) replay of the platform's log equals its live run",
             ..c
@@ -595,8 +595,9 @@ fn check_forwarded(
         }
         order
     }
-    let (at_edge, edge_order) = (crate::sim::readings_by_key(edge), order(edge));
-    let (at_platform, platform_order) = (crate::sim::readings_by_key(platform), order(platform));
+    let (at_edge, edge_order) = (crate::harness::readings_by_key(edge), order(edge));
+    let (at_platform, platform_order) =
+        (crate::harness::readings_by_key(platform), order(platform));
     for (key, fps) in &at_edge {
         match at_platform.get(key).map(Vec::as_slice) {
             Some([one]) if Some(one) == fps.first() => {}

@@ -30,6 +30,7 @@
 
 pub mod cluster;
 pub mod edge;
+pub mod harness;
 pub mod http;
 pub mod memlog;
 pub mod net;

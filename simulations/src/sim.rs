@@ -48,14 +48,15 @@ use custodian_events::crypto::{Entropy, Sm2KeyPair};
 use custodian_events::domain::{AggregateKey, AnomalyKind, Rules};
 use custodian_events::keyring::{Keyring, MASTER_KEY_LEN};
 use custodian_events::log::{AppendOutcome, EventLog, Proposed};
-use custodian_events::replay::Replay;
-use custodian_events::{Clock, Envelope, Event, Fingerprint, TerminalId, fingerprint};
+use custodian_events::{Envelope, Event, Fingerprint, TerminalId, fingerprint};
 use custodian_node::sealing::NodeSink;
 use custodian_node::terminal_sim::SeededEntropy;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use sha2::{Digest, Sha256};
 
+pub use crate::harness::{Check, SimClock};
+use crate::harness::{SETTLE_REAL_S, check_replay, drive, poll_once, readings_by_key, settle};
 use crate::http::{HttpNode, Pending, Signatures, TerminalKeys};
 use crate::memlog::{MemLog, MemLogConfig, SyncMode, TornWrite};
 use crate::oracle::{self, Expected};
@@ -75,8 +76,6 @@ const P_DISCONNECT: f64 = 0.02;
 const P_SNAPSHOTS_LOST: f64 = 0.2;
 /// Syncs one call may wait for before the run fails.
 const DRIVE_ROUNDS_MAX: usize = 16;
-/// Real time the deriver may take to settle before the run fails.
-const SETTLE_REAL_S: u64 = 120;
 
 #[derive(Debug, Clone)]
 pub struct SimConfig {
@@ -151,58 +150,6 @@ impl Ingest {
             Ingest::Http(Signatures::On) => "http",
             Ingest::Http(Signatures::Off) => "http-unsigned",
             Ingest::Edge => "edge",
-        }
-    }
-}
-
-/// A clock the simulator sets.
-#[derive(Debug)]
-pub struct SimClock(pub AtomicI64);
-
-impl SimClock {
-    pub fn set(&self, ns: i64) {
-        self.0.store(ns, Ordering::SeqCst);
-    }
-}
-
-impl Clock for SimClock {
-    fn now_ns(&self) -> i64 {
-        self.0.load(Ordering::SeqCst)
-    }
-}
-
-/// One checker's verdict.
-#[derive(Debug, Clone)]
-pub struct Check {
-    pub name: &'static str,
-    pub ok: bool,
-    pub detail: String,
-}
-
-impl Check {
-    /// Passes with `fine()` as its detail when there is no problem; fails naming the count and the first ten.
-    pub(crate) fn from_problems(
-        name: &'static str,
-        problems: Vec<String>,
-        fine: impl FnOnce() -> String,
-    ) -> Check {
-        Check {
-            name,
-            ok: problems.is_empty(),
-            detail: if problems.is_empty() {
-                fine()
-            } else {
-                format!(
-                    "{} problem(s): {}",
-                    problems.len(),
-                    problems
-                        .iter()
-                        .take(10)
-                        .cloned()
-                        .collect::<Vec<_>>()
-                        .join("; ")
-                )
-            },
         }
     }
 }
@@ -461,33 +408,6 @@ impl Node {
     }
 }
 
-/// Syncs until the deriver has processed the whole log and nothing waits.
-pub(crate) async fn settle(log: &MemLog, deriver: &Deriver) -> Result<(), String> {
-    let deadline = Instant::now() + Duration::from_secs(SETTLE_REAL_S);
-    let mut spins = 0u32;
-    loop {
-        log.sync();
-        if deriver.checkpoint.load(Ordering::Acquire) == log.last_seq()
-            && log.waiting_appends() == 0
-        {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            return Err(format!(
-                "the deriver did not settle in {SETTLE_REAL_S} s (checkpoint {}, log {})",
-                deriver.checkpoint.load(Ordering::Acquire),
-                log.last_seq()
-            ));
-        }
-        spins += 1;
-        if spins < 20 {
-            tokio::task::yield_now().await;
-        } else {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-    }
-}
-
 /// Something the simulator sends in a step.
 struct Send<'a> {
     item: &'a Item,
@@ -503,31 +423,6 @@ enum SendKind {
     /// Again, after the terminal hung up while the node was storing it: stored before or now (a crash may
     /// have lost it), and this is the terminal's acknowledgement.
     Retry,
-}
-
-/// Polls a call once, in the simulator's order (nothing else runs meanwhile).
-fn poll_once(call: &mut Pending) -> Option<Result<Vec<AppendOutcome>, String>> {
-    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-    match call.as_mut().poll(&mut cx) {
-        std::task::Poll::Ready(answer) => Some(answer),
-        std::task::Poll::Pending => None,
-    }
-}
-
-/// Syncs the log and polls `call` until it is answered (a call that appends more than once, say a first
-/// data key and then the sealed event, needs a sync for each).
-pub(crate) fn drive(
-    log: &MemLog,
-    call: &mut Pending,
-    rounds_max: usize,
-) -> Result<Vec<AppendOutcome>, String> {
-    for _ in 0..rounds_max {
-        if let Some(answer) = poll_once(call) {
-            return answer;
-        }
-        log.sync();
-    }
-    Err(format!("a call was not answered after {rounds_max} syncs"))
 }
 
 fn proposed(item: &Item) -> Vec<Proposed> {
@@ -962,75 +857,6 @@ async fn run_async(
     }
 }
 
-/// (c) A replay of `envs` from scratch finds no difference and ends in the `live` deriver's states; (d) no
-/// derived event is in `envs` twice. Also the replay's state hash, hex.
-pub(crate) fn check_replay(
-    envs: &[Envelope],
-    live: &BTreeMap<AggregateKey, custodian_events::domain::AggregateState>,
-    rules: Rules,
-) -> (Check, Check, String) {
-    let mut replay = Replay::new(rules, true);
-    for env in envs {
-        replay.step(env);
-    }
-    let core = &replay.core().aggregates;
-    let differing: Vec<String> = core
-        .iter()
-        .filter(|(k, v)| live.get(*k) != Some(*v))
-        .map(|(k, _)| k.to_string())
-        .chain(
-            live.keys()
-                .filter(|k| !core.contains_key(*k))
-                .map(|k| format!("{k} (only live)")),
-        )
-        .collect();
-    let report = replay.finish();
-    let mut detail: Vec<String> = report
-        .differences
-        .iter()
-        .take(10)
-        .map(|d| d.describe())
-        .collect();
-    if !differing.is_empty() {
-        detail.push(format!(
-            "{} aggregate state(s) differ from the live deriver's: {}",
-            differing.len(),
-            differing
-                .iter()
-                .take(10)
-                .cloned()
-                .collect::<Vec<_>>()
-                .join(", ")
-        ));
-    }
-    let c = Check {
-        name: "(c) replay from scratch equals the live run",
-        ok: report.differences.is_empty() && differing.is_empty(),
-        detail: if detail.is_empty() {
-            format!(
-                "{} events, {} aggregates, no difference",
-                report.events, report.aggregates
-            )
-        } else {
-            format!(
-                "{} difference(s): {}",
-                report.differences.len(),
-                detail.join("; ")
-            )
-        },
-    };
-    let d = Check {
-        name: "(d) no derived event twice",
-        ok: report.derived_twice_in_log.is_empty(),
-        detail: if report.derived_twice_in_log.is_empty() {
-            "none".into()
-        } else {
-            format!("at sequences {:?}", report.derived_twice_in_log)
-        },
-    };
-    (c, d, report.state_hash_hex())
-}
-
 /// Records what the log answered to one send.
 fn record(
     send: &Send,
@@ -1087,19 +913,6 @@ fn record(
             );
         }
     }
-}
-
-/// The fingerprints of every reading in `envs`, by (terminal, seq): more than one is a reading stored twice.
-pub(crate) fn readings_by_key(envs: &[Envelope]) -> BTreeMap<(TerminalId, u64), Vec<Fingerprint>> {
-    let mut all: BTreeMap<(TerminalId, u64), Vec<Fingerprint>> = BTreeMap::new();
-    for env in envs {
-        if let Event::ReadingRecorded(r) = &env.event {
-            all.entry((r.terminal_id.clone(), r.seq))
-                .or_default()
-                .push(env.fingerprint);
-        }
-    }
-    all
 }
 
 /// (a) Every acknowledged reading is in the log exactly once, as acknowledged; every reading was.

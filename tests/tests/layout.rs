@@ -26,7 +26,6 @@ const KNOWN: &[(&str, &[&str])] = &[
         ],
     ),
     ("events", &["log", "log::sled_log"]),
-    ("simulations", &["edge", "sim"]),
 ];
 
 fn workspace() -> PathBuf {

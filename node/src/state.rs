@@ -107,6 +107,16 @@ impl AppState {
         get(live.as_any().downcast_ref::<T>()?)
     }
 
+    /// Each running read model's status (checkpoint, lag, state, rebuild), for `/metrics` and the admin API.
+    pub fn projection_statuses(&self) -> Vec<custodian_projections::runner::ProjectionStatus> {
+        self.projections
+            .get()
+            .into_iter()
+            .flatten()
+            .map(|p| p.status())
+            .collect()
+    }
+
     /// Why the read model `name` cannot be read now (`what` names it for people): disabled, still starting,
     /// or built from another event log (which is never served).
     pub fn model_unavailable(&self, name: &str, what: &str, code: &'static str) -> ApiError {

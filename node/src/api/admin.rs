@@ -8,6 +8,7 @@ use axum::response::IntoResponse;
 
 use crate::api::auth::{require_admin, require_admin_caller};
 use crate::api::error::ApiError;
+use crate::api::query;
 use crate::api::search::run_search;
 use crate::state::AppState;
 
@@ -83,13 +84,7 @@ pub async fn projections_status(
     headers: HeaderMap,
 ) -> Result<impl IntoResponse, ApiError> {
     require_admin(&st, &headers)?;
-    let list: Vec<_> = st
-        .projections
-        .get()
-        .into_iter()
-        .flatten()
-        .map(|p| p.status())
-        .collect();
+    let list = st.projection_statuses();
     Ok(axum::Json(serde_json::json!({
         "last_seq": st.log.last_seq(),
         "projections": list,
@@ -142,19 +137,19 @@ pub async fn search(
     query: Result<axum::extract::Query<SearchQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
     require_admin(&st, &headers)?;
-    let axum::extract::Query(q) = query
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))?;
-    let bad = |m: String| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", m);
-    if let Some(e) = &q.enterprise_id {
-        custodian_events::ids::check_id(e).map_err(|err| bad(format!("enterprise_id: {err}")))?;
-    }
-    if let Some(p) = &q.province_code
-        && !custodian_events::event::is_province_code(p)
-    {
-        return Err(bad(format!(
-            "province_code {p:?} is not a province's 6-digit code ending in 0000"
-        )));
-    }
+    let q = query::query_of(query)?;
+    query::filter(
+        "enterprise_id",
+        &q.enterprise_id,
+        query::is_id,
+        "an enterprise id",
+    )?;
+    query::filter(
+        "province_code",
+        &q.province_code,
+        custodian_events::event::is_province_code,
+        query::PROVINCE,
+    )?;
     run_search(
         &st,
         q.q,

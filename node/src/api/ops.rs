@@ -59,13 +59,7 @@ pub async fn metrics(State(st): State<Arc<AppState>>) -> impl IntoResponse {
     if let Some(edge) = st.edge.get() {
         text.push_str(&edge.render_metrics());
     }
-    let projections: Vec<_> = st
-        .projections
-        .get()
-        .into_iter()
-        .flatten()
-        .map(|p| p.status())
-        .collect();
+    let projections = st.projection_statuses();
     crate::metrics::render_projections(&mut text, &projections);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
 }

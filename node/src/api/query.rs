@@ -266,7 +266,7 @@ fn not_found(what: &str, id: &str) -> ApiError {
     )
 }
 
-fn query_of<T>(
+pub(crate) fn query_of<T>(
     q: Result<Query<T>, axum::extract::rejection::QueryRejection>,
 ) -> Result<T, ApiError> {
     q.map(|Query(q)| q).map_err(|e| invalid(e.body_text()))
@@ -291,7 +291,7 @@ pub struct EnterprisesQuery {
 }
 
 /// A filter's value checked as the document states it.
-fn filter<'a>(
+pub(crate) fn filter<'a>(
     name: &str,
     value: &'a Option<String>,
     ok: fn(&str) -> bool,
@@ -303,11 +303,11 @@ fn filter<'a>(
     }
 }
 
-fn is_id(s: &str) -> bool {
+pub(crate) fn is_id(s: &str) -> bool {
     custodian_events::ids::check_id(s).is_ok()
 }
 
-const PROVINCE: &str = "a province's 6-digit code ending in 0000 (e.g. 440000)";
+pub(crate) const PROVINCE: &str = "a province's 6-digit code ending in 0000 (e.g. 440000)";
 const CITY: &str = "a city's 6-digit code (e.g. 440100)";
 
 const ENTERPRISE_COLUMNS: &str =
@@ -622,9 +622,8 @@ pub async fn anomalies(
         .cursor
         .as_deref()
         .map(|c| {
-            (c.len() <= 18 && c.bytes().all(|b| b.is_ascii_digit()))
-                .then(|| c.parse::<i64>().ok())
-                .flatten()
+            crate::api::schema::decimal(c, 18)
+                .map(|n| n as i64)
                 .ok_or_else(|| invalid("cursor is not one this API gave"))
         })
         .transpose()?;

@@ -178,7 +178,12 @@ fn sequence_header() -> utoipa::openapi::schema::Object {
 
 /// An event sequence as a header holds it: 1 ..= 19 decimal digits (always within u64, so one more fits).
 pub fn sequence_header_value(s: &str) -> Option<u64> {
-    if s.is_empty() || s.len() > 19 || !s.bytes().all(|b| b.is_ascii_digit()) {
+    decimal(s, 19)
+}
+
+/// 1 ..= `digits_max` ASCII decimal digits (no sign, no space), as the patterns `^[0-9]{1,N}$` take them.
+pub fn decimal(s: &str, digits_max: usize) -> Option<u64> {
+    if s.is_empty() || s.len() > digits_max || !s.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
     s.parse().ok()

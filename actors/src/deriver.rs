@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use custodian_events::Event;
 use custodian_events::domain::{AggregateKey, AggregateState, At, Router, Rules, routed_type};
-use custodian_events::log::{BoxFuture, EventLog};
+use custodian_log::{BoxFuture, EventLog};
 use ractor::concurrency::oneshot;
 use ractor::{Actor, ActorRef};
 use tokio::sync::{mpsc, watch};
@@ -51,7 +51,7 @@ impl DerivedSink for LogSink {
         Box::pin(async move {
             let batch = events
                 .into_iter()
-                .map(custodian_events::log::Proposed::new)
+                .map(custodian_log::Proposed::new)
                 .collect();
             self.0
                 .append(batch)

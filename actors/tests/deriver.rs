@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use custodian_actors::{Deriver, DeriverConfig, LogSink};
-use custodian_events::log::{EventLog, Proposed, SledLog, SledLogConfig};
 use custodian_events::{Clock, ContainerId, Event, Reading, ReadingKind, TerminalId};
+use custodian_log::{EventLog, Proposed, SledLog, SledLogConfig};
 
 struct FixedClock;
 impl Clock for FixedClock {

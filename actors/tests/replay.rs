@@ -19,10 +19,10 @@ use custodian_events::domain::{AggregateKey, At, Core, Rules};
 use custodian_events::event::{
     ClockTicked, EnterpriseRegistered, ManifestOpened, TerminalKind, TerminalRegistered,
 };
-use custodian_events::log::{EventLog, Proposed, SledLog, SledLogConfig};
 use custodian_events::{
     Clock, ContainerId, EnterpriseId, Event, ManifestId, Reading, ReadingKind, Stage, TerminalId,
 };
+use custodian_log::{EventLog, Proposed, SledLog, SledLogConfig};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 

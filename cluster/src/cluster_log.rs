@@ -41,7 +41,7 @@ use custodian_events::Clock;
 use custodian_events::envelope::{Envelope, Fingerprint};
 use custodian_events::event::DedupeKey;
 use custodian_events::keyring::Keyring;
-use custodian_events::log::{
+use custodian_log::{
     AppendOutcome, BoxFuture, DedupeEntry, EventLog, EventLogError, Proposed, SledLog,
     SledLogConfig, VerifyReport,
 };

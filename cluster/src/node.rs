@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use custodian_events::Clock;
 use custodian_events::keyring::Keyring;
-use custodian_events::log::SledLogConfig;
+use custodian_log::SledLogConfig;
 
 use crate::bus::{Bus, NatsBus};
 use crate::cluster_log::{ClusterLog, ClusterLogConfig};

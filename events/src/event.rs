@@ -4,9 +4,10 @@ use rkyv::{Archive, Deserialize, Serialize};
 use serde::Deserialize as SerdeDeserialize;
 
 use crate::Rejection;
+use crate::anomaly::AnomalyDetected;
+use crate::anomaly::ReadingRef;
 use crate::canonical::Jcs;
-use crate::domain::AnomalyDetected;
-use crate::domain::anomaly::ReadingRef;
+pub use crate::dedupe::DedupeKey;
 use crate::ids::{ContainerId, EnterpriseId, ManifestId, TerminalId};
 pub use crate::limits::{
     AUTHOR_CHARS_MAX, CAPACITY_KG_MAX, NAME_CHARS_MAX, NOTE_CHARS_MAX, REPORT_INTERVAL_S_MAX,
@@ -467,7 +468,7 @@ impl Event {
                 space: format!(
                     "upload/{}/{}",
                     u.terminal_id,
-                    hex::encode(crate::envelope::fingerprint(&u.body))
+                    hex::encode(crate::fingerprint::fingerprint(&u.body))
                 )
                 .into_bytes(),
                 slot: 0,
@@ -677,15 +678,6 @@ impl Event {
             ]),
         }
     }
-}
-
-/// The identity under which the log deduplicates an event: a key space and a slot within it. Readings of
-/// one terminal share a space (`reading/<terminal>/`) and use their `seq` as the slot, so that the log can
-/// keep the index of neighbouring sequences together; a registration is alone in its space, at slot 0.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct DedupeKey {
-    pub space: Vec<u8>,
-    pub slot: u64,
 }
 
 pub fn dedupe_key_enterprise(id: &EnterpriseId) -> DedupeKey {

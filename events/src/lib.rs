@@ -1,26 +1,33 @@
 //! # custodian-events
 //!
-//! The facts Custodian records and the log that keeps them.
+//! The facts Custodian records and the pure rules over them: no I/O, no runtime, no storage. The log that
+//! keeps the facts is the `custodian-log` crate (`events/log/`).
 //!
 //! - [`ids`]: id newtypes (`TerminalId`, `EnterpriseId`, `ContainerId`), checked against
 //!   `^[A-Za-z0-9._-]{1,64}$`.
 //! - [`reading`]: what a terminal measured, validated and normalised to a canonical integer form.
 //! - [`event`]: the domain events, their streams, dedupe keys and canonical JSON.
+//! - [`anomaly`]: `AnomalyDetected`, what a rule found, with its evidence and deterministic identity.
+//! - [`domain`]: the aggregates and rules that derive events from recorded ones.
 //! - [`canonical`]: RFC 8785 canonical JSON, the bytes every fingerprint is taken over.
+//! - [`fingerprint`]: the SHA-256 fingerprint of canonical bytes.
+//! - [`crypto`], [`digital_envelope`], [`keyring`], [`terminal_keys`]: SM2/SM3/SM4 primitives, the data keys
+//!   and the rules of terminal keys.
 //! - [`envelope`]: the versioned, rkyv-encoded record and the checks every read makes.
-//! - [`log`]: the [`log::EventLog`] trait, its embedded sled implementation with group commit, and the
-//!   contract ([`log::contract`]) every implementation is checked against.
 //! - [`replay`]: a recorded log through the current domain core: derived events compared, a state hash.
+//! - [`limits`]: every named limit of the vocabulary, in one place.
 //!
-//! Invariants kept here: an append returns only after its batch is on disk; a dedupe key is stored once
-//! (same fingerprint: duplicate; other fingerprint: conflict, kept as evidence); sequences are global and
-//! gapless; every record is checked on read and a corrupt one is reported, never returned as an event.
+//! Invariants kept here: a dedupe key names one fact (same fingerprint: duplicate; other fingerprint:
+//! conflict); every record is checked on decode and a corrupt one is reported, never returned as an event;
+//! the rules are deterministic (the same log in gives the same derived events out).
 //!
-//! Deliberately not here: tokio tasks, HTTP, SQL, InfluxDB, wall-clock reads and random numbers. Time comes
-//! in through [`Clock`]; the log's group commit runs on a plain thread of its own.
+//! Deliberately not here: tokio, sled, files, HTTP, SQL, InfluxDB, wall-clock reads and random numbers (the
+//! crate does not depend on them). Time comes in through [`Clock`], entropy through [`crypto::Entropy`].
 
+pub mod anomaly;
 pub mod canonical;
 pub mod crypto;
+pub mod dedupe;
 pub mod digital_envelope;
 pub mod domain;
 pub mod envelope;
@@ -30,7 +37,6 @@ pub mod ids;
 pub mod json_int;
 pub mod keyring;
 pub mod limits;
-pub mod log;
 #[cfg(feature = "openapi")]
 pub mod openapi;
 pub mod reading;

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use custodian_events::crypto::{Entropy, OsEntropy};
 use custodian_events::keyring::Keyring;
-use custodian_events::log::{EventLog, Proposed, SledLog, SledLogConfig};
 use custodian_events::{Event, RawReading, Reading, ReadingCheck, TerminalId};
+use custodian_log::{EventLog, Proposed, SledLog, SledLogConfig};
 use hdrhistogram::Histogram;
 
 use crate::client::NodeClient;

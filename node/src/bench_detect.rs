@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use custodian_actors::{Deriver, DeriverConfig, LogSink};
 use custodian_events::event::{EnterpriseRegistered, TerminalKind, TerminalRegistered};
-use custodian_events::log::{EventLog, Proposed, SledLog, SledLogConfig};
 use custodian_events::{ContainerId, EnterpriseId, Event, Reading, ReadingKind, Stage, TerminalId};
+use custodian_log::{EventLog, Proposed, SledLog, SledLogConfig};
 use hdrhistogram::Histogram;
 use serde_json::{Value, json};
 

@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use custodian_events::Envelope;
-use custodian_events::log::EventLog;
+use custodian_log::EventLog;
 use custodian_projections::directory::Directory;
 use custodian_projections::influx::{Dialect, InfluxClient};
 use custodian_projections::postgres::{PgFamily, Rows};

@@ -8,7 +8,7 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use custodian_events::crypto::OsEntropy;
 use custodian_events::keyring::Keyring;
-use custodian_events::log::{EventLog, SledLog, SledLogConfig};
+use custodian_log::{EventLog, SledLog, SledLogConfig};
 
 use crate::client::{NodeArgs, NodeClient};
 use crate::config::Config;

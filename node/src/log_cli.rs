@@ -10,9 +10,9 @@ use anyhow::Context as _;
 use custodian_events::crypto::OsEntropy;
 use custodian_events::envelope::Envelope;
 use custodian_events::keyring::{Keyring, MASTER_KEY_LEN, parse_master_key};
-use custodian_events::log::export::ExportReader;
-use custodian_events::log::{EventLog, SledLog, SledLogConfig};
 use custodian_events::replay::{Replay, ReplayReport};
+use custodian_log::export::ExportReader;
+use custodian_log::{EventLog, SledLog, SledLogConfig};
 
 use crate::config::Config;
 use crate::datadir::DataDir;

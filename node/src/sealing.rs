@@ -6,7 +6,7 @@ use std::sync::Arc;
 use axum::http::StatusCode;
 use custodian_events::event::Event;
 use custodian_events::keyring::DataKey;
-use custodian_events::log::{AppendOutcome, Proposed};
+use custodian_log::{AppendOutcome, Proposed};
 
 use crate::api::error::ApiError;
 use crate::state::AppState;
@@ -97,10 +97,7 @@ pub async fn sealed(
 pub struct NodeSink(pub std::sync::Weak<AppState>);
 
 impl custodian_actors::DerivedSink for NodeSink {
-    fn append(
-        &self,
-        events: Vec<Event>,
-    ) -> custodian_events::log::BoxFuture<'_, Result<(), String>> {
+    fn append(&self, events: Vec<Event>) -> custodian_log::BoxFuture<'_, Result<(), String>> {
         Box::pin(async move {
             let st = self.0.upgrade().ok_or("the node is shutting down")?;
             let mut batch = Vec::with_capacity(events.len());

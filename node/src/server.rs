@@ -8,7 +8,7 @@ use anyhow::Context as _;
 use custodian_events::Clock;
 use custodian_events::crypto::{Entropy, OsEntropy};
 use custodian_events::keyring::{Keyring, MASTER_KEY_LEN, parse_master_key};
-use custodian_events::log::{EventLog, SledLog, SledLogConfig};
+use custodian_log::{EventLog, SledLog, SledLogConfig};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -482,7 +482,7 @@ async fn tick(state: std::sync::Weak<AppState>) {
 pub async fn append_tick(
     st: &AppState,
     at_ns: i64,
-) -> Result<Vec<custodian_events::log::AppendOutcome>, String> {
+) -> Result<Vec<custodian_log::AppendOutcome>, String> {
     let event =
         custodian_events::Event::ClockTicked(custodian_events::event::ClockTicked { at_ns });
     let proposed =

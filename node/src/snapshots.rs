@@ -39,7 +39,7 @@ impl SledSnapshots {
         log_last_seq: u64,
     ) -> anyhow::Result<Self> {
         let open = || {
-            custodian_events::log::open_sled(sled::Config::new().path(path))
+            custodian_log::open_sled(sled::Config::new().path(path))
                 .with_context(|| format!("cannot open the deriver snapshots in {}", path.display()))
         };
         let mut db = open()?;

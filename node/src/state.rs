@@ -6,7 +6,7 @@ use axum::http::StatusCode;
 use custodian_events::Clock;
 use custodian_events::crypto::Entropy;
 use custodian_events::keyring::Keyring;
-use custodian_events::log::EventLog;
+use custodian_log::EventLog;
 
 use crate::api::error::ApiError;
 use crate::config::Config;

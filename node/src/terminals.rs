@@ -5,9 +5,9 @@ use std::sync::Arc;
 use custodian_events::crypto::Sm2PublicKey;
 use custodian_events::envelope::Fingerprint;
 use custodian_events::event::{TerminalRegistered, dedupe_key_terminal, dedupe_key_terminal_keys};
-use custodian_events::log::{EventLog, EventLogError};
 use custodian_events::terminal_keys::TerminalKeys;
 use custodian_events::{Event, TerminalId};
+use custodian_log::{EventLog, EventLogError};
 
 /// Key changes one terminal may have (rotations and revocations). Far beyond any real rotation schedule;
 /// it bounds the probe of the log when a terminal is loaded.

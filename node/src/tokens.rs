@@ -266,8 +266,8 @@ impl Tokens {
     /// Every revocation in the log.
     pub fn load_revoked(
         &self,
-        log: &dyn custodian_events::log::EventLog,
-    ) -> Result<(), custodian_events::log::EventLogError> {
+        log: &dyn custodian_log::EventLog,
+    ) -> Result<(), custodian_log::EventLogError> {
         let mut from = 1;
         let head = log.last_seq();
         while from <= head {

@@ -1,8 +1,8 @@
 //! Words for facts: how an anomaly reads in the read models and the search index (Chinese first, for the
 //! regulators who read it, then the English name the API uses).
 
+use custodian_events::anomaly::AnomalyKind;
 use custodian_events::domain::AnomalyDetected;
-use custodian_events::domain::anomaly::AnomalyKind;
 
 pub fn kind_zh(kind: AnomalyKind) -> &'static str {
     match kind {

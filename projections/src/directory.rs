@@ -4,8 +4,8 @@
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
-use custodian_events::log::{EventLog, EventLogError};
 use custodian_events::{Envelope, Event};
+use custodian_log::{EventLog, EventLogError};
 
 /// Registrations scanned per step when loading.
 const LOAD_STEP: usize = 50_000;

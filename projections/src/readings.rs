@@ -23,9 +23,9 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use custodian_events::log::EventLog;
 use custodian_events::reading::Reading;
 use custodian_events::{Envelope, Event};
+use custodian_log::EventLog;
 
 use crate::directory::{Directory, SharedDirectory};
 use crate::influx::{InfluxClient, InfluxError, Line};

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use custodian_events::Envelope;
-use custodian_events::log::EventLog;
+use custodian_log::EventLog;
 use hdrhistogram::Histogram;
 use rand::Rng as _;
 use serde::Serialize;

@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 
 use custodian_actors::Deriver;
 use custodian_events::domain::{AggregateKey, Rules};
-use custodian_events::log::{AppendOutcome, EventLog};
 use custodian_events::replay::Replay;
 use custodian_events::{Clock, Envelope, Event, Fingerprint, TerminalId};
+use custodian_log::{AppendOutcome, EventLog};
 
 use crate::http::Pending;
 use crate::memlog::MemLog;

@@ -3,10 +3,10 @@
 //! The seeded, deterministic simulation of whole nodes with faults, event-log replay and the invariant
 //! checkers (issue "Deterministic simulation and event-log replay"). So far:
 //!
-//! - [`memlog`]: [`MemLog`], an in-memory [`EventLog`](custodian_events::log::EventLog) with the sled log's
+//! - [`memlog`]: [`MemLog`], an in-memory [`EventLog`](custodian_log::EventLog) with the sled log's
 //!   records and dedupe, whose durability the simulator drives: syncs on demand, crashes that lose what was
 //!   not synced (optionally leaving a torn write), recovery to the durable state. It passes the same
-//!   contract as the sled log (`custodian_events::log::contract`).
+//!   contract as the sled log (`custodian_log::contract`).
 //! - [`workload`]: a seeded site population (enterprises, scales, shipments under manifests) with ground
 //!   truth — injected anomalies — and the plan of how its facts reach the log (late, reordered, after
 //!   outages).

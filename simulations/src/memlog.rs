@@ -1,11 +1,11 @@
 //! [`MemLog`]: an [`EventLog`] held in memory, with a durability model a simulator drives by hand.
 //!
 //! The model, in short:
-//! - **Records** are what [`SledLog`](custodian_events::log::SledLog) stores: [`Envelope::encode`]d, read back
+//! - **Records** are what [`SledLog`](custodian_log::SledLog) stores: [`Envelope::encode`]d, read back
 //!   through [`Envelope::decode`], so every read makes the same checks. Dedupe is decided exactly as the
 //!   sled log decides it (first content of a key wins, a resend is a `Duplicate`, other content a
 //!   `Conflict` whose reading evidence is stored once per distinct content); the shared contract
-//!   ([`custodian_events::log::contract`]) checks both.
+//!   ([`custodian_log::contract`]) checks both.
 //! - **The disk** holds the *synced* records, one after the other as `[len u32 LE][record]` frames, and a
 //!   commit point (the last synced sequence) that a sync moves atomically with them.
 //! - **An append** is decided when [`EventLog::append`] is called (not when its future is first polled),
@@ -39,7 +39,7 @@ use custodian_events::CorruptRecord;
 use custodian_events::envelope::{Envelope, Fingerprint, fingerprint};
 use custodian_events::event::{DataKeyIssued, DedupeKey, Event};
 use custodian_events::keyring::{Keyring, KeyringError};
-use custodian_events::log::{
+use custodian_log::{
     AppendOutcome, BoxFuture, DedupeEntry, EventLog, EventLogError, Proposed, VerifyReport,
 };
 use tokio::sync::{oneshot, watch};
@@ -58,7 +58,7 @@ pub enum SyncMode {
 #[derive(Debug, Clone)]
 pub struct MemLogConfig {
     pub sync: SyncMode,
-    /// Events one append may carry (as [`SledLogConfig::batch_events_max`](custodian_events::log::SledLogConfig)).
+    /// Events one append may carry (as [`SledLogConfig::batch_events_max`](custodian_log::SledLogConfig)).
     pub batch_events_max: usize,
 }
 

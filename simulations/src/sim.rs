@@ -47,8 +47,8 @@ use custodian_actors::{DerivedSink, Deriver, DeriverConfig, Fault, LogSink, Memo
 use custodian_events::crypto::{Entropy, Sm2KeyPair};
 use custodian_events::domain::{AggregateKey, AnomalyKind, Rules};
 use custodian_events::keyring::{Keyring, MASTER_KEY_LEN};
-use custodian_events::log::{AppendOutcome, EventLog, Proposed};
 use custodian_events::{Envelope, Event, Fingerprint, TerminalId, fingerprint};
+use custodian_log::{AppendOutcome, EventLog, Proposed};
 use custodian_node::sealing::NodeSink;
 use custodian_node::terminal_sim::SeededEntropy;
 use rand::rngs::SmallRng;

@@ -18,8 +18,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use custodian_events::log::EventLog;
 use custodian_events::{Envelope, Event, TerminalId};
+use custodian_log::EventLog;
 use custodian_projections::runner::{
     self, BoxFuture, Family, Prepared, Projection, ProjectionError, RunnerConfig, RunnerHandle,
 };

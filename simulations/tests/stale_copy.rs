@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use custodian_cluster::node::{ClusterNode, ClusterSettings};
 use custodian_events::Clock;
-use custodian_events::log::{AppendOutcome, EventLog, SledLogConfig, contract};
+use custodian_log::{AppendOutcome, EventLog, SledLogConfig, contract};
 use custodian_simulations::net::{NetConfig, SimNet};
 
 struct WallClock;

@@ -14,8 +14,8 @@ use custodian_cluster::ownership::{Shards, ShardsConfig};
 use custodian_cluster::placement::SHARDS;
 use custodian_events::Clock;
 use custodian_events::keyring::Keyring;
-use custodian_events::log::contract::{self, LogFactory};
-use custodian_events::log::{AppendOutcome, EventLog, EventLogError, SledLogConfig};
+use custodian_log::contract::{self, LogFactory};
+use custodian_log::{AppendOutcome, EventLog, EventLogError, SledLogConfig};
 
 struct FixedClock(i64);
 
@@ -159,7 +159,7 @@ impl LogFactory for ClusterFactory {
         true
     }
 
-    fn filing_order(&self, batch: &[custodian_events::log::Proposed]) -> Vec<usize> {
+    fn filing_order(&self, batch: &[custodian_log::Proposed]) -> Vec<usize> {
         let mut shards: Vec<u16> = Vec::new();
         for p in batch {
             let s = ClusterLog::shard_of_stream(&p.event.stream());

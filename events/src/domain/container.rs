@@ -11,9 +11,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::domain::anomaly::{AnomalyDetected, AnomalyKind, ReadingRef, Severity};
-use crate::envelope::Fingerprint;
+use crate::anomaly::{AnomalyDetected, AnomalyKind, ReadingRef, Severity};
 use crate::event::Event;
+use crate::fingerprint::Fingerprint;
 use crate::ids::ContainerId;
 use crate::reading::{Reading, ReadingKind, Stage};
 

@@ -14,11 +14,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::domain::anomaly::{AnomalyDetected, AnomalyKind, ReadingRef, Severity};
+use crate::anomaly::{AnomalyDetected, AnomalyKind, ReadingRef, Severity};
 use crate::domain::container::change_over_threshold;
-use crate::domain::{At, Rules};
-use crate::envelope::Fingerprint;
+use crate::domain::rules::{At, Rules};
 use crate::event::{Event, TerminalKind};
+use crate::fingerprint::Fingerprint;
 use crate::ids::{ContainerId, EnterpriseId, TerminalId};
 use crate::reading::{Reading, ReadingKind, Stage};
 

@@ -12,10 +12,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::Rejection;
-use crate::domain::anomaly::{AnomalyDetected, AnomalyKind, ReadingRef, Severity};
-use crate::domain::{At, Rules};
-use crate::envelope::Fingerprint;
+use crate::anomaly::{AnomalyDetected, AnomalyKind, ReadingRef, Severity};
+use crate::domain::rules::{At, Rules};
 use crate::event::{CAPACITY_KG_MAX, Event, ManifestOpened, ManifestProgressed, ManifestStatus};
+use crate::fingerprint::Fingerprint;
 use crate::ids::{ContainerId, EnterpriseId, ManifestId};
 pub use crate::limits::MANIFEST_CONTAINERS_MAX;
 use crate::reading::{ReadingKind, Stage, is_waste_code};

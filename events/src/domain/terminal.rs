@@ -12,11 +12,11 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-use crate::domain::anomaly::{AnomalyDetected, AnomalyKind, ReadingRef, Severity};
+use crate::anomaly::{AnomalyDetected, AnomalyKind, ReadingRef, Severity};
 use crate::domain::cleaning::median;
-use crate::domain::{At, Rules};
-use crate::envelope::Fingerprint;
+use crate::domain::rules::{At, Rules};
 use crate::event::{Event, ReadingSuspect, TerminalKind};
+use crate::fingerprint::Fingerprint;
 use crate::ids::{EnterpriseId, TerminalId};
 use crate::reading::ReadingKind;
 

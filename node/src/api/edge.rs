@@ -13,8 +13,8 @@ use custodian_events::event::{
     AnomalyReported, EDGE_ENTERPRISES_MAX, EdgeRegistered, dedupe_key_edge, dedupe_key_enterprise,
     dedupe_key_terminal, dedupe_key_terminal_keys,
 };
-use custodian_events::log::AppendOutcome;
 use custodian_events::{EnterpriseId, Event, TerminalId};
+use custodian_log::AppendOutcome;
 use serde::Deserialize;
 
 use crate::api::auth::require_admin_caller;

@@ -3,7 +3,7 @@
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use custodian_events::Rejection;
-use custodian_events::log::EventLogError;
+use custodian_log::EventLogError;
 
 /// How long a client should wait before retrying after a 503, in seconds.
 pub const RETRY_AFTER_S: u32 = 1;

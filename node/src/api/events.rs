@@ -200,7 +200,7 @@ struct ExportCursor {
     st: Arc<AppState>,
     next: u64,
     last: u64,
-    exporter: Option<custodian_events::log::export::Exporter>,
+    exporter: Option<custodian_log::export::Exporter>,
 }
 
 /// `GET /v1/admin/log/export` (admin): the whole log up to its last durable event when the request came,
@@ -221,7 +221,7 @@ pub async fn export(
     State(st): State<Arc<AppState>>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    use custodian_events::log::export::{ExportHeader, Exporter};
+    use custodian_log::export::{ExportHeader, Exporter};
     use futures_util::StreamExt as _;
     require_admin(&st, &headers)?;
     let last = st.log.last_seq();

@@ -9,8 +9,8 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use custodian_events::event::UploadSigned;
-use custodian_events::log::{AppendOutcome, Proposed};
 use custodian_events::{Event, RawReading, Reading, ReadingCheck, TerminalId};
+use custodian_log::{AppendOutcome, Proposed};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 

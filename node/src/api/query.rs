@@ -576,7 +576,7 @@ pub struct AnomaliesQuery {
 }
 
 fn is_anomaly_kind(s: &str) -> bool {
-    use custodian_events::domain::anomaly::AnomalyKind;
+    use custodian_events::anomaly::AnomalyKind;
     AnomalyKind::ALL.iter().any(|k| k.name() == s)
 }
 
@@ -1639,7 +1639,7 @@ pub(crate) async fn handle(
     let p = crate::sealing::sealed(st, &scope, event, Some(&who.token_id)).await?;
     let outcome = st.log.append(vec![p]).await?;
     Ok(Some(match outcome.first() {
-        Some(custodian_events::log::AppendOutcome::Appended { seq }) => *seq,
+        Some(custodian_log::AppendOutcome::Appended { seq }) => *seq,
         _ => 0,
     }))
 }

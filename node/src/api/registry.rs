@@ -11,8 +11,8 @@ use custodian_events::envelope::Fingerprint;
 use custodian_events::event::{
     EnterpriseRegistered, RawEnterprise, RawTerminal, TerminalRegistered, dedupe_key_enterprise,
 };
-use custodian_events::log::{AppendOutcome, Proposed};
 use custodian_events::{Event, TerminalId};
+use custodian_log::{AppendOutcome, Proposed};
 use serde::Deserialize;
 
 use crate::api::auth::require_admin_caller;

@@ -208,7 +208,7 @@ pub(crate) fn search_kind() -> utoipa::openapi::schema::Object {
 pub const ANOMALY_STATES: [&str; 3] = ["open", "acknowledged", "resolved"];
 
 pub(crate) fn anomaly_kind() -> utoipa::openapi::schema::Object {
-    use custodian_events::domain::anomaly::AnomalyKind;
+    use custodian_events::anomaly::AnomalyKind;
     utoipa::openapi::schema::ObjectBuilder::new()
         .schema_type(utoipa::openapi::schema::Type::String)
         .enum_values(Some(AnomalyKind::ALL.map(AnomalyKind::name)))

@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use custodian_events::Event;
-use custodian_events::log::AppendOutcome;
+use custodian_log::AppendOutcome;
 
 use super::EdgeRuntime;
 use super::backoff::Backoff;

@@ -1,5 +1,5 @@
 use super::*;
-use custodian_events::domain::anomaly::{AnomalyKind, ReadingRef, Severity};
+use custodian_events::anomaly::{AnomalyKind, ReadingRef, Severity};
 use custodian_events::event::{ClockTicked, UploadSigned};
 use custodian_events::{Reading, TerminalId};
 

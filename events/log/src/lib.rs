@@ -1,4 +1,7 @@
-//! The append-only event log: the [`EventLog`] trait and its embedded implementation, [`SledLog`].
+//! # custodian-log
+//!
+//! The append-only event log: the [`EventLog`] trait and its embedded implementation, [`SledLog`]. It stands
+//! apart from the pure domain (`custodian-events`), which knows nothing of storage, threads or tokio.
 //!
 //! The trait is the seam the simulator's log (and later a JetStream-backed log in cluster mode) plugs into.
 //! Its contract:
@@ -7,14 +10,14 @@
 //!   everything earlier in the same group: same key and fingerprint is a `Duplicate` naming the original
 //!   sequence; same key with another fingerprint is a `Conflict`, and the conflicting event's evidence (if
 //!   its type has any) is stored once per distinct fingerprint.
-//! - `read` returns only durable events, each checked (see [`crate::envelope`]); a corrupt record is an
+//! - `read` returns only durable events, each checked (see [`custodian_events::envelope`]); a corrupt record is an
 //!   error naming its sequence, never an event.
 //! - `subscribe` tells tailers the last durable sequence as it moves.
 //!
-//! `contract` (feature `log-contract`, and in this crate's tests) holds these promises as checks that every
+//! `contract` (feature `contract`, and in this crate's tests) holds these promises as checks that every
 //! implementation runs; the production build does not carry it.
 
-#[cfg(any(test, feature = "log-contract"))]
+#[cfg(any(test, feature = "contract"))]
 pub mod contract;
 pub mod export;
 mod sled_log;
@@ -25,11 +28,11 @@ use std::sync::Arc;
 
 pub use sled_log::{SledLog, SledLogConfig, open_sled};
 
-use crate::envelope::{
+use custodian_events::envelope::{
     CorruptRecord, Envelope, Fingerprint, HeaderTags, event_bytes, fingerprint, seal_aad_keyed,
 };
-use crate::event::{DedupeKey, Event};
-use crate::keyring::{DataKey, Keyring, KeyringError, SealedPayload};
+use custodian_events::event::{DedupeKey, Event};
+use custodian_events::keyring::{DataKey, Keyring, KeyringError, SealedPayload};
 
 /// A boxed future, so that the trait stays object safe.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -65,7 +68,7 @@ impl Proposed {
     /// any data key is known): its scope names an enterprise, which must not rest in the clear.
     /// `caused_by` as in [`Proposed::caused_by`].
     pub fn data_key(
-        issued: crate::event::DataKeyIssued,
+        issued: custodian_events::event::DataKeyIssued,
         keyring: &Keyring,
         caused_by: Option<&str>,
     ) -> Self {
@@ -81,7 +84,7 @@ impl Proposed {
     ///
     /// # Panics
     /// When the proposal is already sealed, or `token_id` is longer than
-    /// [`crate::envelope::CAUSED_BY_BYTES_MAX`] (both programming errors).
+    /// [`custodian_events::envelope::CAUSED_BY_BYTES_MAX`] (both programming errors).
     pub fn caused_by(mut self, token_id: impl Into<String>) -> Self {
         let token_id = token_id.into();
         assert!(
@@ -89,7 +92,7 @@ impl Proposed {
             "caused_by must be set before the payload is sealed"
         );
         assert!(
-            token_id.len() <= crate::envelope::CAUSED_BY_BYTES_MAX,
+            token_id.len() <= custodian_events::envelope::CAUSED_BY_BYTES_MAX,
             "a token id of {} bytes",
             token_id.len()
         );

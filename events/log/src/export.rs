@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::EventLogError;
-use crate::envelope::{CorruptRecord, Envelope};
+use custodian_events::envelope::{CorruptRecord, Envelope};
 
 /// The first line of every export file.
 pub const MAGIC: &[u8] = b"custodian-log-export 1\n";
@@ -271,10 +271,10 @@ mod tests {
 
     /// A syntactically valid record for `seq` (the envelope of a clock tick).
     fn record(seq: u64) -> Vec<u8> {
-        let event = crate::Event::ClockTicked(crate::event::ClockTicked {
+        let event = custodian_events::Event::ClockTicked(custodian_events::event::ClockTicked {
             at_ns: seq as i64 * 1_000_000_000,
         });
-        let fp = crate::fingerprint(&event.canonical().to_bytes());
+        let fp = custodian_events::fingerprint(&event.canonical().to_bytes());
         Envelope::encode(seq, 7, fp, event, None, None, None)
     }
 

@@ -26,12 +26,14 @@ use std::sync::{Arc, Mutex};
 use std::task::Poll;
 
 use super::{AppendOutcome, BoxFuture, DedupeEntry, EventLog, Proposed};
-use crate::crypto::Entropy;
-use crate::envelope::Envelope;
-use crate::event::{DedupeKey, EnterpriseRegistered, Event, NoteFiled, dedupe_key_reading};
-use crate::ids::{ContainerId, EnterpriseId, TerminalId};
-use crate::keyring::{DataKey, Keyring};
-use crate::reading::{Reading, ReadingKind};
+use custodian_events::crypto::Entropy;
+use custodian_events::envelope::Envelope;
+use custodian_events::event::{
+    DedupeKey, EnterpriseRegistered, Event, NoteFiled, dedupe_key_reading,
+};
+use custodian_events::ids::{ContainerId, EnterpriseId, TerminalId};
+use custodian_events::keyring::{DataKey, Keyring};
+use custodian_events::reading::{Reading, ReadingKind};
 
 /// Makes logs of one implementation for the checks.
 pub trait LogFactory {

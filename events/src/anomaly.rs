@@ -8,8 +8,8 @@
 use rkyv::{Archive, Deserialize, Serialize};
 
 use crate::canonical::Jcs;
-use crate::envelope::{Fingerprint, fingerprint};
-use crate::event::DedupeKey;
+use crate::dedupe::DedupeKey;
+use crate::fingerprint::{Fingerprint, fingerprint};
 use crate::ids::{ContainerId, EnterpriseId, ManifestId, TerminalId};
 
 /// What kind of irregularity a rule found.

@@ -4,9 +4,9 @@ use std::sync::Arc;
 use proptest::prelude::*;
 
 use super::*;
-use crate::event::Event;
-use crate::ids::TerminalId;
-use crate::reading::{Reading, ReadingKind};
+use custodian_events::event::Event;
+use custodian_events::ids::TerminalId;
+use custodian_events::reading::{Reading, ReadingKind};
 
 struct FixedClock(i64);
 
@@ -160,7 +160,7 @@ fn dedupe_and_sequence_survive_a_restart() {
         ]
     );
     assert_eq!(
-        log.lookup(&crate::event::dedupe_key_reading(
+        log.lookup(&custodian_events::event::dedupe_key_reading(
             &TerminalId::parse("T-1").unwrap(),
             3
         ))
@@ -272,7 +272,8 @@ fn broken_segment_framing_is_reported_and_a_corrupt_index_refused() {
         let mut v = db.get(event_key(1)).unwrap().unwrap().to_vec();
         v[1] = 9; // the segment now claims nine records
         db.insert(event_key(1), v).unwrap();
-        let key = crate::event::dedupe_key_reading(&TerminalId::parse("T-1").unwrap(), 3);
+        let key =
+            custodian_events::event::dedupe_key_reading(&TerminalId::parse("T-1").unwrap(), 3);
         let index = Index { keyring: None };
         let mut b = db.get(index.block_key(&key)).unwrap().unwrap().to_vec();
         b[6] ^= 1;
@@ -392,7 +393,7 @@ fn open_sealed(dir: &std::path::Path, master: u8) -> Result<SledLog, EventLogErr
         Arc::new(FixedClock(1)),
         Some(Arc::new(Keyring::new(
             [master; 16],
-            Arc::new(crate::crypto::OsEntropy),
+            Arc::new(custodian_events::crypto::OsEntropy),
         ))),
     )
 }
@@ -517,7 +518,7 @@ proptest! {
 
 #[test]
 fn an_exported_log_imports_record_for_record_and_deduplicates_as_before() {
-    use crate::log::export::{ExportHeader, ExportReader, Exporter};
+    use crate::export::{ExportHeader, ExportReader, Exporter};
     let dir = tempfile::tempdir().unwrap();
     let rt = rt();
     let source = open_sealed(dir.path(), 1).unwrap();
@@ -586,7 +587,7 @@ fn an_exported_log_imports_record_for_record_and_deduplicates_as_before() {
         Arc::new(FixedClock(2)),
         Some(Arc::new(Keyring::new(
             [1; 16],
-            Arc::new(crate::crypto::OsEntropy),
+            Arc::new(custodian_events::crypto::OsEntropy),
         ))),
         &mut ExportReader::open(bytes.as_slice()).unwrap(),
         &mut |s| seen = s,
@@ -649,7 +650,7 @@ struct SledFactory {
     opened: std::sync::atomic::AtomicUsize,
 }
 
-impl crate::log::contract::LogFactory for SledFactory {
+impl crate::contract::LogFactory for SledFactory {
     type Log = SledLog;
 
     fn open(&self, keyring: Option<Arc<Keyring>>) -> Arc<SledLog> {
@@ -689,7 +690,7 @@ fn the_event_log_contract_holds_for_sled() {
         dir: tempfile::tempdir().unwrap(),
         opened: std::sync::atomic::AtomicUsize::new(0),
     };
-    rt().block_on(crate::log::contract::check_all(&factory));
+    rt().block_on(crate::contract::check_all(&factory));
 }
 
 #[test]

@@ -36,10 +36,10 @@ use tokio::sync::{mpsc, oneshot, watch};
 use super::{
     AppendOutcome, BoxFuture, DedupeEntry, EventLog, EventLogError, Proposed, VerifyReport,
 };
-use crate::Clock;
-use crate::envelope::{CorruptRecord, Envelope, Fingerprint, fingerprint};
-use crate::event::{DedupeKey, Event};
-use crate::keyring::{Keyring, KeyringError};
+use custodian_events::Clock;
+use custodian_events::envelope::{CorruptRecord, Envelope, Fingerprint, fingerprint};
+use custodian_events::event::{DedupeKey, Event};
+use custodian_events::keyring::{Keyring, KeyringError};
 
 const PREFIX_EVENT: u8 = b'e';
 const PREFIX_DEDUPE: u8 = b'd';

@@ -44,7 +44,7 @@ use custodian_node::edge::wire::EDGE_HEADER;
 use custodian_node::edge::{EdgeRuntime, Upstream, UpstreamAnswer};
 use custodian_node::sealing::NodeSink;
 use custodian_node::state::AppState;
-use custodian_node::terminal_sim::SeededEntropy;
+use custodian_tools::terminal_sim::SeededEntropy;
 use rand::Rng;
 use rand::rngs::SmallRng;
 use sha2::{Digest, Sha256};

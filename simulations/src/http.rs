@@ -70,7 +70,10 @@ impl TerminalKeys {
                 .map(|t| {
                     (
                         t.clone(),
-                        Arc::new(custodian_node::terminal_sim::terminal_key(t.as_str(), seed)),
+                        Arc::new(custodian_tools::terminal_sim::terminal_key(
+                            t.as_str(),
+                            seed,
+                        )),
                     )
                 })
                 .collect(),
@@ -167,7 +170,7 @@ impl HttpNode {
         if let Some(key) = keys.get(terminal) {
             request = request.header(
                 SIGNATURE_HEADER,
-                custodian_node::terminal_sim::signature_header(key, &body),
+                custodian_tools::terminal_sim::signature_header(key, &body),
             );
         }
         let request = request.body(Body::from(body)).expect("a valid request");

@@ -50,7 +50,7 @@ use custodian_events::keyring::{Keyring, MASTER_KEY_LEN};
 use custodian_events::{Envelope, Event, Fingerprint, TerminalId, fingerprint};
 use custodian_log::{AppendOutcome, EventLog, Proposed};
 use custodian_node::sealing::NodeSink;
-use custodian_node::terminal_sim::SeededEntropy;
+use custodian_tools::terminal_sim::SeededEntropy;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use sha2::{Digest, Sha256};

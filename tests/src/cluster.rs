@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use custodian_node::client::NodeClient;
-use custodian_node::terminal_sim::{SimTerminal, enterprise_body, now_rfc3339};
+use custodian_tools::client::NodeClient;
+use custodian_tools::terminal_sim::{SimTerminal, enterprise_body, now_rfc3339};
 use serde_json::Value;
 
 use crate::{ADMIN_TOKEN, NATS_CLUSTER, check_log, custodian_bin, free_port};

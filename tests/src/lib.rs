@@ -19,10 +19,10 @@ use std::sync::Arc;
 
 use custodian_events::crypto::Sm2KeyPair;
 use custodian_node::api::UploadResponse;
-use custodian_node::client::{ClientError, NodeClient};
 use custodian_node::config::Config;
 use custodian_node::server::Node;
-use custodian_node::terminal_sim::{signature_header, terminal_body, terminal_key};
+use custodian_tools::client::{ClientError, NodeClient};
+use custodian_tools::terminal_sim::{signature_header, terminal_body, terminal_key};
 use serde_json::Value;
 
 /// The admin token every test node is started with.
@@ -104,7 +104,7 @@ pub async fn register_terminals(client: &NodeClient, ids: &[&str]) -> TerminalKe
     client
         .register(
             "/v1/enterprises",
-            &custodian_node::terminal_sim::enterprise_body(0),
+            &custodian_tools::terminal_sim::enterprise_body(0),
         )
         .await
         .expect("registering E-0");

@@ -4,8 +4,8 @@
 
 use std::sync::Arc;
 
-use custodian_node::client::NodeClient;
-use custodian_node::terminal_sim::{terminal_body, terminal_key};
+use custodian_tools::client::NodeClient;
+use custodian_tools::terminal_sim::{terminal_body, terminal_key};
 use serde_json::{Value, json};
 
 use crate::TerminalKeys;

@@ -5,8 +5,8 @@
 
 use std::time::{Duration, Instant};
 
-use custodian_node::client::NodeClient;
 use custodian_tests::*;
+use custodian_tools::client::NodeClient;
 use serde_json::{Value, json};
 
 fn weighing(seq: u64, minute: u32, container: &str, kg: f64) -> Value {

@@ -10,11 +10,11 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use custodian_node::client::NodeClient;
 use custodian_node::config::Config;
 use custodian_node::server::Node;
-use custodian_node::terminal_sim::{terminal_key, upload_body};
 use custodian_tests::*;
+use custodian_tools::client::NodeClient;
+use custodian_tools::terminal_sim::{terminal_key, upload_body};
 use serde_json::json;
 
 const ENTERPRISE: &str = "E-ATREST-ENTERPRISE-7";
@@ -143,7 +143,7 @@ async fn upload(client: &NodeClient, key: &custodian_events::crypto::Sm2KeyPair)
             reading(2, WEIGHTS_KG[1], &ago(60)),
         ],
     );
-    let sig = custodian_node::terminal_sim::signature_header(key, &body);
+    let sig = custodian_tools::terminal_sim::signature_header(key, &body);
     let r = client.upload(body, Some(&sig)).await.unwrap();
     for res in &r.results {
         assert_eq!(

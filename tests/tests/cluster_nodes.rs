@@ -14,10 +14,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use custodian_node::terminal_sim::now_rfc3339;
 use custodian_tests::cluster::{
     Acks, Cluster, check_acked, check_resends, load, outage_after, register, terminals,
 };
+use custodian_tools::terminal_sim::now_rfc3339;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn any_node_takes_any_upload_and_the_copies_agree() {

@@ -12,8 +12,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use custodian_cluster::placement::shard_of;
-use custodian_node::terminal_sim::SimTerminal;
 use custodian_tests::cluster::{Acks, Cluster, check_acked, load, register};
+use custodian_tools::terminal_sim::SimTerminal;
 use serde_json::Value;
 
 /// The plan every node follows, once the planner has written one (from node `i`'s status page).

@@ -134,7 +134,7 @@ async fn the_postgres_model_runs_under_a_lease_and_counts_every_reading_once() {
     let id = v["id"].as_str().unwrap().to_owned();
     for &i in &nodes {
         let regulator =
-            custodian_node::client::NodeClient::new(cluster.url(i), Some(token.clone()));
+            custodian_tools::client::NodeClient::new(cluster.url(i), Some(token.clone()));
         let e = regulator.get_admin("/v1/enterprises").await.unwrap();
         assert_eq!(e["items"][0]["id"], "E-0", "node {i}: {e}");
         regulator.get_admin("/v1/anomalies").await.unwrap();
@@ -148,11 +148,11 @@ async fn the_postgres_model_runs_under_a_lease_and_counts_every_reading_once() {
         .await
         .unwrap();
     assert!(status == 200 || status == 204, "revoking: {status} {v}");
-    let other = custodian_node::client::NodeClient::new(cluster.url(nodes[1]), Some(token));
+    let other = custodian_tools::client::NodeClient::new(cluster.url(nodes[1]), Some(token));
     let started = Instant::now();
     loop {
         match other.get_admin("/v1/enterprises").await {
-            Err(custodian_node::client::ClientError::Status { status: 401, .. }) => break,
+            Err(custodian_tools::client::ClientError::Status { status: 401, .. }) => break,
             r => assert!(
                 started.elapsed() < Duration::from_secs(10),
                 "the revocation did not reach the other node: {r:?}"

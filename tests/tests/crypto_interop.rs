@@ -7,8 +7,8 @@ use std::process::Command;
 
 use base64::Engine as _;
 use custodian_events::crypto::{OsEntropy, Sm2KeyPair, Sm2PublicKey, sm4_gcm_open, sm4_gcm_seal};
-use custodian_node::terminal_sim::{enterprise_body, terminal_body};
 use custodian_tests::*;
+use custodian_tools::terminal_sim::{enterprise_body, terminal_body};
 use serde_json::json;
 
 fn openssl(args: &[&str], stdin: &[u8]) -> Vec<u8> {

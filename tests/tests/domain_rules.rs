@@ -6,9 +6,9 @@
 
 use std::time::{Duration, Instant};
 
-use custodian_node::client::NodeClient;
-use custodian_node::terminal_sim::terminal_key;
 use custodian_tests::*;
+use custodian_tools::client::NodeClient;
+use custodian_tools::terminal_sim::terminal_key;
 use serde_json::{Value, json};
 
 fn weighing(

@@ -9,9 +9,9 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use custodian_node::client::NodeClient;
-use custodian_node::terminal_sim::{enterprise_body, terminal_body, terminal_key, upload_body};
 use custodian_tests::*;
+use custodian_tools::client::NodeClient;
+use custodian_tools::terminal_sim::{enterprise_body, terminal_body, terminal_key, upload_body};
 use serde_json::{Value, json};
 
 /// 72 hours of readings, one every 10 minutes, 12 to an upload (2 hours).
@@ -534,7 +534,7 @@ async fn a_full_outbox_answers_503_outbox_full_and_loses_nothing_it_holds() {
         for t in &site.terminals {
             match site.keys.upload(&e, t, one_reading(t, seq, 3_600)).await {
                 Ok(_) => *accepted.entry(t.clone()).or_default() = seq,
-                Err(custodian_node::client::ClientError::Status { status, body }) => {
+                Err(custodian_tools::client::ClientError::Status { status, body }) => {
                     refused = Some((status, body));
                     break 'fill;
                 }

@@ -18,13 +18,13 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use custodian_events::crypto::{OsEntropy, Sm2KeyPair, Sm2PublicKey};
-use custodian_node::client::NodeClient;
 use custodian_node::edge::wire::{
     EDGE_HEADER, ForwardAnomaly, ForwardBatch, ForwardUpload, Registrations, RegistrationsRequest,
     b64, decode_event,
 };
-use custodian_node::terminal_sim::{enterprise_body, terminal_body, terminal_key, upload_body};
 use custodian_tests::*;
+use custodian_tools::client::NodeClient;
+use custodian_tools::terminal_sim::{enterprise_body, terminal_body, terminal_key, upload_body};
 use serde_json::{Value, json};
 
 // ---------------------------------------------------------------------------------------------------------
@@ -553,7 +553,7 @@ async fn each_forwarded_upload_is_refused_on_its_own_and_the_rest_is_taken() {
     let unknown_key = terminal_key("T-NOBODY", 11);
     // 3: an in-scope terminal's upload signed by another key (an edge inventing readings).
     let forged = one_reading(T_A0, 7, 60);
-    let forged_sig = custodian_node::terminal_sim::signature_header(&unknown_key, &forged);
+    let forged_sig = custodian_tools::terminal_sim::signature_header(&unknown_key, &forged);
     // 4: not base64.
     // 5: a good upload of the in-scope terminal.
     let good = one_reading(T_A0, 1, 30);
@@ -568,7 +568,7 @@ async fn each_forwarded_upload_is_refused_on_its_own_and_the_rest_is_taken() {
             forward_upload(
                 2,
                 &unknown,
-                custodian_node::terminal_sim::signature_header(&unknown_key, &unknown),
+                custodian_tools::terminal_sim::signature_header(&unknown_key, &unknown),
             ),
             forward_upload(3, &forged, forged_sig),
             ForwardUpload {
@@ -895,7 +895,7 @@ async fn edge_registrations_are_refused_when_wrong_and_edges_are_immutable() {
     // The edge's own endpoints are not a platform's.
     for path in ["/v1/edge/outbox", "/v1/edge/dead-letters"] {
         match p.c.get_admin(path).await {
-            Err(custodian_node::client::ClientError::Status { status, body }) => {
+            Err(custodian_tools::client::ClientError::Status { status, body }) => {
                 assert_eq!(
                     (status, body["code"].as_str()),
                     (404, Some("not_an_edge")),
@@ -1045,7 +1045,7 @@ async fn an_out_of_scope_upload_is_dead_lettered_and_a_retry_requeues_it_without
     let anonymous = NodeClient::new(e.base(), None);
     for path in ["/v1/edge/dead-letters", "/v1/edge/outbox"] {
         match anonymous.get_admin(path).await {
-            Err(custodian_node::client::ClientError::Status { status, body }) => {
+            Err(custodian_tools::client::ClientError::Status { status, body }) => {
                 assert_eq!(
                     (status, body["code"].as_str()),
                     (401, Some("missing_token")),
@@ -1062,7 +1062,7 @@ async fn an_out_of_scope_upload_is_dead_lettered_and_a_retry_requeues_it_without
     assert_eq!((s, v["code"].as_str()), (401, Some("missing_token")), "{v}");
     for q in ["limit=many", "color=red"] {
         match e.get_admin(&format!("/v1/edge/dead-letters?{q}")).await {
-            Err(custodian_node::client::ClientError::Status { status, body }) => {
+            Err(custodian_tools::client::ClientError::Status { status, body }) => {
                 assert_eq!(
                     (status, body["code"].as_str()),
                     (400, Some("invalid_query")),

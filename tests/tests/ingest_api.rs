@@ -1,8 +1,8 @@
 //! The ingest and registration API over real HTTP against an in-process node: what good input gets, what
 //! bad input gets, and that bad input changes nothing.
 
-use custodian_node::client::NodeClient;
 use custodian_tests::*;
+use custodian_tools::client::NodeClient;
 use serde_json::{Value, json};
 
 fn reading(seq: u64, value: f64, unit: &str) -> Value {
@@ -46,7 +46,7 @@ async fn registration_is_an_event_and_answers_201_200_409() {
     // registration needs the admin token and a registered enterprise.
     let dir = tempfile::tempdir().unwrap();
     let (node, client) = start_node(dir.path(), |_| {}).await;
-    let e = custodian_node::terminal_sim::enterprise_body(0);
+    let e = custodian_tools::terminal_sim::enterprise_body(0);
     let (s, first) = client.post_admin("/v1/enterprises", &e).await.unwrap();
     assert_eq!(s, 201, "{first}");
     let (s, again) = client.post_admin("/v1/enterprises", &e).await.unwrap();

@@ -9,9 +9,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use custodian_node::api::ReadingResult;
-use custodian_node::client::{ClientError, NodeClient};
-use custodian_node::terminal_sim::{self, SimTerminal};
 use custodian_tests::*;
+use custodian_tools::client::{ClientError, NodeClient};
+use custodian_tools::terminal_sim::{self, SimTerminal};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use tokio::sync::{Mutex, RwLock};
 

@@ -3,11 +3,11 @@
 //! events sealed at rest: no plaintext on disk, and a missing or wrong master key stops the node at start.
 
 use custodian_events::crypto::{OsEntropy, Sm2KeyPair, key_fingerprint};
-use custodian_node::client::NodeClient;
 use custodian_node::config::Config;
 use custodian_node::server::Node;
-use custodian_node::terminal_sim::{enterprise_body, signature_header, terminal_body};
 use custodian_tests::*;
+use custodian_tools::client::NodeClient;
+use custodian_tools::terminal_sim::{enterprise_body, signature_header, terminal_body};
 use serde_json::{Value, json};
 
 fn body(seq: u64, measured_at: &str, container: &str) -> Vec<u8> {
@@ -69,7 +69,7 @@ async fn rotation_keeps_the_old_key_for_earlier_readings_and_revocation_ends_a_k
         .await
         .unwrap();
     assert_eq!(s, 200);
-    let now = custodian_node::terminal_sim::now_rfc3339();
+    let now = custodian_tools::terminal_sim::now_rfc3339();
 
     // The old key: the offline backlog (measured before the rotation) is accepted, a new reading is not.
     assert_eq!(
@@ -308,7 +308,7 @@ async fn events_rest_sealed_and_the_master_key_is_checked_at_start() {
 
 /// The key `register_terminals` gave T-1.
 fn terminal_key_for_test() -> Sm2KeyPair {
-    custodian_node::terminal_sim::terminal_key("T-1", 42)
+    custodian_tools::terminal_sim::terminal_key("T-1", 42)
 }
 
 async fn start_err(data_dir: &std::path::Path, master_key: Option<String>) -> String {

@@ -7,9 +7,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use custodian_node::client::NodeClient;
 use custodian_tests::private_services::{PrivateInflux, PrivatePostgres};
 use custodian_tests::*;
+use custodian_tools::client::NodeClient;
 use serde_json::{Value, json};
 use sqlx::Row as _;
 
@@ -311,7 +311,7 @@ async fn read_models_equal_a_fold_of_the_log_and_rebuild_identically() {
     client
         .register(
             "/v1/enterprises",
-            &custodian_node::terminal_sim::enterprise_body(1),
+            &custodian_tools::terminal_sim::enterprise_body(1),
         )
         .await
         .unwrap();

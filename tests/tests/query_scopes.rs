@@ -5,10 +5,10 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use custodian_node::client::{ClientError, NodeClient};
-use custodian_node::terminal_sim::{terminal_body, terminal_key};
 use custodian_tests::scopes::{issue_token, register_enterprises, signing_terminal};
 use custodian_tests::*;
+use custodian_tools::client::{ClientError, NodeClient};
+use custodian_tools::terminal_sim::{terminal_body, terminal_key};
 use serde_json::{Value, json};
 
 fn weighings(terminal: &str, container: &str) -> Vec<u8> {

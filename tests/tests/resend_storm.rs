@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 
 use custodian_node::api::ReadingResult;
-use custodian_node::terminal_sim::SimTerminal;
 use custodian_tests::*;
+use custodian_tools::terminal_sim::SimTerminal;
 use rand::seq::SliceRandom;
 use rand::{SeedableRng, rngs::StdRng};
 
@@ -47,7 +47,7 @@ async fn every_batch_three_times_concurrently_out_of_order_is_stored_once() {
             loop {
                 match keys.upload(&client, &id, body.clone()).await {
                     Ok(r) => return (id, r),
-                    Err(custodian_node::client::ClientError::Status { status: 503, .. }) => {
+                    Err(custodian_tools::client::ClientError::Status { status: 503, .. }) => {
                         tokio::time::sleep(std::time::Duration::from_millis(20)).await
                     }
                     Err(e) => panic!("upload failed: {e}"),

@@ -1,4 +1,4 @@
-//! The reference terminal client (`custodian_node::terminal_client` and `custodian terminal`) against a real
+//! The reference terminal client (`custodian_tools::terminal_client` and `custodian terminal`) against a real
 //! node: batches go through signed, a resend is answered `duplicate` and stored once, and the client gets
 //! its readings through a node that is down at first or whose answer is lost on the way.
 
@@ -9,10 +9,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use custodian_events::crypto::Sm2KeyPair;
-use custodian_node::client::NodeClient;
-use custodian_node::terminal_client::{FlushReport, Progress, ReadingInput, TerminalClient};
-use custodian_node::terminal_sim::terminal_body;
 use custodian_tests::*;
+use custodian_tools::client::NodeClient;
+use custodian_tools::terminal_client::{FlushReport, Progress, ReadingInput, TerminalClient};
+use custodian_tools::terminal_sim::terminal_body;
 use serde_json::Value;
 use tokio::io::AsyncReadExt as _;
 use tokio::net::{TcpListener, TcpStream};

@@ -415,7 +415,7 @@ fn speed(template: SimConfig, out: &std::path::Path) -> ExitCode {
         t.hours.unwrap_or(24),
         t.faults.name(),
         if cfg!(debug_assertions) { "debug" } else { "release" },
-        custodian_node::terminal_sim::now_rfc3339(),
+        custodian_tools::terminal_sim::now_rfc3339(),
         t.terminals,
         t.heartbeat_s,
         t.hours.unwrap_or(24),
@@ -459,7 +459,7 @@ fn speed(template: SimConfig, out: &std::path::Path) -> ExitCode {
     }
     println!("\n{report}");
     if let Err(e) = std::fs::create_dir_all(out).and_then(|()| {
-        let path = out.join(format!("sim-speed-{}.md", custodian_node::bench::stamp()));
+        let path = out.join(format!("sim-speed-{}.md", custodian_tools::bench::stamp()));
         std::fs::write(&path, &report)?;
         println!("report: {}", path.display());
         Ok(())

@@ -21,9 +21,9 @@ use std::time::Duration;
 
 use axum::extract::{Path, State};
 use axum::routing::post;
-use custodian_node::terminal_sim::{terminal_body, terminal_key};
 use custodian_tests::scopes::{issue_token, open_cross_province_manifest, register_enterprises};
 use custodian_tests::{ReadModels, TerminalKeys, start_node, wait_projected};
+use custodian_tools::terminal_sim::{terminal_body, terminal_key};
 use serde_json::{Value, json};
 
 /// How many China Standard Time days before the fixture's start its terminals were last read.
@@ -81,7 +81,7 @@ impl Clock {
 /// first weighings (readings 1 and 2, container `{terminal}-C0`, on the fixture's day), which raise an
 /// alarm — `custodian_tests::scopes::signing_terminal` with the fixture's clock.
 async fn signing_terminal(
-    admin: &custodian_node::client::NodeClient,
+    admin: &custodian_tools::client::NodeClient,
     keys: &mut TerminalKeys,
     clock: &Clock,
     terminal: &str,
@@ -105,7 +105,7 @@ async fn signing_terminal(
 }
 
 struct Trigger {
-    admin: custodian_node::client::NodeClient,
+    admin: custodian_tools::client::NodeClient,
     keys: TerminalKeys,
     clock: Clock,
     next: AtomicU64,

@@ -7,7 +7,7 @@ use serde_json::Value;
 
 use clap::Args;
 
-use crate::upload::UploadResponse;
+use custodian_node::upload::UploadResponse;
 
 #[derive(Args, Debug, Clone)]
 pub struct NodeArgs {
@@ -205,7 +205,7 @@ impl NodeClient {
             .post(format!("{}/v1/uploads", self.base))
             .header(reqwest::header::CONTENT_TYPE, "application/json");
         if let Some(sig) = signature {
-            req = req.header(crate::upload::SIGNATURE_HEADER, sig);
+            req = req.header(custodian_node::upload::SIGNATURE_HEADER, sig);
         }
         let resp = req.body(body).send().await?;
         let status = resp.status().as_u16();

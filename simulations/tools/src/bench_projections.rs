@@ -27,9 +27,9 @@ use serde_json::json;
 
 use crate::bench::stamp;
 use crate::client::NodeClient;
-use crate::config::Config;
-use crate::server::Node;
 use crate::terminal_sim::{self, SimTerminal};
+use custodian_node::config::Config;
+use custodian_node::server::Node;
 
 #[derive(Debug, Clone)]
 pub struct ProjectionsBenchOptions {
@@ -58,7 +58,7 @@ fn base_config(dir: &std::path::Path) -> anyhow::Result<Config> {
     let mut config = Config {
         listen: "127.0.0.1:0".parse()?,
         data_dir: dir.to_owned(),
-        master_key: Some(crate::server::fresh_master_key_hex()),
+        master_key: Some(custodian_node::server::fresh_master_key_hex()),
         ..Config::default()
     };
     config.derive.tick_interval_s = 0;

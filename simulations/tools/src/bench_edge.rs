@@ -14,11 +14,11 @@ use anyhow::Context as _;
 use serde_json::json;
 
 use crate::client::{ClientError, NodeClient};
-use crate::config::Config;
-use crate::server::Node;
 use crate::terminal_sim::{
     enterprise_body, signature_header, terminal_body, terminal_key, upload_body,
 };
+use custodian_node::config::Config;
+use custodian_node::server::Node;
 
 #[derive(Debug, Clone)]
 pub struct EdgeBenchOptions {
@@ -87,7 +87,7 @@ pub async fn edge(opts: EdgeBenchOptions) -> anyhow::Result<String> {
         .local_addr()?
         .port();
     let cloud_listen = format!("127.0.0.1:{port}");
-    let master = crate::server::fresh_master_key_hex();
+    let master = custodian_node::server::fresh_master_key_hex();
     let cloud = Node::start(node_config(&cloud_dir, &cloud_listen, &master)).await?;
     let c = NodeClient::new(cloud.url(), Some(ADMIN.into()));
     eprintln!("registering {n} terminals and the edge at the platform");
@@ -104,7 +104,7 @@ pub async fn edge(opts: EdgeBenchOptions) -> anyhow::Result<String> {
         keys.push(Arc::new(key));
     }
     std::fs::create_dir_all(&edge_dir)?;
-    let edge_key = crate::tokens::Tokens::open(
+    let edge_key = custodian_node::tokens::Tokens::open(
         &edge_dir.join("platform_signing.key"),
         &custodian_events::crypto::OsEntropy,
     )?;
@@ -298,8 +298,8 @@ pub async fn edge(opts: EdgeBenchOptions) -> anyhow::Result<String> {
         stamp = crate::bench::stamp(),
         interval = opts.interval_s,
         gib_72h = readings_72h as f64 * per_reading / (1u64 << 30) as f64,
-        default_gib = crate::edge::OUTBOX_BYTES_DEFAULT as f64 / (1u64 << 30) as f64,
-        per_reading_const = crate::edge::OUTBOX_BYTES_PER_READING,
+        default_gib = custodian_node::edge::OUTBOX_BYTES_DEFAULT as f64 / (1u64 << 30) as f64,
+        per_reading_const = custodian_node::edge::OUTBOX_BYTES_PER_READING,
         log_gib_72h = readings_72h as f64 * log_per_reading / (1u64 << 30) as f64,
         span_h = backlog_span_s / 3600.0,
         ingest_rate = total as f64 / ingest_s,

@@ -12,11 +12,11 @@ use rand::Rng;
 use tokio::sync::Mutex;
 
 use crate::client::NodeClient;
-use crate::config::Config;
-use crate::metrics::sample;
-use crate::server::Node;
 use crate::terminal_sim::{self, SimTerminal};
-use crate::upload::ReadingResult;
+use custodian_node::config::Config;
+use custodian_node::metrics::sample;
+use custodian_node::server::Node;
+use custodian_node::upload::ReadingResult;
 
 #[derive(Debug, Clone)]
 pub struct DemoOptions {
@@ -64,7 +64,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoSummary> {
             let mut config = Config {
                 listen: "127.0.0.1:0".parse()?,
                 data_dir: tmp.path().join("node"),
-                master_key: Some(crate::server::fresh_master_key_hex()),
+                master_key: Some(custodian_node::server::fresh_master_key_hex()),
                 ..Config::default()
             };
             demo_read_models(&mut config).await;
@@ -305,7 +305,7 @@ async fn send_times(
     signature: &str,
     sends: usize,
     tally: &Tally,
-) -> Vec<Option<crate::upload::UploadResponse>> {
+) -> Vec<Option<custodian_node::upload::UploadResponse>> {
     if sends == 2 {
         let (a, b) = tokio::join!(
             send(client, body, signature, tally),
@@ -323,7 +323,7 @@ async fn send(
     body: &[u8],
     signature: &str,
     tally: &Tally,
-) -> Option<crate::upload::UploadResponse> {
+) -> Option<custodian_node::upload::UploadResponse> {
     for _ in 0..20 {
         match client.upload(body.to_vec(), Some(signature)).await {
             Ok(r) => return Some(r),
@@ -345,7 +345,7 @@ async fn record(
     codes: &Mutex<BTreeMap<String, u64>>,
     acked: &Mutex<BTreeMap<(String, u64), u64>>,
     terminal: &str,
-    resp: crate::upload::UploadResponse,
+    resp: custodian_node::upload::UploadResponse,
 ) {
     tally.batches.fetch_add(1, Ordering::Relaxed);
     for r in resp.results {

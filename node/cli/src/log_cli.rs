@@ -14,9 +14,9 @@ use custodian_events::replay::{Replay, ReplayReport};
 use custodian_log::export::ExportReader;
 use custodian_log::{EventLog, SledLog, SledLogConfig};
 
-use crate::config::Config;
-use crate::datadir::DataDir;
-use crate::server::SystemClock;
+use custodian_node::config::Config;
+use custodian_node::datadir::DataDir;
+use custodian_node::server::SystemClock;
 
 /// The master key of a log being copied or replayed elsewhere: `CUSTODIAN_MASTER_KEY` / `master_key`, else
 /// `master_key_file`, else `DIR/master.key` when a data dir is given. Never made up: a fresh key could not

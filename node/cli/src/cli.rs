@@ -10,12 +10,12 @@ use custodian_events::crypto::OsEntropy;
 use custodian_events::keyring::Keyring;
 use custodian_log::{EventLog, SledLog, SledLogConfig};
 
-use crate::client::{NodeArgs, NodeClient};
-use crate::config::Config;
-use crate::datadir::DataDir;
 use crate::keys_cli::{EnvelopeCommand, KeysCommand};
-use crate::server::{Node, SystemClock};
-use crate::terminal_client::TerminalArgs;
+use custodian_node::config::Config;
+use custodian_node::datadir::DataDir;
+use custodian_node::server::{Node, SystemClock};
+use custodian_tools::client::{NodeArgs, NodeClient};
+use custodian_tools::terminal_client::TerminalArgs;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -371,9 +371,9 @@ pub struct DatasetArgs {
     pub influx_url: String,
 }
 
-impl From<DatasetArgs> for crate::bench_dataset::DatasetOptions {
+impl From<DatasetArgs> for custodian_tools::bench_dataset::DatasetOptions {
     fn from(a: DatasetArgs) -> Self {
-        crate::bench_dataset::DatasetOptions {
+        custodian_tools::bench_dataset::DatasetOptions {
             data_dir: a.data_dir,
             enterprises: a.enterprises,
             terminals: a.terminals,
@@ -479,7 +479,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(args) => serve(args).await,
         Command::Edge(args) => edge(args).await,
         Command::Demo(args) => {
-            let summary = crate::demo::run(crate::demo::DemoOptions {
+            let summary = custodian_tools::demo::run(custodian_tools::demo::DemoOptions {
                 terminals: args.terminals,
                 duration_s: args.duration_s,
                 resend_percent: args.resend_percent,
@@ -495,7 +495,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Bench(BenchCommand::Ingest(args)) => {
-            crate::bench::ingest(crate::bench::IngestBenchOptions {
+            custodian_tools::bench::ingest(custodian_tools::bench::IngestBenchOptions {
                 terminals: args.terminals,
                 batch: args.batch,
                 duration_s: args.duration_s,
@@ -539,7 +539,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             ] {
                 println!(
                     "  {name} {}",
-                    crate::metrics::sample(&metrics, name).unwrap_or(0.0)
+                    custodian_node::metrics::sample(&metrics, name).unwrap_or(0.0)
                 );
             }
             Ok(())
@@ -596,7 +596,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             .map_err(|e| anyhow::anyhow!(e))?;
             println!("{markdown}");
             std::fs::create_dir_all(&report_dir)?;
-            let file = report_dir.join(format!("failover-{}.md", crate::bench::stamp()));
+            let file = report_dir.join(format!("failover-{}.md", custodian_tools::bench::stamp()));
             std::fs::write(&file, &markdown)?;
             println!("report written to {}", file.display());
             Ok(())
@@ -615,7 +615,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     .map_err(|e| anyhow::anyhow!("--cluster {u:?} is not a NATS URL: {e}"))?;
             }
             anyhow::ensure!(kills >= 1, "--kills must be 1 or more");
-            let options = crate::bench_cluster::ClusterBenchOptions {
+            let options = custodian_tools::bench_cluster::ClusterBenchOptions {
                 kills,
                 seconds,
                 terminals,
@@ -623,10 +623,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 skip_nats_kill,
             };
             let report =
-                crate::bench_cluster::run(&options, &mut |line| eprintln!("{line}")).await?;
+                custodian_tools::bench_cluster::run(&options, &mut |line| eprintln!("{line}"))
+                    .await?;
             println!("{}", report.markdown);
             std::fs::create_dir_all(&report_dir)?;
-            let file = report_dir.join(format!("cluster-{}.md", crate::bench::stamp()));
+            let file = report_dir.join(format!("cluster-{}.md", custodian_tools::bench::stamp()));
             std::fs::write(&file, &report.markdown)?;
             println!("report written to {}", file.display());
             anyhow::ensure!(
@@ -664,7 +665,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             });
             println!("{markdown}");
             std::fs::create_dir_all(&report_dir)?;
-            let file = report_dir.join(format!("placement-{}.md", crate::bench::stamp()));
+            let file = report_dir.join(format!("placement-{}.md", custodian_tools::bench::stamp()));
             std::fs::write(&file, &markdown)?;
             println!("report written to {}", file.display());
             Ok(())
@@ -675,7 +676,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             interval_s,
             report_dir,
         }) => {
-            crate::bench_edge::edge(crate::bench_edge::EdgeBenchOptions {
+            custodian_tools::bench_edge::edge(custodian_tools::bench_edge::EdgeBenchOptions {
                 terminals,
                 backlog_per_terminal,
                 interval_s: interval_s.max(1),
@@ -693,15 +694,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             memory_terminals,
             report_dir,
         }) => {
-            crate::bench_detect::detect(crate::bench_detect::DetectBenchOptions {
-                rate,
-                terminals,
-                batch,
-                duration_s,
-                warmup_s,
-                memory_terminals,
-                report_dir: Some(report_dir),
-            })
+            custodian_tools::bench_detect::detect(
+                custodian_tools::bench_detect::DetectBenchOptions {
+                    rate,
+                    terminals,
+                    batch,
+                    duration_s,
+                    warmup_s,
+                    memory_terminals,
+                    report_dir: Some(report_dir),
+                },
+            )
             .await?;
             Ok(())
         }
@@ -715,8 +718,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             influx_url,
             report_dir,
         }) => {
-            crate::bench_projections::projections(
-                crate::bench_projections::ProjectionsBenchOptions {
+            custodian_tools::bench_projections::projections(
+                custodian_tools::bench_projections::ProjectionsBenchOptions {
                     readings,
                     rate,
                     duration_s,
@@ -731,7 +734,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Bench(BenchCommand::Dataset(args)) => {
-            crate::bench_dataset::dataset(args.into()).await?;
+            custodian_tools::bench_dataset::dataset(args.into()).await?;
             Ok(())
         }
         Command::Bench(BenchCommand::Query {
@@ -739,7 +742,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             samples,
             report_dir,
         }) => {
-            crate::bench_query::query(crate::bench_query::QueryBenchOptions {
+            custodian_tools::bench_query::query(custodian_tools::bench_query::QueryBenchOptions {
                 dataset: dataset.into(),
                 samples,
                 report_dir: Some(report_dir),
@@ -748,13 +751,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Bench(BenchCommand::Crypto { report_dir }) => {
-            crate::bench::crypto(Some(report_dir))?;
+            custodian_tools::bench::crypto(Some(report_dir))?;
             Ok(())
         }
         Command::Keys(cmd) => crate::keys_cli::run(cmd).await,
         Command::Envelope(cmd) => crate::keys_cli::envelope(cmd),
         Command::Projections(cmd) => projections(cmd).await,
-        Command::Terminal(args) => crate::terminal_client::run_command(args).await,
+        Command::Terminal(args) => custodian_tools::terminal_client::run_command(args).await,
         Command::Token(TokenCommand::Issue {
             tier,
             scope,
@@ -840,8 +843,10 @@ async fn edge(args: EdgeArgs) -> anyhow::Result<()> {
     if args.print_public_key {
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("cannot make the data dir {}", config.data_dir.display()))?;
-        let tokens =
-            crate::tokens::Tokens::open(&config.data_dir.join("platform_signing.key"), &OsEntropy)?;
+        let tokens = custodian_node::tokens::Tokens::open(
+            &config.data_dir.join("platform_signing.key"),
+            &OsEntropy,
+        )?;
         print!("{}", tokens.key().public_key_pem());
         return Ok(());
     }
@@ -874,7 +879,7 @@ fn verify(data_dir: PathBuf, config: Option<PathBuf>) -> anyhow::Result<()> {
     let dir = DataDir::acquire(&data_dir)?;
     let mut config = Config::load(config.as_deref())?;
     config.data_dir = data_dir.clone();
-    let master = crate::server::resolve_master_key(&config, &dir)?;
+    let master = custodian_node::server::resolve_master_key(&config, &dir)?;
     let keyring = Arc::new(Keyring::new(master, Arc::new(OsEntropy)));
     let log = SledLog::open(
         SledLogConfig::new(dir.log_path()),

@@ -27,13 +27,13 @@ use rand::{Rng as _, SeedableRng as _};
 use serde::{Deserialize, Serialize};
 
 use crate::terminal_sim::{now_rfc3339, signature_header};
-use crate::upload::ReadingResult;
-use crate::upload::SIGNATURE_HEADER;
-use crate::upload::UploadResponse;
+use custodian_node::upload::ReadingResult;
+use custodian_node::upload::SIGNATURE_HEADER;
+use custodian_node::upload::UploadResponse;
 
 /// The backoff the client waits with between attempts: the same type, and the same 30 s cap, as the edge's
 /// forwarder.
-pub use crate::edge::backoff::{Backoff, RETRY_CAP};
+pub use custodian_node::edge::backoff::{Backoff, RETRY_CAP};
 
 /// The first wait after a failure; it doubles with each failure in a row, up to [`RETRY_CAP`].
 pub const RETRY_BASE: Duration = Duration::from_millis(200);
@@ -716,7 +716,7 @@ pub async fn run_command(args: TerminalArgs) -> anyhow::Result<()> {
 
 fn keygen(path: &Path) -> anyhow::Result<()> {
     let key = Sm2KeyPair::generate(&OsEntropy);
-    crate::keys_cli::write_private(path, &key.to_pkcs8_pem())?;
+    crate::write_private(path, &key.to_pkcs8_pem())?;
     print!("{}", key.public_key_pem());
     eprintln!(
         "wrote {}; fingerprint {}; register the public key above with the terminal (public_key_pem)",

@@ -25,9 +25,9 @@ use serde_json::{Value, json};
 
 use crate::bench::stamp;
 use crate::client::NodeClient;
-use crate::config::Config;
-use crate::server::{Node, SystemClock};
 use crate::terminal_sim::{self, SimTerminal};
+use custodian_node::config::Config;
+use custodian_node::server::{Node, SystemClock};
 
 #[derive(Debug, Clone)]
 pub struct DetectBenchOptions {
@@ -74,7 +74,7 @@ pub async fn detect(opts: DetectBenchOptions) -> anyhow::Result<String> {
     let mut config = Config {
         listen: "127.0.0.1:0".parse()?,
         data_dir: tmp.path().join("node"),
-        master_key: Some(crate::server::fresh_master_key_hex()),
+        master_key: Some(custodian_node::server::fresh_master_key_hex()),
         ..Config::default()
     };
     config.derive.tick_interval_s = 0;

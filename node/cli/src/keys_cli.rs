@@ -11,7 +11,7 @@ use std::path::PathBuf;
 
 use clap::Subcommand;
 
-use crate::client::{NodeArgs, NodeClient};
+use custodian_tools::client::{NodeArgs, NodeClient};
 
 pub async fn run(cmd: KeysCommand) -> anyhow::Result<()> {
     match cmd {
@@ -22,7 +22,7 @@ pub async fn run(cmd: KeysCommand) -> anyhow::Result<()> {
                 Some(prefix) => {
                     let private = with_suffix(&prefix, ".key.pem");
                     let public = with_suffix(&prefix, ".pub.pem");
-                    write_private(&private, &key.to_pkcs8_pem())?;
+                    custodian_tools::write_private(&private, &key.to_pkcs8_pem())?;
                     std::fs::write(&public, key.public_key_pem())
                         .with_context(|| format!("cannot write {}", public.display()))?;
                     eprintln!(
@@ -52,7 +52,7 @@ pub async fn run(cmd: KeysCommand) -> anyhow::Result<()> {
             Ok(())
         }
         KeysCommand::Master => {
-            println!("{}", crate::server::fresh_master_key_hex());
+            println!("{}", custodian_node::server::fresh_master_key_hex());
             Ok(())
         }
         KeysCommand::RotateTerminal {
@@ -129,16 +129,6 @@ fn with_suffix(prefix: &Path, suffix: &str) -> std::path::PathBuf {
     let mut s = prefix.as_os_str().to_owned();
     s.push(suffix);
     s.into()
-}
-
-pub(crate) fn write_private(path: &Path, pem: &str) -> anyhow::Result<()> {
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-    opts.open(path)
-        .and_then(|mut f| f.write_all(pem.as_bytes()))
-        .with_context(|| format!("cannot create {} (it must not exist yet)", path.display()))
 }
 
 #[derive(Subcommand, Debug)]

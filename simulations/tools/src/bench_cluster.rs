@@ -26,7 +26,7 @@ use serde_json::Value;
 
 use crate::client::NodeClient;
 use crate::terminal_sim::{SimTerminal, enterprise_body, now_rfc3339};
-use crate::upload::ReadingResult;
+use custodian_node::upload::ReadingResult;
 
 /// The three-node JetStream cluster of `scripts/services nats-cluster up`.
 pub const NATS_CLUSTER_DEFAULT: &str =
@@ -199,7 +199,7 @@ impl Cluster {
             exe: exe.to_owned(),
             nats: nats.to_owned(),
             admin_token: format!("bench-admin-{:032x}", rand::random::<u128>()),
-            master_key: crate::server::fresh_master_key_hex(),
+            master_key: custodian_node::server::fresh_master_key_hex(),
             platform_key: root.join("platform_signing.key"),
             name,
             nodes: Vec::new(),

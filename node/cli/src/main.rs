@@ -3,10 +3,10 @@
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
-    let cli = custodian_node::cli::Cli::parse();
+    let cli = custodian_cli::cli::Cli::parse();
     // A node logs what it does; the other commands print their own progress and log only trouble.
     let default_level = match cli.command {
-        custodian_node::cli::Command::Serve(_) => "info",
+        custodian_cli::cli::Command::Serve(_) => "info",
         _ => "warn",
     };
     tracing_subscriber::fmt()
@@ -17,7 +17,7 @@ fn main() -> std::process::ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let runtime = tokio::runtime::Runtime::new().expect("starting the tokio runtime");
-    match runtime.block_on(custodian_node::cli::run(cli)) {
+    match runtime.block_on(custodian_cli::cli::run(cli)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");

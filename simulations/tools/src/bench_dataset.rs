@@ -21,9 +21,9 @@ use anyhow::Context as _;
 use serde_json::json;
 
 use crate::client::NodeClient;
-use crate::config::Config;
-use crate::server::Node;
 use crate::terminal_sim::{signature_header, terminal_key, upload_body};
+use custodian_node::config::Config;
+use custodian_node::server::Node;
 
 #[derive(Debug, Clone)]
 pub struct DatasetOptions {
@@ -242,13 +242,13 @@ pub async fn dataset(opts: DatasetOptions) -> anyhow::Result<String> {
                                 let mut dup = 0;
                                 for x in &r.results {
                                     match x {
-                                        crate::upload::ReadingResult::Duplicate { .. } => dup += 1,
-                                        crate::upload::ReadingResult::Rejected { code, message, .. } => {
+                                        custodian_node::upload::ReadingResult::Duplicate { .. } => dup += 1,
+                                        custodian_node::upload::ReadingResult::Rejected { code, message, .. } => {
                                             return Err(anyhow::anyhow!(
                                                 "the node rejected a dataset reading: {code}: {message}"
                                             ));
                                         }
-                                        crate::upload::ReadingResult::Accepted { .. } => {}
+                                        custodian_node::upload::ReadingResult::Accepted { .. } => {}
                                     }
                                 }
                                 duplicates.fetch_add(dup, Ordering::Relaxed);
@@ -278,8 +278,8 @@ pub async fn dataset(opts: DatasetOptions) -> anyhow::Result<String> {
     eprintln!();
     client.wait_read_models(None, true).await?;
     let metrics = client.metrics().await?;
-    let accepted =
-        crate::metrics::sample(&metrics, "custodian_readings_accepted_total").unwrap_or(0.0);
+    let accepted = custodian_node::metrics::sample(&metrics, "custodian_readings_accepted_total")
+        .unwrap_or(0.0);
     let log_bytes = du(&opts.data_dir.join("node").join("log"));
     let search_bytes = du(&opts.data_dir.join("node").join("search"));
     let pg_bytes = pg_size(&opts).await;

@@ -15,10 +15,10 @@ use custodian_log::{EventLog, Proposed, SledLog, SledLogConfig};
 use hdrhistogram::Histogram;
 
 use crate::client::NodeClient;
-use crate::config::Config;
-use crate::server::{Node, SystemClock};
 use crate::terminal_sim::{self, SimTerminal};
-use crate::upload::ReadingResult;
+use custodian_node::config::Config;
+use custodian_node::server::{Node, SystemClock};
+use custodian_node::upload::ReadingResult;
 
 #[derive(Debug, Clone)]
 pub struct IngestBenchOptions {
@@ -146,7 +146,7 @@ async fn http_phase(
     let mut config = Config {
         listen: "127.0.0.1:0".parse()?,
         data_dir: tmp.path().join("node"),
-        master_key: Some(crate::server::fresh_master_key_hex()),
+        master_key: Some(custodian_node::server::fresh_master_key_hex()),
         ..base.clone()
     };
     config.ingest.require_signature = signed;

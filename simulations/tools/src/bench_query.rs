@@ -19,8 +19,8 @@ use serde_json::json;
 use crate::bench::stamp;
 use crate::bench_dataset::{DatasetOptions, PROVINCES};
 use crate::client::NodeClient;
-use crate::config::Config;
-use crate::server::Node;
+use custodian_node::config::Config;
+use custodian_node::server::Node;
 
 #[derive(Debug, Clone)]
 pub struct QueryBenchOptions {

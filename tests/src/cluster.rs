@@ -2,37 +2,33 @@
 //! uploading through them, and the checks the cluster tests share (`tests/tests/cluster_*.rs`).
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use custodian_tools::client::NodeClient;
-use custodian_tools::terminal_sim::{SimTerminal, enterprise_body, now_rfc3339};
+use custodian_tools::cluster_harness::{ClusterSpec, ProcessCluster, SHARDS, sim_terminals};
+use custodian_tools::terminal_sim::{SimTerminal, now_rfc3339};
 use serde_json::Value;
 
-use crate::{ADMIN_TOKEN, NATS_CLUSTER, check_log, custodian_bin, free_port};
+use crate::{ADMIN_TOKEN, NATS_CLUSTER, check_log, custodian_bin};
 
-/// One node process of the test cluster.
-pub struct ClusterNode {
-    /// The NATS servers this node is told (the cluster's, or a proxy in front of them).
-    pub nats: String,
-    id: String,
-    dir: PathBuf,
-    port: u16,
-    child: Option<Child>,
+/// The test cluster: the tools' [`ProcessCluster`] (which it derefs to, for its fields and the calls
+/// that need no wrapping) with calls that panic, naming what failed, instead of returning errors. Nodes
+/// run the `custodian` binary built alongside the tests, on [`NATS_CLUSTER`], with [`ADMIN_TOKEN`].
+pub struct Cluster(ProcessCluster);
+
+impl std::ops::Deref for Cluster {
+    type Target = ProcessCluster;
+    fn deref(&self) -> &ProcessCluster {
+        &self.0
+    }
 }
 
-/// What the nodes of one test share.
-pub struct Cluster {
-    pub name: String,
-    master_key: String,
-    platform_key: PathBuf,
-    /// The nodes' data dirs and logs; kept when the test fails.
-    pub root: PathBuf,
-    env: Vec<(String, String)>,
-    pub nodes: Vec<ClusterNode>,
+impl std::ops::DerefMut for Cluster {
+    fn deref_mut(&mut self) -> &mut ProcessCluster {
+        &mut self.0
+    }
 }
 
 impl Cluster {
@@ -40,59 +36,25 @@ impl Cluster {
         Cluster::with_env(tag, n, Vec::new())
     }
 
-    /// The same, every node started with `env` too (it overrides the defaults below).
+    /// The same, every node started with `env` too (it overrides the harness's defaults).
     pub fn with_env(tag: &str, n: usize, env: Vec<(String, String)>) -> Cluster {
         Cluster::custom(tag, n, env, Vec::new())
     }
 
     /// The same, node `i` told the NATS servers `nats[i]` (the cluster's when absent).
     pub fn custom(tag: &str, n: usize, env: Vec<(String, String)>, nats: Vec<String>) -> Cluster {
-        let name = format!(
-            "t{}_{}_{}",
-            tag,
-            std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_millis()
-        );
-        let root = std::env::temp_dir().join(format!("custodian-cluster-{name}"));
-        std::fs::create_dir_all(&root).unwrap();
-        let platform_key = root.join("platform_signing.key");
-        let mut c = Cluster {
-            name,
-            master_key: custodian_node::server::fresh_master_key_hex(),
-            platform_key,
-            nodes: Vec::new(),
-            root,
+        let spec = ClusterSpec {
+            exe: custodian_bin(),
+            nats: NATS_CLUSTER.to_owned(),
+            nats_of: nats,
+            prefix: "t",
+            tag: tag.to_owned(),
+            nodes: n,
+            admin_token: ADMIN_TOKEN.to_owned(),
             env,
+            keep: false,
         };
-        for i in 0..n {
-            let id = format!("n{}", i + 1);
-            let dir = c.root.join(&id);
-            c.nodes.push(ClusterNode {
-                nats: nats
-                    .get(i)
-                    .cloned()
-                    .unwrap_or_else(|| NATS_CLUSTER.to_owned()),
-                id,
-                dir,
-                port: free_port(),
-                child: None,
-            });
-        }
-        for i in 0..n {
-            c.start(i);
-        }
-        c
-    }
-
-    pub fn url(&self, i: usize) -> String {
-        format!("http://127.0.0.1:{}", self.nodes[i].port)
-    }
-
-    pub fn client(&self, i: usize) -> NodeClient {
-        NodeClient::new(self.url(i), Some(ADMIN_TOKEN.into()))
+        Cluster(ProcessCluster::start_all(spec).expect("starting the cluster's nodes"))
     }
 
     pub fn start(&mut self, i: usize) {
@@ -102,43 +64,9 @@ impl Cluster {
     /// Starts node `i` with `set` added to its environment and `unset` taken out of it (a node whose
     /// secrets are not the cluster's, say).
     pub fn start_with(&mut self, i: usize, set: &[(&str, &str)], unset: &[&str]) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.root.join(format!("{}.log", self.nodes[i].id)))
-            .unwrap();
-        let n = &self.nodes[i];
-        let mut command = Command::new(custodian_bin());
-        command
-            .args([
-                "serve",
-                "--listen",
-                &format!("127.0.0.1:{}", n.port),
-                "--cluster",
-                &n.nats,
-                "--node-id",
-                &n.id,
-                "--data-dir",
-            ])
-            .arg(&n.dir)
-            .env("CUSTODIAN_ADMIN_TOKEN", ADMIN_TOKEN)
-            .env("CUSTODIAN_MASTER_KEY", &self.master_key)
-            .env("CUSTODIAN_PLATFORM_KEY_FILE", &self.platform_key)
-            .env("CUSTODIAN_CLUSTER__NAME", &self.name)
-            .env("CUSTODIAN_DERIVE__TICK_INTERVAL_S", "0")
-            .env("CUSTODIAN_PROJECTIONS__POSTGRES_ENABLED", "false")
-            .env("CUSTODIAN_PROJECTIONS__INFLUX_ENABLED", "false")
-            .env("CUSTODIAN_PROJECTIONS__SEARCH_ENABLED", "false")
-            .env("RUST_LOG", "warn")
-            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .envs(set.iter().copied())
-            .stdout(Stdio::null())
-            .stderr(log);
-        for k in unset {
-            command.env_remove(k);
-        }
-        let child = command.spawn().expect("spawning custodian serve --cluster");
-        self.nodes[i].child = Some(child);
+        self.0
+            .start_with(i, set, unset)
+            .expect("spawning custodian serve --cluster");
     }
 
     /// Waits up to `within` for node `i`'s process to end on its own; its exit status, if it did.
@@ -149,20 +77,12 @@ impl Cluster {
     ) -> Option<std::process::ExitStatus> {
         let started = Instant::now();
         while started.elapsed() < within {
-            let child = self.nodes[i].child.as_mut().expect("started");
-            if let Some(status) = child.try_wait().unwrap() {
-                self.nodes[i].child = None;
+            if let Some(status) = self.0.try_exit(i).unwrap() {
                 return Some(status);
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         None
-    }
-
-    /// What node `i` wrote to its log so far.
-    pub fn node_log(&self, i: usize) -> String {
-        std::fs::read_to_string(self.root.join(format!("{}.log", self.nodes[i].id)))
-            .unwrap_or_default()
     }
 
     /// Waits for node `i` to answer: it answers once it has joined (which takes long on a busy machine).
@@ -174,26 +94,16 @@ impl Cluster {
     }
 
     pub fn signal(&mut self, i: usize, sig: &str) {
-        let pid = self.nodes[i].child.as_ref().expect("running").id();
-        let ok = Command::new("kill")
-            .args([sig, &pid.to_string()])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "kill {sig} {pid}");
+        self.0.signal(i, sig).unwrap();
     }
 
     pub fn kill9(&mut self, i: usize) {
-        let mut child = self.nodes[i].child.take().expect("running");
-        child.kill().unwrap();
-        child.wait().unwrap();
+        self.0.kill9(i).unwrap();
     }
 
     /// SIGTERM and wait: the graceful stop.
     pub fn stop(&mut self, i: usize) {
-        self.signal(i, "-TERM");
-        let mut child = self.nodes[i].child.take().expect("running");
-        let status = child.wait().unwrap();
+        let status = self.0.stop(i).unwrap();
         assert!(
             status.success(),
             "{} stopped with {status}",
@@ -209,62 +119,39 @@ impl Cluster {
     pub async fn wait_owned(&self, within: Duration) -> Duration {
         let started = Instant::now();
         loop {
-            let mut owned = std::collections::BTreeSet::new();
-            let mut all_up = true;
-            for (i, n) in self.nodes.iter().enumerate() {
-                if n.child.is_none() {
-                    continue;
-                }
-                match self.healthz(i).await {
-                    Some(h) => {
-                        for s in h["cluster"]["owned_shards"]
-                            .as_array()
-                            .into_iter()
-                            .flatten()
-                        {
-                            owned.insert(s.as_u64().unwrap());
-                        }
-                    }
-                    None => all_up = false,
-                }
-            }
-            if all_up && owned.len() == 64 {
+            let (all_up, owned) = self.shards_owned().await;
+            if all_up && owned == SHARDS {
                 return started.elapsed();
             }
             assert!(
                 started.elapsed() < within,
-                "shards owned: {} of 64 after {within:?}; node logs in {}",
-                owned.len(),
+                "shards owned: {owned} of {SHARDS} after {within:?}; node logs in {}",
                 self.root.display()
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
-    /// Waits until node `i` owns some shards (rebalancing moves them to a node once the alive set has
-    /// been stable for a few seconds); how many.
+    /// Waits until node `i` owns some shards; how many.
     pub async fn wait_owns_some(&self, i: usize, within: Duration) -> usize {
-        let started = Instant::now();
-        loop {
-            if let Some(h) = self.healthz(i).await {
-                let n = h["cluster"]["owned_shards"].as_array().map_or(0, Vec::len);
-                if n > 0 {
-                    return n;
-                }
-            }
-            assert!(
-                started.elapsed() < within,
-                "{} owns no shard after {within:?}",
-                self.nodes[i].id
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        self.0.wait_owns_some(i, within).await.unwrap()
     }
 
-    pub fn running(&self) -> Vec<usize> {
-        (0..self.nodes.len())
-            .filter(|i| self.nodes[*i].child.is_some())
-            .collect()
+    /// Waits until every node answers and every shard is owned (within 30 s), then registers `n`
+    /// terminals (and their enterprise) through node 0; the terminals.
+    pub async fn ready_with_terminals(&self, n: usize) -> Vec<SimTerminal> {
+        for i in 0..self.nodes.len() {
+            self.wait_ready(i).await;
+        }
+        self.wait_owned(Duration::from_secs(30)).await;
+        let ts = terminals(n);
+        register(self, &ts).await;
+        ts
+    }
+
+    /// The URLs of nodes `0..n`, for a [`Load`] through them.
+    pub fn first_urls(&self, n: usize) -> Vec<String> {
+        (0..n).map(|i| self.url(i)).collect()
     }
 
     /// Every node's log as far as all of them have come, once each has come at least as far as the
@@ -301,62 +188,8 @@ impl Cluster {
     }
 }
 
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for n in &mut self.nodes {
-            if let Some(mut c) = n.child.take() {
-                let _ = Command::new("kill")
-                    .args(["-CONT", &c.id().to_string()])
-                    .status();
-                let _ = c.kill();
-                let _ = c.wait();
-            }
-        }
-        if std::thread::panicking() {
-            eprintln!(
-                "the nodes' data dirs and logs are kept in {}",
-                self.root.display()
-            );
-        } else {
-            let _ = std::fs::remove_dir_all(&self.root);
-            // The stream and the bucket go too (on a thread of its own: this may run inside a runtime).
-            let settings = custodian_cluster::node::ClusterSettings {
-                urls: NATS_CLUSTER.into(),
-                node_id: String::new(),
-                name: self.name.clone(),
-                replicas: 3,
-                secrets: Default::default(),
-            };
-            let _ = std::thread::spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .expect("a runtime");
-                rt.block_on(async {
-                    let config = settings.shards_config();
-                    if let Ok(client) = custodian_cluster::node::connect(&settings.urls).await
-                        && let Ok(shards) =
-                            custodian_cluster::ownership::Shards::open(client, &config).await
-                    {
-                        let _ = shards.delete(&config).await;
-                    }
-                });
-            })
-            .join();
-        }
-    }
-}
-
 pub async fn register(cluster: &Cluster, terminals: &[SimTerminal]) {
-    let c = cluster.client(0);
-    c.register("/v1/enterprises", &enterprise_body(0))
-        .await
-        .expect("registering E-0");
-    for t in terminals {
-        c.register("/v1/terminals", &t.registration(0))
-            .await
-            .expect("registering a terminal");
-    }
+    cluster.0.register(terminals).await.expect("registering");
 }
 
 /// What the load generator saw.
@@ -459,6 +292,43 @@ pub fn load(
         .collect()
 }
 
+/// A [`load`] running: its terminals, their stop switch and what they saw.
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    acks: Arc<Mutex<Acks>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    /// Starts `terminals` uploading through `urls` in turn (see [`load`]).
+    pub fn start(urls: Vec<String>, terminals: Vec<SimTerminal>) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let acks = Arc::new(Mutex::new(Acks::default()));
+        let tasks = load(urls, terminals, stop.clone(), acks.clone());
+        Load { stop, acks, tasks }
+    }
+
+    /// The longest any terminal has waited since `at` for its next acknowledgement ([`outage_after`]).
+    pub fn outage_after(&self, at: Instant) -> Duration {
+        outage_after(&self.acks.lock().unwrap(), at)
+    }
+
+    /// How many uploads were acknowledged after `at`.
+    pub fn acked_since(&self, at: Instant) -> usize {
+        let acks = self.acks.lock().unwrap();
+        acks.times.values().flatten().filter(|t| **t > at).count()
+    }
+
+    /// Stops the terminals, waits for each to finish its upload, and hands over what they saw.
+    pub async fn stop(self) -> Acks {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.tasks {
+            t.await.unwrap();
+        }
+        std::mem::take(&mut *self.acks.lock().unwrap())
+    }
+}
+
 /// Every acknowledged reading is in the log exactly once, at the `event_seq` its acknowledgement named.
 pub fn check_acked(log: &[Value], acks: &Acks) -> usize {
     let stored = check_log(log);
@@ -522,9 +392,7 @@ pub fn outage_after(acks: &Acks, at: Instant) -> Duration {
 }
 
 pub fn terminals(n: usize) -> Vec<SimTerminal> {
-    (0..n)
-        .map(|i| SimTerminal::new(format!("T-{i}"), 100 + i as u64))
-        .collect()
+    sim_terminals(n)
 }
 
 /// A TCP proxy to one NATS server that can stop forwarding (both ways) without closing anything: a

@@ -4,13 +4,9 @@
 //! server that the other cluster tests share.
 
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use custodian_tests::cluster::{
-    Acks, Cluster, check_acked, load, outage_after, register, terminals,
-};
+use custodian_tests::cluster::{Cluster, Load, check_acked};
 
 fn services(args: &[&str]) -> bool {
     Command::new(custodian_tests::workspace_root().join("scripts/services"))
@@ -60,16 +56,8 @@ impl Drop for Restart {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_nats_server_dies_and_comes_back_under_load_and_nothing_is_lost() {
     let cluster = Cluster::new("natsdown", 3);
-    for i in 0..3 {
-        cluster.wait_ready(i).await;
-    }
-    cluster.wait_owned(Duration::from_secs(30)).await;
-    let ts = terminals(9);
-    register(&cluster, &ts).await;
-    let stop = Arc::new(AtomicBool::new(false));
-    let acks = Arc::new(Mutex::new(Acks::default()));
-    let urls: Vec<String> = (0..3).map(|i| cluster.url(i)).collect();
-    let load = load(urls, ts, stop.clone(), acks.clone());
+    let ts = cluster.ready_with_terminals(9).await;
+    let load = Load::start(cluster.first_urls(3), ts);
     tokio::time::sleep(Duration::from_secs(3)).await;
 
     // The worst case: the server leading the log stream dies (servers are n1..n3).
@@ -85,15 +73,8 @@ async fn a_nats_server_dies_and_comes_back_under_load_and_nothing_is_lost() {
     );
     let restart = Restart(n);
     tokio::time::sleep(Duration::from_secs(12)).await;
-    let stall = outage_after(&acks.lock().unwrap(), at);
-    let acked_while_down = acks
-        .lock()
-        .unwrap()
-        .times
-        .values()
-        .flatten()
-        .filter(|t| **t > at)
-        .count();
+    let stall = load.outage_after(at);
+    let acked_while_down = load.acked_since(at);
     eprintln!(
         "NATS server {leader} (the log stream's leader) killed: the longest any terminal waited for an ack: {stall:?}; {acked_while_down} uploads acknowledged in the 12 s after"
     );
@@ -102,13 +83,9 @@ async fn a_nats_server_dies_and_comes_back_under_load_and_nothing_is_lost() {
     tokio::time::sleep(Duration::from_secs(5)).await;
     eprintln!(
         "{leader} started again; the longest wait after: {:?}",
-        outage_after(&acks.lock().unwrap(), back)
+        load.outage_after(back)
     );
-    stop.store(true, Ordering::Relaxed);
-    for l in load {
-        l.await.unwrap();
-    }
-    let acks = std::mem::take(&mut *acks.lock().unwrap());
+    let acks = load.stop().await;
     cluster.wait_owned(Duration::from_secs(30)).await;
     let log = cluster.logs_agree().await;
     let n = check_acked(&log, &acks);

@@ -10,12 +10,10 @@
 //! - SIGSTOP of a node: its shards move, and when it is resumed its late appends are fenced;
 //! - a graceful stop hands the node's shards off, and a rolling restart loses and doubles nothing.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use custodian_tests::cluster::{
-    Acks, Cluster, check_acked, check_resends, load, outage_after, register, terminals,
+    Acks, Cluster, Load, check_acked, check_resends, register, terminals,
 };
 use custodian_tools::terminal_sim::now_rfc3339;
 
@@ -61,16 +59,8 @@ async fn kill9_every_few_seconds_loses_and_doubles_nothing() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(4);
     let mut cluster = Cluster::new("kill", 3);
-    for i in 0..3 {
-        cluster.wait_ready(i).await;
-    }
-    cluster.wait_owned(Duration::from_secs(30)).await;
-    let ts = terminals(12);
-    register(&cluster, &ts).await;
-    let stop = Arc::new(AtomicBool::new(false));
-    let acks = Arc::new(Mutex::new(Acks::default()));
-    let urls: Vec<String> = (0..3).map(|i| cluster.url(i)).collect();
-    let load = load(urls, ts, stop.clone(), acks.clone());
+    let ts = cluster.ready_with_terminals(12).await;
+    let load = Load::start(cluster.first_urls(3), ts);
     tokio::time::sleep(Duration::from_secs(2)).await;
     let mut kills = Vec::new();
     for round in 0..rounds {
@@ -79,7 +69,7 @@ async fn kill9_every_few_seconds_loses_and_doubles_nothing() {
         cluster.kill9(victim);
         let owned = cluster.wait_owned(Duration::from_secs(20)).await;
         tokio::time::sleep(Duration::from_secs(3)).await;
-        let outage = outage_after(&acks.lock().unwrap(), at);
+        let outage = load.outage_after(at);
         eprintln!(
             "kill {round}: n{} killed; survivors own its shards after {owned:?}; the longest any terminal waited for an ack: {outage:?}",
             victim + 1
@@ -89,11 +79,7 @@ async fn kill9_every_few_seconds_loses_and_doubles_nothing() {
         cluster.wait_ready(victim).await;
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
-    stop.store(true, Ordering::Relaxed);
-    for l in load {
-        l.await.unwrap();
-    }
-    let acks = std::mem::take(&mut *acks.lock().unwrap());
+    let acks = load.stop().await;
     let log = cluster.logs_agree().await;
     let n = check_acked(&log, &acks);
     let resent = check_resends(&cluster, &acks).await;
@@ -113,17 +99,9 @@ async fn kill9_every_few_seconds_loses_and_doubles_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_node_is_fenced_and_a_rolling_restart_loses_nothing() {
     let mut cluster = Cluster::new("pause", 3);
-    for i in 0..3 {
-        cluster.wait_ready(i).await;
-    }
-    cluster.wait_owned(Duration::from_secs(30)).await;
-    let ts = terminals(9);
-    register(&cluster, &ts).await;
-    let stop = Arc::new(AtomicBool::new(false));
-    let acks = Arc::new(Mutex::new(Acks::default()));
+    let ts = cluster.ready_with_terminals(9).await;
     // The load goes through n1 and n2 only: n3 is paused and resumed under it.
-    let urls: Vec<String> = (0..2).map(|i| cluster.url(i)).collect();
-    let load = load(urls, ts, stop.clone(), acks.clone());
+    let load = Load::start(cluster.first_urls(2), ts);
     cluster.wait_owns_some(2, Duration::from_secs(30)).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let before = cluster.healthz(2).await.unwrap();
@@ -151,7 +129,7 @@ async fn a_paused_node_is_fenced_and_a_rolling_restart_loses_nothing() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     eprintln!(
         "n3 paused: its {n3_shards} shards owned by n1 and n2 after {moved:?}; outage {:?}",
-        outage_after(&acks.lock().unwrap(), paused)
+        load.outage_after(paused)
     );
     cluster.signal(2, "-CONT");
     // Resumed, n3 finds itself fenced (or its appends fail) and lets go of every shard it held.
@@ -173,17 +151,13 @@ async fn a_paused_node_is_fenced_and_a_rolling_restart_loses_nothing() {
             "n{} stopped gracefully: shards owned by the others {:?} after SIGTERM; outage {:?}",
             i + 1,
             at.elapsed().min(handed + at.elapsed()),
-            outage_after(&acks.lock().unwrap(), at)
+            load.outage_after(at)
         );
         cluster.start(i);
         cluster.wait_ready(i).await;
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
-    stop.store(true, Ordering::Relaxed);
-    for l in load {
-        l.await.unwrap();
-    }
-    let acks = std::mem::take(&mut *acks.lock().unwrap());
+    let acks = load.stop().await;
     let log = cluster.logs_agree().await;
     let n = check_acked(&log, &acks);
     eprintln!("{n} acknowledged readings, all stored exactly once");

@@ -3,13 +3,9 @@
 //! others take its shards, the bytes it had sent arrive after the heal and its stale appends are fenced;
 //! it rejoins and takes shards again. Nothing acknowledged is lost or stored twice.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use custodian_tests::cluster::{
-    Acks, Cluster, Proxy, check_acked, load, outage_after, register, terminals,
-};
+use custodian_tests::cluster::{Cluster, Load, Proxy, check_acked};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_cut_off_from_nats_is_fenced_and_rejoins_when_healed() {
@@ -24,16 +20,8 @@ async fn a_node_cut_off_from_nats_is_fenced_and_rejoins_when_healed() {
             link.url.clone(),
         ],
     );
-    for i in 0..3 {
-        cluster.wait_ready(i).await;
-    }
-    cluster.wait_owned(Duration::from_secs(30)).await;
-    let ts = terminals(9);
-    register(&cluster, &ts).await;
-    let stop = Arc::new(AtomicBool::new(false));
-    let acks = Arc::new(Mutex::new(Acks::default()));
-    let urls: Vec<String> = (0..3).map(|i| cluster.url(i)).collect();
-    let load = load(urls, ts, stop.clone(), acks.clone());
+    let ts = cluster.ready_with_terminals(9).await;
+    let load = Load::start(cluster.first_urls(3), ts);
     // Let shards settle onto n3 too (rebalancing after the alive set is stable).
     cluster.wait_owns_some(2, Duration::from_secs(30)).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -52,7 +40,7 @@ async fn a_node_cut_off_from_nats_is_fenced_and_rejoins_when_healed() {
         h["cluster"]["owned_shards"].as_array().unwrap().is_empty(),
         "{h}"
     );
-    let outage = outage_after(&acks.lock().unwrap(), at);
+    let outage = load.outage_after(at);
     eprintln!(
         "n3 cut off with {owned_before} shards: fenced, shards taken over; the longest any terminal waited: {outage:?}"
     );
@@ -74,11 +62,7 @@ async fn a_node_cut_off_from_nats_is_fenced_and_rejoins_when_healed() {
     };
     eprintln!("healed: n3 owns shards again after {back:?}");
     tokio::time::sleep(Duration::from_secs(2)).await;
-    stop.store(true, Ordering::Relaxed);
-    for l in load {
-        l.await.unwrap();
-    }
-    let acks = std::mem::take(&mut *acks.lock().unwrap());
+    let acks = load.stop().await;
     cluster.wait_owned(Duration::from_secs(30)).await;
     let log = cluster.logs_agree().await;
     let n = check_acked(&log, &acks);

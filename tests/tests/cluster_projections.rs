@@ -4,12 +4,10 @@
 //! by one node is good on every node, every node answers its queries, and a revocation made on one node
 //! holds on the others.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use custodian_tests::ReadModels;
-use custodian_tests::cluster::{Acks, Cluster, check_acked, load, register, terminals};
+use custodian_tests::cluster::{Cluster, Load, check_acked};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_postgres_model_runs_under_a_lease_and_counts_every_reading_once() {
@@ -29,16 +27,8 @@ async fn the_postgres_model_runs_under_a_lease_and_counts_every_reading_once() {
         ),
     ];
     let mut cluster = Cluster::with_env("proj", 3, env);
-    for i in 0..3 {
-        cluster.wait_ready(i).await;
-    }
-    cluster.wait_owned(Duration::from_secs(30)).await;
-    let ts = terminals(9);
-    register(&cluster, &ts).await;
-    let stop = Arc::new(AtomicBool::new(false));
-    let acks = Arc::new(Mutex::new(Acks::default()));
-    let urls: Vec<String> = (0..3).map(|i| cluster.url(i)).collect();
-    let load = load(urls, ts, stop.clone(), acks.clone());
+    let ts = cluster.ready_with_terminals(9).await;
+    let load = Load::start(cluster.first_urls(3), ts);
     tokio::time::sleep(Duration::from_secs(4)).await;
 
     // Exactly one node runs the model; the others stand by.
@@ -72,11 +62,7 @@ async fn the_postgres_model_runs_under_a_lease_and_counts_every_reading_once() {
     };
     eprintln!("the postgres lease moved {taken:?} after its holder was killed");
     tokio::time::sleep(Duration::from_secs(3)).await;
-    stop.store(true, Ordering::Relaxed);
-    for l in load {
-        l.await.unwrap();
-    }
-    let acks = std::mem::take(&mut *acks.lock().unwrap());
+    let acks = load.stop().await;
     let log = cluster.logs_agree().await;
     check_acked(&log, &acks);
     let last = log.len() as u64;

@@ -15,7 +15,7 @@
 use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -25,15 +25,13 @@ use hdrhistogram::Histogram;
 use serde_json::Value;
 
 use crate::client::NodeClient;
-use crate::terminal_sim::{SimTerminal, enterprise_body, now_rfc3339};
+use crate::cluster_harness::{ClusterSpec, ProcessCluster, SHARDS, nats_names, sim_terminals};
+use crate::terminal_sim::{SimTerminal, now_rfc3339};
 use custodian_node::upload::ReadingResult;
 
 /// The three-node JetStream cluster of `scripts/services nats-cluster up`.
 pub const NATS_CLUSTER_DEFAULT: &str =
     "nats://127.0.0.1:4301,nats://127.0.0.1:4302,nats://127.0.0.1:4303";
-
-/// Shards in a cluster (`custodian_cluster::placement::SHARDS`).
-const SHARDS: usize = custodian_cluster::placement::SHARDS as usize;
 
 /// Readings per upload in the throughput phases.
 const THROUGHPUT_BATCH: usize = 10;
@@ -150,387 +148,26 @@ pub async fn run(
 
 // ------------------------------------------------------------------------------------------- cluster --
 
-/// One node process.
-struct BenchNode {
-    id: String,
-    dir: PathBuf,
-    port: u16,
-    child: Option<Child>,
+/// Starts `n` nodes of a new cluster named `bench_{tag}_{pid}_{millis}` (kept for its logs until the phase
+/// went well: [`ProcessCluster::finish`]).
+fn start_cluster(exe: &Path, nats: &str, tag: &str, n: usize) -> anyhow::Result<ProcessCluster> {
+    ProcessCluster::start_all(ClusterSpec {
+        exe: exe.to_owned(),
+        nats: nats.to_owned(),
+        nats_of: Vec::new(),
+        prefix: "bench_",
+        tag: tag.to_owned(),
+        nodes: n,
+        admin_token: format!("bench-admin-{:032x}", rand::random::<u128>()),
+        env: Vec::new(),
+        keep: true,
+    })
 }
 
-/// The node processes of one phase and what they share. Dropping it kills them all and removes the temp
-/// dir (unless the phase failed: then it is kept for its logs).
-struct Cluster {
-    exe: PathBuf,
-    nats: String,
-    name: String,
-    admin_token: String,
-    master_key: String,
-    platform_key: PathBuf,
-    root: PathBuf,
-    nodes: Vec<BenchNode>,
-    /// Keep `root` when dropped: true until [`Cluster::finish`].
-    keep: bool,
-}
-
-/// A port that was free a moment ago.
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .context("binding an ephemeral port")?
-        .port())
-}
-
-impl Cluster {
-    /// Starts `n` nodes of a new cluster named `bench_{tag}_{pid}_{millis}`.
-    fn new(exe: &Path, nats: &str, tag: &str, n: usize) -> anyhow::Result<Cluster> {
-        let name = format!(
-            "bench_{tag}_{}_{}",
-            std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_millis())
-                .unwrap_or(0)
-        );
-        let root = std::env::temp_dir().join(format!("custodian-bench-cluster-{name}"));
-        std::fs::create_dir_all(&root)
-            .with_context(|| format!("cannot make {}", root.display()))?;
-        let mut c = Cluster {
-            exe: exe.to_owned(),
-            nats: nats.to_owned(),
-            admin_token: format!("bench-admin-{:032x}", rand::random::<u128>()),
-            master_key: custodian_node::server::fresh_master_key_hex(),
-            platform_key: root.join("platform_signing.key"),
-            name,
-            nodes: Vec::new(),
-            root,
-            keep: true,
-        };
-        for i in 0..n {
-            let id = format!("n{}", i + 1);
-            c.nodes.push(BenchNode {
-                dir: c.root.join(&id),
-                id,
-                port: free_port()?,
-                child: None,
-            });
-        }
-        for i in 0..n {
-            c.start(i)?;
-        }
-        Ok(c)
-    }
-
-    fn url(&self, i: usize) -> String {
-        format!("http://127.0.0.1:{}", self.nodes[i].port)
-    }
-
-    fn urls(&self) -> Vec<String> {
-        (0..self.nodes.len()).map(|i| self.url(i)).collect()
-    }
-
-    fn client(&self, i: usize) -> NodeClient {
-        NodeClient::new(self.url(i), Some(self.admin_token.clone()))
-    }
-
-    fn log_file(&self, i: usize) -> PathBuf {
-        self.root.join(format!("{}.log", self.nodes[i].id))
-    }
-
-    fn start(&mut self, i: usize) -> anyhow::Result<()> {
-        let log_file = self.log_file(i);
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_file)
-            .with_context(|| format!("cannot open {}", log_file.display()))?;
-        let n = &self.nodes[i];
-        let mut cmd = Command::new(&self.exe);
-        // Settings the bench's own environment may carry are not the nodes' business.
-        for (key, _) in std::env::vars_os() {
-            if key.to_string_lossy().starts_with("CUSTODIAN_") {
-                cmd.env_remove(key);
-            }
-        }
-        let child = cmd
-            .args([
-                "serve",
-                "--listen",
-                &format!("127.0.0.1:{}", n.port),
-                "--cluster",
-                &self.nats,
-                "--node-id",
-                &n.id,
-                "--data-dir",
-            ])
-            .arg(&n.dir)
-            .env("CUSTODIAN_ADMIN_TOKEN", &self.admin_token)
-            .env("CUSTODIAN_MASTER_KEY", &self.master_key)
-            .env("CUSTODIAN_PLATFORM_KEY_FILE", &self.platform_key)
-            .env("CUSTODIAN_CLUSTER__NAME", &self.name)
-            .env("CUSTODIAN_DERIVE__TICK_INTERVAL_S", "0")
-            .env("CUSTODIAN_PROJECTIONS__POSTGRES_ENABLED", "false")
-            .env("CUSTODIAN_PROJECTIONS__INFLUX_ENABLED", "false")
-            .env("CUSTODIAN_PROJECTIONS__SEARCH_ENABLED", "false")
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("cannot start {} serve", self.exe.display()))?;
-        self.nodes[i].child = Some(child);
-        Ok(())
-    }
-
-    /// The last lines of node `i`'s log, for an error message.
-    fn log_tail(&self, i: usize) -> String {
-        let text = std::fs::read_to_string(self.log_file(i)).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(8)..].join("\n")
-    }
-
-    /// Fails if a node that should run has exited.
-    fn check_running(&mut self) -> anyhow::Result<()> {
-        for i in 0..self.nodes.len() {
-            let exited = match self.nodes[i].child.as_mut() {
-                Some(c) => c.try_wait()?,
-                None => None,
-            };
-            if let Some(status) = exited {
-                self.nodes[i].child = None;
-                anyhow::bail!(
-                    "node {} exited by itself ({status}); the end of {}:\n{}",
-                    self.nodes[i].id,
-                    self.log_file(i).display(),
-                    self.log_tail(i)
-                );
-            }
-        }
-        Ok(())
-    }
-
-    /// Waits for node `i` to answer `/healthz` (it answers once it has joined).
-    async fn wait_ready(&mut self, i: usize, within: Duration) -> anyhow::Result<Duration> {
-        let started = Instant::now();
-        let client = self.client(i);
-        loop {
-            if client.healthz().await.is_ok() {
-                return Ok(started.elapsed());
-            }
-            self.check_running()?;
-            anyhow::ensure!(
-                started.elapsed() < within,
-                "node {} did not answer /healthz within {within:?}; the end of {}:\n{}",
-                self.nodes[i].id,
-                self.log_file(i).display(),
-                self.log_tail(i)
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// SIGKILL and reap.
-    fn kill9(&mut self, i: usize) -> anyhow::Result<()> {
-        let mut child = self.nodes[i]
-            .child
-            .take()
-            .with_context(|| format!("node {} is not running", self.nodes[i].id))?;
-        child.kill()?;
-        child.wait()?;
-        Ok(())
-    }
-
-    /// Waits until every running node answers and every shard has an owner among them (polling `/healthz`
-    /// every 50 ms); returns when that was first seen.
-    async fn wait_owned(&mut self, within: Duration) -> anyhow::Result<Instant> {
-        let started = Instant::now();
-        loop {
-            let mut owned = HashSet::new();
-            let mut all_up = true;
-            for i in 0..self.nodes.len() {
-                if self.nodes[i].child.is_none() {
-                    continue;
-                }
-                match self.client(i).healthz().await {
-                    Ok(h) => {
-                        for s in h["cluster"]["owned_shards"]
-                            .as_array()
-                            .into_iter()
-                            .flatten()
-                        {
-                            owned.insert(s.as_u64().unwrap_or(u64::MAX));
-                        }
-                    }
-                    Err(_) => all_up = false,
-                }
-            }
-            if all_up && owned.len() == SHARDS {
-                return Ok(Instant::now());
-            }
-            self.check_running()?;
-            anyhow::ensure!(
-                started.elapsed() < within,
-                "shards owned: {} of {SHARDS} after {within:?} (every node up: {all_up}); node logs in {}",
-                owned.len(),
-                self.root.display()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// Each running node's owned shards (empty for one that does not answer).
-    async fn owned_by_node(&self) -> Vec<Vec<u64>> {
-        let mut all = Vec::new();
-        for i in self.running() {
-            let h = self.client(i).healthz().await.ok();
-            let mut owned: Vec<u64> = h
-                .as_ref()
-                .and_then(|h| h["cluster"]["owned_shards"].as_array())
-                .into_iter()
-                .flatten()
-                .filter_map(Value::as_u64)
-                .collect();
-            owned.sort_unstable();
-            all.push(owned);
-        }
-        all
-    }
-
-    /// Waits until the coordinators have finished rebalancing: all shards owned, every running node owns
-    /// some, and who owns what has not changed for 4 s (rebalancing starts 3 s after the alive set
-    /// settles and moves a few shards every pass). Returns how many shards each node owns.
-    async fn wait_balanced(&mut self, within: Duration) -> anyhow::Result<Vec<usize>> {
-        let started = Instant::now();
-        let mut last = Vec::new();
-        let mut same_since = Instant::now();
-        loop {
-            let now = self.owned_by_node().await;
-            let total: HashSet<u64> = now.iter().flatten().copied().collect();
-            if now != last {
-                last = now;
-                same_since = Instant::now();
-            } else if total.len() == SHARDS
-                && last.iter().all(|o| !o.is_empty())
-                && same_since.elapsed() >= Duration::from_secs(4)
-            {
-                return Ok(last.iter().map(Vec::len).collect());
-            }
-            self.check_running()?;
-            anyhow::ensure!(
-                started.elapsed() < within,
-                "the shards did not settle within {within:?}: owned {:?}",
-                last.iter().map(Vec::len).collect::<Vec<_>>()
-            );
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
-    }
-
-    fn running(&self) -> Vec<usize> {
-        (0..self.nodes.len())
-            .filter(|i| self.nodes[*i].child.is_some())
-            .collect()
-    }
-
-    /// Waits until every running node's copy of the log has the same last sequence, twice in a row 200 ms
-    /// apart; returns it.
-    async fn wait_copies_agree(&mut self, within: Duration) -> anyhow::Result<u64> {
-        let started = Instant::now();
-        let mut before: Option<u64> = None;
-        loop {
-            let mut seqs = Vec::new();
-            for i in self.running() {
-                let h = self.client(i).healthz().await.ok();
-                seqs.push(h.and_then(|h| h["last_seq"].as_u64()));
-            }
-            let first = seqs.first().copied().flatten();
-            let agree = first.is_some() && seqs.iter().all(|s| *s == first);
-            if agree && before == first {
-                return Ok(first.unwrap_or(0));
-            }
-            before = if agree { first } else { None };
-            self.check_running()?;
-            anyhow::ensure!(
-                started.elapsed() < within,
-                "the nodes' copies of the log did not agree within {within:?}: last_seq {seqs:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-
-    /// The sum over running nodes of a counter in `/healthz` `cluster`.
-    async fn cluster_counter(&self, field: &str) -> u64 {
-        let mut n = 0;
-        for i in self.running() {
-            if let Ok(h) = self.client(i).healthz().await {
-                n += h["cluster"][field].as_u64().unwrap_or(0);
-            }
-        }
-        n
-    }
-
-    /// Registers enterprise E-0 and the terminals (through node 0), and waits until every node knows them.
-    async fn register(&mut self, terminals: &[SimTerminal]) -> anyhow::Result<()> {
-        let c = self.client(0);
-        c.register("/v1/enterprises", &enterprise_body(0))
-            .await
-            .context("registering E-0")?;
-        for t in terminals {
-            c.register("/v1/terminals", &t.registration(0))
-                .await
-                .with_context(|| format!("registering {}", t.id))?;
-        }
-        self.wait_copies_agree(Duration::from_secs(60)).await?;
-        Ok(())
-    }
-
-    /// Stops the nodes, removes the temp dir and the cluster's stream and bucket on NATS.
-    async fn finish(mut self) {
-        self.keep = false;
-        let (nats, name) = (self.nats.clone(), self.name.clone());
-        drop(self);
-        if let Err(e) = delete_nats_names(&nats, &name).await {
-            eprintln!("could not delete cluster {name}'s stream and bucket on NATS: {e}");
-        }
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for n in &mut self.nodes {
-            if let Some(mut c) = n.child.take() {
-                let _ = c.kill();
-                let _ = c.wait();
-            }
-        }
-        if self.keep {
-            eprintln!(
-                "cluster {}: the nodes' data dirs and logs are kept in {}",
-                self.name,
-                self.root.display()
-            );
-        } else {
-            let _ = std::fs::remove_dir_all(&self.root);
-        }
-    }
-}
-
-/// Deletes cluster `name`'s log stream and owner bucket (every node of it stopped).
-async fn delete_nats_names(nats: &str, name: &str) -> Result<(), String> {
-    let settings = custodian_cluster::node::ClusterSettings {
-        urls: nats.to_owned(),
-        node_id: "bench".into(),
-        name: name.to_owned(),
-        replicas: 3,
-        secrets: Default::default(),
-    };
-    let names = settings.shards_config();
-    let js = async_nats::jetstream::new(custodian_cluster::node::connect(nats).await?);
-    js.delete_key_value(&names.bucket)
-        .await
-        .map_err(|e| format!("bucket {}: {e}", names.bucket))?;
-    js.delete_stream(&names.stream)
-        .await
-        .map_err(|e| format!("stream {}: {e}", names.stream))?;
+/// Registers enterprise E-0 and the terminals (through node 0), and waits until every node knows them.
+async fn register(cluster: &mut ProcessCluster, terminals: &[SimTerminal]) -> anyhow::Result<()> {
+    cluster.register(terminals).await?;
+    cluster.wait_copies_agree(Duration::from_secs(60)).await?;
     Ok(())
 }
 
@@ -538,29 +175,15 @@ async fn delete_nats_names(nats: &str, name: &str) -> Result<(), String> {
 /// n1" (best effort).
 /// The number (`1`..`3`) of the NATS server leading this cluster's log stream.
 async fn log_leader(nats: &str, name: &str) -> Option<String> {
-    let settings = custodian_cluster::node::ClusterSettings {
-        urls: nats.to_owned(),
-        node_id: "bench".into(),
-        name: name.to_owned(),
-        replicas: 3,
-        secrets: Default::default(),
-    };
     let client = custodian_cluster::node::connect(nats).await.ok()?;
     let js = async_nats::jetstream::new(client);
-    let mut stream = js.get_stream(&settings.shards_config().stream).await.ok()?;
+    let mut stream = js.get_stream(&nats_names(nats, name).stream).await.ok()?;
     let leader = stream.info().await.ok()?.cluster.as_ref()?.leader.clone()?;
     leader.strip_prefix('n').map(str::to_owned)
 }
 
 async fn stream_leaders(nats: &str, name: &str) -> String {
-    let settings = custodian_cluster::node::ClusterSettings {
-        urls: nats.to_owned(),
-        node_id: "bench".into(),
-        name: name.to_owned(),
-        replicas: 3,
-        secrets: Default::default(),
-    };
-    let names = settings.shards_config();
+    let names = nats_names(nats, name);
     let Ok(client) = custodian_cluster::node::connect(nats).await else {
         return "unknown (NATS unreachable)".into();
     };
@@ -593,12 +216,6 @@ fn split(shards: &[usize]) -> String {
         .map(usize::to_string)
         .collect::<Vec<_>>()
         .join("/")
-}
-
-fn sim_terminals(n: usize) -> Vec<SimTerminal> {
-    (0..n)
-        .map(|i| SimTerminal::new(format!("T-{i}"), 100 + i as u64))
-        .collect()
 }
 
 // ---------------------------------------------------------------------------------------------- load --
@@ -853,7 +470,7 @@ impl Safety {
 /// Reads the whole log from one node, once every running node's copy has the same length, and checks it
 /// as the integration tests' `check_log` does: sequences gapless from 1, every fingerprint recomputes from
 /// the canonical payload, no (terminal, seq) reading stored twice; and every acknowledged reading present.
-async fn check_safety(cluster: &mut Cluster, acks: &Acks) -> anyhow::Result<Safety> {
+async fn check_safety(cluster: &mut ProcessCluster, acks: &Acks) -> anyhow::Result<Safety> {
     let last = cluster.wait_copies_agree(Duration::from_secs(120)).await?;
     let node = *cluster.running().first().context("no node runs")?;
     let client = cluster.client(node);
@@ -969,14 +586,14 @@ async fn throughput(
     nodes: usize,
     progress: &mut dyn FnMut(String),
 ) -> anyhow::Result<Throughput> {
-    let mut cluster = Cluster::new(exe, &opts.cluster, &format!("tp{nodes}"), nodes)?;
+    let mut cluster = start_cluster(exe, &opts.cluster, &format!("tp{nodes}"), nodes)?;
     for i in 0..nodes {
         cluster.wait_ready(i, Duration::from_secs(90)).await?;
     }
     cluster.wait_owned(Duration::from_secs(60)).await?;
     let shards = cluster.wait_balanced(Duration::from_secs(90)).await?;
     let terminals = sim_terminals(opts.terminals);
-    cluster.register(&terminals).await?;
+    register(&mut cluster, &terminals).await?;
     progress(format!(
         "  {nodes} node(s) up, shards owned {}, {} terminals registered (cluster {})",
         split(&shards),
@@ -1020,7 +637,7 @@ async fn throughput(
     progress("  load stopped; reading the whole log back".into());
     let safety = check_safety(&mut cluster, &acks).await?;
     if safety.ok() {
-        cluster.finish().await;
+        cluster.finish();
     }
     Ok(Throughput {
         nodes,
@@ -1092,7 +709,7 @@ async fn failover(
     exe: &Path,
     progress: &mut dyn FnMut(String),
 ) -> anyhow::Result<Failover> {
-    let mut cluster = Cluster::new(exe, &opts.cluster, "fo", 3)?;
+    let mut cluster = start_cluster(exe, &opts.cluster, "fo", 3)?;
     for i in 0..3 {
         cluster.wait_ready(i, Duration::from_secs(90)).await?;
     }
@@ -1100,7 +717,7 @@ async fn failover(
     let shards = cluster.wait_balanced(Duration::from_secs(90)).await?;
     let terminals = sim_terminals(FAILOVER_TERMINALS);
     let ids: Vec<String> = terminals.iter().map(|t| t.id.clone()).collect();
-    cluster.register(&terminals).await?;
+    register(&mut cluster, &terminals).await?;
     progress(format!(
         "  three nodes up, shards owned {}, {FAILOVER_TERMINALS} terminals registered (cluster {})",
         split(&shards),
@@ -1133,12 +750,14 @@ async fn failover(
             .unwrap_or(0);
         let at = Instant::now();
         cluster.kill9(victim)?;
-        let owned_after = cluster.wait_owned(Duration::from_secs(30)).await? - at;
+        cluster.wait_owned(Duration::from_secs(30)).await?;
+        let owned_after = at.elapsed();
         let outage = measure_outage(&acks, &ids, at, OUTAGE_READ_AFTER).await?;
         let restarted = Instant::now();
-        cluster.start(victim)?;
+        cluster.start_with(victim, &[], &[])?;
         let restart_ready = cluster.wait_ready(victim, Duration::from_secs(90)).await?;
-        let restart_owned = cluster.wait_owned(Duration::from_secs(60)).await? - restarted;
+        cluster.wait_owned(Duration::from_secs(60)).await?;
+        let restart_owned = restarted.elapsed();
         progress(format!(
             "  kill {}/{}: {} killed (it owned {victim_shards} shards); survivors own all shards after {:.3} s; longest wait for an ack {:.3} s; restarted, answering after {:.1} s",
             round + 1,
@@ -1166,7 +785,7 @@ async fn failover(
     progress("  load stopped; reading the whole log back".into());
     let safety = check_safety(&mut cluster, &acks).await?;
     if safety.ok() {
-        cluster.finish().await;
+        cluster.finish();
     }
     Ok(Failover {
         rounds,
@@ -1234,7 +853,7 @@ impl Drop for NatsRestartGuard {
 
 async fn nats_kill(
     opts: &ClusterBenchOptions,
-    cluster: &mut Cluster,
+    cluster: &mut ProcessCluster,
     acks: &Mutex<Acks>,
     ids: &[String],
     progress: &mut dyn FnMut(String),

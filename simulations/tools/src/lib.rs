@@ -16,6 +16,7 @@ pub mod bench_edge;
 pub mod bench_projections;
 pub mod bench_query;
 pub mod client;
+pub mod cluster_harness;
 pub mod demo;
 pub mod terminal_client;
 pub mod terminal_sim;

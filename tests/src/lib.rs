@@ -187,47 +187,14 @@ pub async fn wait_ready(client: &NodeClient) {
         .expect("node ready");
 }
 
-/// RFC 8785 canonical JSON computed independently of the node's own writer, for the subset events use
-/// (objects, strings, integers): serde_json's map is sorted by key (no `preserve_order` here) and writes no
-/// whitespace, and its string escaping matches ECMAScript's for every character.
+/// RFC 8785 canonical JSON computed independently of the node's own writer
+/// ([`custodian_tools::check::canonical_json`]); panics on a number that is not an integer (events carry
+/// integers only).
 pub fn jcs_independent(v: &Value) -> String {
-    match v {
-        Value::Object(m) => {
-            let mut keys: Vec<&String> = m.keys().collect();
-            keys.sort();
-            let fields: Vec<String> = keys
-                .iter()
-                .map(|k| {
-                    format!(
-                        "{}:{}",
-                        Value::String((*k).clone()),
-                        jcs_independent(&m[*k])
-                    )
-                })
-                .collect();
-            format!("{{{}}}", fields.join(","))
-        }
-        Value::Number(n) => {
-            assert!(n.is_i64() || n.is_u64(), "events carry integers only: {n}");
-            n.to_string()
-        }
-        Value::Array(items) => format!(
-            "[{}]",
-            items
-                .iter()
-                .map(jcs_independent)
-                .collect::<Vec<_>>()
-                .join(",")
-        ),
-        other => other.to_string(),
-    }
+    custodian_tools::check::canonical_json(v).unwrap_or_else(|e| panic!("{e}"))
 }
 
-/// Lowercase hex SHA-256.
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    use sha2::Digest;
-    hex::encode(sha2::Sha256::digest(bytes))
-}
+pub use custodian_tools::check::sha256_hex;
 
 /// The workspace root.
 pub fn workspace_root() -> PathBuf {

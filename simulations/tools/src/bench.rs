@@ -143,19 +143,11 @@ async fn http_phase(
     detect: bool,
 ) -> anyhow::Result<PhaseResult> {
     let tmp = tempfile::tempdir()?;
-    let mut config = Config {
-        listen: "127.0.0.1:0".parse()?,
-        data_dir: tmp.path().join("node"),
-        master_key: Some(custodian_node::server::fresh_master_key_hex()),
-        ..base.clone()
-    };
+    let mut config = crate::local::own_node(tmp.path().join("node"), base.clone());
     config.ingest.require_signature = signed;
     config.derive.enabled = detect;
-    // Ingest alone (and with detection): the read models have their own benchmark (`bench projections`)
-    // and must not write into the operator's default databases.
-    config.projections.postgres_enabled = false;
-    config.projections.influx_enabled = false;
-    config.projections.search_enabled = false;
+    // Ingest alone (and with detection).
+    crate::local::without_read_models(&mut config);
     let node = Node::start(config).await?;
     let client = NodeClient::new(node.url(), Some(node.admin_token.clone()));
     client

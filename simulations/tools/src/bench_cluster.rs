@@ -22,7 +22,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use hdrhistogram::Histogram;
-use serde_json::Value;
 
 use crate::client::NodeClient;
 use crate::cluster_harness::{ClusterSpec, ProcessCluster, SHARDS, nats_names, sim_terminals};
@@ -498,8 +497,7 @@ async fn check_safety(cluster: &mut ProcessCluster, acks: &Acks) -> anyhow::Resu
                     from = seq + 1;
                 }
             }
-            let canonical = jcs(&e["payload"]);
-            if Some(sha256_hex(canonical.as_bytes()).as_str()) != e["fingerprint"].as_str() {
+            if !crate::check::fingerprint_holds(e) {
                 s.bad_fingerprints += 1;
                 s.note(format!("event {}'s fingerprint", e["event_seq"]));
             }
@@ -531,30 +529,6 @@ async fn check_safety(cluster: &mut ProcessCluster, acks: &Acks) -> anyhow::Resu
         }
     }
     Ok(s)
-}
-
-/// RFC 8785 canonical JSON for the subset events use (objects, strings, integers), written independently
-/// of the node's own writer (as the integration tests do): serde_json's map is sorted by key and writes no
-/// whitespace, and its string escaping matches ECMAScript's.
-fn jcs(v: &Value) -> String {
-    match v {
-        Value::Object(m) => {
-            let mut keys: Vec<&String> = m.keys().collect();
-            keys.sort();
-            let fields: Vec<String> = keys
-                .iter()
-                .map(|k| format!("{}:{}", Value::String((*k).clone()), jcs(&m[*k])))
-                .collect();
-            format!("{{{}}}", fields.join(","))
-        }
-        Value::Array(items) => format!("[{}]", items.iter().map(jcs).collect::<Vec<_>>().join(",")),
-        other => other.to_string(),
-    }
-}
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    use sha2::Digest as _;
-    hex::encode(sha2::Sha256::digest(bytes))
 }
 
 // ---------------------------------------------------------------------------------------- throughput --

@@ -71,17 +71,10 @@ pub async fn detect(opts: DetectBenchOptions) -> anyhow::Result<String> {
         opts.rate, opts.terminals, opts.batch, opts.warmup_s, opts.duration_s
     );
     let tmp = tempfile::tempdir()?;
-    let mut config = Config {
-        listen: "127.0.0.1:0".parse()?,
-        data_dir: tmp.path().join("node"),
-        master_key: Some(custodian_node::server::fresh_master_key_hex()),
-        ..Config::default()
-    };
+    let mut config = crate::local::own_node(tmp.path().join("node"), Config::default());
     config.derive.tick_interval_s = 0;
-    // Detection alone; the read models have `bench projections` and their own databases.
-    config.projections.postgres_enabled = false;
-    config.projections.influx_enabled = false;
-    config.projections.search_enabled = false;
+    // Detection alone.
+    crate::local::without_read_models(&mut config);
     let node = Node::start(config).await?;
     let client = NodeClient::new(node.url(), Some(node.admin_token.clone()));
     client

@@ -55,12 +55,7 @@ fn weighing(t: usize, seq: u64, at: &str) -> String {
 }
 
 fn base_config(dir: &std::path::Path) -> anyhow::Result<Config> {
-    let mut config = Config {
-        listen: "127.0.0.1:0".parse()?,
-        data_dir: dir.to_owned(),
-        master_key: Some(custodian_node::server::fresh_master_key_hex()),
-        ..Config::default()
-    };
+    let mut config = crate::local::own_node(dir.to_owned(), Config::default());
     config.derive.tick_interval_s = 0;
     Ok(config)
 }

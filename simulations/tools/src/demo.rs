@@ -61,12 +61,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoSummary> {
         }
         None => {
             let tmp = tempfile::tempdir()?;
-            let mut config = Config {
-                listen: "127.0.0.1:0".parse()?,
-                data_dir: tmp.path().join("node"),
-                master_key: Some(custodian_node::server::fresh_master_key_hex()),
-                ..Config::default()
-            };
+            let mut config = crate::local::own_node(tmp.path().join("node"), Config::default());
             demo_read_models(&mut config).await;
             let node = Node::start(config).await?;
             println!(

@@ -15,9 +15,11 @@ pub mod bench_detect;
 pub mod bench_edge;
 pub mod bench_projections;
 pub mod bench_query;
+pub mod check;
 pub mod client;
 pub mod cluster_harness;
 pub mod demo;
+pub mod local;
 pub mod terminal_client;
 pub mod terminal_sim;
 

@@ -33,6 +33,7 @@ pub mod edge;
 pub mod keys_cli;
 pub mod log_cli;
 pub mod metrics;
+pub mod query;
 pub mod sealing;
 pub mod secrets;
 pub mod server;

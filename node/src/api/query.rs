@@ -1,6 +1,8 @@
 //! The regulators' side: tokens (`POST /v1/admin/tokens`, revoke) and the scoped read endpoints over the
-//! read models. Every query carries the caller's scope inside its SQL (or the search filter), so a row out
-//! of scope is never read at all; an object out of scope answers exactly like one that does not exist.
+//! read models. The reads themselves are `crate::query`'s (this module checks the parameters and writes the
+//! JSON): every query carries the caller's scope inside its SQL (or the InfluxQL, or the search filter), so
+//! a row out of scope is never read at all; an object out of scope answers exactly like one that does not
+//! exist.
 
 use std::sync::Arc;
 

@@ -7,8 +7,9 @@
 //!   expiry: gone with the browser session; `Secure` with `dashboard.secure_cookies`). Every page
 //!   resolves the cookie the same way (the [`Session`] extractor), so a revoked or expired token signs
 //!   the browser out on its next page.
-//! - **Scopes exactly as the API**: every page reads through the caller's scope (`Scope::binds`), and a
-//!   page outside it answers 404 like a page that does not exist.
+//! - **Scopes exactly as the API**: every page reads through the query layer (`crate::query`, the very
+//!   functions the API reads with) in the caller's scope, and a page outside it answers 404 like a page
+//!   that does not exist.
 //! - **State-changing forms** (sign-in, sign-out, acknowledge, resolve) check `Origin` against the
 //!   request's host: anything else is refused 403 and changes nothing.
 //! - **Audit**: every request but the assets' is in the audit trail beside the API's reads ([`audited`]).

@@ -21,6 +21,7 @@ pub mod dashboard;
 pub mod datadir;
 pub mod edge;
 pub mod metrics;
+pub mod query;
 pub mod sealing;
 pub mod secrets;
 pub mod server;

@@ -1,6 +1,8 @@
 //! The regulators' side: tokens (`POST /v1/admin/tokens`, revoke) and the scoped read endpoints over the
-//! read models. Every query carries the caller's scope inside its SQL (or the search filter), so a row out
-//! of scope is never read at all; an object out of scope answers exactly like one that does not exist.
+//! read models. The reads themselves are `crate::query`'s (this module checks the parameters and writes the
+//! JSON): every query carries the caller's scope inside its SQL (or the InfluxQL, or the search filter), so
+//! a row out of scope is never read at all; an object out of scope answers exactly like one that does not
+//! exist.
 
 use std::sync::Arc;
 
@@ -13,7 +15,6 @@ use custodian_events::event::{TokenIssued, TokenRevoked};
 use custodian_events::openapi as schema;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use sqlx::Row as _;
 use utoipa::IntoParams;
 
 use crate::api::auth::caller;
@@ -21,6 +22,8 @@ use crate::api::auth::require_admin_caller;
 use crate::api::body::read_json;
 use crate::api::error::ApiError;
 use crate::api::schema::{AGGREGATES, ANOMALY_STATES};
+use crate::query::influx::{self, SERIES_POINTS_MAX};
+use crate::query::postgres as db;
 use crate::state::AppState;
 use crate::tokens::{Caller, Claims, Scope, TTL_S_MAX, Tier, check_scope};
 
@@ -225,11 +228,7 @@ pub async fn revoke_token(
 
 /// The live PostgreSQL model's pool.
 pub(crate) fn pg(st: &AppState) -> Result<sqlx::PgPool, ApiError> {
-    st.live_model(
-        "postgres",
-        |p: &custodian_projections::postgres::PgProjection| Some(p.pool().clone()),
-    )
-    .ok_or_else(|| {
+    db::pool(st).ok_or_else(|| {
         st.model_unavailable(
             "postgres",
             "PostgreSQL read model",
@@ -310,17 +309,14 @@ pub(crate) fn is_id(s: &str) -> bool {
 pub(crate) const PROVINCE: &str = "a province's 6-digit code ending in 0000 (e.g. 440000)";
 const CITY: &str = "a city's 6-digit code (e.g. 440100)";
 
-const ENTERPRISE_COLUMNS: &str =
-    "id, name, province_code, city_code, storage_capacity_mg, registered_seq";
-
-fn enterprise_json(r: &sqlx::postgres::PgRow) -> Value {
+fn enterprise_json(e: &db::Enterprise) -> Value {
     json!({
-        "id": r.get::<String, _>("id"),
-        "name": r.get::<String, _>("name"),
-        "province_code": r.get::<String, _>("province_code"),
-        "city_code": r.get::<String, _>("city_code"),
-        "storage_capacity_kg": r.get::<i64, _>("storage_capacity_mg") as f64 / 1e6,
-        "registered_seq": r.get::<i64, _>("registered_seq"),
+        "id": e.id,
+        "name": e.name,
+        "province_code": e.province_code,
+        "city_code": e.city_code,
+        "storage_capacity_kg": e.storage_capacity_mg as f64 / 1e6,
+        "registered_seq": e.registered_seq,
     })
 }
 
@@ -358,33 +354,25 @@ pub async fn enterprises(
         CITY,
     )?;
     filter("cursor", &q.cursor, is_id, "one this API gave")?;
-    let (sp, se) = who.scope.binds();
-    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "SELECT {ENTERPRISE_COLUMNS} FROM enterprises \
-         WHERE ($1::text IS NULL OR province_code = $1) AND ($2::text IS NULL OR id = $2) \
-           AND ($3::text IS NULL OR province_code = $3) AND ($4::text IS NULL OR city_code = $4) \
-           AND ($5::text IS NULL OR id > $5) \
-         ORDER BY id LIMIT $6"
-    )))
-    .bind(sp)
-    .bind(se)
-    .bind(q.province_code)
-    .bind(q.city_code)
-    .bind(q.cursor)
-    .bind(limit + 1)
-    .fetch_all(&pg(&st)?)
-    .await
-    .map_err(db_error)?;
-    Ok(axum::Json(paged(&rows, limit, enterprise_json, |r| {
-        r.get::<String, _>("id")
+    let f = db::EnterpriseFilter {
+        province_code: q.province_code.as_deref(),
+        city_code: q.city_code.as_deref(),
+        after: q.cursor.as_deref(),
+    };
+    let rows = db::enterprises(&pg(&st)?, &who.scope, &f, limit + 1)
+        .await
+        .map_err(db_error)?;
+    Ok(axum::Json(paged(&rows, limit, enterprise_json, |e| {
+        e.id.clone()
     })))
 }
 
-fn paged(
-    rows: &[sqlx::postgres::PgRow],
+/// A page of `rows` (read with `limit + 1`, to know whether more follow) as `{"items", "next_cursor"}`.
+fn paged<T>(
+    rows: &[T],
     limit: i64,
-    item: impl Fn(&sqlx::postgres::PgRow) -> Value,
-    key: impl Fn(&sqlx::postgres::PgRow) -> String,
+    item: impl Fn(&T) -> Value,
+    key: impl Fn(&T) -> String,
 ) -> Value {
     let more = rows.len() as i64 > limit;
     let shown = &rows[..rows.len().min(limit as usize)];
@@ -394,23 +382,16 @@ fn paged(
     })
 }
 
-/// Whether enterprise `id` is in `scope` (and registered): the one check before per-enterprise reads.
+/// Enterprise `id` in `scope`, else 404 `not_found` (alike for unknown and out of scope).
 async fn enterprise_in_scope(
     pool: &sqlx::PgPool,
     scope: &Scope,
     id: &str,
-) -> Result<Option<sqlx::postgres::PgRow>, ApiError> {
-    let (sp, se) = scope.binds();
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "SELECT {ENTERPRISE_COLUMNS} FROM enterprises WHERE id = $3 \
-         AND ($1::text IS NULL OR province_code = $1) AND ($2::text IS NULL OR id = $2)"
-    )))
-    .bind(sp)
-    .bind(se)
-    .bind(id)
-    .fetch_optional(pool)
-    .await
-    .map_err(db_error)
+) -> Result<db::Enterprise, ApiError> {
+    db::enterprise(pool, scope, id)
+        .await
+        .map_err(db_error)?
+        .ok_or_else(|| not_found("enterprise", id))
 }
 
 /// `GET /v1/enterprises/{id}`: 404 alike for unknown and out of scope.
@@ -433,10 +414,9 @@ pub async fn enterprise(
 ) -> Result<impl IntoResponse, ApiError> {
     let who = caller(&st, &headers)?;
     let pool = pg(&st)?;
-    match enterprise_in_scope(&pool, &who.scope, &id).await? {
-        Some(r) => Ok(axum::Json(enterprise_json(&r))),
-        None => Err(not_found("enterprise", &id)),
-    }
+    Ok(axum::Json(enterprise_json(
+        &enterprise_in_scope(&pool, &who.scope, &id).await?,
+    )))
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -502,41 +482,28 @@ pub async fn enterprise_kpis(
     let from = q.from.as_deref().map(day).transpose()?.map(clamp);
     let to = q.to.as_deref().map(day).transpose()?.map(clamp);
     let pool = pg(&st)?;
-    if enterprise_in_scope(&pool, &who.scope, &id).await?.is_none() {
-        return Err(not_found("enterprise", &id));
-    }
-    let epoch = time::macros::date!(1970 - 01 - 01);
-    let rows = sqlx::query(
-        "SELECT day::text AS day, readings, weighings, weighed_mg, storage_in_mg, storage_out_mg, \
-           transfer_out_mg, transfer_in_mg, suspect_readings, anomalies, manifests_opened, \
-           manifests_received, notes FROM daily_kpis \
-         WHERE enterprise_id = $1 AND ($2::int4 IS NULL OR day >= DATE '1970-01-01' + $2) \
-           AND ($3::int4 IS NULL OR day <= DATE '1970-01-01' + $3) ORDER BY day LIMIT 3660",
-    )
-    .bind(&id)
-    .bind(from.map(|d| (d - epoch).whole_days() as i32))
-    .bind(to.map(|d| (d - epoch).whole_days() as i32))
-    .fetch_all(&pool)
-    .await
-    .map_err(db_error)?;
-    let kg = |r: &sqlx::postgres::PgRow, c: &str| r.get::<i64, _>(c) as f64 / 1e6;
+    enterprise_in_scope(&pool, &who.scope, &id).await?;
+    let rows = db::daily_kpis(&pool, &id, from, to)
+        .await
+        .map_err(db_error)?;
+    let kg = |mg: i64| mg as f64 / 1e6;
     let items: Vec<Value> = rows
         .iter()
         .map(|r| {
             json!({
-                "day": r.get::<String, _>("day"),
-                "readings": r.get::<i64, _>("readings"),
-                "weighings": r.get::<i64, _>("weighings"),
-                "weighed_kg": kg(r, "weighed_mg"),
-                "storage_in_kg": kg(r, "storage_in_mg"),
-                "storage_out_kg": kg(r, "storage_out_mg"),
-                "transfer_out_kg": kg(r, "transfer_out_mg"),
-                "transfer_in_kg": kg(r, "transfer_in_mg"),
-                "suspect_readings": r.get::<i64, _>("suspect_readings"),
-                "anomalies": r.get::<i64, _>("anomalies"),
-                "manifests_opened": r.get::<i64, _>("manifests_opened"),
-                "manifests_received": r.get::<i64, _>("manifests_received"),
-                "notes": r.get::<i64, _>("notes"),
+                "day": r.day,
+                "readings": r.readings,
+                "weighings": r.weighings,
+                "weighed_kg": kg(r.weighed_mg),
+                "storage_in_kg": kg(r.storage_in_mg),
+                "storage_out_kg": kg(r.storage_out_mg),
+                "transfer_out_kg": kg(r.transfer_out_mg),
+                "transfer_in_kg": kg(r.transfer_in_mg),
+                "suspect_readings": r.suspect_readings,
+                "anomalies": r.anomalies,
+                "manifests_opened": r.manifests_opened,
+                "manifests_received": r.manifests_received,
+                "notes": r.notes,
             })
         })
         .collect();
@@ -647,62 +614,47 @@ pub async fn anomalies(
             "state {s:?} is not one of open, acknowledged, resolved"
         )));
     }
-    let (sp, se) = who.scope.binds();
-    let rows = sqlx::query(
-        "SELECT anomaly_id, event_seq, kind, severity, subject, enterprise_id, province_code, terminal_id, \
-           container_id, manifest_id, previous_value, current_value, change_ratio_ppm, limit_value, \
-           cause_seq, detected_at::text AS detected_at, description, state, state_note, state_by, \
-           state_at::text AS state_at FROM anomalies \
-         WHERE ($1::text IS NULL OR province_code = $1) AND ($2::text IS NULL OR enterprise_id = $2) \
-           AND ($3::text IS NULL OR kind = $3) AND ($4::text IS NULL OR province_code = $4) \
-           AND ($5::text IS NULL OR enterprise_id = $5) \
-           AND ($6::int8 IS NULL OR detected_at >= ns_to_ts($6)) \
-           AND ($7::int8 IS NULL OR detected_at < ns_to_ts($7)) \
-           AND ($8::int8 IS NULL OR event_seq < $8) AND ($10::text IS NULL OR state = $10) \
-         ORDER BY event_seq DESC LIMIT $9",
-    )
-    .bind(sp)
-    .bind(se)
-    .bind(q.kind)
-    .bind(q.province_code)
-    .bind(q.enterprise_id)
-    .bind(from)
-    .bind(to)
-    .bind(cursor)
-    .bind(limit + 1)
-    .bind(state)
-    .fetch_all(&pg(&st)?)
-    .await
-    .map_err(db_error)?;
+    let f = db::AnomalyFilter {
+        kind: q.kind.as_deref(),
+        state: state.as_deref(),
+        province_code: q.province_code.as_deref(),
+        enterprise_id: q.enterprise_id.as_deref(),
+        from_ns: from,
+        to_ns: to,
+        before_seq: cursor,
+    };
+    let rows = db::anomalies(&pg(&st)?, &who.scope, &f, limit + 1)
+        .await
+        .map_err(db_error)?;
     Ok(axum::Json(paged(
         &rows,
         limit,
-        |r| {
+        |a| {
             json!({
-                "anomaly_id": r.get::<String, _>("anomaly_id"),
-                "event_seq": r.get::<i64, _>("event_seq"),
-                "kind": r.get::<String, _>("kind"),
-                "severity": r.get::<String, _>("severity"),
-                "subject": r.get::<String, _>("subject"),
-                "enterprise_id": r.get::<Option<String>, _>("enterprise_id"),
-                "province_code": r.get::<Option<String>, _>("province_code"),
-                "terminal_id": r.get::<Option<String>, _>("terminal_id"),
-                "container_id": r.get::<Option<String>, _>("container_id"),
-                "manifest_id": r.get::<Option<String>, _>("manifest_id"),
-                "previous_value": r.get::<Option<i64>, _>("previous_value"),
-                "current_value": r.get::<Option<i64>, _>("current_value"),
-                "change_ratio_ppm": r.get::<Option<i64>, _>("change_ratio_ppm"),
-                "limit_value": r.get::<Option<i64>, _>("limit_value"),
-                "cause_seq": r.get::<i64, _>("cause_seq"),
-                "detected_at": r.get::<String, _>("detected_at"),
-                "description": r.get::<String, _>("description"),
-                "state": r.get::<String, _>("state"),
-                "state_note": r.get::<Option<String>, _>("state_note"),
-                "state_by": r.get::<Option<String>, _>("state_by"),
-                "state_at": r.get::<Option<String>, _>("state_at"),
+                "anomaly_id": a.anomaly_id,
+                "event_seq": a.event_seq,
+                "kind": a.kind,
+                "severity": a.severity,
+                "subject": a.subject,
+                "enterprise_id": a.enterprise_id,
+                "province_code": a.province_code,
+                "terminal_id": a.terminal_id,
+                "container_id": a.container_id,
+                "manifest_id": a.manifest_id,
+                "previous_value": a.previous_value,
+                "current_value": a.current_value,
+                "change_ratio_ppm": a.change_ratio_ppm,
+                "limit_value": a.limit_value,
+                "cause_seq": a.cause_seq,
+                "detected_at": a.detected_at,
+                "description": a.description,
+                "state": a.state,
+                "state_note": a.state_note,
+                "state_by": a.state_by,
+                "state_at": a.state_at,
             })
         },
-        |r| r.get::<i64, _>("event_seq").to_string(),
+        |a| a.event_seq.to_string(),
     )))
 }
 
@@ -726,48 +678,28 @@ pub async fn container(
 ) -> Result<impl IntoResponse, ApiError> {
     let who = caller(&st, &headers)?;
     let pool = pg(&st)?;
-    let (sp, se) = who.scope.binds();
-    let Some(c) = sqlx::query(
-        "SELECT c.id, c.enterprise_id, c.waste_code, c.stage, c.last_weight_mg, \
-           c.last_measured_at::text AS last_measured_at, c.weighings FROM containers c \
-           JOIN enterprises e ON e.id = c.enterprise_id \
-         WHERE c.id = $3 AND ($1::text IS NULL OR e.province_code = $1) AND ($2::text IS NULL OR e.id = $2)",
-    )
-    .bind(sp)
-    .bind(se)
-    .bind(&id)
-    .fetch_optional(&pool)
-    .await
-    .map_err(db_error)?
+    let Some(c) = db::container(&pool, &who.scope, &id)
+        .await
+        .map_err(db_error)?
     else {
         return Err(not_found("container", &id));
     };
-    let enterprise: String = c.get("enterprise_id");
-    let chain = sqlx::query(
-        "SELECT event_seq, stage, enterprise_id, terminal_id, weight_mg, measured_at::text AS measured_at, \
-           manifest_id FROM custody WHERE container_id = $1 AND enterprise_id = $2 \
-         ORDER BY measured_at, event_seq LIMIT 10000",
-    )
-    .bind(&id)
-    .bind(&enterprise)
-    .fetch_all(&pool)
-    .await
-    .map_err(db_error)?;
+    let chain = db::custody(&pool, &c, 10_000).await.map_err(db_error)?;
     Ok(axum::Json(json!({
-        "id": c.get::<String, _>("id"),
-        "enterprise_id": enterprise,
-        "waste_code": c.get::<Option<String>, _>("waste_code"),
-        "stage": c.get::<Option<String>, _>("stage"),
-        "last_weight_kg": c.get::<i64, _>("last_weight_mg") as f64 / 1e6,
-        "last_measured_at": c.get::<String, _>("last_measured_at"),
-        "weighings": c.get::<i64, _>("weighings"),
+        "id": c.id,
+        "enterprise_id": c.enterprise_id,
+        "waste_code": c.waste_code,
+        "stage": c.stage,
+        "last_weight_kg": c.last_weight_mg as f64 / 1e6,
+        "last_measured_at": c.last_measured_at,
+        "weighings": c.weighings,
         "custody": chain.iter().map(|r| json!({
-            "event_seq": r.get::<i64, _>("event_seq"),
-            "stage": r.get::<String, _>("stage"),
-            "terminal_id": r.get::<String, _>("terminal_id"),
-            "weight_kg": r.get::<i64, _>("weight_mg") as f64 / 1e6,
-            "measured_at": r.get::<String, _>("measured_at"),
-            "manifest_id": r.get::<Option<String>, _>("manifest_id"),
+            "event_seq": r.event_seq,
+            "stage": r.stage,
+            "terminal_id": r.terminal_id,
+            "weight_kg": r.weight_mg as f64 / 1e6,
+            "measured_at": r.measured_at,
+            "manifest_id": r.manifest_id,
         })).collect::<Vec<_>>(),
     })))
 }
@@ -808,15 +740,10 @@ pub async fn search(
 ) -> Result<impl IntoResponse, ApiError> {
     let who: Caller = caller(&st, &headers)?;
     let q = query_of(q)?;
-    let (province, enterprise) = who.scope.binds();
     crate::api::search::run_search(
         &st,
         q.q,
-        custodian_projections::search::SearchFilter {
-            enterprise_ids: enterprise.map(|e| vec![e]),
-            province_code: province,
-            kind: q.kind,
-        },
+        crate::query::search::scoped(&who.scope, q.kind),
         q.limit,
     )
     .await
@@ -843,9 +770,6 @@ pub struct ReadingsQuery {
     #[param(value_type = Option<schema::ReadingKindName>, inline)]
     pub(crate) kind: Option<String>,
 }
-
-/// Most points one series answer holds; a wider range needs a coarser `every`.
-const SERIES_POINTS_MAX: i64 = 10_000;
 
 /// `GET /v1/terminals/{id}/readings?from=&to=&every=1m|1h|1d&agg=mean|min|max|sum|count&kind=` (InfluxDB):
 /// the terminal's readings, raw or aggregated per interval (days in China Standard Time). The scope is part
@@ -922,88 +846,40 @@ pub(crate) async fn readings(
         ));
     }
     // The terminal and its enterprise, in scope.
-    let (sp, se) = who.scope.binds();
     let pool = pg(st)?;
-    let Some(row) = sqlx::query(
-        "SELECT t.enterprise_id, e.province_code FROM terminals t JOIN enterprises e ON e.id = t.enterprise_id \
-         WHERE t.id = $3 AND ($1::text IS NULL OR e.province_code = $1) AND ($2::text IS NULL OR e.id = $2)",
-    )
-    .bind(&sp)
-    .bind(&se)
-    .bind(id)
-    .fetch_optional(&pool)
-    .await
-    .map_err(db_error)?
+    let Some(t) = db::terminal(&pool, &who.scope, id)
+        .await
+        .map_err(db_error)?
     else {
         return Err(not_found("terminal", id));
     };
-    let enterprise: String = row.get("enterprise_id");
-    let influx = st
-        .live_model(
-            "influx",
-            |p: &custodian_projections::readings::InfluxProjection| Some(p.client().clone()),
-        )
-        .ok_or_else(|| {
-            st.model_unavailable("influx", "InfluxDB read model", "read_model_unavailable")
-        })?;
-    // Ids match [A-Za-z0-9._-] and codes are digits: safe inside single quotes.
-    let mut filter = format!(
-        "\"terminal_id\" = '{id}' AND \"enterprise_id\" = '{enterprise}' AND \"kind\" = '{kind}' \
-         AND time >= {from} AND time < {to}"
-    );
-    if let Some(p) = &sp {
-        filter.push_str(&format!(" AND \"province_code\" = '{p}'"));
-    }
-    let influxql = match every_ns {
-        Some((_, every)) => {
-            // Day buckets start at midnight China Standard Time.
-            let offset = if every == "1d" { ", -8h" } else { "" };
-            format!(
-                "SELECT {agg}(\"value\") FROM \"readings\" WHERE {filter} GROUP BY time({every}{offset}) fill(none)"
-            )
-        }
-        None => format!(
-            "SELECT \"value\", \"seq\", \"suspect\", \"container_id\" FROM \"readings\" WHERE {filter} LIMIT {SERIES_POINTS_MAX}"
-        ),
-    };
-    let answer = influx.query(&influxql).await.map_err(|e| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "read_model_unavailable",
-            format!("the InfluxDB read model did not answer: {e}"),
-        )
+    let client = influx::client(st).ok_or_else(|| {
+        st.model_unavailable("influx", "InfluxDB read model", "read_model_unavailable")
     })?;
-    let series = answer.pointer("/results/0/series/0");
-    let columns: Vec<String> = series
-        .and_then(|s| s["columns"].as_array())
-        .map(|c| {
-            c.iter()
-                .filter_map(|x| x.as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default();
-    let items: Vec<Value> = series
-        .and_then(|s| s["values"].as_array())
+    let r = influx::Readings {
+        kind,
+        from_ns: from,
+        to_ns: to,
+        every: every_ns.map(|(_, every)| every),
+        agg,
+    };
+    let points = influx::readings(&client, &who.scope, &t, &r)
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "read_model_unavailable",
+                format!("the InfluxDB read model did not answer: {e}"),
+            )
+        })?;
+    let items: Vec<Value> = points
         .into_iter()
-        .flatten()
-        .map(|row| {
-            let mut item = serde_json::Map::new();
-            for (c, v) in columns.iter().zip(row.as_array().into_iter().flatten()) {
-                let key = if c == "time" {
-                    "time"
-                } else if c == agg {
-                    "value"
-                } else {
-                    c.as_str()
-                };
-                let v = if c == "time" {
-                    v.as_i64()
-                        .map(|ns| json!(custodian_events::reading::format_utc_ns(ns)))
-                        .unwrap_or(v.clone())
-                } else {
-                    v.clone()
-                };
-                item.insert(key.to_owned(), v);
+        .map(|influx::Point(mut item)| {
+            if let Some(ns) = item.get("time").and_then(Value::as_i64) {
+                item.insert(
+                    "time".to_owned(),
+                    json!(custodian_events::reading::format_utc_ns(ns)),
+                );
             }
             Value::Object(item)
         })
@@ -1044,7 +920,7 @@ pub async fn overview(
     let who = caller(&st, &headers)?;
     query_of(q)?;
     let pool = pg(&st)?;
-    let o = overview_counts(&pool, &who.scope, st.clock.now_ns())
+    let o = db::overview_counts(&pool, &who.scope, st.clock.now_ns())
         .await
         .map_err(db_error)?;
     let by_kind: serde_json::Map<String, Value> = o
@@ -1064,57 +940,6 @@ pub async fn overview(
         "open_anomalies_by_kind": by_kind,
         "kg_in_storage": o.in_storage_mg as f64 / 1e6,
     })))
-}
-
-/// The landing figures of a scope (`GET /v1/overview` and the dashboard's overview).
-pub(crate) struct OverviewCounts {
-    pub enterprises: i64,
-    pub terminals: i64,
-    /// Terminals that reported within three of their intervals.
-    pub online: i64,
-    pub in_storage_mg: i64,
-    /// Open (unresolved) anomalies per kind, by kind.
-    pub open_by_kind: Vec<(String, i64)>,
-}
-
-pub(crate) async fn overview_counts(
-    pool: &sqlx::PgPool,
-    scope: &Scope,
-    now_ns: i64,
-) -> Result<OverviewCounts, sqlx::Error> {
-    let (sp, se) = scope.binds();
-    let scoped = "($1::text IS NULL OR e.province_code = $1) AND ($2::text IS NULL OR e.id = $2)";
-    let counts = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "SELECT \
-           (SELECT count(*) FROM enterprises e WHERE {scoped}) AS enterprises, \
-           (SELECT count(*) FROM terminals t JOIN enterprises e ON e.id = t.enterprise_id WHERE {scoped}) AS terminals, \
-           (SELECT count(*) FROM terminals t JOIN enterprises e ON e.id = t.enterprise_id WHERE {scoped} \
-              AND t.last_measured_at >= ns_to_ts($3) - 3 * t.report_interval_s * INTERVAL '1 second') AS online, \
-           (SELECT coalesce(sum(c.last_weight_mg), 0)::int8 FROM containers c JOIN enterprises e ON e.id = c.enterprise_id \
-              WHERE {scoped} AND c.stage = 'storage_in') AS in_storage_mg"
-    )))
-    .bind(&sp)
-    .bind(&se)
-    .bind(now_ns)
-    .fetch_one(pool)
-    .await?;
-    let kinds = sqlx::query(
-        "SELECT kind, count(*) AS n FROM anomalies \
-         WHERE ($1::text IS NULL OR province_code = $1) AND ($2::text IS NULL OR enterprise_id = $2) \
-           AND state <> 'resolved' \
-         GROUP BY kind ORDER BY kind",
-    )
-    .bind(&sp)
-    .bind(&se)
-    .fetch_all(pool)
-    .await?;
-    Ok(OverviewCounts {
-        enterprises: counts.get("enterprises"),
-        terminals: counts.get("terminals"),
-        online: counts.get("online"),
-        in_storage_mg: counts.get("in_storage_mg"),
-        open_by_kind: kinds.iter().map(|r| (r.get("kind"), r.get("n"))).collect(),
-    })
 }
 
 /// The regulators' reads the cache keeps (GET only).
@@ -1288,38 +1113,27 @@ pub async fn manifest(
     headers: HeaderMap,
 ) -> Result<impl IntoResponse, ApiError> {
     let who = caller(&st, &headers)?;
-    let (sp, se) = who.scope.binds();
-    let Some(m) = sqlx::query(
-        "SELECT m.id, m.generator_id, m.receiver_id, m.waste_code, m.container_ids, m.declared_mg, m.notes, \
-           m.status, m.dispatched_mg, m.received_mg, m.opened_at::text AS opened_at, \
-           m.dispatched_at::text AS dispatched_at, m.received_at::text AS received_at FROM manifests m \
-         WHERE m.id = $3 AND EXISTS (SELECT 1 FROM enterprises e WHERE e.id IN (m.generator_id, m.receiver_id) \
-           AND ($1::text IS NULL OR e.province_code = $1) AND ($2::text IS NULL OR e.id = $2))",
-    )
-    .bind(sp)
-    .bind(se)
-    .bind(&id)
-    .fetch_optional(&pg(&st)?)
-    .await
-    .map_err(db_error)?
+    let Some(m) = db::manifest(&pg(&st)?, &who.scope, &id)
+        .await
+        .map_err(db_error)?
     else {
         return Err(not_found("manifest", &id));
     };
-    let kg = |c: &str| m.get::<Option<i64>, _>(c).map(|v| v as f64 / 1e6);
+    let kg = |mg: Option<i64>| mg.map(|v| v as f64 / 1e6);
     Ok(axum::Json(json!({
-        "id": m.get::<String, _>("id"),
-        "generator_id": m.get::<String, _>("generator_id"),
-        "receiver_id": m.get::<String, _>("receiver_id"),
-        "waste_code": m.get::<String, _>("waste_code"),
-        "container_ids": m.get::<Vec<String>, _>("container_ids"),
-        "declared_kg": m.get::<i64, _>("declared_mg") as f64 / 1e6,
-        "notes": m.get::<Option<String>, _>("notes"),
-        "status": m.get::<String, _>("status"),
-        "dispatched_kg": kg("dispatched_mg"),
-        "received_kg": kg("received_mg"),
-        "opened_at": m.get::<String, _>("opened_at"),
-        "dispatched_at": m.get::<Option<String>, _>("dispatched_at"),
-        "received_at": m.get::<Option<String>, _>("received_at"),
+        "id": m.id,
+        "generator_id": m.generator_id,
+        "receiver_id": m.receiver_id,
+        "waste_code": m.waste_code,
+        "container_ids": m.container_ids,
+        "declared_kg": m.declared_mg as f64 / 1e6,
+        "notes": m.notes,
+        "status": m.status,
+        "dispatched_kg": kg(m.dispatched_mg),
+        "received_kg": kg(m.received_mg),
+        "opened_at": m.opened_at,
+        "dispatched_at": m.dispatched_at,
+        "received_at": m.received_at,
     })))
 }
 
@@ -1488,66 +1302,57 @@ pub struct RawHandling {
     note: String,
 }
 
-/// `POST /v1/anomalies/{id}/acknowledge` and `/resolve` with `{"note"}`: by anyone whose scope holds the
-/// anomaly (regulators included). 202 with the event's sequence: the read models show the new state once
-/// they have caught up. 404 out of scope or unknown, 409 `already_resolved`.
-#[utoipa::path(
-    post,
-    path = "/v1/anomalies/{id}/acknowledge",
-    operation_id = "acknowledge_anomaly",
-    tag = "query",
-    summary = "Acknowledge an anomaly",
-    params(crate::api::schema::AnomalyPath),
-    request_body = RawHandling,
-    responses(
-        (status = 202, description = "OK", body = serde_json::Value),
-        crate::api::schema::E400, crate::api::schema::E401, crate::api::schema::E404, crate::api::schema::E409, crate::api::schema::E413, crate::api::schema::E415, crate::api::schema::E422, crate::api::schema::E503,
-    ),
-)]
-pub async fn acknowledge_anomaly(
-    st: State<Arc<AppState>>,
-    id: Path<String>,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<impl IntoResponse, ApiError> {
-    handle_anomaly(
-        st,
-        id,
-        headers,
-        body,
-        custodian_events::event::AnomalyState::Acknowledged,
-    )
-    .await
+/// The two handlers of an anomaly, alike but for their path, summary and the state they hand it into
+/// (each one operation of the document, named after its function).
+macro_rules! handling {
+    ($(#[$doc:meta])* $name:ident, $path:tt, $summary:tt, $state:ident) => {
+        $(#[$doc])*
+        #[utoipa::path(
+            post,
+            path = $path,
+            tag = "query",
+            summary = $summary,
+            params(crate::api::schema::AnomalyPath),
+            request_body = RawHandling,
+            responses(
+                (status = 202, description = "OK", body = serde_json::Value),
+                crate::api::schema::E400, crate::api::schema::E401, crate::api::schema::E404, crate::api::schema::E409, crate::api::schema::E413, crate::api::schema::E415, crate::api::schema::E422, crate::api::schema::E503,
+            ),
+        )]
+        pub async fn $name(
+            st: State<Arc<AppState>>,
+            id: Path<String>,
+            headers: HeaderMap,
+            body: Body,
+        ) -> Result<impl IntoResponse, ApiError> {
+            handle_anomaly(
+                st,
+                id,
+                headers,
+                body,
+                custodian_events::event::AnomalyState::$state,
+            )
+            .await
+        }
+    };
 }
 
-#[utoipa::path(
-    post,
-    path = "/v1/anomalies/{id}/resolve",
-    operation_id = "resolve_anomaly",
-    tag = "query",
-    summary = "Resolve an anomaly (final)",
-    params(crate::api::schema::AnomalyPath),
-    request_body = RawHandling,
-    responses(
-        (status = 202, description = "OK", body = serde_json::Value),
-        crate::api::schema::E400, crate::api::schema::E401, crate::api::schema::E404, crate::api::schema::E409, crate::api::schema::E413, crate::api::schema::E415, crate::api::schema::E422, crate::api::schema::E503,
-    ),
-)]
-pub async fn resolve_anomaly(
-    st: State<Arc<AppState>>,
-    id: Path<String>,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<impl IntoResponse, ApiError> {
-    handle_anomaly(
-        st,
-        id,
-        headers,
-        body,
-        custodian_events::event::AnomalyState::Resolved,
-    )
-    .await
-}
+handling!(
+    /// `POST /v1/anomalies/{id}/acknowledge` and `/resolve` with `{"note"}`: by anyone whose scope holds the
+    /// anomaly (regulators included). 202 with the event's sequence: the read models show the new state once
+    /// they have caught up. 404 out of scope or unknown, 409 `already_resolved`.
+    acknowledge_anomaly,
+    "/v1/anomalies/{id}/acknowledge",
+    "Acknowledge an anomaly",
+    Acknowledged
+);
+
+handling!(
+    resolve_anomaly,
+    "/v1/anomalies/{id}/resolve",
+    "Resolve an anomaly (final)",
+    Resolved
+);
 
 async fn handle_anomaly(
     State(st): State<Arc<AppState>>,
@@ -1596,21 +1401,13 @@ pub(crate) async fn handle(
     {
         return Err(e);
     }
-    let (sp, se) = who.scope.binds();
-    let Some(row) = sqlx::query(
-        "SELECT enterprise_id, state FROM anomalies WHERE anomaly_id = $3 \
-           AND ($1::text IS NULL OR province_code = $1) AND ($2::text IS NULL OR enterprise_id = $2)",
-    )
-    .bind(sp)
-    .bind(se)
-    .bind(&id)
-    .fetch_optional(&pg(st)?)
-    .await
-    .map_err(db_error)?
+    let Some(anomaly) = db::anomaly(&pg(st)?, &who.scope, &id)
+        .await
+        .map_err(db_error)?
     else {
         return Err(not_found("anomaly", &id));
     };
-    let current: String = row.get("state");
+    let current = anomaly.state;
     if idempotent && (current == state.name() || current == "resolved") {
         return Ok(None);
     }
@@ -1624,7 +1421,7 @@ pub(crate) async fn handle(
             format!("anomaly {id} is resolved; a resolution is final"),
         ));
     }
-    let enterprise: Option<String> = row.get("enterprise_id");
+    let enterprise = anomaly.enterprise_id;
     let event = Event::AnomalyHandled(AnomalyHandled {
         anomaly_id: id.clone(),
         enterprise_id: enterprise

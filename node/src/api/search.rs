@@ -1,8 +1,10 @@
-//! Full-text search on the live index, for the regulators' scoped search and the admin's.
+//! Full-text search on the live index, for the regulators' scoped search and the admin's: the request's
+//! checks and the answer; the index read is `crate::query::search`'s.
 
 use axum::http::StatusCode;
 
 use crate::api::error::ApiError;
+use crate::query::search::SearchError;
 use crate::state::AppState;
 
 /// The most hits one search answers.
@@ -42,12 +44,17 @@ pub(crate) async fn run_search(
             format!("limit must lie in 1 ..= {SEARCH_LIMIT_MAX}"),
         ));
     }
-    let index = st
-        .live_model("search", custodian_projections::text::TextProjection::index)
+    let index = crate::query::search::index(st)
         .ok_or_else(|| st.model_unavailable("search", "search index", "search_unavailable"))?;
-    let hits = tokio::task::spawn_blocking(move || index.search(&text, &filter, limit))
+    let hits = crate::query::search::hits(index, text, filter, limit)
         .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", format!("{e:#}")))?;
+        .map_err(|e| match e {
+            SearchError::Failed(e) => {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e)
+            }
+            SearchError::Query(e) => {
+                ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", format!("{e:#}"))
+            }
+        })?;
     Ok(axum::Json(serde_json::json!({ "hits": hits })))
 }

@@ -7,8 +7,9 @@
 //!   expiry: gone with the browser session; `Secure` with `dashboard.secure_cookies`). Every page
 //!   resolves the cookie the same way (the [`Session`] extractor), so a revoked or expired token signs
 //!   the browser out on its next page.
-//! - **Scopes exactly as the API**: every page reads through the caller's scope (`Scope::binds`), and a
-//!   page outside it answers 404 like a page that does not exist.
+//! - **Scopes exactly as the API**: every page reads through the query layer (`crate::query`, the very
+//!   functions the API reads with) in the caller's scope, and a page outside it answers 404 like a page
+//!   that does not exist.
 //! - **State-changing forms** (sign-in, sign-out, acknowledge, resolve) check `Origin` against the
 //!   request's host: anything else is refused 403 and changes nothing.
 //! - **Audit**: every request but the assets' is in the audit trail beside the API's reads ([`audited`]).
@@ -41,8 +42,8 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
-use sqlx::Row;
 
+use crate::query::postgres as db;
 use crate::state::AppState;
 use crate::tokens::{Caller, Scope, Tier};
 use i18n::{Lang, PROVINCES, province_name};
@@ -106,9 +107,9 @@ impl FromRequestParts<Arc<AppState>> for Session {
         let Some(caller) = caller else {
             return Err(redirect("/ui/sign-in"));
         };
-        match crate::api::query::pg(st) {
-            Ok(pool) => Ok(Session { lang, caller, pool }),
-            Err(_) => Err(error_page(
+        match db::pool(st) {
+            Some(pool) => Ok(Session { lang, caller, pool }),
+            None => Err(error_page(
                 StatusCode::SERVICE_UNAVAILABLE,
                 lang,
                 Some(&caller),
@@ -118,9 +119,9 @@ impl FromRequestParts<Arc<AppState>> for Session {
 }
 
 impl Session {
-    /// The caller's scope as the queries bind it: `(province, enterprise)`.
-    fn binds(&self) -> (Option<String>, Option<String>) {
-        self.caller.scope.binds()
+    /// The caller's scope, which every read of a page is narrowed to.
+    fn scope(&self) -> &Scope {
+        &self.caller.scope
     }
 
     fn error(&self, status: StatusCode) -> Response {
@@ -813,36 +814,15 @@ fn alarm_state(open: i64, lang: Lang) -> (&'static str, &'static str, &'static s
 
 async fn overview(State(st): State<Arc<AppState>>, s: Session) -> Response {
     let (lang, caller, pool) = (s.lang, &s.caller, &s.pool);
-    let (sp, se) = s.binds();
-    let Ok(counts) =
-        crate::api::query::overview_counts(pool, &caller.scope, st.clock.now_ns()).await
-    else {
+    let Ok(counts) = db::overview_counts(pool, s.scope(), st.clock.now_ns()).await else {
         return s.unavailable();
     };
-    let scoped = "($1::text IS NULL OR e.province_code = $1) AND ($2::text IS NULL OR e.id = $2)";
-    let open_filter = "($1::text IS NULL OR province_code = $1) AND ($2::text IS NULL OR enterprise_id = $2) \
-                       AND state <> 'resolved'";
-    let Ok(by_province) = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "SELECT p.code, \
-           (SELECT count(*) FROM enterprises e WHERE e.province_code = p.code AND {scoped}) AS enterprises, \
-           (SELECT count(*) FROM anomalies WHERE province_code = p.code AND {open_filter}) AS open \
-         FROM (SELECT DISTINCT province_code AS code FROM enterprises) p"
-    )))
-    .bind(&sp)
-    .bind(&se)
-    .fetch_all(pool)
-    .await
-    else {
+    let Ok(by_province) = db::province_figures(pool, s.scope()).await else {
         return s.unavailable();
     };
     let figures: std::collections::BTreeMap<String, (i64, i64)> = by_province
-        .iter()
-        .map(|r| {
-            (
-                r.get::<String, _>("code"),
-                (r.get::<i64, _>("enterprises"), r.get::<i64, _>("open")),
-            )
-        })
+        .into_iter()
+        .map(|p| (p.code, (p.enterprises, p.open)))
         .collect();
     // The grid: every province for the national tier; the caller's own otherwise.
     let own_province = match &caller.scope {
@@ -927,21 +907,7 @@ async fn province(s: Session, Path(code): Path<String>) -> Response {
     {
         return s.not_found();
     }
-    let (sp, se) = s.binds();
-    let Ok(rows) = sqlx::query(
-        "SELECT e.id, e.name, e.city_code, \
-           (SELECT count(*) FROM anomalies a WHERE a.enterprise_id = e.id AND a.state <> 'resolved') AS open \
-         FROM enterprises e \
-         WHERE e.province_code = $3 \
-           AND ($1::text IS NULL OR e.province_code = $1) AND ($2::text IS NULL OR e.id = $2) \
-         ORDER BY e.id",
-    )
-    .bind(&sp)
-    .bind(&se)
-    .bind(&code)
-    .fetch_all(&s.pool)
-    .await
-    else {
+    let Ok(rows) = db::province_enterprises(&s.pool, s.scope(), &code).await else {
         return s.unavailable();
     };
     let known = PROVINCES.iter().any(|(c, _, _)| *c == code);
@@ -950,16 +916,16 @@ async fn province(s: Session, Path(code): Path<String>) -> Response {
     if rows.is_empty() && (!known || matches!(s.caller.scope, Scope::Enterprise(_))) {
         return s.not_found();
     }
+    let shown = rows.len();
     let enterprises = rows
-        .iter()
+        .into_iter()
         .map(|r| {
-            let open: i64 = r.get("open");
-            let (state, _, mark) = alarm_state(open, lang);
+            let (state, _, mark) = alarm_state(r.open, lang);
             EnterpriseRow {
-                id: r.get("id"),
-                name: r.get("name"),
-                city: r.get::<Option<String>, _>("city_code").unwrap_or_default(),
-                open: lang.int(open),
+                id: r.id,
+                name: r.name,
+                city: r.city_code.unwrap_or_default(),
+                open: lang.int(r.open),
                 state,
                 mark,
             }
@@ -969,7 +935,6 @@ async fn province(s: Session, Path(code): Path<String>) -> Response {
     let ch = s
         .chrome(&heading, &format!("/ui/provinces/{code}"))
         .trail(&[], &heading);
-    let shown = rows.len();
     with_rows(
         html(
             StatusCode::OK,
@@ -1001,70 +966,40 @@ fn day_words(lang: Lang, day: time::Date) -> String {
         .to_owned()
 }
 
-/// `time` in China Standard Time, as the pages show instants (SQL).
-const CST: &str = "'YYYY-MM-DD HH24:MI:SS'";
-
 async fn enterprise(
     State(st): State<Arc<AppState>>,
     s: Session,
     Path(id): Path<String>,
 ) -> Response {
     let (lang, pool) = (s.lang, &s.pool);
-    let (sp, se) = s.binds();
-    let e = match sqlx::query(
-        "SELECT id, name, province_code, city_code, storage_capacity_mg,            (SELECT coalesce(sum(last_weight_mg), 0)::int8 FROM containers c               WHERE c.enterprise_id = e.id AND c.stage = 'storage_in') AS in_storage_mg,            (SELECT count(*) FROM anomalies a WHERE a.enterprise_id = e.id AND a.state <> 'resolved') AS open          FROM enterprises e WHERE id = $3            AND ($1::text IS NULL OR province_code = $1) AND ($2::text IS NULL OR id = $2)",
-    )
-    .bind(&sp)
-    .bind(&se)
-    .bind(&id)
-    .fetch_optional(pool)
-    .await
-    {
-        Ok(Some(e)) => e,
+    let f = match db::enterprise_figures(pool, s.scope(), &id).await {
+        Ok(Some(f)) => f,
         // Out of scope answers like an enterprise that does not exist.
         Ok(None) => return s.not_found(),
         Err(_) => return s.unavailable(),
     };
     let now_ns = st.clock.now_ns();
-    let Ok(terminals) = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "SELECT id, kind, readings,            to_char(last_measured_at AT TIME ZONE 'Asia/Shanghai', {CST}) AS last,            coalesce(last_measured_at >= ns_to_ts($2) - 3 * report_interval_s * INTERVAL '1 second', false) AS online          FROM terminals WHERE enterprise_id = $1 ORDER BY id LIMIT 1000"
-    )))
-    .bind(&id)
-    .bind(now_ns)
-    .fetch_all(pool)
-    .await
-    else {
+    let Ok(terminals) = db::enterprise_terminals(pool, &id, now_ns).await else {
         return s.unavailable();
     };
-    let Ok(containers) = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "SELECT id, coalesce(waste_code, '') AS waste_code, coalesce(stage, '') AS stage, last_weight_mg,            to_char(last_measured_at AT TIME ZONE 'Asia/Shanghai', {CST}) AS last          FROM containers WHERE enterprise_id = $1 AND stage = 'storage_in' ORDER BY id LIMIT 1000"
-    )))
-    .bind(&id)
-    .fetch_all(pool)
-    .await
-    else {
+    let Ok(containers) = db::stored_containers(pool, &id).await else {
         return s.unavailable();
     };
     // The last 7 China Standard Time days by the page's clock, today included — not the 7 latest days
-    // that have figures, however old.
+    // that have figures, however old; the newest first.
     let today = cst_date(now_ns);
     let first_day = today - time::Duration::days(KPI_DAYS - 1);
-    let Ok(kpis) = sqlx::query(
-        "SELECT day::text AS day, readings, weighed_mg, storage_in_mg, storage_out_mg, anomalies \
-         FROM daily_kpis WHERE enterprise_id = $1 AND day BETWEEN $2::date AND $3::date \
-         ORDER BY day DESC LIMIT 7",
-    )
-    .bind(&id)
-    .bind(first_day.to_string())
-    .bind(today.to_string())
-    .fetch_all(pool)
-    .await
-    else {
+    let Ok(kpis) = db::daily_kpis(pool, &id, Some(first_day), Some(today)).await else {
         return s.unavailable();
     };
     let kg = |mg: i64| lang.dec1(mg as f64 / 1e6);
-    let name: String = e.get("name");
-    let province_code: String = e.get("province_code");
+    let db::EnterpriseFigures {
+        enterprise: e,
+        in_storage_mg,
+        open,
+    } = f;
+    let name = e.name;
+    let province_code = e.province_code;
     let province = province_name(&province_code, lang);
     let heading = format!("{name}（{id}）");
     let ch = s.chrome(&name, &format!("/ui/enterprises/{id}")).trail(
@@ -1079,33 +1014,33 @@ async fn enterprise(
             id: id.clone(),
             province,
             province_code,
-            city: e.get("city_code"),
-            capacity_kg: kg(e.get("storage_capacity_mg")),
-            in_storage_kg: kg(e.get("in_storage_mg")),
-            open_alarms: lang.int(e.get("open")),
+            city: e.city_code,
+            capacity_kg: kg(e.storage_capacity_mg),
+            in_storage_kg: kg(in_storage_mg),
+            open_alarms: lang.int(open),
             terminals: terminals
-                .iter()
+                .into_iter()
                 .map(|t| {
-                    let online: bool = t.get("online");
+                    let online = t.online;
                     TerminalRow {
-                        id: t.get("id"),
-                        kind: t.get("kind"),
+                        id: t.id,
+                        kind: t.kind,
                         state: if online { "online" } else { "offline" },
                         state_label: lang.t(if online { "online" } else { "offline" }),
                         mark: if online { "●" } else { "○" },
-                        last: lang.cst(&t.get::<Option<String>, _>("last").unwrap_or_default()),
-                        readings: lang.int(t.get("readings")),
+                        last: lang.cst(&t.last_cst.unwrap_or_default()),
+                        readings: lang.int(t.readings),
                     }
                 })
                 .collect(),
             containers: containers
-                .iter()
+                .into_iter()
                 .map(|c| ContainerRow {
-                    id: c.get("id"),
-                    waste_code: c.get("waste_code"),
-                    stage: c.get("stage"),
-                    weight_kg: kg(c.get("last_weight_mg")),
-                    last: lang.cst(&c.get::<Option<String>, _>("last").unwrap_or_default()),
+                    id: c.id,
+                    waste_code: c.waste_code.unwrap_or_default(),
+                    stage: c.stage.unwrap_or_default(),
+                    weight_kg: kg(c.last_weight_mg),
+                    last: lang.cst(&c.last_cst.unwrap_or_default()),
                 })
                 .collect(),
             kpi_range: format!(
@@ -1114,19 +1049,21 @@ async fn enterprise(
                 day_words(lang, today)
             ),
             kpis: kpis
-                .iter()
+                .into_iter()
+                .rev()
+                .take(KPI_DAYS as usize)
                 .map(|k| KpiRow {
                     day: {
-                        let iso: String = k.get("day");
                         let fmt = time::macros::format_description!("[year]-[month]-[day]");
-                        time::Date::parse(&iso, fmt).map_or(iso, |d| day_words(lang, d))
+                        time::Date::parse(&k.day, fmt)
+                            .map_or_else(|_| k.day.clone(), |d| day_words(lang, d))
                     },
-                    day_iso: k.get("day"),
-                    readings: lang.int(k.get("readings")),
-                    weighed_kg: kg(k.get("weighed_mg")),
-                    in_kg: kg(k.get("storage_in_mg")),
-                    out_kg: kg(k.get("storage_out_mg")),
-                    anomalies: lang.int(k.get("anomalies")),
+                    day_iso: k.day,
+                    readings: lang.int(k.readings),
+                    weighed_kg: kg(k.weighed_mg),
+                    in_kg: kg(k.storage_in_mg),
+                    out_kg: kg(k.storage_out_mg),
+                    anomalies: lang.int(k.anomalies),
                 })
                 .collect(),
         },
@@ -1139,36 +1076,21 @@ async fn container(
     Path(id): Path<String>,
 ) -> Response {
     let (lang, pool) = (s.lang, &s.pool);
-    let (sp, se) = s.binds();
-    let c = match sqlx::query(
-        "SELECT c.id, c.enterprise_id, coalesce(c.waste_code, '') AS waste_code,            coalesce(c.stage, '') AS stage, c.last_weight_mg FROM containers c            JOIN enterprises e ON e.id = c.enterprise_id          WHERE c.id = $3 AND ($1::text IS NULL OR e.province_code = $1) AND ($2::text IS NULL OR e.id = $2)",
-    )
-    .bind(&sp)
-    .bind(&se)
-    .bind(&id)
-    .fetch_optional(pool)
-    .await
-    {
+    let c = match db::container(pool, s.scope(), &id).await {
         Ok(Some(c)) => c,
         Ok(None) => return s.not_found(),
         Err(_) => return s.unavailable(),
     };
-    let enterprise: String = c.get("enterprise_id");
-    let Ok(chain) = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "SELECT event_seq, stage, terminal_id, weight_mg, coalesce(manifest_id, '') AS manifest_id,            to_char(measured_at AT TIME ZONE 'Asia/Shanghai', {CST}) AS at          FROM custody WHERE container_id = $1 AND enterprise_id = $2          ORDER BY measured_at, event_seq LIMIT 2000"
-    )))
-    .bind(&id)
-    .bind(&enterprise)
-    .fetch_all(pool)
-    .await
-    else {
+    let Ok(chain) = db::custody(pool, &c, 2000).await else {
         return s.unavailable();
     };
+    let enterprise = c.enterprise_id;
     // Each step's fingerprint, from the log itself: what a court would be shown.
+    let shown = chain.len();
     let steps = chain
-        .iter()
+        .into_iter()
         .map(|r| {
-            let seq: i64 = r.get("event_seq");
+            let seq = r.event_seq;
             let fingerprint = st
                 .log
                 .read(seq as u64, 1)
@@ -1178,11 +1100,11 @@ async fn container(
                 .map(|e| e.fingerprint_hex())
                 .unwrap_or_default();
             CustodyStep {
-                at: lang.cst(&r.get::<Option<String>, _>("at").unwrap_or_default()),
-                stage: r.get("stage"),
-                terminal: r.get("terminal_id"),
-                weight_kg: lang.dec1(r.get::<i64, _>("weight_mg") as f64 / 1e6),
-                manifest: r.get("manifest_id"),
+                at: lang.cst(&r.measured_cst.unwrap_or_default()),
+                stage: r.stage,
+                terminal: r.terminal_id,
+                weight_kg: lang.dec1(r.weight_mg as f64 / 1e6),
+                manifest: r.manifest_id.unwrap_or_default(),
                 seq,
                 fingerprint,
             }
@@ -1193,7 +1115,6 @@ async fn container(
         &[(&enterprise, format!("/ui/enterprises/{enterprise}"))],
         &id,
     );
-    let shown = chain.len();
     with_rows(
         html(
             StatusCode::OK,
@@ -1201,9 +1122,9 @@ async fn container(
                 chrome: ch,
                 heading,
                 enterprise,
-                waste_code: c.get("waste_code"),
-                stage: c.get("stage"),
-                weight_kg: lang.dec1(c.get::<i64, _>("last_weight_mg") as f64 / 1e6),
+                waste_code: c.waste_code.unwrap_or_default(),
+                stage: c.stage.unwrap_or_default(),
+                weight_kg: lang.dec1(c.last_weight_mg as f64 / 1e6),
                 steps,
             },
         ),
@@ -1252,30 +1173,18 @@ async fn terminal(
     Query(q): Query<TerminalQuery>,
 ) -> Response {
     let lang = s.lang;
-    let (sp, se) = s.binds();
-    let t = match sqlx::query(sqlx::AssertSqlSafe(format!(
-        "SELECT t.id, t.enterprise_id, t.kind, \
-           to_char(t.last_measured_at AT TIME ZONE 'Asia/Shanghai', {CST}) AS last \
-         FROM terminals t JOIN enterprises e ON e.id = t.enterprise_id \
-         WHERE t.id = $3 AND ($1::text IS NULL OR e.province_code = $1) AND ($2::text IS NULL OR e.id = $2)"
-    )))
-    .bind(&sp)
-    .bind(&se)
-    .bind(&id)
-    .fetch_optional(&s.pool)
-    .await
-    {
+    let t = match db::terminal(&s.pool, s.scope(), &id).await {
         Ok(Some(t)) => t,
         Ok(None) => return s.not_found(),
         Err(_) => return s.unavailable(),
     };
-    let enterprise: String = t.get("enterprise_id");
+    let enterprise = t.enterprise_id.clone();
     let days = q.days.filter(|d| matches!(d, 1 | 7 | 30)).unwrap_or(7);
     let cst = time::macros::offset!(+8);
     let ymd = time::macros::format_description!("[year]-[month]-[day]");
     let today = cst_date(st.clock.now_ns());
     // The newest reading (China Standard Time), and its day.
-    let last_at: Option<String> = t.get("last");
+    let last_at = t.last_cst.clone();
     let last_day = last_at
         .as_deref()
         .and_then(|at| time::Date::parse(at.get(..10)?, ymd).ok());
@@ -1294,7 +1203,6 @@ async fn terminal(
         start.unix_timestamp_nanos() as i64,
         end.unix_timestamp_nanos() as i64,
     );
-    let rfc = |ns: i64| custodian_events::reading::format_utc_ns(ns);
     // One day raw; longer ranges as hourly minima and maxima (the API's limit on raw points).
     let aggs: &[Option<&str>] = if days == 1 {
         &[None]
@@ -1303,30 +1211,30 @@ async fn terminal(
     };
     let mut raw: Vec<(i64, f64)> = Vec::new();
     let mut problem = None;
+    let client = crate::query::influx::client(&st);
     for agg in aggs {
-        let q = crate::api::query::ReadingsQuery {
-            from: rfc(from_ns),
-            to: rfc(to_ns),
-            every: agg.map(|_| "1h".to_owned()),
-            agg: agg.map(str::to_owned),
-            kind: None,
+        let r = crate::query::influx::Readings {
+            kind: "weight",
+            from_ns,
+            to_ns,
+            every: agg.map(|_| "1h"),
+            agg: agg.unwrap_or("mean"),
         };
-        let Ok(v) = crate::api::query::readings(&st, &s.caller, &id, &q).await else {
+        let read = match &client {
+            Some(c) => crate::query::influx::readings(c, s.scope(), &t, &r)
+                .await
+                .ok(),
+            None => None,
+        };
+        let Some(points) = read else {
             problem = Some(lang.t("readings_unavailable").to_owned());
             break;
         };
-        for item in v["items"].as_array().into_iter().flatten() {
-            let at = item["time"]
-                .as_str()
-                .and_then(|s| {
-                    time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
-                        .ok()
-                })
-                .map(|t| t.unix_timestamp_nanos() as i64);
-            if let (Some(at), Some(value)) = (at, item["value"].as_f64()) {
-                raw.push((at, value));
-            }
-        }
+        raw.extend(
+            points
+                .iter()
+                .filter_map(|p| Some((p.time_ns()?, p.value()?))),
+        );
     }
     raw.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1)));
     let points = thin(&raw, from_ns, to_ns, CHART_WIDTH_PX);
@@ -1441,30 +1349,17 @@ async fn terminal(
 
 async fn manifest(s: Session, Path(id): Path<String>) -> Response {
     let lang = s.lang;
-    let (sp, se) = s.binds();
     // Visible when either party is in scope, as in the API.
-    let visible = "EXISTS (SELECT 1 FROM enterprises e WHERE e.id = {party}                    AND ($1::text IS NULL OR e.province_code = $1) AND ($2::text IS NULL OR e.id = $2))";
-    let m = match sqlx::query(sqlx::AssertSqlSafe(format!(
-        "SELECT m.id, m.generator_id, m.receiver_id, m.waste_code, m.container_ids, m.declared_mg,            coalesce(m.notes, '') AS notes, m.status, m.dispatched_mg, m.received_mg,            to_char(m.opened_at AT TIME ZONE 'Asia/Shanghai', {CST}) AS opened_at,            to_char(m.dispatched_at AT TIME ZONE 'Asia/Shanghai', {CST}) AS dispatched_at,            to_char(m.received_at AT TIME ZONE 'Asia/Shanghai', {CST}) AS received_at,            {} AS generator_visible, {} AS receiver_visible          FROM manifests m WHERE m.id = $3",
-        visible.replace("{party}", "m.generator_id"),
-        visible.replace("{party}", "m.receiver_id"),
-    )))
-    .bind(&sp)
-    .bind(&se)
-    .bind(&id)
-    .fetch_optional(&s.pool)
-    .await
-    {
-        Ok(Some(m)) if m.get::<bool, _>("generator_visible") || m.get::<bool, _>("receiver_visible") => m,
-        Ok(_) => return s.not_found(),
+    let m = match db::manifest(&s.pool, s.scope(), &id).await {
+        Ok(Some(m)) => m,
+        Ok(None) => return s.not_found(),
         Err(_) => return s.unavailable(),
     };
-    let kg = |c: &str| {
-        m.get::<Option<i64>, _>(c)
-            .map(|v| lang.dec1(v as f64 / 1e6))
+    let kg = |mg: Option<i64>| {
+        mg.map(|v| lang.dec1(v as f64 / 1e6))
             .unwrap_or_else(|| "—".into())
     };
-    let status: String = m.get("status");
+    let status = m.status;
     let status_label = match lang.t(&format!("status_{status}")) {
         "?" => status.clone(),
         l => l.to_owned(),
@@ -1480,19 +1375,19 @@ async fn manifest(s: Session, Path(id): Path<String>) -> Response {
             chrome: ch,
             heading,
             status: status_label,
-            generator: m.get("generator_id"),
-            generator_visible: m.get("generator_visible"),
-            receiver: m.get("receiver_id"),
-            receiver_visible: m.get("receiver_visible"),
-            waste_code: m.get("waste_code"),
-            declared_kg: lang.dec1(m.get::<i64, _>("declared_mg") as f64 / 1e6),
-            dispatched_kg: kg("dispatched_mg"),
-            received_kg: kg("received_mg"),
-            opened_at: dash(m.get("opened_at")),
-            dispatched_at: dash(m.get("dispatched_at")),
-            received_at: dash(m.get("received_at")),
-            notes: m.get("notes"),
-            containers: m.get("container_ids"),
+            generator: m.generator_id,
+            generator_visible: m.generator_visible,
+            receiver: m.receiver_id,
+            receiver_visible: m.receiver_visible,
+            waste_code: m.waste_code,
+            declared_kg: lang.dec1(m.declared_mg as f64 / 1e6),
+            dispatched_kg: kg(m.dispatched_mg),
+            received_kg: kg(m.received_mg),
+            opened_at: dash(m.opened_cst),
+            dispatched_at: dash(m.dispatched_cst),
+            received_at: dash(m.received_cst),
+            notes: m.notes.unwrap_or_default(),
+            containers: m.container_ids,
         },
     )
 }
@@ -1513,20 +1408,20 @@ async fn search(
     let mut problem = None;
     let searched = !text.is_empty();
     if searched {
-        let (province, enterprise) = s.binds();
-        let filter = custodian_projections::search::SearchFilter {
-            enterprise_ids: enterprise.map(|e| vec![e]),
-            province_code: province,
-            kind: None,
+        use crate::query::search::{self, SearchError};
+        let found = match search::index(&st) {
+            Some(index) => {
+                search::hits(index, text.clone(), search::scoped(s.scope(), None), 50).await
+            }
+            None => Err(SearchError::Failed("no index".into())),
         };
-        match crate::api::search::run_search(&st, text.clone(), filter, Some(50)).await {
-            Ok(axum::Json(v)) => {
-                for h in v["hits"].as_array().into_iter().flatten() {
-                    let doc = &h["doc"];
-                    let kind = doc["kind"].as_str().unwrap_or("");
-                    let doc_id = doc["doc_id"].as_str().unwrap_or("");
-                    let enterprise = doc["enterprise_id"].as_str().unwrap_or("").to_owned();
-                    let href = match (kind, doc_id.split_once(':')) {
+        match found {
+            Ok(found) => {
+                for h in found {
+                    let doc = h.doc;
+                    let kind = doc.kind.as_str();
+                    let enterprise = doc.enterprise_id.unwrap_or_default();
+                    let href = match (kind, doc.doc_id.split_once(':')) {
                         ("anomaly", Some((_, hex))) => format!("/ui/alarms?all=1#a-{hex}"),
                         ("manifest", Some((_, id))) => format!("/ui/manifests/{id}"),
                         _ if !enterprise.is_empty() => format!("/ui/enterprises/{enterprise}"),
@@ -1538,14 +1433,14 @@ async fn search(
                             l => l.to_owned(),
                         },
                         href,
-                        text: doc["text"].as_str().unwrap_or("").to_owned(),
+                        text: doc.text,
                         enterprise,
-                        at: lang.cst(&doc["at_ns"].as_i64().map(cst_time).unwrap_or_default()),
+                        at: lang.cst(&cst_time(doc.at_ns)),
                     });
                 }
             }
-            Err(e) if e.status == StatusCode::BAD_REQUEST => problem = Some(e.message),
-            Err(_) => problem = Some(lang.t("search_unavailable").to_owned()),
+            Err(SearchError::Query(e)) => problem = Some(format!("{e:#}")),
+            Err(SearchError::Failed(_)) => problem = Some(lang.t("search_unavailable").to_owned()),
         }
     }
     let hits_heading = format!("{}（{}）", lang.t("hits"), lang.int(hits.len() as i64));
@@ -1590,17 +1485,10 @@ fn percent(s: &str) -> String {
         .collect()
 }
 
-/// The columns an alarm row needs.
-const ALARM_COLUMNS: &str = "anomaly_id, kind, severity, coalesce(enterprise_id, '') AS enterprise_id, \
-    subject, terminal_id, container_id, manifest_id, previous_value, current_value, change_ratio_ppm, \
-    limit_value, state, coalesce(state_by, '') AS state_by, \
-    to_char(detected_at AT TIME ZONE 'Asia/Shanghai', 'YYYY-MM-DD HH24:MI:SS') AS detected, \
-    to_char(state_at AT TIME ZONE 'Asia/Shanghai', 'YYYY-MM-DD HH24:MI:SS') AS handled_at";
-
-fn alarm_row(r: &sqlx::postgres::PgRow, lang: Lang) -> AlarmRow {
-    let kind: String = r.get("kind");
-    let severity: String = r.get("severity");
-    let state: String = r.get("state");
+fn alarm_row(r: db::Anomaly, lang: Lang) -> AlarmRow {
+    let kind = r.kind;
+    let severity = r.severity;
+    let state = r.state;
     let (severity_label, severity_mark) = match severity.as_str() {
         "high" => (lang.t("severity_high"), "▲▲▲"),
         "medium" => (lang.t("severity_medium"), "▲▲"),
@@ -1611,13 +1499,11 @@ fn alarm_row(r: &sqlx::postgres::PgRow, lang: Lang) -> AlarmRow {
         "resolved" => lang.t("state_resolved"),
         _ => lang.t("state_open"),
     };
-    let by: String = r.get("state_by");
-    let handled = r
-        .get::<Option<String>, _>("handled_at")
-        .map(|at| format!("{by} · {}", lang.cst(&at)));
+    let by = r.state_by.unwrap_or_default();
+    let handled = r.state_at_cst.map(|at| format!("{by} · {}", lang.cst(&at)));
     AlarmRow {
-        id: r.get("anomaly_id"),
-        detected_at: lang.cst(&r.get::<Option<String>, _>("detected").unwrap_or_default()),
+        id: r.anomaly_id,
+        detected_at: lang.cst(&r.detected_cst.unwrap_or_default()),
         kind: match lang.t(&format!("kind_{kind}")) {
             "?" => kind.clone(),
             l => l.to_owned(),
@@ -1625,20 +1511,20 @@ fn alarm_row(r: &sqlx::postgres::PgRow, lang: Lang) -> AlarmRow {
         severity,
         severity_label,
         severity_mark,
-        enterprise: r.get("enterprise_id"),
+        enterprise: r.enterprise_id.unwrap_or_default(),
         // In this language from the typed columns, not the stored mixed-language line.
         description: describe::describe(
             lang,
             &describe::AnomalyFacts {
                 kind: kind.clone(),
-                subject: r.get("subject"),
-                terminal_id: r.get("terminal_id"),
-                container_id: r.get("container_id"),
-                manifest_id: r.get("manifest_id"),
-                previous_value: r.get("previous_value"),
-                current_value: r.get("current_value"),
-                change_ratio_ppm: r.get("change_ratio_ppm"),
-                limit_value: r.get("limit_value"),
+                subject: r.subject,
+                terminal_id: r.terminal_id,
+                container_id: r.container_id,
+                manifest_id: r.manifest_id,
+                previous_value: r.previous_value,
+                current_value: r.current_value,
+                change_ratio_ppm: r.change_ratio_ppm,
+                limit_value: r.limit_value,
             },
         ),
         state,
@@ -1667,22 +1553,10 @@ async fn alarms_page(
     status: StatusCode,
 ) -> Response {
     let lang = s.lang;
-    let (sp, se) = s.binds();
-    let Ok(rows) = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "SELECT {ALARM_COLUMNS} FROM anomalies \
-         WHERE ($1::text IS NULL OR province_code = $1) AND ($2::text IS NULL OR enterprise_id = $2) \
-           AND ($3 OR state <> 'resolved') \
-         ORDER BY detected_at DESC, anomaly_id LIMIT 500"
-    )))
-    .bind(&sp)
-    .bind(&se)
-    .bind(all)
-    .fetch_all(&s.pool)
-    .await
-    else {
+    let Ok(rows) = db::alarms(&s.pool, s.scope(), all).await else {
         return s.unavailable();
     };
-    let rows: Vec<AlarmRow> = rows.iter().map(|r| alarm_row(r, lang)).collect();
+    let rows: Vec<AlarmRow> = rows.into_iter().map(|r| alarm_row(r, lang)).collect();
     let heading = lang
         .t(if all { "alarms_all" } else { "alarms_open" })
         .to_owned();
@@ -1850,22 +1724,12 @@ async fn handled(s: &Session, headers: &HeaderMap, id: &str) -> Response {
     if headers.get("hx-request").is_none() {
         return redirect(&format!("/ui/alarms#a-{id}"));
     }
-    let (sp, se) = s.binds();
-    match sqlx::query(sqlx::AssertSqlSafe(format!(
-        "SELECT {ALARM_COLUMNS} FROM anomalies WHERE anomaly_id = $3 \
-           AND ($1::text IS NULL OR province_code = $1) AND ($2::text IS NULL OR enterprise_id = $2)"
-    )))
-    .bind(&sp)
-    .bind(&se)
-    .bind(id)
-    .fetch_optional(&s.pool)
-    .await
-    {
+    match db::anomaly(&s.pool, s.scope(), id).await {
         Ok(Some(r)) => html(
             StatusCode::OK,
             &AlarmRowPartial {
                 chrome: s.chrome("", "/ui/alarms"),
-                r: alarm_row(&r, s.lang),
+                r: alarm_row(r, s.lang),
             },
         ),
         Ok(None) => s.not_found(),

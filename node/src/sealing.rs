@@ -9,14 +9,14 @@ use custodian_events::keyring::DataKey;
 use custodian_log::{AppendOutcome, Proposed};
 
 use crate::api::error::ApiError;
-use crate::state::AppState;
+use crate::state::{AppState, Sealer};
 
 /// Issuing a key can lose a race to another request issuing the same generation; then the winner's key is
 /// used. More losses than this in a row mean something else is wrong.
 const ISSUE_ATTEMPTS_MAX: usize = 3;
 
 /// The current data key of `scope`, issuing the first one if the scope has none.
-pub async fn data_key(st: &AppState, scope: &str) -> Result<Arc<DataKey>, ApiError> {
+pub async fn data_key(st: &Sealer, scope: &str) -> Result<Arc<DataKey>, ApiError> {
     for _ in 0..ISSUE_ATTEMPTS_MAX {
         if let Some(key) = st.keyring.current(scope) {
             return Ok(key);
@@ -30,7 +30,7 @@ pub async fn data_key(st: &AppState, scope: &str) -> Result<Arc<DataKey>, ApiErr
 /// with theirs.
 /// `caused_by` is the token of the administrator who asked.
 pub async fn rotate(
-    st: &AppState,
+    st: &Sealer,
     scope: &str,
     caused_by: Option<&str>,
 ) -> Result<Arc<DataKey>, ApiError> {
@@ -48,7 +48,7 @@ pub async fn rotate(
 }
 
 async fn issue(
-    st: &AppState,
+    st: &Sealer,
     scope: &str,
     caused_by: Option<&str>,
 ) -> Result<AppendOutcome, ApiError> {
@@ -68,7 +68,7 @@ fn issue_failed(scope: &str) -> ApiError {
 
 /// Seals every proposal with `scope`'s data key.
 pub async fn seal_all(
-    st: &AppState,
+    st: &Sealer,
     scope: &str,
     proposals: Vec<Proposed>,
 ) -> Result<Vec<Proposed>, ApiError> {
@@ -81,7 +81,7 @@ pub async fn seal_all(
 
 /// Seals one event with `scope`'s data key, recording the token whose request caused it, if any.
 pub async fn sealed(
-    st: &AppState,
+    st: &Sealer,
     scope: &str,
     event: Event,
     caused_by: Option<&str>,
@@ -102,9 +102,9 @@ impl custodian_actors::DerivedSink for NodeSink {
             let st = self.0.upgrade().ok_or("the node is shutting down")?;
             let mut batch = Vec::with_capacity(events.len());
             for event in events {
-                let scope = scope_of(&st, &event).map_err(|e| e.message)?;
+                let scope = scope_of(&st.sealer, &event).map_err(|e| e.message)?;
                 batch.push(
-                    sealed(&st, &scope, event, None)
+                    sealed(&st.sealer, &scope, event, None)
                         .await
                         .map_err(|e| e.message)?,
                 );
@@ -117,7 +117,7 @@ impl custodian_actors::DerivedSink for NodeSink {
 
 /// The enterprise whose key seals a derived event: the one it names, else the one of the terminal it
 /// names, else the platform's.
-fn scope_of(st: &AppState, event: &Event) -> Result<String, ApiError> {
+fn scope_of(st: &Sealer, event: &Event) -> Result<String, ApiError> {
     let (enterprise, terminal) = match event {
         Event::AnomalyDetected(a) => (a.enterprise_id.clone(), a.terminal_id.clone()),
         Event::ReadingSuspect(r) => (None, Some(r.terminal_id.clone())),

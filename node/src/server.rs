@@ -337,7 +337,7 @@ async fn follow_registrations(state: std::sync::Weak<AppState>, mut from: u64) {
                         }
                         Event::TerminalKeyRotated(k) => st.registry.invalidate(&k.terminal_id),
                         Event::TerminalKeyRevoked(k) => st.registry.invalidate(&k.terminal_id),
-                        Event::TokenRevoked(r) => st.tokens.revoke(&r.id),
+                        Event::TokenRevoked(r) => st.access.tokens.revoke(&r.id),
                         _ => {}
                     }
                 }
@@ -485,10 +485,14 @@ pub async fn append_tick(
 ) -> Result<Vec<custodian_log::AppendOutcome>, String> {
     let event =
         custodian_events::Event::ClockTicked(custodian_events::event::ClockTicked { at_ns });
-    let proposed =
-        crate::sealing::sealed(st, custodian_events::keyring::PLATFORM_SCOPE, event, None)
-            .await
-            .map_err(|e| e.message)?;
+    let proposed = crate::sealing::sealed(
+        &st.sealer,
+        custodian_events::keyring::PLATFORM_SCOPE,
+        event,
+        None,
+    )
+    .await
+    .map_err(|e| e.message)?;
     st.log
         .append(vec![proposed])
         .await

@@ -461,7 +461,7 @@ impl Topology {
     fn register_edge(&self, edge: &Arc<AppState>) -> Result<(), String> {
         let body = serde_json::json!({
             "id": EDGE_ID,
-            "public_key_pem": edge.tokens.key().public_key_pem(),
+            "public_key_pem": edge.access.tokens.key().public_key_pem(),
             "enterprise_ids": self.enterprises,
         });
         let request = Request::post("/v1/edges")

@@ -32,7 +32,7 @@ pub async fn rotate_data_key(
     axum::extract::Path(scope): axum::extract::Path<String>,
     headers: HeaderMap,
 ) -> Result<impl IntoResponse, ApiError> {
-    let caller = require_admin_caller(&st, &headers)?;
+    let caller = require_admin_caller(&st.access, &headers)?;
     custodian_events::ids::check_id(&scope).map_err(|e| {
         ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -58,7 +58,7 @@ pub async fn rotate_data_key(
             ),
         ));
     }
-    let key = crate::sealing::rotate(&st, &scope, Some(&caller.token_id)).await?;
+    let key = crate::sealing::rotate(&st.sealer, &scope, Some(&caller.token_id)).await?;
     Ok((
         StatusCode::CREATED,
         axum::Json(
@@ -83,7 +83,7 @@ pub async fn projections_status(
     State(st): State<Arc<AppState>>,
     headers: HeaderMap,
 ) -> Result<impl IntoResponse, ApiError> {
-    require_admin(&st, &headers)?;
+    require_admin(&st.access, &headers)?;
     let list = st.projection_statuses();
     Ok(axum::Json(serde_json::json!({
         "last_seq": st.log.last_seq(),
@@ -136,7 +136,7 @@ pub async fn search(
     headers: HeaderMap,
     query: Result<axum::extract::Query<SearchQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
-    require_admin(&st, &headers)?;
+    require_admin(&st.access, &headers)?;
     let q = query::query_of(query)?;
     query::filter(
         "enterprise_id",
@@ -183,7 +183,7 @@ pub async fn rebuild_projection(
     axum::extract::Path(name): axum::extract::Path<String>,
     headers: HeaderMap,
 ) -> Result<impl IntoResponse, ApiError> {
-    require_admin(&st, &headers)?;
+    require_admin(&st.access, &headers)?;
     let all = st.projections.get().map(Vec::as_slice).unwrap_or(&[]);
     let Some(p) = all.iter().find(|p| p.name() == name) else {
         let names: Vec<String> = all.iter().map(|p| p.name()).collect();

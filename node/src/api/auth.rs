@@ -3,20 +3,20 @@
 use axum::http::{HeaderMap, StatusCode, header};
 
 use crate::api::error::ApiError;
-use crate::state::AppState;
+use crate::state::Access;
 
 /// Checks `Authorization: Bearer <admin token>`, in constant time.
-pub fn require_admin(st: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
-    require_admin_caller(st, headers).map(|_| ())
+pub fn require_admin(access: &Access, headers: &HeaderMap) -> Result<(), ApiError> {
+    require_admin_caller(access, headers).map(|_| ())
 }
 
 /// The caller, who must hold the `admin` role: the node's bootstrap admin token or an admin token issued
 /// with it. A regulator's token gets 403 `admin_only`.
 pub fn require_admin_caller(
-    st: &AppState,
+    access: &Access,
     headers: &HeaderMap,
 ) -> Result<crate::tokens::Caller, ApiError> {
-    let c = caller(st, headers)?;
+    let c = caller(access, headers)?;
     if !c.is_admin() {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
@@ -29,7 +29,7 @@ pub fn require_admin_caller(
 
 /// Who is asking: the bootstrap admin token, or a token the platform issued (checked: signature, expiry,
 /// revocation).
-pub fn caller(st: &AppState, headers: &HeaderMap) -> Result<crate::tokens::Caller, ApiError> {
+pub fn caller(access: &Access, headers: &HeaderMap) -> Result<crate::tokens::Caller, ApiError> {
     use crate::tokens::{Caller, Scope, Tier};
     let Some(value) = headers.get(header::AUTHORIZATION) else {
         return Err(ApiError::new(
@@ -43,15 +43,15 @@ pub fn caller(st: &AppState, headers: &HeaderMap) -> Result<crate::tokens::Calle
         .ok()
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
-    if constant_time_eq(given.as_bytes(), st.admin_token.as_bytes()) {
+    if constant_time_eq(given.as_bytes(), access.admin_token.as_bytes()) {
         return Ok(Caller {
             token_id: "bootstrap".into(),
             tier: Tier::Admin,
             scope: Scope::All,
         });
     }
-    let now_s = st.clock.now_ns().div_euclid(1_000_000_000);
-    let claims = st.tokens.verify(given, now_s).map_err(|e| {
+    let now_s = access.clock.now_ns().div_euclid(1_000_000_000);
+    let claims = access.tokens.verify(given, now_s).map_err(|e| {
         ApiError::new(
             StatusCode::UNAUTHORIZED,
             "invalid_token",

@@ -73,7 +73,7 @@ pub async fn register_edge(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let caller = require_admin_caller(&st, &headers)?;
+    let caller = require_admin_caller(&st.access, &headers)?;
     let raw: RawEdge = read_json(&headers, body, 64 * 1024).await?;
     EnterpriseId::parse(&raw.id)
         .map_err(|e| unprocessable("invalid_id", format!("id {:?}: {e}", raw.id)))?;
@@ -107,7 +107,7 @@ pub async fn register_edge(
         enterprise_ids,
     });
     let proposed = sealing::sealed(
-        &st,
+        &st.sealer,
         custodian_events::keyring::PLATFORM_SCOPE,
         event,
         Some(&caller.token_id),
@@ -150,8 +150,8 @@ pub async fn register_edge(
 )]
 pub async fn public_key(State(st): State<Arc<AppState>>) -> Response {
     axum::Json(serde_json::json!({
-        "public_key_pem": st.tokens.key().public_key_pem(),
-        "fingerprint": hex::encode(custodian_events::crypto::key_fingerprint(&st.tokens.key().public_key_der())),
+        "public_key_pem": st.access.tokens.key().public_key_pem(),
+        "fingerprint": hex::encode(custodian_events::crypto::key_fingerprint(&st.access.tokens.key().public_key_der())),
     }))
     .into_response()
 }
@@ -210,14 +210,15 @@ async fn open_request(
                 ),
             )
         })?;
-    let plain = custodian_events::digital_envelope::open(&sealed, st.tokens.key(), &edge.key)
-        .map_err(|e| {
-            ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "envelope_invalid",
-                format!("the request is not an envelope from edge {id} to this platform: {e}"),
-            )
-        })?;
+    let plain =
+        custodian_events::digital_envelope::open(&sealed, st.access.tokens.key(), &edge.key)
+            .map_err(|e| {
+                ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "envelope_invalid",
+                    format!("the request is not an envelope from edge {id} to this platform: {e}"),
+                )
+            })?;
     Ok((edge, plain))
 }
 
@@ -361,7 +362,7 @@ async fn forward_one(
             };
         }
     };
-    match super::ingest::ingest_signed(st, &body, Some(&u.signature), Some(allowed)).await {
+    match super::ingest::ingest_signed(&st.ingest, &body, Some(&u.signature), Some(allowed)).await {
         Ok(r) => {
             st.metrics
                 .edge_readings_received
@@ -427,7 +428,7 @@ async fn report_anomaly(
         edge_id: edge_id.to_owned(),
         anomaly,
     });
-    let proposed = sealing::sealed(st, enterprise.as_str(), event, None).await?;
+    let proposed = sealing::sealed(&st.sealer, enterprise.as_str(), event, None).await?;
     Ok(matches!(
         st.log.append(vec![proposed]).await?.remove(0),
         AppendOutcome::Appended { .. }
@@ -505,7 +506,7 @@ pub async fn registrations(
     let sealed = custodian_events::digital_envelope::seal(
         &payload,
         &edge.key,
-        st.tokens.key(),
+        st.access.tokens.key(),
         st.entropy.as_ref(),
     )
     .map_err(|e| {
@@ -541,7 +542,7 @@ pub async fn registrations_file(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    require_admin_caller(&st, &headers)?;
+    require_admin_caller(&st.access, &headers)?;
     let edge = edge_entry(&st, &id).map_err(|_| {
         ApiError::new(
             StatusCode::NOT_FOUND,

@@ -91,7 +91,7 @@ pub async fn stream(
     headers: HeaderMap,
     query: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
-    require_admin(&st, &headers)?;
+    require_admin(&st.access, &headers)?;
     let Query(q) = query
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))?;
     let types = match &q.types {
@@ -223,7 +223,7 @@ pub async fn export(
 ) -> Result<Response, ApiError> {
     use custodian_log::export::{ExportHeader, Exporter};
     use futures_util::StreamExt as _;
-    require_admin(&st, &headers)?;
+    require_admin(&st.access, &headers)?;
     let last = st.log.last_seq();
     let genesis = st.log.read(1, 1)?.first().map(|e| e.fingerprint_hex());
     let header = ExportHeader::new(

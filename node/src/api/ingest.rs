@@ -1,6 +1,5 @@
 //! `POST /v1/uploads`: verify, validate, dedupe, fingerprint, make durable, then acknowledge.
 
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
@@ -18,7 +17,7 @@ use crate::api::body::parse_json;
 use crate::api::body::read_body;
 use crate::api::error::ApiError;
 use crate::sealing;
-use crate::state::AppState;
+use crate::state::Ingest;
 use crate::terminals::TerminalEntry;
 use crate::upload::{ReadingResult, SIGNATURE_HEADER, UploadResponse};
 
@@ -35,7 +34,7 @@ fn unauthorized(code: &'static str, message: String) -> ApiError {
 /// Checks `X-Custodian-Signature` against the terminal's usable keys (newest first). `None` means an
 /// unsigned upload that the configuration allows.
 fn verify_signature(
-    st: &AppState,
+    st: &Ingest,
     header: Option<&str>,
     terminal: &TerminalEntry,
     body: &[u8],
@@ -43,7 +42,7 @@ fn verify_signature(
     use base64::Engine as _;
     let id = &terminal.registration.id;
     if terminal.keys.is_empty() {
-        if st.config.ingest.require_signature || header.is_some() {
+        if st.limits.require_signature || header.is_some() {
             return Err(unauthorized(
                 "terminal_key_missing",
                 format!(
@@ -54,7 +53,7 @@ fn verify_signature(
         return Ok(None);
     }
     let Some(header) = header else {
-        if st.config.ingest.require_signature {
+        if st.limits.require_signature {
             return Err(unauthorized(
                 "signature_missing",
                 format!(
@@ -111,19 +110,19 @@ fn verify_signature(
 }
 
 /// 503 `backpressure` while the domain core lags too far behind the log.
-fn backpressure(st: &AppState) -> Result<(), ApiError> {
-    if !st.config.derive.enabled {
+fn backpressure(st: &Ingest) -> Result<(), ApiError> {
+    if !st.derive_enabled {
         return Ok(());
     }
     let derived = st.derived_seq.load(std::sync::atomic::Ordering::Acquire);
     let lag = st.log.last_seq().saturating_sub(derived);
-    if lag > st.config.derive.lag_events_max {
+    if lag > st.lag_events_max {
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "backpressure",
             format!(
                 "anomaly detection is {lag} events behind the log (at most {} allowed); nothing of this request was stored, retry shortly",
-                st.config.derive.lag_events_max
+                st.lag_events_max
             ),
         ));
     }
@@ -183,7 +182,7 @@ struct RawUpload {
         crate::api::schema::E400, crate::api::schema::E401, crate::api::schema::E413, crate::api::schema::E415, crate::api::schema::E422, crate::api::schema::E503,
     ),
 )]
-pub async fn upload(State(st): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
+pub async fn upload(State(st): State<Ingest>, headers: HeaderMap, body: Body) -> Response {
     let result = handle(&st, &headers, body).await;
     let status = match &result {
         Ok(_) => StatusCode::OK,
@@ -196,15 +195,11 @@ pub async fn upload(State(st): State<Arc<AppState>>, headers: HeaderMap, body: B
     }
 }
 
-async fn handle(
-    st: &AppState,
-    headers: &HeaderMap,
-    body: Body,
-) -> Result<UploadResponse, ApiError> {
+async fn handle(st: &Ingest, headers: &HeaderMap, body: Body) -> Result<UploadResponse, ApiError> {
     if let Some(edge) = st.edge.get() {
         edge.admit()?;
     }
-    let body_bytes = read_body(headers, body, st.config.ingest.body_bytes_max).await?;
+    let body_bytes = read_body(headers, body, st.limits.body_bytes_max).await?;
     let signature = match headers.get(SIGNATURE_HEADER) {
         None => None,
         Some(h) => Some(h.to_str().map_err(|_| {
@@ -221,12 +216,12 @@ async fn handle(
 /// `POST /v1/uploads`, of MQTT uploads at an edge, and of each upload an edge forwards. `enterprises`,
 /// when given, are the only enterprises whose terminals may upload this way (an edge's own).
 pub async fn ingest_signed(
-    st: &AppState,
+    st: &Ingest,
     body_bytes: &[u8],
     signature: Option<&str>,
     enterprises: Option<&[custodian_events::EnterpriseId]>,
 ) -> Result<UploadResponse, ApiError> {
-    let limits = &st.config.ingest;
+    let limits = &st.limits;
     if body_bytes.len() > limits.body_bytes_max {
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -358,7 +353,7 @@ pub async fn ingest_signed(
         let with_evidence = evidence.is_some();
         let batch: Vec<Proposed> = evidence.into_iter().chain(proposed).collect();
         let scope = terminal.registration.enterprise_id.to_string();
-        let batch = sealing::seal_all(st, &scope, batch).await?;
+        let batch = sealing::seal_all(&st.sealer, &scope, batch).await?;
         let started = Instant::now();
         let mut outcomes = st.log.append(batch).await?;
         st.metrics.observe_append(started.elapsed());

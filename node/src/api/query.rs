@@ -101,7 +101,7 @@ pub async fn issue_token(
     headers: HeaderMap,
     body: Body,
 ) -> Result<impl IntoResponse, ApiError> {
-    let by = require_admin_caller(&st, &headers)?;
+    let by = require_admin_caller(&st.access, &headers)?;
     let raw: RawToken = read_json(&headers, body, 4096).await?;
     let bad =
         |m: String| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_token_request", m);
@@ -153,7 +153,7 @@ pub async fn issue_token(
         issued_by: by.token_id.clone(),
     });
     let p = crate::sealing::sealed(
-        &st,
+        &st.sealer,
         custodian_events::keyring::PLATFORM_SCOPE,
         event,
         Some(&by.token_id),
@@ -163,7 +163,7 @@ pub async fn issue_token(
     Ok((
         StatusCode::CREATED,
         axum::Json(json!({
-            "token": st.tokens.issue(&claims),
+            "token": st.access.tokens.issue(&claims),
             "id": id,
             "tier": tier.name(),
             "scope": raw.scope,
@@ -190,7 +190,7 @@ pub async fn revoke_token(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<impl IntoResponse, ApiError> {
-    let by = require_admin_caller(&st, &headers)?;
+    let by = require_admin_caller(&st.access, &headers)?;
     custodian_events::ids::check_id(&id).map_err(|e| {
         ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -215,14 +215,14 @@ pub async fn revoke_token(
         revoked_by: by.token_id.clone(),
     });
     let p = crate::sealing::sealed(
-        &st,
+        &st.sealer,
         custodian_events::keyring::PLATFORM_SCOPE,
         event,
         Some(&by.token_id),
     )
     .await?;
     st.log.append(vec![p]).await?;
-    st.tokens.revoke(&id);
+    st.access.tokens.revoke(&id);
     Ok(axum::Json(json!({ "id": id, "status": "revoked" })))
 }
 
@@ -338,7 +338,7 @@ pub async fn enterprises(
     headers: HeaderMap,
     q: Result<Query<EnterprisesQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let who = caller(&st, &headers)?;
+    let who = caller(&st.access, &headers)?;
     let q = query_of(q)?;
     let limit = page(q.limit)?;
     filter(
@@ -412,7 +412,7 @@ pub async fn enterprise(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<impl IntoResponse, ApiError> {
-    let who = caller(&st, &headers)?;
+    let who = caller(&st.access, &headers)?;
     let pool = pg(&st)?;
     Ok(axum::Json(enterprise_json(
         &enterprise_in_scope(&pool, &who.scope, &id).await?,
@@ -476,7 +476,7 @@ pub async fn enterprise_kpis(
     headers: HeaderMap,
     q: Result<Query<KpisQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let who = caller(&st, &headers)?;
+    let who = caller(&st.access, &headers)?;
     let q = query_of(q)?;
     let clamp = |d: time::Date| d.clamp(KPI_DAY_FIRST, KPI_DAY_LAST);
     let from = q.from.as_deref().map(day).transpose()?.map(clamp);
@@ -574,7 +574,7 @@ pub async fn anomalies(
     headers: HeaderMap,
     q: Result<Query<AnomaliesQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let who = caller(&st, &headers)?;
+    let who = caller(&st.access, &headers)?;
     let q = query_of(q)?;
     let limit = page(q.limit)?;
     filter("kind", &q.kind, is_anomaly_kind, "an anomaly kind")?;
@@ -676,7 +676,7 @@ pub async fn container(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<impl IntoResponse, ApiError> {
-    let who = caller(&st, &headers)?;
+    let who = caller(&st.access, &headers)?;
     let pool = pg(&st)?;
     let Some(c) = db::container(&pool, &who.scope, &id)
         .await
@@ -738,7 +738,7 @@ pub async fn search(
     headers: HeaderMap,
     q: Result<Query<SearchQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let who: Caller = caller(&st, &headers)?;
+    let who: Caller = caller(&st.access, &headers)?;
     let q = query_of(q)?;
     crate::api::search::run_search(
         &st,
@@ -792,7 +792,7 @@ pub async fn terminal_readings(
     headers: HeaderMap,
     q: Result<Query<ReadingsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let who = caller(&st, &headers)?;
+    let who = caller(&st.access, &headers)?;
     let q = query_of(q)?;
     Ok(axum::Json(readings(&st, &who, &id, &q).await?))
 }
@@ -917,7 +917,7 @@ pub async fn overview(
     headers: HeaderMap,
     q: Result<Query<OverviewQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let who = caller(&st, &headers)?;
+    let who = caller(&st.access, &headers)?;
     query_of(q)?;
     let pool = pg(&st)?;
     let o = db::overview_counts(&pool, &who.scope, st.clock.now_ns())
@@ -984,7 +984,7 @@ pub async fn cache(
     }
     let started = std::time::Instant::now();
     let uri = req.uri().to_string();
-    let who = match caller(&st, req.headers()) {
+    let who = match caller(&st.access, req.headers()) {
         Ok(c) => c,
         Err(e) => {
             st.metrics
@@ -1112,7 +1112,7 @@ pub async fn manifest(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<impl IntoResponse, ApiError> {
-    let who = caller(&st, &headers)?;
+    let who = caller(&st.access, &headers)?;
     let Some(m) = db::manifest(&pg(&st)?, &who.scope, &id)
         .await
         .map_err(db_error)?
@@ -1170,7 +1170,7 @@ pub async fn anomaly_stream(
     headers: HeaderMap,
 ) -> Result<impl IntoResponse, ApiError> {
     use axum::response::sse::{KeepAlive, Sse};
-    let who = caller(&st, &headers)?;
+    let who = caller(&st.access, &headers)?;
     let from = match headers.get("last-event-id") {
         Some(v) => v
             .to_str()
@@ -1361,7 +1361,7 @@ async fn handle_anomaly(
     body: Body,
     state: custodian_events::event::AnomalyState,
 ) -> Result<impl IntoResponse, ApiError> {
-    let who = caller(&st, &headers)?;
+    let who = caller(&st.access, &headers)?;
     let raw: RawHandling = read_json(&headers, body, 32 * 1024).await?;
     // Not idempotent: every call is recorded, so `Some` always.
     let seq = handle(&st, &who, &id, &raw.note, state, false)
@@ -1433,7 +1433,7 @@ pub(crate) async fn handle(
         at_ns: st.clock.now_ns(),
     });
     let scope = enterprise.unwrap_or_else(|| custodian_events::keyring::PLATFORM_SCOPE.to_owned());
-    let p = crate::sealing::sealed(st, &scope, event, Some(&who.token_id)).await?;
+    let p = crate::sealing::sealed(&st.sealer, &scope, event, Some(&who.token_id)).await?;
     let outcome = st.log.append(vec![p]).await?;
     Ok(Some(match outcome.first() {
         Some(custodian_log::AppendOutcome::Appended { seq }) => *seq,

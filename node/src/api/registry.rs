@@ -45,12 +45,12 @@ pub async fn register_enterprise(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let caller = require_admin_caller(&st, &headers)?;
+    let caller = require_admin_caller(&st.access, &headers)?;
     let raw: RawEnterprise = read_json(&headers, body, REGISTRATION_BODY_BYTES_MAX).await?;
     let e = EnterpriseRegistered::from_raw(&raw).map_err(ApiError::unprocessable)?;
     let id = e.id.to_string();
     let proposed = sealing::sealed(
-        &st,
+        &st.sealer,
         &id,
         Event::EnterpriseRegistered(e),
         Some(&caller.token_id),
@@ -77,7 +77,7 @@ pub async fn register_terminal(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let caller = require_admin_caller(&st, &headers)?;
+    let caller = require_admin_caller(&st.access, &headers)?;
     let raw: RawTerminal = read_json(&headers, body, REGISTRATION_BODY_BYTES_MAX).await?;
     let t = TerminalRegistered::from_raw(&raw).map_err(ApiError::unprocessable)?;
     if st
@@ -97,7 +97,7 @@ pub async fn register_terminal(
     let id = t.id.to_string();
     let scope = t.enterprise_id.to_string();
     let proposed = sealing::sealed(
-        &st,
+        &st.sealer,
         &scope,
         Event::TerminalRegistered(t),
         Some(&caller.token_id),
@@ -127,7 +127,7 @@ pub async fn open_manifest(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let caller = require_admin_caller(&st, &headers)?;
+    let caller = require_admin_caller(&st.access, &headers)?;
     let raw: custodian_events::domain::RawManifest =
         read_json(&headers, body, MANIFEST_BODY_BYTES_MAX).await?;
     let m =
@@ -149,7 +149,7 @@ pub async fn open_manifest(
     let id = m.id.to_string();
     let scope = m.generator_id.to_string();
     let proposed = sealing::sealed(
-        &st,
+        &st.sealer,
         &scope,
         Event::ManifestOpened(m),
         Some(&caller.token_id),
@@ -200,7 +200,7 @@ pub async fn file_note(
 ) -> Result<Response, ApiError> {
     use custodian_events::event::{AUTHOR_CHARS_MAX, NOTE_CHARS_MAX, NoteFiled, check_text};
     use custodian_events::ids::{ContainerId, EnterpriseId};
-    let caller = require_admin_caller(&st, &headers)?;
+    let caller = require_admin_caller(&st.access, &headers)?;
     let raw: RawNote = read_json(&headers, body, NOTE_BODY_BYTES_MAX).await?;
     let bad = |code: &'static str, message: String| {
         ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, message)
@@ -246,7 +246,7 @@ pub async fn file_note(
         text: text.to_owned(),
         filed_at_ns: st.clock.now_ns(),
     });
-    let proposed = sealing::sealed(&st, &scope, event, Some(&caller.token_id)).await?;
+    let proposed = sealing::sealed(&st.sealer, &scope, event, Some(&caller.token_id)).await?;
     let outcome = st.log.append(vec![proposed]).await?;
     let event_seq = match outcome.first() {
         Some(AppendOutcome::Appended { seq } | AppendOutcome::Duplicate { seq }) => *seq,
@@ -331,7 +331,7 @@ pub async fn rotate_terminal_key(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let caller = require_admin_caller(&st, &headers)?;
+    let caller = require_admin_caller(&st.access, &headers)?;
     let raw: RawKeyRotation = read_json(&headers, body, REGISTRATION_BODY_BYTES_MAX).await?;
     let public_key = custodian_events::crypto::sm2_public_key_der_from_pem(&raw.public_key_pem)
         .map_err(ApiError::unprocessable)?;
@@ -369,7 +369,7 @@ pub async fn revoke_terminal_key(
     Path((id, fingerprint)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let caller = require_admin_caller(&st, &headers)?;
+    let caller = require_admin_caller(&st.access, &headers)?;
     let fp: Fingerprint = hex::decode(&fingerprint)
         .ok()
         .and_then(|b| b.try_into().ok())
@@ -428,7 +428,7 @@ async fn key_change(
             .into_response());
     };
     let scope = entry.registration.enterprise_id.to_string();
-    let proposed = sealing::sealed(st, &scope, event, Some(caused_by)).await?;
+    let proposed = sealing::sealed(&st.sealer, &scope, event, Some(caused_by)).await?;
     let outcome = st.log.append(vec![proposed]).await?;
     st.registry.invalidate(id);
     match outcome[0] {

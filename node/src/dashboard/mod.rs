@@ -588,7 +588,7 @@ fn signed_in(st: &AppState, headers: &HeaderMap) -> Option<Caller> {
         header::AUTHORIZATION,
         HeaderValue::from_str(&format!("Bearer {token}")).ok()?,
     );
-    crate::api::auth::caller(st, &bearer).ok()
+    crate::api::auth::caller(&st.access, &bearer).ok()
 }
 
 fn who(caller: &Caller, lang: Lang) -> String {
@@ -727,7 +727,7 @@ async fn sign_in(
             .ok()
             .map(|v| bearer.insert(header::AUTHORIZATION, v))
             .is_some()
-        && crate::api::auth::caller(&st, &bearer).is_ok();
+        && crate::api::auth::caller(&st.access, &bearer).is_ok();
     if !verified {
         return html(
             StatusCode::UNAUTHORIZED,

@@ -50,7 +50,7 @@ pub async fn outbox(
     State(st): State<Arc<AppState>>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    require_admin(&st, &headers)?;
+    require_admin(&st.access, &headers)?;
     let e = edge(&st)?;
     let s = &e.stats;
     let n = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
@@ -104,7 +104,7 @@ pub async fn dead_letters(
     headers: HeaderMap,
     q: Result<Query<LimitQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
-    require_admin(&st, &headers)?;
+    require_admin(&st.access, &headers)?;
     let e = edge(&st)?;
     let limit = q
         .map_err(|r| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", r.body_text()))?
@@ -143,7 +143,7 @@ pub async fn retry_dead_letters(
     State(st): State<Arc<AppState>>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    require_admin(&st, &headers)?;
+    require_admin(&st.access, &headers)?;
     let e = edge(&st)?;
     let moved = e.outbox.retry_dead_letters().map_err(storage)?;
     Ok(axum::Json(serde_json::json!({ "requeued": moved })).into_response())
@@ -188,7 +188,7 @@ pub async fn discard_dead_letters(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let who = crate::api::auth::require_admin_caller(&st, &headers)?;
+    let who = crate::api::auth::require_admin_caller(&st.access, &headers)?;
     let e = edge(&st)?;
     let b: DiscardBody = crate::api::body::read_json(&headers, body, 256 * 1024).await?;
     let invalid = |m: String| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_body", m);

@@ -180,7 +180,7 @@ async fn ingest(
             ),
         ));
     }
-    let r = crate::api::ingest::ingest_signed(st, &body, Some(&m.signature), None).await;
+    let r = crate::api::ingest::ingest_signed(&st.ingest, &body, Some(&m.signature), None).await;
     st.metrics.upload(match &r {
         Ok(_) => 200,
         Err(e) => e.status.as_u16(),

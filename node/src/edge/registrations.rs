@@ -35,7 +35,7 @@ pub async fn apply(st: &AppState, regs: &Registrations) -> anyhow::Result<usize>
             Event::TerminalKeyRevoked(k) => Some(k.terminal_id.clone()),
             _ => None,
         };
-        let proposed = crate::sealing::sealed(st, &scope, event.clone(), None)
+        let proposed = crate::sealing::sealed(&st.sealer, &scope, event.clone(), None)
             .await
             .map_err(|e| anyhow::anyhow!("cannot seal registration {i}: {}", e.message))?;
         let outcome = st.log.append(vec![proposed]).await?.remove(0);

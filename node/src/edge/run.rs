@@ -100,7 +100,7 @@ impl EdgeRuntime {
     ) -> Arc<EdgeRuntime> {
         let rt = Arc::new(EdgeRuntime {
             id,
-            key: state.tokens.key().clone(),
+            key: state.access.tokens.key().clone(),
             upstream_key: Mutex::new(upstream_key),
             pinned_key_file,
             outbox,

@@ -192,7 +192,8 @@ impl Node {
             ))
         });
         let _ = state
-            .projections
+            .models
+            .runners
             .set(start_projections(&state, data_dir.path()).await?);
         if edge {
             // Before the listener: an edge never answers without its outbox in place.
@@ -270,10 +271,10 @@ impl Node {
         if let Some(d) = self.deriver.take() {
             d.stop().await;
         }
-        for p in self.state.projections.get().into_iter().flatten() {
+        for p in self.state.models.runners.get().into_iter().flatten() {
             p.stop().await;
         }
-        if let Some(a) = &self.state.audit {
+        if let Some(a) = &self.state.reads.audit {
             a.stop();
         }
         Ok(())

@@ -1,5 +1,5 @@
 //! What the handlers share, made once at start (`server.rs`): the services a handler asks for by type
-//! (axum's `FromRef`: `State<Ingest>`, `State<Access>`, `State<Sealer>`) and, for the rest,
+//! (axum's `FromRef`: `State<Ingest>`, `State<Reads>`, `State<Feed>`, `State<Access>`, `State<Sealer>`) and, for the rest,
 //! the node's shared parts in [`AppState`].
 
 use std::sync::atomic::AtomicU64;
@@ -60,11 +60,73 @@ pub struct Ingest {
     pub edge: Arc<OnceLock<Arc<EdgeRuntime>>>,
 }
 
+/// The log's own feed and export for administrators (`api/events.rs`): who asks, the log, the clock. A
+/// handle.
+#[derive(Clone)]
+pub struct Feed {
+    pub access: Access,
+    pub log: Arc<dyn EventLog>,
+    pub clock: Arc<dyn Clock>,
+}
+
+impl FromRef<Arc<AppState>> for Feed {
+    fn from_ref(st: &Arc<AppState>) -> Feed {
+        Feed {
+            access: st.access.clone(),
+            log: st.log.clone(),
+            clock: st.clock.clone(),
+        }
+    }
+}
+
+/// The read models' runners, once started (`server.rs` fills it): what is live, each model's status,
+/// and why one cannot be read now. A handle (one `Arc`).
+#[derive(Clone, Default)]
+pub struct Models {
+    pub runners: Arc<OnceLock<Vec<custodian_projections::runner::RunnerHandle>>>,
+}
+
+/// The regulators' reads (`api/query.rs`, `api/search.rs`, `query/`, the dashboard): who asks, the read
+/// models, the directory that scopes them, the answer cache and the audit trail, and the log for the
+/// live feeds and the events a regulator's handling appends. A handle (one `Arc`).
+#[derive(Clone)]
+pub struct Reads(Arc<ReadParts>);
+
+/// What [`Reads`] holds.
+pub struct ReadParts {
+    pub access: Access,
+    pub sealer: Sealer,
+    pub log: Arc<dyn EventLog>,
+    pub clock: Arc<dyn Clock>,
+    /// Token ids.
+    pub entropy: Arc<dyn Entropy>,
+    pub models: Models,
+    /// Terminal → enterprise → province, from the registrations in the log.
+    pub directory: custodian_projections::directory::SharedDirectory,
+    /// `query.*` (the cache) and `dashboard.*` (cookies).
+    pub config: Config,
+    /// Answers of the regulators' reads, keyed by scope and URI, kept `query.cache_ttl_ms`.
+    pub query_cache: moka::sync::Cache<String, (bytes::Bytes, i64)>,
+    /// The audit trail of regulators' reads (absent when the PostgreSQL model is off).
+    pub audit: Option<crate::audit::Audit>,
+    pub metrics: Arc<Metrics>,
+    /// The edge's runtime when this node runs as one (its reads answer from its own log).
+    pub edge: Arc<OnceLock<Arc<EdgeRuntime>>>,
+}
+
+impl std::ops::Deref for Reads {
+    type Target = ReadParts;
+    fn deref(&self) -> &ReadParts {
+        &self.0
+    }
+}
+
 /// The node's shared parts, and its services.
 pub struct AppState {
     pub access: Access,
     pub sealer: Sealer,
     pub ingest: Ingest,
+    pub reads: Reads,
     pub log: Arc<dyn EventLog>,
     pub config: Config,
     pub clock: Arc<dyn Clock>,
@@ -78,11 +140,7 @@ pub struct AppState {
     /// The deriver's counters, once it runs.
     pub deriver_stats: OnceLock<Arc<custodian_actors::DeriverStats>>,
     /// The read models' runners, once started.
-    pub projections: OnceLock<Vec<custodian_projections::runner::RunnerHandle>>,
-    /// Answers of the regulators' reads, keyed by scope and URI, kept `query.cache_ttl_ms`.
-    pub query_cache: moka::sync::Cache<String, (bytes::Bytes, i64)>,
-    /// The audit trail of regulators' reads (absent when the PostgreSQL model is off).
-    pub audit: Option<crate::audit::Audit>,
+    pub models: Models,
     /// Terminal → enterprise → province, from the registrations in the log.
     pub directory: custodian_projections::directory::SharedDirectory,
     /// The outbox and forwarder when this node runs as an edge (`custodian edge`); shared with [`Ingest`].
@@ -100,6 +158,12 @@ impl FromRef<Arc<AppState>> for Ingest {
 impl FromRef<Arc<AppState>> for Access {
     fn from_ref(st: &Arc<AppState>) -> Access {
         st.access.clone()
+    }
+}
+
+impl FromRef<Arc<AppState>> for Reads {
+    fn from_ref(st: &Arc<AppState>) -> Reads {
+        st.reads.clone()
     }
 }
 
@@ -135,12 +199,36 @@ impl AppState {
             log: p.log.clone(),
             registry: registry.clone(),
         };
+        let access = Access {
+            admin_token: p.admin_token.into(),
+            tokens: Arc::new(p.tokens),
+            clock: p.clock.clone(),
+        };
+        let models = Models::default();
+        let reads = Reads(Arc::new(ReadParts {
+            access: access.clone(),
+            sealer: sealer.clone(),
+            log: p.log.clone(),
+            clock: p.clock.clone(),
+            entropy: p.entropy.clone(),
+            models: models.clone(),
+            directory: p.directory.clone(),
+            config: p.config.clone(),
+            query_cache: moka::sync::Cache::builder()
+                .max_capacity(p.config.query.cache_bytes_max)
+                .weigher(|k: &String, v: &(bytes::Bytes, i64)| {
+                    u32::try_from(k.len() + v.0.len()).unwrap_or(u32::MAX)
+                })
+                .time_to_live(std::time::Duration::from_millis(
+                    p.config.query.cache_ttl_ms.max(1),
+                ))
+                .build(),
+            audit: p.audit,
+            metrics: metrics.clone(),
+            edge: edge.clone(),
+        }));
         AppState {
-            access: Access {
-                admin_token: p.admin_token.into(),
-                tokens: Arc::new(p.tokens),
-                clock: p.clock.clone(),
-            },
+            access,
             ingest: Ingest {
                 log: p.log.clone(),
                 clock: p.clock.clone(),
@@ -153,23 +241,14 @@ impl AppState {
                 sealer: sealer.clone(),
                 edge: edge.clone(),
             },
+            reads,
             sealer,
             derived_seq: p.derived_seq,
             deriver_stats: OnceLock::new(),
             edge,
             cluster: OnceLock::new(),
-            projections: OnceLock::new(),
-            audit: p.audit,
+            models,
             directory: p.directory,
-            query_cache: moka::sync::Cache::builder()
-                .max_capacity(p.config.query.cache_bytes_max)
-                .weigher(|k: &String, v: &(bytes::Bytes, i64)| {
-                    u32::try_from(k.len() + v.0.len()).unwrap_or(u32::MAX)
-                })
-                .time_to_live(std::time::Duration::from_millis(
-                    p.config.query.cache_ttl_ms.max(1),
-                ))
-                .build(),
             log: p.log,
             registry,
             clock: p.clock,
@@ -179,7 +258,9 @@ impl AppState {
             config: p.config,
         }
     }
+}
 
+impl Models {
     /// What `get` makes of the live generation of read model `name` (`postgres`, `influx`, `search`), as
     /// its concrete type; None when the model is disabled or still starting.
     pub fn live_model<T: 'static, R>(
@@ -188,7 +269,7 @@ impl AppState {
         get: impl FnOnce(&T) -> Option<R>,
     ) -> Option<R> {
         let live = self
-            .projections
+            .runners
             .get()?
             .iter()
             .find(|p| p.name() == name)?
@@ -197,8 +278,8 @@ impl AppState {
     }
 
     /// Each running read model's status (checkpoint, lag, state, rebuild), for `/metrics` and the admin API.
-    pub fn projection_statuses(&self) -> Vec<custodian_projections::runner::ProjectionStatus> {
-        self.projections
+    pub fn statuses(&self) -> Vec<custodian_projections::runner::ProjectionStatus> {
+        self.runners
             .get()
             .into_iter()
             .flatten()
@@ -208,9 +289,9 @@ impl AppState {
 
     /// Why the read model `name` cannot be read now (`what` names it for people): disabled, still starting,
     /// or built from another event log (which is never served).
-    pub fn model_unavailable(&self, name: &str, what: &str, code: &'static str) -> ApiError {
+    pub fn unavailable(&self, name: &str, what: &str, code: &'static str) -> ApiError {
         let status = self
-            .projections
+            .runners
             .get()
             .into_iter()
             .flatten()

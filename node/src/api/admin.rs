@@ -84,7 +84,7 @@ pub async fn projections_status(
     headers: HeaderMap,
 ) -> Result<impl IntoResponse, ApiError> {
     require_admin(&st.access, &headers)?;
-    let list = st.projection_statuses();
+    let list = st.models.statuses();
     Ok(axum::Json(serde_json::json!({
         "last_seq": st.log.last_seq(),
         "projections": list,
@@ -151,7 +151,7 @@ pub async fn search(
         query::PROVINCE,
     )?;
     run_search(
-        &st,
+        &st.reads,
         q.q,
         custodian_projections::search::SearchFilter {
             enterprise_ids: q.enterprise_id.map(|e| vec![e]),
@@ -184,7 +184,7 @@ pub async fn rebuild_projection(
     headers: HeaderMap,
 ) -> Result<impl IntoResponse, ApiError> {
     require_admin(&st.access, &headers)?;
-    let all = st.projections.get().map(Vec::as_slice).unwrap_or(&[]);
+    let all = st.models.runners.get().map(Vec::as_slice).unwrap_or(&[]);
     let Some(p) = all.iter().find(|p| p.name() == name) else {
         let names: Vec<String> = all.iter().map(|p| p.name()).collect();
         return Err(ApiError::new(

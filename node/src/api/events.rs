@@ -22,7 +22,7 @@ use serde_json::{Value, json};
 
 use crate::api::auth::require_admin;
 use crate::api::error::ApiError;
-use crate::state::AppState;
+use crate::state::Feed;
 
 /// Events read from the log per step of the stream.
 const STEP_EVENTS: usize = 500;
@@ -63,7 +63,7 @@ fn non_negative(name: &str, v: Option<i64>) -> Result<Option<u64>, ApiError> {
 }
 
 struct Cursor {
-    st: Arc<AppState>,
+    st: Feed,
     from: u64,
     /// Where a non-following stream ends.
     end: Option<u64>,
@@ -87,7 +87,7 @@ struct Cursor {
     ),
 )]
 pub async fn stream(
-    State(st): State<Arc<AppState>>,
+    State(st): State<Feed>,
     headers: HeaderMap,
     query: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
@@ -197,7 +197,7 @@ pub fn event_json(e: &Envelope) -> Value {
 const EXPORT_STEP_RECORDS: usize = 2_000;
 
 struct ExportCursor {
-    st: Arc<AppState>,
+    st: Feed,
     next: u64,
     last: u64,
     exporter: Option<custodian_log::export::Exporter>,
@@ -217,10 +217,7 @@ struct ExportCursor {
         crate::api::schema::E400, crate::api::schema::E401, crate::api::schema::E403, crate::api::schema::E503,
     ),
 )]
-pub async fn export(
-    State(st): State<Arc<AppState>>,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
+pub async fn export(State(st): State<Feed>, headers: HeaderMap) -> Result<Response, ApiError> {
     use custodian_log::export::{ExportHeader, Exporter};
     use futures_util::StreamExt as _;
     require_admin(&st.access, &headers)?;

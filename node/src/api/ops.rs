@@ -59,7 +59,7 @@ pub async fn metrics(State(st): State<Arc<AppState>>) -> impl IntoResponse {
     if let Some(edge) = st.edge.get() {
         text.push_str(&edge.render_metrics());
     }
-    let projections = st.projection_statuses();
+    let projections = st.models.statuses();
     crate::metrics::render_projections(&mut text, &projections);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
 }

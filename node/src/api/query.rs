@@ -4,8 +4,6 @@
 //! a row out of scope is never read at all; an object out of scope answers exactly like one that does not
 //! exist.
 
-use std::sync::Arc;
-
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -24,7 +22,7 @@ use crate::api::error::ApiError;
 use crate::api::schema::{AGGREGATES, ANOMALY_STATES};
 use crate::query::influx::{self, SERIES_POINTS_MAX};
 use crate::query::postgres as db;
-use crate::state::AppState;
+use crate::state::Reads;
 use crate::tokens::{Caller, Claims, Scope, TTL_S_MAX, Tier, check_scope};
 
 /// Default and largest page of a list.
@@ -97,7 +95,7 @@ impl utoipa::ToSchema for RawToken {}
     ),
 )]
 pub async fn issue_token(
-    State(st): State<Arc<AppState>>,
+    State(st): State<Reads>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<impl IntoResponse, ApiError> {
@@ -186,7 +184,7 @@ pub async fn issue_token(
     ),
 )]
 pub async fn revoke_token(
-    State(st): State<Arc<AppState>>,
+    State(st): State<Reads>,
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<impl IntoResponse, ApiError> {
@@ -227,9 +225,9 @@ pub async fn revoke_token(
 }
 
 /// The live PostgreSQL model's pool.
-pub(crate) fn pg(st: &AppState) -> Result<sqlx::PgPool, ApiError> {
+pub(crate) fn pg(st: &Reads) -> Result<sqlx::PgPool, ApiError> {
     db::pool(st).ok_or_else(|| {
-        st.model_unavailable(
+        st.models.unavailable(
             "postgres",
             "PostgreSQL read model",
             "read_model_unavailable",
@@ -334,7 +332,7 @@ fn enterprise_json(e: &db::Enterprise) -> Value {
     ),
 )]
 pub async fn enterprises(
-    State(st): State<Arc<AppState>>,
+    State(st): State<Reads>,
     headers: HeaderMap,
     q: Result<Query<EnterprisesQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
@@ -408,7 +406,7 @@ async fn enterprise_in_scope(
     ),
 )]
 pub async fn enterprise(
-    State(st): State<Arc<AppState>>,
+    State(st): State<Reads>,
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<impl IntoResponse, ApiError> {
@@ -471,7 +469,7 @@ fn day(s: &str) -> Result<time::Date, ApiError> {
     ),
 )]
 pub async fn enterprise_kpis(
-    State(st): State<Arc<AppState>>,
+    State(st): State<Reads>,
     Path(id): Path<String>,
     headers: HeaderMap,
     q: Result<Query<KpisQuery>, axum::extract::rejection::QueryRejection>,
@@ -570,7 +568,7 @@ fn instant_ns(s: &str) -> Result<i64, ApiError> {
     ),
 )]
 pub async fn anomalies(
-    State(st): State<Arc<AppState>>,
+    State(st): State<Reads>,
     headers: HeaderMap,
     q: Result<Query<AnomaliesQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
@@ -599,7 +597,7 @@ pub async fn anomalies(
     if let Some(edge) = st.edge.get() {
         // An edge has no read models: it answers from the anomalies it detected itself.
         return Ok(axum::Json(crate::edge::api::local_anomalies(
-            &st,
+            &st.directory,
             edge,
             &who.scope,
             limit as usize,
@@ -672,7 +670,7 @@ pub async fn anomalies(
     ),
 )]
 pub async fn container(
-    State(st): State<Arc<AppState>>,
+    State(st): State<Reads>,
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<impl IntoResponse, ApiError> {
@@ -734,7 +732,7 @@ pub struct SearchQuery {
     ),
 )]
 pub async fn search(
-    State(st): State<Arc<AppState>>,
+    State(st): State<Reads>,
     headers: HeaderMap,
     q: Result<Query<SearchQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
@@ -787,7 +785,7 @@ pub struct ReadingsQuery {
     ),
 )]
 pub async fn terminal_readings(
-    State(st): State<Arc<AppState>>,
+    State(st): State<Reads>,
     Path(id): Path<String>,
     headers: HeaderMap,
     q: Result<Query<ReadingsQuery>, axum::extract::rejection::QueryRejection>,
@@ -800,7 +798,7 @@ pub async fn terminal_readings(
 /// Terminal `id`'s readings for `who`, as `GET /v1/terminals/{id}/readings` answers them: the API's and
 /// the dashboard's one way to read them.
 pub(crate) async fn readings(
-    st: &AppState,
+    st: &Reads,
     who: &crate::tokens::Caller,
     id: &str,
     q: &ReadingsQuery,
@@ -854,7 +852,8 @@ pub(crate) async fn readings(
         return Err(not_found("terminal", id));
     };
     let client = influx::client(st).ok_or_else(|| {
-        st.model_unavailable("influx", "InfluxDB read model", "read_model_unavailable")
+        st.models
+            .unavailable("influx", "InfluxDB read model", "read_model_unavailable")
     })?;
     let r = influx::Readings {
         kind,
@@ -913,7 +912,7 @@ pub struct OverviewQuery {}
     ),
 )]
 pub async fn overview(
-    State(st): State<Arc<AppState>>,
+    State(st): State<Reads>,
     headers: HeaderMap,
     q: Result<Query<OverviewQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
@@ -974,7 +973,7 @@ fn rows_of(body: &[u8]) -> i64 {
 /// - every read, answered or refused, cached or not, is recorded in the audit trail (see `crate::audit`);
 ///   with no room in its queue the read answers 503 `audit_unavailable` instead of its data.
 pub async fn cache(
-    State(st): State<Arc<AppState>>,
+    State(st): State<Reads>,
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
@@ -1108,7 +1107,7 @@ pub async fn cache(
     ),
 )]
 pub async fn manifest(
-    State(st): State<Arc<AppState>>,
+    State(st): State<Reads>,
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<impl IntoResponse, ApiError> {
@@ -1141,7 +1140,7 @@ pub async fn manifest(
 const STREAM_STEP: usize = 500;
 
 struct Feed {
-    st: Arc<AppState>,
+    st: Reads,
     scope: Scope,
     from: u64,
     durable: tokio::sync::watch::Receiver<u64>,
@@ -1166,7 +1165,7 @@ struct Feed {
     ),
 )]
 pub async fn anomaly_stream(
-    State(st): State<Arc<AppState>>,
+    State(st): State<Reads>,
     headers: HeaderMap,
 ) -> Result<impl IntoResponse, ApiError> {
     use axum::response::sse::{KeepAlive, Sse};
@@ -1256,10 +1255,10 @@ pub async fn anomaly_stream(
 /// The enterprise and province an anomaly belongs to, from the directory, else from the registrations in
 /// the log (which the directory then learns).
 fn place(
-    st: &AppState,
+    st: &Reads,
     a: &custodian_events::domain::AnomalyDetected,
 ) -> (Option<String>, Option<String>) {
-    let known = |st: &AppState| {
+    let known = |st: &Reads| {
         st.directory
             .read()
             .expect("directory lock")
@@ -1320,7 +1319,7 @@ macro_rules! handling {
             ),
         )]
         pub async fn $name(
-            st: State<Arc<AppState>>,
+            st: State<Reads>,
             id: Path<String>,
             headers: HeaderMap,
             body: Body,
@@ -1355,7 +1354,7 @@ handling!(
 );
 
 async fn handle_anomaly(
-    State(st): State<Arc<AppState>>,
+    State(st): State<Reads>,
     Path(id): Path<String>,
     headers: HeaderMap,
     body: Body,
@@ -1379,7 +1378,7 @@ async fn handle_anomaly(
 /// browser may post twice), an alarm already in `state`, or resolved, is left as it is and answers `None`
 /// whatever the note.
 pub(crate) async fn handle(
-    st: &Arc<AppState>,
+    st: &Reads,
     who: &crate::tokens::Caller,
     id: &str,
     note: &str,

@@ -5,14 +5,14 @@ use axum::http::StatusCode;
 
 use crate::api::error::ApiError;
 use crate::query::search::SearchError;
-use crate::state::AppState;
+use crate::state::Reads;
 
 /// The most hits one search answers.
 const SEARCH_LIMIT_MAX: usize = 200;
 
 /// Runs a search on the live index; `filter` carries the caller's scope.
 pub(crate) async fn run_search(
-    st: &AppState,
+    st: &Reads,
     text: String,
     filter: custodian_projections::search::SearchFilter,
     limit: Option<usize>,
@@ -44,8 +44,10 @@ pub(crate) async fn run_search(
             format!("limit must lie in 1 ..= {SEARCH_LIMIT_MAX}"),
         ));
     }
-    let index = crate::query::search::index(st)
-        .ok_or_else(|| st.model_unavailable("search", "search index", "search_unavailable"))?;
+    let index = crate::query::search::index(st).ok_or_else(|| {
+        st.models
+            .unavailable("search", "search index", "search_unavailable")
+    })?;
     let hits = crate::query::search::hits(index, text, filter, limit)
         .await
         .map_err(|e| match e {

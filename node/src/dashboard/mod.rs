@@ -44,7 +44,7 @@ use axum::routing::{get, post};
 use serde::Deserialize;
 
 use crate::query::postgres as db;
-use crate::state::AppState;
+use crate::state::{AppState, Reads};
 use crate::tokens::{Caller, Scope, Tier};
 use i18n::{Lang, PROVINCES, province_name};
 
@@ -99,6 +99,7 @@ impl FromRequestParts<Arc<AppState>> for Session {
         parts: &mut Parts,
         st: &Arc<AppState>,
     ) -> Result<Self, Self::Rejection> {
+        let st = &st.reads;
         let lang = lang_of(&parts.headers);
         let caller = match parts.extensions.get::<SignedIn>() {
             Some(SignedIn(c)) => c.clone(),
@@ -158,7 +159,7 @@ fn with_rows(mut response: Response, rows: usize) -> Response {
 /// effect is in the event log already) is recorded when there is room at once, and counted in
 /// `/metrics` when there is not.
 async fn audited(
-    State(st): State<Arc<AppState>>,
+    State(st): State<Reads>,
     mut req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
@@ -581,7 +582,7 @@ fn lang_of(headers: &HeaderMap) -> Lang {
 }
 
 /// The signed-in caller, resolved from the session cookie exactly as the API resolves a bearer token.
-fn signed_in(st: &AppState, headers: &HeaderMap) -> Option<Caller> {
+fn signed_in(st: &Reads, headers: &HeaderMap) -> Option<Caller> {
     let token = cookie(headers, SESSION_COOKIE)?;
     let mut bearer = HeaderMap::new();
     bearer.insert(
@@ -704,7 +705,7 @@ struct SignInForm {
 }
 
 async fn sign_in(
-    State(st): State<Arc<AppState>>,
+    State(st): State<Reads>,
     headers: HeaderMap,
     form: Result<axum::Form<SignInForm>, axum::extract::rejection::FormRejection>,
 ) -> Response {
@@ -750,7 +751,7 @@ async fn sign_in(
 }
 
 /// `; Secure` when the dashboard is configured to be reached over HTTPS only (`dashboard.secure_cookies`).
-fn secure_attr(st: &AppState) -> &'static str {
+fn secure_attr(st: &Reads) -> &'static str {
     if st.config.dashboard.secure_cookies {
         "; Secure"
     } else {
@@ -758,7 +759,7 @@ fn secure_attr(st: &AppState) -> &'static str {
     }
 }
 
-async fn sign_out(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+async fn sign_out(State(st): State<Reads>, headers: HeaderMap) -> Response {
     if !same_origin(&headers) {
         return error_page(StatusCode::FORBIDDEN, lang_of(&headers), None);
     }
@@ -780,7 +781,7 @@ struct LangQuery {
     back: Option<String>,
 }
 
-async fn switch_language(State(st): State<Arc<AppState>>, Query(q): Query<LangQuery>) -> Response {
+async fn switch_language(State(st): State<Reads>, Query(q): Query<LangQuery>) -> Response {
     let lang = Lang::parse(q.to.as_deref().unwrap_or(""));
     // Only back into the dashboard: never an open redirect.
     let back = q
@@ -812,7 +813,7 @@ fn alarm_state(open: i64, lang: Lang) -> (&'static str, &'static str, &'static s
     }
 }
 
-async fn overview(State(st): State<Arc<AppState>>, s: Session) -> Response {
+async fn overview(State(st): State<Reads>, s: Session) -> Response {
     let (lang, caller, pool) = (s.lang, &s.caller, &s.pool);
     let Ok(counts) = db::overview_counts(pool, s.scope(), st.clock.now_ns()).await else {
         return s.unavailable();
@@ -966,11 +967,7 @@ fn day_words(lang: Lang, day: time::Date) -> String {
         .to_owned()
 }
 
-async fn enterprise(
-    State(st): State<Arc<AppState>>,
-    s: Session,
-    Path(id): Path<String>,
-) -> Response {
+async fn enterprise(State(st): State<Reads>, s: Session, Path(id): Path<String>) -> Response {
     let (lang, pool) = (s.lang, &s.pool);
     let f = match db::enterprise_figures(pool, s.scope(), &id).await {
         Ok(Some(f)) => f,
@@ -1070,11 +1067,7 @@ async fn enterprise(
     )
 }
 
-async fn container(
-    State(st): State<Arc<AppState>>,
-    s: Session,
-    Path(id): Path<String>,
-) -> Response {
+async fn container(State(st): State<Reads>, s: Session, Path(id): Path<String>) -> Response {
     let (lang, pool) = (s.lang, &s.pool);
     let c = match db::container(pool, s.scope(), &id).await {
         Ok(Some(c)) => c,
@@ -1167,7 +1160,7 @@ fn cst_time(ns: i64) -> String {
 }
 
 async fn terminal(
-    State(st): State<Arc<AppState>>,
+    State(st): State<Reads>,
     s: Session,
     Path(id): Path<String>,
     Query(q): Query<TerminalQuery>,
@@ -1397,11 +1390,7 @@ struct SearchQuery {
     q: Option<String>,
 }
 
-async fn search(
-    State(st): State<Arc<AppState>>,
-    s: Session,
-    Query(q): Query<SearchQuery>,
-) -> Response {
+async fn search(State(st): State<Reads>, s: Session, Query(q): Query<SearchQuery>) -> Response {
     let lang = s.lang;
     let text = q.q.unwrap_or_default().trim().to_owned();
     let mut hits = Vec::new();
@@ -1588,7 +1577,7 @@ async fn alarms_page(
 /// an `EventSource` sends where it could not send a header. Each event gains `text`, its description in
 /// the session's language ([`describe::describe`]), which the page shows instead of the API's
 /// mixed-language `description`.
-async fn alarm_feed(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+async fn alarm_feed(State(st): State<Reads>, headers: HeaderMap) -> Response {
     let lang = lang_of(&headers);
     let Some(token) = cookie(&headers, SESSION_COOKIE) else {
         return secure((StatusCode::UNAUTHORIZED, "sign in first").into_response());
@@ -1674,7 +1663,7 @@ struct HandleForm {
 /// Acknowledges or resolves an alarm from the list's form, then shows the list again (303) once the
 /// model shows the new state. Handling it again into a state it is in already changes nothing.
 async fn handle_alarm(
-    State(st): State<Arc<AppState>>,
+    State(st): State<Reads>,
     headers: HeaderMap,
     s: Result<Session, Response>,
     Path(id): Path<String>,
@@ -1738,10 +1727,10 @@ async fn handled(s: &Session, headers: &HeaderMap, id: &str) -> Response {
 }
 
 /// Waits (up to [`HANDLED_VISIBLE_WAIT`]) until the PostgreSQL model has applied sequence `seq`.
-async fn wait_projected(st: &AppState, seq: u64) {
+async fn wait_projected(st: &Reads, seq: u64) {
     let started = std::time::Instant::now();
     while started.elapsed() < HANDLED_VISIBLE_WAIT {
-        let done = st.projections.get().is_none_or(|runners| {
+        let done = st.models.runners.get().is_none_or(|runners| {
             runners
                 .iter()
                 .filter(|r| r.name() == "postgres")

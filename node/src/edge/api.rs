@@ -235,14 +235,14 @@ pub async fn discard_dead_letters(
 /// The edge's answer to `GET /v1/anomalies`: the anomalies it detected itself, newest first, in the
 /// caller's scope.
 pub fn local_anomalies(
-    st: &AppState,
+    directory: &custodian_projections::directory::SharedDirectory,
     e: &EdgeRuntime,
     scope: &crate::tokens::Scope,
     limit: usize,
     before: Option<u64>,
 ) -> Result<serde_json::Value, ApiError> {
     let (province, enterprise) = scope.binds();
-    let dir = st.directory.read().expect("directory lock");
+    let dir = directory.read().expect("directory lock");
     let items: Vec<_> = e
         .outbox
         .local_anomalies(10_000, before)

@@ -6,7 +6,7 @@
 use serde_json::Value;
 
 use crate::query::postgres::Terminal;
-use crate::state::AppState;
+use crate::state::Reads;
 use crate::tokens::Scope;
 
 pub use custodian_projections::influx::{InfluxClient, InfluxError};
@@ -15,8 +15,8 @@ pub use custodian_projections::influx::{InfluxClient, InfluxError};
 pub const SERIES_POINTS_MAX: i64 = 10_000;
 
 /// The live InfluxDB model's client, if it is running.
-pub fn client(st: &AppState) -> Option<InfluxClient> {
-    st.live_model(
+pub fn client(st: &Reads) -> Option<InfluxClient> {
+    st.models.live_model(
         "influx",
         |p: &custodian_projections::readings::InfluxProjection| Some(p.client().clone()),
     )

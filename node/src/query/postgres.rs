@@ -5,15 +5,15 @@
 //! callers convert. Instants come as PostgreSQL writes them (`…::text`, the API's) and, where a page
 //! shows them, as China Standard Time wall-clock text (`…_cst`, `YYYY-MM-DD HH24:MI:SS`).
 
-use crate::state::AppState;
+use crate::state::Reads;
 use crate::tokens::Scope;
 
 type Pool = sqlx::PgPool;
 type Result<T> = std::result::Result<T, sqlx::Error>;
 
 /// The live PostgreSQL model's pool, if it is running.
-pub fn pool(st: &AppState) -> Option<Pool> {
-    st.live_model(
+pub fn pool(st: &Reads) -> Option<Pool> {
+    st.models.live_model(
         "postgres",
         |p: &custodian_projections::postgres::PgProjection| Some(p.pool().clone()),
     )

@@ -3,14 +3,15 @@
 
 use std::sync::Arc;
 
-use crate::state::AppState;
+use crate::state::Reads;
 use crate::tokens::Scope;
 
 pub use custodian_projections::search::{SearchFilter, SearchHit, SearchIndex};
 
 /// The live index, if it is running.
-pub fn index(st: &AppState) -> Option<Arc<SearchIndex>> {
-    st.live_model("search", custodian_projections::text::TextProjection::index)
+pub fn index(st: &Reads) -> Option<Arc<SearchIndex>> {
+    st.models
+        .live_model("search", custodian_projections::text::TextProjection::index)
 }
 
 /// The filter of a search in `scope`, of documents of `kind` (any without).

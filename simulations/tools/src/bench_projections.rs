@@ -319,7 +319,7 @@ pub async fn projections(opts: ProjectionsBenchOptions) -> anyhow::Result<String
     let scales = register(&client, opts.terminals).await?;
     let (achieved, late) = paced(&node, &client, scales, &opts).await?;
     let mut lag_rows = String::new();
-    for p in node.state.projections.get().into_iter().flatten() {
+    for p in node.state.models.runners.get().into_iter().flatten() {
         let h = p.stats.lag_histogram();
         let s = p.status();
         println!(
@@ -441,7 +441,7 @@ async fn paced(
         }));
     }
     tokio::time::sleep_until(measure_from.into()).await;
-    for p in node.state.projections.get().into_iter().flatten() {
+    for p in node.state.models.runners.get().into_iter().flatten() {
         p.stats.reset_lag_histogram();
     }
     for t in tasks {

@@ -272,7 +272,7 @@ pub async fn query(opts: QueryBenchOptions) -> anyhow::Result<String> {
             // A URI the cache has not seen yet (another page size; the overview, which takes no
             // parameters, with the cache emptied first), then the same again.
             let uri = if path == "/v1/overview" {
-                node.state.query_cache.invalidate_all();
+                node.state.reads.query_cache.invalidate_all();
                 path.to_owned()
             } else {
                 format!("{path}&limit={}", 20 + i % 400)

@@ -1,5 +1,5 @@
 //! What the handlers share, made once at start (`server.rs`): the services a handler asks for by type
-//! (axum's `FromRef`: `State<Ingest>`, `State<Reads>`, `State<Feed>`, `State<Access>`, `State<Sealer>`) and, for the rest,
+//! (axum's `FromRef`: `State<Ingest>`, `State<Reads>`, `State<Feed>`, `State<Edges>`, `State<Access>`, `State<Sealer>`) and, for the rest,
 //! the node's shared parts in [`AppState`].
 
 use std::sync::atomic::AtomicU64;
@@ -75,6 +75,39 @@ impl FromRef<Arc<AppState>> for Feed {
             access: st.access.clone(),
             log: st.log.clone(),
             clock: st.clock.clone(),
+        }
+    }
+}
+
+/// The platform's side of its edges (`api/edge.rs`): registering an edge, opening its sealed requests
+/// with the platform's key, taking its forwarded uploads through [`Ingest`] and its early anomalies, and
+/// answering its registrations. A handle.
+#[derive(Clone)]
+pub struct Edges {
+    pub access: Access,
+    pub sealer: Sealer,
+    pub ingest: Ingest,
+    pub log: Arc<dyn EventLog>,
+    pub clock: Arc<dyn Clock>,
+    pub entropy: Arc<dyn Entropy>,
+    pub registry: Arc<Registry>,
+    pub metrics: Arc<Metrics>,
+    /// The enterprises an edge's terminals belong to.
+    pub directory: custodian_projections::directory::SharedDirectory,
+}
+
+impl FromRef<Arc<AppState>> for Edges {
+    fn from_ref(st: &Arc<AppState>) -> Edges {
+        Edges {
+            access: st.access.clone(),
+            sealer: st.sealer.clone(),
+            ingest: st.ingest.clone(),
+            log: st.log.clone(),
+            clock: st.clock.clone(),
+            entropy: st.entropy.clone(),
+            registry: st.registry.clone(),
+            metrics: st.metrics.clone(),
+            directory: st.directory.clone(),
         }
     }
 }

@@ -1,7 +1,5 @@
 //! Administration: data-key rotation, the read models' status and rebuilds, search over everything.
 
-use std::sync::Arc;
-
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
@@ -10,7 +8,7 @@ use crate::api::auth::{require_admin, require_admin_caller};
 use crate::api::error::ApiError;
 use crate::api::query;
 use crate::api::search::run_search;
-use crate::state::AppState;
+use crate::state::{Access, Reads, Sealer};
 
 /// `POST /v1/admin/data-keys/{scope}/rotate`: new events of `scope` are sealed with a new data key.
 #[utoipa::path(
@@ -28,11 +26,12 @@ use crate::state::AppState;
     ),
 )]
 pub async fn rotate_data_key(
-    State(st): State<Arc<AppState>>,
+    State(access): State<Access>,
+    State(sealer): State<Sealer>,
     axum::extract::Path(scope): axum::extract::Path<String>,
     headers: HeaderMap,
 ) -> Result<impl IntoResponse, ApiError> {
-    let caller = require_admin_caller(&st.access, &headers)?;
+    let caller = require_admin_caller(&access, &headers)?;
     custodian_events::ids::check_id(&scope).map_err(|e| {
         ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -43,7 +42,7 @@ pub async fn rotate_data_key(
     // A data key belongs to the platform or to a registered enterprise; any other would seal nothing.
     let known = scope == custodian_events::keyring::PLATFORM_SCOPE
         || match custodian_events::ids::EnterpriseId::parse(&scope) {
-            Ok(id) => st
+            Ok(id) => sealer
                 .log
                 .lookup(&custodian_events::event::dedupe_key_enterprise(&id))?
                 .is_some(),
@@ -58,7 +57,7 @@ pub async fn rotate_data_key(
             ),
         ));
     }
-    let key = crate::sealing::rotate(&st.sealer, &scope, Some(&caller.token_id)).await?;
+    let key = crate::sealing::rotate(&sealer, &scope, Some(&caller.token_id)).await?;
     Ok((
         StatusCode::CREATED,
         axum::Json(
@@ -80,7 +79,7 @@ pub async fn rotate_data_key(
     ),
 )]
 pub async fn projections_status(
-    State(st): State<Arc<AppState>>,
+    State(st): State<Reads>,
     headers: HeaderMap,
 ) -> Result<impl IntoResponse, ApiError> {
     require_admin(&st.access, &headers)?;
@@ -132,7 +131,7 @@ pub struct SearchQuery {
     ),
 )]
 pub async fn search(
-    State(st): State<Arc<AppState>>,
+    State(st): State<Reads>,
     headers: HeaderMap,
     query: Result<axum::extract::Query<SearchQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
@@ -151,7 +150,7 @@ pub async fn search(
         query::PROVINCE,
     )?;
     run_search(
-        &st.reads,
+        &st,
         q.q,
         custodian_projections::search::SearchFilter {
             enterprise_ids: q.enterprise_id.map(|e| vec![e]),
@@ -179,7 +178,7 @@ pub async fn search(
     ),
 )]
 pub async fn rebuild_projection(
-    State(st): State<Arc<AppState>>,
+    State(st): State<Reads>,
     axum::extract::Path(name): axum::extract::Path<String>,
     headers: HeaderMap,
 ) -> Result<impl IntoResponse, ApiError> {

@@ -2,8 +2,6 @@
 //! key edges seal to), `POST /v1/edge/registrations` (an edge fetches its terminals), `POST /v1/edge/batches`
 //! (an edge forwards what its terminals uploaded). See `docs/edge.md`.
 
-use std::sync::Arc;
-
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -25,7 +23,7 @@ use crate::edge::wire::{
     Registrations, RegistrationsRequest, UploadOutcome, encode_event, unb64,
 };
 use crate::sealing;
-use crate::state::AppState;
+use crate::state::Edges;
 use crate::terminals::{TERMINAL_KEY_CHANGES_MAX, read_event};
 
 /// Each enterprise must be registered (`unknown_enterprise`), which no schema can say.
@@ -69,7 +67,7 @@ fn unprocessable(code: &'static str, message: String) -> ApiError {
     ),
 )]
 pub async fn register_edge(
-    State(st): State<Arc<AppState>>,
+    State(st): State<Edges>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
@@ -148,7 +146,7 @@ pub async fn register_edge(
         crate::api::schema::E400,
     ),
 )]
-pub async fn public_key(State(st): State<Arc<AppState>>) -> Response {
+pub async fn public_key(State(st): State<Edges>) -> Response {
     axum::Json(serde_json::json!({
         "public_key_pem": st.access.tokens.key().public_key_pem(),
         "fingerprint": hex::encode(custodian_events::crypto::key_fingerprint(&st.access.tokens.key().public_key_der())),
@@ -162,7 +160,7 @@ struct EdgeEntry {
     key: Sm2PublicKey,
 }
 
-fn edge_entry(st: &AppState, id: &str) -> Result<EdgeEntry, ApiError> {
+fn edge_entry(st: &Edges, id: &str) -> Result<EdgeEntry, ApiError> {
     let unknown = || {
         ApiError::new(
             StatusCode::UNAUTHORIZED,
@@ -183,7 +181,7 @@ fn edge_entry(st: &AppState, id: &str) -> Result<EdgeEntry, ApiError> {
 
 /// Reads a sealed request: the edge named in `X-Custodian-Edge`, its envelope opened and checked.
 async fn open_request(
-    st: &AppState,
+    st: &Edges,
     headers: &HeaderMap,
     body: Body,
 ) -> Result<(EdgeEntry, Vec<u8>), ApiError> {
@@ -241,7 +239,7 @@ async fn open_request(
     ),
 )]
 pub async fn batches(
-    State(st): State<Arc<AppState>>,
+    State(st): State<Edges>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
@@ -340,7 +338,7 @@ fn terminal_of(body_b64: &str) -> Option<String> {
 /// One forwarded upload through the ingest path. After the first upload of a terminal the platform cannot
 /// take now (`busy`), that terminal's later ones answer `retry`, so they cannot overtake it.
 async fn forward_one(
-    st: &AppState,
+    st: &Edges,
     allowed: &[EnterpriseId],
     u: &crate::edge::wire::ForwardUpload,
     busy: &mut Option<ApiError>,
@@ -391,7 +389,7 @@ async fn forward_one(
 
 /// Records an anomaly an edge reports; false when it was reported before.
 async fn report_anomaly(
-    st: &AppState,
+    st: &Edges,
     edge_id: &str,
     allowed: &[EnterpriseId],
     text: &str,
@@ -437,7 +435,7 @@ async fn report_anomaly(
 
 /// The registrations an edge keeps for offline work: its enterprises, their terminals, the terminals' key
 /// changes, in that order.
-fn registrations_of(st: &AppState, edge: &EdgeRegistered) -> Result<Registrations, ApiError> {
+fn registrations_of(st: &Edges, edge: &EdgeRegistered) -> Result<Registrations, ApiError> {
     let log = st.log.as_ref();
     let mut events = Vec::new();
     for e in &edge.enterprise_ids {
@@ -484,7 +482,7 @@ fn registrations_of(st: &AppState, edge: &EdgeRegistered) -> Result<Registration
     ),
 )]
 pub async fn registrations(
-    State(st): State<Arc<AppState>>,
+    State(st): State<Edges>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
@@ -538,7 +536,7 @@ pub async fn registrations(
     ),
 )]
 pub async fn registrations_file(
-    State(st): State<Arc<AppState>>,
+    State(st): State<Edges>,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {

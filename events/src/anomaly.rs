@@ -12,58 +12,25 @@ use crate::dedupe::DedupeKey;
 use crate::fingerprint::{Fingerprint, fingerprint};
 use crate::ids::{ContainerId, EnterpriseId, ManifestId, TerminalId};
 
-/// What kind of irregularity a rule found.
-#[derive(
-    Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash,
-)]
-pub enum AnomalyKind {
-    WeightFluctuation,
-    ManifestWeightMismatch,
-    StorageOverdue,
-    OverCapacity,
-    TerminalSilent,
-    TamperSuspected,
-}
-
-impl AnomalyKind {
-    /// Every kind, in declaration order.
-    pub const ALL: [AnomalyKind; 6] = [
-        AnomalyKind::WeightFluctuation,
-        AnomalyKind::ManifestWeightMismatch,
-        AnomalyKind::StorageOverdue,
-        AnomalyKind::OverCapacity,
-        AnomalyKind::TerminalSilent,
-        AnomalyKind::TamperSuspected,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            AnomalyKind::WeightFluctuation => "weight_fluctuation",
-            AnomalyKind::ManifestWeightMismatch => "manifest_weight_mismatch",
-            AnomalyKind::StorageOverdue => "storage_overdue",
-            AnomalyKind::OverCapacity => "over_capacity",
-            AnomalyKind::TerminalSilent => "terminal_silent",
-            AnomalyKind::TamperSuspected => "tamper_suspected",
-        }
+named_enum! {
+    /// What kind of irregularity a rule found.
+    #[derive(PartialOrd, Ord, Hash)]
+    pub enum AnomalyKind {
+        WeightFluctuation => "weight_fluctuation",
+        ManifestWeightMismatch => "manifest_weight_mismatch",
+        StorageOverdue => "storage_overdue",
+        OverCapacity => "over_capacity",
+        TerminalSilent => "terminal_silent",
+        TamperSuspected => "tamper_suspected",
     }
 }
 
-#[derive(
-    Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash,
-)]
-pub enum Severity {
-    Low,
-    Medium,
-    High,
-}
-
-impl Severity {
-    pub fn name(self) -> &'static str {
-        match self {
-            Severity::Low => "low",
-            Severity::Medium => "medium",
-            Severity::High => "high",
-        }
+named_enum! {
+    #[derive(PartialOrd, Ord, Hash)]
+    pub enum Severity {
+        Low => "low",
+        Medium => "medium",
+        High => "high",
     }
 }
 

@@ -29,50 +29,18 @@ pub use crate::limits::READING_SEQ_MAX;
 /// Readings measured before this instant (2000-01-01T00:00:00Z) are refused as a broken terminal clock.
 pub const MEASURED_AT_MIN_NS: i64 = 946_684_800_000_000_000;
 
-/// What a reading measures.
-#[derive(
-    Archive,
-    Serialize,
-    Deserialize,
-    serde::Serialize,
-    serde::Deserialize,
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    PartialOrd,
-    Ord,
-    Hash,
-)]
-pub enum ReadingKind {
-    Weight,
-    Level,
-    Temperature,
-    Humidity,
+named_enum! {
+    /// What a reading measures.
+    #[derive(serde::Serialize, serde::Deserialize, PartialOrd, Ord, Hash)]
+    pub enum ReadingKind {
+        Weight => "weight",
+        Level => "level",
+        Temperature => "temperature",
+        Humidity => "humidity",
+    }
 }
 
 impl ReadingKind {
-    pub const ALL: [ReadingKind; 4] = [
-        ReadingKind::Weight,
-        ReadingKind::Level,
-        ReadingKind::Temperature,
-        ReadingKind::Humidity,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            ReadingKind::Weight => "weight",
-            ReadingKind::Level => "level",
-            ReadingKind::Temperature => "temperature",
-            ReadingKind::Humidity => "humidity",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|k| k.name() == s)
-    }
-
     /// The unit that values are reported in by the read models.
     pub fn base_unit(self) -> &'static str {
         match self {
@@ -146,54 +114,16 @@ impl ReadingKind {
     }
 }
 
-/// Where in the custody chain a weighing was taken.
-#[derive(
-    Archive,
-    Serialize,
-    Deserialize,
-    serde::Serialize,
-    serde::Deserialize,
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    PartialOrd,
-    Ord,
-    Hash,
-)]
-pub enum Stage {
-    Generation,
-    StorageIn,
-    StorageOut,
-    TransferOut,
-    TransferIn,
-    Disposal,
-}
-
-impl Stage {
-    pub const ALL: [Stage; 6] = [
-        Stage::Generation,
-        Stage::StorageIn,
-        Stage::StorageOut,
-        Stage::TransferOut,
-        Stage::TransferIn,
-        Stage::Disposal,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Stage::Generation => "generation",
-            Stage::StorageIn => "storage_in",
-            Stage::StorageOut => "storage_out",
-            Stage::TransferOut => "transfer_out",
-            Stage::TransferIn => "transfer_in",
-            Stage::Disposal => "disposal",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|k| k.name() == s)
+named_enum! {
+    /// Where in the custody chain a weighing was taken.
+    #[derive(serde::Serialize, serde::Deserialize, PartialOrd, Ord, Hash)]
+    pub enum Stage {
+        Generation => "generation",
+        StorageIn => "storage_in",
+        StorageOut => "storage_out",
+        TransferOut => "transfer_out",
+        TransferIn => "transfer_in",
+        Disposal => "disposal",
     }
 }
 

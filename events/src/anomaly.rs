@@ -151,7 +151,7 @@ impl AnomalyDetected {
             .iter()
             .map(|s| Jcs::Int(*s as i64))
             .collect();
-        Jcs::obj(vec![
+        let doc = Jcs::obj(vec![
             ("anomaly_id", Jcs::Str(hex::encode(self.anomaly_id))),
             ("kind", Jcs::str(self.kind.name())),
             ("severity", Jcs::str(self.severity.name())),
@@ -159,27 +159,26 @@ impl AnomalyDetected {
             ("cause_seq", Jcs::Int(self.cause_seq as i64)),
             ("evidence_seqs", Jcs::Arr(evidence)),
             ("causes", Jcs::Arr(causes)),
-        ])
-        .with_optional(
-            "terminal_id",
-            self.terminal_id.as_ref().map(|t| Jcs::str(t.as_str())),
-        )
-        .with_optional(
-            "container_id",
-            self.container_id.as_ref().map(|c| Jcs::str(c.as_str())),
-        )
-        .with_optional(
-            "enterprise_id",
-            self.enterprise_id.as_ref().map(|e| Jcs::str(e.as_str())),
-        )
-        .with_optional(
-            "manifest_id",
-            self.manifest_id.as_ref().map(|m| Jcs::str(m.as_str())),
-        )
-        .with_optional("previous_value", self.previous_value.map(Jcs::Int))
-        .with_optional("current_value", self.current_value.map(Jcs::Int))
-        .with_optional("change_ratio_ppm", self.change_ratio_ppm.map(Jcs::Int))
-        .with_optional("limit_value", self.limit_value.map(Jcs::Int))
+        ]);
+        // The optional fields, each only where it is set.
+        let ids = [
+            ("terminal_id", self.terminal_id.as_ref().map(TerminalId::as_str)),
+            ("container_id", self.container_id.as_ref().map(ContainerId::as_str)),
+            ("enterprise_id", self.enterprise_id.as_ref().map(EnterpriseId::as_str)),
+            ("manifest_id", self.manifest_id.as_ref().map(ManifestId::as_str)),
+        ];
+        let values = [
+            ("previous_value", self.previous_value),
+            ("current_value", self.current_value),
+            ("change_ratio_ppm", self.change_ratio_ppm),
+            ("limit_value", self.limit_value),
+        ];
+        let doc = ids
+            .into_iter()
+            .fold(doc, |doc, (key, id)| doc.with_optional(key, id.map(Jcs::str)));
+        values
+            .into_iter()
+            .fold(doc, |doc, (key, v)| doc.with_optional(key, v.map(Jcs::Int)))
     }
 }
 

@@ -190,6 +190,23 @@ pub fn event_bytes(event: &Event) -> Vec<u8> {
 }
 
 impl Envelope {
+    /// `event` as the log would hold it at `seq`, recorded at `recorded_at_ns`: stream, type and fingerprint
+    /// its own, the current schema version, not sealed and caused by nobody (what terminals send and the
+    /// platform derives).
+    pub fn plain(seq: u64, recorded_at_ns: i64, event: Event) -> Envelope {
+        Envelope {
+            seq,
+            stream: event.stream(),
+            event_type: event.event_type().to_owned(),
+            schema_version: SCHEMA_VERSION,
+            recorded_at_ns,
+            fingerprint: fingerprint(&event.canonical().to_bytes()),
+            key_id: None,
+            caused_by: None,
+            event,
+        }
+    }
+
     pub fn fingerprint_hex(&self) -> String {
         hex::encode(self.fingerprint)
     }

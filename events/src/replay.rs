@@ -252,17 +252,7 @@ mod tests {
     }
 
     fn env(seq: u64, event: Event) -> Envelope {
-        Envelope {
-            seq,
-            stream: event.stream(),
-            event_type: event.event_type().to_owned(),
-            schema_version: 1,
-            recorded_at_ns: T0 + seq as i64,
-            fingerprint: fingerprint(&event.canonical().to_bytes()),
-            key_id: None,
-            caused_by: None,
-            event,
-        }
+        Envelope::plain(seq, T0 + seq as i64, event)
     }
 
     /// A log as a live node would write it: each event followed by what the core derives from it.

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use custodian_events::event::{ManifestStatus, TerminalKind};
 use custodian_events::reading::{ReadingKind, Stage};
-use custodian_events::{Envelope, Event};
+use custodian_events::{Envelope, Event, TerminalId};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{ConnectOptions as _, Connection as _, Executor as _};
 
@@ -586,6 +586,17 @@ impl Rows {
         self.kpis.entry((enterprise.to_owned(), day)).or_default()
     }
 
+    /// The `change`-th change of a terminal's keys, a revocation or a rotation: the latest change wins.
+    fn key_change(&mut self, terminal: &TerminalId, change: u64, revoked: bool) {
+        let d = self
+            .terminal_deltas
+            .entry(terminal.to_string())
+            .or_default();
+        if d.key_change.is_none_or(|(c, _)| change > c) {
+            d.key_change = Some((change, revoked));
+        }
+    }
+
     /// Folds events (in log order) into rows.
     pub fn fold<'a>(events: impl Iterator<Item = &'a Envelope>, dir: &Directory) -> Rows {
         let mut rows = Rows::default();
@@ -611,24 +622,8 @@ impl Rows {
                     t.public_key.is_some(),
                     seq,
                 )),
-                Event::TerminalKeyRotated(k) => {
-                    let d = rows
-                        .terminal_deltas
-                        .entry(k.terminal_id.to_string())
-                        .or_default();
-                    if d.key_change.is_none_or(|(c, _)| k.change > c) {
-                        d.key_change = Some((k.change, false));
-                    }
-                }
-                Event::TerminalKeyRevoked(k) => {
-                    let d = rows
-                        .terminal_deltas
-                        .entry(k.terminal_id.to_string())
-                        .or_default();
-                    if d.key_change.is_none_or(|(c, _)| k.change > c) {
-                        d.key_change = Some((k.change, true));
-                    }
-                }
+                Event::TerminalKeyRotated(k) => rows.key_change(&k.terminal_id, k.change, false),
+                Event::TerminalKeyRevoked(k) => rows.key_change(&k.terminal_id, k.change, true),
                 Event::ReadingRecorded(r) => {
                     let terminal = r.terminal_id.to_string();
                     let newest = Newest {

@@ -267,9 +267,14 @@ async fn apply_both(
         .await
         .expect("the model's server on 127.0.0.1 (run scripts/services up)");
     twice.prepare().await.unwrap();
-    once.apply(&batch(log, once), log.len() as u64).await.unwrap();
+    once.apply(&batch(log, once), log.len() as u64)
+        .await
+        .unwrap();
     for (from, to) in deliveries {
-        twice.apply(&batch(&log[from..to], twice), to as u64).await.unwrap();
+        twice
+            .apply(&batch(&log[from..to], twice), to as u64)
+            .await
+            .unwrap();
     }
 }
 

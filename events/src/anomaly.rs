@@ -161,25 +161,20 @@ impl AnomalyDetected {
             ("causes", Jcs::Arr(causes)),
         ]);
         // The optional fields, each only where it is set.
-        let ids = [
-            ("terminal_id", self.terminal_id.as_ref().map(TerminalId::as_str)),
-            ("container_id", self.container_id.as_ref().map(ContainerId::as_str)),
-            ("enterprise_id", self.enterprise_id.as_ref().map(EnterpriseId::as_str)),
-            ("manifest_id", self.manifest_id.as_ref().map(ManifestId::as_str)),
-        ];
-        let values = [
-            ("previous_value", self.previous_value),
-            ("current_value", self.current_value),
-            ("change_ratio_ppm", self.change_ratio_ppm),
-            ("limit_value", self.limit_value),
-        ];
-        let doc = ids
-            .into_iter()
-            .fold(doc, |doc, (key, id)| doc.with_optional(key, id.map(Jcs::str)));
-        values
-            .into_iter()
-            .fold(doc, |doc, (key, v)| doc.with_optional(key, v.map(Jcs::Int)))
+        doc.with_optional("terminal_id", id_text(&self.terminal_id))
+            .with_optional("container_id", id_text(&self.container_id))
+            .with_optional("enterprise_id", id_text(&self.enterprise_id))
+            .with_optional("manifest_id", id_text(&self.manifest_id))
+            .with_optional("previous_value", self.previous_value.map(Jcs::Int))
+            .with_optional("current_value", self.current_value.map(Jcs::Int))
+            .with_optional("change_ratio_ppm", self.change_ratio_ppm.map(Jcs::Int))
+            .with_optional("limit_value", self.limit_value.map(Jcs::Int))
     }
+}
+
+/// An optional id as canonical JSON text (an id displays as itself).
+fn id_text(id: &Option<impl std::fmt::Display>) -> Option<Jcs> {
+    id.as_ref().map(|id| Jcs::Str(id.to_string()))
 }
 
 #[cfg(test)]

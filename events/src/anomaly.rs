@@ -12,58 +12,25 @@ use crate::dedupe::DedupeKey;
 use crate::fingerprint::{Fingerprint, fingerprint};
 use crate::ids::{ContainerId, EnterpriseId, ManifestId, TerminalId};
 
-/// What kind of irregularity a rule found.
-#[derive(
-    Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash,
-)]
-pub enum AnomalyKind {
-    WeightFluctuation,
-    ManifestWeightMismatch,
-    StorageOverdue,
-    OverCapacity,
-    TerminalSilent,
-    TamperSuspected,
-}
-
-impl AnomalyKind {
-    /// Every kind, in declaration order.
-    pub const ALL: [AnomalyKind; 6] = [
-        AnomalyKind::WeightFluctuation,
-        AnomalyKind::ManifestWeightMismatch,
-        AnomalyKind::StorageOverdue,
-        AnomalyKind::OverCapacity,
-        AnomalyKind::TerminalSilent,
-        AnomalyKind::TamperSuspected,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            AnomalyKind::WeightFluctuation => "weight_fluctuation",
-            AnomalyKind::ManifestWeightMismatch => "manifest_weight_mismatch",
-            AnomalyKind::StorageOverdue => "storage_overdue",
-            AnomalyKind::OverCapacity => "over_capacity",
-            AnomalyKind::TerminalSilent => "terminal_silent",
-            AnomalyKind::TamperSuspected => "tamper_suspected",
-        }
+named_enum! {
+    /// What kind of irregularity a rule found.
+    #[derive(PartialOrd, Ord, Hash)]
+    pub enum AnomalyKind {
+        WeightFluctuation => "weight_fluctuation",
+        ManifestWeightMismatch => "manifest_weight_mismatch",
+        StorageOverdue => "storage_overdue",
+        OverCapacity => "over_capacity",
+        TerminalSilent => "terminal_silent",
+        TamperSuspected => "tamper_suspected",
     }
 }
 
-#[derive(
-    Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash,
-)]
-pub enum Severity {
-    Low,
-    Medium,
-    High,
-}
-
-impl Severity {
-    pub fn name(self) -> &'static str {
-        match self {
-            Severity::Low => "low",
-            Severity::Medium => "medium",
-            Severity::High => "high",
-        }
+named_enum! {
+    #[derive(PartialOrd, Ord, Hash)]
+    pub enum Severity {
+        Low => "low",
+        Medium => "medium",
+        High => "high",
     }
 }
 
@@ -184,7 +151,7 @@ impl AnomalyDetected {
             .iter()
             .map(|s| Jcs::Int(*s as i64))
             .collect();
-        Jcs::obj(vec![
+        let doc = Jcs::obj(vec![
             ("anomaly_id", Jcs::Str(hex::encode(self.anomaly_id))),
             ("kind", Jcs::str(self.kind.name())),
             ("severity", Jcs::str(self.severity.name())),
@@ -192,28 +159,22 @@ impl AnomalyDetected {
             ("cause_seq", Jcs::Int(self.cause_seq as i64)),
             ("evidence_seqs", Jcs::Arr(evidence)),
             ("causes", Jcs::Arr(causes)),
-        ])
-        .with_optional(
-            "terminal_id",
-            self.terminal_id.as_ref().map(|t| Jcs::str(t.as_str())),
-        )
-        .with_optional(
-            "container_id",
-            self.container_id.as_ref().map(|c| Jcs::str(c.as_str())),
-        )
-        .with_optional(
-            "enterprise_id",
-            self.enterprise_id.as_ref().map(|e| Jcs::str(e.as_str())),
-        )
-        .with_optional(
-            "manifest_id",
-            self.manifest_id.as_ref().map(|m| Jcs::str(m.as_str())),
-        )
-        .with_optional("previous_value", self.previous_value.map(Jcs::Int))
-        .with_optional("current_value", self.current_value.map(Jcs::Int))
-        .with_optional("change_ratio_ppm", self.change_ratio_ppm.map(Jcs::Int))
-        .with_optional("limit_value", self.limit_value.map(Jcs::Int))
+        ]);
+        // The optional fields, each only where it is set.
+        doc.with_optional("terminal_id", id_text(&self.terminal_id))
+            .with_optional("container_id", id_text(&self.container_id))
+            .with_optional("enterprise_id", id_text(&self.enterprise_id))
+            .with_optional("manifest_id", id_text(&self.manifest_id))
+            .with_optional("previous_value", self.previous_value.map(Jcs::Int))
+            .with_optional("current_value", self.current_value.map(Jcs::Int))
+            .with_optional("change_ratio_ppm", self.change_ratio_ppm.map(Jcs::Int))
+            .with_optional("limit_value", self.limit_value.map(Jcs::Int))
     }
+}
+
+/// An optional id as canonical JSON text (an id displays as itself).
+fn id_text(id: &Option<impl std::fmt::Display>) -> Option<Jcs> {
+    id.as_ref().map(|id| Jcs::Str(id.to_string()))
 }
 
 #[cfg(test)]

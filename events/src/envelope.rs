@@ -190,6 +190,23 @@ pub fn event_bytes(event: &Event) -> Vec<u8> {
 }
 
 impl Envelope {
+    /// `event` as the log would hold it at `seq`, recorded at `recorded_at_ns`: stream, type and fingerprint
+    /// its own, the current schema version, not sealed and caused by nobody (what terminals send and the
+    /// platform derives).
+    pub fn plain(seq: u64, recorded_at_ns: i64, event: Event) -> Envelope {
+        Envelope {
+            seq,
+            stream: event.stream(),
+            event_type: event.event_type().to_owned(),
+            schema_version: SCHEMA_VERSION,
+            recorded_at_ns,
+            fingerprint: fingerprint(&event.canonical().to_bytes()),
+            key_id: None,
+            caused_by: None,
+            event,
+        }
+    }
+
     pub fn fingerprint_hex(&self) -> String {
         hex::encode(self.fingerprint)
     }
@@ -477,24 +494,22 @@ impl Envelope {
         }
         let invalid = |e: rkyv::rancor::Error| corrupt(format!("invalid encoding: {e}"));
         let wrong_seq = |s: u64| corrupt(format!("envelope says seq {s}"));
+        // The same steps for either layout: decode, check the seq it says, give it the new one, encode.
+        macro_rules! reseq_as {
+            ($stored:ty) => {{
+                let mut stored = rkyv::from_bytes::<$stored, rkyv::rancor::Error>(&aligned(body))
+                    .map_err(invalid)?;
+                if stored.seq != from_seq {
+                    return Err(wrong_seq(stored.seq));
+                }
+                stored.seq = seq;
+                rkyv::to_bytes::<rkyv::rancor::Error>(&stored)
+            }};
+        }
         let body = if format == RECORD_FORMAT_KEYED {
-            let mut stored =
-                rkyv::from_bytes::<StoredEnvelopeKeyed, rkyv::rancor::Error>(&aligned(body))
-                    .map_err(invalid)?;
-            if stored.seq != from_seq {
-                return Err(wrong_seq(stored.seq));
-            }
-            stored.seq = seq;
-            rkyv::to_bytes::<rkyv::rancor::Error>(&stored)
+            reseq_as!(StoredEnvelopeKeyed)
         } else {
-            let mut stored =
-                rkyv::from_bytes::<StoredEnvelope, rkyv::rancor::Error>(&aligned(body))
-                    .map_err(invalid)?;
-            if stored.seq != from_seq {
-                return Err(wrong_seq(stored.seq));
-            }
-            stored.seq = seq;
-            rkyv::to_bytes::<rkyv::rancor::Error>(&stored)
+            reseq_as!(StoredEnvelope)
         }
         .expect("serialising an in-memory envelope cannot fail");
         Ok(framed(format, &body))

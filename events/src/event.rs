@@ -113,29 +113,11 @@ pub struct AnomalyReported {
     pub anomaly: AnomalyDetected,
 }
 
-#[derive(
-    Archive,
-    Serialize,
-    Deserialize,
-    serde::Serialize,
-    serde::Deserialize,
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-)]
-pub enum AnomalyState {
-    Acknowledged,
-    Resolved,
-}
-
-impl AnomalyState {
-    pub fn name(self) -> &'static str {
-        match self {
-            AnomalyState::Acknowledged => "acknowledged",
-            AnomalyState::Resolved => "resolved",
-        }
+named_enum! {
+    #[derive(serde::Serialize, serde::Deserialize)]
+    pub enum AnomalyState {
+        Acknowledged => "acknowledged",
+        Resolved => "resolved",
     }
 }
 
@@ -198,32 +180,11 @@ pub struct NoteFiled {
     pub filed_at_ns: i64,
 }
 
-#[derive(
-    Archive,
-    Serialize,
-    Deserialize,
-    serde::Serialize,
-    serde::Deserialize,
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    PartialOrd,
-    Ord,
-    Hash,
-)]
-pub enum ManifestStatus {
-    Dispatched,
-    Received,
-}
-
-impl ManifestStatus {
-    pub fn name(self) -> &'static str {
-        match self {
-            ManifestStatus::Dispatched => "dispatched",
-            ManifestStatus::Received => "received",
-        }
+named_enum! {
+    #[derive(serde::Serialize, serde::Deserialize, PartialOrd, Ord, Hash)]
+    pub enum ManifestStatus {
+        Dispatched => "dispatched",
+        Received => "received",
     }
 }
 
@@ -272,45 +233,13 @@ pub struct EnterpriseRegistered {
     pub storage_capacity_mg: i64,
 }
 
-/// What a terminal is.
-#[derive(
-    Archive,
-    Serialize,
-    Deserialize,
-    serde::Serialize,
-    serde::Deserialize,
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    PartialOrd,
-    Ord,
-    Hash,
-)]
-pub enum TerminalKind {
-    Scale,
-    LoadCell,
-    StorageSensor,
-}
-
-impl TerminalKind {
-    pub const ALL: [TerminalKind; 3] = [
-        TerminalKind::Scale,
-        TerminalKind::LoadCell,
-        TerminalKind::StorageSensor,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            TerminalKind::Scale => "scale",
-            TerminalKind::LoadCell => "load_cell",
-            TerminalKind::StorageSensor => "storage_sensor",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|k| k.name() == s)
+named_enum! {
+    /// What a terminal is.
+    #[derive(serde::Serialize, serde::Deserialize, PartialOrd, Ord, Hash)]
+    pub enum TerminalKind {
+        Scale => "scale",
+        LoadCell => "load_cell",
+        StorageSensor => "storage_sensor",
     }
 }
 

@@ -24,6 +24,10 @@
 //! Deliberately not here: tokio, sled, files, HTTP, SQL, InfluxDB, wall-clock reads and random numbers (the
 //! crate does not depend on them). Time comes in through [`Clock`], entropy through [`crypto::Entropy`].
 
+// First: its macro is used by the modules declared after it.
+#[macro_use]
+mod named_enum;
+
 pub mod anomaly;
 pub mod canonical;
 pub mod crypto;

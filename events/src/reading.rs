@@ -29,50 +29,18 @@ pub use crate::limits::READING_SEQ_MAX;
 /// Readings measured before this instant (2000-01-01T00:00:00Z) are refused as a broken terminal clock.
 pub const MEASURED_AT_MIN_NS: i64 = 946_684_800_000_000_000;
 
-/// What a reading measures.
-#[derive(
-    Archive,
-    Serialize,
-    Deserialize,
-    serde::Serialize,
-    serde::Deserialize,
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    PartialOrd,
-    Ord,
-    Hash,
-)]
-pub enum ReadingKind {
-    Weight,
-    Level,
-    Temperature,
-    Humidity,
+named_enum! {
+    /// What a reading measures.
+    #[derive(serde::Serialize, serde::Deserialize, PartialOrd, Ord, Hash)]
+    pub enum ReadingKind {
+        Weight => "weight",
+        Level => "level",
+        Temperature => "temperature",
+        Humidity => "humidity",
+    }
 }
 
 impl ReadingKind {
-    pub const ALL: [ReadingKind; 4] = [
-        ReadingKind::Weight,
-        ReadingKind::Level,
-        ReadingKind::Temperature,
-        ReadingKind::Humidity,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            ReadingKind::Weight => "weight",
-            ReadingKind::Level => "level",
-            ReadingKind::Temperature => "temperature",
-            ReadingKind::Humidity => "humidity",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|k| k.name() == s)
-    }
-
     /// The unit that values are reported in by the read models.
     pub fn base_unit(self) -> &'static str {
         match self {
@@ -146,54 +114,16 @@ impl ReadingKind {
     }
 }
 
-/// Where in the custody chain a weighing was taken.
-#[derive(
-    Archive,
-    Serialize,
-    Deserialize,
-    serde::Serialize,
-    serde::Deserialize,
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    PartialOrd,
-    Ord,
-    Hash,
-)]
-pub enum Stage {
-    Generation,
-    StorageIn,
-    StorageOut,
-    TransferOut,
-    TransferIn,
-    Disposal,
-}
-
-impl Stage {
-    pub const ALL: [Stage; 6] = [
-        Stage::Generation,
-        Stage::StorageIn,
-        Stage::StorageOut,
-        Stage::TransferOut,
-        Stage::TransferIn,
-        Stage::Disposal,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Stage::Generation => "generation",
-            Stage::StorageIn => "storage_in",
-            Stage::StorageOut => "storage_out",
-            Stage::TransferOut => "transfer_out",
-            Stage::TransferIn => "transfer_in",
-            Stage::Disposal => "disposal",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|k| k.name() == s)
+named_enum! {
+    /// Where in the custody chain a weighing was taken.
+    #[derive(serde::Serialize, serde::Deserialize, PartialOrd, Ord, Hash)]
+    pub enum Stage {
+        Generation => "generation",
+        StorageIn => "storage_in",
+        StorageOut => "storage_out",
+        TransferOut => "transfer_out",
+        TransferIn => "transfer_in",
+        Disposal => "disposal",
     }
 }
 
@@ -521,6 +451,12 @@ mod tests {
 
     #[test]
     fn bad_readings_are_rejected_with_their_codes() {
+        // 1 kg as `raw` makes it, with one thing changed.
+        let with = |change: fn(&mut RawReading)| {
+            let mut r = raw(1.0, "kg");
+            change(&mut r);
+            r
+        };
         let cases: Vec<(RawReading, &str)> = vec![
             (raw(-0.5, "kg"), "value_out_of_range"),
             (raw(2_000_000.0, "kg"), "value_out_of_range"),
@@ -528,75 +464,35 @@ mod tests {
             (raw(f64::INFINITY, "kg"), "value_not_finite"),
             (raw(1.0, "stone"), "unknown_unit"),
             (raw(1.0, "degC"), "unknown_unit"),
+            (with(|r| r.seq = 0), "invalid_seq"),
+            (with(|r| r.seq = READING_SEQ_MAX + 1), "invalid_seq"),
+            (with(|r| r.kind = "mass".into()), "unknown_kind"),
+            (with(|r| r.stage = Some("lost".into())), "unknown_stage"),
             (
-                RawReading {
-                    seq: 0,
-                    ..raw(1.0, "kg")
-                },
-                "invalid_seq",
-            ),
-            (
-                RawReading {
-                    seq: READING_SEQ_MAX + 1,
-                    ..raw(1.0, "kg")
-                },
-                "invalid_seq",
-            ),
-            (
-                RawReading {
-                    kind: "mass".into(),
-                    ..raw(1.0, "kg")
-                },
-                "unknown_kind",
-            ),
-            (
-                RawReading {
-                    stage: Some("lost".into()),
-                    ..raw(1.0, "kg")
-                },
-                "unknown_stage",
-            ),
-            (
-                RawReading {
-                    waste_code: Some("HW51".into()),
-                    manifest_id: None,
-                    ..raw(1.0, "kg")
-                },
+                with(|r| {
+                    r.waste_code = Some("HW51".into());
+                    r.manifest_id = None;
+                }),
                 "invalid_waste_code",
             ),
             (
-                RawReading {
-                    container_id: Some("C 9".into()),
-                    ..raw(1.0, "kg")
-                },
+                with(|r| r.container_id = Some("C 9".into())),
                 "invalid_container_id",
             ),
             (
-                RawReading {
-                    measured_at: "yesterday".into(),
-                    ..raw(1.0, "kg")
-                },
+                with(|r| r.measured_at = "yesterday".into()),
                 "invalid_timestamp",
             ),
             (
-                RawReading {
-                    measured_at: "2026-11-16T04:00:00".into(),
-                    ..raw(1.0, "kg")
-                },
+                with(|r| r.measured_at = "2026-11-16T04:00:00".into()),
                 "invalid_timestamp",
             ),
             (
-                RawReading {
-                    measured_at: "1999-12-31T23:59:59Z".into(),
-                    ..raw(1.0, "kg")
-                },
+                with(|r| r.measured_at = "1999-12-31T23:59:59Z".into()),
                 "measured_at_out_of_range",
             ),
             (
-                RawReading {
-                    measured_at: "2026-11-19T00:00:00Z".into(),
-                    ..raw(1.0, "kg")
-                },
+                with(|r| r.measured_at = "2026-11-19T00:00:00Z".into()),
                 "measured_at_in_future",
             ),
         ];
@@ -637,43 +533,35 @@ mod tests {
 
     #[test]
     fn other_kinds_convert_to_their_base_units() {
-        let temp = |v: f64, u: &str| {
+        for (kind, value, unit, stored) in [
+            ("temperature", 25.0, "degC", 25_000),
+            ("temperature", 298.15, "K", 25_000),
+            ("temperature", 77.0, "degF", 25_000),
+            ("level", 125.0, "cm", 1_250_000),
+            ("humidity", 45.5, "%RH", 45_500),
+        ] {
             let r = RawReading {
-                kind: "temperature".into(),
-                ..raw(v, u)
+                kind: kind.into(),
+                ..raw(value, unit)
             };
-            Reading::normalize(&t1(), &r, check()).unwrap().value
-        };
-        assert_eq!(temp(25.0, "degC"), 25_000);
-        assert_eq!(temp(298.15, "K"), 25_000);
-        assert_eq!(temp(77.0, "degF"), 25_000);
-        let lvl = RawReading {
-            kind: "level".into(),
-            ..raw(125.0, "cm")
-        };
-        assert_eq!(
-            Reading::normalize(&t1(), &lvl, check()).unwrap().value,
-            1_250_000
-        );
-        let hum = RawReading {
-            kind: "humidity".into(),
-            ..raw(45.5, "%RH")
-        };
-        assert_eq!(
-            Reading::normalize(&t1(), &hum, check()).unwrap().value,
-            45_500
-        );
+            let got = Reading::normalize(&t1(), &r, check()).unwrap().value;
+            assert_eq!(got, stored, "{value} {unit} of {kind}");
+        }
     }
 
     #[test]
     fn waste_codes() {
-        assert!(is_waste_code("HW01"));
-        assert!(is_waste_code("HW50"));
-        assert!(!is_waste_code("HW00"));
-        assert!(!is_waste_code("HW5"));
-        assert!(is_waste_code("900-041-49"));
-        assert!(!is_waste_code("900-041-4x"));
-        assert!(!is_waste_code("900041-49"));
+        for (code, valid) in [
+            ("HW01", true),
+            ("HW50", true),
+            ("HW00", false),
+            ("HW5", false),
+            ("900-041-49", true),
+            ("900-041-4x", false),
+            ("900041-49", false),
+        ] {
+            assert_eq!(is_waste_code(code), valid, "{code}");
+        }
     }
 
     proptest! {

@@ -10,6 +10,7 @@
 
 use std::time::Duration;
 
+use custodian_projections::columns::bind_rows;
 use sqlx::Executor as _;
 use tokio::sync::mpsc;
 
@@ -102,47 +103,31 @@ async fn writer(pool: sqlx::PgPool, mut rx: mpsc::Receiver<AuditEntry>) {
                 .await?;
                 ready = true;
             }
-            let mut c: (
-                Vec<i64>,
-                Vec<String>,
-                Vec<String>,
-                Vec<Option<String>>,
-                Vec<String>,
-                Vec<String>,
-                Vec<i32>,
-                Vec<i64>,
-                Vec<bool>,
-                Vec<i64>,
-            ) = Default::default();
-            for e in &batch {
-                c.0.push(e.at_ns);
-                c.1.push(e.token_id.clone());
-                c.2.push(e.tier.to_owned());
-                c.3.push(e.scope.clone());
-                c.4.push(e.method.clone());
-                c.5.push(e.uri.clone());
-                c.6.push(i32::from(e.status));
-                c.7.push(e.rows);
-                c.8.push(e.cached);
-                c.9.push(e.duration_us);
-            }
-            sqlx::query(
+            let rows: Vec<_> = batch
+                .iter()
+                .map(|e| {
+                    (
+                        e.at_ns,
+                        e.token_id.clone(),
+                        e.tier,
+                        e.scope.clone(),
+                        e.method.clone(),
+                        e.uri.clone(),
+                        i32::from(e.status),
+                        e.rows,
+                        e.cached,
+                        e.duration_us,
+                    )
+                })
+                .collect();
+            let q = sqlx::query(
                 "INSERT INTO custodian_meta.audit (at, token_id, tier, scope, method, uri, status, rows, \
                    cached, duration_us) \
                  SELECT TIMESTAMPTZ 'epoch' + (a / 1000) * INTERVAL '1 microsecond', b, c, d, e, f, g, h, i, j \
                  FROM UNNEST($1::int8[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], \
                    $7::int4[], $8::int8[], $9::bool[], $10::int8[]) AS u(a, b, c, d, e, f, g, h, i, j)",
-            )
-            .bind(c.0)
-            .bind(c.1)
-            .bind(c.2)
-            .bind(c.3)
-            .bind(c.4)
-            .bind(c.5)
-            .bind(c.6)
-            .bind(c.7)
-            .bind(c.8)
-            .bind(c.9)
+            );
+            bind_rows(q, rows)
             .execute(&pool)
             .await?;
             Ok::<_, sqlx::Error>(())

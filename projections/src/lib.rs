@@ -6,6 +6,7 @@
 //!
 //! Must not contain HTTP routing.
 
+pub mod columns;
 pub mod describe;
 pub mod directory;
 pub mod influx;

@@ -61,6 +61,29 @@ pub fn promote(file: &Path, generation: u32) -> Result<(), crate::runner::Projec
     })
 }
 
+/// `active_generation` and `promote` of a [`Family`](crate::runner::Family) whose live generation is the
+/// pointer file at `self.$file` ([`live`], [`promote`]): one pointer for every log, so the genesis is not
+/// asked.
+macro_rules! family_generations {
+    ($file:ident) => {
+        fn active_generation(
+            &self,
+            _genesis: Option<&str>,
+        ) -> crate::runner::BoxFuture<'_, Result<u32, crate::runner::ProjectionError>> {
+            Box::pin(async move { crate::pointer::live(&self.$file) })
+        }
+
+        fn promote(
+            &self,
+            generation: u32,
+            _genesis: Option<&str>,
+        ) -> crate::runner::BoxFuture<'_, Result<(), crate::runner::ProjectionError>> {
+            Box::pin(async move { crate::pointer::promote(&self.$file, generation) })
+        }
+    };
+}
+pub(crate) use family_generations;
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -13,10 +13,11 @@ use std::time::Duration;
 
 use custodian_events::event::{ManifestStatus, TerminalKind};
 use custodian_events::reading::{ReadingKind, Stage};
-use custodian_events::{Envelope, Event};
+use custodian_events::{Envelope, Event, TerminalId};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{ConnectOptions as _, Connection as _, Executor as _};
 
+use crate::columns::bind_rows;
 use crate::describe::anomaly_description;
 use crate::directory::{Directory, SharedDirectory};
 use crate::runner::{BoxFuture, Family, Prepared, Projection, ProjectionError};
@@ -586,6 +587,17 @@ impl Rows {
         self.kpis.entry((enterprise.to_owned(), day)).or_default()
     }
 
+    /// The `change`-th change of a terminal's keys, a revocation or a rotation: the latest change wins.
+    fn key_change(&mut self, terminal: &TerminalId, change: u64, revoked: bool) {
+        let d = self
+            .terminal_deltas
+            .entry(terminal.to_string())
+            .or_default();
+        if d.key_change.is_none_or(|(c, _)| change > c) {
+            d.key_change = Some((change, revoked));
+        }
+    }
+
     /// Folds events (in log order) into rows.
     pub fn fold<'a>(events: impl Iterator<Item = &'a Envelope>, dir: &Directory) -> Rows {
         let mut rows = Rows::default();
@@ -611,24 +623,8 @@ impl Rows {
                     t.public_key.is_some(),
                     seq,
                 )),
-                Event::TerminalKeyRotated(k) => {
-                    let d = rows
-                        .terminal_deltas
-                        .entry(k.terminal_id.to_string())
-                        .or_default();
-                    if d.key_change.is_none_or(|(c, _)| k.change > c) {
-                        d.key_change = Some((k.change, false));
-                    }
-                }
-                Event::TerminalKeyRevoked(k) => {
-                    let d = rows
-                        .terminal_deltas
-                        .entry(k.terminal_id.to_string())
-                        .or_default();
-                    if d.key_change.is_none_or(|(c, _)| k.change > c) {
-                        d.key_change = Some((k.change, true));
-                    }
-                }
+                Event::TerminalKeyRotated(k) => rows.key_change(&k.terminal_id, k.change, false),
+                Event::TerminalKeyRevoked(k) => rows.key_change(&k.terminal_id, k.change, true),
                 Event::ReadingRecorded(r) => {
                     let terminal = r.terminal_id.to_string();
                     let newest = Newest {
@@ -808,112 +804,50 @@ impl Rows {
     }
 
     /// Writes the rows: one multi-row statement per table (one per manifest, anomaly and note).
-    #[allow(clippy::type_complexity)]
     pub async fn write(mut self, tx: &mut sqlx::PgConnection) -> Result<(), sqlx::Error> {
         if !self.enterprises.is_empty() {
-            let mut c: (
-                Vec<String>,
-                Vec<String>,
-                Vec<String>,
-                Vec<String>,
-                Vec<i64>,
-                Vec<i64>,
-                Vec<i64>,
-            ) = Default::default();
-            for r in std::mem::take(&mut self.enterprises) {
-                c.0.push(r.0);
-                c.1.push(r.1);
-                c.2.push(r.2);
-                c.3.push(r.3);
-                c.4.push(r.4);
-                c.5.push(r.5);
-                c.6.push(r.6);
-            }
-            sqlx::query(
+            let q = sqlx::query(
                 "INSERT INTO enterprises (id, name, province_code, city_code, storage_capacity_mg, \
                  registered_seq, registered_at) \
                  SELECT a, b, c, d, e, f, ns_to_ts(g) FROM UNNEST($1::text[], $2::text[], $3::text[], \
                  $4::text[], $5::int8[], $6::int8[], $7::int8[]) AS t(a, b, c, d, e, f, g) \
                  ON CONFLICT (id) DO NOTHING",
-            )
-            .bind(c.0)
-            .bind(c.1)
-            .bind(c.2)
-            .bind(c.3)
-            .bind(c.4)
-            .bind(c.5)
-            .bind(c.6)
-            .execute(&mut *tx)
-            .await?;
+            );
+            bind_rows(q, std::mem::take(&mut self.enterprises))
+                .execute(&mut *tx)
+                .await?;
         }
         if !self.terminals.is_empty() {
-            let mut c: (
-                Vec<String>,
-                Vec<String>,
-                Vec<String>,
-                Vec<i64>,
-                Vec<i32>,
-                Vec<bool>,
-                Vec<i64>,
-            ) = Default::default();
-            for r in std::mem::take(&mut self.terminals) {
-                c.0.push(r.0);
-                c.1.push(r.1);
-                c.2.push(r.2.to_owned());
-                c.3.push(r.3);
-                c.4.push(r.4);
-                c.5.push(r.5);
-                c.6.push(r.6);
-            }
-            sqlx::query(
+            let q = sqlx::query(
                 "INSERT INTO terminals (id, enterprise_id, kind, capacity_mg, report_interval_s, \
                  signs_uploads, registered_seq) \
                  SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::int8[], $5::int4[], \
                  $6::bool[], $7::int8[]) ON CONFLICT (id) DO NOTHING",
-            )
-            .bind(c.0)
-            .bind(c.1)
-            .bind(c.2)
-            .bind(c.3)
-            .bind(c.4)
-            .bind(c.5)
-            .bind(c.6)
-            .execute(&mut *tx)
-            .await?;
+            );
+            bind_rows(q, std::mem::take(&mut self.terminals))
+                .execute(&mut *tx)
+                .await?;
         }
         if !self.terminal_deltas.is_empty() {
-            let mut ids = Vec::new();
-            let (mut n, mut s, mut cf) = (Vec::new(), Vec::new(), Vec::new());
-            let (mut kc, mut kr) = (Vec::<Option<i64>>::new(), Vec::<Option<bool>>::new());
-            let (mut es, mut rs, mut m, mut sk) = (
-                Vec::<Option<i64>>::new(),
-                Vec::<Option<i64>>::new(),
-                Vec::<Option<i64>>::new(),
-                Vec::<Option<i64>>::new(),
-            );
-            for (id, d) in std::mem::take(&mut self.terminal_deltas) {
-                ids.push(id);
-                n.push(d.readings);
-                s.push(d.suspects);
-                cf.push(d.conflicts);
-                kc.push(d.key_change.map(|(c, _)| c as i64));
-                kr.push(d.key_change.map(|(_, r)| r));
-                match d.newest {
-                    Some((nw, reading_seq, skew)) => {
-                        es.push(Some(nw.event_seq as i64));
-                        rs.push(Some(reading_seq as i64));
-                        m.push(Some(nw.measured_at_ns));
-                        sk.push(Some(skew));
-                    }
-                    None => {
-                        es.push(None);
-                        rs.push(None);
-                        m.push(None);
-                        sk.push(None);
-                    }
-                }
-            }
-            sqlx::query(
+            let rows: Vec<_> = std::mem::take(&mut self.terminal_deltas)
+                .into_iter()
+                .map(|(id, d)| {
+                    let newest = d.newest.as_ref();
+                    (
+                        id,
+                        d.readings,
+                        d.suspects,
+                        d.conflicts,
+                        d.key_change.map(|(c, _)| c as i64),
+                        d.key_change.map(|(_, r)| r),
+                        newest.map(|(nw, _, _)| nw.event_seq as i64),
+                        newest.map(|(_, reading_seq, _)| *reading_seq as i64),
+                        newest.map(|(nw, _, _)| nw.measured_at_ns),
+                        newest.map(|(_, _, skew)| *skew),
+                    )
+                })
+                .collect();
+            let q = sqlx::query(
                 "UPDATE terminals t SET \
                    readings = t.readings + u.n, suspect_readings = t.suspect_readings + u.s, \
                    conflicts = t.conflicts + u.cf, \
@@ -930,59 +864,30 @@ impl Rows {
                  FROM UNNEST($1::text[], $2::int8[], $3::int8[], $4::int8[], $5::int8[], $6::bool[], \
                    $7::int8[], $8::int8[], $9::int8[], $10::int8[]) AS u(id, n, s, cf, kc, kr, es, rs, m, sk) \
                  WHERE t.id = u.id",
-            )
-            .bind(ids)
-            .bind(n)
-            .bind(s)
-            .bind(cf)
-            .bind(kc)
-            .bind(kr)
-            .bind(es)
-            .bind(rs)
-            .bind(m)
-            .bind(sk)
-            .execute(&mut *tx)
-            .await?;
+            );
+            bind_rows(q, rows).execute(&mut *tx).await?;
         }
         if !self.containers.is_empty() {
-            let mut ids = Vec::new();
-            let (mut ent, mut wc, mut w, mut m, mut es, mut term, mut n) = (
-                Vec::new(),
-                Vec::<Option<String>>::new(),
-                Vec::new(),
-                Vec::new(),
-                Vec::new(),
-                Vec::new(),
-                Vec::new(),
-            );
-            let (mut st, mut sm, mut ses) = (
-                Vec::<Option<String>>::new(),
-                Vec::<Option<i64>>::new(),
-                Vec::<Option<i64>>::new(),
-            );
-            for (id, c) in std::mem::take(&mut self.containers) {
-                ids.push(id);
-                ent.push(c.enterprise_id);
-                wc.push(c.waste_code);
-                w.push(c.weight_mg);
-                m.push(c.newest.measured_at_ns);
-                es.push(c.newest.event_seq as i64);
-                term.push(c.terminal_id);
-                n.push(c.weighings);
-                match c.staged {
-                    Some((nw, s)) => {
-                        st.push(Some(s.to_owned()));
-                        sm.push(Some(nw.measured_at_ns));
-                        ses.push(Some(nw.event_seq as i64));
-                    }
-                    None => {
-                        st.push(None);
-                        sm.push(None);
-                        ses.push(None);
-                    }
-                }
-            }
-            sqlx::query(
+            let rows: Vec<_> = std::mem::take(&mut self.containers)
+                .into_iter()
+                .map(|(id, c)| {
+                    let staged = c.staged.as_ref();
+                    (
+                        id,
+                        c.enterprise_id,
+                        c.waste_code,
+                        staged.map(|(_, stage)| *stage),
+                        staged.map(|(nw, _)| nw.measured_at_ns),
+                        staged.map(|(nw, _)| nw.event_seq as i64),
+                        c.weight_mg,
+                        c.newest.measured_at_ns,
+                        c.newest.event_seq as i64,
+                        c.terminal_id,
+                        c.weighings,
+                    )
+                })
+                .collect();
+            let q = sqlx::query(
                 "INSERT INTO containers AS c (id, enterprise_id, waste_code, stage, stage_measured_at, \
                    stage_event_seq, last_weight_mg, last_measured_at, last_event_seq, last_terminal_id, weighings) \
                  SELECT id, ent, wc, st, ns_to_ts(sm), ses, w, ns_to_ts(m), es, term, n FROM UNNEST( \
@@ -1012,59 +917,20 @@ impl Rows {
                    stage_measured_at = CASE WHEN EXCLUDED.stage IS NOT NULL AND (c.stage IS NULL OR \
                      (EXCLUDED.stage_measured_at, EXCLUDED.stage_event_seq) > (c.stage_measured_at, c.stage_event_seq)) \
                      THEN EXCLUDED.stage_measured_at ELSE c.stage_measured_at END",
-            )
-            .bind(ids)
-            .bind(ent)
-            .bind(wc)
-            .bind(st)
-            .bind(sm)
-            .bind(ses)
-            .bind(w)
-            .bind(m)
-            .bind(es)
-            .bind(term)
-            .bind(n)
-            .execute(&mut *tx)
-            .await?;
+            );
+            bind_rows(q, rows).execute(&mut *tx).await?;
         }
         if !self.custody.is_empty() {
-            let mut c: (
-                Vec<String>,
-                Vec<i64>,
-                Vec<String>,
-                Vec<String>,
-                Vec<String>,
-                Vec<i64>,
-                Vec<i64>,
-                Vec<Option<String>>,
-            ) = Default::default();
-            for r in std::mem::take(&mut self.custody) {
-                c.0.push(r.0);
-                c.1.push(r.1);
-                c.2.push(r.2.to_owned());
-                c.3.push(r.3);
-                c.4.push(r.4);
-                c.5.push(r.5);
-                c.6.push(r.6);
-                c.7.push(r.7);
-            }
-            sqlx::query(
+            let q = sqlx::query(
                 "INSERT INTO custody (container_id, event_seq, stage, enterprise_id, terminal_id, weight_mg, \
                    measured_at, manifest_id) \
                  SELECT a, b, c, d, e, f, ns_to_ts(g), h FROM UNNEST($1::text[], $2::int8[], $3::text[], \
                    $4::text[], $5::text[], $6::int8[], $7::int8[], $8::text[]) AS u(a, b, c, d, e, f, g, h) \
                  ON CONFLICT DO NOTHING",
-            )
-            .bind(c.0)
-            .bind(c.1)
-            .bind(c.2)
-            .bind(c.3)
-            .bind(c.4)
-            .bind(c.5)
-            .bind(c.6)
-            .bind(c.7)
-            .execute(&mut *tx)
-            .await?;
+            );
+            bind_rows(q, std::mem::take(&mut self.custody))
+                .execute(&mut *tx)
+                .await?;
         }
         for m in std::mem::take(&mut self.manifests) {
             sqlx::query(

@@ -121,12 +121,7 @@ impl Family for InfluxFamily {
         "influx"
     }
 
-    fn active_generation(
-        &self,
-        _genesis: Option<&str>,
-    ) -> BoxFuture<'_, Result<u32, ProjectionError>> {
-        Box::pin(async move { crate::pointer::live(&self.pointer) })
-    }
+    crate::pointer::family_generations!(pointer);
 
     fn open(&self, generation: u32) -> Arc<dyn Projection> {
         Arc::new(InfluxProjection {
@@ -137,14 +132,6 @@ impl Family for InfluxFamily {
             log: self.log.clone(),
             directory: self.directory.clone(),
         })
-    }
-
-    fn promote(
-        &self,
-        generation: u32,
-        _genesis: Option<&str>,
-    ) -> BoxFuture<'_, Result<(), ProjectionError>> {
-        Box::pin(async move { crate::pointer::promote(&self.pointer, generation) })
     }
 
     fn discard(&self, generation: u32) -> BoxFuture<'_, Result<(), ProjectionError>> {

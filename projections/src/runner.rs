@@ -730,6 +730,17 @@ impl Runner {
         Feed::new(model)
     }
 
+    /// Starts reading the batch from `from` on for `model`, from this runner's log (`fn read_batch`).
+    fn read_batch(&self, model: &Arc<dyn Projection>, from: u64) -> JoinHandle<ReadResult> {
+        read_batch(
+            self.log.clone(),
+            model.clone(),
+            self.directory.clone(),
+            from,
+            self.config.batch_events_max,
+        )
+    }
+
     /// Feeds one batch to `feed` if it is behind `head`; answers whether there was anything to do.
     async fn step(&mut self, feed: &mut Feed, head: u64, live: bool) -> bool {
         let checkpoint = match feed.checkpoint {
@@ -769,21 +780,9 @@ impl Runner {
             Some((from, handle)) if from == checkpoint + 1 => handle,
             Some((_, handle)) => {
                 handle.abort();
-                read_batch(
-                    self.log.clone(),
-                    feed.model.clone(),
-                    self.directory.clone(),
-                    checkpoint + 1,
-                    self.config.batch_events_max,
-                )
+                self.read_batch(&feed.model, checkpoint + 1)
             }
-            None => read_batch(
-                self.log.clone(),
-                feed.model.clone(),
-                self.directory.clone(),
-                checkpoint + 1,
-                self.config.batch_events_max,
-            ),
+            None => self.read_batch(&feed.model, checkpoint + 1),
         }
         .await;
         let Batch {
@@ -806,16 +805,7 @@ impl Runner {
             return false;
         }
         if last < head {
-            feed.prefetch = Some((
-                last + 1,
-                read_batch(
-                    self.log.clone(),
-                    feed.model.clone(),
-                    self.directory.clone(),
-                    last + 1,
-                    self.config.batch_events_max,
-                ),
-            ));
+            feed.prefetch = Some((last + 1, self.read_batch(&feed.model, last + 1)));
         }
         match feed.model.apply_encoded(&events, last, encoded).await {
             Ok(()) => {

@@ -51,12 +51,7 @@ impl Family for SearchFamily {
         "search"
     }
 
-    fn active_generation(
-        &self,
-        _genesis: Option<&str>,
-    ) -> BoxFuture<'_, Result<u32, ProjectionError>> {
-        Box::pin(async move { crate::pointer::live(&self.pointer) })
-    }
+    crate::pointer::family_generations!(pointer);
 
     fn open(&self, generation: u32) -> Arc<dyn Projection> {
         Arc::new(TextProjection {
@@ -66,14 +61,6 @@ impl Family for SearchFamily {
             index: OnceLock::new(),
             directory: self.directory.clone(),
         })
-    }
-
-    fn promote(
-        &self,
-        generation: u32,
-        _genesis: Option<&str>,
-    ) -> BoxFuture<'_, Result<(), ProjectionError>> {
-        Box::pin(async move { crate::pointer::promote(&self.pointer, generation) })
     }
 
     fn discard(&self, generation: u32) -> BoxFuture<'_, Result<(), ProjectionError>> {

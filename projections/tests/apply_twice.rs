@@ -52,17 +52,7 @@ fn spec() -> impl Strategy<Value = Spec> {
 }
 
 fn envelope(seq: u64, event: Event) -> Envelope {
-    Envelope {
-        seq,
-        stream: event.stream(),
-        event_type: event.event_type().to_owned(),
-        schema_version: 1,
-        recorded_at_ns: T0 + seq as i64 * 1_000_000_000,
-        fingerprint: custodian_events::envelope::fingerprint(&event.canonical().to_bytes()),
-        key_id: None,
-        caused_by: None,
-        event,
-    }
+    Envelope::plain(seq, T0 + seq as i64 * 1_000_000_000, event)
 }
 
 /// Registrations, then the readings (with an anomaly and a note now and then).
@@ -246,31 +236,63 @@ fn cases() -> u32 {
         .unwrap_or(10)
 }
 
+/// A log's specs (1 ..= 119) and the `cuts`, `back` and `dup` of its second delivery ([`deliveries`]).
+fn runs() -> impl Strategy<Value = (Vec<Spec>, Vec<usize>, usize, usize)> {
+    (
+        prop::collection::vec(spec(), 1..120),
+        prop::collection::vec(0usize..1000, 0..8),
+        0usize..30,
+        0usize..3,
+    )
+}
+
+/// The log of `specs`, and a directory that has learnt its registrations.
+fn logged(specs: &[Spec]) -> (Vec<Envelope>, Arc<RwLock<Directory>>) {
+    let log = log_of(specs);
+    let dir = Arc::new(RwLock::new(Directory::default()));
+    dir.write().unwrap().learn_all(&log);
+    (log, dir)
+}
+
+/// Prepares both models, then hands `once` the whole log in one batch and `twice` the `deliveries` of it,
+/// each batch as `batch` makes it for the model.
+async fn apply_both(
+    once: &dyn Projection,
+    twice: &dyn Projection,
+    log: &[Envelope],
+    deliveries: Vec<(usize, usize)>,
+    batch: impl Fn(&[Envelope], &dyn Projection) -> Vec<Envelope>,
+) {
+    once.prepare()
+        .await
+        .expect("the model's server on 127.0.0.1 (run scripts/services up)");
+    twice.prepare().await.unwrap();
+    once.apply(&batch(log, once), log.len() as u64)
+        .await
+        .unwrap();
+    for (from, to) in deliveries {
+        twice
+            .apply(&batch(&log[from..to], twice), to as u64)
+            .await
+            .unwrap();
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: cases(), ..ProptestConfig::default() })]
 
     #[test]
-    fn postgres_batches_applied_again_change_nothing(
-        specs in prop::collection::vec(spec(), 1..120),
-        cuts in prop::collection::vec(0usize..1000, 0..8),
-        back in 0usize..30,
-        dup in 0usize..3,
-    ) {
+    fn postgres_batches_applied_again_change_nothing((specs, cuts, back, dup) in runs()) {
         let s = setup();
-        let log = log_of(&specs);
+        let (log, dir) = logged(&specs);
         let case = rand::random::<u32>();
-        let dir = Arc::new(RwLock::new(Directory::default()));
-        dir.write().unwrap().learn_all(&log);
         let url = format!("{PG_SERVER}/{}", s.database);
         let (once, twice) = s.rt.block_on(async {
             let once = PgFamily::new(&url, &format!("once_{case:08x}"), dir.clone()).unwrap().open(1);
             let twice = PgFamily::new(&url, &format!("twice_{case:08x}"), dir.clone()).unwrap().open(1);
-            once.prepare().await.unwrap();
-            twice.prepare().await.unwrap();
-            once.apply(&log, log.len() as u64).await.unwrap();
-            for (from, to) in deliveries(log.len(), &cuts, back, dup) {
-                twice.apply(&log[from..to], to as u64).await.unwrap();
-            }
+            let batches = deliveries(log.len(), &cuts, back, dup);
+            let all = |events: &[Envelope], _: &dyn Projection| events.to_vec();
+            apply_both(once.as_ref(), twice.as_ref(), &log, batches, all).await;
             let dumps = (
                 dump_schema(&s.pool, &once.target()).await,
                 dump_schema(&s.pool, &twice.target()).await,
@@ -289,16 +311,9 @@ proptest! {
     }
 
     #[test]
-    fn influx_batches_applied_again_change_nothing(
-        specs in prop::collection::vec(spec(), 1..120),
-        cuts in prop::collection::vec(0usize..1000, 0..8),
-        back in 0usize..30,
-        dup in 0usize..3,
-    ) {
+    fn influx_batches_applied_again_change_nothing((specs, cuts, back, dup) in runs()) {
         let s = setup();
-        let log = log_of(&specs);
-        let dir = Arc::new(RwLock::new(Directory::default()));
-        dir.write().unwrap().learn_all(&log);
+        let (log, dir) = logged(&specs);
         let tmp = tempfile::tempdir().unwrap();
         let sled = Arc::new(
             SledLog::open(SledLogConfig::new(tmp.path().join("log")), Arc::new(FixedClock), None).unwrap(),
@@ -316,12 +331,8 @@ proptest! {
         let (once, twice) = s.rt.block_on(async {
             let once = once_f.open(1);
             let twice = twice_f.open(1);
-            once.prepare().await.expect("InfluxDB on 127.0.0.1:8086 (run scripts/services up)");
-            twice.prepare().await.unwrap();
-            once.apply(&filter(&log, once.as_ref()), log.len() as u64).await.unwrap();
-            for (from, to) in deliveries(log.len(), &cuts, back, dup) {
-                twice.apply(&filter(&log[from..to], twice.as_ref()), to as u64).await.unwrap();
-            }
+            let batches = deliveries(log.len(), &cuts, back, dup);
+            apply_both(once.as_ref(), twice.as_ref(), &log, batches, filter).await;
             let q = "SELECT * FROM \"readings\" GROUP BY *";
             let a = InfluxClient::new(INFLUX, Dialect::v1(once.target()));
             let b = InfluxClient::new(INFLUX, Dialect::v1(twice.target()));

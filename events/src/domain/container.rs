@@ -351,33 +351,19 @@ mod tests {
     #[test]
     fn exactly_twenty_percent_does_not_fire_and_just_over_does() {
         let rules = WeighingRules::default();
-        assert!(
+        // 100 kg, then `next` a minute later.
+        let after_100_kg = |next| {
             run(
                 &[
                     weighing("T-1", 1, 0, 100 * KG),
-                    weighing("T-1", 2, 60, 120 * KG)
+                    weighing("T-1", 2, 60, next),
                 ],
-                &rules
+                &rules,
             )
-            .is_empty()
-        );
-        assert!(
-            run(
-                &[
-                    weighing("T-1", 1, 0, 100 * KG),
-                    weighing("T-1", 2, 60, 80 * KG)
-                ],
-                &rules
-            )
-            .is_empty()
-        );
-        let got = run(
-            &[
-                weighing("T-1", 1, 0, 100 * KG),
-                weighing("T-1", 2, 60, 120 * KG + 1),
-            ],
-            &rules,
-        );
+        };
+        assert!(after_100_kg(120 * KG).is_empty());
+        assert!(after_100_kg(80 * KG).is_empty());
+        let got = after_100_kg(120 * KG + 1);
         assert_eq!(got.len(), 1);
         let a = &got[0];
         assert_eq!(a.kind, AnomalyKind::WeightFluctuation);
@@ -389,13 +375,7 @@ mod tests {
         assert_eq!(a.severity, Severity::Medium);
         assert_eq!(a.evidence_seqs, vec![10, 20]);
         assert_eq!(a.cause_seq, 20);
-        let lighter = run(
-            &[
-                weighing("T-1", 1, 0, 100 * KG),
-                weighing("T-1", 2, 60, 80 * KG - 1),
-            ],
-            &rules,
-        );
+        let lighter = after_100_kg(80 * KG - 1);
         assert_eq!(lighter.len(), 1);
     }
 

@@ -390,28 +390,23 @@ mod tests {
     fn dispatched_then_received_and_a_light_arrival_is_a_mismatch() {
         let rules = Rules::default();
         use Stage::*;
-        let ok = run(
-            &[
-                opened(),
-                weigh("S-1", 1, "C-1", TransferOut, 100),
-                weigh("S-1", 2, "C-2", TransferOut, 100),
-                weigh("R-1", 1, "C-1", TransferIn, 90),
-                weigh("R-1", 2, "C-2", TransferIn, 70),
-            ],
-            &rules,
-        );
+        // Two drums of 100 kg out; in again as 90 kg and `second_kg`.
+        let arrival = |second_kg| {
+            run(
+                &[
+                    opened(),
+                    weigh("S-1", 1, "C-1", TransferOut, 100),
+                    weigh("S-1", 2, "C-2", TransferOut, 100),
+                    weigh("R-1", 1, "C-1", TransferIn, 90),
+                    weigh("R-1", 2, "C-2", TransferIn, second_kg),
+                ],
+                &rules,
+            )
+        };
+        let ok = arrival(70);
         // 200 → 160 kg: exactly 20 % lighter does not fire.
         assert_eq!(kinds(&ok), ["dispatched", "received"]);
-        let light = run(
-            &[
-                opened(),
-                weigh("S-1", 1, "C-1", TransferOut, 100),
-                weigh("S-1", 2, "C-2", TransferOut, 100),
-                weigh("R-1", 1, "C-1", TransferIn, 90),
-                weigh("R-1", 2, "C-2", TransferIn, 69),
-            ],
-            &rules,
-        );
+        let light = arrival(69);
         assert_eq!(
             kinds(&light),
             ["dispatched", "received", "manifest_weight_mismatch"]

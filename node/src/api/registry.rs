@@ -11,8 +11,8 @@ use custodian_events::envelope::Fingerprint;
 use custodian_events::event::{
     EnterpriseRegistered, RawEnterprise, RawTerminal, TerminalRegistered, dedupe_key_enterprise,
 };
-use custodian_events::{Event, TerminalId};
-use custodian_log::{AppendOutcome, Proposed};
+use custodian_events::{EnterpriseId, Event, Rejection, TerminalId};
+use custodian_log::AppendOutcome;
 use serde::Deserialize;
 
 use crate::api::auth::require_admin_caller;
@@ -49,14 +49,8 @@ pub async fn register_enterprise(
     let raw: RawEnterprise = read_json(&headers, body, REGISTRATION_BODY_BYTES_MAX).await?;
     let e = EnterpriseRegistered::from_raw(&raw).map_err(ApiError::unprocessable)?;
     let id = e.id.to_string();
-    let proposed = sealing::sealed(
-        &st.sealer,
-        &id,
-        Event::EnterpriseRegistered(e),
-        Some(&caller.token_id),
-    )
-    .await?;
-    register(&st, proposed, "enterprise", &id).await
+    let event = Event::EnterpriseRegistered(e);
+    register(&st, &caller.token_id, &id, event, "enterprise", &id).await
 }
 
 #[utoipa::path(
@@ -96,14 +90,8 @@ pub async fn register_terminal(
     }
     let id = t.id.to_string();
     let scope = t.enterprise_id.to_string();
-    let proposed = sealing::sealed(
-        &st.sealer,
-        &scope,
-        Event::TerminalRegistered(t),
-        Some(&caller.token_id),
-    )
-    .await?;
-    register(&st, proposed, "terminal", &id).await
+    let event = Event::TerminalRegistered(t);
+    register(&st, &caller.token_id, &scope, event, "terminal", &id).await
 }
 
 /// `POST /v1/manifests` (admin): opens a transfer order. 201 when opened, 200 for the same request
@@ -132,30 +120,26 @@ pub async fn open_manifest(
         read_json(&headers, body, MANIFEST_BODY_BYTES_MAX).await?;
     let m =
         custodian_events::event::ManifestOpened::from_raw(&raw).map_err(ApiError::unprocessable)?;
-    for (field, e) in [
-        ("generator_id", &m.generator_id),
-        ("receiver_id", &m.receiver_id),
-    ] {
-        if st.log.lookup(&dedupe_key_enterprise(e))?.is_none() {
-            return Err(ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "unknown_enterprise",
-                format!(
-                    "{field} {e} is not a registered enterprise; register it with POST /v1/enterprises first"
-                ),
-            ));
-        }
-    }
+    require_enterprise(&st, "generator_id", &m.generator_id)?;
+    require_enterprise(&st, "receiver_id", &m.receiver_id)?;
     let id = m.id.to_string();
     let scope = m.generator_id.to_string();
-    let proposed = sealing::sealed(
-        &st.sealer,
-        &scope,
-        Event::ManifestOpened(m),
-        Some(&caller.token_id),
-    )
-    .await?;
-    register(&st, proposed, "manifest", &id).await
+    let event = Event::ManifestOpened(m);
+    register(&st, &caller.token_id, &scope, event, "manifest", &id).await
+}
+
+/// 422 `unknown_enterprise` unless enterprise `e`, the request's `field`, is registered.
+fn require_enterprise(st: &AppState, field: &str, e: &EnterpriseId) -> Result<(), ApiError> {
+    if st.log.lookup(&dedupe_key_enterprise(e))?.is_none() {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unknown_enterprise",
+            format!(
+                "{field} {e} is not a registered enterprise; register it with POST /v1/enterprises first"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// The enterprise must be registered (`unknown_enterprise`), which no schema can say.
@@ -199,7 +183,7 @@ pub async fn file_note(
     body: Body,
 ) -> Result<Response, ApiError> {
     use custodian_events::event::{AUTHOR_CHARS_MAX, NOTE_CHARS_MAX, NoteFiled, check_text};
-    use custodian_events::ids::{ContainerId, EnterpriseId};
+    use custodian_events::ids::ContainerId;
     let caller = require_admin_caller(&st.access, &headers)?;
     let raw: RawNote = read_json(&headers, body, NOTE_BODY_BYTES_MAX).await?;
     let bad = |code: &'static str, message: String| {
@@ -226,18 +210,7 @@ pub async fn file_note(
     if let Err(e) = check_text(text, NOTE_CHARS_MAX, false) {
         return Err(bad("value_out_of_range", format!("text {e}")));
     }
-    if st
-        .log
-        .lookup(&dedupe_key_enterprise(&enterprise_id))?
-        .is_none()
-    {
-        return Err(bad(
-            "unknown_enterprise",
-            format!(
-                "enterprise_id {enterprise_id} is not a registered enterprise; register it with POST /v1/enterprises first"
-            ),
-        ));
-    }
+    require_enterprise(&st, "enterprise_id", &enterprise_id)?;
     let scope = enterprise_id.to_string();
     let event = Event::NoteFiled(NoteFiled {
         enterprise_id,
@@ -263,14 +236,18 @@ pub async fn file_note(
 /// The largest `POST /v1/notes` body: a note of `NOTE_CHARS_MAX` characters of up to 4 UTF-8 bytes, with room.
 const NOTE_BODY_BYTES_MAX: usize = 32 * 1024;
 
-/// Appends a registration: 201 when new, 200 when the same registration is already recorded, 409
-/// `already_registered` when the id is taken by a different one.
+/// Seals a registration under `scope`'s data key and appends it, caused by token `caused_by`: 201 when
+/// new, 200 when the same registration is already recorded, 409 `already_registered` when the id is taken
+/// by a different one.
 async fn register(
     st: &AppState,
-    proposed: Proposed,
+    caused_by: &str,
+    scope: &str,
+    event: Event,
     what: &str,
     id: &str,
 ) -> Result<Response, ApiError> {
+    let proposed = sealing::sealed(&st.sealer, scope, event, Some(caused_by)).await?;
     // The directory (terminal → enterprise → province) learns it now, not only when a read model
     // catches up: an edge asks which terminals an enterprise has.
     let event = proposed.event.clone();
@@ -335,18 +312,19 @@ pub async fn rotate_terminal_key(
     let raw: RawKeyRotation = read_json(&headers, body, REGISTRATION_BODY_BYTES_MAX).await?;
     let public_key = custodian_events::crypto::sm2_public_key_der_from_pem(&raw.public_key_pem)
         .map_err(ApiError::unprocessable)?;
-    let (id, entry) = terminal_or_404(&st, &id)?;
-    let decision = entry
-        .keys
-        .decide_rotation(&entry.registration, public_key, st.clock.now_ns())
-        .map_err(|r| ApiError::new(StatusCode::CONFLICT, r.code, r.message))?;
+    let rotate = |entry: &TerminalEntry, now_ns| {
+        entry
+            .keys
+            .decide_rotation(&entry.registration, public_key, now_ns)
+    };
+    let done = (StatusCode::CREATED, "rotated");
     key_change(
         &st,
         &id,
-        &entry,
-        decision,
         &caller.token_id,
-        (StatusCode::CREATED, "rotated"),
+        rotate,
+        StatusCode::CONFLICT,
+        done,
     )
     .await
 }
@@ -380,18 +358,19 @@ pub async fn revoke_terminal_key(
                 "a key fingerprint is 64 hex digits (SHA-256 of the SubjectPublicKeyInfo DER; `custodian keys fingerprint`)",
             )
         })?;
-    let (id, entry) = terminal_or_404(&st, &id)?;
-    let decision = entry
-        .keys
-        .decide_revocation(&entry.registration, fp, st.clock.now_ns())
-        .map_err(|r| ApiError::new(StatusCode::NOT_FOUND, r.code, r.message))?;
+    let revoke = |entry: &TerminalEntry, now_ns| {
+        entry
+            .keys
+            .decide_revocation(&entry.registration, fp, now_ns)
+    };
+    let done = (StatusCode::OK, "revoked");
     key_change(
         &st,
         &id,
-        &entry,
-        decision,
         &caller.token_id,
-        (StatusCode::OK, "revoked"),
+        revoke,
+        StatusCode::NOT_FOUND,
+        done,
     )
     .await
 }
@@ -412,30 +391,38 @@ fn terminal_or_404(st: &AppState, id: &str) -> Result<(TerminalId, Arc<TerminalE
     Ok((id, entry))
 }
 
+/// A change of terminal `id`'s keys, as `decide` chooses it for the terminal at the node's clock (`refused`
+/// with the rule's code when it may not be made): 200 `unchanged` when there is nothing to change, `done`
+/// when the change is recorded, 409 `concurrent_key_change` when another change took its place first.
 async fn key_change(
     st: &AppState,
-    id: &TerminalId,
-    entry: &TerminalEntry,
-    decision: Option<Event>,
+    id: &str,
     caused_by: &str,
+    decide: impl FnOnce(&TerminalEntry, i64) -> Result<Option<Event>, Rejection>,
+    refused: StatusCode,
     (done_status, done): (StatusCode, &str),
 ) -> Result<Response, ApiError> {
+    let (terminal, entry) = terminal_or_404(st, id)?;
+    let decision =
+        decide(&entry, st.clock.now_ns()).map_err(|r| ApiError::new(refused, r.code, r.message))?;
     let Some(event) = decision else {
         return Ok((
             StatusCode::OK,
-            axum::Json(serde_json::json!({ "terminal_id": id.as_str(), "status": "unchanged" })),
+            axum::Json(
+                serde_json::json!({ "terminal_id": terminal.as_str(), "status": "unchanged" }),
+            ),
         )
             .into_response());
     };
     let scope = entry.registration.enterprise_id.to_string();
     let proposed = sealing::sealed(&st.sealer, &scope, event, Some(caused_by)).await?;
     let outcome = st.log.append(vec![proposed]).await?;
-    st.registry.invalidate(id);
+    st.registry.invalidate(&terminal);
     match outcome[0] {
         AppendOutcome::Appended { seq } => Ok((
             done_status,
             axum::Json(
-                serde_json::json!({ "terminal_id": id.as_str(), "status": done, "event_seq": seq }),
+                serde_json::json!({ "terminal_id": terminal.as_str(), "status": done, "event_seq": seq }),
             ),
         )
             .into_response()),
@@ -443,7 +430,9 @@ async fn key_change(
         _ => Err(ApiError::new(
             StatusCode::CONFLICT,
             "concurrent_key_change",
-            format!("another change to terminal {id}'s keys was recorded at the same time; retry"),
+            format!(
+                "another change to terminal {terminal}'s keys was recorded at the same time; retry"
+            ),
         )),
     }
 }

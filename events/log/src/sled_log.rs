@@ -36,8 +36,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 use super::{
     AppendOutcome, BoxFuture, DedupeEntry, EventLog, EventLogError, Proposed, VerifyReport,
 };
+use crate::dedupe::{Decision, decide, evidence_identity};
 use custodian_events::Clock;
-use custodian_events::envelope::{CorruptRecord, Envelope, Fingerprint, fingerprint};
+use custodian_events::envelope::{CorruptRecord, Envelope, Fingerprint};
 use custodian_events::event::{DedupeKey, Event};
 use custodian_events::keyring::{Keyring, KeyringError};
 
@@ -701,8 +702,19 @@ impl Writer {
                         blocks.entry(bkey).or_insert((b, false))
                     }
                 };
-                match block.get(&block_offset(&key)).copied() {
-                    None => {
+                let held = block
+                    .get(&block_offset(&key))
+                    .map(|e| (e.seq, e.fingerprint));
+                let keeps = p.event.keeps_conflict_evidence();
+                let decision = decide(&entry_fp, held, keeps, || {
+                    let ckey = self.index.conflict_key(&key, &p.fingerprint);
+                    Ok::<_, EventLogError>(match evidence.get(&ckey) {
+                        Some((s, _)) => Some(*s),
+                        None => self.db.get(&ckey)?.map(|v| be_u64(&v)),
+                    })
+                })?;
+                match decision {
+                    Decision::Append => {
                         block.insert(
                             block_offset(&key),
                             DedupeEntry {
@@ -717,35 +729,27 @@ impl Writer {
                         records.push(p.into_record(seq, recorded_at_ns));
                         out.push(AppendOutcome::Appended { seq });
                     }
-                    Some(e) if e.fingerprint == entry_fp => {
-                        out.push(AppendOutcome::Duplicate { seq: e.seq });
+                    Decision::Duplicate(original) => {
+                        out.push(AppendOutcome::Duplicate { seq: original });
                     }
-                    Some(e) => {
-                        let evidence_seq = match p.event.conflict_evidence(e.seq) {
-                            None => None,
-                            Some(ev) => {
-                                let ckey = self.index.conflict_key(&key, &p.fingerprint);
-                                let known = match evidence.get(&ckey) {
-                                    Some((s, _)) => Some(*s),
-                                    None => self.db.get(&ckey)?.map(|v| be_u64(&v)),
-                                };
-                                Some(match known {
-                                    Some(s) => s,
-                                    None => {
-                                        records.push(p.evidence_record(
-                                            ev,
-                                            self.keyring.as_deref(),
-                                            seq,
-                                            recorded_at_ns,
-                                        )?);
-                                        evidence.insert(ckey, (seq, true));
-                                        seq
-                                    }
-                                })
-                            }
-                        };
+                    Decision::Conflict {
+                        original,
+                        evidence: e,
+                    } => {
+                        let evidence_seq = e.stored_at(|| {
+                            let keyring = self.keyring.as_deref();
+                            records.push(p.evidence_record(
+                                original,
+                                keyring,
+                                seq,
+                                recorded_at_ns,
+                            )?);
+                            let ckey = self.index.conflict_key(&key, &p.fingerprint);
+                            evidence.insert(ckey, (seq, true));
+                            Ok::<_, EventLogError>(seq)
+                        })?;
                         out.push(AppendOutcome::Conflict {
-                            original_seq: e.seq,
+                            original_seq: original,
                             evidence_seq,
                         });
                     }
@@ -834,10 +838,7 @@ fn index_stored(
             },
         );
     }
-    if let Event::ReadingConflicted(c) = &env.event {
-        let attempt = Event::ReadingRecorded(c.reading.clone());
-        let key = attempt.dedupe_key().expect("readings have identities");
-        let fp = fingerprint(&attempt.canonical().to_bytes());
+    if let Some((key, fp)) = evidence_identity(&env.event) {
         batch.insert(index.conflict_key(&key, &fp), seq.to_be_bytes().to_vec());
     }
     if let Event::DataKeyIssued(k) = &env.event {

@@ -43,7 +43,7 @@ use custodian_events::event::DedupeKey;
 use custodian_events::keyring::Keyring;
 use custodian_log::{
     AppendOutcome, BoxFuture, Decision, DedupeEntry, EventLog, EventLogError, Proposed, SledLog,
-    SledLogConfig, VerifyReport, decide,
+    SledLogConfig, VerifyReport, check_batch_len, decide,
 };
 use futures_util::StreamExt;
 use tokio::sync::watch;
@@ -934,12 +934,7 @@ impl EventLog for ClusterLog {
         batch: Vec<Proposed>,
     ) -> BoxFuture<'_, Result<Vec<AppendOutcome>, EventLogError>> {
         Box::pin(async move {
-            if batch.len() > self.config.batch_events_max {
-                return Err(EventLogError::BatchTooLarge {
-                    len: batch.len(),
-                    max: self.config.batch_events_max,
-                });
-            }
+            check_batch_len(batch.len(), self.config.batch_events_max)?;
             if self.isolated.load(std::sync::atomic::Ordering::Acquire) {
                 return Err(unavailable(format!(
                     "node {} is cut off from the cluster (it does not hear its own heartbeats); send the request to another node",

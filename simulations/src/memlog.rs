@@ -41,7 +41,7 @@ use custodian_events::event::{DataKeyIssued, DedupeKey, Event};
 use custodian_events::keyring::{Keyring, KeyringError};
 use custodian_log::{
     AppendOutcome, BoxFuture, Decision, DedupeEntry, EventLog, EventLogError, Proposed,
-    VerifyReport, decide, evidence_identity,
+    VerifyReport, check_batch_len, decide, evidence_identity,
 };
 use tokio::sync::{oneshot, watch};
 
@@ -470,18 +470,15 @@ impl EventLog for MemLog {
         &self,
         batch: Vec<Proposed>,
     ) -> BoxFuture<'_, Result<Vec<AppendOutcome>, EventLogError>> {
-        let submitted = if batch.len() > self.config.batch_events_max {
-            Err(EventLogError::BatchTooLarge {
-                len: batch.len(),
-                max: self.config.batch_events_max,
-            })
-        } else if batch.is_empty() {
-            let (reply, answer) = oneshot::channel();
-            let _ = reply.send(Ok(Vec::new()));
-            Ok(answer)
-        } else {
-            self.submit(batch)
-        };
+        let submitted = check_batch_len(batch.len(), self.config.batch_events_max).and_then(|()| {
+            if batch.is_empty() {
+                let (reply, answer) = oneshot::channel();
+                let _ = reply.send(Ok(Vec::new()));
+                Ok(answer)
+            } else {
+                self.submit(batch)
+            }
+        });
         Box::pin(async move {
             // A dropped sender is a log that went away with the append unanswered: as good as a crash.
             submitted?.await.map_err(|_| EventLogError::Crashed)?

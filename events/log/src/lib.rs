@@ -286,6 +286,14 @@ pub enum EventLogError {
     Mismatch(String),
 }
 
+/// Refuses a batch of `len` events where one append may carry at most `max`.
+pub fn check_batch_len(len: usize, max: usize) -> Result<(), EventLogError> {
+    if len > max {
+        return Err(EventLogError::BatchTooLarge { len, max });
+    }
+    Ok(())
+}
+
 impl From<sled::Error> for EventLogError {
     fn from(e: sled::Error) -> Self {
         EventLogError::Storage(Arc::new(e))

@@ -35,6 +35,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::{
     AppendOutcome, BoxFuture, DedupeEntry, EventLog, EventLogError, Proposed, VerifyReport,
+    check_batch_len,
 };
 use crate::dedupe::{Decision, decide, evidence_identity};
 use custodian_events::Clock;
@@ -434,12 +435,7 @@ impl EventLog for SledLog {
         batch: Vec<Proposed>,
     ) -> BoxFuture<'_, Result<Vec<AppendOutcome>, EventLogError>> {
         Box::pin(async move {
-            if batch.len() > self.config.batch_events_max {
-                return Err(EventLogError::BatchTooLarge {
-                    len: batch.len(),
-                    max: self.config.batch_events_max,
-                });
-            }
+            check_batch_len(batch.len(), self.config.batch_events_max)?;
             if batch.is_empty() {
                 return Ok(Vec::new());
             }

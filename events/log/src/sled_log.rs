@@ -373,11 +373,28 @@ impl SledLog {
         mut each: impl FnMut(u64, &[u8]) -> Result<T, EventLogError>,
     ) -> Result<Vec<T>, EventLogError> {
         let durable = self.durable_seq.load(Ordering::Acquire);
+        let available = (durable + 1).saturating_sub(from_seq.max(1));
+        let mut out = Vec::with_capacity(max.min(available as usize));
+        self.each_durable(from_seq, max, |seq, record| {
+            out.push(each(seq, record)?);
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    /// Calls `each(seq, record)` for up to `max` durable records from `from_seq` on, in order.
+    fn each_durable(
+        &self,
+        from_seq: u64,
+        max: usize,
+        mut each: impl FnMut(u64, &[u8]) -> Result<(), EventLogError>,
+    ) -> Result<(), EventLogError> {
+        let durable = self.durable_seq.load(Ordering::Acquire);
         let from_seq = from_seq.max(1);
         if from_seq > durable || max == 0 {
-            return Ok(Vec::new());
+            return Ok(());
         }
-        let mut out = Vec::with_capacity(max.min((durable - from_seq + 1) as usize));
+        let mut scanned = 0;
         for segment in self.segments_from(from_seq, durable) {
             let (first, bytes) = segment?;
             for (i, record) in segment_records(first, &bytes)?.into_iter().enumerate() {
@@ -385,13 +402,14 @@ impl SledLog {
                 if seq < from_seq {
                     continue;
                 }
-                if seq > durable || out.len() == max {
-                    return Ok(out);
+                if seq > durable || scanned == max {
+                    return Ok(());
                 }
-                out.push(each(seq, record)?);
+                each(seq, record)?;
+                scanned += 1;
             }
         }
-        Ok(out)
+        Ok(())
     }
 
     /// The segments that hold `from_seq` and after, up to `last_seq`.
@@ -469,30 +487,14 @@ impl EventLog for SledLog {
         max: usize,
         want: &(dyn Fn(&str) -> bool + Sync),
     ) -> Result<(Vec<Envelope>, u64), EventLogError> {
-        let durable = self.durable_seq.load(Ordering::Acquire);
-        let from_seq = from_seq.max(1);
-        let (mut out, mut last, mut scanned) = (Vec::new(), 0, 0);
-        if from_seq > durable || max == 0 {
-            return Ok((out, last));
-        }
-        for segment in self.segments_from(from_seq, durable) {
-            let (first, bytes) = segment?;
-            for (i, record) in segment_records(first, &bytes)?.into_iter().enumerate() {
-                let seq = first + i as u64;
-                if seq < from_seq {
-                    continue;
-                }
-                if seq > durable || scanned == max {
-                    return Ok((out, last));
-                }
-                if let Some(env) = Envelope::decode_if(seq, record, self.keyring.as_deref(), want)?
-                {
-                    out.push(env);
-                }
-                last = seq;
-                scanned += 1;
+        let (mut out, mut last) = (Vec::new(), 0);
+        self.each_durable(from_seq, max, |seq, record| {
+            if let Some(env) = Envelope::decode_if(seq, record, self.keyring.as_deref(), want)? {
+                out.push(env);
             }
-        }
+            last = seq;
+            Ok(())
+        })?;
         Ok((out, last))
     }
 

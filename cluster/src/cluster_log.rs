@@ -385,14 +385,7 @@ impl ClusterLog {
     /// Stops appending: waits for each owned shard's appends in flight, then lets go of it. Returns what
     /// it held. Appends after this go to the shards' next owners.
     pub async fn release_all(&self) -> Vec<Owned> {
-        let shards: Vec<u16> = self
-            .held
-            .lock()
-            .expect("held lock")
-            .owned
-            .keys()
-            .copied()
-            .collect();
+        let shards = self.held.lock().expect("held lock").owned_shards();
         let mut released = Vec::new();
         for shard in shards {
             let _writer = self.locks[shard as usize].lock().await;
@@ -791,14 +784,7 @@ async fn serve_forwarded(log: std::sync::Weak<ClusterLog>) {
     let mut serving: BTreeMap<u16, JoinHandle<()>> = BTreeMap::new();
     loop {
         let Some(l) = log.upgrade() else { break };
-        let owned: Vec<u16> = l
-            .held
-            .lock()
-            .expect("held lock")
-            .owned
-            .keys()
-            .copied()
-            .collect();
+        let owned = l.held.lock().expect("held lock").owned_shards();
         serving.retain(|shard, task| {
             let keep = owned.contains(shard) && !task.is_finished();
             if !keep {

@@ -42,8 +42,8 @@ use custodian_events::envelope::{Envelope, Fingerprint};
 use custodian_events::event::DedupeKey;
 use custodian_events::keyring::Keyring;
 use custodian_log::{
-    AppendOutcome, BoxFuture, DedupeEntry, EventLog, EventLogError, Proposed, SledLog,
-    SledLogConfig, VerifyReport,
+    AppendOutcome, BoxFuture, Decision, DedupeEntry, EventLog, EventLogError, Proposed, SledLog,
+    SledLogConfig, VerifyReport, check_batch_len, decide,
 };
 use futures_util::StreamExt;
 use tokio::sync::watch;
@@ -385,14 +385,7 @@ impl ClusterLog {
     /// Stops appending: waits for each owned shard's appends in flight, then lets go of it. Returns what
     /// it held. Appends after this go to the shards' next owners.
     pub async fn release_all(&self) -> Vec<Owned> {
-        let shards: Vec<u16> = self
-            .held
-            .lock()
-            .expect("held lock")
-            .owned
-            .keys()
-            .copied()
-            .collect();
+        let shards = self.held.lock().expect("held lock").owned_shards();
         let mut released = Vec::new();
         for shard in shards {
             let _writer = self.locks[shard as usize].lock().await;
@@ -473,20 +466,32 @@ impl ClusterLog {
                     .lookup(&key)?
                     .map(|DedupeEntry { seq, fingerprint }| (Loc::Seq(seq), fingerprint)),
             };
-            match known {
-                None => {
-                    let fp = index_fp;
+            let keeps = p.event.keeps_conflict_evidence();
+            let decision = decide(&index_fp, known, keeps, || {
+                Ok::<_, EventLogError>(match evidence.get(&(key.clone(), p.fingerprint)) {
+                    Some(l) => Some(*l),
+                    None => self
+                        .local
+                        .conflict_evidence(&key, &p.fingerprint)?
+                        .map(Loc::Seq),
+                })
+            })?;
+            match decision {
+                Decision::Append => {
                     let rec = p.into_record(0, recorded_at_ns);
                     bytes += rec.len() + 4;
                     records.push(rec);
                     let loc = Loc::New(records.len() - 1);
-                    keys.insert(key, (loc, fp));
+                    keys.insert(key, (loc, index_fp));
                     pending.push((i, Pending::Appended(loc)));
                 }
-                Some((loc, fp)) if fp == index_fp => {
+                Decision::Duplicate(loc) => {
                     pending.push((i, Pending::Duplicate(loc)));
                 }
-                Some((mut original, _)) => {
+                Decision::Conflict {
+                    mut original,
+                    evidence: e,
+                } => {
                     // Evidence names the original's sequence: publish what is waiting to learn it.
                     if let Loc::New(n) = original {
                         if filed.len() <= n {
@@ -498,35 +503,15 @@ impl ClusterLog {
                     let Loc::Seq(original_seq) = original else {
                         unreachable!("resolved above")
                     };
-                    let ev = match p.event.conflict_evidence(original_seq) {
-                        None => None,
-                        Some(ev) => {
-                            let ckey = (key.clone(), p.fingerprint);
-                            let stored = match evidence.get(&ckey) {
-                                Some(l) => Some(*l),
-                                None => self
-                                    .local
-                                    .conflict_evidence(&key, &p.fingerprint)?
-                                    .map(Loc::Seq),
-                            };
-                            Some(match stored {
-                                Some(l) => l,
-                                None => {
-                                    let rec = p.evidence_record(
-                                        ev,
-                                        self.local_keyring(),
-                                        0,
-                                        recorded_at_ns,
-                                    )?;
-                                    bytes += rec.len() + 4;
-                                    records.push(rec);
-                                    let l = Loc::New(records.len() - 1);
-                                    evidence.insert(ckey, l);
-                                    l
-                                }
-                            })
-                        }
-                    };
+                    let ev = e.stored_at(|| {
+                        let keyring = self.local_keyring();
+                        let rec = p.evidence_record(original_seq, keyring, 0, recorded_at_ns)?;
+                        bytes += rec.len() + 4;
+                        records.push(rec);
+                        let l = Loc::New(records.len() - 1);
+                        evidence.insert((key, p.fingerprint), l);
+                        Ok::<_, EventLogError>(l)
+                    })?;
                     pending.push((
                         i,
                         Pending::Conflict {
@@ -799,14 +784,7 @@ async fn serve_forwarded(log: std::sync::Weak<ClusterLog>) {
     let mut serving: BTreeMap<u16, JoinHandle<()>> = BTreeMap::new();
     loop {
         let Some(l) = log.upgrade() else { break };
-        let owned: Vec<u16> = l
-            .held
-            .lock()
-            .expect("held lock")
-            .owned
-            .keys()
-            .copied()
-            .collect();
+        let owned = l.held.lock().expect("held lock").owned_shards();
         serving.retain(|shard, task| {
             let keep = owned.contains(shard) && !task.is_finished();
             if !keep {
@@ -942,12 +920,7 @@ impl EventLog for ClusterLog {
         batch: Vec<Proposed>,
     ) -> BoxFuture<'_, Result<Vec<AppendOutcome>, EventLogError>> {
         Box::pin(async move {
-            if batch.len() > self.config.batch_events_max {
-                return Err(EventLogError::BatchTooLarge {
-                    len: batch.len(),
-                    max: self.config.batch_events_max,
-                });
-            }
+            check_batch_len(batch.len(), self.config.batch_events_max)?;
             if self.isolated.load(std::sync::atomic::Ordering::Acquire) {
                 return Err(unavailable(format!(
                     "node {} is cut off from the cluster (it does not hear its own heartbeats); send the request to another node",

@@ -48,6 +48,11 @@ pub struct Held {
 }
 
 impl Held {
+    /// The shards held now, in order.
+    pub fn owned_shards(&self) -> Vec<u16> {
+        self.owned.keys().copied().collect()
+    }
+
     /// Counts `records` filed for `shard`.
     pub fn filed(&mut self, shard: u16, records: u64) {
         if self.filed.len() < usize::from(SHARDS) {
@@ -182,13 +187,7 @@ impl Coordinator {
 
     /// The shards this node owns now.
     pub fn owned(&self) -> Vec<u16> {
-        self.held
-            .lock()
-            .expect("held lock")
-            .owned
-            .keys()
-            .copied()
-            .collect()
+        self.held.lock().expect("held lock").owned_shards()
     }
 
     /// Stops at once, as a killed process would (nothing released).

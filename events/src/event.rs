@@ -451,6 +451,12 @@ impl Event {
         }
     }
 
+    /// Whether the log records evidence when this event conflicts with the one first stored under its
+    /// dedupe key: whether [`Event::conflict_evidence`] gives any.
+    pub fn keeps_conflict_evidence(&self) -> bool {
+        matches!(self, Event::ReadingRecorded(_))
+    }
+
     /// What the log records when this event conflicts with the one first stored under its dedupe key:
     /// evidence for readings, nothing for registrations (a conflicting registration is just refused).
     pub fn conflict_evidence(&self, original_event_seq: u64) -> Option<Event> {

@@ -36,11 +36,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use custodian_events::Clock;
 use custodian_events::CorruptRecord;
-use custodian_events::envelope::{Envelope, Fingerprint, fingerprint};
+use custodian_events::envelope::{Envelope, Fingerprint};
 use custodian_events::event::{DataKeyIssued, DedupeKey, Event};
 use custodian_events::keyring::{Keyring, KeyringError};
 use custodian_log::{
-    AppendOutcome, BoxFuture, DedupeEntry, EventLog, EventLogError, Proposed, VerifyReport,
+    AppendOutcome, BoxFuture, Decision, DedupeEntry, EventLog, EventLogError, Proposed,
+    VerifyReport, check_batch_len, decide, evidence_identity,
 };
 use tokio::sync::{oneshot, watch};
 
@@ -322,13 +323,11 @@ impl MemLog {
                     },
                 );
             }
-            match &env.event {
-                Event::ReadingConflicted(c) => {
-                    let attempt = Event::ReadingRecorded(c.reading.clone());
-                    let key = attempt.dedupe_key().expect("readings have identities");
-                    evidence.insert((key, fingerprint(&attempt.canonical().to_bytes())), seq);
-                }
-                Event::DataKeyIssued(k) => match &keyring {
+            if let Some(identity) = evidence_identity(&env.event) {
+                evidence.insert(identity, seq);
+            }
+            if let Event::DataKeyIssued(k) = &env.event {
+                match &keyring {
                     Some(ring) => {
                         ring.install(k)?;
                     }
@@ -338,8 +337,7 @@ impl MemLog {
                         }
                         .into());
                     }
-                },
-                _ => {}
+                }
             }
         }
         st.dedupe = dedupe;
@@ -375,8 +373,18 @@ impl MemLog {
                 outcomes.push(AppendOutcome::Appended { seq });
                 continue;
             };
-            match dedupe.get(&key).or_else(|| st.dedupe.get(&key)).copied() {
-                None => {
+            let held = dedupe
+                .get(&key)
+                .or_else(|| st.dedupe.get(&key))
+                .map(|e| (e.seq, e.fingerprint));
+            let keeps = p.event.keeps_conflict_evidence();
+            let decision = decide(&p.fingerprint, held, keeps, || {
+                let ckey = (key.clone(), p.fingerprint);
+                let known = evidence.get(&ckey).or_else(|| st.evidence.get(&ckey));
+                Ok::<_, EventLogError>(known.copied())
+            })?;
+            match decision {
+                Decision::Append => {
                     dedupe.insert(
                         key,
                         DedupeEntry {
@@ -390,35 +398,21 @@ impl MemLog {
                     records.push(p.into_record(seq, recorded_at_ns));
                     outcomes.push(AppendOutcome::Appended { seq });
                 }
-                Some(e) if e.fingerprint == p.fingerprint => {
-                    outcomes.push(AppendOutcome::Duplicate { seq: e.seq });
+                Decision::Duplicate(original) => {
+                    outcomes.push(AppendOutcome::Duplicate { seq: original });
                 }
-                Some(e) => {
-                    let evidence_seq = match p.event.conflict_evidence(e.seq) {
-                        None => None,
-                        Some(ev) => {
-                            let ckey = (key, p.fingerprint);
-                            let known = evidence
-                                .get(&ckey)
-                                .or_else(|| st.evidence.get(&ckey))
-                                .copied();
-                            Some(match known {
-                                Some(s) => s,
-                                None => {
-                                    records.push(p.evidence_record(
-                                        ev,
-                                        st.keyring.as_deref(),
-                                        seq,
-                                        recorded_at_ns,
-                                    )?);
-                                    evidence.insert(ckey, seq);
-                                    seq
-                                }
-                            })
-                        }
-                    };
+                Decision::Conflict {
+                    original,
+                    evidence: e,
+                } => {
+                    let evidence_seq = e.stored_at(|| {
+                        let keyring = st.keyring.as_deref();
+                        records.push(p.evidence_record(original, keyring, seq, recorded_at_ns)?);
+                        evidence.insert((key, p.fingerprint), seq);
+                        Ok::<_, EventLogError>(seq)
+                    })?;
                     outcomes.push(AppendOutcome::Conflict {
-                        original_seq: e.seq,
+                        original_seq: original,
                         evidence_seq,
                     });
                 }
@@ -476,18 +470,15 @@ impl EventLog for MemLog {
         &self,
         batch: Vec<Proposed>,
     ) -> BoxFuture<'_, Result<Vec<AppendOutcome>, EventLogError>> {
-        let submitted = if batch.len() > self.config.batch_events_max {
-            Err(EventLogError::BatchTooLarge {
-                len: batch.len(),
-                max: self.config.batch_events_max,
-            })
-        } else if batch.is_empty() {
-            let (reply, answer) = oneshot::channel();
-            let _ = reply.send(Ok(Vec::new()));
-            Ok(answer)
-        } else {
-            self.submit(batch)
-        };
+        let submitted = check_batch_len(batch.len(), self.config.batch_events_max).and_then(|()| {
+            if batch.is_empty() {
+                let (reply, answer) = oneshot::channel();
+                let _ = reply.send(Ok(Vec::new()));
+                Ok(answer)
+            } else {
+                self.submit(batch)
+            }
+        });
         Box::pin(async move {
             // A dropped sender is a log that went away with the append unanswered: as good as a crash.
             submitted?.await.map_err(|_| EventLogError::Crashed)?

@@ -19,6 +19,7 @@
 
 #[cfg(any(test, feature = "contract"))]
 pub mod contract;
+pub mod dedupe;
 pub mod export;
 mod sled_log;
 
@@ -26,6 +27,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
+pub use dedupe::{Decision, Evidence, decide, evidence_identity};
 pub use sled_log::{SledLog, SledLogConfig, open_sled};
 
 use custodian_events::envelope::{
@@ -136,15 +138,24 @@ impl Proposed {
         )
     }
 
-    /// The record of `evidence` (what this proposal's conflict keeps) stored at `seq`: sealed with the key
-    /// that sealed this proposal, if it was sealed (from `keyring`), and caused by the same token.
+    /// The record of the evidence this proposal's conflict with the event at `original_seq` keeps
+    /// ([`Event::conflict_evidence`]) stored at `seq`: sealed with the key that sealed this proposal, if it
+    /// was sealed (from `keyring`), and caused by the same token.
+    ///
+    /// # Panics
+    /// When the event keeps no evidence ([`Event::keeps_conflict_evidence`]): [`decide`] asks for evidence
+    /// only of one that does.
     pub fn evidence_record(
         &self,
-        evidence: Event,
+        original_seq: u64,
         keyring: Option<&Keyring>,
         seq: u64,
         recorded_at_ns: i64,
     ) -> Result<Vec<u8>, EventLogError> {
+        let evidence = self
+            .event
+            .conflict_evidence(original_seq)
+            .expect("evidence is recorded only for events that keep it");
         let fp = fingerprint(&evidence.canonical().to_bytes());
         let (sealed, tags) = match (&self.sealed, keyring) {
             (Some(sealed), Some(keyring)) => {
@@ -273,6 +284,14 @@ pub enum EventLogError {
     /// another incarnation of the stream, say). Opening refuses rather than serve or extend it.
     #[error("{0}")]
     Mismatch(String),
+}
+
+/// Refuses a batch of `len` events where one append may carry at most `max`.
+pub fn check_batch_len(len: usize, max: usize) -> Result<(), EventLogError> {
+    if len > max {
+        return Err(EventLogError::BatchTooLarge { len, max });
+    }
+    Ok(())
 }
 
 impl From<sled::Error> for EventLogError {

@@ -35,9 +35,11 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::{
     AppendOutcome, BoxFuture, DedupeEntry, EventLog, EventLogError, Proposed, VerifyReport,
+    check_batch_len,
 };
+use crate::dedupe::{Decision, decide, evidence_identity};
 use custodian_events::Clock;
-use custodian_events::envelope::{CorruptRecord, Envelope, Fingerprint, fingerprint};
+use custodian_events::envelope::{CorruptRecord, Envelope, Fingerprint};
 use custodian_events::event::{DedupeKey, Event};
 use custodian_events::keyring::{Keyring, KeyringError};
 
@@ -371,11 +373,28 @@ impl SledLog {
         mut each: impl FnMut(u64, &[u8]) -> Result<T, EventLogError>,
     ) -> Result<Vec<T>, EventLogError> {
         let durable = self.durable_seq.load(Ordering::Acquire);
+        let available = (durable + 1).saturating_sub(from_seq.max(1));
+        let mut out = Vec::with_capacity(max.min(available as usize));
+        self.each_durable(from_seq, max, |seq, record| {
+            out.push(each(seq, record)?);
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    /// Calls `each(seq, record)` for up to `max` durable records from `from_seq` on, in order.
+    fn each_durable(
+        &self,
+        from_seq: u64,
+        max: usize,
+        mut each: impl FnMut(u64, &[u8]) -> Result<(), EventLogError>,
+    ) -> Result<(), EventLogError> {
+        let durable = self.durable_seq.load(Ordering::Acquire);
         let from_seq = from_seq.max(1);
         if from_seq > durable || max == 0 {
-            return Ok(Vec::new());
+            return Ok(());
         }
-        let mut out = Vec::with_capacity(max.min((durable - from_seq + 1) as usize));
+        let mut scanned = 0;
         for segment in self.segments_from(from_seq, durable) {
             let (first, bytes) = segment?;
             for (i, record) in segment_records(first, &bytes)?.into_iter().enumerate() {
@@ -383,13 +402,14 @@ impl SledLog {
                 if seq < from_seq {
                     continue;
                 }
-                if seq > durable || out.len() == max {
-                    return Ok(out);
+                if seq > durable || scanned == max {
+                    return Ok(());
                 }
-                out.push(each(seq, record)?);
+                each(seq, record)?;
+                scanned += 1;
             }
         }
-        Ok(out)
+        Ok(())
     }
 
     /// The segments that hold `from_seq` and after, up to `last_seq`.
@@ -433,12 +453,7 @@ impl EventLog for SledLog {
         batch: Vec<Proposed>,
     ) -> BoxFuture<'_, Result<Vec<AppendOutcome>, EventLogError>> {
         Box::pin(async move {
-            if batch.len() > self.config.batch_events_max {
-                return Err(EventLogError::BatchTooLarge {
-                    len: batch.len(),
-                    max: self.config.batch_events_max,
-                });
-            }
+            check_batch_len(batch.len(), self.config.batch_events_max)?;
             if batch.is_empty() {
                 return Ok(Vec::new());
             }
@@ -472,30 +487,14 @@ impl EventLog for SledLog {
         max: usize,
         want: &(dyn Fn(&str) -> bool + Sync),
     ) -> Result<(Vec<Envelope>, u64), EventLogError> {
-        let durable = self.durable_seq.load(Ordering::Acquire);
-        let from_seq = from_seq.max(1);
-        let (mut out, mut last, mut scanned) = (Vec::new(), 0, 0);
-        if from_seq > durable || max == 0 {
-            return Ok((out, last));
-        }
-        for segment in self.segments_from(from_seq, durable) {
-            let (first, bytes) = segment?;
-            for (i, record) in segment_records(first, &bytes)?.into_iter().enumerate() {
-                let seq = first + i as u64;
-                if seq < from_seq {
-                    continue;
-                }
-                if seq > durable || scanned == max {
-                    return Ok((out, last));
-                }
-                if let Some(env) = Envelope::decode_if(seq, record, self.keyring.as_deref(), want)?
-                {
-                    out.push(env);
-                }
-                last = seq;
-                scanned += 1;
+        let (mut out, mut last) = (Vec::new(), 0);
+        self.each_durable(from_seq, max, |seq, record| {
+            if let Some(env) = Envelope::decode_if(seq, record, self.keyring.as_deref(), want)? {
+                out.push(env);
             }
-        }
+            last = seq;
+            Ok(())
+        })?;
         Ok((out, last))
     }
 
@@ -701,8 +700,19 @@ impl Writer {
                         blocks.entry(bkey).or_insert((b, false))
                     }
                 };
-                match block.get(&block_offset(&key)).copied() {
-                    None => {
+                let held = block
+                    .get(&block_offset(&key))
+                    .map(|e| (e.seq, e.fingerprint));
+                let keeps = p.event.keeps_conflict_evidence();
+                let decision = decide(&entry_fp, held, keeps, || {
+                    let ckey = self.index.conflict_key(&key, &p.fingerprint);
+                    Ok::<_, EventLogError>(match evidence.get(&ckey) {
+                        Some((s, _)) => Some(*s),
+                        None => self.db.get(&ckey)?.map(|v| be_u64(&v)),
+                    })
+                })?;
+                match decision {
+                    Decision::Append => {
                         block.insert(
                             block_offset(&key),
                             DedupeEntry {
@@ -717,35 +727,27 @@ impl Writer {
                         records.push(p.into_record(seq, recorded_at_ns));
                         out.push(AppendOutcome::Appended { seq });
                     }
-                    Some(e) if e.fingerprint == entry_fp => {
-                        out.push(AppendOutcome::Duplicate { seq: e.seq });
+                    Decision::Duplicate(original) => {
+                        out.push(AppendOutcome::Duplicate { seq: original });
                     }
-                    Some(e) => {
-                        let evidence_seq = match p.event.conflict_evidence(e.seq) {
-                            None => None,
-                            Some(ev) => {
-                                let ckey = self.index.conflict_key(&key, &p.fingerprint);
-                                let known = match evidence.get(&ckey) {
-                                    Some((s, _)) => Some(*s),
-                                    None => self.db.get(&ckey)?.map(|v| be_u64(&v)),
-                                };
-                                Some(match known {
-                                    Some(s) => s,
-                                    None => {
-                                        records.push(p.evidence_record(
-                                            ev,
-                                            self.keyring.as_deref(),
-                                            seq,
-                                            recorded_at_ns,
-                                        )?);
-                                        evidence.insert(ckey, (seq, true));
-                                        seq
-                                    }
-                                })
-                            }
-                        };
+                    Decision::Conflict {
+                        original,
+                        evidence: e,
+                    } => {
+                        let evidence_seq = e.stored_at(|| {
+                            let keyring = self.keyring.as_deref();
+                            records.push(p.evidence_record(
+                                original,
+                                keyring,
+                                seq,
+                                recorded_at_ns,
+                            )?);
+                            let ckey = self.index.conflict_key(&key, &p.fingerprint);
+                            evidence.insert(ckey, (seq, true));
+                            Ok::<_, EventLogError>(seq)
+                        })?;
                         out.push(AppendOutcome::Conflict {
-                            original_seq: e.seq,
+                            original_seq: original,
                             evidence_seq,
                         });
                     }
@@ -834,10 +836,7 @@ fn index_stored(
             },
         );
     }
-    if let Event::ReadingConflicted(c) = &env.event {
-        let attempt = Event::ReadingRecorded(c.reading.clone());
-        let key = attempt.dedupe_key().expect("readings have identities");
-        let fp = fingerprint(&attempt.canonical().to_bytes());
+    if let Some((key, fp)) = evidence_identity(&env.event) {
         batch.insert(index.conflict_key(&key, &fp), seq.to_be_bytes().to_vec());
     }
     if let Event::DataKeyIssued(k) = &env.event {

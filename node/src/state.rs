@@ -1,5 +1,5 @@
 //! What the handlers share, made once at start (`server.rs`): the services a handler asks for by type
-//! (axum's `FromRef`: `State<Ingest>`, `State<Reads>`, `State<Feed>`, `State<Edges>`, `State<Access>`, `State<Sealer>`) and, for the rest,
+//! (axum's `FromRef`: `State<Ingest>`, `State<Reads>`, `State<Feed>`, `State<Edges>`, `State<Registrar>`, `State<Access>`, `State<Sealer>`) and, for the rest,
 //! the node's shared parts in [`AppState`].
 
 use std::sync::atomic::AtomicU64;
@@ -107,6 +107,31 @@ impl FromRef<Arc<AppState>> for Edges {
             entropy: st.entropy.clone(),
             registry: st.registry.clone(),
             metrics: st.metrics.clone(),
+            directory: st.directory.clone(),
+        }
+    }
+}
+
+/// Registrations and key changes (`api/registry.rs`): who asks, sealing, the log they are appended to,
+/// the terminals' cache a key change invalidates, and the directory a registration teaches. A handle.
+#[derive(Clone)]
+pub struct Registrar {
+    pub access: Access,
+    pub sealer: Sealer,
+    pub log: Arc<dyn EventLog>,
+    pub clock: Arc<dyn Clock>,
+    pub registry: Arc<Registry>,
+    pub directory: custodian_projections::directory::SharedDirectory,
+}
+
+impl FromRef<Arc<AppState>> for Registrar {
+    fn from_ref(st: &Arc<AppState>) -> Registrar {
+        Registrar {
+            access: st.access.clone(),
+            sealer: st.sealer.clone(),
+            log: st.log.clone(),
+            clock: st.clock.clone(),
+            registry: st.registry.clone(),
             directory: st.directory.clone(),
         }
     }

@@ -19,7 +19,7 @@ use crate::api::auth::require_admin_caller;
 use crate::api::body::read_json;
 use crate::api::error::ApiError;
 use crate::sealing;
-use crate::state::AppState;
+use crate::state::Registrar;
 use crate::terminals::TerminalEntry;
 
 /// Registration bodies are small; this bound is independent of the upload limit.
@@ -41,7 +41,7 @@ const MANIFEST_BODY_BYTES_MAX: usize = 256 * 1024;
     ),
 )]
 pub async fn register_enterprise(
-    State(st): State<Arc<AppState>>,
+    State(st): State<Registrar>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
@@ -67,7 +67,7 @@ pub async fn register_enterprise(
     ),
 )]
 pub async fn register_terminal(
-    State(st): State<Arc<AppState>>,
+    State(st): State<Registrar>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
@@ -111,7 +111,7 @@ pub async fn register_terminal(
     ),
 )]
 pub async fn open_manifest(
-    State(st): State<Arc<AppState>>,
+    State(st): State<Registrar>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
@@ -129,7 +129,7 @@ pub async fn open_manifest(
 }
 
 /// 422 `unknown_enterprise` unless enterprise `e`, the request's `field`, is registered.
-fn require_enterprise(st: &AppState, field: &str, e: &EnterpriseId) -> Result<(), ApiError> {
+fn require_enterprise(st: &Registrar, field: &str, e: &EnterpriseId) -> Result<(), ApiError> {
     if st.log.lookup(&dedupe_key_enterprise(e))?.is_none() {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -178,7 +178,7 @@ fn author() -> utoipa::openapi::schema::Object {
     ),
 )]
 pub async fn file_note(
-    State(st): State<Arc<AppState>>,
+    State(st): State<Registrar>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
@@ -240,7 +240,7 @@ const NOTE_BODY_BYTES_MAX: usize = 32 * 1024;
 /// new, 200 when the same registration is already recorded, 409 `already_registered` when the id is taken
 /// by a different one.
 async fn register(
-    st: &AppState,
+    st: &Registrar,
     caused_by: &str,
     scope: &str,
     event: Event,
@@ -303,7 +303,7 @@ pub struct RawKeyRotation {
     ),
 )]
 pub async fn rotate_terminal_key(
-    State(st): State<Arc<AppState>>,
+    State(st): State<Registrar>,
     Path(id): Path<String>,
     headers: HeaderMap,
     body: Body,
@@ -343,7 +343,7 @@ pub async fn rotate_terminal_key(
     ),
 )]
 pub async fn revoke_terminal_key(
-    State(st): State<Arc<AppState>>,
+    State(st): State<Registrar>,
     Path((id, fingerprint)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
@@ -375,7 +375,7 @@ pub async fn revoke_terminal_key(
     .await
 }
 
-fn terminal_or_404(st: &AppState, id: &str) -> Result<(TerminalId, Arc<TerminalEntry>), ApiError> {
+fn terminal_or_404(st: &Registrar, id: &str) -> Result<(TerminalId, Arc<TerminalEntry>), ApiError> {
     let not_found = || {
         ApiError::new(
             StatusCode::NOT_FOUND,
@@ -395,7 +395,7 @@ fn terminal_or_404(st: &AppState, id: &str) -> Result<(TerminalId, Arc<TerminalE
 /// with the rule's code when it may not be made): 200 `unchanged` when there is nothing to change, `done`
 /// when the change is recorded, 409 `concurrent_key_change` when another change took its place first.
 async fn key_change(
-    st: &AppState,
+    st: &Registrar,
     id: &str,
     caused_by: &str,
     decide: impl FnOnce(&TerminalEntry, i64) -> Result<Option<Event>, Rejection>,

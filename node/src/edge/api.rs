@@ -14,9 +14,9 @@ use serde::Deserialize;
 use super::EdgeRuntime;
 use crate::api::auth::require_admin;
 use crate::api::error::ApiError;
-use crate::state::AppState;
+use crate::state::Reads;
 
-fn edge(st: &AppState) -> Result<&Arc<EdgeRuntime>, ApiError> {
+fn edge(st: &Reads) -> Result<&Arc<EdgeRuntime>, ApiError> {
     st.edge.get().ok_or_else(|| {
         ApiError::new(
             StatusCode::NOT_FOUND,
@@ -46,10 +46,7 @@ fn storage(e: sled::Error) -> ApiError {
         crate::api::schema::E400, crate::api::schema::E401, crate::api::schema::E403, crate::api::schema::E404, crate::api::schema::E503,
     ),
 )]
-pub async fn outbox(
-    State(st): State<Arc<AppState>>,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
+pub async fn outbox(State(st): State<Reads>, headers: HeaderMap) -> Result<Response, ApiError> {
     require_admin(&st.access, &headers)?;
     let e = edge(&st)?;
     let s = &e.stats;
@@ -100,7 +97,7 @@ pub struct LimitQuery {
     ),
 )]
 pub async fn dead_letters(
-    State(st): State<Arc<AppState>>,
+    State(st): State<Reads>,
     headers: HeaderMap,
     q: Result<Query<LimitQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
@@ -140,7 +137,7 @@ pub async fn dead_letters(
     ),
 )]
 pub async fn retry_dead_letters(
-    State(st): State<Arc<AppState>>,
+    State(st): State<Reads>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     require_admin(&st.access, &headers)?;
@@ -184,7 +181,7 @@ pub struct DiscardBody {
     ),
 )]
 pub async fn discard_dead_letters(
-    State(st): State<Arc<AppState>>,
+    State(st): State<Reads>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {

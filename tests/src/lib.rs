@@ -6,6 +6,7 @@
 //! This library holds the harness the tests share.
 
 pub mod cluster;
+pub mod edge;
 pub mod private_services;
 pub mod scopes;
 
@@ -97,6 +98,20 @@ impl TerminalKeys {
         let sig = self.sign(id, &body);
         client.upload(body, Some(&sig)).await
     }
+
+    /// Registers signing terminal `id` of enterprise `E-<enterprise>` with its own SM2 key (seeded by its
+    /// id and `seed`), and keeps the key.
+    pub async fn register(&mut self, client: &NodeClient, id: &str, enterprise: usize, seed: u64) {
+        let key = terminal_key(id, seed);
+        client
+            .register(
+                "/v1/terminals",
+                &terminal_body(id, enterprise, Some(&key.public_key_pem())),
+            )
+            .await
+            .expect("registering a terminal");
+        self.0.insert(id.to_owned(), Arc::new(key));
+    }
 }
 
 /// Registers enterprise `E-0` and terminals `ids` under it, each with its own SM2 key (seeded by its id).
@@ -110,20 +125,12 @@ pub async fn register_terminals(client: &NodeClient, ids: &[&str]) -> TerminalKe
         .expect("registering E-0");
     let mut keys = TerminalKeys::default();
     for id in ids {
-        let key = terminal_key(id, 42);
-        client
-            .register(
-                "/v1/terminals",
-                &terminal_body(id, 0, Some(&key.public_key_pem())),
-            )
-            .await
-            .expect("registering a terminal");
-        keys.0.insert((*id).to_owned(), Arc::new(key));
+        keys.register(client, id, 0, 42).await;
     }
     keys
 }
 
-/// A `custodian serve` process.
+/// A `custodian` process (`serve`, or `edge` as [`edge::spawn_edge`] starts it).
 pub struct NodeProcess {
     pub child: Child,
     pub url: String,
@@ -132,29 +139,52 @@ pub struct NodeProcess {
 impl NodeProcess {
     /// Starts `custodian serve` on `port` with `data_dir`, its log going to `log_file`.
     pub fn spawn(data_dir: &Path, port: u16, log_file: &Path) -> NodeProcess {
+        let listen = format!("127.0.0.1:{port}");
+        NodeProcess::custodian(
+            &[
+                "serve".as_ref(),
+                "--listen".as_ref(),
+                listen.as_ref(),
+                "--data-dir".as_ref(),
+                data_dir.as_ref(),
+            ],
+            // Read models are tested on their own databases (`ReadModels`); keep these off the shared ones.
+            &[
+                ("CUSTODIAN_PROJECTIONS__POSTGRES_ENABLED", "false"),
+                ("CUSTODIAN_PROJECTIONS__INFLUX_ENABLED", "false"),
+                ("CUSTODIAN_PROJECTIONS__SEARCH_ENABLED", "false"),
+            ],
+            port,
+            log_file,
+        )
+    }
+
+    /// Starts `custodian <args>` (which listens on `port`) with the admin token, `RUST_LOG=warn` and `env`,
+    /// its stderr appended to `log_file`.
+    pub fn custodian(
+        args: &[&std::ffi::OsStr],
+        env: &[(&str, &str)],
+        port: u16,
+        log_file: &Path,
+    ) -> NodeProcess {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(log_file)
             .expect("opening the node's log file");
-        let child = Command::new(custodian_bin())
-            .args([
-                "serve",
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--data-dir",
-            ])
-            .arg(data_dir)
+        let mut cmd = Command::new(custodian_bin());
+        cmd.args(args)
             .env("CUSTODIAN_ADMIN_TOKEN", ADMIN_TOKEN)
-            // Read models are tested on their own databases (`ReadModels`); keep these off the shared ones.
-            .env("CUSTODIAN_PROJECTIONS__POSTGRES_ENABLED", "false")
-            .env("CUSTODIAN_PROJECTIONS__INFLUX_ENABLED", "false")
-            .env("CUSTODIAN_PROJECTIONS__SEARCH_ENABLED", "false")
             .env("RUST_LOG", "warn")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawning custodian serve");
+            .stderr(log);
+        let child = cmd.spawn().unwrap_or_else(|e| {
+            panic!(
+                "spawning custodian {}: {e}",
+                args.first().map_or("".into(), |a| a.to_string_lossy())
+            )
+        });
         NodeProcess {
             child,
             url: format!("http://127.0.0.1:{port}"),
@@ -185,6 +215,54 @@ pub async fn wait_ready(client: &NodeClient) {
         .wait_ready(Duration::from_secs(30))
         .await
         .expect("node ready");
+}
+
+/// `GET path` with the client's token: the JSON answer, or the status and body it was refused with (any
+/// other failure panics).
+pub async fn get_json(client: &NodeClient, path: &str) -> Result<Value, (u16, Value)> {
+    client.get_admin(path).await.map_err(|e| match e {
+        ClientError::Status { status, body } => (status, body),
+        other => panic!("{path}: {other}"),
+    })
+}
+
+/// Asserts that `GET` of each of `paths` is refused with `status` and error `code`.
+pub async fn assert_get_refused(client: &NodeClient, paths: &[&str], status: u16, code: &str) {
+    for path in paths {
+        let (s, v) = get_json(client, path)
+            .await
+            .map(|v| panic!("{path} was answered, not refused: {v}"))
+            .unwrap_err();
+        assert_eq!((s, v["code"].as_str()), (status, Some(code)), "{path}: {v}");
+    }
+}
+
+/// Polls `ok` every 50 ms until it holds, or panics after `within` naming `what`.
+pub async fn wait_for(what: &str, within: Duration, mut ok: impl AsyncFnMut() -> bool) {
+    let until = std::time::Instant::now() + within;
+    while !ok().await {
+        assert!(
+            std::time::Instant::now() < until,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits (10 s at most) until the domain core has processed the whole log.
+pub async fn wait_derived(client: &NodeClient) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let h = client.healthz().await.unwrap();
+        if h["derived_seq"] == h["last_seq"] {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the domain core did not catch up: {h}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// RFC 8785 canonical JSON computed independently of the node's own writer, for the subset events use

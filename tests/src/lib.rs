@@ -329,6 +329,28 @@ pub fn interop_python() -> PathBuf {
     python
 }
 
+/// Runs `custodian <args>` with `env`, asserts it succeeded (else fails with its stderr), returns what it
+/// wrote.
+pub fn custodian_ok(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    let out = Command::new(custodian_bin())
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run custodian {}: {e}", args.join(" ")));
+    assert!(
+        out.status.success(),
+        "custodian {} failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// [`custodian_ok`] as an operator runs it against a node: with the admin token.
+pub fn admin_cli_ok(args: &[&str]) -> std::process::Output {
+    custodian_ok(args, &[("CUSTODIAN_ADMIN_TOKEN", ADMIN_TOKEN)])
+}
+
 /// Runs a command with `stdin`, asserts it succeeded, returns stdout.
 pub fn run_ok(cmd: &mut Command, stdin: &[u8]) -> Vec<u8> {
     let out = run(cmd, stdin);
@@ -484,6 +506,30 @@ pub async fn wait_projected(client: &NodeClient, within: Duration) -> Value {
             "the read models did not catch up with the log (last_seq {last}) in {within:?}: {p}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `{tag}_{pid}_{nanoseconds}`: a name no other test run uses (of NATS buckets, streams and subjects).
+pub fn unique_name(tag: &str) -> String {
+    format!(
+        "{tag}_{}_{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    )
+}
+
+/// Shard ownership of the test's own: bucket `owners_U`, stream `LOG_U`, subject `custodian.test.U` (`U` the
+/// [`unique_name`] of `tag`), replicated three times.
+pub fn shards_config(tag: &str) -> custodian_cluster::ownership::ShardsConfig {
+    let u = unique_name(tag);
+    custodian_cluster::ownership::ShardsConfig {
+        bucket: format!("owners_{u}"),
+        stream: format!("LOG_{u}"),
+        subject: format!("custodian.test.{u}"),
+        replicas: 3,
     }
 }
 

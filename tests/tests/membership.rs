@@ -10,14 +10,7 @@ use custodian_cluster::membership::{Change, Membership, Status, Thresholds};
 const NATS: &str = "127.0.0.1:4222";
 
 fn prefix(test: &str) -> String {
-    format!(
-        "custodian.test.{test}.{}.{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-    )
+    format!("custodian.test.{}", custodian_tests::unique_name(test))
 }
 
 async fn client(addr: &str) -> async_nats::Client {

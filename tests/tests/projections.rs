@@ -386,16 +386,7 @@ async fn read_models_equal_a_fold_of_the_log_and_rebuild_identically() {
     let pg_before = dump_postgres(&models, "custodian_g1").await;
     let influx_before = dump_influx(&models, &models.name).await;
     let search_before: Vec<Value> = search(&client, "重量异常波动").await;
-    let out = std::process::Command::new(custodian_bin())
-        .args(["projections", "rebuild", "postgres", "--node", &node.url()])
-        .env("CUSTODIAN_ADMIN_TOKEN", ADMIN_TOKEN)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "custodian projections rebuild: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = admin_cli_ok(&["projections", "rebuild", "postgres", "--node", &node.url()]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("generation 2 is live"), "{stderr}");
     assert_eq!(client.rebuild_projection("influx").await.unwrap(), 2);

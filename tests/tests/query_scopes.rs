@@ -49,25 +49,16 @@ async fn every_tier_sees_exactly_its_scope() {
     wait_projected(&admin, Duration::from_secs(60)).await;
 
     // Tokens: the national one through the CLI, as an operator would.
-    let out = std::process::Command::new(custodian_bin())
-        .args([
-            "token",
-            "issue",
-            "--tier",
-            "national",
-            "--ttl",
-            "1h",
-            "--node",
-            &node.url(),
-        ])
-        .env("CUSTODIAN_ADMIN_TOKEN", ADMIN_TOKEN)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = admin_cli_ok(&[
+        "token",
+        "issue",
+        "--tier",
+        "national",
+        "--ttl",
+        "1h",
+        "--node",
+        &node.url(),
+    ]);
     let national = String::from_utf8(out.stdout).unwrap().trim().to_owned();
     assert!(
         national.starts_with("cst1."),
@@ -508,16 +499,7 @@ async fn every_tier_sees_exactly_its_scope() {
     );
 
     // Revocation takes effect at once, and both token events are in the log.
-    let out = std::process::Command::new(custodian_bin())
-        .args(["token", "revoke", &province_id, "--node", &node.url()])
-        .env("CUSTODIAN_ADMIN_TOKEN", ADMIN_TOKEN)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    admin_cli_ok(&["token", "revoke", &province_id, "--node", &node.url()]);
     assert_eq!(get_json(&p, "/v1/enterprises").await.unwrap_err().0, 401);
     let events = admin
         .events(1, None, &["TokenIssued", "TokenRevoked"])

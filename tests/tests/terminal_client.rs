@@ -204,6 +204,13 @@ async fn terminal(args: &[&str]) -> (bool, String, String) {
     )
 }
 
+/// Runs `custodian terminal --url URL --id ID --key KEY REST` (an upload as terminal `id`): as [`terminal`].
+async fn upload_as(url: &str, id: &str, key: &Path, rest: &[&str]) -> (bool, String, String) {
+    let mut args = vec!["--url", url, "--id", id, "--key", path(key)];
+    args.extend_from_slice(rest);
+    terminal(&args).await
+}
+
 /// The summary line of a `custodian terminal` run.
 fn summary(stdout: &str) -> Value {
     serde_json::from_str(stdout.lines().last().expect("a summary line")).unwrap()
@@ -237,19 +244,8 @@ async fn the_cli_makes_a_key_and_uploads_simulated_and_file_readings() {
         .await
         .unwrap();
 
-    let (ok, out, err) = terminal(&[
-        "--url",
-        &url,
-        "--id",
-        "T-CLI",
-        "--key",
-        path(&key),
-        "--simulate",
-        "25",
-        "--batch",
-        "10",
-    ])
-    .await;
+    let (ok, out, err) =
+        upload_as(&url, "T-CLI", &key, &["--simulate", "25", "--batch", "10"]).await;
     assert!(ok, "{err}");
     assert_eq!(
         summary(&out),
@@ -263,44 +259,27 @@ async fn the_cli_makes_a_key_and_uploads_simulated_and_file_readings() {
         .map(|r| serde_json::to_string(r).unwrap())
         .collect();
     std::fs::write(&file, lines.join("\n") + "\n").unwrap();
-    let upload_file = |first_seq: &'static str| {
-        let (url, key, file) = (url.clone(), key.clone(), file.clone());
-        async move {
-            let args = [
-                "--url",
-                &url,
-                "--id",
-                "T-CLI",
-                "--key",
-                path(&key),
-                "--readings",
-                path(&file),
-                "--first-seq",
-                first_seq,
-            ];
-            terminal(&args).await
-        }
-    };
-    let (ok, out, err) = upload_file("26").await;
+    let from_26 = ["--readings", path(&file), "--first-seq", "26"];
+    let upload_file = || upload_as(&url, "T-CLI", &key, &from_26);
+    let (ok, out, err) = upload_file().await;
     assert!(ok, "{err}");
     assert_eq!(summary(&out)["accepted"], 3);
-    let (ok, out, err) = upload_file("26").await;
+    let (ok, out, err) = upload_file().await;
     assert!(ok, "{err}");
     assert_eq!(summary(&out)["duplicate"], 3);
-    let (ok, out, err) = terminal(&[
-        "--url",
+    let (ok, out, err) = upload_as(
         &url,
-        "--id",
         "T-CLI",
-        "--key",
-        path(&key),
-        "--simulate",
-        "3",
-        "--interval-s",
-        "0.1",
-        "--first-seq",
-        "29",
-    ])
+        &key,
+        &[
+            "--simulate",
+            "3",
+            "--interval-s",
+            "0.1",
+            "--first-seq",
+            "29",
+        ],
+    )
     .await;
     assert!(ok, "{err}");
     assert_eq!(summary(&out)["accepted"], 3);
@@ -331,31 +310,11 @@ async fn the_cli_makes_a_key_and_uploads_simulated_and_file_readings() {
         )
         .await
         .unwrap();
-    let (ok, out, err) = terminal(&[
-        "--url",
-        &url,
-        "--id",
-        "T-SSL",
-        "--key",
-        path(&openssl_key),
-        "--readings",
-        path(&file),
-    ])
-    .await;
+    let (ok, out, err) = upload_as(&url, "T-SSL", &openssl_key, &["--readings", path(&file)]).await;
     assert!(ok, "{err}");
     assert_eq!(summary(&out)["accepted"], 3);
 
-    let (ok, out, err) = terminal(&[
-        "--url",
-        &url,
-        "--id",
-        "T-NOBODY",
-        "--key",
-        path(&key),
-        "--readings",
-        path(&file),
-    ])
-    .await;
+    let (ok, out, err) = upload_as(&url, "T-NOBODY", &key, &["--readings", path(&file)]).await;
     assert!(!ok);
     assert!(err.contains("422 unknown_terminal"), "{err}");
     assert_eq!(summary(&out)["accepted"], 0);

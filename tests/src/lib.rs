@@ -78,6 +78,16 @@ pub async fn start_node(dir: &Path, tweak: impl FnOnce(&mut Config)) -> (Node, N
     (node, client)
 }
 
+/// [`start_node`] with its default config in `dir`, with [`register_terminals`] `ids` registered.
+pub async fn start_node_with_terminals(
+    dir: &Path,
+    ids: &[&str],
+) -> (Node, NodeClient, TerminalKeys) {
+    let (node, client) = start_node(dir, |_| {}).await;
+    let keys = register_terminals(&client, ids).await;
+    (node, client, keys)
+}
+
 /// The signing keys of registered test terminals.
 #[derive(Clone, Default)]
 pub struct TerminalKeys(pub BTreeMap<String, Arc<Sm2KeyPair>>);
@@ -531,6 +541,18 @@ pub fn shards_config(tag: &str) -> custodian_cluster::ownership::ShardsConfig {
         subject: format!("custodian.test.{u}"),
         replicas: 3,
     }
+}
+
+/// A random number generator seeded by `CUSTODIAN_TEST_SEED` or at random; prints the seed, naming `what`,
+/// so that a failing run can be repeated. Returns the seed as well.
+pub fn seeded_rng(what: &str) -> (u64, rand::rngs::StdRng) {
+    use rand::SeedableRng;
+    let seed: u64 = std::env::var("CUSTODIAN_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random);
+    println!("{what} seed {seed} (rerun with CUSTODIAN_TEST_SEED={seed})");
+    (seed, rand::rngs::StdRng::seed_from_u64(seed))
 }
 
 /// The three-node JetStream cluster of `scripts/services nats-cluster up`.

@@ -67,8 +67,7 @@ async fn uploads_in_batches_and_a_resend_is_answered_duplicate() {
     // Proves: 250 readings go in three signed batches and are accepted; the same readings again from a new
     // client (same seqs) are all answered duplicate; the log holds each once.
     let dir = tempfile::tempdir().unwrap();
-    let (node, client) = start_node(dir.path(), |_| {}).await;
-    let keys = register_terminals(&client, &["T-1"]).await;
+    let (node, client, keys) = start_node_with_terminals(dir.path(), &["T-1"]).await;
     let key = &keys.0["T-1"];
 
     let mut first = client_with(&node.url(), "T-1", key, readings(250));
@@ -94,8 +93,7 @@ async fn delivers_through_a_node_that_is_not_listening_yet() {
     // Proves: while nothing listens at the node's address the client retries, and once the node is back
     // every reading arrives once.
     let dir = tempfile::tempdir().unwrap();
-    let (node, client) = start_node(dir.path(), |_| {}).await;
-    let keys = register_terminals(&client, &["T-1"]).await;
+    let (node, _, keys) = start_node_with_terminals(dir.path(), &["T-1"]).await;
     let url = node.url();
     let addr: SocketAddr = url.trim_start_matches("http://").parse().unwrap();
     node.stop().await.unwrap();
@@ -168,8 +166,7 @@ async fn a_lost_answer_is_resent_and_answered_duplicate() {
     // Proves: when the answer to a stored upload is lost, the client sends the same batch again and the
     // node answers duplicate; nothing is stored twice.
     let dir = tempfile::tempdir().unwrap();
-    let (node, client) = start_node(dir.path(), |_| {}).await;
-    let keys = register_terminals(&client, &["T-1"]).await;
+    let (node, client, keys) = start_node_with_terminals(dir.path(), &["T-1"]).await;
     let upstream: SocketAddr = node.url().trim_start_matches("http://").parse().unwrap();
     let proxy = answer_losing_proxy(upstream).await;
 

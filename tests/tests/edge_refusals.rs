@@ -173,7 +173,7 @@ struct Platform {
 
 impl Platform {
     /// POSTs `payload` to `path` as `EDGE-A` does: sealed by its key to the platform's.
-    async fn from_edge_a(&self, path: &str, payload: &[u8]) -> (u16, Vec<u8>) {
+    async fn post_as_edge_a(&self, path: &str, payload: &[u8]) -> (u16, Vec<u8>) {
         post_edge(
             self.c.base(),
             path,
@@ -393,14 +393,14 @@ async fn batches_from_unknown_edges_or_impostors_are_refused_and_change_nothing(
     );
 
     // The same batch, sealed properly by the edge it names: taken, once.
-    let answer = p.from_edge_a("/v1/edge/batches", &batch).await;
+    let answer = p.post_as_edge_a("/v1/edge/batches", &batch).await;
     let v = json_of(&answer.1);
     assert_eq!(answer.0, 200, "{v}");
     assert_eq!(v["uploads"][0]["outcome"], "done", "{v}");
     assert_eq!(v["uploads"][0]["id"], 1, "{v}");
     assert_eq!(v["uploads"][0]["results"][0]["status"], "accepted", "{v}");
     // Sent again (a lost answer): a duplicate, not a second reading.
-    let again = p.from_edge_a("/v1/edge/batches", &batch).await;
+    let again = p.post_as_edge_a("/v1/edge/batches", &batch).await;
     let v2 = json_of(&again.1);
     assert_eq!(again.0, 200, "{v2}");
     assert_eq!(
@@ -454,7 +454,7 @@ async fn each_forwarded_upload_is_refused_on_its_own_and_the_rest_is_taken() {
             forward_upload(5, &good, p.keys.sign(T_A0, &good)),
         ],
     );
-    let answer = p.from_edge_a("/v1/edge/batches", &batch).await;
+    let answer = p.post_as_edge_a("/v1/edge/batches", &batch).await;
     let v = json_of(&answer.1);
     assert_eq!(answer.0, 200, "the batch as a whole is taken: {v}");
     let uploads = v["uploads"].as_array().expect("uploads");
@@ -506,7 +506,7 @@ async fn each_forwarded_upload_is_refused_on_its_own_and_the_rest_is_taken() {
     assert_accepted(&direct, "the terminal's own upload");
     // … and sent by the edge again afterwards it is still refused, not answered `duplicate`.
     let again = p
-        .from_edge_a(
+        .post_as_edge_a(
             "/v1/edge/batches",
             &batch_bytes(
                 EDGE_A,
@@ -610,7 +610,7 @@ async fn registrations_are_refused_to_strangers_stale_or_foreign_requests_and_sc
 
     // A proper request: the answer is sealed to the edge, and holds E-0 and its terminal, not E-1's.
     let answer = p
-        .from_edge_a("/v1/edge/registrations", &request(EDGE_A, now_ns()))
+        .post_as_edge_a("/v1/edge/registrations", &request(EDGE_A, now_ns()))
         .await;
     assert_eq!(answer.0, 200, "{}", json_of(&answer.1));
     assert!(
@@ -645,7 +645,7 @@ async fn a_registrations_request_with_an_absurd_clock_is_refused_not_crashed() {
             at_ns,
         })
         .unwrap();
-        let answer = p.from_edge_a("/v1/edge/registrations", &body).await;
+        let answer = p.post_as_edge_a("/v1/edge/registrations", &body).await;
         assert_refused(&answer, 401, "envelope_invalid", &format!("at_ns {at_ns}"));
     }
     p.node.stop().await.unwrap();

@@ -5,7 +5,6 @@ use std::ffi::OsStr;
 use std::path::Path;
 use std::process::Command;
 
-use custodian_node::api::{ReadingResult, UploadResponse};
 use custodian_node::config::Config;
 use custodian_node::server::Node;
 use custodian_tools::client::NodeClient;
@@ -61,13 +60,7 @@ pub async fn start_edge(
     edge_id: &str,
     tweak: impl FnOnce(&mut Config),
 ) -> (Node, NodeClient) {
-    let mut config = Config {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        data_dir: dir.to_owned(),
-        admin_token: Some(ADMIN_TOKEN.into()),
-        ..Default::default()
-    };
-    config.derive.tick_interval_s = 0;
+    let mut config = crate::test_config(dir);
     config.edge.upstream = Some(upstream.to_owned());
     config.edge.id = Some(edge_id.to_owned());
     tweak(&mut config);
@@ -102,13 +95,14 @@ pub async fn outbox(edge: &NodeClient) -> Value {
         .expect("GET /v1/edge/outbox")
 }
 
-/// Asserts that the first reading of an upload was accepted; `what` says which upload.
-#[track_caller]
-pub fn assert_accepted(r: &UploadResponse, what: &str) {
-    assert!(
-        matches!(r.results[0], ReadingResult::Accepted { .. }),
-        "{what}: {r:?}"
-    );
+/// Waits (30 s at most, naming `what`) until the edge's outbox holds `uploads` uploads and `dead_letters`
+/// dead letters.
+pub async fn wait_outbox_holds(edge: &NodeClient, what: &str, uploads: u64, dead_letters: u64) {
+    crate::wait_for(what, std::time::Duration::from_secs(30), async || {
+        let o = outbox(edge).await;
+        o["outbox"]["dead_letters"] == dead_letters && o["outbox"]["uploads"] == uploads
+    })
+    .await;
 }
 
 /// Waits (30 s at most) until the edge has synced its registrations from the platform at least once.

@@ -58,16 +58,22 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// Starts an in-process node on an ephemeral port in `dir`, with `tweak` applied to its config.
-pub async fn start_node(dir: &Path, tweak: impl FnOnce(&mut Config)) -> (Node, NodeClient) {
+/// The config every in-process test node starts from: an ephemeral port, `dir`, [`ADMIN_TOKEN`], and no
+/// clock ticks unless a test asks for them (they would interleave with the exact logs tests check).
+pub fn test_config(dir: &Path) -> Config {
     let mut config = Config {
         listen: "127.0.0.1:0".parse().unwrap(),
         data_dir: dir.to_owned(),
         admin_token: Some(ADMIN_TOKEN.into()),
         ..Config::default()
     };
-    // No clock ticks unless a test asks for them: they would interleave with the exact logs tests check.
     config.derive.tick_interval_s = 0;
+    config
+}
+
+/// Starts an in-process node on an ephemeral port in `dir`, with `tweak` applied to its config.
+pub async fn start_node(dir: &Path, tweak: impl FnOnce(&mut Config)) -> (Node, NodeClient) {
+    let mut config = test_config(dir);
     // No read models unless a test asks for them (see `ReadModels`): each test gets its own databases.
     config.projections.postgres_enabled = false;
     config.projections.influx_enabled = false;
@@ -138,6 +144,18 @@ pub async fn register_terminals(client: &NodeClient, ids: &[&str]) -> TerminalKe
         keys.register(client, id, 0, 42).await;
     }
     keys
+}
+
+/// Asserts that the first reading of an upload was accepted; `what` says which upload.
+#[track_caller]
+pub fn assert_accepted(r: &UploadResponse, what: &str) {
+    assert!(
+        matches!(
+            r.results[0],
+            custodian_node::api::ReadingResult::Accepted { .. }
+        ),
+        "{what}: {r:?}"
+    );
 }
 
 /// A `custodian` process (`serve`, or `edge` as [`edge::spawn_edge`] starts it).

@@ -921,15 +921,7 @@ async fn an_out_of_scope_upload_is_dead_lettered_and_a_retry_requeues_it_without
 
     // The platform is back: it refuses the upload again; one dead letter, the same one.
     let (cloud, c) = start_node(&cloud_dir, listen).await;
-    wait_for(
-        "the upload to be dead-lettered again",
-        Duration::from_secs(30),
-        async || {
-            let o = outbox(&e).await;
-            o["outbox"]["dead_letters"] == 1 && o["outbox"]["uploads"] == 0
-        },
-    )
-    .await;
+    wait_outbox_holds(&e, "the upload to be dead-lettered again", 0, 1).await;
     let again = dead_letters(&e).await;
     assert_eq!(again.len(), 1, "{again:?}");
     for field in ["log_seq", "terminal_id", "seqs", "code", "body"] {
@@ -1115,15 +1107,7 @@ async fn a_dead_letter_whose_cause_is_fixed_arrives_exactly_once_after_retry() {
         .await
         .unwrap();
     assert_eq!(retry_dead_letters(&e).await, 2);
-    wait_for(
-        "the retried uploads to be delivered",
-        Duration::from_secs(30),
-        async || {
-            let o = outbox(&e).await;
-            o["outbox"]["uploads"] == 0 && o["outbox"]["dead_letters"] == 0
-        },
-    )
-    .await;
+    wait_outbox_holds(&e, "the retried uploads to be delivered", 0, 0).await;
     let o = outbox(&e).await;
     assert_eq!(o["forwarding"]["uploads_forwarded"], 2, "{o}");
     assert_eq!(

@@ -189,10 +189,7 @@ async fn a_terminal_without_a_key_cannot_upload_while_signatures_are_required() 
         .upload(body(1, "2026-11-20T00:00:00Z", "C-1"), None)
         .await
         .unwrap();
-    assert_eq!(
-        serde_json::to_value(&r.results).unwrap()[0]["status"],
-        "accepted"
-    );
+    assert_accepted(&r, "the unsigned upload");
     let events = client.all_events(1).await.unwrap();
     assert!(events.iter().all(|e| e["type"] != "UploadSigned"));
     node.stop().await.unwrap();
@@ -210,10 +207,7 @@ async fn events_rest_sealed_and_the_master_key_is_checked_at_start() {
             .upload(&client, "T-1", body(1, "2026-11-20T00:00:00Z", marker))
             .await
             .unwrap();
-        assert_eq!(
-            serde_json::to_value(&r.results).unwrap()[0]["status"],
-            "accepted"
-        );
+        assert_accepted(&r, "the marked upload");
         // Readers see the plaintext; the envelope names its data key.
         let events = client.all_events(1).await.unwrap();
         assert!(

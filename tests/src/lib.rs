@@ -6,6 +6,7 @@
 //! This library holds the harness the tests share.
 
 pub mod cluster;
+pub mod edge;
 pub mod private_services;
 pub mod scopes;
 
@@ -57,16 +58,22 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// Starts an in-process node on an ephemeral port in `dir`, with `tweak` applied to its config.
-pub async fn start_node(dir: &Path, tweak: impl FnOnce(&mut Config)) -> (Node, NodeClient) {
+/// The config every in-process test node starts from: an ephemeral port, `dir`, [`ADMIN_TOKEN`], and no
+/// clock ticks unless a test asks for them (they would interleave with the exact logs tests check).
+pub fn test_config(dir: &Path) -> Config {
     let mut config = Config {
         listen: "127.0.0.1:0".parse().unwrap(),
         data_dir: dir.to_owned(),
         admin_token: Some(ADMIN_TOKEN.into()),
         ..Config::default()
     };
-    // No clock ticks unless a test asks for them: they would interleave with the exact logs tests check.
     config.derive.tick_interval_s = 0;
+    config
+}
+
+/// Starts an in-process node on an ephemeral port in `dir`, with `tweak` applied to its config.
+pub async fn start_node(dir: &Path, tweak: impl FnOnce(&mut Config)) -> (Node, NodeClient) {
+    let mut config = test_config(dir);
     // No read models unless a test asks for them (see `ReadModels`): each test gets its own databases.
     config.projections.postgres_enabled = false;
     config.projections.influx_enabled = false;
@@ -75,6 +82,16 @@ pub async fn start_node(dir: &Path, tweak: impl FnOnce(&mut Config)) -> (Node, N
     let node = Node::start(config).await.expect("starting a node");
     let client = NodeClient::new(node.url(), Some(ADMIN_TOKEN.into()));
     (node, client)
+}
+
+/// [`start_node`] with its default config in `dir`, with [`register_terminals`] `ids` registered.
+pub async fn start_node_with_terminals(
+    dir: &Path,
+    ids: &[&str],
+) -> (Node, NodeClient, TerminalKeys) {
+    let (node, client) = start_node(dir, |_| {}).await;
+    let keys = register_terminals(&client, ids).await;
+    (node, client, keys)
 }
 
 /// The signing keys of registered test terminals.
@@ -97,6 +114,20 @@ impl TerminalKeys {
         let sig = self.sign(id, &body);
         client.upload(body, Some(&sig)).await
     }
+
+    /// Registers signing terminal `id` of enterprise `E-<enterprise>` with its own SM2 key (seeded by its
+    /// id and `seed`), and keeps the key.
+    pub async fn register(&mut self, client: &NodeClient, id: &str, enterprise: usize, seed: u64) {
+        let key = terminal_key(id, seed);
+        client
+            .register(
+                "/v1/terminals",
+                &terminal_body(id, enterprise, Some(&key.public_key_pem())),
+            )
+            .await
+            .expect("registering a terminal");
+        self.0.insert(id.to_owned(), Arc::new(key));
+    }
 }
 
 /// Registers enterprise `E-0` and terminals `ids` under it, each with its own SM2 key (seeded by its id).
@@ -110,20 +141,24 @@ pub async fn register_terminals(client: &NodeClient, ids: &[&str]) -> TerminalKe
         .expect("registering E-0");
     let mut keys = TerminalKeys::default();
     for id in ids {
-        let key = terminal_key(id, 42);
-        client
-            .register(
-                "/v1/terminals",
-                &terminal_body(id, 0, Some(&key.public_key_pem())),
-            )
-            .await
-            .expect("registering a terminal");
-        keys.0.insert((*id).to_owned(), Arc::new(key));
+        keys.register(client, id, 0, 42).await;
     }
     keys
 }
 
-/// A `custodian serve` process.
+/// Asserts that the first reading of an upload was accepted; `what` says which upload.
+#[track_caller]
+pub fn assert_accepted(r: &UploadResponse, what: &str) {
+    assert!(
+        matches!(
+            r.results[0],
+            custodian_node::api::ReadingResult::Accepted { .. }
+        ),
+        "{what}: {r:?}"
+    );
+}
+
+/// A `custodian` process (`serve`, or `edge` as [`edge::spawn_edge`] starts it).
 pub struct NodeProcess {
     pub child: Child,
     pub url: String,
@@ -132,29 +167,52 @@ pub struct NodeProcess {
 impl NodeProcess {
     /// Starts `custodian serve` on `port` with `data_dir`, its log going to `log_file`.
     pub fn spawn(data_dir: &Path, port: u16, log_file: &Path) -> NodeProcess {
+        let listen = format!("127.0.0.1:{port}");
+        NodeProcess::custodian(
+            &[
+                "serve".as_ref(),
+                "--listen".as_ref(),
+                listen.as_ref(),
+                "--data-dir".as_ref(),
+                data_dir.as_ref(),
+            ],
+            // Read models are tested on their own databases (`ReadModels`); keep these off the shared ones.
+            &[
+                ("CUSTODIAN_PROJECTIONS__POSTGRES_ENABLED", "false"),
+                ("CUSTODIAN_PROJECTIONS__INFLUX_ENABLED", "false"),
+                ("CUSTODIAN_PROJECTIONS__SEARCH_ENABLED", "false"),
+            ],
+            port,
+            log_file,
+        )
+    }
+
+    /// Starts `custodian <args>` (which listens on `port`) with the admin token, `RUST_LOG=warn` and `env`,
+    /// its stderr appended to `log_file`.
+    pub fn custodian(
+        args: &[&std::ffi::OsStr],
+        env: &[(&str, &str)],
+        port: u16,
+        log_file: &Path,
+    ) -> NodeProcess {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(log_file)
             .expect("opening the node's log file");
-        let child = Command::new(custodian_bin())
-            .args([
-                "serve",
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--data-dir",
-            ])
-            .arg(data_dir)
+        let mut cmd = Command::new(custodian_bin());
+        cmd.args(args)
             .env("CUSTODIAN_ADMIN_TOKEN", ADMIN_TOKEN)
-            // Read models are tested on their own databases (`ReadModels`); keep these off the shared ones.
-            .env("CUSTODIAN_PROJECTIONS__POSTGRES_ENABLED", "false")
-            .env("CUSTODIAN_PROJECTIONS__INFLUX_ENABLED", "false")
-            .env("CUSTODIAN_PROJECTIONS__SEARCH_ENABLED", "false")
             .env("RUST_LOG", "warn")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawning custodian serve");
+            .stderr(log);
+        let child = cmd.spawn().unwrap_or_else(|e| {
+            panic!(
+                "spawning custodian {}: {e}",
+                args.first().map_or("".into(), |a| a.to_string_lossy())
+            )
+        });
         NodeProcess {
             child,
             url: format!("http://127.0.0.1:{port}"),
@@ -187,6 +245,54 @@ pub async fn wait_ready(client: &NodeClient) {
         .expect("node ready");
 }
 
+/// `GET path` with the client's token: the JSON answer, or the status and body it was refused with (any
+/// other failure panics).
+pub async fn get_json(client: &NodeClient, path: &str) -> Result<Value, (u16, Value)> {
+    client.get_admin(path).await.map_err(|e| match e {
+        ClientError::Status { status, body } => (status, body),
+        other => panic!("{path}: {other}"),
+    })
+}
+
+/// Asserts that `GET` of each of `paths` is refused with `status` and error `code`.
+pub async fn assert_get_refused(client: &NodeClient, paths: &[&str], status: u16, code: &str) {
+    for path in paths {
+        let (s, v) = get_json(client, path)
+            .await
+            .map(|v| panic!("{path} was answered, not refused: {v}"))
+            .unwrap_err();
+        assert_eq!((s, v["code"].as_str()), (status, Some(code)), "{path}: {v}");
+    }
+}
+
+/// Polls `ok` every 50 ms until it holds, or panics after `within` naming `what`.
+pub async fn wait_for(what: &str, within: Duration, mut ok: impl AsyncFnMut() -> bool) {
+    let until = std::time::Instant::now() + within;
+    while !ok().await {
+        assert!(
+            std::time::Instant::now() < until,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits (10 s at most) until the domain core has processed the whole log.
+pub async fn wait_derived(client: &NodeClient) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let h = client.healthz().await.unwrap();
+        if h["derived_seq"] == h["last_seq"] {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the domain core did not catch up: {h}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// RFC 8785 canonical JSON computed independently of the node's own writer
 /// ([`custodian_tools::check::canonical_json`]); panics on a number that is not an integer (events carry
 /// integers only).
@@ -216,6 +322,28 @@ pub fn interop_python() -> PathBuf {
         python.display()
     );
     python
+}
+
+/// Runs `custodian <args>` with `env`, asserts it succeeded (else fails with its stderr), returns what it
+/// wrote.
+pub fn custodian_ok(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    let out = Command::new(custodian_bin())
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run custodian {}: {e}", args.join(" ")));
+    assert!(
+        out.status.success(),
+        "custodian {} failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// [`custodian_ok`] as an operator runs it against a node: with the admin token.
+pub fn admin_cli_ok(args: &[&str]) -> std::process::Output {
+    custodian_ok(args, &[("CUSTODIAN_ADMIN_TOKEN", ADMIN_TOKEN)])
 }
 
 /// Runs a command with `stdin`, asserts it succeeded, returns stdout.
@@ -374,6 +502,42 @@ pub async fn wait_projected(client: &NodeClient, within: Duration) -> Value {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// `{tag}_{pid}_{nanoseconds}`: a name no other test run uses (of NATS buckets, streams and subjects).
+pub fn unique_name(tag: &str) -> String {
+    format!(
+        "{tag}_{}_{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    )
+}
+
+/// Shard ownership of the test's own: bucket `owners_U`, stream `LOG_U`, subject `custodian.test.U` (`U` the
+/// [`unique_name`] of `tag`), replicated three times.
+pub fn shards_config(tag: &str) -> custodian_cluster::ownership::ShardsConfig {
+    let u = unique_name(tag);
+    custodian_cluster::ownership::ShardsConfig {
+        bucket: format!("owners_{u}"),
+        stream: format!("LOG_{u}"),
+        subject: format!("custodian.test.{u}"),
+        replicas: 3,
+    }
+}
+
+/// A random number generator seeded by `CUSTODIAN_TEST_SEED` or at random; prints the seed, naming `what`,
+/// so that a failing run can be repeated. Returns the seed as well.
+pub fn seeded_rng(what: &str) -> (u64, rand::rngs::StdRng) {
+    use rand::SeedableRng;
+    let seed: u64 = std::env::var("CUSTODIAN_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random);
+    println!("{what} seed {seed} (rerun with CUSTODIAN_TEST_SEED={seed})");
+    (seed, rand::rngs::StdRng::seed_from_u64(seed))
 }
 
 /// The three-node JetStream cluster of `scripts/services nats-cluster up`.

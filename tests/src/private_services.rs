@@ -28,6 +28,30 @@ const TERM_GRACE: Duration = Duration::from_secs(10);
 const INFLUXD: &str = "/usr/bin/influxd";
 
 /// Polls `done` every 100 ms until it returns true or `WAIT` passes; then panics with `what`.
+/// Asserts that `what` succeeded, else fails with its stderr and the tail of the server's `log`.
+fn assert_succeeded(out: &Output, what: &str, log: &Path) {
+    assert!(
+        out.status.success(),
+        "{what} failed: {}; read {}:\n{}",
+        String::from_utf8_lossy(&out.stderr).trim(),
+        log.display(),
+        log_tail(log)
+    );
+}
+
+/// Waits until nothing accepts connections on 127.0.0.1:`port` any more, after `what` (read `log` if not).
+fn wait_port_closed(what: &str, port: u16, log: &Path) {
+    wait_until(
+        || {
+            format!(
+                "{what} but 127.0.0.1:{port} still accepts connections; read {}",
+                log.display()
+            )
+        },
+        || !port_open(port),
+    );
+}
+
 fn wait_until(what: impl FnOnce() -> String, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + WAIT;
     while !done() {
@@ -222,23 +246,8 @@ impl PrivatePostgres {
                 .arg(WAIT.as_secs().to_string()),
             "pg_ctl stop",
         );
-        assert!(
-            out.status.success(),
-            "pg_ctl stop -m fast failed: {}; read {}:\n{}",
-            String::from_utf8_lossy(&out.stderr).trim(),
-            self.log_path().display(),
-            log_tail(&self.log_path())
-        );
-        let port = self.port;
-        wait_until(
-            || {
-                format!(
-                    "postgres stopped but 127.0.0.1:{port} still accepts connections; read {}",
-                    self.log_path().display()
-                )
-            },
-            || !port_open(port),
-        );
+        assert_succeeded(&out, "pg_ctl stop -m fast", &self.log_path());
+        wait_port_closed("postgres stopped", self.port, &self.log_path());
     }
 
     /// Starts the server again (same port and dir); returns once `psql` over TCP answers `select 1`.
@@ -255,13 +264,7 @@ impl PrivatePostgres {
                 .arg(WAIT.as_secs().to_string()),
             "pg_ctl start",
         );
-        assert!(
-            out.status.success(),
-            "pg_ctl start failed: {}; read {}:\n{}",
-            String::from_utf8_lossy(&out.stderr).trim(),
-            self.log_path().display(),
-            log_tail(&self.log_path())
-        );
+        assert_succeeded(&out, "pg_ctl start", &self.log_path());
         wait_until(
             || {
                 format!(
@@ -417,16 +420,7 @@ impl PrivateInflux {
         child
             .wait()
             .unwrap_or_else(|e| panic!("waiting for influxd to exit: {e}"));
-        let port = self.port;
-        wait_until(
-            || {
-                format!(
-                    "influxd exited but 127.0.0.1:{port} still accepts connections; read {}",
-                    self.log_path().display()
-                )
-            },
-            || !port_open(port),
-        );
+        wait_port_closed("influxd exited", self.port, &self.log_path());
     }
 
     /// Spawns influxd again (same config and ports); returns once `GET /ping` answers 204.

@@ -46,9 +46,8 @@ pub async fn register_enterprises(admin: &NodeClient) {
     }
 }
 
-/// Registers `terminal` of `enterprise` with its SM2 key (seed 7), keeps the key in `keys`, and uploads
-/// its first weighings (readings 1 and 2, container `{terminal}-C0`), which raise an alarm.
-pub async fn signing_terminal(
+/// Registers `terminal` of `enterprise` with its SM2 key (seed 7) and keeps the key in `keys`.
+pub async fn register_signing_terminal(
     admin: &NodeClient,
     keys: &mut TerminalKeys,
     terminal: &str,
@@ -62,6 +61,17 @@ pub async fn signing_terminal(
         .await
         .unwrap_or_else(|e| panic!("registering terminal {terminal}: {e}"));
     keys.0.insert(terminal.to_owned(), Arc::new(key));
+}
+
+/// [`register_signing_terminal`], then uploads its first weighings (readings 1 and 2, container
+/// `{terminal}-C0`), which raise an alarm.
+pub async fn signing_terminal(
+    admin: &NodeClient,
+    keys: &mut TerminalKeys,
+    terminal: &str,
+    enterprise: &str,
+) {
+    register_signing_terminal(admin, keys, terminal, enterprise).await;
     keys.upload(
         admin,
         terminal,

@@ -20,18 +20,7 @@ fn body(readings: Vec<Value>) -> Vec<u8> {
 
 /// Waits until the domain core has processed the whole log, then returns the anomalies in it.
 async fn anomalies_once_caught_up(client: &NodeClient) -> Vec<Value> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let h = client.healthz().await.unwrap();
-        if h["derived_seq"] == h["last_seq"] {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the domain core did not catch up: {h}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_derived(client).await;
     client
         .all_events(1)
         .await
@@ -44,8 +33,7 @@ async fn anomalies_once_caught_up(client: &NodeClient) -> Vec<Value> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_weight_change_over_20_percent_is_flagged_within_seconds_and_only_once() {
     let dir = tempfile::tempdir().unwrap();
-    let (node, client) = start_node(dir.path(), |_| {}).await;
-    let keys = register_terminals(&client, &["T-1"]).await;
+    let (node, client, keys) = start_node_with_terminals(dir.path(), &["T-1"]).await;
 
     // Exactly 20 % up, then 20 % down: no anomaly.
     keys.upload(

@@ -16,33 +16,13 @@ use custodian_events::Clock;
 use custodian_events::keyring::Keyring;
 use custodian_log::contract::{self, LogFactory};
 use custodian_log::{AppendOutcome, EventLog, EventLogError, SledLogConfig};
+use custodian_tests::shards_config;
 
 struct FixedClock(i64);
 
 impl Clock for FixedClock {
     fn now_ns(&self) -> i64 {
         self.0
-    }
-}
-
-fn unique(tag: &str) -> String {
-    format!(
-        "{tag}_{}_{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-    )
-}
-
-fn shards_config(tag: &str) -> ShardsConfig {
-    let u = unique(tag);
-    ShardsConfig {
-        bucket: format!("owners_{u}"),
-        stream: format!("LOG_{u}"),
-        subject: format!("custodian.test.clog.{u}"),
-        replicas: 3,
     }
 }
 

@@ -144,6 +144,16 @@ impl Browser {
     }
 
     /// Keeps the cookies a response sets (name=value), dropping those it clears.
+    /// A browser at `base` signed in with `token` from `origin`, keeping its session cookie.
+    async fn signed_in(base: String, token: &str, origin: &str) -> Browser {
+        let mut b = Browser::new(base);
+        let p = b
+            .post("/ui/sign-in", &[("token", token)], Some(origin))
+            .await;
+        b.keep(&p);
+        b
+    }
+
     fn keep(&mut self, page: &Page) {
         for c in page.headers.get_all(SET_COOKIE) {
             let c = c.to_str().unwrap();
@@ -473,20 +483,12 @@ async fn sign_in_scopes_language_and_assets() {
     assert_eq!(b.get("/ui/assets/vendor/nope.js").await.status, 404);
 
     // The national token sees every province; an enterprise's token its own province only.
-    let mut n = Browser::new(node.url());
-    let p = n
-        .post("/ui/sign-in", &[("token", &national)], Some(&origin))
-        .await;
-    n.keep(&p);
+    let mut n = Browser::signed_in(node.url(), &national, &origin).await;
     let p = n.get("/ui").await;
     assert_eq!(p.body.matches("class=\"tile ").count(), 31);
     assert!(p.body.contains("江苏省") && p.body.contains("广东省"));
     assert_eq!(n.get("/ui/provinces/320000").await.status, 200);
-    let mut e = Browser::new(node.url());
-    let p = e
-        .post("/ui/sign-in", &[("token", &enterprise)], Some(&origin))
-        .await;
-    e.keep(&p);
+    let e = Browser::signed_in(node.url(), &enterprise, &origin).await;
     let p = e.get("/ui").await;
     assert_eq!(p.body.matches("class=\"tile ").count(), 1);
     assert!(p.body.contains("江苏省"));

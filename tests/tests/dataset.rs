@@ -5,8 +5,8 @@
 use custodian_tests::*;
 
 fn run(dir: &std::path::Path, db: &str) -> String {
-    let out = std::process::Command::new(custodian_bin())
-        .args([
+    let out = custodian_ok(
+        &[
             "bench",
             "dataset",
             "--enterprises",
@@ -22,15 +22,9 @@ fn run(dir: &std::path::Path, db: &str) -> String {
             "--database",
             db,
             "--data-dir",
-        ])
-        .arg(dir)
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "bench dataset failed: {}",
-        String::from_utf8_lossy(&out.stderr)
+            dir.to_str().expect("a UTF-8 temporary directory"),
+        ],
+        &[("RUST_LOG", "warn")],
     );
     String::from_utf8(out.stdout).unwrap()
 }

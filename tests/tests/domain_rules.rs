@@ -33,18 +33,7 @@ fn body(terminal: &str, readings: Vec<Value>) -> Vec<u8> {
 
 /// Waits until the domain core has processed the whole log, then returns the events of `types`.
 async fn derived_once_caught_up(client: &NodeClient, types: &[&str]) -> Vec<Value> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let h = client.healthz().await.unwrap();
-        if h["derived_seq"] == h["last_seq"] {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the domain core did not catch up: {h}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_derived(client).await;
     client.events(1, None, types).await.unwrap()
 }
 
@@ -270,8 +259,7 @@ async fn over_capacity_silence_and_impossible_weights() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_event_stream_is_ndjson_filtered_by_type_and_can_follow_the_log() {
     let dir = tempfile::tempdir().unwrap();
-    let (node, client) = start_node(dir.path(), |_| {}).await;
-    let keys = register_terminals(&client, &["T-1"]).await;
+    let (node, client, keys) = start_node_with_terminals(dir.path(), &["T-1"]).await;
     let url = node.url();
     let http = reqwest::Client::new();
     let get = |q: &str| {

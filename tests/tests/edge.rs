@@ -6,96 +6,18 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use custodian_tests::edge::*;
 use custodian_tests::*;
 use custodian_tools::client::NodeClient;
-use custodian_tools::terminal_sim::{enterprise_body, terminal_body, terminal_key, upload_body};
+use custodian_tools::terminal_sim::{enterprise_body, upload_body};
 use serde_json::{Value, json};
 
 /// 72 hours of readings, one every 10 minutes, 12 to an upload (2 hours).
 const HOURS: i64 = 72;
 const READING_EVERY_S: i64 = 600;
 const PER_UPLOAD: usize = 12;
-
-struct EdgeProcess {
-    child: Child,
-    url: String,
-}
-
-impl EdgeProcess {
-    fn spawn(
-        data_dir: &Path,
-        port: u16,
-        upstream: &str,
-        edge_id: &str,
-        log: &Path,
-        env: &[(&str, &str)],
-    ) -> EdgeProcess {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .unwrap();
-        let mut cmd = Command::new(custodian_bin());
-        cmd.args([
-            "edge",
-            "--upstream",
-            upstream,
-            "--edge-id",
-            edge_id,
-            "--listen",
-        ])
-        .arg(format!("127.0.0.1:{port}"))
-        .arg("--data-dir")
-        .arg(data_dir)
-        .env("CUSTODIAN_ADMIN_TOKEN", ADMIN_TOKEN)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(log);
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        EdgeProcess {
-            child: cmd.spawn().expect("spawning custodian edge"),
-            url: format!("http://127.0.0.1:{port}"),
-        }
-    }
-
-    fn client(&self) -> NodeClient {
-        NodeClient::new(self.url.clone(), Some(ADMIN_TOKEN.into()))
-    }
-
-    fn kill9(mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-}
-
-impl Drop for EdgeProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn public_key_of_edge(data_dir: &Path) -> String {
-    let out = run_ok(
-        Command::new(custodian_bin())
-            .args(["edge", "--print-public-key", "--data-dir"])
-            .arg(data_dir),
-        b"",
-    );
-    String::from_utf8(out).unwrap()
-}
-
-fn rfc3339(unix_s: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp(unix_s)
-        .unwrap()
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap()
-}
 
 /// A site: enterprise E-0 with `terminals` signing terminals, and an edge registered for it.
 struct Site {
@@ -112,15 +34,7 @@ async fn register_site(cloud: &NodeClient, edge_dir: &Path, terminals: usize, ta
     let mut keys = TerminalKeys::default();
     let ids: Vec<String> = (0..terminals).map(|i| format!("{tag}-T{i}")).collect();
     for id in &ids {
-        let key = terminal_key(id, 7);
-        cloud
-            .register(
-                "/v1/terminals",
-                &terminal_body(id, 0, Some(&key.public_key_pem())),
-            )
-            .await
-            .unwrap();
-        keys.0.insert(id.clone(), std::sync::Arc::new(key));
+        keys.register(cloud, id, 0, 7).await;
     }
     let edge_id = format!("EDGE-{tag}-{}", rand::random::<u32>());
     let (status, v) = cloud
@@ -158,20 +72,6 @@ fn nth_upload(terminal: &str, n: usize, start_s: i64, jump: bool) -> (Vec<u8>, V
         seqs.push(seq);
     }
     (upload_body(terminal, &readings), seqs)
-}
-
-async fn outbox(edge: &NodeClient) -> Value {
-    edge.get_admin("/v1/edge/outbox")
-        .await
-        .expect("GET /v1/edge/outbox")
-}
-
-async fn wait_for(what: &str, within: Duration, mut ok: impl AsyncFnMut() -> bool) {
-    let until = Instant::now() + within;
-    while !ok().await {
-        assert!(Instant::now() < until, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// Every reading of every terminal once in the platform's log, each terminal's in seq order; returns the
@@ -222,22 +122,22 @@ async fn a_72_hour_outage_arrives_exactly_once_in_order_even_with_sigkill_while_
         ("CUSTODIAN_DERIVE__TICK_INTERVAL_S", "0"),
     ];
     let edge_log = dir.path().join("edge.log");
-    let edge = EdgeProcess::spawn(
-        &edge_dir,
-        edge_port,
-        &cloud_url,
-        &site.edge_id,
-        &edge_log,
-        &env,
-    );
+    // The same edge each time: its data directory, port, platform, id, log and settings.
+    let spawn = || {
+        spawn_edge(
+            &edge_dir,
+            edge_port,
+            &cloud_url,
+            &site.edge_id,
+            &edge_log,
+            &[],
+            &env,
+        )
+    };
+    let edge = spawn();
     wait_ready(&edge.client()).await;
     let e = edge.client();
-    wait_for(
-        "the edge's registrations",
-        Duration::from_secs(30),
-        async || outbox(&e).await["registrations_synced"].as_u64() >= Some(1),
-    )
-    .await;
+    wait_registrations(&e).await;
 
     // The platform goes away; 72 hours of readings arrive at the edge.
     cloud.kill9();
@@ -300,14 +200,7 @@ async fn a_72_hour_outage_arrives_exactly_once_in_order_even_with_sigkill_while_
         left_at_kill > 0,
         "the drain finished before the kill; make batches smaller"
     );
-    let edge = EdgeProcess::spawn(
-        &edge_dir,
-        edge_port,
-        &cloud_url,
-        &site.edge_id,
-        &edge_log,
-        &env,
-    );
+    let edge = spawn();
     wait_ready(&edge.client()).await;
     let e = edge.client();
     wait_for(
@@ -364,30 +257,6 @@ async fn a_72_hour_outage_arrives_exactly_once_in_order_even_with_sigkill_while_
     );
 }
 
-/// An in-process edge on an ephemeral port, its upstream at `upstream`.
-async fn start_edge(
-    dir: &Path,
-    upstream: &str,
-    edge_id: &str,
-    tweak: impl FnOnce(&mut custodian_node::config::Config),
-) -> (custodian_node::server::Node, NodeClient) {
-    let mut config = custodian_node::config::Config {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        data_dir: dir.to_owned(),
-        admin_token: Some(ADMIN_TOKEN.into()),
-        ..Default::default()
-    };
-    config.derive.tick_interval_s = 0;
-    config.edge.upstream = Some(upstream.to_owned());
-    config.edge.id = Some(edge_id.to_owned());
-    tweak(&mut config);
-    let node = custodian_node::server::Node::start_edge(config)
-        .await
-        .expect("starting an edge");
-    let client = NodeClient::new(node.url(), Some(ADMIN_TOKEN.into()));
-    (node, client)
-}
-
 /// A platform that answers every batch 503, recording when each attempt came.
 async fn busy_platform(
     key_pem: String,
@@ -414,17 +283,6 @@ async fn busy_platform(
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await });
     (url, attempts)
-}
-
-/// One signed single-reading upload of terminal `t` with `seq`, measured `ago_s` seconds ago.
-fn one_reading(t: &str, seq: u64, ago_s: i64) -> Vec<u8> {
-    let at = rfc3339(time::OffsetDateTime::now_utc().unix_timestamp() - ago_s);
-    upload_body(
-        t,
-        &[format!(
-            r#"{{"seq":{seq},"measured_at":"{at}","kind":"weight","value":100.0,"unit":"kg","container_id":"{t}-C1","stage":"storage_in","waste_code":"HW08"}}"#
-        )],
-    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -458,13 +316,7 @@ async fn a_seeded_edge_retries_a_busy_platform_never_more_than_30_s_apart() {
         .upload(&e, t, one_reading(t, 1, 60))
         .await
         .expect("the seeded edge knows its terminal");
-    assert!(
-        matches!(
-            r.results[0],
-            custodian_node::api::ReadingResult::Accepted { .. }
-        ),
-        "{r:?}"
-    );
+    assert_accepted(&r, "the seeded edge's upload");
 
     // Defaults: 200 ms doubling to the 30 s cap, jittered in [d/2, d]. After 8 failures the ceiling is
     // the cap; watch four intervals beyond that.
@@ -520,12 +372,7 @@ async fn a_full_outbox_answers_503_outbox_full_and_loses_nothing_it_holds() {
         c.edge.retry_cap_ms = 500;
     })
     .await;
-    wait_for(
-        "the edge's registrations",
-        Duration::from_secs(30),
-        async || outbox(&e).await["registrations_synced"].as_u64() >= Some(1),
-    )
-    .await;
+    wait_registrations(&e).await;
     cloud.stop().await.unwrap();
 
     let mut accepted: BTreeMap<String, u64> = BTreeMap::new();
@@ -588,12 +435,7 @@ async fn mqtt_uploads_are_acknowledged_once_durable_answered_and_forwarded() {
         c.edge.mqtt_url = Some("mqtt://127.0.0.1:1883".into());
     })
     .await;
-    wait_for(
-        "the edge's registrations",
-        Duration::from_secs(30),
-        async || outbox(&e).await["registrations_synced"].as_u64() >= Some(1),
-    )
-    .await;
+    wait_registrations(&e).await;
 
     let t = site.terminals[0].clone();
     let mut opts = MqttOptions::new(format!("test-terminal-{tag}"), "127.0.0.1", 1883);

@@ -14,7 +14,6 @@
 //!   dead letter whose cause an operator fixed (the terminal registered) delivered exactly once.
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use custodian_events::crypto::{OsEntropy, Sm2KeyPair, Sm2PublicKey};
@@ -22,137 +21,14 @@ use custodian_node::edge::wire::{
     EDGE_HEADER, ForwardAnomaly, ForwardBatch, ForwardUpload, Registrations, RegistrationsRequest,
     b64, decode_event,
 };
+use custodian_tests::edge::*;
 use custodian_tests::*;
 use custodian_tools::client::NodeClient;
-use custodian_tools::terminal_sim::{enterprise_body, terminal_body, terminal_key, upload_body};
+use custodian_tools::terminal_sim::{enterprise_body, terminal_body, terminal_key};
 use serde_json::{Value, json};
 
 // ---------------------------------------------------------------------------------------------------------
-// Helpers (the process and waiting helpers copied from tests/tests/edge.rs).
-
-struct EdgeProcess {
-    child: Child,
-    url: String,
-}
-
-impl EdgeProcess {
-    fn spawn(
-        data_dir: &Path,
-        port: u16,
-        upstream: &str,
-        edge_id: &str,
-        log: &Path,
-        extra_args: &[&std::ffi::OsStr],
-        env: &[(&str, &str)],
-    ) -> EdgeProcess {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .unwrap();
-        let mut cmd = Command::new(custodian_bin());
-        cmd.args([
-            "edge",
-            "--upstream",
-            upstream,
-            "--edge-id",
-            edge_id,
-            "--listen",
-        ])
-        .arg(format!("127.0.0.1:{port}"))
-        .arg("--data-dir")
-        .arg(data_dir)
-        .args(extra_args)
-        .env("CUSTODIAN_ADMIN_TOKEN", ADMIN_TOKEN)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(log);
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        EdgeProcess {
-            child: cmd.spawn().expect("spawning custodian edge"),
-            url: format!("http://127.0.0.1:{port}"),
-        }
-    }
-
-    fn client(&self) -> NodeClient {
-        NodeClient::new(self.url.clone(), Some(ADMIN_TOKEN.into()))
-    }
-}
-
-impl Drop for EdgeProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn public_key_of_edge(data_dir: &Path) -> String {
-    let out = run_ok(
-        Command::new(custodian_bin())
-            .args(["edge", "--print-public-key", "--data-dir"])
-            .arg(data_dir),
-        b"",
-    );
-    String::from_utf8(out).unwrap()
-}
-
-/// An in-process edge on an ephemeral port, its upstream at `upstream`.
-async fn start_edge(
-    dir: &Path,
-    upstream: &str,
-    edge_id: &str,
-    tweak: impl FnOnce(&mut custodian_node::config::Config),
-) -> (custodian_node::server::Node, NodeClient) {
-    let mut config = custodian_node::config::Config {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        data_dir: dir.to_owned(),
-        admin_token: Some(ADMIN_TOKEN.into()),
-        ..Default::default()
-    };
-    config.derive.tick_interval_s = 0;
-    config.edge.upstream = Some(upstream.to_owned());
-    config.edge.id = Some(edge_id.to_owned());
-    tweak(&mut config);
-    let node = custodian_node::server::Node::start_edge(config)
-        .await
-        .expect("starting an edge");
-    let client = NodeClient::new(node.url(), Some(ADMIN_TOKEN.into()));
-    (node, client)
-}
-
-fn rfc3339(unix_s: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp(unix_s)
-        .unwrap()
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap()
-}
-
-/// One single-reading upload of terminal `t` with `seq`, measured `ago_s` seconds ago.
-fn one_reading(t: &str, seq: u64, ago_s: i64) -> Vec<u8> {
-    let at = rfc3339(time::OffsetDateTime::now_utc().unix_timestamp() - ago_s);
-    upload_body(
-        t,
-        &[format!(
-            r#"{{"seq":{seq},"measured_at":"{at}","kind":"weight","value":100.0,"unit":"kg","container_id":"{t}-C1","stage":"storage_in","waste_code":"HW08"}}"#
-        )],
-    )
-}
-
-async fn wait_for(what: &str, within: Duration, mut ok: impl AsyncFnMut() -> bool) {
-    let until = Instant::now() + within;
-    while !ok().await {
-        assert!(Instant::now() < until, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-async fn outbox(edge: &NodeClient) -> Value {
-    edge.get_admin("/v1/edge/outbox")
-        .await
-        .expect("GET /v1/edge/outbox")
-}
+// Helpers (the edge harness itself is `custodian_tests::edge`, shared with tests/tests/edge.rs).
 
 async fn dead_letters(edge: &NodeClient) -> Vec<Value> {
     edge.get_admin("/v1/edge/dead-letters")
@@ -273,6 +149,18 @@ fn batch_bytes(
     .unwrap()
 }
 
+/// Registers enterprises E-0 and E-1, and signing terminal `T-A0` under E-0 and `T-B0` under E-1.
+async fn register_e0_and_e1(c: &NodeClient) -> TerminalKeys {
+    let mut keys = TerminalKeys::default();
+    for (e, t) in [(0, T_A0), (1, T_B0)] {
+        c.register("/v1/enterprises", &enterprise_body(e))
+            .await
+            .unwrap();
+        keys.register(c, t, e, 11).await;
+    }
+    keys
+}
+
 /// A platform with enterprises E-0 and E-1, signing terminal `T-A0` under E-0 and `T-B0` under E-1, and
 /// edge `EDGE-A` (key `edge_key`) registered for E-0 only.
 struct Platform {
@@ -283,26 +171,26 @@ struct Platform {
     edge_key: Sm2KeyPair,
 }
 
+impl Platform {
+    /// POSTs `payload` to `path` as `EDGE-A` does: sealed by its key to the platform's.
+    async fn post_as_edge_a(&self, path: &str, payload: &[u8]) -> (u16, Vec<u8>) {
+        post_edge(
+            self.c.base(),
+            path,
+            Some(EDGE_A),
+            seal(payload, &self.key, &self.edge_key),
+        )
+        .await
+    }
+}
+
 const EDGE_A: &str = "EDGE-A";
 const T_A0: &str = "T-A0";
 const T_B0: &str = "T-B0";
 
 async fn platform_with_edge(dir: &Path) -> Platform {
     let (node, c) = start_node(dir, |_| {}).await;
-    let mut keys = TerminalKeys::default();
-    for (e, t) in [(0, T_A0), (1, T_B0)] {
-        c.register("/v1/enterprises", &enterprise_body(e))
-            .await
-            .unwrap();
-        let k = terminal_key(t, 11);
-        c.register(
-            "/v1/terminals",
-            &terminal_body(t, e, Some(&k.public_key_pem())),
-        )
-        .await
-        .unwrap();
-        keys.0.insert(t.to_owned(), std::sync::Arc::new(k));
-    }
+    let keys = register_e0_and_e1(&c).await;
     let edge_key = terminal_key("edge key of EDGE-A", 5);
     let (status, v) = c
         .post_admin(
@@ -505,26 +393,14 @@ async fn batches_from_unknown_edges_or_impostors_are_refused_and_change_nothing(
     );
 
     // The same batch, sealed properly by the edge it names: taken, once.
-    let answer = post_edge(
-        &base,
-        "/v1/edge/batches",
-        Some(EDGE_A),
-        seal(&batch, &p.key, &p.edge_key),
-    )
-    .await;
+    let answer = p.post_as_edge_a("/v1/edge/batches", &batch).await;
     let v = json_of(&answer.1);
     assert_eq!(answer.0, 200, "{v}");
     assert_eq!(v["uploads"][0]["outcome"], "done", "{v}");
     assert_eq!(v["uploads"][0]["id"], 1, "{v}");
     assert_eq!(v["uploads"][0]["results"][0]["status"], "accepted", "{v}");
     // Sent again (a lost answer): a duplicate, not a second reading.
-    let again = post_edge(
-        &base,
-        "/v1/edge/batches",
-        Some(EDGE_A),
-        seal(&batch, &p.key, &p.edge_key),
-    )
-    .await;
+    let again = p.post_as_edge_a("/v1/edge/batches", &batch).await;
     let v2 = json_of(&again.1);
     assert_eq!(again.0, 200, "{v2}");
     assert_eq!(
@@ -543,7 +419,6 @@ async fn batches_from_unknown_edges_or_impostors_are_refused_and_change_nothing(
 async fn each_forwarded_upload_is_refused_on_its_own_and_the_rest_is_taken() {
     let dir = tempfile::tempdir().unwrap();
     let p = platform_with_edge(&dir.path().join("cloud")).await;
-    let base = p.c.base().to_owned();
     let before = settled_seq(&p.c).await;
 
     // 1: a terminal of E-1, which EDGE-A is not registered for, properly signed by that terminal.
@@ -579,13 +454,7 @@ async fn each_forwarded_upload_is_refused_on_its_own_and_the_rest_is_taken() {
             forward_upload(5, &good, p.keys.sign(T_A0, &good)),
         ],
     );
-    let answer = post_edge(
-        &base,
-        "/v1/edge/batches",
-        Some(EDGE_A),
-        seal(&batch, &p.key, &p.edge_key),
-    )
-    .await;
+    let answer = p.post_as_edge_a("/v1/edge/batches", &batch).await;
     let v = json_of(&answer.1);
     assert_eq!(answer.0, 200, "the batch as a whole is taken: {v}");
     let uploads = v["uploads"].as_array().expect("uploads");
@@ -634,19 +503,11 @@ async fn each_forwarded_upload_is_refused_on_its_own_and_the_rest_is_taken() {
         .upload(&p.c, T_B0, out_of_scope.clone())
         .await
         .expect("the terminal may upload to the platform itself");
-    assert!(
-        matches!(
-            direct.results[0],
-            custodian_node::api::ReadingResult::Accepted { .. }
-        ),
-        "{direct:?}"
-    );
+    assert_accepted(&direct, "the terminal's own upload");
     // … and sent by the edge again afterwards it is still refused, not answered `duplicate`.
-    let again = post_edge(
-        &base,
-        "/v1/edge/batches",
-        Some(EDGE_A),
-        seal(
+    let again = p
+        .post_as_edge_a(
+            "/v1/edge/batches",
             &batch_bytes(
                 EDGE_A,
                 vec![],
@@ -656,11 +517,8 @@ async fn each_forwarded_upload_is_refused_on_its_own_and_the_rest_is_taken() {
                     p.keys.sign(T_B0, &out_of_scope),
                 )],
             ),
-            &p.key,
-            &p.edge_key,
-        ),
-    )
-    .await;
+        )
+        .await;
     let v = json_of(&again.1);
     assert_eq!(again.0, 200, "{v}");
     assert_eq!(v["uploads"][0]["outcome"], "rejected", "{v}");
@@ -751,13 +609,9 @@ async fn registrations_are_refused_to_strangers_stale_or_foreign_requests_and_sc
     }
 
     // A proper request: the answer is sealed to the edge, and holds E-0 and its terminal, not E-1's.
-    let answer = post_edge(
-        &base,
-        "/v1/edge/registrations",
-        Some(EDGE_A),
-        seal(&request(EDGE_A, now_ns()), &p.key, &p.edge_key),
-    )
-    .await;
+    let answer = p
+        .post_as_edge_a("/v1/edge/registrations", &request(EDGE_A, now_ns()))
+        .await;
     assert_eq!(answer.0, 200, "{}", json_of(&answer.1));
     assert!(
         custodian_events::digital_envelope::open(&answer.1, &stranger, &p.key).is_err(),
@@ -791,13 +645,7 @@ async fn a_registrations_request_with_an_absurd_clock_is_refused_not_crashed() {
             at_ns,
         })
         .unwrap();
-        let answer = post_edge(
-            p.c.base(),
-            "/v1/edge/registrations",
-            Some(EDGE_A),
-            seal(&body, &p.key, &p.edge_key),
-        )
-        .await;
+        let answer = p.post_as_edge_a("/v1/edge/registrations", &body).await;
         assert_refused(&answer, 401, "envelope_invalid", &format!("at_ns {at_ns}"));
     }
     p.node.stop().await.unwrap();
@@ -893,18 +741,13 @@ async fn edge_registrations_are_refused_when_wrong_and_edges_are_immutable() {
     assert_eq!(settled_seq(&p.c).await, before);
 
     // The edge's own endpoints are not a platform's.
-    for path in ["/v1/edge/outbox", "/v1/edge/dead-letters"] {
-        match p.c.get_admin(path).await {
-            Err(custodian_tools::client::ClientError::Status { status, body }) => {
-                assert_eq!(
-                    (status, body["code"].as_str()),
-                    (404, Some("not_an_edge")),
-                    "{path}: {body}"
-                );
-            }
-            other => panic!("{path}: {other:?}"),
-        }
-    }
+    assert_get_refused(
+        &p.c,
+        &["/v1/edge/outbox", "/v1/edge/dead-letters"],
+        404,
+        "not_an_edge",
+    )
+    .await;
     let (s, v) =
         p.c.post_admin("/v1/edge/dead-letters/retry", &json!({}))
             .await
@@ -930,20 +773,7 @@ async fn an_out_of_scope_upload_is_dead_lettered_and_a_retry_requeues_it_without
         c.listen = format!("127.0.0.1:{cloud_port}").parse().unwrap()
     };
     let (cloud, c) = start_node(&cloud_dir, listen).await;
-    let mut keys = TerminalKeys::default();
-    for (e, t) in [(0, T_A0), (1, T_B0)] {
-        c.register("/v1/enterprises", &enterprise_body(e))
-            .await
-            .unwrap();
-        let k = terminal_key(t, 11);
-        c.register(
-            "/v1/terminals",
-            &terminal_body(t, e, Some(&k.public_key_pem())),
-        )
-        .await
-        .unwrap();
-        keys.0.insert(t.to_owned(), std::sync::Arc::new(k));
-    }
+    let keys = register_e0_and_e1(&c).await;
     let edge_b_key = terminal_key("edge key of EDGE-B", 5);
     for (id, pem, enterprise) in [
         (EDGE_A, public_key_of_edge(&edge_dir), "E-0"),
@@ -970,7 +800,7 @@ async fn an_out_of_scope_upload_is_dead_lettered_and_a_retry_requeues_it_without
     let seed = dir.path().join("seed.json");
     std::fs::write(&seed, json!({"events_b64": events}).to_string()).unwrap();
 
-    let edge = EdgeProcess::spawn(
+    let edge = spawn_edge(
         &edge_dir,
         free_port(),
         c.base(),
@@ -989,13 +819,7 @@ async fn an_out_of_scope_upload_is_dead_lettered_and_a_retry_requeues_it_without
     let out_body = one_reading(T_B0, 1, 60);
     for (t, body) in [(T_B0, out_body.clone()), (T_A0, one_reading(T_A0, 1, 60))] {
         let r = keys.upload(&e, t, body).await.expect("the edge takes it");
-        assert!(
-            matches!(
-                r.results[0],
-                custodian_node::api::ReadingResult::Accepted { .. }
-            ),
-            "{t}: {r:?}"
-        );
+        assert_accepted(&r, t);
     }
     wait_for(
         "the out-of-scope upload to be dead-lettered and the other forwarded",
@@ -1043,35 +867,28 @@ async fn an_out_of_scope_upload_is_dead_lettered_and_a_retry_requeues_it_without
 
     // The dead letters' endpoints want the admin token and a proper query.
     let anonymous = NodeClient::new(e.base(), None);
-    for path in ["/v1/edge/dead-letters", "/v1/edge/outbox"] {
-        match anonymous.get_admin(path).await {
-            Err(custodian_tools::client::ClientError::Status { status, body }) => {
-                assert_eq!(
-                    (status, body["code"].as_str()),
-                    (401, Some("missing_token")),
-                    "{body}"
-                )
-            }
-            other => panic!("{path}: {other:?}"),
-        }
-    }
+    assert_get_refused(
+        &anonymous,
+        &["/v1/edge/dead-letters", "/v1/edge/outbox"],
+        401,
+        "missing_token",
+    )
+    .await;
     let (s, v) = anonymous
         .post_admin("/v1/edge/dead-letters/retry", &json!({}))
         .await
         .unwrap();
     assert_eq!((s, v["code"].as_str()), (401, Some("missing_token")), "{v}");
-    for q in ["limit=many", "color=red"] {
-        match e.get_admin(&format!("/v1/edge/dead-letters?{q}")).await {
-            Err(custodian_tools::client::ClientError::Status { status, body }) => {
-                assert_eq!(
-                    (status, body["code"].as_str()),
-                    (400, Some("invalid_query")),
-                    "{q}: {body}"
-                )
-            }
-            other => panic!("{q}: {other:?}"),
-        }
-    }
+    assert_get_refused(
+        &e,
+        &[
+            "/v1/edge/dead-letters?limit=many",
+            "/v1/edge/dead-letters?color=red",
+        ],
+        400,
+        "invalid_query",
+    )
+    .await;
     assert_eq!(
         e.get_admin("/v1/edge/dead-letters?limit=0").await.unwrap()["items"],
         json!([])
@@ -1104,15 +921,7 @@ async fn an_out_of_scope_upload_is_dead_lettered_and_a_retry_requeues_it_without
 
     // The platform is back: it refuses the upload again; one dead letter, the same one.
     let (cloud, c) = start_node(&cloud_dir, listen).await;
-    wait_for(
-        "the upload to be dead-lettered again",
-        Duration::from_secs(30),
-        async || {
-            let o = outbox(&e).await;
-            o["outbox"]["dead_letters"] == 1 && o["outbox"]["uploads"] == 0
-        },
-    )
-    .await;
+    wait_outbox_holds(&e, "the upload to be dead-lettered again", 0, 1).await;
     let again = dead_letters(&e).await;
     assert_eq!(again.len(), 1, "{again:?}");
     for field in ["log_seq", "terminal_id", "seqs", "code", "body"] {
@@ -1275,13 +1084,7 @@ async fn a_dead_letter_whose_cause_is_fixed_arrives_exactly_once_after_retry() {
             .upload(&e, late, body.clone())
             .await
             .expect("the edge knows the terminal");
-        assert!(
-            matches!(
-                r.results[0],
-                custodian_node::api::ReadingResult::Accepted { .. }
-            ),
-            "{r:?}"
-        );
+        assert_accepted(&r, "an upload of the late terminal");
     }
     wait_for(
         "both uploads to be dead-lettered",
@@ -1304,15 +1107,7 @@ async fn a_dead_letter_whose_cause_is_fixed_arrives_exactly_once_after_retry() {
         .await
         .unwrap();
     assert_eq!(retry_dead_letters(&e).await, 2);
-    wait_for(
-        "the retried uploads to be delivered",
-        Duration::from_secs(30),
-        async || {
-            let o = outbox(&e).await;
-            o["outbox"]["uploads"] == 0 && o["outbox"]["dead_letters"] == 0
-        },
-    )
-    .await;
+    wait_outbox_holds(&e, "the retried uploads to be delivered", 0, 0).await;
     let o = outbox(&e).await;
     assert_eq!(o["forwarding"]["uploads_forwarded"], 2, "{o}");
     assert_eq!(

@@ -49,21 +49,8 @@ async fn records(shards: &Shards) -> Vec<(u16, String)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_shards_of_a_stopped_node_are_owned_by_the_survivors_and_its_late_append_is_refused() {
-    let unique = format!(
-        "{}_{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis()
-    );
-    let config = ShardsConfig {
-        bucket: format!("owners_failover_{unique}"),
-        stream: format!("LOG_failover_{unique}"),
-        subject: format!("custodian.test.failover.{unique}"),
-        replicas: 3,
-    };
-    let prefix = format!("custodian.test.failover.{unique}.members");
+    let config = custodian_tests::shards_config("failover");
+    let prefix = format!("{}.members", config.subject);
     let ids = ["n-a", "n-b", "n-c"];
     let mut nodes = Vec::new();
     for id in ids {

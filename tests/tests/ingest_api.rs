@@ -106,8 +106,7 @@ async fn uploads_accept_dedupe_and_reject_per_reading() {
     // Proves: accepted, then duplicate with the original event_seq (also when the unit differs but the
     // quantity is the same), seq_conflict kept as evidence, and bad readings rejected beside good ones.
     let dir = tempfile::tempdir().unwrap();
-    let (node, client) = start_node(dir.path(), |_| {}).await;
-    let keys = register_terminals(&client, &["T-1"]).await;
+    let (node, client, keys) = start_node_with_terminals(dir.path(), &["T-1"]).await;
     let base = last_seq(&client).await;
 
     let r = keys
@@ -408,8 +407,7 @@ async fn chunked_upload_status(addr: std::net::SocketAddr, pad: usize) -> u16 {
 async fn events_show_canonical_payloads_whose_sha256_is_the_fingerprint() {
     // Proves: an auditor can recompute every fingerprint from what /v1/events shows.
     let dir = tempfile::tempdir().unwrap();
-    let (node, client) = start_node(dir.path(), |_| {}).await;
-    let keys = register_terminals(&client, &["T-1"]).await;
+    let (node, client, keys) = start_node_with_terminals(dir.path(), &["T-1"]).await;
     keys.upload(
         &client,
         "T-1",
@@ -480,8 +478,7 @@ async fn events_show_canonical_payloads_whose_sha256_is_the_fingerprint() {
 async fn dedupe_holds_across_a_restart() {
     // Proves: after a clean restart, a resend is a duplicate of the original event and sequences continue.
     let dir = tempfile::tempdir().unwrap();
-    let (node, client) = start_node(dir.path(), |_| {}).await;
-    let keys = register_terminals(&client, &["T-1"]).await;
+    let (node, client, keys) = start_node_with_terminals(dir.path(), &["T-1"]).await;
     let first = keys
         .upload(&client, "T-1", body("T-1", vec![reading(1, 5.0, "kg")]))
         .await

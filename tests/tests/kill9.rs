@@ -12,7 +12,7 @@ use custodian_node::api::ReadingResult;
 use custodian_tests::*;
 use custodian_tools::client::{ClientError, NodeClient};
 use custodian_tools::terminal_sim::{self, SimTerminal};
-use rand::{Rng, SeedableRng, rngs::StdRng};
+use rand::Rng;
 use tokio::sync::{Mutex, RwLock};
 
 const CLIENTS: usize = 4;
@@ -34,12 +34,7 @@ struct Shared {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_at_random_moments_loses_no_acknowledged_reading() {
-    let seed: u64 = std::env::var("CUSTODIAN_TEST_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(rand::random);
-    println!("kill -9 test seed {seed} (rerun with CUSTODIAN_TEST_SEED={seed})");
-    let mut rng = StdRng::seed_from_u64(seed);
+    let (seed, mut rng) = seeded_rng("kill -9 test");
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("node");
     let log_file = dir.path().join("node.log");

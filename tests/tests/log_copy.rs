@@ -74,16 +74,7 @@ async fn a_log_exported_imported_and_replayed_is_the_same_log() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     };
 
-    let out = Command::new(custodian_bin())
-        .args(["log", "export", "--node", &node.url()])
-        .env("CUSTODIAN_ADMIN_TOKEN", ADMIN_TOKEN)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = admin_cli_ok(&["log", "export", "--node", &node.url()]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("checked"));
     let file = dir.path().join("log.export");
     std::fs::write(&file, &out.stdout).unwrap();

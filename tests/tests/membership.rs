@@ -10,14 +10,7 @@ use custodian_cluster::membership::{Change, Membership, Status, Thresholds};
 const NATS: &str = "127.0.0.1:4222";
 
 fn prefix(test: &str) -> String {
-    format!(
-        "custodian.test.{test}.{}.{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-    )
+    format!("custodian.test.{}", custodian_tests::unique_name(test))
 }
 
 async fn client(addr: &str) -> async_nats::Client {
@@ -45,22 +38,27 @@ async fn wait_until(what: &str, within: Duration, mut ok: impl FnMut() -> bool) 
     start.elapsed()
 }
 
+/// Waits (5 s at most) until each of the three members sees three alive and none is fenced.
+async fn all_see_three_alive(members: [&Membership; 3]) {
+    wait_until(
+        "all see three alive, none fenced",
+        Duration::from_secs(5),
+        || {
+            members
+                .iter()
+                .all(|m| m.view().alive().len() == 3 && !m.view().fenced)
+        },
+    )
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_node_is_suspected_then_dead_within_the_thresholds() {
     let p = prefix("stop");
     let a = join(&p, "a", NATS).await;
     let b = join(&p, "b", NATS).await;
     let c = join(&p, "c", NATS).await;
-    wait_until(
-        "all see three alive, none fenced",
-        Duration::from_secs(5),
-        || {
-            [&a, &b, &c]
-                .iter()
-                .all(|m| m.view().alive().len() == 3 && !m.view().fenced)
-        },
-    )
-    .await;
+    all_see_three_alive([&a, &b, &c]).await;
     let mut changes = a.changes();
     c.stop();
     let stopped = Instant::now();
@@ -98,16 +96,7 @@ async fn a_node_cut_off_fences_itself_before_the_others_declare_it_dead_and_come
     let a = join(&p, "a", NATS).await;
     let b = join(&p, "b", NATS).await;
     let c = join(&p, "c", &link.url).await;
-    wait_until(
-        "all see three alive, none fenced",
-        Duration::from_secs(5),
-        || {
-            [&a, &b, &c]
-                .iter()
-                .all(|m| m.view().alive().len() == 3 && !m.view().fenced)
-        },
-    )
-    .await;
+    all_see_three_alive([&a, &b, &c]).await;
     let mut c_changes = c.changes();
     let mut a_changes = a.changes();
     link.cut(true);

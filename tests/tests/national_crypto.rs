@@ -29,6 +29,28 @@ async fn upload(
     }
 }
 
+/// `POST /v1/terminals/T-1/keys` with `key`'s public key (a rotation to it): the status and answer.
+async fn rotate_to(client: &NodeClient, key: &Sm2KeyPair) -> (u16, Value) {
+    client
+        .post_admin(
+            "/v1/terminals/T-1/keys",
+            &json!({"public_key_pem": key.public_key_pem()}),
+        )
+        .await
+        .unwrap()
+}
+
+/// `POST /v1/terminals/T-1/keys/{fingerprint}/revoke`: the status and answer.
+async fn revoke(client: &NodeClient, fingerprint: &str) -> (u16, Value) {
+    client
+        .post_admin(
+            &format!("/v1/terminals/T-1/keys/{fingerprint}/revoke"),
+            &Value::Null,
+        )
+        .await
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotation_keeps_the_old_key_for_earlier_readings_and_revocation_ends_a_key() {
     let dir = tempfile::tempdir().unwrap();
@@ -53,21 +75,9 @@ async fn rotation_keeps_the_old_key_for_earlier_readings_and_revocation_ends_a_k
     );
 
     // Rotate to B: 201, then 200 for the same key again.
-    let (s, v) = client
-        .post_admin(
-            "/v1/terminals/T-1/keys",
-            &json!({"public_key_pem": b.public_key_pem()}),
-        )
-        .await
-        .unwrap();
+    let (s, v) = rotate_to(&client, &b).await;
     assert_eq!((s, v["status"].as_str()), (201, Some("rotated")));
-    let (s, _) = client
-        .post_admin(
-            "/v1/terminals/T-1/keys",
-            &json!({"public_key_pem": b.public_key_pem()}),
-        )
-        .await
-        .unwrap();
+    let (s, _) = rotate_to(&client, &b).await;
     assert_eq!(s, 200);
     let now = custodian_tools::terminal_sim::now_rfc3339();
 
@@ -108,34 +118,16 @@ async fn rotation_keeps_the_old_key_for_earlier_readings_and_revocation_ends_a_k
 
     // Revoke A: it verifies nothing, not even the backlog it used to.
     let fp_a = hex::encode(key_fingerprint(&a.public_key_der()));
-    let (s, v) = client
-        .post_admin(
-            &format!("/v1/terminals/T-1/keys/{fp_a}/revoke"),
-            &Value::Null,
-        )
-        .await
-        .unwrap();
+    let (s, v) = revoke(&client, &fp_a).await;
     assert_eq!((s, v["status"].as_str()), (200, Some("revoked")));
     assert_eq!(
         upload(&client, &a, body(5, before, "C-1")).await,
         Err(Some("signature_invalid".into()))
     );
     // A revoked key cannot come back; an unknown fingerprint is a 404.
-    let (s, v) = client
-        .post_admin(
-            "/v1/terminals/T-1/keys",
-            &json!({"public_key_pem": a.public_key_pem()}),
-        )
-        .await
-        .unwrap();
+    let (s, v) = rotate_to(&client, &a).await;
     assert_eq!((s, v["code"].as_str()), (409, Some("key_reused")));
-    let (s, _) = client
-        .post_admin(
-            &format!("/v1/terminals/T-1/keys/{}/revoke", "0".repeat(64)),
-            &Value::Null,
-        )
-        .await
-        .unwrap();
+    let (s, _) = revoke(&client, &"0".repeat(64)).await;
     assert_eq!(s, 404);
 
     // The keys survive a restart (they are events in the log).
@@ -152,13 +144,7 @@ async fn rotation_keeps_the_old_key_for_earlier_readings_and_revocation_ends_a_k
 
     // Revoke B as well: nothing verifies any more.
     let fp_b = hex::encode(key_fingerprint(&b.public_key_der()));
-    client
-        .post_admin(
-            &format!("/v1/terminals/T-1/keys/{fp_b}/revoke"),
-            &Value::Null,
-        )
-        .await
-        .unwrap();
+    revoke(&client, &fp_b).await;
     assert_eq!(
         upload(&client, &b, body(7, &now, "C-1")).await,
         Err(Some("terminal_key_revoked".into()))
@@ -203,10 +189,7 @@ async fn a_terminal_without_a_key_cannot_upload_while_signatures_are_required() 
         .upload(body(1, "2026-11-20T00:00:00Z", "C-1"), None)
         .await
         .unwrap();
-    assert_eq!(
-        serde_json::to_value(&r.results).unwrap()[0]["status"],
-        "accepted"
-    );
+    assert_accepted(&r, "the unsigned upload");
     let events = client.all_events(1).await.unwrap();
     assert!(events.iter().all(|e| e["type"] != "UploadSigned"));
     node.stop().await.unwrap();
@@ -224,10 +207,7 @@ async fn events_rest_sealed_and_the_master_key_is_checked_at_start() {
             .upload(&client, "T-1", body(1, "2026-11-20T00:00:00Z", marker))
             .await
             .unwrap();
-        assert_eq!(
-            serde_json::to_value(&r.results).unwrap()[0]["status"],
-            "accepted"
-        );
+        assert_accepted(&r, "the marked upload");
         // Readers see the plaintext; the envelope names its data key.
         let events = client.all_events(1).await.unwrap();
         assert!(

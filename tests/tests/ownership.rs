@@ -6,20 +6,7 @@
 use custodian_cluster::ownership::{OwnerChanged, OwnershipError, Shards, ShardsConfig};
 
 async fn shards(tag: &str) -> (Shards, Shards, ShardsConfig) {
-    let unique = format!(
-        "{tag}_{}_{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis()
-    );
-    let config = ShardsConfig {
-        bucket: format!("owners_{unique}"),
-        stream: format!("LOG_{unique}"),
-        subject: format!("custodian.test.log.{unique}"),
-        replicas: 3,
-    };
+    let config = custodian_tests::shards_config(tag);
     // Two nodes, each with its own connection.
     let a = Shards::open(custodian_tests::nats_cluster().await, &config)
         .await

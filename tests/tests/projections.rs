@@ -386,16 +386,7 @@ async fn read_models_equal_a_fold_of_the_log_and_rebuild_identically() {
     let pg_before = dump_postgres(&models, "custodian_g1").await;
     let influx_before = dump_influx(&models, &models.name).await;
     let search_before: Vec<Value> = search(&client, "重量异常波动").await;
-    let out = std::process::Command::new(custodian_bin())
-        .args(["projections", "rebuild", "postgres", "--node", &node.url()])
-        .env("CUSTODIAN_ADMIN_TOKEN", ADMIN_TOKEN)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "custodian projections rebuild: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = admin_cli_ok(&["projections", "rebuild", "postgres", "--node", &node.url()]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("generation 2 is live"), "{stderr}");
     assert_eq!(client.rebuild_projection("influx").await.unwrap(), 2);
@@ -465,6 +456,34 @@ async fn wait_state(client: &NodeClient, name: &str, state: &str) -> Value {
     }
 }
 
+/// Terminal T-1's 140 readings around an outage of read model `name`'s database `db`: 40 projected, then
+/// `stop`, 60 more until the read model is `failing` with an error naming `server`, 40 more still
+/// acknowledged while it is down, then `start`, and every read model caught up again.
+async fn ride_out_outage<S>(
+    client: &NodeClient,
+    name: &str,
+    server: &str,
+    db: &mut S,
+    stop: fn(&mut S),
+    start: fn(&mut S),
+) {
+    let keys = register_terminals(client, &["T-1"]).await;
+    upload_run(client, &keys, 1, 40).await;
+    wait_projected(client, Duration::from_secs(30)).await;
+
+    stop(db);
+    upload_run(client, &keys, 41, 60).await;
+    let failing = wait_state(client, name, "failing").await;
+    assert!(
+        failing["last_error"].as_str().unwrap().contains(server),
+        "{failing}"
+    );
+    // Still acknowledging while the database is down.
+    upload_run(client, &keys, 101, 40).await;
+    start(db);
+    wait_projected(client, Duration::from_secs(60)).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_postgres_outage_keeps_ingest_going_and_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
@@ -480,24 +499,15 @@ async fn a_postgres_outage_keeps_ingest_going_and_loses_nothing() {
         c.projections.search_enabled = false;
     })
     .await;
-    let keys = register_terminals(&client, &["T-1"]).await;
-    upload_run(&client, &keys, 1, 40).await;
-    wait_projected(&client, Duration::from_secs(30)).await;
-
-    pg.stop();
-    upload_run(&client, &keys, 41, 60).await;
-    let failing = wait_state(&client, "postgres", "failing").await;
-    assert!(
-        failing["last_error"]
-            .as_str()
-            .unwrap()
-            .contains("PostgreSQL"),
-        "{failing}"
-    );
-    // Still acknowledging while the database is down.
-    upload_run(&client, &keys, 101, 40).await;
-    pg.start();
-    wait_projected(&client, Duration::from_secs(60)).await;
+    ride_out_outage(
+        &client,
+        "postgres",
+        "PostgreSQL",
+        &mut pg,
+        PrivatePostgres::stop,
+        PrivatePostgres::start,
+    )
+    .await;
     let p = client.projection("postgres").await.unwrap().unwrap();
     assert_eq!(p["state"], "running");
     assert!(p["failures_total"].as_u64().unwrap() >= 1);
@@ -530,20 +540,15 @@ async fn an_influx_outage_keeps_ingest_going_and_loses_nothing() {
         c.projections.search_enabled = false;
     })
     .await;
-    let keys = register_terminals(&client, &["T-1"]).await;
-    upload_run(&client, &keys, 1, 40).await;
-    wait_projected(&client, Duration::from_secs(30)).await;
-
-    influx.stop();
-    upload_run(&client, &keys, 41, 60).await;
-    let failing = wait_state(&client, "influx", "failing").await;
-    assert!(
-        failing["last_error"].as_str().unwrap().contains("InfluxDB"),
-        "{failing}"
-    );
-    upload_run(&client, &keys, 101, 40).await;
-    influx.start();
-    wait_projected(&client, Duration::from_secs(60)).await;
+    ride_out_outage(
+        &client,
+        "influx",
+        "InfluxDB",
+        &mut influx,
+        PrivateInflux::stop,
+        PrivateInflux::start,
+    )
+    .await;
     let events = client.all_events(1).await.unwrap();
     let x = fold(&events);
     let answer = models

@@ -7,19 +7,12 @@ use std::time::Duration;
 
 use custodian_tests::scopes::{issue_token, register_enterprises, signing_terminal};
 use custodian_tests::*;
-use custodian_tools::client::{ClientError, NodeClient};
+use custodian_tools::client::NodeClient;
 use custodian_tools::terminal_sim::{terminal_body, terminal_key};
 use serde_json::{Value, json};
 
 fn weighings(terminal: &str, container: &str) -> Vec<u8> {
     custodian_tests::scopes::weighings(terminal, container, 1)
-}
-
-async fn get(client: &NodeClient, path: &str) -> Result<Value, (u16, Value)> {
-    client.get_admin(path).await.map_err(|e| match e {
-        ClientError::Status { status, body } => (status, body),
-        other => panic!("{path}: {other}"),
-    })
 }
 
 fn ids(v: &Value, field: &str) -> BTreeSet<String> {
@@ -56,25 +49,16 @@ async fn every_tier_sees_exactly_its_scope() {
     wait_projected(&admin, Duration::from_secs(60)).await;
 
     // Tokens: the national one through the CLI, as an operator would.
-    let out = std::process::Command::new(custodian_bin())
-        .args([
-            "token",
-            "issue",
-            "--tier",
-            "national",
-            "--ttl",
-            "1h",
-            "--node",
-            &node.url(),
-        ])
-        .env("CUSTODIAN_ADMIN_TOKEN", ADMIN_TOKEN)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = admin_cli_ok(&[
+        "token",
+        "issue",
+        "--tier",
+        "national",
+        "--ttl",
+        "1h",
+        "--node",
+        &node.url(),
+    ]);
     let national = String::from_utf8(out.stdout).unwrap().trim().to_owned();
     assert!(
         national.starts_with("cst1."),
@@ -101,15 +85,18 @@ async fn every_tier_sees_exactly_its_scope() {
     let a = set(&["E-A"]);
     for (who, want) in [(&n, &all), (&p, &gd), (&e, &a)] {
         assert_eq!(
-            &ids(&get(who, "/v1/enterprises").await.unwrap(), "id"),
+            &ids(&get_json(who, "/v1/enterprises").await.unwrap(), "id"),
             want
         );
         assert_eq!(
-            &ids(&get(who, "/v1/anomalies").await.unwrap(), "enterprise_id"),
+            &ids(
+                &get_json(who, "/v1/anomalies").await.unwrap(),
+                "enterprise_id"
+            ),
             want,
             "anomalies"
         );
-        let hits = get(who, "/v1/search?q=%E5%8D%B1%E9%99%A9%E5%BA%9F%E7%89%A9")
+        let hits = get_json(who, "/v1/search?q=%E5%8D%B1%E9%99%A9%E5%BA%9F%E7%89%A9")
             .await
             .unwrap();
         let seen: BTreeSet<String> = hits["hits"]
@@ -123,7 +110,7 @@ async fn every_tier_sees_exactly_its_scope() {
     // A filter cannot widen the scope.
     assert!(
         ids(
-            &get(&p, "/v1/enterprises?province_code=320000")
+            &get_json(&p, "/v1/enterprises?province_code=320000")
                 .await
                 .unwrap(),
             "id"
@@ -132,14 +119,16 @@ async fn every_tier_sees_exactly_its_scope() {
     );
     assert!(
         ids(
-            &get(&e, "/v1/anomalies?enterprise_id=E-B").await.unwrap(),
+            &get_json(&e, "/v1/anomalies?enterprise_id=E-B")
+                .await
+                .unwrap(),
             "enterprise_id"
         )
         .is_empty()
     );
 
     // Single objects: out of scope is indistinguishable from absent.
-    let absent = get(&n, "/v1/enterprises/E-Z").await.unwrap_err();
+    let absent = get_json(&n, "/v1/enterprises/E-Z").await.unwrap_err();
     assert_eq!(absent.0, 404);
     for (who, path) in [
         (&p, "/v1/enterprises/E-C"),
@@ -148,25 +137,25 @@ async fn every_tier_sees_exactly_its_scope() {
         (&p, "/v1/containers/T-C-C0"),
         (&e, "/v1/containers/T-B-C0"),
     ] {
-        let (status, body) = get(who, path).await.unwrap_err();
+        let (status, body) = get_json(who, path).await.unwrap_err();
         assert_eq!(status, 404, "{path}");
         assert_eq!(body["code"], absent.1["code"], "{path}");
     }
     assert_eq!(
-        get(&n, "/v1/enterprises/E-C").await.unwrap()["province_code"],
+        get_json(&n, "/v1/enterprises/E-C").await.unwrap()["province_code"],
         "320000"
     );
-    let kpis = get(&e, "/v1/enterprises/E-A/kpis?from=2026-11-20&to=2026-11-20")
+    let kpis = get_json(&e, "/v1/enterprises/E-A/kpis?from=2026-11-20&to=2026-11-20")
         .await
         .unwrap();
     assert_eq!(kpis["items"][0]["readings"], 2, "{kpis}");
-    let c = get(&p, "/v1/containers/T-A-C0").await.unwrap();
+    let c = get_json(&p, "/v1/containers/T-A-C0").await.unwrap();
     assert_eq!(c["custody"].as_array().unwrap().len(), 2, "{c}");
     assert_eq!(c["last_weight_kg"], 60.0);
 
     // Time series from InfluxDB, scoped the same way.
     let day = "from=2026-11-20T00:00:00Z&to=2026-11-21T00:00:00Z";
-    let raw = get(&e, &format!("/v1/terminals/T-A/readings?{day}"))
+    let raw = get_json(&e, &format!("/v1/terminals/T-A/readings?{day}"))
         .await
         .unwrap();
     let values: Vec<f64> = raw["items"]
@@ -176,7 +165,7 @@ async fn every_tier_sees_exactly_its_scope() {
         .map(|i| i["value"].as_f64().unwrap())
         .collect();
     assert_eq!(values, vec![100.0, 60.0], "{raw}");
-    let per_day = get(
+    let per_day = get_json(
         &n,
         &format!("/v1/terminals/T-C/readings?{day}&every=1d&agg=sum"),
     )
@@ -190,7 +179,7 @@ async fn every_tier_sees_exactly_its_scope() {
             .starts_with("2026-11-19T16:00:00"),
         "day buckets start at midnight China Standard Time: {per_day}"
     );
-    let counted = get(
+    let counted = get_json(
         &p,
         &format!("/v1/terminals/T-B/readings?{day}&every=1h&agg=count"),
     )
@@ -198,12 +187,12 @@ async fn every_tier_sees_exactly_its_scope() {
     .unwrap();
     assert_eq!(counted["items"][0]["value"], 2, "{counted}");
     for (who, path) in [(&p, "T-C"), (&e, "T-B"), (&n, "T-Z")] {
-        let (status, body) = get(who, &format!("/v1/terminals/{path}/readings?{day}"))
+        let (status, body) = get_json(who, &format!("/v1/terminals/{path}/readings?{day}"))
             .await
             .unwrap_err();
         assert_eq!((status, &body["code"]), (404, &absent.1["code"]), "{path}");
     }
-    let (status, body) = get(
+    let (status, body) = get_json(
         &n,
         "/v1/terminals/T-A/readings?from=2026-01-01T00:00:00Z&to=2026-12-01T00:00:00Z&every=1m",
     )
@@ -214,7 +203,7 @@ async fn every_tier_sees_exactly_its_scope() {
         (400, Some("range_too_large"))
     );
     assert_eq!(
-        get(&n, &format!("/v1/terminals/T-A/readings?{day}&every=5m"))
+        get_json(&n, &format!("/v1/terminals/T-A/readings?{day}&every=5m"))
             .await
             .unwrap_err()
             .0,
@@ -236,11 +225,11 @@ async fn every_tier_sees_exactly_its_scope() {
     let c_token = issue("province", "320000").await.0;
     for who in [&n, &p, &e, &as_(&c_token)] {
         assert_eq!(
-            get(who, "/v1/manifests/M-1").await.unwrap()["receiver_id"],
+            get_json(who, "/v1/manifests/M-1").await.unwrap()["receiver_id"],
             "E-C"
         );
     }
-    let (status, body) = get(&as_(&eb), "/v1/manifests/M-1").await.unwrap_err();
+    let (status, body) = get_json(&as_(&eb), "/v1/manifests/M-1").await.unwrap_err();
     assert_eq!((status, &body["code"]), (404, &absent.1["code"]));
 
     // The same question from the same scope is answered from the cache.
@@ -248,8 +237,8 @@ async fn every_tier_sees_exactly_its_scope() {
         custodian_node::metrics::sample(m, "custodian_query_cache_hits_total").unwrap_or(0.0)
     };
     let before = hits(&admin.metrics().await.unwrap());
-    get(&p, "/v1/enterprises").await.unwrap();
-    let again = get(&p, "/v1/enterprises").await.unwrap();
+    get_json(&p, "/v1/enterprises").await.unwrap();
+    let again = get_json(&p, "/v1/enterprises").await.unwrap();
     assert_eq!(ids(&again, "id"), gd);
     assert!(
         hits(&admin.metrics().await.unwrap()) > before,
@@ -258,7 +247,7 @@ async fn every_tier_sees_exactly_its_scope() {
 
     // The landing view.
     for (who, enterprises) in [(&n, 3), (&p, 2), (&e, 1)] {
-        let o = get(who, "/v1/overview").await.unwrap();
+        let o = get_json(who, "/v1/overview").await.unwrap();
         assert_eq!(o["enterprises"], enterprises, "{o}");
         assert_eq!(o["terminals"], enterprises, "{o}");
         assert_eq!(
@@ -269,11 +258,13 @@ async fn every_tier_sees_exactly_its_scope() {
     }
 
     // Acknowledge and resolve, within scope only; both are events, and the state shows in the model.
-    let a_id = get(&e, "/v1/anomalies").await.unwrap()["items"][0]["anomaly_id"]
+    let a_id = get_json(&e, "/v1/anomalies").await.unwrap()["items"][0]["anomaly_id"]
         .as_str()
         .unwrap()
         .to_owned();
-    let c_id = get(&n, "/v1/anomalies?enterprise_id=E-C").await.unwrap()["items"][0]["anomaly_id"]
+    let c_id = get_json(&n, "/v1/anomalies?enterprise_id=E-C")
+        .await
+        .unwrap()["items"][0]["anomaly_id"]
         .as_str()
         .unwrap()
         .to_owned();
@@ -312,7 +303,7 @@ async fn every_tier_sees_exactly_its_scope() {
     assert_eq!(status, 422);
     wait_projected(&admin, Duration::from_secs(30)).await;
     // (A cursor no page gave, to step past the cache.)
-    let resolved = get(&e, "/v1/anomalies?state=resolved&cursor=999999999")
+    let resolved = get_json(&e, "/v1/anomalies?state=resolved&cursor=999999999")
         .await
         .unwrap();
     assert_eq!(ids(&resolved, "anomaly_id"), set(&[&a_id]), "{resolved}");
@@ -327,21 +318,24 @@ async fn every_tier_sees_exactly_its_scope() {
     );
     assert!(
         ids(
-            &get(&e, "/v1/anomalies?state=open").await.unwrap(),
+            &get_json(&e, "/v1/anomalies?state=open").await.unwrap(),
             "anomaly_id"
         )
         .is_empty()
     );
     assert_eq!(
-        get(&n, "/v1/anomalies?state=closed").await.unwrap_err().0,
+        get_json(&n, "/v1/anomalies?state=closed")
+            .await
+            .unwrap_err()
+            .0,
         400
     );
     // The cached overview is at most `query.cache_ttl_ms` (1 s) stale.
     tokio::time::sleep(Duration::from_millis(1_100)).await;
-    let o = get(&n, "/v1/overview").await.unwrap();
+    let o = get_json(&n, "/v1/overview").await.unwrap();
     assert_eq!(o["open_anomalies_by_kind"]["weight_fluctuation"], 2, "{o}");
     assert_eq!(
-        get(&n, "/v1/overview?province_code=440000")
+        get_json(&n, "/v1/overview?province_code=440000")
             .await
             .unwrap_err()
             .1["code"],
@@ -362,7 +356,7 @@ async fn every_tier_sees_exactly_its_scope() {
     let mut seen = Vec::new();
     let mut path = "/v1/anomalies?limit=1".to_owned();
     loop {
-        let page = get(&n, &path).await.unwrap();
+        let page = get_json(&n, &path).await.unwrap();
         seen.extend(ids(&page, "anomaly_id"));
         match page["next_cursor"].as_str() {
             Some(c) => path = format!("/v1/anomalies?limit=1&cursor={c}"),
@@ -372,7 +366,7 @@ async fn every_tier_sees_exactly_its_scope() {
     assert_eq!(seen.len(), 3);
 
     // The API describes itself.
-    let doc = get(&NodeClient::new(node.url(), None), "/v1/openapi.json")
+    let doc = get_json(&NodeClient::new(node.url(), None), "/v1/openapi.json")
         .await
         .unwrap();
     assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
@@ -387,36 +381,38 @@ async fn every_tier_sees_exactly_its_scope() {
         .await
         .unwrap();
     assert_eq!((status, v["code"].as_str()), (403, Some("admin_only")));
-    assert_eq!(get(&p, "/v1/events").await.unwrap_err().0, 403);
+    assert_eq!(get_json(&p, "/v1/events").await.unwrap_err().0, 403);
     // Bad input.
     assert_eq!(
-        get(&n, "/v1/anomalies?limit=0").await.unwrap_err().1["code"],
+        get_json(&n, "/v1/anomalies?limit=0").await.unwrap_err().1["code"],
         "invalid_query"
     );
     assert_eq!(
-        get(&n, "/v1/anomalies?from=yesterday").await.unwrap_err().0,
+        get_json(&n, "/v1/anomalies?from=yesterday")
+            .await
+            .unwrap_err()
+            .0,
         400
     );
     // Bad input is the caller's error (4xx), never the read model's (5xx) or a panic: a NUL byte anywhere
     // in the URL (PostgreSQL's text cannot hold one), days and instants out of range, a huge Last-Event-ID.
-    for path in [
-        "/v1/anomalies?kind=%00weight_fluctuation",
-        "/v1/anomalies?province_code=%00",
-        "/v1/anomalies?enterprise_id=E-A%00",
-        "/v1/enterprises?province_code=%0044",
-        "/v1/enterprises?city_code=%00&cursor=%00",
-        "/v1/enterprises/E-A%00",
-        "/v1/enterprises/%00/kpis",
-        "/v1/containers/C%00",
-        "/v1/manifests/%00",
-    ] {
-        let (status, v) = get(&n, path).await.unwrap_err();
-        assert_eq!(
-            (status, v["code"].as_str()),
-            (400, Some("invalid_url")),
-            "{path}: {v}"
-        );
-    }
+    assert_get_refused(
+        &n,
+        &[
+            "/v1/anomalies?kind=%00weight_fluctuation",
+            "/v1/anomalies?province_code=%00",
+            "/v1/anomalies?enterprise_id=E-A%00",
+            "/v1/enterprises?province_code=%0044",
+            "/v1/enterprises?city_code=%00&cursor=%00",
+            "/v1/enterprises/E-A%00",
+            "/v1/enterprises/%00/kpis",
+            "/v1/containers/C%00",
+            "/v1/manifests/%00",
+        ],
+        400,
+        "invalid_url",
+    )
+    .await;
     // Days and instants beyond what is kept bound a range as its ends do (the OpenAPI document takes
     // every RFC 3339 date and instant); a range too wide for one answer is refused with its own code.
     for path in [
@@ -427,37 +423,35 @@ async fn every_tier_sees_exactly_its_scope() {
         "/v1/anomalies?from=9999-12-31T00:00:00Z",
         "/v1/anomalies?from=0001-01-01T00:00:00Z&to=9999-12-31T23:59:59-23:59",
     ] {
-        get(&n, path)
+        get_json(&n, path)
             .await
             .unwrap_or_else(|e| panic!("{path}: {e:?}"));
     }
-    for path in [
-        "/v1/terminals/T-A/readings?from=1700-01-01T00:00:00Z&to=2200-01-01T00:00:00Z&every=1d",
-        "/v1/terminals/T-A/readings?from=0001-01-01T00:00:00Z&to=9999-01-01T00:00:00Z",
-    ] {
-        let (status, v) = get(&n, path).await.unwrap_err();
-        assert_eq!(
-            (status, v["code"].as_str()),
-            (400, Some("range_too_large")),
-            "{path}: {v}"
-        );
-    }
+    assert_get_refused(
+        &n,
+        &[
+            "/v1/terminals/T-A/readings?from=1700-01-01T00:00:00Z&to=2200-01-01T00:00:00Z&every=1d",
+            "/v1/terminals/T-A/readings?from=0001-01-01T00:00:00Z&to=9999-01-01T00:00:00Z",
+        ],
+        400,
+        "range_too_large",
+    )
+    .await;
     // Filters outside what the document states are refused, not answered with nothing.
-    for path in [
-        "/v1/anomalies?kind=bogus",
-        "/v1/anomalies?province_code=44",
-        "/v1/anomalies?cursor=-1",
-        "/v1/enterprises?province_code=440100",
-        "/v1/enterprises?city_code=440000",
-        "/v1/search?q=x&kind=bogus",
-    ] {
-        let (status, v) = get(&n, path).await.unwrap_err();
-        assert_eq!(
-            (status, v["code"].as_str()),
-            (400, Some("invalid_query")),
-            "{path}: {v}"
-        );
-    }
+    assert_get_refused(
+        &n,
+        &[
+            "/v1/anomalies?kind=bogus",
+            "/v1/anomalies?province_code=44",
+            "/v1/anomalies?cursor=-1",
+            "/v1/enterprises?province_code=440100",
+            "/v1/enterprises?city_code=440000",
+            "/v1/search?q=x&kind=bogus",
+        ],
+        400,
+        "invalid_query",
+    )
+    .await;
     let resp = reqwest::Client::new()
         .get(format!("{}/v1/anomalies/stream", node.url()))
         .bearer_auth(&national)
@@ -492,12 +486,12 @@ async fn every_tier_sees_exactly_its_scope() {
         let (status, v) = admin.post_admin(path, &body).await.unwrap();
         assert_eq!(status, 422, "{path} {body}: {v}");
     }
-    let (status, v) = get(&as_("cst1.forged.token"), "/v1/enterprises")
+    let (status, v) = get_json(&as_("cst1.forged.token"), "/v1/enterprises")
         .await
         .unwrap_err();
     assert_eq!((status, v["code"].as_str()), (401, Some("invalid_token")));
     assert_eq!(
-        get(&NodeClient::new(node.url(), None), "/v1/enterprises")
+        get_json(&NodeClient::new(node.url(), None), "/v1/enterprises")
             .await
             .unwrap_err()
             .0,
@@ -505,17 +499,8 @@ async fn every_tier_sees_exactly_its_scope() {
     );
 
     // Revocation takes effect at once, and both token events are in the log.
-    let out = std::process::Command::new(custodian_bin())
-        .args(["token", "revoke", &province_id, "--node", &node.url()])
-        .env("CUSTODIAN_ADMIN_TOKEN", ADMIN_TOKEN)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(get(&p, "/v1/enterprises").await.unwrap_err().0, 401);
+    admin_cli_ok(&["token", "revoke", &province_id, "--node", &node.url()]);
+    assert_eq!(get_json(&p, "/v1/enterprises").await.unwrap_err().0, 401);
     let events = admin
         .events(1, None, &["TokenIssued", "TokenRevoked"])
         .await

@@ -7,7 +7,6 @@ use custodian_node::api::ReadingResult;
 use custodian_tests::*;
 use custodian_tools::terminal_sim::SimTerminal;
 use rand::seq::SliceRandom;
-use rand::{SeedableRng, rngs::StdRng};
 
 const TERMINALS: usize = 8;
 const BATCHES_PER_TERMINAL: usize = 12;
@@ -15,12 +14,7 @@ const READINGS_PER_BATCH: usize = 25;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_batch_three_times_concurrently_out_of_order_is_stored_once() {
-    let seed: u64 = std::env::var("CUSTODIAN_TEST_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(rand::random);
-    println!("resend storm seed {seed} (rerun with CUSTODIAN_TEST_SEED={seed})");
-    let mut rng = StdRng::seed_from_u64(seed);
+    let (seed, mut rng) = seeded_rng("resend storm");
     let dir = tempfile::tempdir().unwrap();
     let (node, client) = start_node(dir.path(), |_| {}).await;
     let ids: Vec<String> = (0..TERMINALS).map(|i| format!("S-{i}")).collect();

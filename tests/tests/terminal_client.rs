@@ -67,8 +67,7 @@ async fn uploads_in_batches_and_a_resend_is_answered_duplicate() {
     // Proves: 250 readings go in three signed batches and are accepted; the same readings again from a new
     // client (same seqs) are all answered duplicate; the log holds each once.
     let dir = tempfile::tempdir().unwrap();
-    let (node, client) = start_node(dir.path(), |_| {}).await;
-    let keys = register_terminals(&client, &["T-1"]).await;
+    let (node, client, keys) = start_node_with_terminals(dir.path(), &["T-1"]).await;
     let key = &keys.0["T-1"];
 
     let mut first = client_with(&node.url(), "T-1", key, readings(250));
@@ -94,8 +93,7 @@ async fn delivers_through_a_node_that_is_not_listening_yet() {
     // Proves: while nothing listens at the node's address the client retries, and once the node is back
     // every reading arrives once.
     let dir = tempfile::tempdir().unwrap();
-    let (node, client) = start_node(dir.path(), |_| {}).await;
-    let keys = register_terminals(&client, &["T-1"]).await;
+    let (node, _, keys) = start_node_with_terminals(dir.path(), &["T-1"]).await;
     let url = node.url();
     let addr: SocketAddr = url.trim_start_matches("http://").parse().unwrap();
     node.stop().await.unwrap();
@@ -168,8 +166,7 @@ async fn a_lost_answer_is_resent_and_answered_duplicate() {
     // Proves: when the answer to a stored upload is lost, the client sends the same batch again and the
     // node answers duplicate; nothing is stored twice.
     let dir = tempfile::tempdir().unwrap();
-    let (node, client) = start_node(dir.path(), |_| {}).await;
-    let keys = register_terminals(&client, &["T-1"]).await;
+    let (node, client, keys) = start_node_with_terminals(dir.path(), &["T-1"]).await;
     let upstream: SocketAddr = node.url().trim_start_matches("http://").parse().unwrap();
     let proxy = answer_losing_proxy(upstream).await;
 
@@ -202,6 +199,13 @@ async fn terminal(args: &[&str]) -> (bool, String, String) {
         String::from_utf8(out.stdout).unwrap(),
         String::from_utf8(out.stderr).unwrap(),
     )
+}
+
+/// Runs `custodian terminal --url URL --id ID --key KEY REST` (an upload as terminal `id`): as [`terminal`].
+async fn upload_as(url: &str, id: &str, key: &Path, rest: &[&str]) -> (bool, String, String) {
+    let mut args = vec!["--url", url, "--id", id, "--key", path(key)];
+    args.extend_from_slice(rest);
+    terminal(&args).await
 }
 
 /// The summary line of a `custodian terminal` run.
@@ -237,19 +241,8 @@ async fn the_cli_makes_a_key_and_uploads_simulated_and_file_readings() {
         .await
         .unwrap();
 
-    let (ok, out, err) = terminal(&[
-        "--url",
-        &url,
-        "--id",
-        "T-CLI",
-        "--key",
-        path(&key),
-        "--simulate",
-        "25",
-        "--batch",
-        "10",
-    ])
-    .await;
+    let (ok, out, err) =
+        upload_as(&url, "T-CLI", &key, &["--simulate", "25", "--batch", "10"]).await;
     assert!(ok, "{err}");
     assert_eq!(
         summary(&out),
@@ -263,44 +256,27 @@ async fn the_cli_makes_a_key_and_uploads_simulated_and_file_readings() {
         .map(|r| serde_json::to_string(r).unwrap())
         .collect();
     std::fs::write(&file, lines.join("\n") + "\n").unwrap();
-    let upload_file = |first_seq: &'static str| {
-        let (url, key, file) = (url.clone(), key.clone(), file.clone());
-        async move {
-            let args = [
-                "--url",
-                &url,
-                "--id",
-                "T-CLI",
-                "--key",
-                path(&key),
-                "--readings",
-                path(&file),
-                "--first-seq",
-                first_seq,
-            ];
-            terminal(&args).await
-        }
-    };
-    let (ok, out, err) = upload_file("26").await;
+    let from_26 = ["--readings", path(&file), "--first-seq", "26"];
+    let upload_file = || upload_as(&url, "T-CLI", &key, &from_26);
+    let (ok, out, err) = upload_file().await;
     assert!(ok, "{err}");
     assert_eq!(summary(&out)["accepted"], 3);
-    let (ok, out, err) = upload_file("26").await;
+    let (ok, out, err) = upload_file().await;
     assert!(ok, "{err}");
     assert_eq!(summary(&out)["duplicate"], 3);
-    let (ok, out, err) = terminal(&[
-        "--url",
+    let (ok, out, err) = upload_as(
         &url,
-        "--id",
         "T-CLI",
-        "--key",
-        path(&key),
-        "--simulate",
-        "3",
-        "--interval-s",
-        "0.1",
-        "--first-seq",
-        "29",
-    ])
+        &key,
+        &[
+            "--simulate",
+            "3",
+            "--interval-s",
+            "0.1",
+            "--first-seq",
+            "29",
+        ],
+    )
     .await;
     assert!(ok, "{err}");
     assert_eq!(summary(&out)["accepted"], 3);
@@ -331,31 +307,11 @@ async fn the_cli_makes_a_key_and_uploads_simulated_and_file_readings() {
         )
         .await
         .unwrap();
-    let (ok, out, err) = terminal(&[
-        "--url",
-        &url,
-        "--id",
-        "T-SSL",
-        "--key",
-        path(&openssl_key),
-        "--readings",
-        path(&file),
-    ])
-    .await;
+    let (ok, out, err) = upload_as(&url, "T-SSL", &openssl_key, &["--readings", path(&file)]).await;
     assert!(ok, "{err}");
     assert_eq!(summary(&out)["accepted"], 3);
 
-    let (ok, out, err) = terminal(&[
-        "--url",
-        &url,
-        "--id",
-        "T-NOBODY",
-        "--key",
-        path(&key),
-        "--readings",
-        path(&file),
-    ])
-    .await;
+    let (ok, out, err) = upload_as(&url, "T-NOBODY", &key, &["--readings", path(&file)]).await;
     assert!(!ok);
     assert!(err.contains("422 unknown_terminal"), "{err}");
     assert_eq!(summary(&out)["accepted"], 0);

@@ -23,7 +23,6 @@ use axum::extract::{Path, State};
 use axum::routing::post;
 use custodian_tests::scopes::{issue_token, open_cross_province_manifest, register_enterprises};
 use custodian_tests::{ReadModels, TerminalKeys, start_node, wait_projected};
-use custodian_tools::terminal_sim::{terminal_body, terminal_key};
 use serde_json::{Value, json};
 
 /// How many China Standard Time days before the fixture's start its terminals were last read.
@@ -87,14 +86,7 @@ async fn signing_terminal(
     terminal: &str,
     enterprise: &str,
 ) {
-    let key = terminal_key(terminal, 7);
-    let mut body = terminal_body(terminal, 0, Some(&key.public_key_pem()));
-    body["enterprise_id"] = json!(enterprise);
-    admin
-        .register("/v1/terminals", &body)
-        .await
-        .unwrap_or_else(|e| panic!("registering terminal {terminal}: {e}"));
-    keys.0.insert(terminal.to_owned(), Arc::new(key));
+    custodian_tests::scopes::register_signing_terminal(admin, keys, terminal, enterprise).await;
     keys.upload(
         admin,
         terminal,

@@ -193,9 +193,14 @@ pub fn decimal(s: &str, digits_max: usize) -> Option<u64> {
 pub(crate) fn search_text() -> utoipa::openapi::schema::Object {
     utoipa::openapi::schema::ObjectBuilder::new()
         .schema_type(utoipa::openapi::schema::Type::String)
-        .pattern(Some("^[^\\u0000]*[^\\s\\u0000][^\\u0000]*$"))
+        .pattern(Some(SEARCH_TEXT_PATTERN))
         .build()
 }
+
+/// A search text holds at least one character that is neither NUL nor white space as the search's check
+/// reads it (Rust's `char::is_whitespace`, Unicode's White_Space: it holds U+0085, which ECMAScript's `\s`
+/// does not, and not U+FEFF, which `\s` does), so the class is written out.
+pub(crate) const SEARCH_TEXT_PATTERN: &str = "^[^\\u0000]*[^\\u0000\\u0009-\\u000D\\u0020\\u0085\\u00A0\\u1680\\u2000-\\u200A\\u2028\\u2029\\u202F\\u205F\\u3000][^\\u0000]*$";
 
 /// The kinds of documents the search index holds.
 pub(crate) fn search_kind() -> utoipa::openapi::schema::Object {

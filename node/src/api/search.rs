@@ -10,6 +10,12 @@ use crate::state::Reads;
 /// The most hits one search answers.
 const SEARCH_LIMIT_MAX: usize = 200;
 
+/// Whether a search text holds a word: a character that is neither NUL nor white space (what
+/// `schema::SEARCH_TEXT_PATTERN` says in the document).
+fn has_a_word(text: &str) -> bool {
+    text.chars().any(|c| c != '\0' && !c.is_whitespace())
+}
+
 /// Runs a search on the live index; `filter` carries the caller's scope.
 pub(crate) async fn run_search(
     st: &Reads,
@@ -17,7 +23,7 @@ pub(crate) async fn run_search(
     filter: custodian_projections::search::SearchFilter,
     limit: Option<usize>,
 ) -> Result<axum::Json<serde_json::Value>, ApiError> {
-    if text.trim().is_empty() {
+    if !has_a_word(&text) {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             "invalid_query",
@@ -59,4 +65,27 @@ pub(crate) async fn run_search(
             }
         })?;
     Ok(axum::Json(serde_json::json!({ "hits": hits })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::has_a_word;
+
+    /// The document's pattern and the check agree on every character, alone and between spaces.
+    #[test]
+    fn the_documented_pattern_is_the_check() {
+        let pattern = regex::Regex::new(crate::api::schema::SEARCH_TEXT_PATTERN).unwrap();
+        for c in (0..=0x10FFFFu32).filter_map(char::from_u32) {
+            for text in [c.to_string(), format!(" {c}\u{85}")] {
+                assert_eq!(
+                    pattern.is_match(&text),
+                    has_a_word(&text),
+                    "U+{:04X} in {text:?}",
+                    c as u32
+                );
+            }
+        }
+        assert!(!has_a_word("\u{85}\u{3000} \t"));
+        assert!(has_a_word("\u{feff}"));
+    }
 }

@@ -41,9 +41,19 @@ pub struct Sealer {
 
 /// The upload path (`api/ingest.rs`, and the edge's MQTT uploads and forwarded batches through it): the
 /// limits, the terminals and their keys, sealing, the log, and how far the domain core lags. A handle
-/// (`Arc`s and a few numbers).
+/// (one `Arc`): every upload takes it, so taking it costs one reference count.
 #[derive(Clone)]
-pub struct Ingest {
+pub struct Ingest(Arc<IngestParts>);
+
+impl std::ops::Deref for Ingest {
+    type Target = IngestParts;
+    fn deref(&self) -> &IngestParts {
+        &self.0
+    }
+}
+
+/// What [`Ingest`] holds.
+pub struct IngestParts {
     pub log: Arc<dyn EventLog>,
     pub clock: Arc<dyn Clock>,
     pub limits: IngestConfig,
@@ -287,7 +297,7 @@ impl AppState {
         }));
         AppState {
             access,
-            ingest: Ingest {
+            ingest: Ingest(Arc::new(IngestParts {
                 log: p.log.clone(),
                 clock: p.clock.clone(),
                 limits: p.config.ingest.clone(),
@@ -298,7 +308,7 @@ impl AppState {
                 metrics: metrics.clone(),
                 sealer: sealer.clone(),
                 edge: edge.clone(),
-            },
+            })),
             reads,
             sealer,
             derived_seq: p.derived_seq,
